@@ -1,0 +1,57 @@
+# threshold-fl: `make demo` runs the demo, `make test` runs the tests.
+# Both first run scripts/setup_env.sh, which finds Python 3.10, creates .venv and installs
+# the project there (first run: about 2 minutes; afterwards about a second).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VENV
+
+# Debian installs mosquitto in /usr/sbin, which is not on every user's PATH.
+export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
+
+# Extra arguments for pytest, e.g. make test PYTEST_ARGS="-k layering -x"
+PYTEST_ARGS ?=
+LINT_PATHS := threshold_fl protocols transports $(wildcard examples/*.py)
+
+.PHONY: help setup demo test lint bench clean distclean
+
+help:
+	@echo "make demo       run the in-process demo (examples/demo_inprocess.py)"
+	@echo "make test       run the test suite"
+	@echo "make lint       ruff + mypy (strict)"
+	@echo "make bench      crypto microbenchmarks (examples/bench_crypto.py)"
+	@echo "make clean      remove caches and build outputs (keeps .venv)"
+	@echo "make distclean  clean, and remove .venv too"
+	@echo "Python 3.10 is found automatically; override with PYTHON=/path/to/python3.10"
+
+setup:
+	@bash scripts/setup_env.sh
+
+demo: setup
+	@test -f examples/demo_inprocess.py || { echo "make demo: examples/demo_inprocess.py is missing" >&2; exit 1; }
+	$(PY) examples/demo_inprocess.py
+
+# pytest exit status 5 means "no tests collected": a failure for us, not a pass.
+test: setup
+	@rc=0; $(PY) -m pytest -q --durations=10 $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: FAILED: pytest collected no tests (exit 5)" >&2; fi; \
+	exit $$rc
+
+lint: setup
+	$(PY) -m ruff check $(LINT_PATHS) tests
+	$(PY) -m mypy $(LINT_PATHS)
+
+bench: setup
+	@test -f examples/bench_crypto.py || { echo "make bench: examples/bench_crypto.py is missing" >&2; exit 1; }
+	$(PY) examples/bench_crypto.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,53 @@
+"""The ``threshold-fl`` command (threshold_fl/cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import threshold_fl
+from threshold_fl import cli
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"threshold-fl {threshold_fl.__version__}"
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    out = capsys.readouterr().out
+    assert "demo" in out and "bench" in out
+
+
+def test_unknown_arguments_are_an_error() -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--frobnicate"])
+    assert info.value.code == 2
+
+
+def test_demo_runs_a_threshold_round_within_the_bound(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", "--clients", "2", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "within the bound: yes" in out and "decryption noise flooding" in out
+
+
+def test_demo_rejects_bad_options() -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--clients", "0"])
+    assert info.value.code == 2
+
+
+def test_bench_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "bench.json"
+    assert cli.main(["bench", "--sizes", "100", "--parties", "2", "--output", str(output)]) == 0
+    data = json.loads(output.read_text())
+    modes = {row["mode"] for row in data["rounds"]}
+    assert modes == {"single-key", "threshold"}
+    assert all(row["max_error"] < row["error_bound"] for row in data["rounds"])
+    assert set(data["noise"]) == {"fixed", "flooding"}
+    assert "threshold" in capsys.readouterr().out

@@ -1,0 +1,235 @@
+"""Threshold key agreement, dropout recovery and refusal to mix keys or parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from crypto_helpers import Federation, aggregate, encrypted_inputs, make_federation
+
+from threshold_fl.crypto import (
+    CkksParams,
+    EncryptedVector,
+    WeightedSum,
+    combine_public_shares,
+    context_for,
+    decrypt_vector,
+    encrypt_vector,
+    fuse_partial_decryptions,
+    generate_keypair,
+    lead_keygen,
+    member_keygen,
+    partial_decrypt,
+    recover_secret,
+    shamir_shares,
+)
+from threshold_fl.crypto.keys import ThresholdSecret
+from threshold_fl.errors import (
+    InsufficientSharesError,
+    KeyMismatchError,
+    ParameterError,
+    ThresholdFLError,
+)
+
+CONTEXT = context_for(CkksParams())
+OTHER_CONTEXT = context_for(CkksParams(scaling_mod_size=50))
+N, T = 5, 3
+
+
+@pytest.fixture(scope="module")
+def federation() -> Federation:
+    return make_federation(CONTEXT, N)
+
+
+@pytest.fixture(scope="module")
+def round_data(federation: Federation) -> tuple[EncryptedVector, np.ndarray]:
+    rng = np.random.default_rng(7)
+    inputs = [rng.uniform(-4, 4, 2 * CONTEXT.values_per_ciphertext + 3) for _ in range(N)]
+    weights = rng.dirichlet(np.ones(N))
+    total = aggregate(
+        CONTEXT, federation.joint.key_id, encrypted_inputs(federation, inputs), weights
+    )
+    return total, np.sum([w * x for w, x in zip(weights, inputs, strict=True)], axis=0)
+
+
+@pytest.fixture(scope="module")
+def shares(federation: Federation) -> dict[int, dict]:
+    return {p.index: shamir_shares(CONTEXT, p, N, T) for p in federation.parties}
+
+
+@pytest.mark.parametrize("dropped", [(2,), (4,), (2, 5), (1, 3)])
+def test_dropped_keys_are_recovered_and_decrypt_correctly(
+    federation: Federation,
+    round_data: tuple[EncryptedVector, np.ndarray],
+    shares: dict[int, dict],
+    dropped: tuple[int, ...],
+) -> None:
+    total, expected = round_data
+    survivors = [i for i in range(1, N + 1) if i not in dropped]
+    lead = survivors[0]
+    partials = [
+        partial_decrypt(CONTEXT, federation.secrets[i], total, lead=i == lead) for i in survivors
+    ]
+    for index in dropped:
+        holders = survivors[:T]
+        secret = recover_secret(
+            CONTEXT, [shares[index][h] for h in holders], federation.parties[index - 1].public_share
+        )
+        bound = ThresholdSecret(index, federation.joint.key_id, secret)
+        partials.append(partial_decrypt(CONTEXT, bound, total, lead=False))
+    result = fuse_partial_decryptions(CONTEXT, federation.joint, partials)
+    np.testing.assert_allclose(result, expected, rtol=0, atol=CONTEXT.error_bound(N))
+
+
+def test_fewer_than_t_shares_is_a_clear_error(federation: Federation, shares: dict) -> None:
+    with pytest.raises(InsufficientSharesError, match="needs 3 shares, got 2"):
+        recover_secret(CONTEXT, [shares[2][1], shares[2][3]], federation.parties[1].public_share)
+
+
+def test_shares_of_another_dealer_are_refused(federation: Federation, shares: dict) -> None:
+    mixed = [shares[2][1], shares[3][4], shares[2][5]]
+    with pytest.raises(KeyMismatchError, match="another key or sharing"):
+        recover_secret(CONTEXT, mixed, federation.parties[1].public_share)
+
+
+def test_shares_from_another_federation_fail_the_key_check(
+    federation: Federation, shares: dict
+) -> None:
+    other = make_federation(CONTEXT, N)
+    foreign = shamir_shares(CONTEXT, other.parties[1], N, T)
+    # Relabel the foreign shares as if they were party 2's: only the probe catches this.
+    forged = [
+        type(share)(
+            2,
+            share.holder_index,
+            N,
+            T,
+            federation.parties[1].public_share.key_id,
+            CONTEXT.fingerprint,
+            share.polynomial,
+        )
+        for share in (foreign[1], foreign[3], foreign[4])
+    ]
+    with pytest.raises(KeyMismatchError, match="do not reconstruct"):
+        recover_secret(CONTEXT, forged, federation.parties[1].public_share)
+
+
+def test_duplicate_holders_are_refused(federation: Federation, shares: dict) -> None:
+    with pytest.raises(KeyMismatchError, match="duplicate"):
+        recover_secret(
+            CONTEXT, [shares[2][1], shares[2][1], shares[2][3]], federation.parties[1].public_share
+        )
+
+
+@pytest.mark.parametrize(("parties", "threshold"), [(5, 2), (4, 2), (3, 4), (1, 1)])
+def test_thresholds_without_honest_majority_are_refused(
+    federation: Federation, parties: int, threshold: int
+) -> None:
+    with pytest.raises(ParameterError):
+        shamir_shares(CONTEXT, federation.parties[0], parties, threshold)
+
+
+def test_vectors_under_different_keys_cannot_be_aggregated(federation: Federation) -> None:
+    other = generate_keypair(CONTEXT)
+    total = WeightedSum(CONTEXT, federation.joint.key_id, 4)
+    total.add(0.5, encrypt_vector(CONTEXT, federation.joint.key, np.ones(4)))
+    with pytest.raises(KeyMismatchError, match="not the aggregation key"):
+        total.add(0.5, encrypt_vector(CONTEXT, other.public, np.ones(4)))
+
+
+def test_relabelled_vector_is_refused_by_openfhe_key_tags(federation: Federation) -> None:
+    single = generate_keypair(CONTEXT)
+    first = encrypt_vector(CONTEXT, single.public, np.ones(4))
+    other = generate_keypair(CONTEXT)
+    relabelled = EncryptedVector(
+        CONTEXT.fingerprint,
+        single.public.key_id,
+        4,
+        encrypt_vector(CONTEXT, other.public, np.ones(4)).ciphertexts,
+    )
+    total = WeightedSum(CONTEXT, single.public.key_id, 4)
+    total.add(0.5, first)
+    with pytest.raises(KeyMismatchError, match="refused to combine"):
+        total.add(0.5, relabelled)
+
+
+def test_vectors_under_other_parameters_are_refused(federation: Federation) -> None:
+    keys = generate_keypair(OTHER_CONTEXT)
+    vector = encrypt_vector(OTHER_CONTEXT, keys.public, np.ones(4))
+    total = WeightedSum(CONTEXT, keys.public.key_id, 4)
+    with pytest.raises(KeyMismatchError, match="other CKKS parameters"):
+        total.add(1.0, vector)
+    with pytest.raises(KeyMismatchError, match="other CKKS parameters"):
+        member_keygen(CONTEXT, 2, keys.public)
+
+
+def test_decrypting_with_the_wrong_key_is_refused(federation: Federation) -> None:
+    keys, other = generate_keypair(CONTEXT), generate_keypair(CONTEXT)
+    vector = encrypt_vector(CONTEXT, keys.public, np.ones(4))
+    with pytest.raises(KeyMismatchError):
+        decrypt_vector(CONTEXT, other.secret, vector)
+    with pytest.raises(KeyMismatchError):
+        partial_decrypt(CONTEXT, federation.secrets[1], vector, lead=True)
+
+
+def test_partials_of_different_ciphertexts_or_keys_are_not_fused(
+    federation: Federation, round_data: tuple[EncryptedVector, np.ndarray]
+) -> None:
+    total, _ = round_data
+    other_total = aggregate(
+        CONTEXT,
+        federation.joint.key_id,
+        encrypted_inputs(federation, [np.zeros(total.length)]),
+        np.ones(1),
+    )
+    partials = [
+        partial_decrypt(CONTEXT, federation.secrets[i], total, lead=i == 1) for i in range(1, N)
+    ]
+    partials.append(partial_decrypt(CONTEXT, federation.secrets[N], other_total, lead=False))
+    with pytest.raises(KeyMismatchError, match="another key or ciphertext"):
+        fuse_partial_decryptions(CONTEXT, federation.joint, partials)
+    other_federation = make_federation(CONTEXT, N)
+    with pytest.raises(KeyMismatchError):
+        fuse_partial_decryptions(CONTEXT, other_federation.joint, partials[:-1] + partials[:1])
+
+
+def test_second_partial_from_one_party_is_refused(
+    federation: Federation, round_data: tuple[EncryptedVector, np.ndarray]
+) -> None:
+    total, _ = round_data
+    partials = [
+        partial_decrypt(CONTEXT, federation.secrets[i], total, lead=i == 1) for i in range(1, N + 1)
+    ]
+    with pytest.raises(KeyMismatchError, match="more than one"):
+        fuse_partial_decryptions(CONTEXT, federation.joint, [*partials, partials[2]])
+
+
+def test_share_not_in_joint_key_cannot_be_bound(federation: Federation) -> None:
+    stranger = member_keygen(CONTEXT, 2, federation.parties[0].public_share)
+    with pytest.raises(KeyMismatchError, match="not part of joint key"):
+        federation.joint.bind(stranger)
+
+
+def test_joint_key_needs_the_lead() -> None:
+    lead = lead_keygen(CONTEXT, 1)
+    member = member_keygen(CONTEXT, 2, lead.public_share)
+    with pytest.raises(ParameterError, match="lead"):
+        combine_public_shares(CONTEXT, {2: member.public_share}, 1)
+
+
+def test_weights_beyond_capacity_and_values_beyond_bound_are_refused(
+    federation: Federation,
+) -> None:
+    vector = encrypt_vector(CONTEXT, federation.joint.key, np.ones(3))
+    total = WeightedSum(CONTEXT, federation.joint.key_id, 3)
+    with pytest.raises(ParameterError, match="sum of \\|weights\\|"):
+        total.add(CONTEXT.weight_capacity + 1, vector)
+    with pytest.raises(ParameterError, match="finite"):
+        total.add(float("nan"), vector)
+    with pytest.raises(ParameterError, match="exceeds value_bound"):
+        encrypt_vector(CONTEXT, federation.joint.key, np.array([0.0, 17.0]))
+    with pytest.raises(ParameterError, match="not finite"):
+        encrypt_vector(CONTEXT, federation.joint.key, np.array([np.inf]))
+    with pytest.raises(ParameterError, match="1-D"):
+        encrypt_vector(CONTEXT, federation.joint.key, np.ones((2, 2)))
+    with pytest.raises(ThresholdFLError, match="nothing was added"):
+        WeightedSum(CONTEXT, federation.joint.key_id, 3).result()

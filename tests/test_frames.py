@@ -1,0 +1,297 @@
+"""Wire frames: round trips, and every malformation refused before OpenFHE sees a byte."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from crypto_helpers import aggregate, encrypted_inputs, make_federation
+
+from threshold_fl.crypto import (
+    CkksParams,
+    context_for,
+    fuse_partial_decryptions,
+    partial_decrypt,
+    recover_secret,
+    shamir_shares,
+)
+from threshold_fl.crypto.frames import (
+    FrameKind,
+    decode_params,
+    encode_frame,
+    encode_params,
+)
+from threshold_fl.crypto.wire import (
+    decode_joint_public_key,
+    decode_partial_decryption,
+    decode_public_key,
+    decode_secret_key,
+    decode_shamir_share,
+    decode_vector,
+    encode_joint_public_key,
+    encode_partial_decryption,
+    encode_public_key,
+    encode_secret_key,
+    encode_shamir_share,
+    encode_vector,
+)
+from threshold_fl.errors import FrameError
+
+CONTEXT = context_for(CkksParams())
+OTHER = context_for(CkksParams(scaling_mod_size=50))
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def federation():  # type: ignore[no-untyped-def]
+    return make_federation(CONTEXT, 3)
+
+
+@pytest.fixture(scope="module")
+def total(federation):  # type: ignore[no-untyped-def]
+    inputs = [np.linspace(-1, 1, CONTEXT.values_per_ciphertext + 7) * (i + 1) for i in range(3)]
+    return aggregate(
+        CONTEXT, federation.joint.key_id, encrypted_inputs(federation, inputs), np.ones(3) / 3
+    ), np.mean(inputs, axis=0)
+
+
+def test_params_round_trip_and_fingerprint_check() -> None:
+    frame = encode_params(CONTEXT.params)
+    assert decode_params(frame) == CONTEXT.params
+    assert decode_params(frame, CONTEXT.fingerprint) == CONTEXT.params
+    with pytest.raises(FrameError, match="other CKKS parameters"):
+        decode_params(frame, OTHER.fingerprint)
+
+
+def test_vector_and_partials_survive_the_wire_in_many_frames(federation, total) -> None:  # type: ignore[no-untyped-def]
+    vector, expected = total
+    frames = list(encode_vector(CONTEXT, vector, max_frame_bytes=200_000))
+    assert len(frames) == 2
+    received = decode_vector(CONTEXT, frames)
+    partials = []
+    for index, secret in federation.secrets.items():
+        partial = partial_decrypt(CONTEXT, secret, received, lead=index == 1)
+        partials.append(
+            decode_partial_decryption(
+                CONTEXT, list(encode_partial_decryption(CONTEXT, partial, max_frame_bytes=100_000))
+            )
+        )
+    result = fuse_partial_decryptions(
+        CONTEXT, federation.joint, partials, vector_digest=received.digest
+    )
+    np.testing.assert_allclose(result, expected, atol=CONTEXT.error_bound(3))
+
+
+def test_vector_frames_missing_duplicated_or_reordered_are_refused(total) -> None:  # type: ignore[no-untyped-def]
+    frames = list(encode_vector(CONTEXT, total[0], max_frame_bytes=200_000))
+    for bad in ([frames[0]], [frames[1], frames[0]], [frames[0], frames[0], frames[1]], []):
+        with pytest.raises(FrameError):
+            decode_vector(CONTEXT, bad)
+
+
+def test_keys_and_shares_round_trip(federation) -> None:  # type: ignore[no-untyped-def]
+    party = federation.parties[1]
+    index, key = decode_public_key(
+        CONTEXT, encode_public_key(CONTEXT, party.public_share, party_index=2)
+    )
+    assert (index, key.key_id) == (2, party.public_share.key_id)
+    joint = decode_joint_public_key(CONTEXT, encode_joint_public_key(CONTEXT, federation.joint))
+    assert joint.key_id == federation.joint.key_id and dict(joint.share_ids) == dict(
+        federation.joint.share_ids
+    )
+    secret = decode_secret_key(CONTEXT, encode_secret_key(CONTEXT, party.secret))
+    assert secret.public_key_id == party.public_share.key_id
+    shares = shamir_shares(CONTEXT, party, 3, 2)
+    received = [
+        decode_shamir_share(CONTEXT, encode_shamir_share(CONTEXT, s)) for s in shares.values()
+    ]
+    recovered = recover_secret(CONTEXT, received, party.public_share)
+    assert recovered.public_key_id == party.public_share.key_id
+
+
+def test_a_frame_under_other_parameters_is_refused(federation) -> None:  # type: ignore[no-untyped-def]
+    frame = encode_public_key(CONTEXT, federation.parties[0].public_share, party_index=1)
+    with pytest.raises(FrameError, match="other CKKS parameters"):
+        decode_public_key(OTHER, frame)
+
+
+def _valid_frame(federation) -> bytes:  # type: ignore[no-untyped-def]
+    return encode_public_key(CONTEXT, federation.parties[0].public_share, party_index=1)
+
+
+def test_truncated_frames_are_refused(federation) -> None:  # type: ignore[no-untyped-def]
+    frame = _valid_frame(federation)
+    for cut in (0, 3, 40, 80, 81, 120, len(frame) // 2, len(frame) - 1):
+        with pytest.raises(FrameError):
+            decode_public_key(CONTEXT, frame[:cut])
+
+
+def test_bit_flips_anywhere_are_refused(federation) -> None:  # type: ignore[no-untyped-def]
+    frame = _valid_frame(federation)
+    for position in list(range(0, 200, 3)) + list(range(200, len(frame), 997)):
+        flipped = bytearray(frame)
+        flipped[position] ^= 0x10
+        with pytest.raises(FrameError):
+            decode_public_key(CONTEXT, bytes(flipped))
+
+
+def _with_header(frame: bytes, **fields: int) -> bytes:
+    """Rewrite header fields (digest is left stale: header checks must come first)."""
+    magic, version, kind, flags, fingerprint, meta, count = struct.unpack_from(">4sBBH32sII", frame)
+    values = {"version": version, "kind": kind, "flags": flags, "meta": meta, "count": count}
+    values.update(fields)
+    head = struct.pack(
+        ">4sBBH32sII",
+        magic,
+        values["version"],
+        values["kind"],
+        values["flags"],
+        fingerprint,
+        values["meta"],
+        values["count"],
+    )
+    return head + frame[len(head) :]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"version": 2}, "version 2 is not supported"),
+        ({"kind": int(FrameKind.CIPHERTEXTS)}, "expected a PUBLIC_KEY frame, got kind CIPHERTEXTS"),
+        ({"kind": 99}, "got kind 99"),
+        ({"flags": 1}, "unknown frame flags"),
+        ({"meta": 2**31}, "over limits"),
+        ({"count": 2**20}, "over limits"),
+        ({"count": 3}, "does not match|truncated|part length"),
+    ],
+)
+def test_header_malformations_name_the_problem(federation, fields, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(FrameError, match=message):
+        decode_public_key(CONTEXT, _with_header(_valid_frame(federation), **fields))
+
+
+def test_oversized_part_length_is_refused_before_allocation(federation) -> None:  # type: ignore[no-untyped-def]
+    frame = bytearray(_valid_frame(federation))
+    frame[48:52] = (2**32 - 1).to_bytes(4, "big")  # the first part length
+    with pytest.raises(FrameError, match="part length exceeds"):
+        decode_public_key(CONTEXT, bytes(frame))
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {},
+        {"key_id": "zz", "party_index": 1},
+        {"key_id": "0" * 64, "party_index": -1},
+        {"key_id": "0" * 64, "party_index": True},
+    ],
+)
+def test_well_formed_frames_with_bad_metadata_are_refused(metadata) -> None:  # type: ignore[no-untyped-def]
+    frame = encode_frame(FrameKind.PUBLIC_KEY, CONTEXT.fingerprint, metadata, [b"x"])
+    with pytest.raises(FrameError):
+        decode_public_key(CONTEXT, frame)
+
+
+def test_key_bytes_that_do_not_match_their_id_never_reach_openfhe(federation) -> None:  # type: ignore[no-untyped-def]
+    frame = encode_frame(
+        FrameKind.PUBLIC_KEY,
+        CONTEXT.fingerprint,
+        {"key_id": federation.joint.key_id, "party_index": 1},
+        [b"\x00" * 64],
+    )
+    with pytest.raises(FrameError, match="does not match its id"):
+        decode_public_key(CONTEXT, frame)
+
+
+FUZZ_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from hypothesis import given, settings, strategies as st, HealthCheck
+    from threshold_fl.crypto import CkksParams, context_for, generate_keypair, encrypt_vector
+    from threshold_fl.crypto import wire, frames
+    from threshold_fl.errors import ThresholdFLError
+
+    ctx = context_for(CkksParams())
+    keys = generate_keypair(ctx)
+    vector = encrypt_vector(ctx, keys.public, np.ones(5))
+    VALID = {
+        "vector": b"".join(wire.encode_vector(ctx, vector)),
+        "public": wire.encode_public_key(ctx, keys.public),
+        "secret": wire.encode_secret_key(ctx, keys.secret),
+        "params": frames.encode_params(ctx.params),
+    }
+    DECODERS = {
+        "vector": lambda b: wire.decode_vector(ctx, [b]),
+        "public": lambda b: wire.decode_public_key(ctx, b),
+        "secret": lambda b: wire.decode_secret_key(ctx, b),
+        "params": frames.decode_params,
+        "share": lambda b: wire.decode_shamir_share(ctx, b),
+        "partial": lambda b: wire.decode_partial_decryption(ctx, [b]),
+        "joint": lambda b: wire.decode_joint_public_key(ctx, b),
+    }
+
+    def check(decoder, data):
+        try:
+            DECODERS[decoder](data)
+        except ThresholdFLError:
+            return
+        raise AssertionError(f"{decoder} accepted malformed bytes")
+
+    @settings(max_examples=int(sys.argv[1]), deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(sorted(DECODERS)), st.binary(max_size=4096))
+    def random_bytes(decoder, data):
+        check(decoder, data)
+
+    @settings(max_examples=int(sys.argv[1]), deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(sorted(VALID)), st.sampled_from(sorted(DECODERS)), st.data())
+    def mutated(source, decoder, data):
+        frame = bytearray(VALID[source])
+        how = data.draw(st.sampled_from(["flip", "truncate", "extend", "splice"]))
+        if how == "flip":
+            for position in data.draw(st.lists(st.integers(0, len(frame) - 1), min_size=1,
+                                               max_size=8)):
+                frame[position] ^= 1 << data.draw(st.integers(0, 7))
+        elif how == "truncate":
+            frame = frame[:data.draw(st.integers(0, len(frame) - 1))]
+        elif how == "extend":
+            frame += data.draw(st.binary(min_size=1, max_size=64))
+        else:
+            start = data.draw(st.integers(0, len(frame) - 1))
+            frame[start:start + 8] = data.draw(st.binary(min_size=8, max_size=8))
+        if bytes(frame) == VALID[source] and decoder == source:
+            return
+        try:
+            DECODERS[decoder](bytes(frame))
+        except ThresholdFLError:
+            return
+        # A mutation may leave a valid frame for another decoder only if unchanged.
+        raise AssertionError(f"{decoder} accepted a mutated {source} frame ({how})")
+
+    random_bytes()
+    mutated()
+    print("fuzz-ok")
+""")
+
+
+def test_fuzzed_frames_raise_clear_errors_and_never_crash() -> None:
+    """Runs in a subprocess: a segfault in OpenFHE fails this test instead of killing pytest."""
+    completed = subprocess.run(
+        [sys.executable, "-c", FUZZ_SCRIPT, "1500"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert completed.returncode == 0, (
+        f"fuzzing exited with {completed.returncode} (negative: killed by signal)\n"
+        f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    )
+    assert "fuzz-ok" in completed.stdout

@@ -1,0 +1,80 @@
+"""Crypto foundation: CKKS on OpenFHE, single-key and threshold, with wire frames.
+
+Importing this package imports OpenFHE (Python 3.10 only; see the README).
+"""
+
+from threshold_fl.crypto.context import (
+    CkksContext,
+    context_for,
+    estimate_noise_bits,
+    threshold_params,
+    with_noise_flooding,
+)
+from threshold_fl.crypto.keys import (
+    JointPublicKey,
+    KeyPair,
+    PartyKeys,
+    PublicKey,
+    SecretKey,
+    ShamirShare,
+    ThresholdSecret,
+    combine_public_shares,
+    generate_keypair,
+    lead_keygen,
+    member_keygen,
+    recover_secret,
+    shamir_shares,
+)
+from threshold_fl.crypto.params import (
+    MAX_VECTOR_LENGTH,
+    CkksParams,
+    DecryptionNoise,
+    ScalingTechnique,
+    SecurityLevel,
+)
+from threshold_fl.crypto.vectors import (
+    EncryptedVector,
+    PartialDecryption,
+    WeightedSum,
+    ciphertext_count,
+    decrypt_vector,
+    encrypt_chunks,
+    encrypt_vector,
+    fuse_partial_decryptions,
+    partial_decrypt,
+)
+
+__all__ = [
+    "MAX_VECTOR_LENGTH",
+    "CkksContext",
+    "CkksParams",
+    "DecryptionNoise",
+    "EncryptedVector",
+    "JointPublicKey",
+    "KeyPair",
+    "PartialDecryption",
+    "PartyKeys",
+    "PublicKey",
+    "ScalingTechnique",
+    "SecretKey",
+    "SecurityLevel",
+    "ShamirShare",
+    "ThresholdSecret",
+    "WeightedSum",
+    "ciphertext_count",
+    "combine_public_shares",
+    "context_for",
+    "decrypt_vector",
+    "encrypt_chunks",
+    "encrypt_vector",
+    "estimate_noise_bits",
+    "fuse_partial_decryptions",
+    "generate_keypair",
+    "lead_keygen",
+    "member_keygen",
+    "partial_decrypt",
+    "recover_secret",
+    "shamir_shares",
+    "threshold_params",
+    "with_noise_flooding",
+]

@@ -1,0 +1,270 @@
+"""The OpenFHE boundary: building a CKKS context and moving objects in and out.
+
+Everything that touches ``openfhe`` directly lives here, so the rest of the
+crypto layer works with named, typed objects and OpenFHE's exceptions never
+leak out untranslated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import openfhe
+
+from threshold_fl.crypto.params import (
+    CkksParams,
+    DecryptionNoise,
+    ScalingTechnique,
+    SecurityLevel,
+)
+from threshold_fl.errors import CryptoError, FrameError, KeyMismatchError, ParameterError
+
+FloatArray = npt.NDArray[np.float64]
+
+__all__ = ["CkksContext", "context_for", "sha256_hex"]
+
+_SCALING = {
+    ScalingTechnique.FIXED_MANUAL: openfhe.FIXEDMANUAL,
+    ScalingTechnique.FIXED_AUTO: openfhe.FIXEDAUTO,
+    ScalingTechnique.FLEXIBLE_AUTO: openfhe.FLEXIBLEAUTO,
+}
+_SECURITY = {
+    SecurityLevel.CLASSIC_128: openfhe.HEStd_128_classic,
+    SecurityLevel.CLASSIC_192: openfhe.HEStd_192_classic,
+    SecurityLevel.CLASSIC_256: openfhe.HEStd_256_classic,
+    SecurityLevel.NOT_SET: openfhe.HEStd_NotSet,
+}
+
+
+def sha256_hex(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _openfhe_params(params: CkksParams, *, estimating: bool = False) -> Any:
+    raw = openfhe.CCParamsCKKSRNS()
+    raw.SetMultiplicativeDepth(1)  # one level: the aggregator's plaintext weights
+    raw.SetScalingModSize(params.scaling_mod_size)
+    raw.SetFirstModSize(params.first_mod_size)
+    raw.SetScalingTechnique(_SCALING[params.scaling_technique])
+    raw.SetSecurityLevel(_SECURITY[params.security_level])
+    raw.SetRingDim(params.resolved_ring_dimension)
+    raw.SetBatchSize(params.slots)
+    # BV needs no auxiliary modulus and we never key-switch (no relinearisation,
+    # no rotations), so this keeps N=8192 secure where HYBRID would need 16384.
+    raw.SetKeySwitchTechnique(openfhe.BV)
+    if estimating:
+        # OpenFHE's noise estimation only supports real packing.
+        raw.SetCKKSDataType(openfhe.REAL)
+        raw.SetDecryptionNoiseMode(openfhe.NOISE_FLOODING_DECRYPT)
+        raw.SetExecutionMode(openfhe.EXEC_NOISE_ESTIMATION)
+        return raw
+    # Complex packing: two real values per slot, halving ciphertext bytes.
+    raw.SetCKKSDataType(openfhe.COMPLEX)
+    if params.decryption_noise is DecryptionNoise.FLOODING:
+        raw.SetDecryptionNoiseMode(openfhe.NOISE_FLOODING_DECRYPT)
+        raw.SetExecutionMode(openfhe.EXEC_EVALUATION)
+        raw.SetNoiseEstimate(float(params.noise_estimate_bits or 0.0))
+    return raw
+
+
+def _generate(raw: Any) -> Any:
+    try:
+        context = openfhe.GenCryptoContext(raw)
+    except RuntimeError as exc:
+        raise ParameterError(f"OpenFHE rejected the CKKS parameters: {exc}") from None
+    for feature in (openfhe.PKE, openfhe.KEYSWITCH, openfhe.LEVELEDSHE, openfhe.MULTIPARTY):
+        context.Enable(feature)
+    return context
+
+
+class CkksContext:
+    """An OpenFHE CKKS context for one :class:`CkksParams`, with (de)serialisers.
+
+    Obtain one with :func:`context_for`, which caches by fingerprint.
+    """
+
+    def __init__(self, params: CkksParams) -> None:
+        self.params = params
+        self.fingerprint = params.fingerprint()
+        self.native = _generate(_openfhe_params(params))
+        # Flooding makes OpenFHE choose its own scale; use what it really chose.
+        self.scale_bits = math.log2(self.native.GetScalingFactorReal(0))
+        self.weight_capacity = params.weight_capacity(scale_bits=self.scale_bits)
+        self.slots = params.slots
+        self.values_per_ciphertext = params.values_per_ciphertext
+        self._wrapper: Any = None
+
+    def check_fingerprint(self, fingerprint: str, what: str) -> None:
+        """Raise KeyMismatchError unless ``what`` was made under this context's parameters."""
+        if fingerprint != self.fingerprint:
+            raise KeyMismatchError(
+                f"{what} was made under other CKKS parameters ({fingerprint[:16]}) than this "
+                f"context ({self.fingerprint[:16]}); all parties must use the same parameters"
+            )
+
+    def error_bound(self, parties: int) -> float:
+        """Per-value bound on decryption error for a sum over ``parties`` (see CkksParams)."""
+        return self.params.error_bound(parties, scale_bits=self.scale_bits)
+
+    # -- encoding -----------------------------------------------------------
+    def encode(self, values: FloatArray) -> Any:
+        """Pack up to ``values_per_ciphertext`` normalised reals, two per complex slot."""
+        if values.size % 2:
+            values = np.append(values, 0.0)
+        pairs = values.reshape(-1, 2)
+        packed = (pairs[:, 0] + 1j * pairs[:, 1]).tolist()
+        return self.native.MakeCKKSPackedPlaintext(packed)
+
+    def decode(self, plaintext: Any, count: int) -> FloatArray:
+        """Unpack ``count`` reals from a decrypted plaintext."""
+        slots_used = (count + 1) // 2
+        plaintext.SetLength(slots_used)
+        packed = np.asarray(plaintext.GetCKKSPackedValue(), dtype=np.complex128)
+        values = np.empty(2 * slots_used)
+        values[0::2] = packed.real
+        values[1::2] = packed.imag
+        return values[:count]
+
+    # -- (de)serialisation --------------------------------------------------
+    @staticmethod
+    def serialize(native_object: Any) -> bytes:
+        data = openfhe.Serialize(native_object, openfhe.BINARY)
+        return bytes(data)
+
+    def deserialize_ciphertext(self, data: bytes) -> Any:
+        return self._deserialize(openfhe.DeserializeCiphertextString, data, "ciphertext")
+
+    def deserialize_public_key(self, data: bytes) -> Any:
+        return self._deserialize(openfhe.DeserializePublicKeyString, data, "public key")
+
+    def deserialize_private_key(self, data: bytes) -> Any:
+        return self._deserialize(openfhe.DeserializePrivateKeyString, data, "private key")
+
+    def _deserialize(self, loader: Callable[..., Any], data: bytes, what: str) -> Any:
+        # Callers pass only bytes from a frame whose digest and sizes were checked;
+        # OpenFHE still reports some malformations as ValueError or MemoryError.
+        try:
+            obj = loader(data, openfhe.BINARY)
+        except (RuntimeError, ValueError, MemoryError, TypeError) as exc:
+            raise FrameError(
+                f"the {what} bytes could not be deserialised by OpenFHE ({exc}); "
+                "the sender uses incompatible software or the frame is corrupt"
+            ) from None
+        context = obj.GetCryptoContext()
+        if not _same_native_context(context, self.native):
+            raise FrameError(
+                f"the {what} was made under other CKKS parameters than this context's "
+                f"({self.fingerprint[:16]}); all parties must use the same parameters"
+            )
+        return obj
+
+    # -- secret-share polynomials --------------------------------------------
+    def wrap_polynomial(self, polynomial: Any) -> bytes:
+        """Serialise a DCRTPoly (no Serialize in the binding) inside an empty ciphertext."""
+        wrapper = self._template().CloneEmpty()
+        wrapper.SetElements([polynomial])
+        return self.serialize(wrapper)
+
+    def unwrap_polynomial(self, data: bytes) -> Any:
+        wrapper = self.deserialize_ciphertext(data)
+        elements = wrapper.GetElements()
+        if len(elements) != 1:
+            raise FrameError(
+                f"a wrapped secret-share polynomial must hold 1 element, got {len(elements)}"
+            )
+        return elements[0]
+
+    def _template(self) -> Any:
+        if self._wrapper is None:
+            keys = self.native.KeyGen()
+            self._wrapper = self.native.Encrypt(
+                keys.publicKey, self.native.MakeCKKSPackedPlaintext([0j])
+            )
+        return self._wrapper
+
+
+def _same_native_context(first: Any, second: Any) -> bool:
+    # OpenFHE de-duplicates contexts with equal parameters, so a deserialised
+    # object made under our parameters is attached to our context; compare the
+    # parameters that matter rather than Python wrapper identity.
+    try:
+        return bool(
+            first.GetRingDimension() == second.GetRingDimension()
+            and first.GetModulus() == second.GetModulus()
+            and first.GetScalingTechnique() == second.GetScalingTechnique()
+            and first.GetBatchSize() == second.GetBatchSize()
+            and first.GetCKKSDataType() == second.GetCKKSDataType()
+        )
+    except RuntimeError as exc:
+        raise CryptoError(f"could not compare CKKS contexts: {exc}") from None
+
+
+@lru_cache(maxsize=16)
+def context_for(params: CkksParams) -> CkksContext:
+    """The (cached) context for ``params``; building one takes a few milliseconds."""
+    return CkksContext(params)
+
+
+def estimate_noise_bits(params: CkksParams, parties: int) -> float:
+    """Run OpenFHE's noise estimation on exactly our aggregation circuit.
+
+    The circuit is the one every aggregate goes through: ``parties`` fresh
+    encryptions of values in [-1/2, 1/2], each multiplied by a weight 1/parties,
+    summed, and rescaled; OpenFHE reports log2 of the resulting error.
+    """
+    if parties < 1:
+        raise ParameterError(f"parties must be >= 1, got {parties}")
+    native = _generate(_openfhe_params(params, estimating=True))
+    keys = native.KeyGen()
+    slots = params.slots
+    values = (np.linspace(-0.5, 0.5, slots)).tolist()
+    total = None
+    for _ in range(parties):
+        ciphertext = native.Encrypt(keys.publicKey, native.MakeCKKSPackedPlaintext(values))
+        weighted = native.EvalMult(ciphertext, 1.0 / parties)
+        total = weighted if total is None else native.EvalAdd(total, weighted)
+    if params.scaling_technique is ScalingTechnique.FIXED_MANUAL:
+        total = native.Rescale(total)
+    plaintext = native.Decrypt(keys.secretKey, total)
+    return float(plaintext.GetLogError())
+
+
+def with_noise_flooding(
+    params: CkksParams, parties: int, *, margin_bits: float = 1.0
+) -> CkksParams:
+    """Parameters for flooded threshold decryption of an aggregate over ``parties``.
+
+    The estimate (plus ``margin_bits``, since it is a random sample) becomes
+    part of the parameters, and so of the fingerprint every party checks.
+    """
+    base = params.with_changes(
+        decryption_noise=DecryptionNoise.FIXED,
+        noise_estimate_bits=None,
+        scaling_technique=ScalingTechnique.FIXED_MANUAL,
+    )
+    estimate = estimate_noise_bits(base, parties) + margin_bits
+    return base.with_changes(
+        decryption_noise=DecryptionNoise.FLOODING, noise_estimate_bits=round(estimate, 3)
+    )
+
+
+def threshold_params(parties: int, *, flooding: bool = True, **overrides: Any) -> CkksParams:
+    """The recommended parameters for a threshold federation of ``parties`` clients.
+
+    Noise flooding is on by default: partial decryptions are seen by the other
+    clients, and OpenFHE's fixed 20-bit noise is not provably enough to keep a
+    share's secret from them (Li-Micciancio).  It costs a noise-estimation run
+    here (milliseconds) and some precision (see docs/crypto.md).
+    """
+    params = CkksParams(**overrides)
+    return with_noise_flooding(params, parties) if flooding else params

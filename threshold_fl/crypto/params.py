@@ -1,0 +1,306 @@
+"""CKKS parameters: one frozen, validated record that every party must agree on.
+
+Validation happens here, before OpenFHE sees anything, because OpenFHE either
+throws deep inside parameter generation or silently picks something else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from enum import Enum
+from typing import Any
+
+from threshold_fl.errors import ParameterError
+
+__all__ = [
+    "CkksParams",
+    "DecryptionNoise",
+    "ScalingTechnique",
+    "SecurityLevel",
+    "MAX_VECTOR_LENGTH",
+]
+
+#: Largest vector the library promises to handle (streamed, never all in memory).
+MAX_VECTOR_LENGTH = 10**8
+
+
+class ScalingTechnique(str, Enum):
+    """How rescaling is done.  FIXED_MANUAL is the default: the aggregator
+    rescales explicitly, so partial decryptions (and flooding noise) act on the
+    one-limb ciphertext that is actually decrypted."""
+
+    FIXED_MANUAL = "fixed-manual"
+    FIXED_AUTO = "fixed-auto"
+    FLEXIBLE_AUTO = "flexible-auto"
+
+
+class SecurityLevel(str, Enum):
+    """Homomorphic Encryption Standard level.  NOT_SET is for tests only."""
+
+    CLASSIC_128 = "128-classic"
+    CLASSIC_192 = "192-classic"
+    CLASSIC_256 = "256-classic"
+    NOT_SET = "not-set"
+
+
+class DecryptionNoise(str, Enum):
+    """Noise added to threshold partial decryptions.
+
+    FIXED: OpenFHE's fixed 20-bit Gaussian (not provably secure against
+    key-recovery from decrypted results, Li-Micciancio).  FLOODING: noise
+    flooding sized from a noise estimate of the aggregation circuit (provable,
+    costs precision; see docs/crypto.md).
+    """
+
+    FIXED = "fixed"
+    FLOODING = "flooding"
+
+
+# Largest log2(Q) per ring dimension for a ternary secret (HE Standard, 2018).
+_MAX_LOG_Q: dict[SecurityLevel, dict[int, int]] = {
+    SecurityLevel.CLASSIC_128: {
+        1024: 27,
+        2048: 54,
+        4096: 109,
+        8192: 218,
+        16384: 438,
+        32768: 881,
+        65536: 1761,
+        131072: 3524,
+    },
+    SecurityLevel.CLASSIC_192: {
+        1024: 19,
+        2048: 37,
+        4096: 75,
+        8192: 152,
+        16384: 305,
+        32768: 611,
+        65536: 1225,
+        131072: 2450,
+    },
+    SecurityLevel.CLASSIC_256: {
+        1024: 14,
+        2048: 29,
+        4096: 58,
+        8192: 118,
+        16384: 237,
+        32768: 476,
+        65536: 956,
+        131072: 1912,
+    },
+}
+_RING_DIMENSIONS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+# Per-share Gaussian width OpenFHE uses in FIXED mode (NoiseFlooding::MP_SD).
+_FIXED_DECRYPTION_NOISE_BITS = 20.0
+# OpenFHE sizes flooding from the estimate, 2^(statistical security / 2) and
+# sqrt(12 * queries); its defaults are 30 bits and 1 query.
+_FLOODING_EXTRA_BITS = 15.0 + 0.5 * math.log2(12.0)
+# Standard deviations allowed before an error bound is called violated.
+_BOUND_SIGMAS = 8.0
+
+
+@dataclass(frozen=True)
+class CkksParams:
+    """CKKS parameters shared by a federation.
+
+    ``value_bound`` is the largest absolute value a client may encrypt.  Values
+    are divided by ``2 * value_bound`` before encoding, so every ciphertext holds
+    values in [-1/2, 1/2]; the sum of absolute aggregation weights is then
+    limited by :meth:`weight_capacity` so that sums never wrap the modulus.
+    """
+
+    ring_dimension: int = 0  # 0: smallest secure one for the modulus chosen
+    batch_size: int = 0  # complex slots per ciphertext; 0: ring_dimension / 2
+    scaling_mod_size: int = 55
+    first_mod_size: int = 60
+    scaling_technique: ScalingTechnique = ScalingTechnique.FIXED_MANUAL
+    security_level: SecurityLevel = SecurityLevel.CLASSIC_128
+    decryption_noise: DecryptionNoise = DecryptionNoise.FIXED
+    noise_estimate_bits: float | None = None  # required for FLOODING
+    value_bound: float = 16.0
+
+    def __post_init__(self) -> None:
+        self._check_enums()
+        self._check_moduli()
+        self._check_ring_and_batch()
+        self._check_noise()
+        if not (math.isfinite(self.value_bound) and self.value_bound > 0):
+            raise ParameterError(
+                f"value_bound must be a positive finite number, got {self.value_bound!r}"
+            )
+
+    # -- validation -------------------------------------------------------
+    def _check_enums(self) -> None:
+        for name, kind in (
+            ("scaling_technique", ScalingTechnique),
+            ("security_level", SecurityLevel),
+            ("decryption_noise", DecryptionNoise),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                try:
+                    object.__setattr__(self, name, kind(value))
+                except ValueError:
+                    allowed = ", ".join(member.value for member in kind)
+                    raise ParameterError(
+                        f"{name} must be one of {allowed}; got {value!r}"
+                    ) from None
+
+    def _check_moduli(self) -> None:
+        for name in ("ring_dimension", "batch_size", "scaling_mod_size", "first_mod_size"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ParameterError(f"{name} must be an int, got {getattr(self, name)!r}")
+        if not 20 <= self.scaling_mod_size <= 59:
+            raise ParameterError(
+                f"scaling_mod_size must be in [20, 59] bits (64-bit OpenFHE build), "
+                f"got {self.scaling_mod_size}"
+            )
+        if not self.scaling_mod_size < self.first_mod_size <= 60:
+            raise ParameterError(
+                f"first_mod_size must exceed scaling_mod_size ({self.scaling_mod_size}) and be "
+                f"at most 60 bits, got {self.first_mod_size}; the gap is the headroom for "
+                "weighted sums"
+            )
+
+    def _check_ring_and_batch(self) -> None:
+        if self.ring_dimension != 0 and self.ring_dimension not in _RING_DIMENSIONS:
+            raise ParameterError(
+                f"ring_dimension must be 0 (automatic) or a power of two in "
+                f"{_RING_DIMENSIONS}, got {self.ring_dimension}"
+            )
+        if self.security_level is SecurityLevel.NOT_SET and self.ring_dimension == 0:
+            raise ParameterError(
+                "security_level 'not-set' needs an explicit ring_dimension (tests only)"
+            )
+        ring = self.resolved_ring_dimension  # raises if the modulus is too large
+        if self.batch_size != 0 and (
+            self.batch_size & (self.batch_size - 1) or not 1 <= self.batch_size <= ring // 2
+        ):
+            raise ParameterError(
+                f"batch_size must be 0 or a power of two up to ring_dimension/2 ({ring // 2}), "
+                f"got {self.batch_size}"
+            )
+
+    def _check_noise(self) -> None:
+        estimate = self.noise_estimate_bits
+        if self.decryption_noise is DecryptionNoise.FLOODING:
+            if estimate is None or not (math.isfinite(estimate) and 0 < estimate < 50):
+                raise ParameterError(
+                    "decryption_noise 'flooding' needs noise_estimate_bits from a noise-estimation "
+                    "run: call threshold_fl.crypto.with_noise_flooding(params, parties) first"
+                )
+            if self.scaling_technique is not ScalingTechnique.FIXED_MANUAL:
+                raise ParameterError(
+                    "noise flooding needs scaling_technique 'fixed-manual', so that the flooded "
+                    "partial decryption is taken on the rescaled ciphertext actually decrypted"
+                )
+        elif estimate is not None:
+            raise ParameterError(
+                "noise_estimate_bits is only meaningful with decryption_noise 'flooding'"
+            )
+
+    # -- derived values ---------------------------------------------------
+    @property
+    def log_modulus(self) -> int:
+        """log2 of the ciphertext modulus: one limb to hold values, one to weight them."""
+        return self.first_mod_size + self.scaling_mod_size
+
+    @property
+    def resolved_ring_dimension(self) -> int:
+        if self.security_level is SecurityLevel.NOT_SET:
+            return self.ring_dimension
+        limits = _MAX_LOG_Q[self.security_level]
+        secure = [n for n in _RING_DIMENSIONS if limits[n] >= self.log_modulus]
+        if self.ring_dimension == 0:
+            return max(secure[0], 2048)
+        if self.ring_dimension not in secure:
+            raise ParameterError(
+                f"ring_dimension {self.ring_dimension} is not {self.security_level.value}-bit "
+                f"secure for a {self.log_modulus}-bit modulus; use at least {secure[0]} or 0 "
+                "(automatic)"
+            )
+        return self.ring_dimension
+
+    @property
+    def slots(self) -> int:
+        """Complex slots per ciphertext."""
+        return self.batch_size or self.resolved_ring_dimension // 2
+
+    @property
+    def values_per_ciphertext(self) -> int:
+        """Real values per ciphertext: two per complex slot."""
+        return 2 * self.slots
+
+    def fingerprint(self) -> str:
+        """Stable hex SHA-256 of the canonical encoding; equal iff parameters agree."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(b"threshold-fl/ckks-params/v1\0" + canonical.encode()).hexdigest()
+
+    def fingerprint_bytes(self) -> bytes:
+        return bytes.fromhex(self.fingerprint())
+
+    def decryption_noise_bits(self) -> float:
+        """log2 of the per-share decryption noise width (coefficient domain)."""
+        if self.decryption_noise is DecryptionNoise.FLOODING:
+            assert self.noise_estimate_bits is not None
+            return self.noise_estimate_bits + _FLOODING_EXTRA_BITS
+        return _FIXED_DECRYPTION_NOISE_BITS
+
+    def error_bound(self, parties: int, *, scale_bits: float | None = None) -> float:
+        """Bound on |decrypted - exact| per value for a weighted sum of ``parties`` inputs.
+
+        Each of the ``parties`` partial decryptions adds Gaussian noise of width
+        2^decryption_noise_bits per coefficient; in a slot that becomes a sum of
+        ring_dimension such terms, divided by the scale 2^scale_bits, and then
+        multiplied by value_bound (values are normalised before encoding).
+        """
+        if parties < 1:
+            raise ParameterError(f"parties must be >= 1, got {parties}")
+        scale = self.scaling_mod_size if scale_bits is None else scale_bits
+        slot_sigma = 2.0 ** self.decryption_noise_bits() * math.sqrt(
+            parties * self.resolved_ring_dimension
+        )
+        return float(self.encoding_divisor * _BOUND_SIGMAS * slot_sigma / 2.0**scale)
+
+    @property
+    def encoding_divisor(self) -> float:
+        """Values are divided by this before encoding (one bit of headroom)."""
+        return 2.0 * self.value_bound
+
+    def weight_capacity(self, *, scale_bits: float | None = None) -> float:
+        """Largest sum of |weights| one aggregation may apply.
+
+        Encoded values lie in [-1/2, 1/2]; a sum must stay within a quarter of
+        the first modulus over the scale, far from wrapping around.
+        """
+        scale = self.scaling_mod_size if scale_bits is None else scale_bits
+        return 2.0 ** (self.first_mod_size - scale - 1)
+
+    # -- plain-data form --------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, Enum):
+                data[key] = value.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: object) -> CkksParams:
+        if not isinstance(data, dict):
+            raise ParameterError(f"CKKS parameters must be a mapping, got {type(data).__name__}")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ParameterError(
+                f"unknown CKKS parameter(s): {', '.join(sorted(map(str, unknown)))}"
+            )
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ParameterError(f"malformed CKKS parameters: {exc}") from None
+
+    def with_changes(self, **changes: Any) -> CkksParams:
+        return replace(self, **changes)

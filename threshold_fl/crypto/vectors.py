@@ -1,0 +1,309 @@
+"""Float vectors of any length as packed CKKS ciphertexts, and their aggregation.
+
+A vector of L reals becomes ceil(L / values_per_ciphertext) ciphertexts (two
+reals per complex slot).  Values are divided by ``2 * value_bound`` before
+encoding, so every aggregate stays far from wrapping the modulus.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from threshold_fl.crypto.context import CkksContext, sha256_hex
+from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, ThresholdSecret
+from threshold_fl.crypto.params import MAX_VECTOR_LENGTH, ScalingTechnique
+from threshold_fl.errors import CryptoError, KeyMismatchError, ParameterError
+
+FloatArray = npt.NDArray[np.float64]
+
+__all__ = [
+    "EncryptedVector",
+    "PartialDecryption",
+    "WeightedSum",
+    "ciphertext_count",
+    "decrypt_vector",
+    "encrypt_chunks",
+    "encrypt_vector",
+    "fuse_partial_decryptions",
+    "partial_decrypt",
+    "vector_digest",
+]
+
+
+def ciphertext_count(context: CkksContext, length: int) -> int:
+    """How many ciphertexts a vector of ``length`` reals occupies."""
+    _check_length(length)
+    return math.ceil(length / context.values_per_ciphertext)
+
+
+@dataclass(frozen=True, eq=False)
+class EncryptedVector:
+    """``length`` reals encrypted under key ``key_id`` as packed ciphertexts."""
+
+    params_fingerprint: str
+    key_id: str
+    length: int
+    ciphertexts: tuple[Any, ...] = field(repr=False)
+    aggregated: bool = False  # True once weighted and rescaled by the aggregator
+    # OpenFHE does not re-serialise a deserialised ciphertext to the same bytes,
+    # so a vector decoded from frames keeps the digest of the bytes it came in.
+    wire_digest: str | None = field(default=None, repr=False)
+
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 of the serialised ciphertexts: what partial decryptions refer to."""
+        if self.wire_digest is not None:
+            return self.wire_digest
+        blobs = [CkksContext.serialize(ciphertext) for ciphertext in self.ciphertexts]
+        return vector_digest(self.params_fingerprint, self.key_id, self.length, blobs)
+
+
+def vector_digest(fingerprint: str, key_id: str, length: int, blobs: Sequence[bytes]) -> str:
+    """Digest binding a vector's parameters, key, length and ciphertext bytes."""
+    return sha256_hex(f"{fingerprint}:{key_id}:{length}".encode(), *blobs)
+
+
+@dataclass(frozen=True, eq=False)
+class PartialDecryption:
+    """One party's decryption share of every ciphertext of one vector."""
+
+    params_fingerprint: str
+    joint_key_id: str
+    vector_digest: str
+    party_index: int
+    lead: bool  # the lead share also carries the ciphertext's c0 term
+    length: int
+    shares: tuple[Any, ...] = field(repr=False)
+
+
+# -- encryption ----------------------------------------------------------------
+def encrypt_chunks(
+    context: CkksContext, public_key: PublicKey, values: FloatArray
+) -> Iterator[Any]:
+    """Encrypt ``values`` one ciphertext at a time (for streaming large vectors)."""
+    context.check_fingerprint(public_key.params_fingerprint, "the public key")
+    normalised = _normalised(context, values)
+    step = context.values_per_ciphertext
+    for start in range(0, normalised.size, step):
+        plaintext = context.encode(normalised[start : start + step])
+        yield context.native.Encrypt(public_key.native, plaintext)
+
+
+def encrypt_vector(
+    context: CkksContext, public_key: PublicKey, values: FloatArray
+) -> EncryptedVector:
+    """Encrypt a whole vector (held in memory; use encrypt_chunks to stream)."""
+    vector = np.asarray(values)
+    ciphertexts = tuple(encrypt_chunks(context, public_key, vector))
+    return EncryptedVector(context.fingerprint, public_key.key_id, int(vector.size), ciphertexts)
+
+
+def _normalised(context: CkksContext, values: FloatArray) -> FloatArray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ParameterError(f"encrypt a 1-D vector; got shape {array.shape} (flatten it first)")
+    _check_length(array.size)
+    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+        raise ParameterError(f"vectors must hold real numbers, got dtype {array.dtype}")
+    array = array.astype(np.float64, copy=False)
+    bound = context.params.value_bound
+    bad = ~np.isfinite(array) | (np.abs(array) > bound)
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise ParameterError(
+            f"value {array[index]!r} at index {index} is not finite or exceeds value_bound "
+            f"{bound}; clip the update or raise value_bound in the CKKS parameters"
+        )
+    return array / context.params.encoding_divisor
+
+
+# -- aggregation -----------------------------------------------------------------
+class WeightedSum:
+    """Streamed sum of w_i * [x_i]: holds one running aggregate, never N inputs.
+
+    Weights are plaintext at the aggregator and never leave it.
+    """
+
+    def __init__(self, context: CkksContext, key_id: str, length: int) -> None:
+        self._context = context
+        self._key_id = key_id
+        self._length = length
+        self._count = ciphertext_count(context, length)
+        self._total: list[Any] | None = None
+        self._weight_sum = 0.0
+        self.inputs = 0
+
+    def add(self, weight: float, vector: EncryptedVector) -> None:
+        """Add ``weight * vector`` (checked against key, parameters and length)."""
+        self._context.check_fingerprint(vector.params_fingerprint, "an input vector")
+        if vector.key_id != self._key_id:
+            raise KeyMismatchError(
+                f"an input vector is encrypted under key {vector.key_id[:16]}, not the "
+                f"aggregation key {self._key_id[:16]}; it cannot be combined"
+            )
+        if vector.aggregated:
+            raise ParameterError("an already aggregated vector cannot be aggregated again")
+        if vector.length != self._length:
+            raise ParameterError(f"input has {vector.length} values, the aggregate {self._length}")
+        self.add_chunks(weight, vector.ciphertexts)
+
+    def add_chunks(self, weight: float, ciphertexts: Iterable[Any]) -> None:
+        """Add one input given as its ciphertexts in order (e.g. straight off the wire)."""
+        self._reserve_weight(weight)
+        native = self._context.native
+        total: list[Any] = [] if self._total is None else self._total
+        seen = 0
+        try:
+            for index, ciphertext in enumerate(ciphertexts):
+                if index >= self._count:
+                    raise ParameterError(f"input has more than {self._count} ciphertexts")
+                weighted = native.EvalMult(ciphertext, float(weight))
+                if self._total is None:
+                    total.append(weighted)
+                else:
+                    native.EvalAddInPlace(total[index], weighted)
+                seen += 1
+        except RuntimeError as exc:
+            raise KeyMismatchError(f"OpenFHE refused to combine the input: {exc}") from None
+        if seen != self._count:
+            raise ParameterError(f"input has {seen} ciphertexts, expected {self._count}")
+        self._total = total
+        self.inputs += 1
+
+    def _reserve_weight(self, weight: float) -> None:
+        if not math.isfinite(weight):
+            raise ParameterError(f"weights must be finite, got {weight!r}")
+        capacity = self._context.weight_capacity
+        if self._weight_sum + abs(weight) > capacity * (1 + 1e-12):
+            raise ParameterError(
+                f"the sum of |weights| would reach {self._weight_sum + abs(weight):g}, above "
+                f"{capacity:g} this parameter set allows; normalise the weights (FedAvg weights "
+                "sum to 1)"
+            )
+        self._weight_sum += abs(weight)
+
+    def result(self) -> EncryptedVector:
+        """The aggregate, rescaled to one limb (what is jointly decrypted)."""
+        if self._total is None:
+            if self._count:
+                raise ParameterError("nothing was added to the weighted sum")
+            self._total = []
+        total = self._total
+        if self._context.params.scaling_technique is ScalingTechnique.FIXED_MANUAL:
+            total = [self._context.native.Rescale(ciphertext) for ciphertext in total]
+        return EncryptedVector(
+            self._context.fingerprint, self._key_id, self._length, tuple(total), aggregated=True
+        )
+
+
+# -- decryption ------------------------------------------------------------------
+def decrypt_vector(context: CkksContext, secret: SecretKey, vector: EncryptedVector) -> FloatArray:
+    """Single-key decryption back to exactly ``vector.length`` reals."""
+    _check_vector(context, vector)
+    if secret.public_key_id != vector.key_id:
+        raise KeyMismatchError(
+            f"the vector is encrypted under key {vector.key_id[:16]}, this secret key belongs "
+            f"to {secret.public_key_id[:16]}"
+        )
+    plaintexts = [context.native.Decrypt(secret.native, c) for c in vector.ciphertexts]
+    return _decode_all(context, plaintexts, vector.length)
+
+
+def partial_decrypt(
+    context: CkksContext, secret: ThresholdSecret, vector: EncryptedVector, *, lead: bool
+) -> PartialDecryption:
+    """This party's share of the joint decryption of ``vector``."""
+    _check_vector(context, vector)
+    if secret.joint_key_id != vector.key_id:
+        raise KeyMismatchError(
+            f"the vector is encrypted under key {vector.key_id[:16]}, party {secret.index}'s "
+            f"share belongs to joint key {secret.joint_key_id[:16]}"
+        )
+    decrypt = context.native.MultipartyDecryptLead if lead else context.native.MultipartyDecryptMain
+    shares = tuple(decrypt([c], secret.secret.native)[0] for c in vector.ciphertexts)
+    return PartialDecryption(
+        context.fingerprint, vector.key_id, vector.digest, secret.index, lead, vector.length, shares
+    )
+
+
+def fuse_partial_decryptions(
+    context: CkksContext,
+    joint: JointPublicKey,
+    partials: Sequence[PartialDecryption],
+    *,
+    vector_digest: str | None = None,
+) -> FloatArray:
+    """Combine one partial decryption from every party into the plaintext vector."""
+    _check_partials(context, joint, partials, vector_digest)
+    ordered = sorted(partials, key=lambda partial: not partial.lead)  # lead first
+    plaintexts = [
+        context.native.MultipartyDecryptFusion([p.shares[index] for p in ordered])
+        for index in range(len(ordered[0].shares))
+    ]
+    return _decode_all(context, plaintexts, ordered[0].length)
+
+
+def _check_partials(
+    context: CkksContext,
+    joint: JointPublicKey,
+    partials: Sequence[PartialDecryption],
+    vector_digest: str | None,
+) -> None:
+    indices = [partial.party_index for partial in partials]
+    if len(set(indices)) != len(indices):
+        raise KeyMismatchError(f"more than one partial decryption from a party: {sorted(indices)}")
+    missing = set(joint.party_indices) - set(indices)
+    extra = set(indices) - set(joint.party_indices)
+    if missing or extra:
+        raise CryptoError(
+            f"fusion needs exactly one share from each of parties {list(joint.party_indices)}; "
+            f"missing {sorted(missing)}, unexpected {sorted(extra)} (recover dropped parties' "
+            "keys first)"
+        )
+    digest = vector_digest or partials[0].vector_digest
+    for partial in partials:
+        context.check_fingerprint(
+            partial.params_fingerprint, f"party {partial.party_index}'s share"
+        )
+        if partial.joint_key_id != joint.key_id or partial.vector_digest != digest:
+            raise KeyMismatchError(
+                f"party {partial.party_index}'s partial decryption is for another key or "
+                "ciphertext; discard it and ask for a fresh one"
+            )
+        if partial.length != partials[0].length or len(partial.shares) != len(partials[0].shares):
+            raise KeyMismatchError(f"party {partial.party_index}'s share has the wrong size")
+    leads = sum(partial.lead for partial in partials)
+    if leads != 1:
+        raise CryptoError(f"fusion needs exactly one lead partial decryption, got {leads}")
+
+
+def _decode_all(context: CkksContext, plaintexts: list[Any], length: int) -> FloatArray:
+    out = np.empty(length)
+    step = context.values_per_ciphertext
+    for index, plaintext in enumerate(plaintexts):
+        start = index * step
+        count = min(step, length - start)
+        out[start : start + count] = context.decode(plaintext, count)
+    return out * context.params.encoding_divisor
+
+
+# -- checks ------------------------------------------------------------------------
+def _check_length(length: int) -> None:
+    if not 0 <= length <= MAX_VECTOR_LENGTH:
+        raise ParameterError(f"vector length must be in [0, {MAX_VECTOR_LENGTH}], got {length}")
+
+
+def _check_vector(context: CkksContext, vector: EncryptedVector) -> None:
+    context.check_fingerprint(vector.params_fingerprint, "the vector")
+    if len(vector.ciphertexts) != ciphertext_count(context, vector.length):
+        raise ParameterError(
+            f"a vector of {vector.length} values needs {ciphertext_count(context, vector.length)} "
+            f"ciphertexts, got {len(vector.ciphertexts)}"
+        )

@@ -1,0 +1,270 @@
+"""Typed encoders and decoders between crypto objects and wire frames.
+
+Vectors and partial decryptions are split over as many frames as needed
+(``max_frame_bytes`` each) so that a 10^8-value model never has to be one
+message; the transport layer may chunk frames further.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from threshold_fl.crypto.context import CkksContext
+from threshold_fl.crypto.frames import (
+    DEFAULT_MAX_FRAME_BYTES,
+    Frame,
+    FrameKind,
+    checked_hash,
+    decode_frame,
+    encode_frame,
+    field_of,
+    hex_field,
+    int_field,
+    iter_chunked,
+    max_part_bytes,
+)
+from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, ShamirShare
+from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
+from threshold_fl.crypto.vectors import (
+    EncryptedVector,
+    PartialDecryption,
+    ciphertext_count,
+    vector_digest,
+)
+from threshold_fl.errors import FrameError
+
+__all__ = [
+    "decode_joint_public_key",
+    "decode_partial_decryption",
+    "decode_public_key",
+    "decode_secret_key",
+    "decode_shamir_share",
+    "decode_vector",
+    "encode_joint_public_key",
+    "encode_partial_decryption",
+    "encode_public_key",
+    "encode_secret_key",
+    "encode_shamir_share",
+    "encode_vector",
+]
+
+_MAX_PARTIES = 10_000
+
+
+def _decode(context: CkksContext, data: bytes, kind: FrameKind) -> Frame:
+    return decode_frame(data, kind, context.fingerprint, max_part_bytes=max_part_bytes(context))
+
+
+def _single_part(frame: Frame) -> bytes:
+    if len(frame.parts) != 1:
+        raise FrameError(f"{frame.kind.name} frame must carry exactly one object")
+    return frame.parts[0]
+
+
+# -- public keys ----------------------------------------------------------------------
+def encode_public_key(context: CkksContext, key: PublicKey, *, party_index: int = 0) -> bytes:
+    """A single-key public key (party_index 0) or party ``party_index``'s public share."""
+    blob = context.serialize(key.native)
+    meta = {"key_id": key.key_id, "party_index": party_index}
+    return encode_frame(FrameKind.PUBLIC_KEY, context.fingerprint, meta, [blob])
+
+
+def decode_public_key(context: CkksContext, data: bytes) -> tuple[int, PublicKey]:
+    """(party index, key); the key's bytes are checked against its id first."""
+    frame = _decode(context, data, FrameKind.PUBLIC_KEY)
+    if "share_ids" in frame.metadata:
+        raise FrameError("this PUBLIC_KEY frame holds a joint key; decode it as one")
+    return int_field(frame, "party_index", 0, _MAX_PARTIES), _public_key_of(context, frame)
+
+
+def _public_key_of(context: CkksContext, frame: Frame) -> PublicKey:
+    key_id = hex_field(frame, "key_id")
+    blob = _single_part(frame)
+    checked_hash(blob, key_id, "public key")
+    return PublicKey(context.fingerprint, key_id, context.deserialize_public_key(blob))
+
+
+def encode_joint_public_key(context: CkksContext, joint: JointPublicKey) -> bytes:
+    meta = {
+        "key_id": joint.key_id,
+        "lead_index": joint.lead_index,
+        "share_ids": {str(index): key_id for index, key_id in sorted(joint.share_ids.items())},
+    }
+    blob = context.serialize(joint.key.native)
+    return encode_frame(FrameKind.PUBLIC_KEY, context.fingerprint, meta, [blob])
+
+
+def decode_joint_public_key(context: CkksContext, data: bytes) -> JointPublicKey:
+    frame = _decode(context, data, FrameKind.PUBLIC_KEY)
+    lead_index = int_field(frame, "lead_index", 1, _MAX_PARTIES)
+    raw_ids = field_of(frame, "share_ids", dict)
+    share_ids: dict[int, str] = {}
+    for index, key_id in raw_ids.items():
+        if not (isinstance(index, str) and index.isdigit() and isinstance(key_id, str)):
+            raise FrameError("joint key frame has a malformed share_ids map")
+        share_ids[int(index)] = key_id
+    if lead_index not in share_ids:
+        raise FrameError("joint key frame names a lead that contributed no share")
+    return JointPublicKey(_public_key_of(context, frame), lead_index, share_ids)
+
+
+# -- secret material (only ever sent inside pairwise encryption) ---------------------
+def encode_secret_key(context: CkksContext, secret: SecretKey) -> bytes:
+    meta = {"public_key_id": secret.public_key_id}
+    blob = context.serialize(secret.native)
+    return encode_frame(FrameKind.SECRET_KEY, context.fingerprint, meta, [blob])
+
+
+def decode_secret_key(context: CkksContext, data: bytes) -> SecretKey:
+    frame = _decode(context, data, FrameKind.SECRET_KEY)
+    public_key_id = hex_field(frame, "public_key_id")
+    native = context.deserialize_private_key(_single_part(frame))
+    return SecretKey(context.fingerprint, public_key_id, native)
+
+
+def encode_shamir_share(context: CkksContext, share: ShamirShare) -> bytes:
+    meta = {
+        "dealer_index": share.dealer_index,
+        "holder_index": share.holder_index,
+        "parties": share.parties,
+        "threshold": share.threshold,
+        "dealer_public_id": share.dealer_public_id,
+    }
+    blob = context.wrap_polynomial(share.polynomial)
+    return encode_frame(FrameKind.SHAMIR_SHARE, context.fingerprint, meta, [blob])
+
+
+def decode_shamir_share(context: CkksContext, data: bytes) -> ShamirShare:
+    frame = _decode(context, data, FrameKind.SHAMIR_SHARE)
+    parties = int_field(frame, "parties", 2, _MAX_PARTIES)
+    threshold = int_field(frame, "threshold", 1, parties)
+    dealer = int_field(frame, "dealer_index", 1, parties)
+    holder = int_field(frame, "holder_index", 1, parties)
+    if dealer == holder:
+        raise FrameError("a Shamir share frame names the dealer as its own holder")
+    polynomial = context.unwrap_polynomial(_single_part(frame))
+    return ShamirShare(
+        dealer,
+        holder,
+        parties,
+        threshold,
+        hex_field(frame, "dealer_public_id"),
+        context.fingerprint,
+        polynomial,
+    )
+
+
+# -- multi-frame objects: vectors and partial decryptions -----------------------------
+def encode_vector(
+    context: CkksContext, vector: EncryptedVector, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> Iterator[bytes]:
+    common = {"key_id": vector.key_id, "length": vector.length, "aggregated": vector.aggregated}
+    yield from _encode_run(
+        context, FrameKind.CIPHERTEXTS, common, vector.ciphertexts, max_frame_bytes
+    )
+
+
+def decode_vector(context: CkksContext, frames: Sequence[bytes]) -> EncryptedVector:
+    common, blobs = _decode_run(context, frames, FrameKind.CIPHERTEXTS)
+    ciphertexts = tuple(context.deserialize_ciphertext(blob) for blob in blobs)
+    digest = vector_digest(context.fingerprint, common["key_id"], common["length"], blobs)
+    return EncryptedVector(
+        context.fingerprint,
+        common["key_id"],
+        common["length"],
+        ciphertexts,
+        aggregated=common["aggregated"],
+        wire_digest=digest,
+    )
+
+
+def encode_partial_decryption(
+    context: CkksContext,
+    partial: PartialDecryption,
+    *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> Iterator[bytes]:
+    common = {
+        "key_id": partial.joint_key_id,
+        "length": partial.length,
+        "vector_digest": partial.vector_digest,
+        "party_index": partial.party_index,
+        "lead": partial.lead,
+    }
+    yield from _encode_run(
+        context, FrameKind.PARTIAL_DECRYPTION, common, partial.shares, max_frame_bytes
+    )
+
+
+def decode_partial_decryption(context: CkksContext, frames: Sequence[bytes]) -> PartialDecryption:
+    common, blobs = _decode_run(context, frames, FrameKind.PARTIAL_DECRYPTION)
+    shares = tuple(context.deserialize_ciphertext(blob) for blob in blobs)
+    return PartialDecryption(
+        context.fingerprint,
+        common["key_id"],
+        common["vector_digest"],
+        common["party_index"],
+        common["lead"],
+        common["length"],
+        shares,
+    )
+
+
+def _encode_run(
+    context: CkksContext,
+    kind: FrameKind,
+    common: dict[str, Any],
+    natives: Sequence[Any],
+    max_frame_bytes: int,
+) -> Iterator[bytes]:
+    blobs = [context.serialize(native) for native in natives]
+    for first, run in iter_chunked(blobs, max_frame_bytes):
+        meta = dict(common, first=first, count=len(blobs))
+        yield encode_frame(kind, context.fingerprint, meta, run)
+
+
+def _decode_run(
+    context: CkksContext, frames: Sequence[bytes], kind: FrameKind
+) -> tuple[dict[str, Any], list[bytes]]:
+    """Check every frame of a run and that together they cover it exactly once, in order."""
+    if not frames:
+        raise FrameError(f"no {kind.name} frames were given")
+    decoded = [_decode(context, data, kind) for data in frames]
+    common = _run_common(decoded[0], kind)
+    expected_count = ciphertext_count(context, common["length"])
+    blobs: list[bytes] = []
+    for frame in decoded:
+        if _run_common(frame, kind) != common:
+            raise FrameError(f"{kind.name} frames of one run disagree on what they carry")
+        count = int_field(frame, "count", 0, expected_count)
+        if count != expected_count:
+            raise FrameError(
+                f"{kind.name} run declares {count} ciphertexts, its length needs {expected_count}"
+            )
+        if int_field(frame, "first", 0, expected_count) != len(blobs):
+            raise FrameError(
+                f"{kind.name} frames are missing, duplicated or out of order "
+                f"(expected one starting at {len(blobs)})"
+            )
+        blobs.extend(frame.parts)
+    if len(blobs) != expected_count:
+        raise FrameError(
+            f"{kind.name} run holds {len(blobs)} ciphertexts, expected "
+            f"{expected_count}: frames are missing"
+        )
+    return common, blobs
+
+
+def _run_common(frame: Frame, kind: FrameKind) -> dict[str, Any]:
+    common: dict[str, Any] = {
+        "key_id": hex_field(frame, "key_id"),
+        "length": int_field(frame, "length", 0, MAX_VECTOR_LENGTH),
+    }
+    if kind is FrameKind.CIPHERTEXTS:
+        common["aggregated"] = bool(field_of(frame, "aggregated", bool))
+    else:
+        common["vector_digest"] = hex_field(frame, "vector_digest")
+        common["party_index"] = int_field(frame, "party_index", 1, _MAX_PARTIES)
+        common["lead"] = bool(field_of(frame, "lead", bool))
+    return common
