@@ -14,6 +14,7 @@ from crypto_helpers import aggregate, encrypted_inputs, make_federation
 
 from threshold_fl.crypto import (
     CkksParams,
+    WeightedSum,
     context_for,
     fuse_partial_decryptions,
     partial_decrypt,
@@ -39,6 +40,7 @@ from threshold_fl.crypto.wire import (
     encode_secret_key,
     encode_shamir_share,
     encode_vector,
+    stream_vector,
 )
 from threshold_fl.errors import FrameError
 
@@ -295,3 +297,38 @@ def test_fuzzed_frames_raise_clear_errors_and_never_crash() -> None:
         f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
     )
     assert "fuzz-ok" in completed.stdout
+
+
+def test_uploads_stream_from_frames_into_the_weighted_sum(federation) -> None:  # type: ignore[no-untyped-def]
+    length = 3 * CONTEXT.values_per_ciphertext + 5
+    inputs = [np.linspace(-2, 2, length) * (i + 1) for i in range(3)]
+    total = WeightedSum(CONTEXT, federation.joint.key_id, length)
+    for vector in encrypted_inputs(federation, inputs):
+        frames = encode_vector(CONTEXT, vector, max_frame_bytes=300_000)  # a lazy iterator
+        total.add_chunks(1 / 3, stream_vector(CONTEXT, frames, key_id=vector.key_id, length=length))
+    aggregate_vector = total.result()
+    partials = [
+        partial_decrypt(CONTEXT, s, aggregate_vector, lead=i == 1)
+        for i, s in federation.secrets.items()
+    ]
+    result = fuse_partial_decryptions(CONTEXT, federation.joint, partials)
+    np.testing.assert_allclose(result, np.mean(inputs, axis=0), atol=CONTEXT.error_bound(3))
+
+
+def test_streamed_upload_for_another_key_or_length_is_refused(federation) -> None:  # type: ignore[no-untyped-def]
+    vector = encrypted_inputs(federation, [np.ones(10)])[0]
+    for key_id, length in ((vector.key_id, 11), ("0" * 64, 10)):
+        total = WeightedSum(CONTEXT, vector.key_id, length)
+        with pytest.raises(FrameError, match="expected a fresh vector"):
+            total.add_chunks(
+                1.0,
+                stream_vector(
+                    CONTEXT, encode_vector(CONTEXT, vector), key_id=key_id, length=length
+                ),
+            )
+
+
+def test_empty_vectors_round_trip(federation) -> None:  # type: ignore[no-untyped-def]
+    vector = encrypted_inputs(federation, [np.zeros(0)])[0]
+    received = decode_vector(CONTEXT, list(encode_vector(CONTEXT, vector)))
+    assert received.length == 0 and received.ciphertexts == ()

@@ -7,7 +7,7 @@ message; the transport layer may chunk frames further.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from threshold_fl.crypto.context import CkksContext
@@ -47,6 +47,7 @@ __all__ = [
     "encode_secret_key",
     "encode_shamir_share",
     "encode_vector",
+    "stream_vector",
 ]
 
 _MAX_PARTIES = 10_000
@@ -228,32 +229,70 @@ def _decode_run(
     context: CkksContext, frames: Sequence[bytes], kind: FrameKind
 ) -> tuple[dict[str, Any], list[bytes]]:
     """Check every frame of a run and that together they cover it exactly once, in order."""
-    if not frames:
-        raise FrameError(f"no {kind.name} frames were given")
-    decoded = [_decode(context, data, kind) for data in frames]
-    common = _run_common(decoded[0], kind)
-    expected_count = ciphertext_count(context, common["length"])
+    common: dict[str, Any] = {}
     blobs: list[bytes] = []
-    for frame in decoded:
-        if _run_common(frame, kind) != common:
+    for common, blob in _iter_run(context, frames, kind):
+        if blob is not None:
+            blobs.append(blob)
+    return common, blobs
+
+
+def _iter_run(
+    context: CkksContext, frames: Iterable[bytes], kind: FrameKind
+) -> Iterator[tuple[dict[str, Any], bytes | None]]:
+    """Yield (common metadata, blob) frame by frame; raise as soon as the run is broken.
+
+    An empty vector yields its metadata once, with no blob (None).
+    """
+    common: dict[str, Any] | None = None
+    expected_count = seen = 0
+    for data in frames:
+        frame = _decode(context, data, kind)
+        if common is None:
+            common = _run_common(frame, kind)
+            expected_count = ciphertext_count(context, common["length"])
+        elif _run_common(frame, kind) != common:
             raise FrameError(f"{kind.name} frames of one run disagree on what they carry")
-        count = int_field(frame, "count", 0, expected_count)
-        if count != expected_count:
+        if int_field(frame, "count", 0, MAX_VECTOR_LENGTH) != expected_count:
             raise FrameError(
-                f"{kind.name} run declares {count} ciphertexts, its length needs {expected_count}"
+                f"{kind.name} run declares {frame.metadata['count']} ciphertexts, its length "
+                f"needs {expected_count}"
             )
-        if int_field(frame, "first", 0, expected_count) != len(blobs):
+        if int_field(frame, "first", 0, expected_count) != seen:
             raise FrameError(
                 f"{kind.name} frames are missing, duplicated or out of order "
-                f"(expected one starting at {len(blobs)})"
+                f"(expected one starting at {seen})"
             )
-        blobs.extend(frame.parts)
-    if len(blobs) != expected_count:
+        for blob in frame.parts:
+            seen += 1
+            yield common, blob
+    if common is None:
+        raise FrameError(f"no {kind.name} frames were given")
+    if seen != expected_count:
         raise FrameError(
-            f"{kind.name} run holds {len(blobs)} ciphertexts, expected "
-            f"{expected_count}: frames are missing"
+            f"{kind.name} run holds {seen} ciphertexts, expected {expected_count}: "
+            "frames are missing"
         )
-    return common, blobs
+    if expected_count == 0:
+        yield common, None
+
+
+def stream_vector(
+    context: CkksContext, frames: Iterable[bytes], *, key_id: str, length: int
+) -> Iterator[Any]:
+    """Ciphertexts of one vector, decoded frame by frame as the frames arrive.
+
+    Feed it to :meth:`WeightedSum.add_chunks` to aggregate an upload without
+    ever holding it whole.  The frames must carry ``key_id`` and ``length``.
+    """
+    for common, blob in _iter_run(context, frames, FrameKind.CIPHERTEXTS):
+        if common["key_id"] != key_id or common["length"] != length or common["aggregated"]:
+            raise FrameError(
+                f"the upload is for key {common['key_id'][:16]} and {common['length']} values; "
+                f"expected a fresh vector under {key_id[:16]} with {length} values"
+            )
+        if blob is not None:
+            yield context.deserialize_ciphertext(blob)
 
 
 def _run_common(frame: Frame, kind: FrameKind) -> dict[str, Any]:
