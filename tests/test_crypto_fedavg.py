@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from crypto_helpers import aggregate, encrypted_inputs, make_federation
+from crypto_helpers import Federation, aggregate, encrypted_inputs, make_federation
 
 from threshold_fl.crypto import (
     CkksParams,
     DecryptionNoise,
+    EncryptedVector,
     context_for,
     decrypt_vector,
     encrypt_vector,
@@ -86,27 +87,21 @@ def test_threshold_fedavg_matches_numpy(
     )
 
 
-def test_one_lead_share_is_needed_for_fusion(rng: np.random.Generator) -> None:
+def _three_party_round(rng: np.random.Generator) -> tuple[Federation, EncryptedVector]:
     federation = make_federation(CONTEXT, 3)
-    total = aggregate(
-        CONTEXT,
-        federation.joint.key_id,
-        encrypted_inputs(federation, [rng.uniform(-1, 1, 10)] * 3),
-        np.ones(3) / 3,
-    )
+    inputs = encrypted_inputs(federation, [rng.uniform(-1, 1, 10)] * 3)
+    return federation, aggregate(CONTEXT, federation.joint.key_id, inputs, np.ones(3) / 3)
+
+
+def test_one_lead_share_is_needed_for_fusion(rng: np.random.Generator) -> None:
+    federation, total = _three_party_round(rng)
     partials = [partial_decrypt(CONTEXT, s, total, lead=False) for s in federation.secrets.values()]
     with pytest.raises(CryptoError, match="exactly one lead"):
         fuse_partial_decryptions(CONTEXT, federation.joint, partials)
 
 
 def test_threshold_without_all_shares_is_refused(rng: np.random.Generator) -> None:
-    federation = make_federation(CONTEXT, 3)
-    total = aggregate(
-        CONTEXT,
-        federation.joint.key_id,
-        encrypted_inputs(federation, [rng.uniform(-1, 1, 10)] * 3),
-        np.ones(3) / 3,
-    )
+    federation, total = _three_party_round(rng)
     partials = [partial_decrypt(CONTEXT, federation.secrets[i], total, lead=i == 1) for i in (1, 2)]
     with pytest.raises(CryptoError, match=r"missing \[3\]"):
         fuse_partial_decryptions(CONTEXT, federation.joint, partials)

@@ -231,7 +231,8 @@ def _decode_run(
     """Check every frame of a run and that together they cover it exactly once, in order."""
     common: dict[str, Any] = {}
     blobs: list[bytes] = []
-    for common, blob in _iter_run(context, frames, kind):
+    for run_common, blob in _iter_run(context, frames, kind):
+        common = run_common
         if blob is not None:
             blobs.append(blob)
     return common, blobs
