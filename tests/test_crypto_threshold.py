@@ -148,7 +148,7 @@ def test_relabelled_vector_is_refused_by_openfhe_key_tags(federation: Federation
     )
     total = WeightedSum(CONTEXT, single.public.key_id, 4)
     total.add(0.5, first)
-    with pytest.raises(KeyMismatchError, match="refused to combine"):
+    with pytest.raises(KeyMismatchError, match="cannot be combined"):
         total.add(0.5, relabelled)
 
 

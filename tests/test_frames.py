@@ -332,3 +332,35 @@ def test_empty_vectors_round_trip(federation) -> None:  # type: ignore[no-untype
     vector = encrypted_inputs(federation, [np.zeros(0)])[0]
     received = decode_vector(CONTEXT, list(encode_vector(CONTEXT, vector)))
     assert received.length == 0 and received.ciphertexts == ()
+
+
+def test_an_upload_that_breaks_off_leaves_the_sum_unchanged(federation) -> None:  # type: ignore[no-untyped-def]
+    length = 2 * CONTEXT.values_per_ciphertext
+    inputs = [np.full(length, 1.0), np.full(length, 3.0)]
+    vectors = encrypted_inputs(federation, inputs)
+    total = WeightedSum(CONTEXT, federation.joint.key_id, length)
+    total.add(0.5, vectors[0])
+    truncated = list(encode_vector(CONTEXT, vectors[1], max_frame_bytes=200_000))[:1]
+    with pytest.raises(FrameError, match="frames are missing"):
+        total.add_chunks(
+            0.5, stream_vector(CONTEXT, truncated, key_id=vectors[1].key_id, length=length)
+        )
+    total.add(0.5, vectors[1])  # the retried upload, and its weight, still fit
+    aggregate_vector = total.result()
+    partials = [
+        partial_decrypt(CONTEXT, s, aggregate_vector, lead=i == 1)
+        for i, s in federation.secrets.items()
+    ]
+    result = fuse_partial_decryptions(CONTEXT, federation.joint, partials)
+    np.testing.assert_allclose(result, np.full(length, 2.0), atol=CONTEXT.error_bound(3))
+
+
+def test_a_frame_with_more_ciphertexts_than_its_run_is_refused(federation) -> None:  # type: ignore[no-untyped-def]
+    vector = encrypted_inputs(federation, [np.ones(10)])[0]
+    (frame,) = encode_vector(CONTEXT, vector)
+    blob = CONTEXT.serialize(vector.ciphertexts[0])
+    meta = {"key_id": vector.key_id, "length": 10, "aggregated": False, "first": 0, "count": 1}
+    padded = encode_frame(FrameKind.CIPHERTEXTS, CONTEXT.fingerprint, meta, [blob, blob])
+    with pytest.raises(FrameError, match="more ciphertexts than its run"):
+        decode_vector(CONTEXT, [padded])
+    assert decode_vector(CONTEXT, [frame]).length == 10

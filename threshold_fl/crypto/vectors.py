@@ -138,6 +138,9 @@ class WeightedSum:
         self._count = ciphertext_count(context, length)
         self._total: list[Any] | None = None
         self._weight_sum = 0.0
+        # OpenFHE's tag of the first input's key.  Joint keys all have the empty
+        # tag, so this only backs up the key_id checks; it does not replace them.
+        self._key_tag: str | None = None
         self.inputs = 0
 
     def add(self, weight: float, vector: EncryptedVector) -> None:
@@ -155,29 +158,43 @@ class WeightedSum:
         self.add_chunks(weight, vector.ciphertexts)
 
     def add_chunks(self, weight: float, ciphertexts: Iterable[Any]) -> None:
-        """Add one input given as its ciphertexts in order (e.g. straight off the wire)."""
-        self._reserve_weight(weight)
-        native = self._context.native
-        total: list[Any] = [] if self._total is None else self._total
-        seen = 0
-        try:
-            for index, ciphertext in enumerate(ciphertexts):
-                if index >= self._count:
-                    raise ParameterError(f"input has more than {self._count} ciphertexts")
-                weighted = native.EvalMult(ciphertext, float(weight))
-                if self._total is None:
-                    total.append(weighted)
-                else:
-                    native.EvalAddInPlace(total[index], weighted)
-                seen += 1
-        except RuntimeError as exc:
-            raise KeyMismatchError(f"OpenFHE refused to combine the input: {exc}") from None
-        if seen != self._count:
-            raise ParameterError(f"input has {seen} ciphertexts, expected {self._count}")
-        self._total = total
+        """Add one input given as its ciphertexts in order (e.g. straight off the wire).
+
+        All or nothing: the weighted input is staged first (one client's worth of
+        memory) and joins the sum only once complete, so an upload that breaks
+        off or fails a check leaves the sum exactly as it was.
+        """
+        self._check_weight(weight)
+        staged = self._weighted(weight, ciphertexts)
+        if self._total is None:
+            self._total = staged
+        else:
+            for total, weighted in zip(self._total, staged, strict=True):
+                self._context.native.EvalAddInPlace(total, weighted)
+        self._weight_sum += abs(weight)
         self.inputs += 1
 
-    def _reserve_weight(self, weight: float) -> None:
+    def _weighted(self, weight: float, ciphertexts: Iterable[Any]) -> list[Any]:
+        staged: list[Any] = []
+        try:
+            for ciphertext in ciphertexts:
+                if len(staged) == self._count:
+                    raise ParameterError(f"input has more than {self._count} ciphertexts")
+                if self._key_tag is None:
+                    self._key_tag = ciphertext.GetKeyTag()
+                elif ciphertext.GetKeyTag() != self._key_tag:
+                    raise KeyMismatchError(
+                        "an input ciphertext was encrypted under another key than the others; "
+                        "it cannot be combined"
+                    )
+                staged.append(self._context.native.EvalMult(ciphertext, float(weight)))
+        except RuntimeError as exc:
+            raise KeyMismatchError(f"OpenFHE refused to combine the input: {exc}") from None
+        if len(staged) != self._count:
+            raise ParameterError(f"input has {len(staged)} ciphertexts, expected {self._count}")
+        return staged
+
+    def _check_weight(self, weight: float) -> None:
         if not math.isfinite(weight):
             raise ParameterError(f"weights must be finite, got {weight!r}")
         capacity = self._context.weight_capacity
@@ -187,7 +204,6 @@ class WeightedSum:
                 f"{capacity:g} this parameter set allows; normalise the weights (FedAvg weights "
                 "sum to 1)"
             )
-        self._weight_sum += abs(weight)
 
     def result(self) -> EncryptedVector:
         """The aggregate, rescaled to one limb (what is jointly decrypted)."""

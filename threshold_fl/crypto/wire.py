@@ -264,6 +264,11 @@ def _iter_run(
                 f"{kind.name} frames are missing, duplicated or out of order "
                 f"(expected one starting at {seen})"
             )
+        if seen + len(frame.parts) > expected_count:
+            raise FrameError(
+                f"{kind.name} frame carries more ciphertexts than its run declares "
+                f"({expected_count})"
+            )
         for blob in frame.parts:
             seen += 1
             yield common, blob
