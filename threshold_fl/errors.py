@@ -8,6 +8,15 @@ and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "ManifestError",
+    "ProtocolError",
+    "MessageRejected",
+    "MalformedMessage",
+    "ForgedMessage",
+    "StaleMessage",
+    "DuplicateMessage",
+    "UnexpectedMessage",
+    "SessionAborted",
     "ThresholdFLError",
     "EnvironmentError_",
     "ParameterError",
@@ -18,6 +27,8 @@ __all__ = [
     "IdentityError",
     "AuthenticationError",
     "ModelLayoutError",
+    "TransportError",
+    "TransportClosed",
 ]
 
 
@@ -59,3 +70,51 @@ class AuthenticationError(ThresholdFLError):
 
 class ModelLayoutError(ThresholdFLError, ValueError):
     """A flat vector or a model does not match the layout it is restored into."""
+
+
+class TransportError(ThresholdFLError):
+    """Moving bytes between parties failed; the message says whether retrying helps."""
+
+
+class TransportClosed(TransportError):
+    """The transport was closed (or its party disconnected); no retry on it will help."""
+
+
+class ManifestError(ParameterError):
+    """A federation manifest is malformed, inconsistent or does not match this party."""
+
+
+class ProtocolError(ThresholdFLError):
+    """The federated protocol could not accept a message or cannot go on."""
+
+
+class MessageRejected(ProtocolError):
+    """A received message was rejected; the receiver's state is unchanged.
+
+    Rejections are normal on an untrusted network (duplicates, late messages):
+    drivers log them and carry on.
+    """
+
+
+class MalformedMessage(MessageRejected, FrameError):
+    """The bytes do not form a valid message of this protocol version."""
+
+
+class ForgedMessage(MessageRejected, AuthenticationError):
+    """The message is not authentic: unknown sender, bad signature or wrong role."""
+
+
+class StaleMessage(MessageRejected):
+    """The message belongs to another session, or an earlier (or later) step: a replay."""
+
+
+class DuplicateMessage(MessageRejected):
+    """The same party already sent this message for this step."""
+
+
+class UnexpectedMessage(MessageRejected):
+    """The message is authentic and current but not acceptable in the receiver's state."""
+
+
+class SessionAborted(ProtocolError):
+    """The session ended without completing; the message says why."""

@@ -4,7 +4,33 @@ Home of the MQTT transport (aiomqtt), an in-memory transport for tests, chunking
 large payloads and signed envelopes.  A transport knows bytes, topics and party
 identities only.
 
+Every transport offers the :class:`Transport` interface (:mod:`transports.base`):
+opaque, already-signed bytes, delivered best effort (possibly dropped, duplicated,
+delayed or reordered).  :class:`MemoryHub` / :class:`MemoryTransport`
+(:mod:`transports.memory`) run a whole federation in one event loop, with faults
+scripted by a :class:`FaultPlan`.
+
 Layering (checked by ``tests/test_layering.py``): code here imports neither
 ``protocols`` nor the crypto backend (``threshold_fl.crypto``, ``openfhe``).  Only
 the composition layer in ``threshold_fl`` wires protocols to transports.
 """
+
+from transports.base import Transport
+from transports.memory import (
+    Envelope,
+    Fault,
+    FaultPlan,
+    HubStats,
+    MemoryHub,
+    MemoryTransport,
+)
+
+__all__ = [
+    "Transport",
+    "MemoryHub",
+    "MemoryTransport",
+    "FaultPlan",
+    "Fault",
+    "Envelope",
+    "HubStats",
+]

@@ -33,6 +33,7 @@ __all__ = [
     "ThresholdSecret",
     "combine_public_shares",
     "generate_keypair",
+    "joint_key_id",
     "lead_keygen",
     "member_keygen",
     "recover_secret",
@@ -170,7 +171,22 @@ def combine_public_shares(
         if index != lead_index:
             joint = context.native.MultiAddPubKeys(joint, shares[index].native, "")
     share_ids = {index: share.key_id for index, share in shares.items()}
-    return JointPublicKey(PublicKey.from_native(context, joint), lead_index, share_ids)
+    joint_id = joint_key_id(lead_index, share_ids)
+    return JointPublicKey(PublicKey(context.fingerprint, joint_id, joint), lead_index, share_ids)
+
+
+def joint_key_id(lead_index: int, share_ids: Mapping[int, str]) -> str:
+    """The joint key's id: a commitment to its shares.
+
+    OpenFHE does not serialise a sum of keys canonically (the bytes depend on whether
+    the shares were deserialised), so hashing the joint key's bytes would give parties
+    different ids for the same key.
+    """
+    return sha256_hex(
+        b"threshold-fl/joint-key/v1",
+        str(lead_index).encode(),
+        *(f"{index}:{share_ids[index]}".encode() for index in sorted(share_ids)),
+    )
 
 
 # -- dropout recovery --------------------------------------------------------

@@ -24,7 +24,13 @@ from threshold_fl.crypto.frames import (
     iter_chunked,
     max_part_bytes,
 )
-from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, ShamirShare
+from threshold_fl.crypto.keys import (
+    JointPublicKey,
+    PublicKey,
+    SecretKey,
+    ShamirShare,
+    joint_key_id,
+)
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
 from threshold_fl.crypto.vectors import (
     EncryptedVector,
@@ -107,7 +113,11 @@ def decode_joint_public_key(context: CkksContext, data: bytes) -> JointPublicKey
         share_ids[int(index)] = key_id
     if lead_index not in share_ids:
         raise FrameError("joint key frame names a lead that contributed no share")
-    return JointPublicKey(_public_key_of(context, frame), lead_index, share_ids)
+    key_id = joint_key_id(lead_index, share_ids)
+    if hex_field(frame, "key_id") != key_id:
+        raise FrameError("the joint key frame's id does not match its shares; discard it")
+    native = context.deserialize_public_key(_single_part(frame))
+    return JointPublicKey(PublicKey(context.fingerprint, key_id, native), lead_index, share_ids)
 
 
 # -- secret material (only ever sent inside pairwise encryption) ---------------------

@@ -1,19 +1,49 @@
-"""Machine-learning glue: turn torch model state into flat vectors and back."""
+"""Machine-learning glue: turn torch model state into flat vectors and back, and choose
+which of their coordinates are encrypted.
 
-from threshold_fl.ml.flatten import (
-    ModelLayout,
-    TensorSpec,
-    flatten_state,
-    layout_of,
-    restore_state,
-    vector_to_state_dict,
-)
+Names are imported lazily: the mask code needs only numpy, so the protocol layer can
+use it without loading torch (which ``flatten`` needs).
+"""
 
-__all__ = [
-    "ModelLayout",
-    "TensorSpec",
-    "flatten_state",
-    "layout_of",
-    "restore_state",
-    "vector_to_state_dict",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from threshold_fl.ml.flatten import (
+        ModelLayout,
+        TensorSpec,
+        flatten_state,
+        layout_of,
+        restore_state,
+        vector_to_state_dict,
+    )
+    from threshold_fl.ml.mask import (
+        EncryptionMask,
+        first_and_last_layers,
+        select_random_fraction,
+        select_top_fraction,
+    )
+
+_HOMES = {
+    "ModelLayout": "flatten",
+    "TensorSpec": "flatten",
+    "flatten_state": "flatten",
+    "layout_of": "flatten",
+    "restore_state": "flatten",
+    "vector_to_state_dict": "flatten",
+    "EncryptionMask": "mask",
+    "first_and_last_layers": "mask",
+    "select_random_fraction": "mask",
+    "select_top_fraction": "mask",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'threshold_fl.ml' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"threshold_fl.ml.{home}"), name)

@@ -1,0 +1,582 @@
+"""The aggregator's state machine: it coordinates, relays and sums, and never decrypts.
+
+It holds no secret key share, no Shamir share, no group key and no partial
+decryption it could open: messages between clients pass through it sealed.  It
+sees the plaintext part of each update (the coordinates the mask leaves clear)
+and the FedAvg weights, which it never sends to anyone.
+
+Dropouts are found at deadlines (or when a client says it is leaving): the
+culprits are dropped and the stage goes on without them: key agreement restarts,
+uploads are redone by the survivors (so the weights stay exact), missing partial
+decryptions are recovered from Shamir shares, and keys are rotated before the next
+round.  Below ``t`` survivors the session aborts and says so.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import numpy as np
+
+from protocols.events import (
+    Aborted,
+    Finished,
+    KeyAgreed,
+    MaskAgreed,
+    Outgoing,
+    PartyDropped,
+    RoundCompleted,
+    Step,
+)
+from protocols.machine import Machine, Randomness
+from protocols.manifest import Manifest, Mode, Role
+from protocols.messages import (
+    Abort,
+    Aggregate,
+    Hello,
+    KeyConfirm,
+    KeyDelivery,
+    KeygenStart,
+    MaskConfirm,
+    MaskStart,
+    Message,
+    PartialShare,
+    PublicShare,
+    RecoveryRequest,
+    RecoveryShare,
+    RoundDone,
+    RoundStart,
+    SensitivityUpload,
+    Stage,
+    UpdateUpload,
+)
+from protocols.messages import Finished as FinishedBody
+from protocols.protection import ProtectedSum, decode_plain, encode_plain
+from protocols.session import plaintext_key_id
+from threshold_fl.crypto.keys import PublicKey, combine_public_shares
+from threshold_fl.crypto.wire import decode_public_key
+from threshold_fl.errors import ForgedMessage, MalformedMessage, ParameterError, UnexpectedMessage
+from threshold_fl.identity import Identity, PartyId
+from threshold_fl.ml.mask import EncryptionMask
+
+__all__ = ["AggregatorMachine", "AggregatorState"]
+
+
+class AggregatorState(enum.Enum):
+    IDLE = "idle"
+    JOINING = "joining"
+    KEY_AGREEMENT = "key agreement"
+    MASK_UPLOAD = "mask upload"
+    MASK_DECRYPTION = "mask decryption"
+    ROUND_UPLOAD = "round upload"
+    ROUND_DECRYPTION = "round decryption"
+    FINISHED = "finished"
+    ABORTED = "aborted"
+
+
+A = AggregatorState
+_STAGE_OF = {
+    A.IDLE: Stage.SETUP,
+    A.JOINING: Stage.SETUP,
+    A.KEY_AGREEMENT: Stage.KEYS,
+    A.MASK_UPLOAD: Stage.MASK,
+    A.MASK_DECRYPTION: Stage.MASK,
+    A.ROUND_UPLOAD: Stage.ROUND,
+    A.ROUND_DECRYPTION: Stage.ROUND,
+    A.FINISHED: Stage.END,
+    A.ABORTED: Stage.END,
+}
+_UPLOADS = (A.MASK_UPLOAD, A.ROUND_UPLOAD)
+_DECRYPTIONS = (A.MASK_DECRYPTION, A.ROUND_DECRYPTION)
+
+
+class AggregatorMachine(Machine[AggregatorState]):
+    """Sans-I/O aggregator.  ``weights`` (party -> weight) override the default FedAvg
+    weights, the sample counts clients announce."""
+
+    ROLE = Role.AGGREGATOR
+    TERMINAL = frozenset({A.FINISHED, A.ABORTED})
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        identity: Identity,
+        randomness: Randomness,
+        *,
+        weights: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__(manifest, identity, randomness, A.IDLE)
+        self._weights = _checked_weights(manifest, weights)
+        self._samples: dict[PartyId, int] = {}
+        self.alive: list[PartyId] = []
+        self.dropped: dict[PartyId, str] = {}
+        self._epoch = 0
+        self._round = 0
+        self._attempt = 1
+        self._holders: tuple[PartyId, ...] = ()  # clients holding the current key
+        self._public_shares: dict[PartyId, PublicKey] = {}
+        self._key_id: str | None = None
+        self._group_check: str | None = None
+        self._needs_rekey = False
+        self.mask: EncryptionMask | None = None
+        self._seen: set[object] = set()
+        self._done: dict[PartyId, str] = {}  # confirmations of the current step
+        self._uploaders: list[PartyId] = []
+        self._expected: tuple[PartyId, ...] = ()  # who must upload in this attempt
+        self._sum: ProtectedSum | None = None
+        self._plain_sum: np.ndarray | None = None
+        self._digest: str | None = None  # of the aggregate being decrypted
+        self._relayed: set[PartyId] = set()  # whose partial decryption went out
+        self._recovering: dict[PartyId, PartyId] = {}  # dropped -> recoverer
+        self._decrypting = False
+
+    # -- the step being worked on ------------------------------------------------------
+    @property
+    def step(self) -> tuple[Stage, int, int, int]:
+        """(stage, epoch, round, attempt) that current messages must carry."""
+        return (_STAGE_OF[self.state], self._epoch, self._round, self._attempt)
+
+    def start(self, now: float) -> Step:
+        """Open the session: wait for every client's hello until the join deadline."""
+        if self.state is not A.IDLE:
+            raise ParameterError("the aggregator was already started")
+        self.state = A.JOINING
+        self._deadline = now + self.manifest.timeouts.join_s
+        return Step()
+
+    # -- setup and keys -----------------------------------------------------------------
+    def _on_hello(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, Hello)
+        self._require_sender(message, self.manifest.client_ids, "a client")
+        self._require_step(message, (Stage.SETUP, 0, 0, 0))
+        self._require_new(self._seen, ("hello", message.header.sender), message)
+        if message.body.samples < 1:
+            raise MalformedMessage("a client announced fewer than 1 training sample")
+        self._seen.add(("hello", message.header.sender))
+        self._samples[message.header.sender] = message.body.samples
+        if len(self._samples) == len(self.manifest.clients):
+            self.alive = sorted(self._samples)
+            return self._start_keys(now)
+        return Step()
+
+    def _start_keys(self, now: float) -> Step:
+        if len(self.alive) < self.manifest.threshold:
+            return self._abort(self._too_few("key agreement"))
+        self.state = A.KEY_AGREEMENT
+        self._epoch += 1
+        self._attempt = 1
+        self._holders = tuple(self.alive)
+        self._public_shares = {}
+        self._key_id = (
+            plaintext_key_id(self.manifest.session, self._epoch)
+            if self.manifest.mode is Mode.PLAINTEXT else None
+        )
+        self._group_check = None
+        self._needs_rekey = False
+        self._reset_step(now, self.manifest.timeouts.keys_s)
+        body = KeygenStart(self._holders, self.manifest.threshold)
+        recipients = list(self._holders)
+        if self.manifest.key_authority is not None:
+            recipients.append(self.manifest.key_authority.party_id)
+        return Step(sends=self._sends(recipients, body, self.step))
+
+    def _key_contributors(self) -> tuple[PartyId, ...]:
+        if self.manifest.mode is Mode.THRESHOLD:
+            return self._holders
+        if self.manifest.key_authority is not None:
+            return (self.manifest.key_authority.party_id,)
+        return ()
+
+    def _on_public_share(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, PublicShare)
+        sender = message.header.sender
+        self._require_sender(message, self._key_contributors(), "a key contributor")
+        self._require_relay(message, broadcast=True)
+        index, share = decode_public_key(self.context, message.body.key_frame)
+        expected = self._holders.index(sender) + 1 if sender in self._holders else 0
+        if index != expected:
+            raise MalformedMessage(f"{sender!r} sent a key share for index {index}, not {expected}")
+        shares = dict(self._public_shares, **{sender: share})
+        key_id = self._key_id
+        if self.manifest.mode is Mode.SINGLE_KEY:
+            key_id = share.key_id
+        elif len(shares) == len(self._holders):
+            by_index = {self._holders.index(party) + 1: key for party, key in shares.items()}
+            key_id = combine_public_shares(self.context, by_index, 1).key_id
+        self._seen.add(("relay", sender, "*"))
+        self._public_shares, self._key_id = shares, key_id
+        return self._relay(message, now)
+
+    def _on_key_delivery(self, message: Message, now: float) -> Step:
+        self._require_sender(message, self._key_contributors(), "a key contributor")
+        self._require_relay(message, broadcast=False)
+        self._seen.add(("relay", message.header.sender, message.header.recipient))
+        return self._relay(message, now)
+
+    def _on_key_confirm(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, KeyConfirm)
+        self._require_confirmation(message)
+        if self._key_id is None:
+            raise UnexpectedMessage("a key confirmation before every key share was relayed")
+        if message.body.key_id != self._key_id:
+            return self._abort(
+                f"{message.header.sender!r} confirmed key {message.body.key_id[:16]}, which is "
+                f"not the key the shares add up to ({(self._key_id or 'none')[:16]}); key "
+                "agreement failed"
+            )
+        if self._group_check not in (None, message.body.group_check):
+            return self._abort("clients hold different group keys; key agreement failed")
+        self._group_check = message.body.group_check
+        self._done[message.header.sender] = message.body.key_id
+        return self._progress(now)
+
+    def _keys_agreed(self, now: float) -> Step:
+        assert self._key_id is not None
+        step = self._events(KeyAgreed(self._epoch, self._key_id, tuple(self.alive)))
+        if self.mask is None:
+            return step.extend(self._start_upload(now, A.MASK_UPLOAD, 0))
+        return step.extend(self._start_upload(now, A.ROUND_UPLOAD, self._round + 1))
+
+    # -- uploads --------------------------------------------------------------------------
+    def _start_upload(self, now: float, state: AggregatorState, round_: int, *,
+                      retry: bool = False) -> Step:
+        assert self._key_id is not None and self._group_check is not None
+        self.state = state
+        self._attempt = self._attempt + 1 if retry else 1
+        self._round = round_
+        self._expected = tuple(self.alive)
+        self._uploaders = []
+        self._digest = None
+        self._relayed = set()
+        self._recovering = {}
+        self._decrypting = False
+        self._reset_step(now, self.manifest.timeouts.upload_s)
+        length = self._protected_length()
+        self._sum = ProtectedSum(self.manifest.mode, self.context, self._key_id, length)
+        self._plain_sum = np.zeros(self.manifest.model_length - length)
+        if state is A.MASK_UPLOAD:
+            body: MaskStart | RoundStart = MaskStart(self._key_id, self._group_check)
+        else:
+            assert self.mask is not None
+            body = RoundStart(self._key_id, self.mask.digest(), self._group_check)
+        return Step(sends=self._sends(self.alive, body, self.step))
+
+    def _protected_length(self) -> int:
+        if self.state is A.MASK_UPLOAD or self.state is A.MASK_DECRYPTION:
+            return self.manifest.model_length
+        assert self.mask is not None
+        return self.mask.count
+
+    def _weight(self, party: PartyId) -> float:
+        raw = self._weights or self._samples
+        return raw[party] / sum(raw[other] for other in self._expected)
+
+    def _on_upload(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, SensitivityUpload | UpdateUpload)
+        sender = message.header.sender
+        self._require_sender(message, [p for p in self._expected if p in self.alive],
+                             "an active client expected to upload in this attempt")
+        self._require_step(message, self.step)
+        self._require_new(self._seen, ("upload", sender), message)
+        if sender == self.me or message.header.recipient != self.me:
+            raise ForgedMessage("an upload must be addressed to the aggregator")
+        assert self._sum is not None and self._plain_sum is not None
+        plain = self._plain_of(message)
+        weight = self._weight(sender)
+        self._sum.add(weight, message.body.protected)  # all or nothing
+        self._plain_sum += weight * plain
+        self._seen.add(("upload", sender))
+        self._uploaders.append(sender)
+        return self._progress(now)
+
+    def _plain_of(self, message: Message) -> np.ndarray:
+        assert self._plain_sum is not None
+        if isinstance(message.body, SensitivityUpload):
+            return np.zeros(0)
+        return decode_plain(message.body.plain, self._plain_sum.size, "the upload's plain part")
+
+    def _broadcast_aggregate(self, now: float) -> Step:
+        assert self._sum is not None and self._plain_sum is not None
+        protected, self._digest = self._sum.result()
+        self.state = A.MASK_DECRYPTION if self.state is A.MASK_UPLOAD else A.ROUND_DECRYPTION
+        self._decrypting = (
+            self.manifest.mode is Mode.THRESHOLD and self._protected_length() > 0
+        )
+        self._reset_step(now, self.manifest.timeouts.decrypt_s)
+        body = Aggregate(protected, encode_plain(self._plain_sum))
+        self._sum = None
+        step = Step(sends=[self._send(self.alive, body, self.step, addressed="*")])
+        return step.extend(self._progress(now))
+
+    # -- joint decryption (relayed) and confirmations ------------------------------------
+    def _on_partial_share(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, PartialShare)
+        sender, owner = message.header.sender, message.body.on_behalf_of
+        if not self._decrypting:
+            raise UnexpectedMessage("no joint decryption is running in this step; discarded")
+        self._require_relay(message, broadcast=True)
+        if owner not in self._holders or (owner != sender and self._recovering.get(owner) != sender):
+            raise ForgedMessage(f"{sender!r} may not send a partial decryption for {owner!r}")
+        self._require_new(self._relayed, owner, message)
+        if message.body.vector_digest != self._digest:
+            raise MalformedMessage("the partial decryption is for another aggregate")
+        self._relayed.add(owner)
+        return self._relay(message, now)
+
+    def _on_recovery_share(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, RecoveryShare)
+        dropped = message.body.dropped
+        if self._recovering.get(dropped) != message.header.recipient:
+            raise UnexpectedMessage(f"no recovery of {dropped!r} by {message.header.recipient!r}")
+        self._require_relay(message, broadcast=False)
+        key = ("recovery", message.header.sender, dropped)
+        self._require_new(self._seen, key, message)
+        self._seen.add(key)
+        return self._relay(message, now)
+
+    def _on_mask_confirm(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, MaskConfirm)
+        self._require_confirmation(message)
+        mask = EncryptionMask.from_bits(self.manifest.model_length, message.body.mask_bits)
+        if mask.digest() != message.body.digest:
+            raise MalformedMessage("the mask bits do not match the digest sent with them")
+        if self.mask is not None and mask != self.mask:
+            return self._abort(
+                f"{message.header.sender!r} selected a different mask than other clients; "
+                "mask agreement failed"
+            )
+        self.mask = mask
+        self._done[message.header.sender] = mask.digest()
+        return self._progress(now)
+
+    def _on_round_done(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, RoundDone)
+        self._require_confirmation(message)
+        if any(check != message.body.model_check for check in self._done.values()):
+            return self._abort(
+                f"{message.header.sender!r} holds a different global model than other clients "
+                f"in round {self._round}; aborting"
+            )
+        self._done[message.header.sender] = message.body.model_check
+        return self._progress(now)
+
+    def _require_confirmation(self, message: Message) -> None:
+        self._require_sender(message, self.alive, "an active client")
+        self._require_step(message, self.step)
+        if message.header.recipient != self.me:
+            raise ForgedMessage("a confirmation must be addressed to the aggregator")
+        self._require_new(set(self._done), message.header.sender, message)
+
+    # -- progress, dropouts and ends -------------------------------------------------------
+    def _progress(self, now: float) -> Step:
+        """Move on if the current step has everything it needs from the live clients."""
+        if len(self.alive) < self.manifest.threshold:
+            return self._abort(self._too_few(self.state.value))
+        if self.state is A.KEY_AGREEMENT:
+            if set(self._done) >= set(self.alive) and self._key_id is not None:
+                return self._keys_agreed(now)
+        elif self.state in _UPLOADS:
+            if any(party in self.dropped for party in self._expected if party not in
+                   self._uploaders):
+                return self._start_upload(now, self.state, self._round, retry=True)
+            if set(self._uploaders) >= set(self._expected):
+                return self._broadcast_aggregate(now)
+        elif self.state in _DECRYPTIONS:
+            step = self._request_recoveries()
+            if set(self._done) >= set(self.alive):
+                return step.extend(self._decryption_done(now))
+            return step
+        return Step()
+
+    def _request_recoveries(self) -> Step:
+        step = Step()
+        if not self._decrypting:
+            return step
+        for holder in self._holders:
+            recoverer = self._recovering.get(holder)
+            if holder in self.dropped and holder not in self._relayed and (
+                recoverer is None or recoverer in self.dropped
+            ):
+                self._recovering[holder] = self.alive[0]
+                self._needs_rekey = True
+                body = RecoveryRequest(holder, self.alive[0])
+                step.sends.extend(self._sends(self.alive, body, self.step))
+        return step
+
+    def _decryption_done(self, now: float) -> Step:
+        if self.state is A.MASK_DECRYPTION:
+            assert self.mask is not None
+            step = self._events(MaskAgreed(self.mask))
+            if self._needs_rekey:
+                return step.extend(self._start_keys(now))
+            return step.extend(self._start_upload(now, A.ROUND_UPLOAD, 1))
+        step = self._events(RoundCompleted(self._round, tuple(sorted(self._uploaders)), None))
+        if self._round >= self.manifest.rounds:
+            self.state = A.FINISHED
+            body = FinishedBody(self._round)
+            return step.extend(Step(sends=self._sends(self.alive, body, self.step),
+                                    events=[Finished(self._round)]))
+        if self._needs_rekey and self.manifest.mode is Mode.THRESHOLD:
+            return step.extend(self._start_keys(now))
+        return step.extend(self._start_upload(now, A.ROUND_UPLOAD, self._round + 1))
+
+    def _deadline_passed(self, now: float) -> Step:
+        if self.state is A.JOINING:
+            self.alive = sorted(self._samples)
+            late = [party for party in self.manifest.client_ids if party not in self._samples]
+            return self._drop(late, "did not join in time").extend(self._start_keys(now))
+        culprits = self._culprits()
+        step = self._drop(culprits, f"missed the {self.state.value} deadline")
+        self._deadline = now + self._stage_timeout()
+        return step.extend(self._after_drop(now))
+
+    def _stage_timeout(self) -> float:
+        timeouts = self.manifest.timeouts
+        if self.state is A.KEY_AGREEMENT:
+            return timeouts.keys_s
+        return timeouts.upload_s if self.state in _UPLOADS else timeouts.decrypt_s
+
+    def _culprits(self) -> list[PartyId]:
+        if self.state is A.KEY_AGREEMENT:
+            return self._key_culprits()
+        if self.state in _UPLOADS:
+            return [party for party in self._expected if party not in self._uploaders]
+        missing = [h for h in self._holders if h not in self._relayed] if self._decrypting else []
+        if missing:
+            owners = [h for h in missing if h in self.alive]
+            stalled = [self._recovering[h] for h in missing if h in self._recovering]
+            return sorted(set(owners + stalled) & set(self.alive))
+        return [party for party in self.alive if party not in self._done]
+
+    def _key_culprits(self) -> list[PartyId]:
+        contributors = self._key_contributors()
+        missing_shares = [p for p in contributors if p not in self._public_shares]
+        if missing_shares:
+            lead = contributors[0]
+            return [lead] if lead in missing_shares else missing_shares
+        recipients = self._holders
+        silent = [
+            sender for sender in contributors
+            if any(("relay", sender, r) not in self._seen for r in recipients if r != sender)
+        ]
+        if silent:
+            return silent
+        return [party for party in self.alive if party not in self._done]
+
+    def _after_drop(self, now: float) -> Step:
+        if len(self.alive) < self.manifest.threshold:
+            return self._abort(self._too_few(self.state.value))
+        if self.state is A.KEY_AGREEMENT:
+            authority = self.manifest.key_authority
+            if authority is not None and authority.party_id in self.dropped:
+                return self._abort("the key authority did not deliver the keys in time")
+            if self.manifest.mode is Mode.THRESHOLD and set(self._holders) - set(self.alive):
+                return self._start_keys(now)
+        return self._progress(now)
+
+    def _drop(self, parties: list[PartyId], reason: str) -> Step:
+        step = Step()
+        for party in parties:
+            if party in self.dropped:
+                continue
+            self.dropped[party] = reason
+            if party in self.alive:
+                self.alive.remove(party)
+            if self.manifest.mode is Mode.THRESHOLD and party in self._holders:
+                self._needs_rekey = True  # its share of the joint key is gone
+            step.sends.extend(self._sends([party], Abort(f"dropped: {reason}"), self.step))
+            step.events.append(PartyDropped(party, reason))
+        return step
+
+    def _on_abort(self, message: Message, now: float) -> Step:
+        sender = message.header.sender
+        if self.state in self.TERMINAL or self.state is A.IDLE:
+            raise UnexpectedMessage(f"abort from {sender!r} after the session ended; discarded")
+        authority = self.manifest.key_authority
+        if sender not in self.alive and not (authority and sender == authority.party_id):
+            raise UnexpectedMessage(f"abort from {sender!r}, who is not an active party")
+        reason = f"left the session: {message.body.reason}"  # type: ignore[union-attr]
+        step = self._drop([sender], reason)
+        return step.extend(self._after_drop(now))
+
+    def _abort(self, reason: str) -> Step:
+        self.state = A.ABORTED
+        recipients = list(self.alive)
+        if self.manifest.key_authority is not None:
+            recipients.append(self.manifest.key_authority.party_id)
+        sends = self._sends(recipients, Abort(reason), self.step)
+        return Step(sends=sends, events=[Aborted(reason)])
+
+    def _too_few(self, stage: str) -> str:
+        return (
+            f"only {len(self.alive)} client(s) left during {stage}, fewer than the "
+            f"{self.manifest.threshold} the manifest requires (threshold t); aborting"
+        )
+
+    # -- relaying ----------------------------------------------------------------------------
+    def _require_relay(self, message: Message, *, broadcast: bool) -> None:
+        header = message.header
+        self._require_step(message, self.step)
+        if broadcast and header.recipient != "*":
+            raise ForgedMessage(f"{message.kind} must be addressed to every client")
+        if not broadcast and (header.recipient not in self.alive or
+                              header.recipient == header.sender):
+            raise ForgedMessage(f"{message.kind} for {header.recipient!r}, not an active client")
+        key = ("relay", header.sender, header.recipient)
+        if not isinstance(message.body, PartialShare | RecoveryShare):
+            self._require_new(self._seen, key, message)
+
+    def _relay(self, message: Message, now: float) -> Step:
+        header = message.header
+        if header.recipient == "*":
+            recipients = [party for party in self.alive if party != header.sender]
+        else:
+            recipients = [PartyId(header.recipient)]
+        assert self._incoming is not None
+        return Step(sends=[Outgoing(tuple(recipients), self._incoming, message.kind)])
+
+    def _reset_step(self, now: float, timeout: float) -> None:
+        self._seen = {key for key in self._seen if isinstance(key, tuple) and key[0] == "hello"}
+        self._done = {}
+        self._deadline = now + timeout
+
+    TRANSITIONS = {
+        A.JOINING: {Hello: _on_hello},
+        A.KEY_AGREEMENT: {
+            PublicShare: _on_public_share,
+            KeyDelivery: _on_key_delivery,
+            KeyConfirm: _on_key_confirm,
+        },
+        A.MASK_UPLOAD: {SensitivityUpload: _on_upload},
+        A.MASK_DECRYPTION: {
+            PartialShare: _on_partial_share,
+            RecoveryShare: _on_recovery_share,
+            MaskConfirm: _on_mask_confirm,
+        },
+        A.ROUND_UPLOAD: {UpdateUpload: _on_upload},
+        A.ROUND_DECRYPTION: {
+            PartialShare: _on_partial_share,
+            RecoveryShare: _on_recovery_share,
+            RoundDone: _on_round_done,
+        },
+    }
+
+
+def _checked_weights(
+    manifest: Manifest, weights: Mapping[str, float] | None
+) -> dict[PartyId, float] | None:
+    """FedAvg weights given by the application: one positive finite weight per client."""
+    if weights is None:
+        return None
+    if set(weights) != set(manifest.client_ids):
+        raise ParameterError(
+            f"weights must name exactly the clients {list(manifest.client_ids)}, got "
+            f"{sorted(weights)}"
+        )
+    for party, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not (
+            0 < weight < float("inf")
+        ):
+            raise ParameterError(f"the weight of {party!r} must be positive and finite")
+    return {PartyId(party): float(weight) for party, weight in weights.items()}

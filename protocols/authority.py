@@ -1,0 +1,86 @@
+"""The key authority of single-key mode (kept for comparison with FedML-HE and FLARE).
+
+It makes one key pair, hands the secret key to every client sealed for that client
+alone, publishes the public key, and is done: the aggregator never gets the secret.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from threshold_fl.crypto.keys import generate_keypair
+from threshold_fl.crypto.wire import encode_public_key, encode_secret_key
+from threshold_fl.errors import ProtocolError, StaleMessage, UnexpectedMessage
+from threshold_fl.identity import Identity, seal_for
+from protocols.events import Aborted, KeyAgreed, Step
+from protocols.machine import Machine, Randomness
+from protocols.manifest import Manifest, Role
+from protocols.messages import Abort, KeyDelivery, KeygenStart, Message, PublicShare
+from protocols.session import GROUP_KEY_SIZE, pack_mapping, seal_context
+
+__all__ = ["KeyAuthorityMachine", "KeyAuthorityState"]
+
+
+class KeyAuthorityState(enum.Enum):
+    IDLE = "idle"
+    WAITING = "waiting"
+    DONE = "keys delivered"
+    ABORTED = "aborted"
+
+
+K = KeyAuthorityState
+
+
+class KeyAuthorityMachine(Machine[KeyAuthorityState]):
+    ROLE = Role.KEY_AUTHORITY
+    TERMINAL = frozenset({K.DONE, K.ABORTED})
+
+    def __init__(self, manifest: Manifest, identity: Identity, randomness: Randomness) -> None:
+        super().__init__(manifest, identity, randomness, K.IDLE)
+
+    def start(self, now: float) -> Step:
+        if self.state is not K.IDLE:
+            raise ProtocolError("the key authority was already started")
+        self.state = K.WAITING
+        self._deadline = now + self.manifest.timeouts.client_patience_s
+        return Step()
+
+    def _on_keygen_start(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, KeygenStart)
+        aggregator = self.manifest.aggregator.party_id
+        self._require_sender(message, [aggregator], "the aggregator")
+        if message.header.epoch != 1:
+            raise StaleMessage("single-key mode has one key epoch; discarded")
+        if not set(message.body.participants) <= set(self.manifest.client_ids):
+            raise UnexpectedMessage("the key agreement names parties not in the manifest")
+        pair = generate_keypair(self.context)
+        group_key = self._randomness(GROUP_KEY_SIZE)
+        step = message.header.step
+        frame = encode_public_key(self.context, pair.public)
+        out = Step(sends=[self._send([aggregator], PublicShare(frame), step, addressed="*")])
+        secret = encode_secret_key(self.context, pair.secret)
+        for client in message.body.participants:
+            header = self._header(client, step)
+            sealed = seal_for(
+                self._identity, self._directory[client],
+                pack_mapping({"secret_key": secret, "group_key": group_key}),
+                context=seal_context(header, "key-delivery"), nonce=self._randomness(12),
+            )
+            out.sends.append(self._send([aggregator], KeyDelivery(sealed), step, addressed=client))
+        self.state = K.DONE
+        out.events.append(KeyAgreed(1, pair.public.key_id, message.body.participants))
+        return out
+
+    def _on_abort(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, Abort)
+        self._require_sender(message, [self.manifest.aggregator.party_id], "the aggregator")
+        if self.state in self.TERMINAL:
+            raise UnexpectedMessage("an abort after the key authority finished; discarded")
+        self.state = K.ABORTED
+        return self._events(Aborted(message.body.reason))
+
+    def _deadline_passed(self, now: float) -> Step:
+        self.state = K.ABORTED
+        return self._events(Aborted("no key request from the aggregator in time"))
+
+    TRANSITIONS = {K.WAITING: {KeygenStart: _on_keygen_start}}

@@ -1,0 +1,683 @@
+"""The client's state machine: key agreement, mask agreement and FedAvg rounds.
+
+The application is asked for work through events (:class:`SensitivityNeeded`,
+:class:`UpdateNeeded`) and answers with :meth:`ClientMachine.submit_sensitivity` and
+:meth:`ClientMachine.submit_update`.  Key material, the group key and the Shamir
+shares this client holds live only here.  Joint decryption is in
+:mod:`protocols.decryption`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+from protocols.decryption import JointDecryption
+from protocols.events import (
+    Aborted,
+    FloatArray,
+    KeyAgreed,
+    KeyRecovered,
+    MaskAgreed,
+    Outgoing,
+    RoundCompleted,
+    SensitivityNeeded,
+    Step,
+    UpdateNeeded,
+)
+from protocols.events import Finished as FinishedEvent
+from protocols.machine import Machine, Randomness
+from protocols.manifest import Manifest, Mode, Role
+from protocols.messages import (
+    Abort,
+    Aggregate,
+    Finished,
+    Hello,
+    KeyConfirm,
+    KeyDelivery,
+    KeygenStart,
+    MaskConfirm,
+    MaskStart,
+    Message,
+    PartialShare,
+    PublicShare,
+    RecoveryRequest,
+    RecoveryShare,
+    RoundDone,
+    RoundStart,
+    SensitivityUpload,
+    Stage,
+    UpdateUpload,
+)
+from protocols.protection import (
+    decode_frames,
+    decode_plain,
+    encode_frames,
+    encode_plain,
+    open_protected,
+    protect,
+)
+from protocols.session import (
+    GROUP_KEY_SIZE,
+    PLAINTEXT_GROUP_KEY,
+    group_check,
+    model_check,
+    open_group,
+    open_mapping,
+    pack_mapping,
+    plaintext_key_id,
+    seal_context,
+    seal_group,
+)
+from threshold_fl.crypto.keys import (
+    JointPublicKey,
+    PartyKeys,
+    PublicKey,
+    SecretKey,
+    ShamirShare,
+    combine_public_shares,
+    lead_keygen,
+    member_keygen,
+    shamir_shares,
+)
+from threshold_fl.crypto.vectors import EncryptedVector, PartialDecryption, decrypt_vector
+from threshold_fl.crypto.wire import (
+    decode_public_key,
+    decode_secret_key,
+    decode_shamir_share,
+    encode_partial_decryption,
+    encode_public_key,
+    encode_shamir_share,
+)
+from threshold_fl.errors import (
+    DuplicateMessage,
+    ForgedMessage,
+    MalformedMessage,
+    MessageRejected,
+    ParameterError,
+    ProtocolError,
+    StaleMessage,
+    UnexpectedMessage,
+)
+from threshold_fl.identity import Identity, PartyId, open_from, seal_for
+from threshold_fl.ml.mask import EncryptionMask, select_top_fraction
+
+__all__ = ["ClientMachine", "ClientState"]
+
+_DELIVERY_FIELDS = frozenset({"shamir", "group_key", "secret_key"})
+
+
+class ClientState(enum.Enum):
+    IDLE = "idle"
+    JOINING = "joining"
+    KEY_AGREEMENT = "key agreement"
+    KEYS_CONFIRMED = "keys confirmed"
+    MASK_COMPUTING = "computing sensitivity"
+    MASK_UPLOADED = "sensitivity uploaded"
+    MASK_DECRYPTING = "decrypting sensitivity"
+    MASK_CONFIRMED = "mask confirmed"
+    TRAINING = "training"
+    UPDATE_UPLOADED = "update uploaded"
+    ROUND_DECRYPTING = "decrypting round"
+    ROUND_DONE = "round done"
+    FINISHED = "finished"
+    ABORTED = "aborted"
+
+
+C = ClientState
+_BETWEEN_STAGES = (C.JOINING, C.KEY_AGREEMENT, C.KEYS_CONFIRMED, C.MASK_CONFIRMED, C.ROUND_DONE)
+
+
+class ClientMachine(Machine[ClientState]):
+    """Sans-I/O client.  ``samples`` is the local data size (the default FedAvg weight)."""
+
+    ROLE = Role.CLIENT
+    TERMINAL = frozenset({C.FINISHED, C.ABORTED})
+
+    def __init__(
+        self, manifest: Manifest, identity: Identity, randomness: Randomness, *, samples: int
+    ) -> None:
+        super().__init__(manifest, identity, randomness, C.IDLE)
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ParameterError(f"samples must be a positive integer, got {samples!r}")
+        self._samples = samples
+        self._aggregator = manifest.aggregator.party_id
+        self._step: tuple[Stage, int, int, int] = (Stage.SETUP, 0, 0, 0)
+        self._holders: tuple[PartyId, ...] = ()
+        self._keys: PartyKeys | None = None
+        self._public_shares: dict[int, PublicKey] = {}
+        self._held_shares: dict[int, ShamirShare] = {}  # dealer index -> my share of its key
+        self._joint: JointPublicKey | None = None
+        self._public_key: PublicKey | None = None  # what updates are encrypted under
+        self._secret: SecretKey | None = None  # single-key mode only
+        self._group_key: bytes | None = None
+        self._key_id: str | None = None
+        self._mask: EncryptionMask | None = None
+        self._mask_announced = False
+        self._round = 0
+        self.model: FloatArray | None = None  # the latest global model
+        self._upload: SensitivityUpload | UpdateUpload | None = None  # kept for re-uploads
+        self._plain_part: FloatArray | None = None
+        self._decryption: JointDecryption | None = None
+        self._early: list[Message] = []  # decryption messages that overtook the aggregate
+
+    # -- the application's side --------------------------------------------------------
+    def start(self, now: float) -> Step:
+        """Say hello to the aggregator."""
+        if self.state is not C.IDLE:
+            raise ProtocolError("the client was already started")
+        self.state = C.JOINING
+        self._heard(now)
+        return Step(sends=self._sends([self._aggregator], Hello(self._samples), self._step))
+
+    def submit_sensitivity(self, sensitivity: FloatArray, now: float) -> Step:
+        """Upload the local sensitivity map (one non-negative value per parameter)."""
+        self._require_state(C.MASK_COMPUTING, "a sensitivity map")
+        values = _checked_vector(sensitivity, self.manifest.model_length, "sensitivity map")
+        if np.any(values < 0):
+            raise ParameterError("sensitivity values must be non-negative")
+        peak = float(values.max())
+        normalised = values / peak if peak > 0 else values  # comparable across clients
+        protected = self._protect(normalised)
+        self._upload = SensitivityUpload(protected)
+        self.state = C.MASK_UPLOADED
+        return Step(sends=self._sends([self._aggregator], self._upload, self._step))
+
+    def submit_update(self, model: FloatArray, now: float) -> Step:
+        """Upload the locally trained model for the current round."""
+        self._require_state(C.TRAINING, "a model update")
+        assert self._mask is not None
+        values = _checked_vector(model, self.manifest.model_length, "model update")
+        protected, plain = self._mask.gather(values)
+        self._upload = UpdateUpload(self._protect(protected), encode_plain(plain))
+        self.state = C.UPDATE_UPLOADED
+        return Step(sends=self._sends([self._aggregator], self._upload, self._step))
+
+    def _protect(self, values: FloatArray) -> tuple[bytes, ...]:
+        return protect(self.manifest.mode, self.context, self._public_key, values)
+
+    def _require_state(self, state: ClientState, what: str) -> None:
+        if self.state is not state:
+            raise ProtocolError(
+                f"{what} was submitted while the client is {self.state.value}, not "
+                f"{state.value}; wait for the event that asks for it"
+            )
+
+    # -- key agreement ---------------------------------------------------------------------
+    def _on_keygen_start(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, KeygenStart)
+        self._require_from_aggregator(message)
+        if message.header.epoch <= self._step[1]:
+            raise StaleMessage(f"key epoch {message.header.epoch} is not newer than mine")
+        if message.body.threshold != self.manifest.threshold or not set(
+            message.body.participants
+        ) <= set(self.manifest.client_ids):
+            raise ForgedMessage("the key agreement names parties or a threshold not in the manifest")
+        self._heard(now)
+        if self.me not in message.body.participants:
+            return self._abort_locally("excluded from the new key epoch", notify=False)
+        self._reset_keys(message)
+        if self.manifest.mode is Mode.PLAINTEXT:
+            self._group_key = PLAINTEXT_GROUP_KEY
+            self._key_id = plaintext_key_id(self.manifest.session, self._step[1])
+            return self._maybe_confirm()
+        if self.manifest.mode is Mode.THRESHOLD and self._index == 1:
+            self._group_key = self._randomness(GROUP_KEY_SIZE)
+            return self._deal(lead_keygen(self.context, 1))
+        return Step()
+
+    def _reset_keys(self, message: Message) -> None:
+        self.state = C.KEY_AGREEMENT
+        self._step = message.header.step
+        self._holders = message.body.participants  # type: ignore[union-attr]
+        self._keys = self._joint = self._public_key = self._secret = None
+        self._group_key = self._key_id = None
+        self._public_shares, self._held_shares = {}, {}
+        self._seen: set[object] = set()
+
+    @property
+    def _index(self) -> int:
+        return self._holders.index(self.me) + 1
+
+    def _index_of(self, party: str) -> int:
+        return self._holders.index(PartyId(party)) + 1
+
+    def _deal(self, keys: PartyKeys) -> Step:
+        """Publish my public share and send each other holder its Shamir share of my key."""
+        self._keys = keys
+        self._public_shares[keys.index] = keys.public_share
+        frame = encode_public_key(self.context, keys.public_share, party_index=keys.index)
+        step = Step(sends=[self._send([self._aggregator], PublicShare(frame), self._step,
+                                      addressed="*")])
+        shares = shamir_shares(self.context, keys, len(self._holders), self.manifest.threshold)
+        for holder in self._holders:
+            if holder == self.me:
+                continue
+            fields = {"shamir": encode_shamir_share(self.context, shares[self._index_of(holder)])}
+            if keys.index == 1:
+                assert self._group_key is not None
+                fields["group_key"] = self._group_key
+            step.sends.append(self._deliver(holder, fields))
+        return step.extend(self._maybe_confirm())
+
+    def _deliver(self, holder: PartyId, fields: dict[str, bytes]) -> Outgoing:
+        """A KeyDelivery sealed for ``holder`` alone, relayed by the aggregator."""
+        header = self._header(holder, self._step)
+        sealed = seal_for(
+            self._identity, self._directory[holder], pack_mapping(fields),
+            context=seal_context(header, "key-delivery"), nonce=self._randomness(12),
+        )
+        return self._send([self._aggregator], KeyDelivery(sealed), self._step, addressed=holder)
+
+    def _on_public_share(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, PublicShare)
+        sender = message.header.sender
+        self._require_step(message, self._step)
+        contributors = self._key_contributors()
+        self._require_sender(message, [p for p in contributors if p != self.me], "a key dealer")
+        self._require_new(self._seen, ("share", sender), message)
+        index, share = decode_public_key(self.context, message.body.key_frame)
+        expected = self._index_of(sender) if self.manifest.mode is Mode.THRESHOLD else 0
+        if index != expected:
+            raise MalformedMessage(f"{sender!r} sent a public share for index {index}")
+        self._seen.add(("share", sender))
+        self._heard(now)
+        if self.manifest.mode is Mode.SINGLE_KEY:
+            self._public_key = share
+            return self._maybe_confirm()
+        self._public_shares[index] = share
+        if index == 1 and self._keys is None:
+            return self._deal(member_keygen(self.context, self._index, share))
+        return self._maybe_confirm()
+
+    def _key_contributors(self) -> tuple[PartyId, ...]:
+        if self.manifest.key_authority is not None:
+            return (self.manifest.key_authority.party_id,)
+        return self._holders
+
+    def _on_key_delivery(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, KeyDelivery)
+        sender = message.header.sender
+        self._require_step(message, self._step)
+        self._require_sender(message, [p for p in self._key_contributors() if p != self.me],
+                             "a key dealer")
+        self._require_new(self._seen, ("delivery", sender), message)
+        plaintext = open_from(self._identity, self._directory[sender], message.body.sealed,
+                              context=seal_context(message.header, "key-delivery"))
+        fields = open_mapping(plaintext, _DELIVERY_FIELDS, "the key delivery")
+        group_key = fields.get("group_key")
+        if self.manifest.mode is Mode.SINGLE_KEY:
+            secret = decode_secret_key(self.context, fields.get("secret_key", b""))
+            self._seen.add(("delivery", sender))
+            self._secret = secret
+        else:
+            share = self._held_share(sender, fields.get("shamir", b""))
+            if (self._index_of(sender) == 1) != (group_key is not None):
+                raise MalformedMessage("only the lead's key delivery carries the group key")
+            self._seen.add(("delivery", sender))
+            self._held_shares[share.dealer_index] = share
+        if group_key is not None:
+            if len(group_key) != GROUP_KEY_SIZE:
+                raise MalformedMessage("the group key has the wrong size")
+            self._group_key = group_key
+        self._heard(now)
+        return self._maybe_confirm()
+
+    def _held_share(self, sender: PartyId, frame: bytes) -> ShamirShare:
+        share = decode_shamir_share(self.context, frame)
+        if (share.dealer_index, share.holder_index, share.parties, share.threshold) != (
+            self._index_of(sender), self._index, len(self._holders), self.manifest.threshold
+        ):
+            raise MalformedMessage(f"{sender!r}'s Shamir share is for another sharing")
+        return share
+
+    def _maybe_confirm(self) -> Step:
+        """Confirm the key once all of its parts are in (threshold: shares and group key)."""
+        if self.state is not C.KEY_AGREEMENT or self._group_key is None:
+            return Step()
+        if self.manifest.mode is Mode.THRESHOLD:
+            if self._keys is None or len(self._public_shares) < len(self._holders) or len(
+                self._held_shares
+            ) < len(self._holders) - 1:
+                return Step()
+            for dealer, share in self._held_shares.items():
+                if share.dealer_public_id != self._public_shares[dealer].key_id:
+                    return self._abort_locally(f"party {dealer}'s Shamir share is not of its key")
+            self._joint = combine_public_shares(self.context, self._public_shares, 1)
+            self._public_key, self._key_id = self._joint.key, self._joint.key_id
+        elif self.manifest.mode is Mode.SINGLE_KEY:
+            if self._public_key is None or self._secret is None:
+                return Step()
+            if self._secret.public_key_id != self._public_key.key_id:
+                return self._abort_locally("the key authority's secret key does not match")
+            self._key_id = self._public_key.key_id
+        assert self._key_id is not None
+        self.state = C.KEYS_CONFIRMED
+        body = KeyConfirm(self._key_id, self._group_check())
+        return Step(
+            sends=self._sends([self._aggregator], body, self._step),
+            events=[KeyAgreed(self._step[1], self._key_id, self._holders)],
+        )
+
+    def _group_check(self) -> str:
+        assert self._group_key is not None
+        return group_check(self._group_key, self.manifest.session, self._step[1])
+
+    # -- mask agreement and rounds: announcements --------------------------------------------
+    def _on_mask_start(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, MaskStart)
+        retry = self._check_announcement(message, Stage.MASK, 0)
+        if not self._same_keys(message.body.key_id, message.body.group_check):
+            return self._abort_locally("the aggregator announced a key other parties do not hold")
+        self._step = message.header.step
+        self._heard(now)
+        if retry:
+            return self._reupload()
+        self.state = C.MASK_COMPUTING
+        return self._events(SensitivityNeeded())
+
+    def _on_round_start(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, RoundStart)
+        if self._mask is None:
+            raise UnexpectedMessage("a round announcement before the mask was agreed")
+        retry = self._check_announcement(message, Stage.ROUND, self._round + 1)
+        body = message.body
+        if not self._same_keys(body.key_id, body.group_check) or (
+            body.mask_digest != self._mask.digest()
+        ):
+            return self._abort_locally("the aggregator announced a key or mask we do not share")
+        self._step = message.header.step
+        self._heard(now)
+        if retry:
+            return self._reupload()
+        self._round = message.header.round
+        self.state = C.TRAINING
+        step = Step()
+        if not self._mask_announced:
+            self._mask_announced = True
+            step.events.append(MaskAgreed(self._mask))
+        step.events.append(UpdateNeeded(self._round, self.model))
+        return step
+
+    def _check_announcement(self, message: Message, stage: Stage, next_round: int) -> bool:
+        """True for a retry of the current upload; False for a new step; else raise."""
+        self._require_from_aggregator(message)
+        header = message.header
+        retrying = self.state in (C.MASK_COMPUTING, C.MASK_UPLOADED, C.TRAINING, C.UPDATE_UPLOADED)
+        if retrying:
+            expected = (stage, self._step[1], self._step[2])
+            if (header.stage, header.epoch, header.round) == expected and (
+                header.attempt > self._step[3]
+            ):
+                return True
+        elif (header.stage, header.epoch, header.round, header.attempt) == (
+            stage, self._step[1], next_round, 1
+        ):
+            return False
+        raise StaleMessage(
+            f"{message.kind} for epoch {header.epoch}, round {header.round}, attempt "
+            f"{header.attempt} does not follow this client's step {self._step}; discarded"
+        )
+
+    def _same_keys(self, key_id: str, check: str) -> bool:
+        return key_id == self._key_id and check == self._group_check()
+
+    def _reupload(self) -> Step:
+        """Survivors upload again after a dropout, so the FedAvg weights stay exact."""
+        if self._upload is None or self.state in (C.MASK_COMPUTING, C.TRAINING):
+            return Step()
+        return Step(sends=self._sends([self._aggregator], self._upload, self._step))
+
+    # -- the aggregate and its decryption -------------------------------------------------------
+    def _on_aggregate(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, Aggregate)
+        self._require_from_aggregator(message)
+        self._require_step(message, self._step)
+        in_mask = self.state is C.MASK_UPLOADED
+        length = self.manifest.model_length if in_mask else self._protected_count()
+        plain_length = 0 if in_mask else self.manifest.model_length - length
+        plain = decode_plain(message.body.plain, plain_length, "the aggregate's plain part")
+        assert self._key_id is not None
+        opened = open_protected(self.manifest.mode, self.context, self._key_id,
+                                message.body.protected, length)
+        self._heard(now)
+        self._plain_part = plain
+        self.state = C.MASK_DECRYPTING if in_mask else C.ROUND_DECRYPTING
+        if isinstance(opened, np.ndarray):
+            return self._decrypted(opened)
+        if self.manifest.mode is Mode.SINGLE_KEY:
+            assert self._secret is not None
+            return self._decrypted(decrypt_vector(self.context, self._secret, opened))
+        if length == 0:
+            return self._decrypted(np.zeros(0))
+        return self._start_joint_decryption(opened, now)
+
+    def _protected_count(self) -> int:
+        assert self._mask is not None
+        return self._mask.count
+
+    def _start_joint_decryption(self, vector: EncryptedVector, now: float) -> Step:
+        assert self._joint is not None and self._keys is not None
+        self._decryption = JointDecryption(self.context, self._joint, vector,
+                                           self.manifest.threshold)
+        partial = self._decryption.own(self._joint.bind(self._keys))
+        step = Step(sends=[self._partial_share(self.me, partial)])
+        early, self._early = self._early, []
+        for message in early:
+            try:
+                step.extend(self.handle(message, now))
+            except MessageRejected:
+                continue  # e.g. a duplicate that arrived early twice
+        return step
+
+    def _partial_share(self, owner: PartyId, partial: PartialDecryption) -> Outgoing:
+        """My (or a recovered party's) partial decryption, sealed under the group key."""
+        assert self._group_key is not None and self._decryption is not None
+        digest = self._decryption.digest
+        header = self._header("*", self._step)
+        frames = encode_frames(list(encode_partial_decryption(self.context, partial)))
+        sealed = seal_group(self._group_key, self._randomness(12), frames,
+                            seal_context(header, owner, digest))
+        body = PartialShare(owner, digest, sealed)
+        return self._send([self._aggregator], body, self._step, addressed="*")
+
+    def _on_early(self, message: Message, now: float) -> Step:
+        """Keep a decryption message that overtook the aggregate it belongs to."""
+        self._require_step(message, self._step)
+        self._require_sender(message, self._holders + (self._aggregator,), "a key holder")
+        if any(m.header == message.header and m.body == message.body for m in self._early):
+            raise DuplicateMessage(f"the same early {message.kind} twice; discarded")
+        if len(self._early) >= 4 * len(self._holders):
+            raise UnexpectedMessage("too many messages ahead of the aggregate; discarded")
+        self._early.append(message)
+        return Step()
+
+    def _on_partial_share(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, PartialShare) and self._decryption is not None
+        body, sender = message.body, message.header.sender
+        self._require_step(message, self._step)
+        self._require_sender(message, [h for h in self._holders if h != self.me], "a key holder")
+        if body.on_behalf_of not in self._holders:
+            raise ForgedMessage(f"{body.on_behalf_of!r} holds no share of the joint key")
+        index = self._index_of(body.on_behalf_of)
+        self._decryption.check_new(index)
+        if body.vector_digest != self._decryption.digest:
+            raise MalformedMessage("the partial decryption is for another aggregate")
+        assert self._group_key is not None
+        frames = open_group(self._group_key, body.sealed,
+                            seal_context(message.header, body.on_behalf_of, body.vector_digest),
+                            f"the partial decryption from {sender!r}")
+        self._decryption.add(index, decode_frames(frames, "the partial decryption"))
+        self._heard(now)
+        return self._maybe_fuse()
+
+    def _on_recovery_request(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, RecoveryRequest) and self._decryption is not None
+        self._require_from_aggregator(message)
+        self._require_step(message, self._step)
+        dropped, recoverer = message.body.dropped, message.body.recoverer
+        if dropped not in self._holders or recoverer not in self._holders or dropped == self.me:
+            raise MalformedMessage("the recovery request names parties outside the key")
+        self._require_new(self._seen, ("request", dropped, recoverer), message)
+        held = self._held_shares[self._index_of(dropped)]
+        self._seen.add(("request", dropped, recoverer))
+        self._heard(now)
+        if recoverer != self.me:
+            header = self._header(recoverer, self._step)
+            sealed = seal_for(self._identity, self._directory[recoverer],
+                              encode_shamir_share(self.context, held),
+                              context=seal_context(header, "recovery", dropped),
+                              nonce=self._randomness(12))
+            body = RecoveryShare(dropped, sealed)
+            return Step(sends=[self._send([self._aggregator], body, self._step,
+                                          addressed=recoverer)])
+        self._decryption.recovering.add(held.dealer_index)
+        self._decryption.add_recovery_share(_as_held_by(held, self._index))
+        return self._maybe_recover(dropped)
+
+    def _on_recovery_share(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, RecoveryShare) and self._decryption is not None
+        sender, dropped = message.header.sender, message.body.dropped
+        self._require_step(message, self._step)
+        self._require_sender(message, [h for h in self._holders if h != self.me], "a key holder")
+        if dropped not in self._holders or dropped in (self.me, sender):
+            raise MalformedMessage("the recovery share is for a party outside the key")
+        plaintext = open_from(self._identity, self._directory[sender], message.body.sealed,
+                              context=seal_context(message.header, "recovery", dropped))
+        share = decode_shamir_share(self.context, plaintext)
+        if (share.dealer_index, share.holder_index) != (
+            self._index_of(dropped), self._index_of(sender)
+        ):
+            raise MalformedMessage(f"{sender!r}'s recovery share is of another key or holder")
+        self._decryption.add_recovery_share(share)
+        self._heard(now)
+        return self._maybe_recover(dropped)
+
+    def _maybe_recover(self, dropped: PartyId) -> Step:
+        assert self._decryption is not None
+        partial = self._decryption.try_recover(self._index_of(dropped), self._public_shares)
+        if partial is None:
+            return Step()
+        step = Step(sends=[self._partial_share(dropped, partial)],
+                    events=[KeyRecovered(dropped)])
+        return step.extend(self._maybe_fuse())
+
+    def _maybe_fuse(self) -> Step:
+        assert self._decryption is not None
+        if not self._decryption.complete:
+            return Step()
+        values = self._decryption.fuse()
+        self._decryption = None
+        return self._decrypted(values)
+
+    def _decrypted(self, values: FloatArray) -> Step:
+        """The protected part is in the clear (for this client only): finish the step."""
+        if self.state is C.MASK_DECRYPTING:
+            return self._select_mask(values)
+        assert self._mask is not None and self._plain_part is not None
+        model = self._mask.scatter(values, self._plain_part)
+        self.model = model
+        self.state = C.ROUND_DONE
+        self._upload = None
+        assert self._group_key is not None
+        where = f"{self.manifest.session}/{self._step[1]}/{self._round}".encode()
+        check = model_check(self._group_key, where, model.tobytes())
+        return Step(
+            sends=self._sends([self._aggregator], RoundDone(check), self._step),
+            events=[RoundCompleted(self._round, (), model.copy())],
+        )
+
+    def _select_mask(self, sensitivity: FloatArray) -> Step:
+        policy = self.manifest.mask
+        ranges = self.manifest.always_encrypt if policy.first_and_last else ()
+        mask = select_top_fraction(np.maximum(sensitivity, 0.0), policy.fraction,
+                                   always_include=ranges)
+        self._mask = mask
+        self.state = C.MASK_CONFIRMED
+        self._upload = None
+        body = MaskConfirm(mask.bits(), mask.digest())
+        return Step(sends=self._sends([self._aggregator], body, self._step))
+
+    # -- end of the session ------------------------------------------------------------------
+    def _on_finished(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, Finished)
+        self._require_from_aggregator(message)
+        if message.body.rounds != self._round or message.header.round != self._round:
+            raise StaleMessage("the end of session names another round than this client's")
+        self.state = C.FINISHED
+        return self._events(FinishedEvent(self._round))
+
+    def _on_abort(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, Abort)
+        self._require_from_aggregator(message)
+        if self.state in self.TERMINAL:
+            raise UnexpectedMessage("an abort after the session ended; discarded")
+        self.state = C.ABORTED
+        return self._events(Aborted(message.body.reason))
+
+    def _deadline_passed(self, now: float) -> Step:
+        patience = self.manifest.timeouts.client_patience_s
+        return self._abort_locally(f"the aggregator was silent for {patience:g} s")
+
+    def _abort_locally(self, reason: str, *, notify: bool = True) -> Step:
+        self.state = C.ABORTED
+        sends = self._sends([self._aggregator], Abort(reason), self._step) if notify else []
+        return Step(sends=sends, events=[Aborted(reason)])
+
+    def _require_from_aggregator(self, message: Message) -> None:
+        self._require_sender(message, [self._aggregator], "the aggregator")
+
+    def _heard(self, now: float) -> None:
+        self._deadline = now + self.manifest.timeouts.client_patience_s
+
+    _DECRYPTING = {
+        PartialShare: _on_partial_share,
+        RecoveryRequest: _on_recovery_request,
+        RecoveryShare: _on_recovery_share,
+    }
+    _EARLY = {PartialShare: _on_early, RecoveryRequest: _on_early, RecoveryShare: _on_early}
+    TRANSITIONS = {
+        C.JOINING: {KeygenStart: _on_keygen_start},
+        C.KEY_AGREEMENT: {
+            KeygenStart: _on_keygen_start,
+            PublicShare: _on_public_share,
+            KeyDelivery: _on_key_delivery,
+        },
+        C.KEYS_CONFIRMED: {
+            KeygenStart: _on_keygen_start,
+            MaskStart: _on_mask_start,
+            RoundStart: _on_round_start,
+        },
+        C.MASK_COMPUTING: {MaskStart: _on_mask_start},
+        C.MASK_UPLOADED: {MaskStart: _on_mask_start, Aggregate: _on_aggregate, **_EARLY},
+        C.MASK_DECRYPTING: _DECRYPTING,
+        C.MASK_CONFIRMED: {KeygenStart: _on_keygen_start, RoundStart: _on_round_start},
+        C.TRAINING: {RoundStart: _on_round_start},
+        C.UPDATE_UPLOADED: {RoundStart: _on_round_start, Aggregate: _on_aggregate, **_EARLY},
+        C.ROUND_DECRYPTING: _DECRYPTING,
+        C.ROUND_DONE: {
+            KeygenStart: _on_keygen_start,
+            RoundStart: _on_round_start,
+            Finished: _on_finished,
+        },
+    }
+
+
+def _as_held_by(share: ShamirShare, holder: int) -> ShamirShare:
+    """My own share of a dropped party's key, as recovery counts it."""
+    assert share.holder_index == holder
+    return share
+
+
+def _checked_vector(values: FloatArray, length: int, what: str) -> FloatArray:
+    array = np.asarray(values)
+    if array.ndim != 1 or array.size != length:
+        raise ParameterError(f"the {what} must be a flat vector of {length} values, got "
+                             f"shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+        raise ParameterError(f"the {what} must hold real numbers, got {array.dtype}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ParameterError(f"the {what} holds NaN or infinite values")
+    return array

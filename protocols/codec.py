@@ -1,0 +1,172 @@
+"""The one versioned wire codec: signed envelopes around msgpack-encoded messages.
+
+Layout (all lengths big-endian)::
+
+    b"TFLM" | version u8 | sender length u8 | sender (utf-8) | payload length u64 |
+    payload (msgpack) | Ed25519 signature (64 bytes)
+
+The signature covers a domain label and everything before it.  The sender is
+read from the fixed header, its key looked up in the manifest's directory and the
+signature checked *before* the payload is parsed, so forged or corrupted bytes
+never reach msgpack, let alone OpenFHE.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import typing
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+import msgpack
+
+from protocols.messages import BODY_TYPES, Body, Header, Message, Stage
+from threshold_fl.errors import (
+    AuthenticationError,
+    ForgedMessage,
+    MalformedMessage,
+    ParameterError,
+)
+from threshold_fl.identity import Identity, PartyId, PublicIdentity
+
+__all__ = ["CODEC_VERSION", "MAX_MESSAGE_BYTES", "decode_message", "encode_message"]
+
+CODEC_VERSION = 1
+MAGIC = b"TFLM"
+#: Largest message accepted (a 10^8-value upload is about 3.3 GB).
+MAX_MESSAGE_BYTES = 8 * 2**30
+_SIGNATURE_SIZE = 64
+_DOMAIN = b"threshold-fl/message/v1\0"
+_PREFIX = struct.Struct(">4sBB")
+_LENGTH = struct.Struct(">Q")
+_HEADER_FIELDS = tuple(spec.name for spec in fields(Header))
+
+
+def encode_message(identity: Identity, message: Message) -> bytes:
+    """Sign and encode ``message``; the identity must be the header's sender."""
+    if identity.party_id != message.header.sender:
+        raise ParameterError(
+            f"{identity.party_id!r} cannot sign a message whose sender is "
+            f"{message.header.sender!r}"
+        )
+    header = [_to_wire(getattr(message.header, name)) for name in _HEADER_FIELDS]
+    code = BODY_TYPES.index(type(message.body))
+    body = [_to_wire(getattr(message.body, spec.name)) for spec in fields(message.body)]
+    payload = msgpack.packb([header, code, body], use_bin_type=True)
+    sender = message.header.sender.encode()
+    signed = _PREFIX.pack(MAGIC, CODEC_VERSION, len(sender)) + sender + _LENGTH.pack(len(payload))
+    signed += payload
+    return signed + identity.sign(_DOMAIN + signed)
+
+
+def decode_message(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> Message:
+    """Authenticate ``data`` against ``directory`` (party id -> identity), then decode it.
+
+    Raises ForgedMessage (unknown sender, bad signature, sender mismatch) or
+    MalformedMessage (anything that does not parse); never anything else.
+    """
+    sender, payload = _open_envelope(data, directory)
+    message = _parse_payload(payload)
+    if message.header.sender != sender:
+        raise ForgedMessage(
+            f"the envelope was signed by {sender!r} but the message claims sender "
+            f"{message.header.sender!r}; discarded"
+        )
+    return message
+
+
+def _open_envelope(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> tuple[str, bytes]:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedMessage(f"a message must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MalformedMessage(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if len(data) < _PREFIX.size + _LENGTH.size + _SIGNATURE_SIZE:
+        raise MalformedMessage(f"message of {len(data)} bytes is truncated; discarded")
+    magic, version, sender_length = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise MalformedMessage("not a threshold-fl message (bad magic); discarded")
+    if version != CODEC_VERSION:
+        raise MalformedMessage(
+            f"message codec version {version}, this build speaks {CODEC_VERSION}; "
+            "upgrade the older party"
+        )
+    offset = _PREFIX.size + sender_length
+    try:
+        sender = data[_PREFIX.size : offset].decode()
+        (payload_length,) = _LENGTH.unpack_from(data, offset)
+    except (UnicodeDecodeError, struct.error):
+        raise MalformedMessage("the message header is corrupt; discarded") from None
+    offset += _LENGTH.size
+    if offset + payload_length + _SIGNATURE_SIZE != len(data):
+        raise MalformedMessage("the message length does not match its header; discarded")
+    identity = directory.get(PartyId(sender))
+    if identity is None:
+        raise ForgedMessage(f"message from {sender!r}, who is not in the manifest; discarded")
+    signed, signature = data[:-_SIGNATURE_SIZE], data[-_SIGNATURE_SIZE:]
+    try:
+        identity.verify(_DOMAIN + signed, signature)
+    except AuthenticationError:
+        raise ForgedMessage(
+            f"bad signature on a message claiming to be from {sender!r}: forged or "
+            "corrupted in transit; discarded"
+        ) from None
+    return sender, signed[offset:]
+
+
+def _parse_payload(payload: bytes) -> Message:
+    try:
+        decoded = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise MalformedMessage(f"the message payload does not parse ({exc}); discarded") from None
+    if not (isinstance(decoded, list) and len(decoded) == 3):
+        raise MalformedMessage("the message payload has the wrong shape; discarded")
+    header_values, code, body_values = decoded
+    if not isinstance(code, int) or not 0 <= code < len(BODY_TYPES):
+        raise MalformedMessage(f"unknown message type code {code!r}; discarded")
+    body_type = BODY_TYPES[code]
+    header = _build(Header, header_values)
+    body = typing.cast(Body, _build(body_type, body_values))
+    return Message(header, body)
+
+
+_T = typing.TypeVar("_T")
+
+
+def _build(cls: type[_T], values: object) -> _T:
+    specs = fields(cls)  # type: ignore[arg-type]
+    if not isinstance(values, list) or len(values) != len(specs):
+        raise MalformedMessage(f"a {cls.__name__} has the wrong number of fields; discarded")
+    hints = typing.get_type_hints(cls)
+    arguments = {
+        spec.name: _from_wire(value, hints[spec.name]) for spec, value in zip(specs, values)
+    }
+    try:
+        return cls(**arguments)
+    except MalformedMessage:
+        raise
+    except (ParameterError, TypeError, ValueError) as exc:
+        raise MalformedMessage(f"a {cls.__name__} is invalid: {exc}; discarded") from None
+
+
+def _to_wire(value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_to_wire(item) for item in value]
+    return value
+
+
+def _from_wire(value: object, kind: Any) -> object:
+    """Rebuild tuples and enums; type checks happen in the dataclasses."""
+    if typing.get_origin(kind) is tuple and isinstance(value, list):
+        item = typing.get_args(kind)[0]
+        return tuple(_from_wire(element, item) for element in value)
+    if kind is Stage:
+        try:
+            return Stage(value)
+        except ValueError:
+            raise MalformedMessage(f"unknown stage {value!r}; discarded") from None
+    return value

@@ -1,0 +1,123 @@
+"""What a state machine tells its application, and what it asks it to send."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+import numpy.typing as npt
+
+from threshold_fl.identity import PartyId
+from threshold_fl.ml.mask import EncryptionMask
+
+__all__ = [
+    "Aborted",
+    "Event",
+    "Finished",
+    "KeyAgreed",
+    "KeyRecovered",
+    "MaskAgreed",
+    "Outgoing",
+    "PartyDropped",
+    "RoundCompleted",
+    "SensitivityNeeded",
+    "Step",
+    "UpdateNeeded",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """Bytes to deliver to each of ``recipients`` (already signed)."""
+
+    recipients: tuple[PartyId, ...]
+    data: bytes = field(repr=False)
+    kind: str  # message type, for logs and byte accounting
+
+
+@dataclass(frozen=True)
+class KeyAgreed:
+    epoch: int
+    key_id: str
+    participants: tuple[PartyId, ...]
+
+
+@dataclass(frozen=True)
+class MaskAgreed:
+    mask: EncryptionMask
+
+
+@dataclass(frozen=True)
+class SensitivityNeeded:
+    """Client only: compute the local sensitivity map and call ``submit_sensitivity``."""
+
+
+@dataclass(frozen=True)
+class UpdateNeeded:
+    """Client only: train round ``round`` from ``model`` (None: your initial model) and
+    call ``submit_update``."""
+
+    round: int
+    model: FloatArray | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RoundCompleted:
+    """A FedAvg round is done.  ``model`` is the new global model at clients, None at
+    the aggregator (which never sees it)."""
+
+    round: int
+    contributors: tuple[PartyId, ...]
+    model: FloatArray | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PartyDropped:
+    party: PartyId
+    reason: str
+
+
+@dataclass(frozen=True)
+class KeyRecovered:
+    """A dropped party's key was rebuilt from Shamir shares; keys will be rotated."""
+
+    party: PartyId
+
+
+@dataclass(frozen=True)
+class Finished:
+    rounds: int
+
+
+@dataclass(frozen=True)
+class Aborted:
+    reason: str
+
+
+Event = Union[  # noqa: UP007 - runtime alias
+    KeyAgreed,
+    MaskAgreed,
+    SensitivityNeeded,
+    UpdateNeeded,
+    RoundCompleted,
+    PartyDropped,
+    KeyRecovered,
+    Finished,
+    Aborted,
+]
+
+
+@dataclass
+class Step:
+    """The result of feeding a machine: messages to send and events for the app."""
+
+    sends: list[Outgoing] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def extend(self, other: Step) -> Step:
+        self.sends.extend(other.sends)
+        self.events.extend(other.events)
+        return self

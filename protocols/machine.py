@@ -1,0 +1,216 @@
+"""What every role's state machine shares: authentication, dispatch, sending, deadlines.
+
+A machine is fed bytes and the current time and returns a :class:`Step`.  A message
+is first authenticated (signature against the manifest), then checked for session
+and recipient, then handed to the handler that the transition table names for the
+current state.  Handlers check everything before they change anything, so a
+rejected message (any :class:`MessageRejected`) leaves the machine as it was.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Generic, TypeVar
+
+from protocols.codec import decode_message, encode_message
+from protocols.events import Aborted, Event, Outgoing, Step
+from protocols.manifest import Manifest, Role
+from protocols.messages import Abort, Body, Header, Message, Stage
+from threshold_fl.crypto.context import CkksContext, context_for
+from threshold_fl.errors import (
+    DuplicateMessage,
+    ForgedMessage,
+    MalformedMessage,
+    MessageRejected,
+    ParameterError,
+    StaleMessage,
+    ThresholdFLError,
+    UnexpectedMessage,
+)
+from threshold_fl.identity import Identity, PartyId
+
+__all__ = ["Machine", "Randomness", "keyed_check"]
+
+#: Source of random bytes, passed in (e.g. ``os.urandom``) so machines stay deterministic.
+Randomness = Callable[[int], bytes]
+
+S = TypeVar("S", bound=enum.Enum)
+Handler = Callable[[Any, Message, float], Step]
+
+
+def keyed_check(key: bytes, label: str, *parts: bytes) -> str:
+    """HMAC-SHA256 over length-prefixed parts: a value only key holders can compute."""
+    mac = hmac.new(key, label.encode(), hashlib.sha256)
+    for part in parts:
+        mac.update(len(part).to_bytes(8, "big") + part)
+    return mac.hexdigest()
+
+
+class Machine(Generic[S]):
+    """Base of the role machines; subclasses fill ``TRANSITIONS`` and the handlers."""
+
+    ROLE: ClassVar[Role]
+    #: state -> body type -> handler: every acceptable (state, message) pair, in one place.
+    TRANSITIONS: ClassVar[Mapping[Any, Mapping[type, Handler]]]
+    TERMINAL: ClassVar[frozenset[Any]]
+
+    def __init__(
+        self, manifest: Manifest, identity: Identity, randomness: Randomness, state: S
+    ) -> None:
+        if manifest.role_of(identity.party_id) is not self.ROLE:
+            raise ParameterError(
+                f"{identity.party_id!r} is a {manifest.role_of(identity.party_id).value} in "
+                f"this manifest, not a {self.ROLE.value}"
+            )
+        if manifest.directory[identity.party_id] != identity.public:
+            raise ParameterError(
+                f"the identity of {identity.party_id!r} does not match its manifest entry "
+                "(wrong key file or stale manifest)"
+            )
+        self.manifest = manifest
+        self.me = identity.party_id
+        self._identity = identity
+        self._randomness = randomness
+        self._directory = manifest.directory
+        self._context_cache: CkksContext | None = None
+        self.state: S = state
+        self._deadline: float | None = None
+        self._incoming: bytes | None = None
+
+    @property
+    def context(self) -> CkksContext:
+        if self._context_cache is None:
+            self._context_cache = context_for(self.manifest.params)
+        return self._context_cache
+
+    # -- feeding -------------------------------------------------------------------
+    def receive(self, data: bytes, now: float) -> Step:
+        """Authenticate and handle one message; raises MessageRejected (state unchanged)."""
+        message = decode_message(data, self._directory)
+        self._check_addressing(message)
+        self._incoming = bytes(data)  # relays forward the sender's signed bytes unchanged
+        try:
+            return self.handle(message, now)
+        finally:
+            self._incoming = None
+
+    def handle(self, message: Message, now: float) -> Step:
+        """Handle an already authenticated message (``receive`` is the public entry)."""
+        if isinstance(message.body, Abort):
+            return self._on_abort(message, now)
+        handlers = self.TRANSITIONS.get(self.state, {})
+        handler = handlers.get(type(message.body))
+        if handler is None:
+            raise UnexpectedMessage(
+                f"{message.kind} from {message.header.sender!r} is not expected while "
+                f"{self.ROLE.value} {self.me!r} is in state {self.state.name}; discarded"
+            )
+        try:
+            return handler(self, message, now)
+        except MessageRejected:
+            raise
+        except ThresholdFLError as exc:  # a crypto or frame check failed: the content is bad
+            raise MalformedMessage(
+                f"{message.kind} from {message.header.sender!r} failed a check: {exc}"
+            ) from None
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_deadline` must be called next (None: nothing is timed)."""
+        return None if self.state in self.TERMINAL else self._deadline
+
+    def on_deadline(self, now: float) -> Step:
+        """Call when ``next_deadline()`` has passed; early calls do nothing."""
+        if self._deadline is None or now < self._deadline or self.state in self.TERMINAL:
+            return Step()
+        self._deadline = None
+        return self._deadline_passed(now)
+
+    def _deadline_passed(self, now: float) -> Step:
+        raise NotImplementedError
+
+    def _on_abort(self, message: Message, now: float) -> Step:
+        raise NotImplementedError
+
+    # -- checks --------------------------------------------------------------------
+    def _check_addressing(self, message: Message) -> None:
+        header = message.header
+        if header.session != self.manifest.session:
+            raise StaleMessage(
+                f"message for session {header.session!r}, this is {self.manifest.session!r}; "
+                "discarded"
+            )
+        if header.recipient not in (self.me, "*") and self.ROLE is not Role.AGGREGATOR:
+            raise ForgedMessage(
+                f"message for {header.recipient!r} delivered to {self.me!r}; discarded"
+            )
+
+    @staticmethod
+    def _require_step(message: Message, step: tuple[Stage, int, int, int]) -> None:
+        if message.header.step != step:
+            stage, epoch, round_, attempt = message.header.step
+            raise StaleMessage(
+                f"{message.kind} from {message.header.sender!r} is for stage {stage.name}, "
+                f"epoch {epoch}, round {round_}, attempt {attempt}; the current step is "
+                f"{step[0].name}, epoch {step[1]}, round {step[2]}, attempt {step[3]}: a late "
+                "or replayed message, discarded"
+            )
+
+    @staticmethod
+    def _require_sender(message: Message, allowed: Sequence[str], what: str) -> None:
+        if message.header.sender not in allowed:
+            raise ForgedMessage(
+                f"{message.kind} from {message.header.sender!r}, who is not {what}; discarded"
+            )
+
+    @staticmethod
+    def _require_new(seen: set[Any], key: Any, message: Message) -> None:
+        if key in seen:
+            raise DuplicateMessage(
+                f"a second {message.kind} from {message.header.sender!r} for this step; "
+                "discarded"
+            )
+
+    # -- sending -------------------------------------------------------------------
+    def _header(self, addressed: str, step: tuple[Stage, int, int, int]) -> Header:
+        stage, epoch, round_, attempt = step
+        return Header(self.manifest.session, self.me, addressed, stage, epoch, round_, attempt)
+
+    def _send(
+        self,
+        to: Sequence[PartyId],
+        body: Body,
+        step: tuple[Stage, int, int, int],
+        *,
+        addressed: str | None = None,
+    ) -> Outgoing:
+        """One signed message handed to the transport for ``to``.
+
+        ``addressed`` is the recipient named in the header: BROADCAST ("*"), or a client
+        the aggregator relays to; by default the single transport recipient.
+        """
+        if addressed is None:
+            if len(to) != 1:
+                raise ValueError("name the header recipient of a message sent to several")
+            addressed = to[0]
+        header = self._header(addressed, step)
+        data = encode_message(self._identity, Message(header, body))
+        return Outgoing(tuple(to), data, type(body).__name__)
+
+    def _sends(
+        self, recipients: Sequence[PartyId], body: Body, step: tuple[Stage, int, int, int]
+    ) -> list[Outgoing]:
+        """The same body signed separately for each recipient (so none can be re-aimed)."""
+        return [self._send([recipient], body, step) for recipient in recipients]
+
+    @staticmethod
+    def _events(*events: Event) -> Step:
+        return Step(events=list(events))
+
+    @staticmethod
+    def _aborted(reason: str) -> Aborted:
+        return Aborted(reason)
+
+

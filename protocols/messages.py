@@ -1,0 +1,369 @@
+"""Typed protocol messages: a header every message shares and one body type per step.
+
+Messages are frozen dataclasses validated on construction, so a message that
+exists is well formed; whether it is *expected* is for the state machines to
+decide.  The wire form is in :mod:`protocols.codec`.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import typing
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Union
+
+from threshold_fl.errors import MalformedMessage
+from threshold_fl.identity import PartyId, validate_party_id
+
+__all__ = [
+    "BROADCAST",
+    "Abort",
+    "Aggregate",
+    "Body",
+    "Finished",
+    "Header",
+    "Hello",
+    "KeyConfirm",
+    "KeyDelivery",
+    "KeygenStart",
+    "MaskConfirm",
+    "MaskStart",
+    "Message",
+    "PartialShare",
+    "PublicShare",
+    "RecoveryRequest",
+    "RecoveryShare",
+    "RoundDone",
+    "RoundStart",
+    "SensitivityUpload",
+    "Stage",
+    "UpdateUpload",
+    "BODY_TYPES",
+]
+
+#: Recipient meaning "every client of the session" (relayed by the aggregator).
+BROADCAST = "*"
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MAX_REASON = 2000
+_MAX_ROUND = 1_000_000
+
+
+class Stage(enum.IntEnum):
+    """Protocol stage a message belongs to."""
+
+    SETUP = 0  # clients announce themselves
+    KEYS = 1  # key agreement (threshold), key delivery (single-key), roll call (plaintext)
+    MASK = 2  # encryption-mask agreement
+    ROUND = 3  # masked FedAvg rounds
+    END = 4  # finish or abort
+
+
+def _reject(what: str) -> MalformedMessage:
+    return MalformedMessage(f"{what}; the message is malformed and was discarded")
+
+
+def _check_value(name: str, value: object, kind: Any) -> None:
+    """Check one field against its annotation (the few types messages use)."""
+    if kind is PartyId:
+        validate_party_id(value)
+    elif kind in (str, bytes, bool):
+        if type(value) is not kind:
+            raise _reject(f"field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+    elif kind is int:
+        if type(value) is not int or not 0 <= value <= 2**63:
+            raise _reject(f"field {name!r} must be a non-negative integer, got {value!r}")
+    elif typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        if type(value) is not tuple:
+            raise _reject(f"field {name!r} must be a sequence, got {type(value).__name__}")
+        for element in value:
+            _check_value(name, element, item)
+    elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+        if not isinstance(value, kind):
+            raise _reject(f"field {name!r} must be a {kind.__name__}, got {value!r}")
+    else:  # pragma: no cover - a programming error in this module
+        raise TypeError(f"unsupported field type {kind!r}")
+
+
+def _check_fields(instance: object) -> None:
+    hints = typing.get_type_hints(type(instance))
+    for spec in fields(instance):  # type: ignore[arg-type]
+        _check_value(spec.name, getattr(instance, spec.name), hints[spec.name])
+
+
+def _check_digest(name: str, value: str) -> None:
+    if _HEX64.fullmatch(value) is None:
+        raise _reject(f"field {name!r} must be a lowercase hex SHA-256 digest")
+
+
+@dataclass(frozen=True)
+class Header:
+    """Where a message belongs: session, sender, recipient and protocol step.
+
+    ``epoch`` counts key agreements (it grows when keys are rotated); ``attempt``
+    counts upload attempts within a stage (it grows when survivors re-upload).
+    """
+
+    session: str
+    sender: PartyId
+    recipient: str  # a party id, or BROADCAST
+    stage: Stage
+    epoch: int
+    round: int  # 0 outside FedAvg rounds
+    attempt: int
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if not 0 < len(self.session) <= 128:
+            raise _reject("the session id must have 1 to 128 characters")
+        if self.recipient != BROADCAST:
+            validate_party_id(self.recipient)
+        if self.round > _MAX_ROUND or self.epoch > _MAX_ROUND or self.attempt > _MAX_ROUND:
+            raise _reject("round, epoch or attempt is implausibly large")
+
+    @property
+    def step(self) -> tuple[Stage, int, int, int]:
+        """The protocol step this message is for; messages of other steps are stale."""
+        return (self.stage, self.epoch, self.round, self.attempt)
+
+
+class _Body:
+    """Base of message bodies: checks fields by annotation, then ``_validate``."""
+
+    STAGES: ClassVar[frozenset[Stage]]
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        self._validate()
+
+    def _validate(self) -> None:
+        """Extra checks of one body type (none by default)."""
+
+
+# -- setup and key agreement -------------------------------------------------------
+@dataclass(frozen=True)
+class Hello(_Body):
+    """Client -> aggregator: I am here; ``samples`` is my local data size (FedAvg weight)."""
+
+    samples: int
+    STAGES = frozenset({Stage.SETUP})
+
+
+@dataclass(frozen=True)
+class KeygenStart(_Body):
+    """Aggregator -> clients (and key authority): start key epoch ``header.epoch``."""
+
+    participants: tuple[PartyId, ...]
+    threshold: int
+    STAGES = frozenset({Stage.KEYS})
+
+    def _validate(self) -> None:
+        if list(self.participants) != sorted(set(self.participants)) or not self.participants:
+            raise _reject("participants must be a non-empty, sorted list without repeats")
+
+
+@dataclass(frozen=True)
+class PublicShare(_Body):
+    """A client's public key share (threshold) or the authority's public key, as a frame."""
+
+    key_frame: bytes
+    STAGES = frozenset({Stage.KEYS})
+
+
+@dataclass(frozen=True)
+class KeyDelivery(_Body):
+    """Sealed for the recipient alone: a Shamir share, the group key or a secret key."""
+
+    sealed: bytes
+    STAGES = frozenset({Stage.KEYS})
+
+
+@dataclass(frozen=True)
+class KeyConfirm(_Body):
+    """Client -> aggregator: the key I computed and a check value of the group key."""
+
+    key_id: str
+    group_check: str
+    STAGES = frozenset({Stage.KEYS})
+
+    def _validate(self) -> None:
+        _check_digest("key_id", self.key_id)
+        _check_digest("group_check", self.group_check)
+
+
+# -- mask agreement --------------------------------------------------------------
+@dataclass(frozen=True)
+class MaskStart(_Body):
+    """Aggregator -> clients: keys agreed on ``key_id``; upload your sensitivity map."""
+
+    key_id: str
+    group_check: str
+    STAGES = frozenset({Stage.MASK})
+
+    def _validate(self) -> None:
+        _check_digest("key_id", self.key_id)
+        _check_digest("group_check", self.group_check)
+
+
+@dataclass(frozen=True)
+class SensitivityUpload(_Body):
+    """Client -> aggregator: the (encrypted) sensitivity map as frames."""
+
+    protected: tuple[bytes, ...]
+    STAGES = frozenset({Stage.MASK})
+
+
+@dataclass(frozen=True)
+class Aggregate(_Body):
+    """Aggregator -> clients: the weighted sum, protected part as frames and plain part."""
+
+    protected: tuple[bytes, ...]
+    plain: bytes
+    STAGES = frozenset({Stage.MASK, Stage.ROUND})
+
+
+@dataclass(frozen=True)
+class PartialShare(_Body):
+    """Client -> clients: a partial decryption, sealed under the client group key."""
+
+    on_behalf_of: PartyId
+    vector_digest: str
+    sealed: bytes
+    STAGES = frozenset({Stage.MASK, Stage.ROUND})
+
+    def _validate(self) -> None:
+        _check_digest("vector_digest", self.vector_digest)
+
+
+@dataclass(frozen=True)
+class RecoveryRequest(_Body):
+    """Aggregator -> clients: ``dropped`` vanished; send your share of its key to ``recoverer``."""
+
+    dropped: PartyId
+    recoverer: PartyId
+    STAGES = frozenset({Stage.MASK, Stage.ROUND})
+
+    def _validate(self) -> None:
+        if self.dropped == self.recoverer:
+            raise _reject("a dropped party cannot recover its own key")
+
+
+@dataclass(frozen=True)
+class RecoveryShare(_Body):
+    """Client -> recoverer: my Shamir share of ``dropped``'s key, sealed for the recoverer."""
+
+    dropped: PartyId
+    sealed: bytes
+    STAGES = frozenset({Stage.MASK, Stage.ROUND})
+
+
+@dataclass(frozen=True)
+class MaskConfirm(_Body):
+    """Client -> aggregator: the mask I selected, as a bitset, and its digest."""
+
+    mask_bits: bytes
+    digest: str
+    STAGES = frozenset({Stage.MASK})
+
+    def _validate(self) -> None:
+        _check_digest("digest", self.digest)
+
+
+# -- FedAvg rounds ----------------------------------------------------------------
+@dataclass(frozen=True)
+class RoundStart(_Body):
+    """Aggregator -> clients: train round ``header.round`` under this key and mask."""
+
+    key_id: str
+    mask_digest: str
+    group_check: str
+    STAGES = frozenset({Stage.ROUND})
+
+    def _validate(self) -> None:
+        for name in ("key_id", "mask_digest", "group_check"):
+            _check_digest(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class UpdateUpload(_Body):
+    """Client -> aggregator: masked coordinates as frames, the rest as float32 bytes."""
+
+    protected: tuple[bytes, ...]
+    plain: bytes
+    STAGES = frozenset({Stage.ROUND})
+
+
+@dataclass(frozen=True)
+class RoundDone(_Body):
+    """Client -> aggregator: I hold the new global model; a MAC of it under the group key."""
+
+    model_check: str
+    STAGES = frozenset({Stage.ROUND})
+
+    def _validate(self) -> None:
+        _check_digest("model_check", self.model_check)
+
+
+# -- end -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Finished(_Body):
+    """Aggregator -> clients: all rounds are done."""
+
+    rounds: int
+    STAGES = frozenset({Stage.END})
+
+
+@dataclass(frozen=True)
+class Abort(_Body):
+    """Any party -> others: the session (or the recipient's part in it) ends now."""
+
+    reason: str
+    STAGES = frozenset({Stage.END})
+
+    def _validate(self) -> None:
+        if not 0 < len(self.reason) <= _MAX_REASON:
+            raise _reject(f"an abort reason must have 1 to {_MAX_REASON} characters")
+
+
+Body = Union[  # noqa: UP007 - a runtime alias; X | Y would need every name defined first
+    Hello,
+    KeygenStart,
+    PublicShare,
+    KeyDelivery,
+    KeyConfirm,
+    MaskStart,
+    SensitivityUpload,
+    Aggregate,
+    PartialShare,
+    RecoveryRequest,
+    RecoveryShare,
+    MaskConfirm,
+    RoundStart,
+    UpdateUpload,
+    RoundDone,
+    Finished,
+    Abort,
+]
+
+#: Every body type, in wire-code order (the index is the type code: never reorder).
+BODY_TYPES: tuple[type[_Body], ...] = typing.get_args(Body)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One authenticated protocol message."""
+
+    header: Header
+    body: Body
+
+    def __post_init__(self) -> None:
+        if self.header.stage not in type(self.body).STAGES:
+            raise _reject(
+                f"a {type(self.body).__name__} cannot belong to stage {self.header.stage.name}"
+            )
+
+    @property
+    def kind(self) -> str:
+        return type(self.body).__name__

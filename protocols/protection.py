@@ -1,0 +1,142 @@
+"""How each mode carries vectors: CKKS frames (threshold, single-key) or float32 bytes.
+
+One interface for all three modes keeps the message flow identical, so the modes can
+be compared like for like: a plaintext-mode "protected" part is simply float32 bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from protocols.manifest import Mode
+from threshold_fl.crypto.context import CkksContext
+from threshold_fl.crypto.keys import PublicKey
+from threshold_fl.crypto.vectors import EncryptedVector, WeightedSum, encrypt_vector
+from threshold_fl.crypto.wire import decode_vector, encode_vector, stream_vector
+from threshold_fl.errors import MalformedMessage, ParameterError
+
+__all__ = [
+    "PLAIN_DTYPE",
+    "FloatArray",
+    "ProtectedSum",
+    "decode_frames",
+    "decode_plain",
+    "encode_frames",
+    "encode_plain",
+    "open_protected",
+    "protect",
+]
+
+FloatArray = npt.NDArray[np.float64]
+#: Coordinates sent in the clear travel as float32: the precision of the models trained.
+PLAIN_DTYPE = np.dtype("<f4")
+_MAX_FRAMES = 1_000_000
+
+
+def encode_plain(values: FloatArray) -> bytes:
+    return np.asarray(values, dtype=PLAIN_DTYPE).tobytes()
+
+
+def decode_plain(data: bytes, length: int, what: str) -> FloatArray:
+    """float32 bytes -> float64 vector of exactly ``length`` finite values."""
+    if len(data) != length * PLAIN_DTYPE.itemsize:
+        raise MalformedMessage(
+            f"{what} has {len(data)} bytes, expected {length * PLAIN_DTYPE.itemsize} "
+            f"({length} float32 values); discarded"
+        )
+    values = np.frombuffer(data, dtype=PLAIN_DTYPE).astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise MalformedMessage(f"{what} holds NaN or infinite values; discarded")
+    return values
+
+
+def protect(
+    mode: Mode, context: CkksContext, public_key: PublicKey | None, values: FloatArray
+) -> tuple[bytes, ...]:
+    """Encrypt ``values`` (threshold, single-key) or encode them as float32 (plaintext)."""
+    if mode is Mode.PLAINTEXT:
+        return (encode_plain(values),)
+    if public_key is None:
+        raise ParameterError("no public key yet: key agreement has not finished")
+    return tuple(encode_vector(context, encrypt_vector(context, public_key, values)))
+
+
+def open_protected(
+    mode: Mode, context: CkksContext, key_id: str, frames: Sequence[bytes], length: int
+) -> EncryptedVector | FloatArray:
+    """Decode an aggregate's protected part, checking its key and length."""
+    if mode is Mode.PLAINTEXT:
+        return decode_plain(_single(frames), length, "the aggregate's protected part")
+    vector = decode_vector(context, list(frames))
+    if vector.key_id != key_id or vector.length != length or not vector.aggregated:
+        raise MalformedMessage(
+            f"the aggregate is {vector.length} values under key {vector.key_id[:16]} "
+            f"(aggregated={vector.aggregated}); expected an aggregate of {length} values under "
+            f"{key_id[:16]}; discarded"
+        )
+    return vector
+
+
+class ProtectedSum:
+    """The aggregator's running weighted sum of protected parts, for any mode.
+
+    Each input joins all at once or not at all (see WeightedSum.add_chunks).
+    """
+
+    def __init__(self, mode: Mode, context: CkksContext, key_id: str, length: int) -> None:
+        self._mode = mode
+        self._context = context
+        self._key_id = key_id
+        self._length = length
+        self._plain = np.zeros(length) if mode is Mode.PLAINTEXT else None
+        self._encrypted = (
+            None if mode is Mode.PLAINTEXT else WeightedSum(context, key_id, length)
+        )
+
+    def add(self, weight: float, frames: Sequence[bytes]) -> None:
+        if self._encrypted is None:
+            assert self._plain is not None
+            values = decode_plain(_single(frames), self._length, "an upload's protected part")
+            self._plain += weight * values
+            return
+        chunks = stream_vector(self._context, frames, key_id=self._key_id, length=self._length)
+        self._encrypted.add_chunks(weight, chunks)
+
+    def result(self) -> tuple[tuple[bytes, ...], str]:
+        """The aggregate's frames and the digest partial decryptions will refer to."""
+        if self._encrypted is None:
+            assert self._plain is not None
+            frame = encode_plain(self._plain)
+            return (frame,), hashlib.sha256(frame).hexdigest()
+        vector = self._encrypted.result()
+        return tuple(encode_vector(self._context, vector)), vector.digest
+
+
+def encode_frames(frames: Sequence[bytes]) -> bytes:
+    """Several frames as one byte string (what gets sealed for a recipient)."""
+    return msgpack.packb(list(frames), use_bin_type=True)
+
+
+def decode_frames(data: bytes, what: str) -> list[bytes]:
+    try:
+        frames = msgpack.unpackb(data, raw=False)
+    except Exception:  # msgpack raises several unrelated types
+        raise MalformedMessage(f"{what} does not parse; discarded") from None
+    if (
+        not isinstance(frames, list)
+        or len(frames) > _MAX_FRAMES
+        or not all(isinstance(frame, bytes) for frame in frames)
+    ):
+        raise MalformedMessage(f"{what} is not a list of frames; discarded")
+    return frames
+
+
+def _single(frames: Sequence[bytes]) -> bytes:
+    if len(frames) != 1:
+        raise MalformedMessage(f"a plaintext-mode vector is one frame, got {len(frames)}")
+    return frames[0]

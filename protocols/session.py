@@ -1,0 +1,96 @@
+"""Values the parties derive alike: key ids, check values and what seals bind to.
+
+Every sealed payload binds the session, the protocol step and both parties, so a
+sealed blob lifted from one place is useless in any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgpack
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from protocols.machine import keyed_check
+from protocols.messages import Header
+from threshold_fl.errors import ForgedMessage, MalformedMessage
+
+__all__ = [
+    "GROUP_KEY_SIZE",
+    "PLAINTEXT_GROUP_KEY",
+    "group_check",
+    "model_check",
+    "open_group",
+    "open_mapping",
+    "plaintext_key_id",
+    "seal_context",
+    "seal_group",
+    "pack_mapping",
+]
+
+GROUP_KEY_SIZE = 32
+_NONCE_SIZE = 12
+#: Plaintext mode has no group key; checks still run, under a key everyone knows.
+PLAINTEXT_GROUP_KEY = bytes(GROUP_KEY_SIZE)
+
+
+def plaintext_key_id(session: str, epoch: int) -> str:
+    """Stands in for a key id in plaintext mode, so the message flow is the same."""
+    return hashlib.sha256(f"threshold-fl/plaintext/{session}/{epoch}".encode()).hexdigest()
+
+
+def group_check(group_key: bytes, session: str, epoch: int) -> str:
+    """Proves clients hold the same group key without revealing it to the aggregator."""
+    return keyed_check(group_key, "group-check", session.encode(), str(epoch).encode())
+
+
+def model_check(group_key: bytes, header_context: bytes, model: bytes) -> str:
+    """A MAC of the global model: the aggregator can compare clients' values, not guess
+    the model from them."""
+    return keyed_check(group_key, "model-check", header_context, model)
+
+
+def seal_context(header: Header, *extra: str) -> bytes:
+    """What a sealed payload is bound to: session, step, sender, recipient and extras."""
+    parts = [
+        header.session, str(int(header.stage)), str(header.epoch), str(header.round),
+        str(header.attempt), header.sender, header.recipient, *extra,
+    ]
+    return msgpack.packb(parts, use_bin_type=True)
+
+
+def seal_group(group_key: bytes, nonce: bytes, plaintext: bytes, context: bytes) -> bytes:
+    """Authenticated encryption under the client group key: nonce || ciphertext."""
+    return nonce + ChaCha20Poly1305(group_key).encrypt(nonce, plaintext, context)
+
+
+def open_group(group_key: bytes, sealed: bytes, context: bytes, what: str) -> bytes:
+    if len(sealed) < _NONCE_SIZE + 16:
+        raise MalformedMessage(f"{what} is truncated; discarded")
+    try:
+        return ChaCha20Poly1305(group_key).decrypt(
+            sealed[:_NONCE_SIZE], sealed[_NONCE_SIZE:], context
+        )
+    except InvalidTag:
+        raise ForgedMessage(
+            f"{what} did not authenticate under the group key: tampered, replayed from "
+            "another step, or from a party outside the group; discarded"
+        ) from None
+
+
+def pack_mapping(values: dict[str, bytes]) -> bytes:
+    return msgpack.packb(values, use_bin_type=True)
+
+
+def open_mapping(data: bytes, allowed: frozenset[str], what: str) -> dict[str, bytes]:
+    """Parse a small sealed map of named byte strings, rejecting anything else."""
+    try:
+        values = msgpack.unpackb(data, raw=False)
+    except Exception:  # msgpack raises several unrelated types
+        raise MalformedMessage(f"{what} does not parse; discarded") from None
+    if not isinstance(values, dict) or not set(values) <= allowed or not all(
+        isinstance(value, bytes) for value in values.values()
+    ):
+        raise MalformedMessage(f"{what} holds unexpected fields; discarded")
+    return values

@@ -1,0 +1,252 @@
+"""A deterministic, synchronous network for driving the real state machines in tests.
+
+Machines exchange real signed bytes; the harness plays the transport (with
+programmable loss, duplication, delay and reordering) and a virtual clock, and
+plays every client's application (sensitivity maps and training).  Nothing here is
+a fake of the protocol: only the network and the application are simulated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from protocols import (
+    AggregatorMachine,
+    ClientMachine,
+    KeyAuthorityMachine,
+    Manifest,
+    MaskPolicy,
+    Mode,
+    Timeouts,
+    make_manifest,
+)
+from protocols.events import (
+    Aborted,
+    Finished,
+    RoundCompleted,
+    SensitivityNeeded,
+    Step,
+    UpdateNeeded,
+)
+from threshold_fl.crypto.params import CkksParams
+from threshold_fl.errors import MessageRejected
+from threshold_fl.identity import Identity
+
+AGGREGATOR = "aggregator"
+AUTHORITY = "authority"
+TIMEOUTS = Timeouts(join_s=10, keys_s=10, upload_s=10, decrypt_s=10)
+
+
+def identity(name: str) -> Identity:
+    return Identity.from_seed(name, hashlib.sha256(name.encode()).digest())
+
+
+def counter_randomness(name: str) -> Callable[[int], bytes]:
+    """Deterministic bytes per party (tests only: real drivers pass os.urandom)."""
+    counter = itertools.count()
+
+    def draw(size: int) -> bytes:
+        out = b""
+        while len(out) < size:
+            out += hashlib.sha256(f"{name}/{next(counter)}".encode()).digest()
+        return out[:size]
+
+    return draw
+
+
+def build_manifest(
+    clients: int,
+    *,
+    mode: Mode = Mode.THRESHOLD,
+    length: int = 40,
+    rounds: int = 2,
+    fraction: float = 0.25,
+    threshold: int | None = None,
+    first_and_last: bool = True,
+    params: CkksParams | None = None,
+) -> Manifest:
+    names = [f"client{index}" for index in range(1, clients + 1)]
+    authority = identity(AUTHORITY).public if mode is Mode.SINGLE_KEY else None
+    return make_manifest(
+        session="test-session",
+        aggregator=identity(AGGREGATOR).public,
+        clients=[identity(name).public for name in names],
+        key_authority=authority,
+        model_length=length,
+        mode=mode,
+        threshold=threshold,
+        rounds=rounds,
+        params=params,
+        always_encrypt=((0, 2), (length - 2, length)) if length >= 4 else (),
+        mask=MaskPolicy(fraction=fraction, first_and_last=first_and_last),
+        timeouts=TIMEOUTS,
+    )
+
+
+def local_model(name: str, round_: int, length: int) -> np.ndarray:
+    """A client's 'trained' model: deterministic per client and round, within ±1."""
+    seed = int.from_bytes(hashlib.sha256(f"{name}/{round_}".encode()).digest()[:8], "big")
+    return np.random.default_rng(seed).uniform(-1, 1, length).astype(np.float32).astype(float)
+
+
+def sensitivity_map(name: str, length: int) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(f"sens/{name}".encode()).digest()[:8], "big")
+    return np.random.default_rng(seed).uniform(0, 1, length)
+
+
+@dataclass(order=True)
+class _Pending:
+    time: float
+    order: int
+    recipient: str = field(compare=False)
+    data: bytes = field(compare=False, repr=False)
+
+
+# A fault rule gets (sender kind, recipient, message kind, time) and returns the list of
+# extra delays for the copies to deliver ([] drops the message, [0, 0] duplicates it).
+FaultRule = Callable[[str, str, str, float], list[float]]
+
+
+class Network:
+    """Routes machines' outgoing bytes with a virtual clock and optional faults."""
+
+    def __init__(self, manifest: Manifest, *, latency: float = 0.01,
+                 faults: FaultRule | None = None, samples: dict[str, int] | None = None,
+                 weights: dict[str, float] | None = None) -> None:
+        self.manifest = manifest
+        self.now = 0.0
+        self.latency = latency
+        self.faults = faults
+        self._queue: list[_Pending] = []
+        self._order = itertools.count()
+        self.aggregator = AggregatorMachine(manifest, identity(AGGREGATOR),
+                                            counter_randomness(AGGREGATOR), weights=weights)
+        samples = samples or {}
+        self.clients = {
+            name: ClientMachine(manifest, identity(name), counter_randomness(name),
+                                samples=samples.get(name, 10 + index))
+            for index, name in enumerate(manifest.client_ids)
+        }
+        self.authority = (
+            KeyAuthorityMachine(manifest, identity(AUTHORITY), counter_randomness(AUTHORITY))
+            if manifest.mode is Mode.SINGLE_KEY else None
+        )
+        self.dead: set[str] = set()
+        self.events: dict[str, list[Any]] = {name: [] for name in self.machines}
+        self.rejections: list[tuple[str, str]] = []
+        self.uploads: dict[int, dict[str, np.ndarray]] = {}
+        self.bytes_sent: dict[str, int] = {}
+        self.hooks: list[Callable[[Network, str, Any], None]] = []
+
+    @property
+    def machines(self) -> dict[str, Any]:
+        out: dict[str, Any] = {AGGREGATOR: self.aggregator, **self.clients}
+        if self.authority is not None:
+            out[AUTHORITY] = self.authority
+        return out
+
+    def kill(self, name: str) -> None:
+        """The party vanishes: it sends and receives nothing from now on."""
+        self.dead.add(name)
+
+    def start(self) -> None:
+        self._apply(AGGREGATOR, self.aggregator.start(self.now))
+        if self.authority is not None:
+            self._apply(AUTHORITY, self.authority.start(self.now))
+        for name, client in self.clients.items():
+            self._apply(name, client.start(self.now))
+
+    def run(self, *, until: float = 10_000.0, max_events: int = 100_000) -> None:
+        """Deliver messages and fire deadlines until nothing is left to do."""
+        for _ in range(max_events):
+            deadline_owner, deadline = self._next_deadline()
+            if self._queue and (deadline is None or self._queue[0].time <= deadline):
+                pending = heapq.heappop(self._queue)
+                self.now = max(self.now, pending.time)
+                self._deliver(pending)
+            elif deadline is not None and deadline <= until:
+                self.now = max(self.now, deadline)
+                machine = self.machines[deadline_owner]
+                self._apply(deadline_owner, machine.on_deadline(self.now))
+            else:
+                return
+        raise AssertionError("the simulation did not settle")
+
+    def _next_deadline(self) -> tuple[str, float | None]:
+        best: tuple[str, float | None] = ("", None)
+        for name, machine in self.machines.items():
+            if name in self.dead:
+                continue
+            deadline = machine.next_deadline()
+            if deadline is not None and (best[1] is None or deadline < best[1]):
+                best = (name, deadline)
+        return best
+
+    def _deliver(self, pending: _Pending) -> None:
+        if pending.recipient in self.dead:
+            return
+        machine = self.machines[pending.recipient]
+        try:
+            step = machine.receive(pending.data, self.now)
+        except MessageRejected as exc:
+            self.rejections.append((pending.recipient, str(exc)))
+            return
+        self._apply(pending.recipient, step)
+
+    def _apply(self, name: str, step: Step) -> None:
+        if name in self.dead:
+            return
+        for outgoing in step.sends:
+            self.bytes_sent[outgoing.kind] = self.bytes_sent.get(outgoing.kind, 0) + len(
+                outgoing.data
+            ) * len(outgoing.recipients)
+            for recipient in outgoing.recipients:
+                delays = [0.0]
+                if self.faults is not None:
+                    delays = self.faults(name, recipient, outgoing.kind, self.now)
+                for delay in delays:
+                    heapq.heappush(self._queue, _Pending(
+                        self.now + self.latency + delay, next(self._order), recipient,
+                        outgoing.data))
+        for event in step.events:
+            self.events[name].append(event)
+            for hook in self.hooks:
+                hook(self, name, event)
+            self._play_application(name, event)
+
+    def _play_application(self, name: str, event: Any) -> None:
+        if name in self.dead or name not in self.clients:
+            return
+        client = self.clients[name]
+        length = self.manifest.model_length
+        if isinstance(event, SensitivityNeeded):
+            self._apply(name, client.submit_sensitivity(sensitivity_map(name, length), self.now))
+        elif isinstance(event, UpdateNeeded):
+            model = local_model(name, event.round, length)
+            self.uploads.setdefault(event.round, {})[name] = model
+            self._apply(name, client.submit_update(model, self.now))
+
+    # -- outcomes ----------------------------------------------------------------------------
+    def completed_rounds(self, name: str) -> list[RoundCompleted]:
+        return [e for e in self.events[name] if isinstance(e, RoundCompleted)]
+
+    def finished(self, name: str) -> bool:
+        return any(isinstance(e, Finished) for e in self.events[name])
+
+    def aborted(self, name: str) -> str | None:
+        reasons = [e.reason for e in self.events[name] if isinstance(e, Aborted)]
+        return reasons[0] if reasons else None
+
+    def expected_global(self, round_: int, contributors: tuple[str, ...]) -> np.ndarray:
+        """Plaintext FedAvg of the same updates, weighted by the sample counts."""
+        weights = np.array([self.clients[name]._samples for name in contributors], float)
+        weights /= weights.sum()
+        updates = [self.uploads[round_][name] for name in contributors]
+        return sum(w * u for w, u in zip(weights, updates, strict=True))  # type: ignore[return-value]
