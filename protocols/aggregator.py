@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from protocols.events import (
     RoundCompleted,
     Step,
 )
-from protocols.machine import Machine, Randomness
+from protocols.machine import Handler, Machine, Randomness
 from protocols.manifest import Manifest, Mode, Role
 from protocols.messages import (
     Abort,
@@ -52,7 +53,7 @@ from protocols.messages import (
     UpdateUpload,
 )
 from protocols.messages import Finished as FinishedBody
-from protocols.protection import ProtectedSum, decode_plain, encode_plain
+from protocols.protection import FloatArray, ProtectedSum, decode_plain, encode_plain
 from protocols.session import plaintext_key_id
 from threshold_fl.crypto.keys import PublicKey, combine_public_shares
 from threshold_fl.crypto.wire import decode_public_key
@@ -125,7 +126,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._uploaders: list[PartyId] = []
         self._expected: tuple[PartyId, ...] = ()  # who must upload in this attempt
         self._sum: ProtectedSum | None = None
-        self._plain_sum: np.ndarray | None = None
+        self._plain_sum: FloatArray | None = None
         self._digest: str | None = None  # of the aggregate being decrypted
         self._relayed: set[PartyId] = set()  # whose partial decryption went out
         self._recovering: dict[PartyId, PartyId] = {}  # dropped -> recoverer
@@ -197,7 +198,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         expected = self._holders.index(sender) + 1 if sender in self._holders else 0
         if index != expected:
             raise MalformedMessage(f"{sender!r} sent a key share for index {index}, not {expected}")
-        shares = dict(self._public_shares, **{sender: share})
+        shares = {**self._public_shares, sender: share}
         key_id = self._key_id
         if self.manifest.mode is Mode.SINGLE_KEY:
             key_id = share.key_id
@@ -290,9 +291,9 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._uploaders.append(sender)
         return self._progress(now)
 
-    def _plain_of(self, message: Message) -> np.ndarray:
+    def _plain_of(self, message: Message) -> FloatArray:
         assert self._plain_sum is not None
-        if isinstance(message.body, SensitivityUpload):
+        if not isinstance(message.body, UpdateUpload):
             return np.zeros(0)
         return decode_plain(message.body.plain, self._plain_sum.size, "the upload's plain part")
 
@@ -316,7 +317,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         if not self._decrypting:
             raise UnexpectedMessage("no joint decryption is running in this step; discarded")
         self._require_relay(message, broadcast=True)
-        if owner not in self._holders or (owner != sender and self._recovering.get(owner) != sender):
+        recovering = self._recovering.get(owner) == sender
+        if owner not in self._holders or (owner != sender and not recovering):
             raise ForgedMessage(f"{sender!r} may not send a partial decryption for {owner!r}")
         self._require_new(self._relayed, owner, message)
         if message.body.vector_digest != self._digest:
@@ -541,7 +543,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._done = {}
         self._deadline = now + timeout
 
-    TRANSITIONS = {
+    TRANSITIONS: ClassVar[Mapping[AggregatorState, Mapping[type, Handler]]] = {
         A.JOINING: {Hello: _on_hello},
         A.KEY_AGREEMENT: {
             PublicShare: _on_public_share,

@@ -7,16 +7,18 @@ alone, publishes the public key, and is done: the aggregator never gets the secr
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import ClassVar
 
+from protocols.events import Aborted, KeyAgreed, Step
+from protocols.machine import Handler, Machine, Randomness
+from protocols.manifest import Manifest, Role
+from protocols.messages import Abort, KeyDelivery, KeygenStart, Message, PublicShare
+from protocols.session import GROUP_KEY_SIZE, pack_mapping, seal_context
 from threshold_fl.crypto.keys import generate_keypair
 from threshold_fl.crypto.wire import encode_public_key, encode_secret_key
 from threshold_fl.errors import ProtocolError, StaleMessage, UnexpectedMessage
 from threshold_fl.identity import Identity, seal_for
-from protocols.events import Aborted, KeyAgreed, Step
-from protocols.machine import Machine, Randomness
-from protocols.manifest import Manifest, Role
-from protocols.messages import Abort, KeyDelivery, KeygenStart, Message, PublicShare
-from protocols.session import GROUP_KEY_SIZE, pack_mapping, seal_context
 
 __all__ = ["KeyAuthorityMachine", "KeyAuthorityState"]
 
@@ -83,4 +85,6 @@ class KeyAuthorityMachine(Machine[KeyAuthorityState]):
         self.state = K.ABORTED
         return self._events(Aborted("no key request from the aggregator in time"))
 
-    TRANSITIONS = {K.WAITING: {KeygenStart: _on_keygen_start}}
+    TRANSITIONS: ClassVar[Mapping[KeyAuthorityState, Mapping[type, Handler]]] = {
+        K.WAITING: {KeygenStart: _on_keygen_start},
+    }

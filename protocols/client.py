@@ -10,6 +10,8 @@ shares this client holds live only here.  Joint decryption is in
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 
@@ -27,7 +29,7 @@ from protocols.events import (
     UpdateNeeded,
 )
 from protocols.events import Finished as FinishedEvent
-from protocols.machine import Machine, Randomness
+from protocols.machine import Handler, Machine, Randomness
 from protocols.manifest import Manifest, Mode, Role
 from protocols.messages import (
     Abort,
@@ -213,7 +215,9 @@ class ClientMachine(Machine[ClientState]):
         if message.body.threshold != self.manifest.threshold or not set(
             message.body.participants
         ) <= set(self.manifest.client_ids):
-            raise ForgedMessage("the key agreement names parties or a threshold not in the manifest")
+            raise ForgedMessage(
+                "the key agreement names parties or a threshold not in the manifest"
+            )
         self._heard(now)
         if self.me not in message.body.participants:
             return self._abort_locally("excluded from the new key epoch", notify=False)
@@ -485,7 +489,7 @@ class ClientMachine(Machine[ClientState]):
     def _on_early(self, message: Message, now: float) -> Step:
         """Keep a decryption message that overtook the aggregate it belongs to."""
         self._require_step(message, self._step)
-        self._require_sender(message, self._holders + (self._aggregator,), "a key holder")
+        self._require_sender(message, (*self._holders, self._aggregator), "a key holder")
         if any(m.header == message.header and m.body == message.body for m in self._early):
             raise DuplicateMessage(f"the same early {message.kind} twice; discarded")
         if len(self._early) >= 4 * len(self._holders):
@@ -620,6 +624,12 @@ class ClientMachine(Machine[ClientState]):
         patience = self.manifest.timeouts.client_patience_s
         return self._abort_locally(f"the aggregator was silent for {patience:g} s")
 
+    def abort(self, reason: str, now: float) -> Step:
+        """Leave the session (e.g. the application failed); the aggregator is told."""
+        if self.state in self.TERMINAL:
+            return Step()
+        return self._abort_locally(reason)
+
     def _abort_locally(self, reason: str, *, notify: bool = True) -> Step:
         self.state = C.ABORTED
         sends = self._sends([self._aggregator], Abort(reason), self._step) if notify else []
@@ -631,13 +641,17 @@ class ClientMachine(Machine[ClientState]):
     def _heard(self, now: float) -> None:
         self._deadline = now + self.manifest.timeouts.client_patience_s
 
-    _DECRYPTING = {
+    _DECRYPTING: ClassVar[Mapping[type, Handler]] = {
         PartialShare: _on_partial_share,
         RecoveryRequest: _on_recovery_request,
         RecoveryShare: _on_recovery_share,
     }
-    _EARLY = {PartialShare: _on_early, RecoveryRequest: _on_early, RecoveryShare: _on_early}
-    TRANSITIONS = {
+    _EARLY: ClassVar[Mapping[type, Handler]] = {
+        PartialShare: _on_early,
+        RecoveryRequest: _on_early,
+        RecoveryShare: _on_early,
+    }
+    TRANSITIONS: ClassVar[Mapping[ClientState, Mapping[type, Handler]]] = {
         C.JOINING: {KeygenStart: _on_keygen_start},
         C.KEY_AGREEMENT: {
             KeygenStart: _on_keygen_start,

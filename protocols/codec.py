@@ -54,7 +54,7 @@ def encode_message(identity: Identity, message: Message) -> bytes:
     header = [_to_wire(getattr(message.header, name)) for name in _HEADER_FIELDS]
     code = BODY_TYPES.index(type(message.body))
     body = [_to_wire(getattr(message.body, spec.name)) for spec in fields(message.body)]
-    payload = msgpack.packb([header, code, body], use_bin_type=True)
+    payload: bytes = msgpack.packb([header, code, body], use_bin_type=True)
     sender = message.header.sender.encode()
     signed = _PREFIX.pack(MAGIC, CODEC_VERSION, len(sender)) + sender + _LENGTH.pack(len(payload))
     signed += payload
@@ -141,7 +141,8 @@ def _build(cls: type[_T], values: object) -> _T:
         raise MalformedMessage(f"a {cls.__name__} has the wrong number of fields; discarded")
     hints = typing.get_type_hints(cls)
     arguments = {
-        spec.name: _from_wire(value, hints[spec.name]) for spec, value in zip(specs, values)
+        spec.name: _from_wire(value, hints[spec.name])
+        for spec, value in zip(specs, values, strict=True)
     }
     try:
         return cls(**arguments)
@@ -166,7 +167,7 @@ def _from_wire(value: object, kind: Any) -> object:
         return tuple(_from_wire(element, item) for element in value)
     if kind is Stage:
         try:
-            return Stage(value)
+            return Stage(value)  # type: ignore[arg-type]
         except ValueError:
             raise MalformedMessage(f"unknown stage {value!r}; discarded") from None
     return value

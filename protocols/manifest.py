@@ -293,7 +293,8 @@ def make_manifest(
     try:
         mode = Mode(mode)
     except ValueError:
-        raise ManifestError(f"unknown mode {mode!r}; use one of {[m.value for m in Mode]}") from None
+        known = [m.value for m in Mode]
+        raise ManifestError(f"unknown mode {mode!r}; use one of {known}") from None
     ordered = tuple(sorted(clients, key=lambda party: party.party_id))
     count = len(ordered)
     if threshold is None:

@@ -312,7 +312,7 @@ class Finished(_Body):
     """Aggregator -> clients: all rounds are done."""
 
     rounds: int
-    STAGES = frozenset({Stage.END})
+    STAGES = frozenset(Stage)
 
 
 @dataclass(frozen=True)
@@ -320,7 +320,7 @@ class Abort(_Body):
     """Any party -> others: the session (or the recipient's part in it) ends now."""
 
     reason: str
-    STAGES = frozenset({Stage.END})
+    STAGES = frozenset(Stage)  # may end any step
 
     def _validate(self) -> None:
         if not 0 < len(self.reason) <= _MAX_REASON:

@@ -119,7 +119,8 @@ class ProtectedSum:
 
 def encode_frames(frames: Sequence[bytes]) -> bytes:
     """Several frames as one byte string (what gets sealed for a recipient)."""
-    return msgpack.packb(list(frames), use_bin_type=True)
+    packed: bytes = msgpack.packb(list(frames), use_bin_type=True)
+    return packed
 
 
 def decode_frames(data: bytes, what: str) -> list[bytes]:

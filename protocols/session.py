@@ -57,7 +57,8 @@ def seal_context(header: Header, *extra: str) -> bytes:
         header.session, str(int(header.stage)), str(header.epoch), str(header.round),
         str(header.attempt), header.sender, header.recipient, *extra,
     ]
-    return msgpack.packb(parts, use_bin_type=True)
+    packed: bytes = msgpack.packb(parts, use_bin_type=True)
+    return packed
 
 
 def seal_group(group_key: bytes, nonce: bytes, plaintext: bytes, context: bytes) -> bytes:
@@ -80,7 +81,8 @@ def open_group(group_key: bytes, sealed: bytes, context: bytes, what: str) -> by
 
 
 def pack_mapping(values: dict[str, bytes]) -> bytes:
-    return msgpack.packb(values, use_bin_type=True)
+    packed: bytes = msgpack.packb(values, use_bin_type=True)
+    return packed
 
 
 def open_mapping(data: bytes, allowed: frozenset[str], what: str) -> dict[str, bytes]:

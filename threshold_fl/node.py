@@ -1,0 +1,367 @@
+"""The composition layer: protocol state machines bound to a transport, for asyncio apps.
+
+Each party runs as one :class:`Node`: a reader task moves bytes from the transport
+into a bounded inbox, the main loop feeds them (and the application's answers) to
+the state machine one at a time and turns its deadline into a timer, and the
+application's work (training, sensitivity maps) runs as separate tasks so that the
+node keeps answering while it trains.  All tasks belong to the node's session and
+are cancelled together when it ends.
+
+Embedding a client takes a few lines::
+
+    async with FederatedClient(manifest, identity, transport, samples=len(data),
+                               train=train, sensitivity=sensitivity) as client:
+        async for result in client.rounds():
+            print(result.round, result.model[:4])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from protocols import (
+    Aborted,
+    AggregatorMachine,
+    ClientMachine,
+    Event,
+    Finished,
+    KeyAuthorityMachine,
+    Manifest,
+    PartyDropped,
+    RoundCompleted,
+    SensitivityNeeded,
+    Step,
+    UpdateNeeded,
+)
+from threshold_fl.errors import MessageRejected, SessionAborted, TransportClosed
+from threshold_fl.identity import Identity
+from transports import Transport
+
+__all__ = [
+    "Aggregator",
+    "FederatedClient",
+    "KeyAuthority",
+    "Node",
+    "RoundResult",
+    "SessionSummary",
+]
+
+log = logging.getLogger("threshold_fl.node")
+
+FloatArray = npt.NDArray[np.float64]
+MaybeAwaitable = Union[FloatArray, Awaitable[FloatArray]]  # noqa: UP007
+TrainFn = Callable[[int, Union[FloatArray, None]], MaybeAwaitable]  # noqa: UP007
+SensitivityFn = Callable[[], MaybeAwaitable]
+Machine = Union[AggregatorMachine, ClientMachine, KeyAuthorityMachine]  # noqa: UP007
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One completed FedAvg round as a client sees it."""
+
+    round: int
+    model: FloatArray = field(repr=False)
+
+
+@dataclass
+class SessionSummary:
+    """How a node's session ended."""
+
+    party: str
+    finished: bool = False
+    aborted: str | None = None
+    rounds: int = 0
+    dropped: dict[str, str] = field(default_factory=dict)
+    rejected: int = 0  # messages discarded (duplicates, late, forged...)
+    bytes_sent: int = 0
+    events: list[Event] = field(default_factory=list, repr=False)
+
+
+class Node:
+    """A state machine driven over a transport; see the module docstring."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        transport: Transport,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        inbox_size: int = 256,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        if transport.party_id != machine.me:
+            raise ValueError(
+                f"the transport is connected as {transport.party_id!r}, the machine is "
+                f"{machine.me!r}"
+            )
+        self.machine = machine
+        self._transport = transport
+        self._clock = clock
+        self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=inbox_size)
+        self._on_event = on_event
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[SessionSummary] | None = None
+        self.summary = SessionSummary(machine.me)
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def __aenter__(self) -> Node:
+        self._runner = asyncio.create_task(self.run(), name=f"node {self.machine.me}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._runner is not None and not self._runner.done():
+            if exc_type is None:
+                with contextlib.suppress(SessionAborted):
+                    await self._runner
+            else:
+                self._runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError, SessionAborted):
+                    await self._runner
+
+    async def wait(self) -> SessionSummary:
+        """Wait for the session to end; raises SessionAborted if it aborted."""
+        if self._runner is None:
+            return await self.run()
+        return await self._runner
+
+    async def run(self) -> SessionSummary:
+        """Run the session to its end (the task group: reader, app work, main loop)."""
+        self._spawn(self._read(), "reader")
+        try:
+            await self._feed(self._start(self._clock()))
+            await self._main_loop()
+        finally:
+            await self._cancel_all()
+        if self.summary.aborted is not None:
+            raise SessionAborted(f"{self.machine.me}: {self.summary.aborted}")
+        return self.summary
+
+    def _start(self, now: float) -> Step:
+        return self.machine.start(now)
+
+    async def _main_loop(self) -> None:
+        while not self._terminal():
+            item = await self._next_item()
+            if item is None:
+                await self._feed(self.machine.on_deadline(self._clock()))
+                continue
+            kind, value = item
+            if kind == "closed":
+                self.summary.aborted = f"the transport closed: {value}"
+                return
+            if kind == "failed":
+                await self._feed(self._failed(value))
+                return
+            await self._handle(kind, value)
+            if self._terminal():
+                return
+
+    def _terminal(self) -> bool:
+        return self.machine.state in self.machine.TERMINAL
+
+    async def _next_item(self) -> tuple[str, Any] | None:
+        deadline = self.machine.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - self._clock())
+        try:
+            return await asyncio.wait_for(self._inbox.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _handle(self, kind: str, value: Any) -> None:
+        now = self._clock()
+        if kind == "bytes":
+            try:
+                step = await asyncio.to_thread(self.machine.receive, value, now)
+            except MessageRejected as exc:
+                self.summary.rejected += 1
+                log.info("%s discarded a message: %s", self.machine.me, exc)
+                return
+        else:
+            step = await self._submit(kind, value, now)
+        await self._feed(step)
+
+    async def _submit(self, kind: str, value: Any, now: float) -> Step:
+        raise ValueError(f"unknown inbox item {kind!r}")
+
+    def _failed(self, error: BaseException) -> Step:
+        raise error
+
+    async def _feed(self, step: Step) -> None:
+        """Send what the machine produced, then hand its events to the application."""
+        for outgoing in step.sends:
+            self.summary.bytes_sent += len(outgoing.data) * len(outgoing.recipients)
+            try:
+                await self._transport.send(outgoing.recipients, outgoing.data)
+            except TransportClosed as exc:
+                log.warning("%s could not send %s: %s", self.machine.me, outgoing.kind, exc)
+        for event in step.events:
+            self._record(event)
+            await self._on_machine_event(event)
+
+    def _record(self, event: Event) -> None:
+        self.summary.events.append(event)
+        if isinstance(event, Aborted):
+            self.summary.aborted = event.reason
+        elif isinstance(event, Finished):
+            self.summary.finished = True
+        elif isinstance(event, RoundCompleted):
+            self.summary.rounds = event.round
+        elif isinstance(event, PartyDropped):
+            self.summary.dropped[event.party] = event.reason
+        if self._on_event is not None:
+            self._on_event(event)
+
+    async def _on_machine_event(self, event: Event) -> None:
+        """Subclasses start application work here."""
+
+    # -- tasks ---------------------------------------------------------------------------
+    async def _read(self) -> None:
+        while True:
+            try:
+                data = await self._transport.receive()
+            except TransportClosed as exc:
+                await self._inbox.put(("closed", str(exc)))
+                return
+            await self._inbox.put(("bytes", data))  # bounded: waits when the node is busy
+
+    def _spawn(self, coroutine: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coroutine)
+        task.set_name(f"{self.machine.me} {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class FederatedClient(Node):
+    """A federated-learning client: give it a training and a sensitivity callback.
+
+    ``train(round, global_model_or_None)`` returns the locally trained flat model;
+    ``sensitivity()`` returns the local sensitivity map (one value per parameter).
+    Either may be a coroutine function; plain functions run in a worker thread.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        identity: Identity,
+        transport: Transport,
+        *,
+        samples: int,
+        train: TrainFn,
+        sensitivity: SensitivityFn,
+        randomness: Callable[[int], bytes] = os.urandom,
+        **options: Any,
+    ) -> None:
+        machine = ClientMachine(manifest, identity, randomness, samples=samples)
+        super().__init__(machine, transport, **options)
+        self._client = machine
+        self._train = train
+        self._sensitivity = sensitivity
+        self._results: asyncio.Queue[RoundResult | None] = asyncio.Queue()
+
+    async def rounds(self) -> AsyncIterator[RoundResult]:
+        """Each round's global model as it completes; ends when the session ends."""
+        if self._runner is None:
+            raise RuntimeError("use 'async with FederatedClient(...)' before iterating rounds")
+        while True:
+            result = await self._results.get()
+            if result is None:
+                await self._runner  # raises SessionAborted if it aborted
+                return
+            yield result
+
+    async def run(self) -> SessionSummary:
+        try:
+            return await super().run()
+        finally:
+            self._results.put_nowait(None)
+
+    async def _on_machine_event(self, event: Event) -> None:
+        if isinstance(event, SensitivityNeeded):
+            self._spawn(self._work("sensitivity", self._sensitivity), "sensitivity")
+        elif isinstance(event, UpdateNeeded):
+            self._spawn(self._work("update", self._train, event.round, event.model), "training")
+        elif isinstance(event, RoundCompleted) and event.model is not None:
+            self._results.put_nowait(RoundResult(event.round, event.model))
+
+    async def _work(self, kind: str, function: Callable[..., MaybeAwaitable],
+                    *args: Any) -> None:
+        try:
+            if inspect.iscoroutinefunction(function):
+                result = await function(*args)
+            else:
+                result = await asyncio.to_thread(function, *args)
+                if inspect.isawaitable(result):
+                    result = await result
+        except Exception as exc:  # the application's failure ends this client's session
+            await self._inbox.put(("failed", exc))
+            return
+        await self._inbox.put((kind, np.asarray(result, dtype=np.float64)))
+
+    def _failed(self, error: BaseException) -> Step:
+        """The application's callback raised: leave the session, saying why."""
+        log.error("%s: the application failed: %r", self.machine.me, error)
+        return self._client.abort(f"the application failed: {error!r}", self._clock())
+
+    async def _submit(self, kind: str, value: Any, now: float) -> Step:
+        if kind == "sensitivity":
+            return await asyncio.to_thread(self._client.submit_sensitivity, value, now)
+        if kind == "update":
+            return await asyncio.to_thread(self._client.submit_update, value, now)
+        return await super()._submit(kind, value, now)
+
+
+class Aggregator(Node):
+    """The aggregation server.  ``weights`` override the sample-count FedAvg weights."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        identity: Identity,
+        transport: Transport,
+        *,
+        weights: Mapping[str, float] | None = None,
+        randomness: Callable[[int], bytes] = os.urandom,
+        **options: Any,
+    ) -> None:
+        machine = AggregatorMachine(manifest, identity, randomness, weights=weights)
+        super().__init__(machine, transport, **options)
+
+
+class KeyAuthority(Node):
+    """Single-key mode's key authority (for comparison runs)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        identity: Identity,
+        transport: Transport,
+        *,
+        randomness: Callable[[int], bytes] = os.urandom,
+        **options: Any,
+    ) -> None:
+        machine = KeyAuthorityMachine(manifest, identity, randomness)
+        super().__init__(machine, transport, **options)
