@@ -250,3 +250,29 @@ class Network:
         weights /= weights.sum()
         updates = [self.uploads[round_][name] for name in contributors]
         return sum(w * u for w, u in zip(weights, updates, strict=True))  # type: ignore[return-value]
+
+
+def run_until(net: Network, predicate: Callable[[], bool], *, until: float = 10_000.0,
+              max_events: int = 100_000) -> bool:
+    """Run ``net`` like :meth:`Network.run`, but stop as soon as ``predicate()`` holds.
+
+    The predicate is checked before anything happens and after every delivery or
+    deadline (one loop of ``run``).  True: it held (the rest stays queued); False: the
+    network settled without it holding.
+    """
+    if predicate():
+        return True
+    for _ in range(max_events):
+        owner, deadline = net._next_deadline()
+        if net._queue and (deadline is None or net._queue[0].time <= deadline):
+            pending = heapq.heappop(net._queue)
+            net.now = max(net.now, pending.time)
+            net._deliver(pending)
+        elif deadline is not None and deadline <= until:
+            net.now = max(net.now, deadline)
+            net._apply(owner, net.machines[owner].on_deadline(net.now))
+        else:
+            return False
+        if predicate():
+            return True
+    raise AssertionError("the simulation did not settle")

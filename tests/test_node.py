@@ -1,0 +1,145 @@
+"""The async driver over the in-memory transport: real OpenFHE, real asyncio tasks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from protocol_harness import identity, local_model, sensitivity_map
+
+from protocols import MaskPolicy, Mode, Timeouts, make_manifest
+from protocols.manifest import Manifest
+from threshold_fl.errors import SessionAborted
+from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority, Node
+from transports import FaultPlan, MemoryHub
+
+LENGTH = 30
+NAMES = ("client1", "client2", "client3")
+FAST = Timeouts(join_s=5, keys_s=5, upload_s=5, decrypt_s=1.5)
+
+
+def manifest_for(mode: Mode, rounds: int = 2) -> Manifest:
+    return make_manifest(
+        session="node-test", aggregator=identity("aggregator").public,
+        clients=[identity(name).public for name in NAMES],
+        key_authority=identity("authority").public if mode is Mode.SINGLE_KEY else None,
+        model_length=LENGTH, mode=mode, rounds=rounds, mask=MaskPolicy(fraction=0.3),
+        always_encrypt=((0, 2),), timeouts=FAST,
+    )
+
+
+class Federation:
+    """Runs an aggregator and clients as tasks; records what each client uploaded."""
+
+    def __init__(self, manifest: Manifest, hub: MemoryHub) -> None:
+        self.manifest, self.hub = manifest, hub
+        self.uploads: dict[int, dict[str, np.ndarray]] = {}
+        self.results: dict[str, list[tuple[int, np.ndarray]]] = {name: [] for name in NAMES}
+        self.failing: dict[str, int] = {}  # client -> round in which its training raises
+        self.after_upload: dict[str, int] = {}  # client -> round after whose upload it dies
+        self.errors: dict[str, BaseException] = {}
+
+    async def client(self, name: str, index: int) -> None:
+        def train(round_: int, model: np.ndarray | None) -> np.ndarray:
+            if self.failing.get(name) == round_:
+                raise RuntimeError("out of GPU memory")
+            update = local_model(name, round_, LENGTH)
+            self.uploads.setdefault(round_, {})[name] = update
+            return update
+
+        async def sensitivity() -> np.ndarray:
+            return sensitivity_map(name, LENGTH)
+
+        transport = self.hub.connect(name)
+        node = FederatedClient(self.manifest, identity(name), transport, samples=10 + index,
+                               train=train, sensitivity=sensitivity)
+        try:
+            async with node:
+                async for result in node.rounds():
+                    self.results[name].append((result.round, result.model))
+        except SessionAborted as exc:
+            self.errors[name] = exc
+
+    async def killer(self) -> None:
+        """Disconnect a client right after its upload of the given round went out."""
+        while self.after_upload:
+            for name, round_ in list(self.after_upload.items()):
+                if name in self.uploads.get(round_, {}):
+                    await asyncio.sleep(0.05)  # let the upload leave
+                    self.hub.disconnect(name)
+                    del self.after_upload[name]
+            await asyncio.sleep(0.005)
+
+    async def run(self) -> Aggregator:
+        aggregator = Aggregator(self.manifest, identity("aggregator"),
+                                self.hub.connect("aggregator"))
+        tasks = [self.client(name, index) for index, name in enumerate(NAMES)]
+        if self.manifest.mode is Mode.SINGLE_KEY:
+            authority = KeyAuthority(self.manifest, identity("authority"),
+                                     self.hub.connect("authority"))
+            tasks.append(authority.run())  # type: ignore[arg-type]
+        await asyncio.wait_for(
+            asyncio.gather(aggregator.run(), self.killer(), *tasks), timeout=60
+        )
+        return aggregator
+
+    def expected(self, round_: int, contributors: tuple[str, ...]) -> np.ndarray:
+        weights = np.array([10 + NAMES.index(name) for name in contributors], float)
+        updates = [self.uploads[round_][name] for name in contributors]
+        return sum(w * u for w, u in zip(weights / weights.sum(), updates, strict=True))  # type: ignore[return-value]
+
+    def check(self, aggregator: Aggregator, survivors: tuple[str, ...]) -> None:
+        rounds = [e for e in aggregator.summary.events if type(e).__name__ == "RoundCompleted"]
+        assert [e.round for e in rounds] == list(range(1, self.manifest.rounds + 1))
+        for event in rounds:
+            expected = self.expected(event.round, event.contributors)
+            for name in survivors:
+                model = dict(self.results[name])[event.round]
+                assert np.abs(model - expected).max() < 2e-6
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+async def test_sessions_over_the_memory_transport(mode: Mode) -> None:
+    federation = Federation(manifest_for(mode), MemoryHub())
+    aggregator = await federation.run()
+    assert aggregator.summary.finished and not aggregator.summary.dropped
+    federation.check(aggregator, NAMES)
+    assert federation.errors == {}
+
+
+async def test_duplicated_delayed_and_reordered_messages_change_nothing() -> None:
+    plan = FaultPlan.random(7, duplicate=0.2, delay=0.2, reorder=0.2, max_delay_s=0.02)
+    federation = Federation(manifest_for(Mode.THRESHOLD), MemoryHub(faults=plan))
+    aggregator = await federation.run()
+    assert aggregator.summary.finished
+    federation.check(aggregator, NAMES)
+    assert aggregator.summary.rejected > 0  # the duplicates were seen and discarded
+
+
+async def test_a_client_that_vanishes_after_uploading_is_recovered() -> None:
+    federation = Federation(manifest_for(Mode.THRESHOLD), MemoryHub())
+    federation.after_upload["client2"] = 1
+    aggregator = await federation.run()
+    assert set(aggregator.summary.dropped) == {"client2"}
+    federation.check(aggregator, ("client1", "client3"))
+    contributors = [e.contributors for e in aggregator.summary.events
+                    if type(e).__name__ == "RoundCompleted"]
+    assert contributors == [NAMES, ("client1", "client3")]
+
+
+async def test_a_failing_training_callback_leaves_the_session_cleanly() -> None:
+    federation = Federation(manifest_for(Mode.PLAINTEXT), MemoryHub())
+    federation.failing["client3"] = 2
+    aggregator = await federation.run()
+    assert "out of GPU memory" in aggregator.summary.dropped["client3"]
+    assert "out of GPU memory" in str(federation.errors["client3"])
+    federation.check(aggregator, ("client1", "client2"))
+
+
+async def test_a_node_refuses_a_transport_of_another_party() -> None:
+    hub = MemoryHub()
+    manifest = manifest_for(Mode.PLAINTEXT)
+    with pytest.raises(ValueError, match="connected as 'client1'"):
+        Node(Aggregator(manifest, identity("aggregator"), hub.connect("aggregator")).machine,
+             hub.connect("client1"))
