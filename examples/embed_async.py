@@ -13,19 +13,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from protocols import MaskPolicy, Mode, make_manifest
+from protocols import Manifest, MaskPolicy, Mode, make_manifest
 from threshold_fl.identity import Identity
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
 from transports import MemoryHub
 
+Array = npt.NDArray[Any]
 FEATURES, CLASSES = 8, 3
 LENGTH = FEATURES * CLASSES + CLASSES
 
 
-def make_data(seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+def make_data(seed: int, count: int) -> tuple[Array, Array]:
     """Three Gaussian blobs; every client draws its own samples."""
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(0).normal(0, 2, (CLASSES, FEATURES))
@@ -33,13 +36,13 @@ def make_data(seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     return centres[labels] + rng.normal(0, 3.0, (count, FEATURES)), labels
 
 
-def accuracy(model: np.ndarray, data: tuple[np.ndarray, np.ndarray]) -> float:
+def accuracy(model: Array, data: tuple[Array, Array]) -> float:
     weights, bias = model[: FEATURES * CLASSES].reshape(FEATURES, CLASSES), model[-CLASSES:]
     features, labels = data
     return float(np.mean(np.argmax(features @ weights + bias, axis=1) == labels))
 
 
-def train(model: np.ndarray, data: tuple[np.ndarray, np.ndarray], steps: int = 3) -> np.ndarray:
+def train(model: Array, data: tuple[Array, Array], steps: int = 3) -> Array:
     """A few steps of gradient descent on the softmax cross-entropy."""
     features, labels = data
     weights = model[: FEATURES * CLASSES].reshape(FEATURES, CLASSES).copy()
@@ -52,17 +55,25 @@ def train(model: np.ndarray, data: tuple[np.ndarray, np.ndarray], steps: int = 3
         error = (probabilities - onehot) / len(labels)
         weights -= 0.1 * features.T @ error
         bias -= 0.1 * error.sum(axis=0)
-    return np.clip(np.concatenate([weights.ravel(), bias]), -8, 8)  # within value_bound
+    model_out: Array = np.clip(np.concatenate([weights.ravel(), bias]), -8, 8)
+    return model_out  # clipped to stay within the CKKS value bound
 
 
-async def run_client(manifest, identity, hub, data, test) -> None:  # type: ignore[no-untyped-def]
+async def run_client(
+    manifest: Manifest,
+    identity: Identity,
+    hub: MemoryHub,
+    data: tuple[Array, Array],
+    test: tuple[Array, Array],
+) -> None:
     initial = np.zeros(LENGTH)
 
-    def local_training(round_: int, model: np.ndarray | None) -> np.ndarray:
+    def local_training(round_: int, model: Array | None) -> Array:
         return train(initial if model is None else model, data)
 
-    def sensitivity() -> np.ndarray:
-        return np.abs(train(initial, data, steps=1))  # a cheap stand-in for the real map
+    def sensitivity() -> Array:
+        gradient_step: Array = np.abs(train(initial, data, steps=1))
+        return gradient_step  # a cheap stand-in for the real sensitivity map
 
     async with hub.connect(identity.party_id) as transport, FederatedClient(
         manifest, identity, transport, samples=len(data[1]),
@@ -90,7 +101,7 @@ async def main(mode: str, rounds: int) -> None:
     test = make_data(99, 500)
     async with hub.connect("server") as server_transport:
         aggregator = Aggregator(manifest, identities["server"], server_transport)
-        tasks = [asyncio.create_task(aggregator.run())]
+        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(aggregator.run())]
         if mode == "single-key":
             authority = KeyAuthority(manifest, identities["authority"],
                                      hub.connect("authority"))

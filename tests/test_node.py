@@ -143,3 +143,18 @@ async def test_a_node_refuses_a_transport_of_another_party() -> None:
     with pytest.raises(ValueError, match="connected as 'client1'"):
         Node(Aggregator(manifest, identity("aggregator"), hub.connect("aggregator")).machine,
              hub.connect("client1"))
+
+
+@pytest.mark.parametrize("mode", ["threshold", "single-key"])
+def test_the_embedding_example_runs(mode: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "embed_async.py"
+    done = subprocess.run([sys.executable, str(script), "--mode", mode, "--rounds", "2"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    for name in ("alice", "bob", "carol"):
+        assert f"{name}: round 2 global accuracy" in done.stdout
+    assert "aggregator: 2 rounds" in done.stdout

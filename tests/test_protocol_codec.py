@@ -647,12 +647,12 @@ def test_signed_payload_with_bad_header_field(field: int, value: Any, problem: s
     (BODY_TYPES.index(Hello), "a Hello has the wrong number of fields"),  # 2 fields sent
     (BODY_TYPES.index(KeyConfirm), "field 'key_id' must be str, got list"),  # wrong types
     (BODY_TYPES.index(Finished), "a Finished has the wrong number of fields"),
-    (BODY_TYPES.index(Abort), "an Abort has the wrong number of fields"),
+    (BODY_TYPES.index(Abort), "Abort has the wrong number of fields"),
 ])
 def test_signed_payload_with_wrong_type_code(code: int, problem: str) -> None:
     # The UpdateUpload body [protected, plain] under another type code.
     data = _envelope(CLIENT1, _packed(_with(1, code)))
-    with pytest.raises(MalformedMessage, match=re.escape(problem.replace("an Abort", "a Abort"))):
+    with pytest.raises(MalformedMessage, match=re.escape(problem)):
         decode_message(data, DIRECTORY)
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("threshold_fl.node")
+_N = TypeVar("_N", bound="Node")
 
 FloatArray = npt.NDArray[np.float64]
 MaybeAwaitable = Union[FloatArray, Awaitable[FloatArray]]  # noqa: UP007
@@ -116,7 +117,7 @@ class Node:
         self.summary = SessionSummary(machine.me)
 
     # -- lifecycle -------------------------------------------------------------------
-    async def __aenter__(self) -> Node:
+    async def __aenter__(self: _N) -> _N:
         self._runner = asyncio.create_task(self.run(), name=f"node {self.machine.me}")
         return self
 

@@ -12,18 +12,34 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from threshold_fl.ml.flatten import (
-        ModelLayout,
-        TensorSpec,
-        flatten_state,
-        layout_of,
-        restore_state,
-        vector_to_state_dict,
+        ModelLayout as ModelLayout,
+    )
+    from threshold_fl.ml.flatten import (
+        TensorSpec as TensorSpec,
+    )
+    from threshold_fl.ml.flatten import (
+        flatten_state as flatten_state,
+    )
+    from threshold_fl.ml.flatten import (
+        layout_of as layout_of,
+    )
+    from threshold_fl.ml.flatten import (
+        restore_state as restore_state,
+    )
+    from threshold_fl.ml.flatten import (
+        vector_to_state_dict as vector_to_state_dict,
     )
     from threshold_fl.ml.mask import (
-        EncryptionMask,
-        first_and_last_layers,
-        select_random_fraction,
-        select_top_fraction,
+        EncryptionMask as EncryptionMask,
+    )
+    from threshold_fl.ml.mask import (
+        first_and_last_layers as first_and_last_layers,
+    )
+    from threshold_fl.ml.mask import (
+        select_random_fraction as select_random_fraction,
+    )
+    from threshold_fl.ml.mask import (
+        select_top_fraction as select_top_fraction,
     )
 
 _HOMES = {

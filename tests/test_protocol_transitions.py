@@ -1,0 +1,459 @@
+"""Every (state, message type) pair of every role: probes never crash a machine.
+
+Each state of each role is reached on a real network (threshold mode for the client
+and the aggregator, single-key mode for the key authority; plaintext and single-key
+clients and aggregators as extras), and then every body type of the protocol is fed
+to the machine as an authentic, well-formed message aimed at its current step:
+
+* ``bogus``: random frames, fake digests;
+* ``replay-first`` / ``replay-last``: a real body of that type from a complete run of
+  the same session, re-signed for the current step (real frames, real key shares);
+* ``next`` / ``retry`` (announcements): the header of the step that would follow,
+  with the key, group check and mask the aggregator really holds;
+* ``recover-me`` (RecoveryRequest): the receiver named as the recoverer.
+
+Whatever the content, ``receive`` must return a Step or raise a MessageRejected, and
+a rejected message must leave the machine exactly as it was (compared with
+:func:`snapshot`).  A type the transition table does not list for the state (other
+than Abort) must always be rejected.  Accepted probes change the machine, so the
+state is reached again on a fresh network before the next probe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import hashlib
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import openfhe
+import pytest
+from protocol_harness import AGGREGATOR, AUTHORITY, Network, build_manifest, identity, run_until
+
+from protocols import AggregatorMachine, ClientMachine, KeyAuthorityMachine, Manifest, Mode
+from protocols.aggregator import AggregatorState
+from protocols.authority import KeyAuthorityState
+from protocols.client import ClientState
+from protocols.codec import decode_message, encode_message
+from protocols.events import Event, SensitivityNeeded, Step, UpdateNeeded
+from protocols.messages import (
+    BODY_TYPES,
+    Abort,
+    Aggregate,
+    Finished,
+    Header,
+    Hello,
+    KeyConfirm,
+    KeyDelivery,
+    KeygenStart,
+    MaskConfirm,
+    MaskStart,
+    Message,
+    PartialShare,
+    PublicShare,
+    RecoveryRequest,
+    RecoveryShare,
+    RoundDone,
+    RoundStart,
+    SensitivityUpload,
+    Stage,
+    UpdateUpload,
+)
+from protocols.protection import encode_plain
+from threshold_fl.errors import MessageRejected
+from threshold_fl.ml.mask import EncryptionMask
+
+A, C, K = AggregatorState, ClientState, KeyAuthorityState
+LENGTH = 12
+TARGET_CLIENT = "client2"  # not the key-agreement lead, so every dealer is someone else
+OTHER_CLIENT = "client1"
+
+# Only the aggregator sends these (the plausible sender of a probe of that type).
+ANNOUNCEMENTS = (KeygenStart, MaskStart, RoundStart, Aggregate, RecoveryRequest, Finished)
+BROADCASTS = (PublicShare, Aggregate, PartialShare)  # header recipient "*"
+CLIENT_TO_CLIENT = (KeyDelivery, RecoveryShare)  # relayed by the aggregator
+
+Machine = AggregatorMachine | ClientMachine | KeyAuthorityMachine
+
+
+# ------------------------------------------------------------------------- snapshots
+def _summary(value: Any, path: tuple[int, ...]) -> Any:
+    """A comparable summary of ``value``: plain data as is, numpy arrays and OpenFHE
+    ciphertexts by a hash of their bytes, other opaque objects by identity."""
+    if value is None or isinstance(value, bool | int | float | str | bytes | enum.Enum):
+        return value
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.dtype.str, value.shape,
+                hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest())
+    if isinstance(value, np.generic):
+        return value.item()
+    if id(value) in path:
+        return ("cycle", type(value).__name__)
+    inner = (*path, id(value))
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda item: repr(item[0]))
+        return ("dict", tuple((repr(k), _summary(v, inner)) for k, v in items))
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, tuple(_summary(v, inner) for v in value))
+    if isinstance(value, set | frozenset):
+        return ("set", tuple(sorted(repr(_summary(v, inner)) for v in value)))
+    kind = type(value)
+    if kind.__module__.startswith("openfhe") and kind.__name__ == "Ciphertext":
+        # Sums are updated in place (EvalAddInPlace): identity would not show it.
+        data = bytes(openfhe.Serialize(value, openfhe.BINARY))
+        return ("Ciphertext", hashlib.sha256(data).hexdigest())
+    if kind.__name__ == "CkksContext" or not kind.__module__.startswith(
+        ("protocols", "threshold_fl")
+    ):
+        return ("opaque", kind.__name__, id(value))
+    if dataclasses.is_dataclass(value):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return (kind.__name__, _summary(fields, inner))
+    if hasattr(value, "__dict__"):
+        return (kind.__name__, _summary(vars(value), inner))
+    return ("opaque", kind.__name__, id(value))
+
+
+#: Attributes that are not protocol state: a lazily built CKKS context (a cache that a
+#: rejected message may legitimately fill) and the bytes being handled (reset in finally).
+_NOT_STATE = frozenset({"_context_cache", "_incoming"})
+
+
+def snapshot(machine: Machine) -> dict[str, Any]:
+    """The machine's state and a summary of every attribute, for before/after checks."""
+    out = {"state": machine.state}
+    for name, value in vars(machine).items():
+        if name not in _NOT_STATE:
+            out[name] = _summary(value, ())
+    return out
+
+
+def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+# ------------------------------------------------------------------------ reaching states
+class ProbeNetwork(Network):
+    """A network whose application can hold back its answer to one client's event."""
+
+    def __init__(self, manifest: Manifest, *, hold: tuple[str, type] | None = None) -> None:
+        super().__init__(manifest)
+        self.hold = hold
+        self.held: list[Event] = []
+
+    def _play_application(self, name: str, event: Any) -> None:
+        if self.hold is not None and (name, type(event)) == self.hold:
+            self.held.append(event)  # the application is still computing
+            return
+        super()._play_application(name, event)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    mode: Mode
+    party: str
+    state: enum.Enum
+    started: bool = True
+    hold: type | None = None  # event the target client's application does not answer yet
+    kill: tuple[str, ...] = ()  # parties dead from the start
+
+
+@functools.lru_cache(maxsize=None)
+def manifest_for(mode: Mode) -> Manifest:
+    return build_manifest(3, mode=mode, length=LENGTH, rounds=2)
+
+
+def reach(scenario: Scenario) -> ProbeNetwork:
+    """A fresh network stopped as soon as the scenario's machine is in its state."""
+    hold = (scenario.party, scenario.hold) if scenario.hold is not None else None
+    net = ProbeNetwork(manifest_for(scenario.mode), hold=hold)
+    for name in scenario.kill:
+        net.kill(name)
+    machine = net.machines[scenario.party]
+    if scenario.started:
+        net.start()
+        reached = run_until(net, lambda: machine.state is scenario.state)
+    else:
+        reached = machine.state is scenario.state
+    assert reached, f"{scenario} not reached: {scenario.party} ended in {machine.state}"
+    return net
+
+
+ALL_CLIENTS = ("client1", "client2", "client3")
+# Unanswered sensitivity request: the aggregator drops the client at the upload deadline
+# and tells it so (works whatever t is).
+_CLIENT_ABORTED = {"hold": SensitivityNeeded}
+
+
+def _role_scenarios(mode: Mode, transient: frozenset[enum.Enum]) -> list[Scenario]:
+    special: dict[enum.Enum, dict[str, Any]] = {
+        C.IDLE: {"started": False},
+        C.MASK_COMPUTING: {"hold": SensitivityNeeded},
+        C.TRAINING: {"hold": UpdateNeeded},
+        C.ABORTED: _CLIENT_ABORTED,
+        A.IDLE: {"started": False},
+        A.ABORTED: {"kill": ALL_CLIENTS},  # nobody joins: too few for key agreement
+    }
+    out = [
+        Scenario(mode, party, state, **special.get(state, {}))
+        for party, states in ((TARGET_CLIENT, ClientState), (AGGREGATOR, AggregatorState))
+        for state in states
+        if state not in transient
+    ]
+    return out
+
+
+#: States a machine passes through within one delivery in a mode, so no network can be
+#: stopped in them: without joint decryption a client decrypts the aggregate at once.
+INSTANT_WITHOUT_JOINT_DECRYPTION = frozenset({C.MASK_DECRYPTING, C.ROUND_DECRYPTING})
+
+SCENARIOS = [
+    *_role_scenarios(Mode.THRESHOLD, frozenset()),
+    Scenario(Mode.SINGLE_KEY, AUTHORITY, K.IDLE, started=False),
+    Scenario(Mode.SINGLE_KEY, AUTHORITY, K.WAITING),
+    Scenario(Mode.SINGLE_KEY, AUTHORITY, K.DONE),
+    # The aggregator aborts when nobody joins and tells the authority.
+    Scenario(Mode.SINGLE_KEY, AUTHORITY, K.ABORTED, kill=ALL_CLIENTS),
+    *_role_scenarios(Mode.SINGLE_KEY, INSTANT_WITHOUT_JOINT_DECRYPTION),
+    *_role_scenarios(Mode.PLAINTEXT, INSTANT_WITHOUT_JOINT_DECRYPTION),
+]
+
+
+def test_every_state_of_every_role_is_probed() -> None:
+    """Threshold mode reaches every client and aggregator state; single-key mode every
+    state of the key authority (the extra modes skip only the instant states)."""
+    reached = {(s.mode, s.party, s.state) for s in SCENARIOS}
+    for party, states, mode in (
+        (TARGET_CLIENT, ClientState, Mode.THRESHOLD),
+        (AGGREGATOR, AggregatorState, Mode.THRESHOLD),
+        (AUTHORITY, KeyAuthorityState, Mode.SINGLE_KEY),
+    ):
+        missing = [s.name for s in states if (mode, party, s) not in reached]
+        assert not missing, f"{party} states never probed in {mode.value} mode: {missing}"
+    for mode in (Mode.SINGLE_KEY, Mode.PLAINTEXT):
+        skipped = {s for s in ClientState if (mode, TARGET_CLIENT, s) not in reached}
+        assert skipped == INSTANT_WITHOUT_JOINT_DECRYPTION
+        assert all((mode, AGGREGATOR, s) in reached for s in AggregatorState)
+
+
+# ------------------------------------------------------------------------------ probes
+@dataclass(frozen=True)
+class Probe:
+    label: str
+    sender: str
+    message: Message
+
+
+def _fake_digest(tag: str) -> str:
+    return hashlib.sha256(f"probe/{tag}".encode()).hexdigest()
+
+
+def _random(tag: str, size: int) -> bytes:
+    return np.random.default_rng(int(_fake_digest(tag)[:8], 16)).bytes(size)
+
+
+@functools.lru_cache(maxsize=None)
+def corpus(mode: Mode) -> dict[type, list[tuple[str, Any]]]:
+    """(sender, body) of every message of a complete clean run of the session, by type."""
+    net = Network(manifest_for(mode))
+    sent: dict[type, list[tuple[str, Any]]] = {}
+    directory = net.manifest.directory
+    original = net._apply
+
+    def record(name: str, step: Step) -> None:
+        for outgoing in step.sends:
+            message = decode_message(outgoing.data, directory)
+            sent.setdefault(type(message.body), []).append((message.header.sender, message.body))
+        original(name, step)
+
+    net._apply = record  # type: ignore[method-assign]
+    net.start()
+    net.run()
+    assert all(net.finished(name) for name in net.clients)
+    return sent
+
+
+def current_step(net: Network, party: str) -> tuple[Stage, int, int, int]:
+    if party == AGGREGATOR:
+        return net.aggregator.step
+    if party == AUTHORITY:  # the authority keeps no step: it follows the aggregator's
+        return net.aggregator.step
+    return net.clients[party]._step
+
+
+def _stage_for(body_type: type, stage: Stage) -> Stage:
+    """The receiver's stage if the body may carry it, else the nearest one it may."""
+    allowed: frozenset[Stage] = body_type.STAGES  # type: ignore[attr-defined]
+    if stage in allowed:
+        return stage
+    return min(allowed, key=lambda s: (abs(s - stage), s))
+
+
+def _sender_of(body_type: type, party: str, mode: Mode) -> str:
+    if body_type is Abort:
+        return OTHER_CLIENT if party == AGGREGATOR else AGGREGATOR
+    if body_type in ANNOUNCEMENTS:
+        return AGGREGATOR
+    if body_type in (PublicShare, KeyDelivery) and mode is Mode.SINGLE_KEY:
+        return AUTHORITY
+    return OTHER_CLIENT if party != OTHER_CLIENT else TARGET_CLIENT
+
+
+def _recipient_of(body_type: type, party: str, sender: str) -> str:
+    if body_type in BROADCASTS:
+        return "*"
+    if party != AGGREGATOR:
+        return party
+    if body_type in CLIENT_TO_CLIENT or sender == AGGREGATOR:
+        return TARGET_CLIENT  # relayed, or an announcement reflected to the aggregator
+    return AGGREGATOR
+
+
+def _bogus_body(body_type: type, net: Network) -> Any:
+    manifest, aggregator = net.manifest, net.aggregator
+    plain_length = LENGTH - (aggregator.mask.count if aggregator.mask is not None else LENGTH)
+    plain = encode_plain(np.zeros(plain_length))
+    frames = (_random(body_type.__name__, 96),)
+    fake = _fake_digest(body_type.__name__)
+    bodies: dict[type, Callable[[], Any]] = {
+        Hello: lambda: Hello(7),
+        KeygenStart: lambda: KeygenStart(manifest.client_ids, manifest.threshold),
+        PublicShare: lambda: PublicShare(frames[0]),
+        KeyDelivery: lambda: KeyDelivery(frames[0]),
+        KeyConfirm: lambda: KeyConfirm(fake, fake),
+        MaskStart: lambda: MaskStart(fake, fake),
+        SensitivityUpload: lambda: SensitivityUpload(frames),
+        Aggregate: lambda: Aggregate(frames, plain),
+        PartialShare: lambda: PartialShare(OTHER_CLIENT, fake, frames[0]),
+        RecoveryRequest: lambda: RecoveryRequest("client3", OTHER_CLIENT),
+        RecoveryShare: lambda: RecoveryShare("client3", frames[0]),
+        MaskConfirm: lambda: MaskConfirm(_random("bits", (LENGTH + 7) // 8), fake),
+        RoundStart: lambda: RoundStart(fake, fake, fake),
+        UpdateUpload: lambda: UpdateUpload(frames, plain),
+        RoundDone: lambda: RoundDone(fake),
+        Finished: lambda: Finished(current_step(net, AGGREGATOR)[2]),
+        Abort: lambda: Abort("a probe"),
+    }
+    assert set(bodies) == set(BODY_TYPES)
+    return bodies[body_type]()
+
+
+def _consistent(net: Network, body_type: type, step: tuple[Stage, int, int, int]) -> list[
+    tuple[str, tuple[Stage, int, int, int], Any]
+]:
+    """Variants with the contents the aggregator really holds, for the steps to come."""
+    aggregator = net.aggregator
+    stage, epoch, round_, attempt = step
+    key_id = aggregator._key_id or _fake_digest("key")
+    check = aggregator._group_check or _fake_digest("check")
+    mask = aggregator.mask or EncryptionMask.full(LENGTH)
+    if body_type is KeygenStart:
+        body = KeygenStart(net.manifest.client_ids, net.manifest.threshold)
+        return [("next", (Stage.KEYS, epoch + 1, round_, 1), body)]
+    if body_type is MaskStart:
+        body = MaskStart(key_id, check)
+        return [("next", (Stage.MASK, epoch, 0, 1), body),
+                ("retry", (Stage.MASK, epoch, 0, attempt + 1), body)]
+    if body_type is RoundStart:
+        body = RoundStart(key_id, mask.digest(), check)
+        return [("next", (Stage.ROUND, epoch, round_ + 1, 1), body),
+                ("retry", (Stage.ROUND, epoch, round_, attempt + 1), body)]
+    if body_type is KeyConfirm:
+        return [("consistent", step, KeyConfirm(key_id, check))]
+    if body_type is MaskConfirm:
+        return [("consistent", step, MaskConfirm(mask.bits(), mask.digest()))]
+    if body_type is RecoveryRequest:
+        return [("recover-me", step, RecoveryRequest("client3", TARGET_CLIENT))]
+    return []
+
+
+def build_probes(net: Network, party: str) -> list[Probe]:
+    mode = net.manifest.mode
+    step = current_step(net, party)
+    probes = []
+    for body_type in BODY_TYPES:
+        sender = _sender_of(body_type, party, mode)
+        recipient = _recipient_of(body_type, party, sender)
+        variants: list[tuple[str, tuple[Stage, int, int, int], Any]] = [
+            ("bogus", step, _bogus_body(body_type, net))
+        ]
+        seen = corpus(mode).get(body_type, [])
+        mine = [body for who, body in seen if who == sender] or [body for _, body in seen]
+        if mine:
+            variants.append(("replay-first", step, mine[0]))
+            if mine[-1] != mine[0]:
+                variants.append(("replay-last", step, mine[-1]))
+        variants += _consistent(net, body_type, step)
+        for label, (stage, epoch, round_, attempt), body in variants:
+            header = Header(net.manifest.session, sender, recipient,
+                            _stage_for(body_type, stage), epoch, round_, attempt)
+            probes.append(Probe(f"{body_type.__name__}/{label}", sender, Message(header, body)))
+    return probes
+
+
+# ------------------------------------------------------------------------------- the test
+def _check_sends(step: Step, machine: Machine, data: bytes, net: Network) -> str | None:
+    """Every outgoing message is signed by the machine (or relays the probe unchanged)."""
+    for outgoing in step.sends:
+        if outgoing.data == data:
+            continue
+        message = decode_message(outgoing.data, net.manifest.directory)
+        if message.header.sender != machine.me:
+            return f"sent a message signed by {message.header.sender!r}"
+        if not outgoing.recipients or not set(outgoing.recipients) <= set(net.machines):
+            return f"sent to unknown recipients {outgoing.recipients}"
+    return None
+
+
+def _id(scenario: Scenario) -> str:
+    return f"{scenario.mode.value}-{scenario.party}-{scenario.state.name}"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=_id)
+def test_every_message_type_in_state(scenario: Scenario) -> None:
+    net = reach(scenario)
+    machine: Machine = net.machines[scenario.party]
+    listed = type(machine).TRANSITIONS.get(scenario.state, {})
+    probes = build_probes(net, scenario.party)
+    failures: list[str] = []
+    outcomes: dict[str, int] = {"accepted": 0, "rejected": 0}
+    for probe in probes:
+        before = snapshot(machine)
+        data = encode_message(identity(probe.sender), probe.message)
+        where = f"{probe.label} from {probe.sender} (header {probe.message.header.step})"
+        try:
+            step = machine.receive(data, net.now)
+        except MessageRejected as exc:
+            outcomes["rejected"] += 1
+            diff = changed(before, snapshot(machine))
+            if diff:
+                failures.append(f"{where}: rejected ({type(exc).__name__}: {exc}) but changed "
+                                f"{diff}")
+                net = reach(scenario)
+                machine = net.machines[scenario.party]
+            continue
+        except Exception:
+            failures.append(f"{where}: raised\n{traceback.format_exc()}")
+            net = reach(scenario)
+            machine = net.machines[scenario.party]
+            continue
+        outcomes["accepted"] += 1
+        if type(probe.message.body) not in listed and type(probe.message.body) is not Abort:
+            failures.append(f"{where}: accepted, but {scenario.state.name} lists no handler")
+        if not isinstance(step, Step):
+            failures.append(f"{where}: returned {step!r}, not a Step")
+        elif (problem := _check_sends(step, machine, data, net)) is not None:
+            failures.append(f"{where}: {problem}")
+        if changed(before, snapshot(machine)):
+            net = reach(scenario)  # probes are independent: start again from the state
+            machine = net.machines[scenario.party]
+    assert not failures, (
+        f"{_id(scenario)}: {len(failures)} of {len(probes)} probes failed:\n"
+        + "\n".join(failures)
+    )
+    assert outcomes["accepted"] + outcomes["rejected"] == len(probes) >= len(BODY_TYPES)
