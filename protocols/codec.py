@@ -124,7 +124,7 @@ def _parse_payload(payload: bytes) -> Message:
     if not (isinstance(decoded, list) and len(decoded) == 3):
         raise MalformedMessage("the message payload has the wrong shape; discarded")
     header_values, code, body_values = decoded
-    if not isinstance(code, int) or not 0 <= code < len(BODY_TYPES):
+    if type(code) is not int or not 0 <= code < len(BODY_TYPES):
         raise MalformedMessage(f"unknown message type code {code!r}; discarded")
     body_type = BODY_TYPES[code]
     header = _build(Header, header_values)
@@ -166,6 +166,8 @@ def _from_wire(value: object, kind: Any) -> object:
         item = typing.get_args(kind)[0]
         return tuple(_from_wire(element, item) for element in value)
     if kind is Stage:
+        if type(value) is not int:
+            raise MalformedMessage(f"the stage must be an integer, got {value!r}; discarded")
         try:
             return Stage(value)  # type: ignore[arg-type]
         except ValueError:

@@ -125,14 +125,12 @@ class Manifest:
         if (self.mode is Mode.SINGLE_KEY) != (self.key_authority is not None):
             raise ManifestError("a key authority is required in single-key mode and only there")
         self._validate_threshold()
-        if not isinstance(self.rounds, int) or not 1 <= self.rounds <= _MAX_ROUNDS:
+        if not _is_int(self.rounds) or not 1 <= self.rounds <= _MAX_ROUNDS:
             raise ManifestError(f"rounds must be in 1..{_MAX_ROUNDS}, got {self.rounds!r}")
-        if not isinstance(self.model_length, int) or not 1 <= self.model_length <= (
-            MAX_VECTOR_LENGTH
-        ):
+        if not _is_int(self.model_length) or not 1 <= self.model_length <= MAX_VECTOR_LENGTH:
             raise ManifestError(f"model_length must be in 1..{MAX_VECTOR_LENGTH}")
         for start, stop in self.always_encrypt:
-            if not (isinstance(start, int) and isinstance(stop, int)) or not (
+            if not (_is_int(start) and _is_int(stop)) or not (
                 0 <= start <= stop <= self.model_length
             ):
                 raise ManifestError(f"always_encrypt range [{start}, {stop}) is outside the model")
@@ -205,7 +203,9 @@ class Manifest:
         """Validate and build a manifest from untrusted data (e.g. parsed JSON)."""
         if not isinstance(data, dict):
             raise ManifestError(f"a manifest must be a JSON object, got {type(data).__name__}")
-        if data.get("format") != _FORMAT or data.get("version") != _VERSION:
+        if data.get("format") != _FORMAT or not _is_int(data.get("version")) or (
+            data.get("version") != _VERSION
+        ):
             raise ManifestError(
                 f"not a {_FORMAT} version {_VERSION} file (format={data.get('format')!r}, "
                 f"version={data.get('version')!r})"
@@ -224,7 +224,7 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ManifestError(f"manifest is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
@@ -240,6 +240,12 @@ class Manifest:
             return cls.from_json(file.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ManifestError(f"cannot read manifest {file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ManifestError(f"manifest {file} is not UTF-8 text") from None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _fields_from(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Union
 
-from threshold_fl.errors import MalformedMessage
+from threshold_fl.errors import MalformedMessage, ParameterError
 from threshold_fl.identity import PartyId, validate_party_id
 
 __all__ = [
@@ -67,10 +67,12 @@ def _reject(what: str) -> MalformedMessage:
 def _check_value(name: str, value: object, kind: Any) -> None:
     """Check one field against its annotation (the few types messages use)."""
     if kind is PartyId:
-        validate_party_id(value)
+        _check_party(name, value)
     elif kind in (str, bytes, bool):
         if type(value) is not kind:
             raise _reject(f"field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+        if kind is str and not _encodable(value):
+            raise _reject(f"field {name!r} is not valid Unicode text")
     elif kind is int:
         if type(value) is not int or not 0 <= value <= 2**63:
             raise _reject(f"field {name!r} must be a non-negative integer, got {value!r}")
@@ -85,6 +87,21 @@ def _check_value(name: str, value: object, kind: Any) -> None:
             raise _reject(f"field {name!r} must be a {kind.__name__}, got {value!r}")
     else:  # pragma: no cover - a programming error in this module
         raise TypeError(f"unsupported field type {kind!r}")
+
+
+def _check_party(name: str, value: object) -> None:
+    try:
+        validate_party_id(value)
+    except ParameterError as exc:
+        raise _reject(f"field {name!r}: {exc}") from None
+
+
+def _encodable(text: object) -> bool:
+    try:
+        str(text).encode("utf-8")
+    except UnicodeEncodeError:  # e.g. lone surrogates
+        return False
+    return True
 
 
 def _check_fields(instance: object) -> None:
@@ -119,7 +136,7 @@ class Header:
         if not 0 < len(self.session) <= 128:
             raise _reject("the session id must have 1 to 128 characters")
         if self.recipient != BROADCAST:
-            validate_party_id(self.recipient)
+            _check_party("recipient", self.recipient)
         if self.round > _MAX_ROUND or self.epoch > _MAX_ROUND or self.attempt > _MAX_ROUND:
             raise _reject("round, epoch or attempt is implausibly large")
 
@@ -359,6 +376,8 @@ class Message:
     body: Body
 
     def __post_init__(self) -> None:
+        if not isinstance(self.header, Header) or not isinstance(self.body, _Body):
+            raise _reject("a message is a Header and a body of a known type")
         if self.header.stage not in type(self.body).STAGES:
             raise _reject(
                 f"a {type(self.body).__name__} cannot belong to stage {self.header.stage.name}"
