@@ -169,7 +169,7 @@ def _from_wire(value: object, kind: Any) -> object:
         if type(value) is not int:
             raise MalformedMessage(f"the stage must be an integer, got {value!r}; discarded")
         try:
-            return Stage(value)  # type: ignore[arg-type]
+            return Stage(value)
         except ValueError:
             raise MalformedMessage(f"unknown stage {value!r}; discarded") from None
     return value

@@ -25,6 +25,7 @@ import dataclasses
 import enum
 import functools
 import hashlib
+import heapq
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,18 +140,42 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 # ------------------------------------------------------------------------ reaching states
 class ProbeNetwork(Network):
-    """A network whose application can hold back its answer to one client's event."""
+    """A network that records every message sent, and whose application can hold back
+    its answer to one client's event."""
 
     def __init__(self, manifest: Manifest, *, hold: tuple[str, type] | None = None) -> None:
         super().__init__(manifest)
         self.hold = hold
         self.held: list[Event] = []
+        self.history: list[Message] = []  # every message sent so far, in order
 
     def _play_application(self, name: str, event: Any) -> None:
         if self.hold is not None and (name, type(event)) == self.hold:
             self.held.append(event)  # the application is still computing
             return
         super()._play_application(name, event)
+
+    def _apply(self, name: str, step: Step) -> None:
+        if name not in self.dead:
+            for outgoing in step.sends:
+                self.history.append(decode_message(outgoing.data, self.manifest.directory))
+        super()._apply(name, step)
+
+    def run_others(self, frozen: str, *, max_events: int = 10_000) -> list[bytes]:
+        """Deliver what is in flight to everyone but ``frozen`` (no deadline fires, the
+        clock stays): the bytes that would reach ``frozen`` next, in arrival order."""
+        now, arriving = self.now, []
+        for _ in range(max_events):
+            if not self._queue:
+                self.now = now
+                return arriving
+            pending = heapq.heappop(self._queue)
+            if pending.recipient == frozen:
+                arriving.append(pending.data)
+                continue
+            self.now = max(now, pending.time)
+            self._deliver(pending)
+        raise AssertionError("the other parties did not settle")
 
 
 @dataclass(frozen=True)
