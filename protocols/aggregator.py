@@ -316,6 +316,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         sender, owner = message.header.sender, message.body.on_behalf_of
         if not self._decrypting:
             raise UnexpectedMessage("no joint decryption is running in this step; discarded")
+        # A dropped holder's late partial would race its recovered one: refuse it.
+        self._require_sender(message, self.alive, "an active client")
         self._require_relay(message, broadcast=True)
         recovering = self._recovering.get(owner) == sender
         if owner not in self._holders or (owner != sender and not recovering):
@@ -329,6 +331,7 @@ class AggregatorMachine(Machine[AggregatorState]):
     def _on_recovery_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, RecoveryShare)
         dropped = message.body.dropped
+        self._require_sender(message, self.alive, "an active client")
         if self._recovering.get(dropped) != message.header.recipient:
             raise UnexpectedMessage(f"no recovery of {dropped!r} by {message.header.recipient!r}")
         self._require_relay(message, broadcast=False)

@@ -90,7 +90,6 @@ __all__ = ["ClientMachine", "ClientState"]
 
 C = ClientState
 
-_DELIVERY_FIELDS = frozenset({"shamir", "group_key", "secret_key"})
 
 
 class ClientMachine(ClientKeyAgreement):
@@ -201,10 +200,8 @@ class ClientMachine(ClientKeyAgreement):
                 header.attempt > self._step[3]
             ):
                 return True
-        elif (header.stage, header.epoch, header.round, header.attempt) == (
-            stage, self._step[1], next_round, 1
-        ):
-            return False
+        elif (header.stage, header.epoch, header.round) == (stage, self._step[1], next_round):
+            return False  # any attempt: a retry may overtake the first announcement
         raise StaleMessage(
             f"{message.kind} for epoch {header.epoch}, round {header.round}, attempt "
             f"{header.attempt} does not follow this client's step {self._step}; discarded"
@@ -323,8 +320,7 @@ class ClientMachine(ClientKeyAgreement):
             return Step(sends=[self._send([self._aggregator], body, self._step,
                                           addressed=recoverer)])
         self._decryption.recovering.add(held.dealer_index)
-        self._decryption.add_recovery_share(_as_held_by(held, self._index))
-        return self._maybe_recover(dropped)
+        return self._recover_with(dropped, held, now)
 
     def _on_recovery_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, RecoveryShare) and self._decryption is not None
@@ -340,13 +336,17 @@ class ClientMachine(ClientKeyAgreement):
             self._index_of(dropped), self._index_of(sender)
         ):
             raise MalformedMessage(f"{sender!r}'s recovery share is of another key or holder")
-        self._decryption.add_recovery_share(share)
-        self._heard(now)
-        return self._maybe_recover(dropped)
+        return self._recover_with(dropped, share, now)
 
-    def _maybe_recover(self, dropped: PartyId) -> Step:
+    def _recover_with(self, dropped: PartyId, share: ShamirShare, now: float) -> Step:
+        """Add a Shamir share of ``dropped``'s key; with ``t`` of them, decrypt for it.
+
+        The share is kept only if recovery succeeds or still waits for more shares, so
+        a bad share is rejected without spoiling the good ones."""
         assert self._decryption is not None
-        partial = self._decryption.try_recover(self._index_of(dropped), self._public_shares)
+        partial = self._decryption.try_recover(self._index_of(dropped), self._public_shares,
+                                               share)
+        self._heard(now)
         if partial is None:
             return Step()
         step = Step(sends=[self._partial_share(dropped, partial)],
@@ -403,6 +403,8 @@ class ClientMachine(ClientKeyAgreement):
         self._require_from_aggregator(message)
         if self.state in self.TERMINAL:
             raise UnexpectedMessage("an abort after the session ended; discarded")
+        if message.header.epoch < self._step[1]:
+            raise StaleMessage("an abort from an earlier key epoch (a replay); discarded")
         self.state = C.ABORTED
         return self._events(Aborted(message.body.reason))
 
@@ -419,6 +421,11 @@ class ClientMachine(ClientKeyAgreement):
     _on_keygen_start = ClientKeyAgreement._on_keygen_start
     _on_public_share = ClientKeyAgreement._on_public_share
     _on_key_delivery = ClientKeyAgreement._on_key_delivery
+    _on_early_key = ClientKeyAgreement._on_early_key
+    _EARLY_KEYS: ClassVar[Mapping[type, Handler]] = {
+        PublicShare: _on_early_key,
+        KeyDelivery: _on_early_key,
+    }
     _DECRYPTING: ClassVar[Mapping[type, Handler]] = {
         PartialShare: _on_partial_share,
         RecoveryRequest: _on_recovery_request,
@@ -430,13 +437,14 @@ class ClientMachine(ClientKeyAgreement):
         RecoveryShare: _on_early,
     }
     TRANSITIONS: ClassVar[Mapping[ClientState, Mapping[type, Handler]]] = {
-        C.JOINING: {KeygenStart: _on_keygen_start},
+        C.JOINING: {KeygenStart: _on_keygen_start, **_EARLY_KEYS},
         C.KEY_AGREEMENT: {
             KeygenStart: _on_keygen_start,
             PublicShare: _on_public_share,
             KeyDelivery: _on_key_delivery,
         },
         C.KEYS_CONFIRMED: {
+            **_EARLY_KEYS,
             KeygenStart: _on_keygen_start,
             MaskStart: _on_mask_start,
             RoundStart: _on_round_start,
@@ -444,22 +452,21 @@ class ClientMachine(ClientKeyAgreement):
         C.MASK_COMPUTING: {MaskStart: _on_mask_start},
         C.MASK_UPLOADED: {MaskStart: _on_mask_start, Aggregate: _on_aggregate, **_EARLY},
         C.MASK_DECRYPTING: _DECRYPTING,
-        C.MASK_CONFIRMED: {KeygenStart: _on_keygen_start, RoundStart: _on_round_start},
+        C.MASK_CONFIRMED: {
+            **_EARLY_KEYS,
+            KeygenStart: _on_keygen_start,
+            RoundStart: _on_round_start,
+        },
         C.TRAINING: {RoundStart: _on_round_start},
         C.UPDATE_UPLOADED: {RoundStart: _on_round_start, Aggregate: _on_aggregate, **_EARLY},
         C.ROUND_DECRYPTING: _DECRYPTING,
         C.ROUND_DONE: {
+            **_EARLY_KEYS,
             KeygenStart: _on_keygen_start,
             RoundStart: _on_round_start,
             Finished: _on_finished,
         },
     }
-
-
-def _as_held_by(share: ShamirShare, holder: int) -> ShamirShare:
-    """My own share of a dropped party's key, as recovery counts it."""
-    assert share.holder_index == holder
-    return share
 
 
 def _checked_vector(values: FloatArray, length: int, what: str) -> FloatArray:

@@ -10,6 +10,7 @@ mask agreement and the FedAvg rounds.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 
 from protocols.events import Aborted, KeyAgreed, Outgoing, Step
@@ -51,7 +52,14 @@ from threshold_fl.crypto.wire import (
     encode_public_key,
     encode_shamir_share,
 )
-from threshold_fl.errors import ForgedMessage, MalformedMessage, StaleMessage
+from threshold_fl.errors import (
+    DuplicateMessage,
+    ForgedMessage,
+    MalformedMessage,
+    MessageRejected,
+    StaleMessage,
+    UnexpectedMessage,
+)
 from threshold_fl.identity import Identity, PartyId, open_from, seal_for
 
 __all__ = ["ClientKeyAgreement", "ClientState"]
@@ -99,9 +107,34 @@ class ClientKeyAgreement(Machine[ClientState]):
         self._secret: SecretKey | None = None  # single-key mode only
         self._group_key: bytes | None = None
         self._key_id: str | None = None
+        self._early_keys: list[Message] = []  # key messages that overtook their KeygenStart
 
     # -- key agreement ---------------------------------------------------------------------
     def _on_keygen_start(self, message: Message, now: float) -> Step:
+        step = self._start_epoch(message, now)
+        early, self._early_keys = self._early_keys, []
+        for kept in early:
+            if self.state is C.KEY_AGREEMENT and kept.header.step == self._step:
+                with contextlib.suppress(MessageRejected):  # e.g. kept twice
+                    step.extend(self.handle(kept, now))
+        return step
+
+    def _on_early_key(self, message: Message, now: float) -> Step:
+        """Keep a key message that overtook the KeygenStart of its epoch."""
+        if message.header.stage is not Stage.KEYS or message.header.epoch <= self._step[1]:
+            raise StaleMessage(f"{message.kind} for key epoch {message.header.epoch} is not "
+                               f"for a newer epoch than {self._step[1]}; discarded")
+        authority = self.manifest.key_authority
+        dealers = (*self.manifest.client_ids, *((authority.party_id,) if authority else ()))
+        self._require_sender(message, [p for p in dealers if p != self.me], "a key dealer")
+        if any(m.header == message.header and m.body == message.body for m in self._early_keys):
+            raise DuplicateMessage(f"the same early {message.kind} twice; discarded")
+        if len(self._early_keys) >= 2 * len(dealers):
+            raise UnexpectedMessage("too many key messages ahead of their epoch; discarded")
+        self._early_keys.append(message)
+        return Step()
+
+    def _start_epoch(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, KeygenStart)
         self._require_from_aggregator(message)
         if message.header.epoch <= self._step[1]:
@@ -170,6 +203,8 @@ class ClientKeyAgreement(Machine[ClientState]):
 
     def _on_public_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, PublicShare)
+        if message.header.epoch > self._step[1]:
+            return self._on_early_key(message, now)
         sender = message.header.sender
         self._require_step(message, self._step)
         contributors = self._key_contributors()
@@ -196,6 +231,8 @@ class ClientKeyAgreement(Machine[ClientState]):
 
     def _on_key_delivery(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, KeyDelivery)
+        if message.header.epoch > self._step[1]:
+            return self._on_early_key(message, now)
         sender = message.header.sender
         self._require_step(message, self._step)
         self._require_sender(message, [p for p in self._key_contributors() if p != self.me],

@@ -97,24 +97,27 @@ class JointDecryption:
         )
 
     # -- recovery of a vanished holder's key ------------------------------------------------
-    def add_recovery_share(self, share: ShamirShare) -> None:
-        held = self._recovery_shares.setdefault(share.dealer_index, {})
+    def try_recover(
+        self, dealer: int, public_shares: Mapping[int, PublicKey], share: ShamirShare
+    ) -> PartialDecryption | None:
+        """Add ``share``; once ``t`` shares are in and this client is the recoverer,
+        rebuild ``dealer``'s key and decrypt on its behalf.
+
+        All or nothing: if the shares do not rebuild the key, ``share`` is not kept
+        and the error propagates (the message that carried it is rejected).
+        """
+        held = self._recovery_shares.get(dealer, {})
         if share.holder_index in held:
             raise DuplicateMessage(
-                f"a second Shamir share of party {share.dealer_index}'s key from holder "
+                f"a second Shamir share of party {dealer}'s key from holder "
                 f"{share.holder_index}"
             )
-        held[share.holder_index] = share
-
-    def try_recover(
-        self, dealer: int, public_shares: Mapping[int, PublicKey]
-    ) -> PartialDecryption | None:
-        """Once ``t`` shares are in, rebuild ``dealer``'s key and decrypt on its behalf."""
-        shares = self._recovery_shares.get(dealer, {})
-        if dealer not in self.recovering or dealer in self.partials:
+        candidate = {**held, share.holder_index: share}
+        if dealer not in self.recovering or dealer in self.partials or (
+            len(candidate) < self._threshold
+        ):
+            self._recovery_shares[dealer] = candidate
             return None
-        if len(shares) < self._threshold:
-            return None
-        secret = recover_secret(self._context, shares.values(), public_shares[dealer])
-        bound = ThresholdSecret(dealer, self._joint.key_id, secret)
-        return self.own(bound)
+        secret = recover_secret(self._context, candidate.values(), public_shares[dealer])
+        self._recovery_shares[dealer] = candidate
+        return self.own(ThresholdSecret(dealer, self._joint.key_id, secret))

@@ -1,7 +1,8 @@
 """The federation manifest: who takes part, with which keys, settings and deadlines.
 
-Every party loads the same manifest; its fingerprint goes into every message
-header's session check, so parties configured differently cannot talk.  The
+Every party loads the same manifest file; compare :meth:`Manifest.fingerprint` out
+of band when distributing it (messages carry the session id, not the fingerprint, so
+a party with a different copy is caught only when its keys or mask disagree).  The
 manifest crosses a trust boundary (it is a file), so :meth:`Manifest.from_dict`
 validates everything before use.
 """
