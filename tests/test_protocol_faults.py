@@ -25,7 +25,8 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, settings
+from hypothesis import event as note_event
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -272,9 +273,9 @@ class FaultyFederation(RuleBasedStateMachine):
                 "left to deliver and no deadline"
             )
         dropped = sum(isinstance(e, PartyDropped) for e in net.events[AGGREGATOR])
-        event(f"aggregator {net.aggregator.state.name}, {len(net.summed)} round(s) summed, "
+        note_event(f"aggregator {net.aggregator.state.name}, {len(net.summed)} round(s) summed, "
               f"{dropped} dropped")
-        event(f"{len(net.rejections)} messages rejected")
+        note_event(f"{len(net.rejections)} messages rejected")
         if not net.dead and not self.faults and self.noise is None:
             # A clean run completes every round at every client.
             assert all(net.finished(name) for name in CLIENTS)
