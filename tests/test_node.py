@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -29,6 +30,29 @@ def manifest_for(mode: Mode, rounds: int = 2) -> Manifest:
     )
 
 
+class DyingTransport:
+    """A memory transport whose party vanishes right after one chosen send."""
+
+    def __init__(self, hub: MemoryHub, party: str) -> None:
+        self._hub, self._inner = hub, hub.connect(party)
+        self.die_after_next_send = False
+
+    @property
+    def party_id(self) -> str:
+        return self._inner.party_id
+
+    async def send(self, recipients: Sequence[str], data: bytes) -> None:
+        await self._inner.send(recipients, data)
+        if self.die_after_next_send:
+            self._hub.disconnect(self.party_id)
+
+    async def receive(self) -> bytes:
+        return await self._inner.receive()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 class Federation:
     """Runs an aggregator and clients as tasks; records what each client uploaded."""
 
@@ -41,9 +65,13 @@ class Federation:
         self.errors: dict[str, BaseException] = {}
 
     async def client(self, name: str, index: int) -> None:
+        transport = DyingTransport(self.hub, name)
+
         def train(round_: int, model: np.ndarray | None) -> np.ndarray:
             if self.failing.get(name) == round_:
                 raise RuntimeError("out of GPU memory")
+            if self.after_upload.get(name) == round_:
+                transport.die_after_next_send = True  # the next send is this upload
             update = local_model(name, round_, LENGTH)
             self.uploads.setdefault(round_, {})[name] = update
             return update
@@ -51,7 +79,6 @@ class Federation:
         async def sensitivity() -> np.ndarray:
             return sensitivity_map(name, LENGTH)
 
-        transport = self.hub.connect(name)
         node = FederatedClient(self.manifest, identity(name), transport, samples=10 + index,
                                train=train, sensitivity=sensitivity)
         try:
@@ -60,16 +87,6 @@ class Federation:
                     self.results[name].append((result.round, result.model))
         except SessionAborted as exc:
             self.errors[name] = exc
-
-    async def killer(self) -> None:
-        """Disconnect a client right after its upload of the given round went out."""
-        while self.after_upload:
-            for name, round_ in list(self.after_upload.items()):
-                if name in self.uploads.get(round_, {}):
-                    await asyncio.sleep(0.05)  # let the upload leave
-                    self.hub.disconnect(name)
-                    del self.after_upload[name]
-            await asyncio.sleep(0.005)
 
     async def run(self) -> Aggregator:
         aggregator = Aggregator(self.manifest, identity("aggregator"),
@@ -80,7 +97,7 @@ class Federation:
                                      self.hub.connect("authority"))
             tasks.append(authority.run())  # type: ignore[arg-type]
         await asyncio.wait_for(
-            asyncio.gather(aggregator.run(), self.killer(), *tasks), timeout=60
+            asyncio.gather(aggregator.run(), *tasks), timeout=60
         )
         return aggregator
 
