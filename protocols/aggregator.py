@@ -89,6 +89,8 @@ _STAGE_OF = {
     A.ABORTED: Stage.END,
 }
 _UPLOADS = (A.MASK_UPLOAD, A.ROUND_UPLOAD)
+#: At a deadline, progress within this fraction of the stage timeout earns one extension.
+_GRACE = 0.25
 _DECRYPTIONS = (A.MASK_DECRYPTION, A.ROUND_DECRYPTION)
 
 
@@ -123,6 +125,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         self.mask: EncryptionMask | None = None
         self._seen: set[object] = set()
         self._done: dict[PartyId, str] = {}  # confirmations of the current step
+        self._pending_confirms: dict[PartyId, Message] = {}  # key confirms ahead of the key
+        self._last_progress: float | None = None  # when this step last accepted a message
         self._uploaders: list[PartyId] = []
         self._expected: tuple[PartyId, ...] = ()  # who must upload in this attempt
         self._sum: ProtectedSum | None = None
@@ -136,6 +140,8 @@ class AggregatorMachine(Machine[AggregatorState]):
     @property
     def step(self) -> tuple[Stage, int, int, int]:
         """(stage, epoch, round, attempt) that current messages must carry."""
+        if self.state in (A.IDLE, A.JOINING):
+            return (Stage.SETUP, 0, 0, 0)  # what a Hello carries
         return (_STAGE_OF[self.state], self._epoch, self._round, self._attempt)
 
     def start(self, now: float) -> Step:
@@ -207,7 +213,13 @@ class AggregatorMachine(Machine[AggregatorState]):
             key_id = combine_public_shares(self.context, by_index, 1).key_id
         self._seen.add(("relay", sender, "*"))
         self._public_shares, self._key_id = shares, key_id
-        return self._relay(message, now)
+        step = self._relay(message, now)
+        if key_id is not None:
+            pending, self._pending_confirms = self._pending_confirms, {}
+            for confirm in pending.values():
+                if self.state is A.KEY_AGREEMENT:
+                    step.extend(self._judge_key_confirm(confirm, now))
+        return step
 
     def _on_key_delivery(self, message: Message, now: float) -> Step:
         self._require_sender(message, self._key_contributors(), "a key contributor")
@@ -219,7 +231,14 @@ class AggregatorMachine(Machine[AggregatorState]):
         assert isinstance(message.body, KeyConfirm)
         self._require_confirmation(message)
         if self._key_id is None:
-            raise UnexpectedMessage("a key confirmation before every key share was relayed")
+            # The confirmation overtook a key share on its way here: judge it once the
+            # key is known, rather than drop an honest client for a reordering.
+            self._pending_confirms[message.header.sender] = message
+            return Step()
+        return self._judge_key_confirm(message, now)
+
+    def _judge_key_confirm(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, KeyConfirm)
         if message.body.key_id != self._key_id:
             return self._abort(
                 f"{message.header.sender!r} confirmed key {message.body.key_id[:16]}, which is "
@@ -346,7 +365,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         mask = EncryptionMask.from_bits(self.manifest.model_length, message.body.mask_bits)
         if mask.digest() != message.body.digest:
             raise MalformedMessage("the mask bits do not match the digest sent with them")
-        if self.mask is not None and mask != self.mask:
+        if any(digest != mask.digest() for digest in self._done.values()):
             return self._abort(
                 f"{message.header.sender!r} selected a different mask than other clients; "
                 "mask agreement failed"
@@ -371,7 +390,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._require_step(message, self.step)
         if message.header.recipient != self.me:
             raise ForgedMessage("a confirmation must be addressed to the aggregator")
-        self._require_new(set(self._done), message.header.sender, message)
+        self._require_new(set(self._done) | set(self._pending_confirms),
+                          message.header.sender, message)
 
     # -- progress, dropouts and ends -------------------------------------------------------
     def _progress(self, now: float) -> Step:
@@ -431,6 +451,13 @@ class AggregatorMachine(Machine[AggregatorState]):
             self.alive = sorted(self._samples)
             late = [party for party in self.manifest.client_ids if party not in self._samples]
             return self._drop(late, "did not join in time").extend(self._start_keys(now))
+        grace = _GRACE * self._stage_timeout()
+        if self._last_progress is not None and now - self._last_progress < grace:
+            # Something arrived just before the deadline: the others may not have had
+            # time to answer it, so blaming them now would drop punctual clients.
+            self._deadline = self._last_progress + grace
+            self._last_progress = None
+            return Step()
         culprits = self._culprits()
         step = self._drop(culprits, f"missed the {self.state.value} deadline")
         self._deadline = now + self._stage_timeout()
@@ -488,6 +515,12 @@ class AggregatorMachine(Machine[AggregatorState]):
             self.dropped[party] = reason
             if party in self.alive:
                 self.alive.remove(party)
+            # What a dropped client confirmed no longer counts: after a recovery the
+            # survivors fuse a fresh partial, whose noise differs in the last bits.
+            self._done.pop(party, None)
+            self._pending_confirms.pop(party, None)
+            if self.state is A.MASK_DECRYPTION and not self._done:
+                self.mask = None
             if self.manifest.mode is Mode.THRESHOLD and party in self._holders:
                 self._needs_rekey = True  # its share of the joint key is gone
             step.sends.extend(self._sends([party], Abort(f"dropped: {reason}"), self.step))
@@ -532,6 +565,11 @@ class AggregatorMachine(Machine[AggregatorState]):
         if not isinstance(message.body, PartialShare | RecoveryShare):
             self._require_new(self._seen, key, message)
 
+    def handle(self, message: Message, now: float) -> Step:
+        step = super().handle(message, now)
+        self._last_progress = now
+        return step
+
     def _relay(self, message: Message, now: float) -> Step:
         header = message.header
         if header.recipient == "*":
@@ -544,6 +582,8 @@ class AggregatorMachine(Machine[AggregatorState]):
     def _reset_step(self, now: float, timeout: float) -> None:
         self._seen = {key for key in self._seen if isinstance(key, tuple) and key[0] == "hello"}
         self._done = {}
+        self._pending_confirms = {}
+        self._last_progress = None
         self._deadline = now + timeout
 
     TRANSITIONS: ClassVar[Mapping[AggregatorState, Mapping[type, Handler]]] = {

@@ -104,8 +104,18 @@ def _encodable(text: object) -> bool:
     return True
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """Field annotations per class, computed once (get_type_hints is costly)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 def _check_fields(instance: object) -> None:
-    hints = typing.get_type_hints(type(instance))
+    hints = _hints(type(instance))
     for spec in fields(instance):  # type: ignore[arg-type]
         _check_value(spec.name, getattr(instance, spec.name), hints[spec.name])
 

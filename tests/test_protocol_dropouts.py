@@ -4,9 +4,11 @@ it would send the named message: from then on it neither sends nor receives."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
-from protocol_harness import AGGREGATOR, TIMEOUTS, Network, build_manifest
+from protocol_harness import AGGREGATOR, TIMEOUTS, FaultRule, Network, build_manifest
 
 from protocols import KeyAgreed, KeyRecovered, Mode, PartyDropped
 
@@ -143,3 +145,58 @@ def test_aggregator_that_vanishes_leaves_clients_aborting_at_their_deadline() ->
         reason = net.aborted(name)
         assert reason is not None and "silent" in reason
     assert net.now <= TIMEOUTS.client_patience_s + 100
+
+
+def run_with_fault(rule_for: Callable[[Network], FaultRule]) -> Network:
+    net = Network(build_manifest(3, rounds=2, length=16))
+    net.faults = rule_for(net)
+    net.start()
+    net.run()
+    return net
+
+
+def lost_partial(victim: str, round_: int, delays: list[float]) -> Callable[[Network], FaultRule]:
+    def rule_for(net: Network) -> FaultRule:
+        def rule(sender: str, recipient: str, kind: str, now: float) -> list[float]:
+            if (sender, kind) == (victim, "PartialShare") and net.clients[victim]._round == round_:
+                return delays
+            return [0.0]
+
+        return rule
+
+    return rule_for
+
+
+@pytest.mark.parametrize(("round_", "delays"), [(1, []), (2, [12.0]), (0, [])])
+def test_a_lost_partial_is_recovered_although_its_sender_fused(round_: int,
+                                                               delays: list[float]) -> None:
+    """The sender fused the round and confirmed it; its own partial never went out.
+    The survivors fuse a recovered partial, so what the dropped client confirmed must
+    not count (this used to abort the session on a model-check mismatch)."""
+    net = run_with_fault(lost_partial("client2", round_, delays))
+    assert net.aborted(AGGREGATOR) is None and net.finished(AGGREGATOR)
+    assert set(net.aggregator.dropped) == {"client2"}
+    assert_correct_rounds(net, {"client1", "client3"})
+
+
+@pytest.mark.parametrize("delay", [0.05, 9.95])
+def test_a_key_confirmation_that_overtakes_a_key_share_counts(delay: float) -> None:
+    """A client's KeyConfirm may reach the aggregator before that client's own
+    PublicShare; a reordering, or progress just before the deadline, drops nobody."""
+    def rule_for(net: Network) -> FaultRule:
+        def rule(sender: str, recipient: str, kind: str, now: float) -> list[float]:
+            return [delay] if (sender, kind) == ("client2", "PublicShare") else [0.0]
+
+        return rule
+
+    net = run_with_fault(rule_for)
+    assert net.finished(AGGREGATOR) and net.aggregator.dropped == {}
+    assert_correct_rounds(net, ALL)
+
+
+def test_progress_just_before_a_deadline_does_not_blame_the_punctual() -> None:
+    """A partial relayed just before the decryption deadline: the others need a moment
+    to fuse and confirm, so the deadline is extended once instead of dropping them."""
+    net = run_with_fault(lost_partial("client2", 1, [9.97]))
+    assert net.finished(AGGREGATOR) and net.aggregator.dropped == {}
+    assert_correct_rounds(net, ALL)

@@ -1,22 +1,27 @@
 """Every (state, message type) pair of every role: probes never crash a machine.
 
-Each state of each role is reached on a real network (threshold mode for the client
-and the aggregator, single-key mode for the key authority; plaintext and single-key
-clients and aggregators as extras), and then every body type of the protocol is fed
-to the machine as an authentic, well-formed message aimed at its current step:
+Each state of each role is reached on a real network, stopped as soon as the machine
+is in it (threshold mode for the client and the aggregator, single-key mode for the
+key authority; single-key and plaintext clients and aggregators as extras, and a few
+later visits reached through a dropout: recovery under way, a retried upload, a
+rotated key).  The other parties are then run on, without the target, to collect what
+would reach it next.  Every body type of the protocol is fed to the machine as an
+authentic, well-formed message aimed at its current step, from a plausible sender:
 
 * ``bogus``: random frames, fake digests;
-* ``replay-first`` / ``replay-last``: a real body of that type from a complete run of
-  the same session, re-signed for the current step (real frames, real key shares);
-* ``next`` / ``retry`` (announcements): the header of the step that would follow,
-  with the key, group check and mask the aggregator really holds;
-* ``recover-me`` (RecoveryRequest): the receiver named as the recoverer.
+* ``replay-first`` / ``replay-last``: the first and last real body of that type this
+  network has sent (same keys), re-signed for the current step;
+* ``next`` / ``retry`` / ``consistent``: the header of the step that would follow, or
+  the contents the aggregator really holds (key id, group check, mask);
+* ``recover-me`` (RecoveryRequest): the receiver named as the recoverer;
+* ``in-flight-from-...`` (later visits only): the real bytes about to arrive, unchanged.
 
-Whatever the content, ``receive`` must return a Step or raise a MessageRejected, and
-a rejected message must leave the machine exactly as it was (compared with
-:func:`snapshot`).  A type the transition table does not list for the state (other
-than Abort) must always be rejected.  Accepted probes change the machine, so the
-state is reached again on a fresh network before the next probe.
+Whatever the content, ``receive`` must return a Step or raise a MessageRejected; a
+rejected message must leave the machine exactly as it was (compared with
+:func:`snapshot`); a type the transition table does not list for the state (other
+than Abort) must be rejected; and whatever the machine sends is signed by itself (or
+relays the probe's bytes).  An accepted probe changes the machine, so the state is
+reached again on a fresh network before the next probe.
 """
 
 from __future__ import annotations
@@ -147,7 +152,7 @@ class ProbeNetwork(Network):
         super().__init__(manifest)
         self.hold = hold
         self.held: list[Event] = []
-        self.history: list[Message] = []  # every message sent so far, in order
+        self.history: list[tuple[str, bytes]] = []  # (kind, bytes) of every message sent
 
     def _play_application(self, name: str, event: Any) -> None:
         if self.hold is not None and (name, type(event)) == self.hold:
@@ -157,9 +162,27 @@ class ProbeNetwork(Network):
 
     def _apply(self, name: str, step: Step) -> None:
         if name not in self.dead:
-            for outgoing in step.sends:
-                self.history.append(decode_message(outgoing.data, self.manifest.directory))
+            self.history.extend((outgoing.kind, outgoing.data) for outgoing in step.sends)
         super()._apply(name, step)
+
+    def sent_bodies(self, body_type: type, sender: str) -> list[Any]:
+        """The first and the last body of that type sent so far, preferring those sent
+        by ``sender`` (decoded lazily: decoding every message would double the cost)."""
+        sent = [data for kind, data in self.history if kind == body_type.__name__]
+        decoded = {}
+
+        def message(index: int) -> Message:
+            if index not in decoded:
+                decoded[index] = decode_message(sent[index], self.manifest.directory)
+            return decoded[index]
+
+        order = range(len(sent))
+        first = next((i for i in order if message(i).header.sender == sender), None)
+        last = next((i for i in reversed(order) if message(i).header.sender == sender), None)
+        if first is None or last is None:
+            first, last = 0, len(sent) - 1
+        picked = [message(i).body for i in sorted({first, last}) if 0 <= i < len(sent)]
+        return picked
 
     def run_others(self, frozen: str, *, max_events: int = 10_000) -> list[bytes]:
         """Deliver what is in flight to everyone but ``frozen`` (no deadline fires, the
@@ -186,6 +209,20 @@ class Scenario:
     started: bool = True
     hold: type | None = None  # event the target client's application does not answer yet
     kill: tuple[str, ...] = ()  # parties dead from the start
+    vanish: tuple[str, str, int] | None = None  # (client, kind, round): dies sending it
+    when: str | None = None  # a further condition (see WHEN) on top of the state
+
+
+#: Conditions that pick a later visit of a state than the first one (reached through a
+#: dropout): recovery under way, a retried upload, a rotated key.
+WHEN: dict[str, Callable[[Network, str], bool]] = {
+    "recovering": lambda net, party: bool(
+        net.aggregator._recovering if party == AGGREGATOR
+        else any(key[0] == "request" for key in getattr(net.clients[party], "_seen", ()))
+    ),
+    "retry": lambda net, party: current_step(net, party)[3] == 2,
+    "epoch2": lambda net, party: current_step(net, party)[1] == 2,
+}
 
 
 @functools.cache
@@ -200,9 +237,22 @@ def reach(scenario: Scenario) -> ProbeNetwork:
     for name in scenario.kill:
         net.kill(name)
     machine = net.machines[scenario.party]
+    if scenario.vanish is not None:
+        victim, kind, round_ = scenario.vanish
+
+        def vanish(sender: str, recipient: str, sent: str, now: float) -> list[float]:
+            if (sender, sent) == (victim, kind) and net.clients[victim]._round == round_:
+                net.kill(victim)
+                return []
+            return [0.0]
+
+        net.faults = vanish
+    when = WHEN[scenario.when] if scenario.when is not None else (lambda net, party: True)
     if scenario.started:
         net.start()
-        reached = run_until(net, lambda: machine.state is scenario.state)
+        reached = run_until(
+            net, lambda: machine.state is scenario.state and when(net, scenario.party)
+        )
     else:
         reached = machine.state is scenario.state
     assert reached, f"{scenario} not reached: {scenario.party} ended in {machine.state}"
@@ -248,6 +298,23 @@ SCENARIOS = [
     Scenario(Mode.SINGLE_KEY, AUTHORITY, K.ABORTED, kill=ALL_CLIENTS),
     *_role_scenarios(Mode.SINGLE_KEY, INSTANT_WITHOUT_JOINT_DECRYPTION),
     *_role_scenarios(Mode.PLAINTEXT, INSTANT_IN_PLAINTEXT),
+    # Later visits, after a dropout (threshold mode): client1 (the lead) or client3
+    # vanishes; client2 becomes the recoverer when client1 is gone.
+    *(
+        Scenario(Mode.THRESHOLD, party, state, vanish=vanish, when=when)
+        for party, state, vanish, when in (
+            (AGGREGATOR, A.MASK_DECRYPTION, ("client3", "PartialShare", 0), "recovering"),
+            (AGGREGATOR, A.ROUND_DECRYPTION, ("client1", "PartialShare", 1), "recovering"),
+            (TARGET_CLIENT, C.MASK_DECRYPTING, ("client1", "PartialShare", 0), "recovering"),
+            (TARGET_CLIENT, C.ROUND_DECRYPTING, ("client1", "PartialShare", 1), "recovering"),
+            (TARGET_CLIENT, C.ROUND_DECRYPTING, ("client3", "PartialShare", 1), "recovering"),
+            (AGGREGATOR, A.ROUND_UPLOAD, ("client3", "UpdateUpload", 1), "retry"),
+            (TARGET_CLIENT, C.UPDATE_UPLOADED, ("client3", "UpdateUpload", 1), "retry"),
+            (AGGREGATOR, A.KEY_AGREEMENT, ("client3", "UpdateUpload", 1), "epoch2"),
+            (TARGET_CLIENT, C.KEY_AGREEMENT, ("client3", "UpdateUpload", 1), "epoch2"),
+            (TARGET_CLIENT, C.KEYS_CONFIRMED, ("client3", "UpdateUpload", 1), "epoch2"),
+        )
+    ),
 ]
 
 
@@ -385,7 +452,7 @@ def _consistent(net: Network, body_type: type, step: tuple[Stage, int, int, int]
     return []
 
 
-def build_probes(net: ProbeNetwork, party: str) -> dict[str, Probe]:
+def build_probes(net: ProbeNetwork, party: str, *, in_flight: bool) -> dict[str, Probe]:
     """Every probe for ``party`` in its current state, by label (labels do not depend on
     the keys, so the same probe can be built again on a fresh network)."""
     mode = net.manifest.mode
@@ -399,21 +466,22 @@ def build_probes(net: ProbeNetwork, party: str) -> dict[str, Probe]:
             ("bogus", step, _bogus_body(body_type, net))
         ]
         # Real bodies of this network (same keys): sent before, or by the others since.
-        seen = [m for m in net.history if type(m.body) is body_type]
-        mine = [m.body for m in seen if m.header.sender == sender] or [m.body for m in seen]
-        if mine:
-            variants.append(("replay-first", step, mine[0]))
-            if mine[-1] != mine[0]:
-                variants.append(("replay-last", step, mine[-1]))
+        real = net.sent_bodies(body_type, sender)
+        if real:
+            variants.append(("replay-first", step, real[0]))
+        if len(real) > 1 and real[-1] != real[0]:
+            variants.append(("replay-last", step, real[-1]))
         variants += _consistent(net, body_type, step)
         for name, (stage, epoch, round_, attempt), body in variants:
             header = Header(net.manifest.session, sender, recipient,
                             _stage_for(body_type, stage), epoch, round_, attempt)
             label = f"{body_type.__name__}/{name}"
             probes[label] = Probe(label, sender, Message(header, body))
-    # What would really arrive next, as it is (its own sender, header and signature).
+    # What would really arrive next, as it is (its own sender, header and signature):
+    # the normal path on a first visit (the end-to-end tests cover it), so only after a
+    # dropout.
     counts: dict[tuple[str, str], int] = {}
-    for data in arriving:
+    for data in arriving if in_flight else []:
         message = decode_message(data, net.manifest.directory)
         key = (message.kind, message.header.sender)
         counts[key] = counts.get(key, 0) + 1
@@ -424,7 +492,8 @@ def build_probes(net: ProbeNetwork, party: str) -> dict[str, Probe]:
 
 def prepare(scenario: Scenario) -> tuple[ProbeNetwork, Machine, dict[str, Probe]]:
     net = reach(scenario)
-    return net, net.machines[scenario.party], build_probes(net, scenario.party)
+    probes = build_probes(net, scenario.party, in_flight=scenario.when is not None)
+    return net, net.machines[scenario.party], probes
 
 
 # ------------------------------------------------------------------------------- the test
@@ -442,7 +511,10 @@ def _check_sends(step: Step, machine: Machine, data: bytes, net: Network) -> str
 
 
 def _id(scenario: Scenario) -> str:
-    return f"{scenario.mode.value}-{scenario.party}-{scenario.state.name}"
+    out = f"{scenario.mode.value}-{scenario.party}-{scenario.state.name}"
+    if scenario.vanish is not None:
+        out += f"-{scenario.when}-{scenario.vanish[0]}-gone"
+    return out
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=_id)
