@@ -534,7 +534,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         authority = self.manifest.key_authority
         if sender not in self.alive and not (authority and sender == authority.party_id):
             raise UnexpectedMessage(f"abort from {sender!r}, who is not an active party")
-        reason = f"left the session: {message.body.reason}"  # type: ignore[union-attr]
+        assert isinstance(message.body, Abort)
+        reason = f"left the session: {message.body.reason}"
         step = self._drop([sender], reason)
         return step.extend(self._after_drop(now))
 

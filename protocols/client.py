@@ -74,10 +74,8 @@ from threshold_fl.crypto.wire import (
     encode_shamir_share,
 )
 from threshold_fl.errors import (
-    DuplicateMessage,
     ForgedMessage,
     MalformedMessage,
-    MessageRejected,
     ParameterError,
     ProtocolError,
     StaleMessage,
@@ -250,13 +248,7 @@ class ClientMachine(ClientKeyAgreement):
                                            self.manifest.threshold)
         partial = self._decryption.own(self._joint.bind(self._keys))
         step = Step(sends=[self._partial_share(self.me, partial)])
-        early, self._early = self._early, []
-        for message in early:
-            try:
-                step.extend(self.handle(message, now))
-            except MessageRejected:
-                continue  # e.g. a duplicate that arrived early twice
-        return step
+        return self._replay(self._early, step, now)
 
     def _partial_share(self, owner: PartyId, partial: PartialDecryption) -> Outgoing:
         """My (or a recovered party's) partial decryption, sealed under the group key."""
@@ -273,12 +265,7 @@ class ClientMachine(ClientKeyAgreement):
         """Keep a decryption message that overtook the aggregate it belongs to."""
         self._require_step(message, self._step)
         self._require_sender(message, (*self._holders, self._aggregator), "a key holder")
-        if any(m.header == message.header and m.body == message.body for m in self._early):
-            raise DuplicateMessage(f"the same early {message.kind} twice; discarded")
-        if len(self._early) >= 4 * len(self._holders):
-            raise UnexpectedMessage("too many messages ahead of the aggregate; discarded")
-        self._early.append(message)
-        return Step()
+        return self._keep_early(self._early, message, 4 * len(self._holders), "the aggregate")
 
     def _on_partial_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, PartialShare) and self._decryption is not None

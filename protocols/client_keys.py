@@ -10,7 +10,6 @@ mask agreement and the FedAvg rounds.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 
 from protocols.events import Aborted, KeyAgreed, Outgoing, Step
@@ -53,12 +52,9 @@ from threshold_fl.crypto.wire import (
     encode_shamir_share,
 )
 from threshold_fl.errors import (
-    DuplicateMessage,
     ForgedMessage,
     MalformedMessage,
-    MessageRejected,
     StaleMessage,
-    UnexpectedMessage,
 )
 from threshold_fl.identity import Identity, PartyId, open_from, seal_for
 
@@ -112,12 +108,7 @@ class ClientKeyAgreement(Machine[ClientState]):
     # -- key agreement ---------------------------------------------------------------------
     def _on_keygen_start(self, message: Message, now: float) -> Step:
         step = self._start_epoch(message, now)
-        early, self._early_keys = self._early_keys, []
-        for kept in early:
-            if self.state is C.KEY_AGREEMENT and kept.header.step == self._step:
-                with contextlib.suppress(MessageRejected):  # e.g. kept twice
-                    step.extend(self.handle(kept, now))
-        return step
+        return self._replay(self._early_keys, step, now)
 
     def _on_early_key(self, message: Message, now: float) -> Step:
         """Keep a key message that overtook the KeygenStart of its epoch."""
@@ -127,12 +118,7 @@ class ClientKeyAgreement(Machine[ClientState]):
         authority = self.manifest.key_authority
         dealers = (*self.manifest.client_ids, *((authority.party_id,) if authority else ()))
         self._require_sender(message, [p for p in dealers if p != self.me], "a key dealer")
-        if any(m.header == message.header and m.body == message.body for m in self._early_keys):
-            raise DuplicateMessage(f"the same early {message.kind} twice; discarded")
-        if len(self._early_keys) >= 2 * len(dealers):
-            raise UnexpectedMessage("too many key messages ahead of their epoch; discarded")
-        self._early_keys.append(message)
-        return Step()
+        return self._keep_early(self._early_keys, message, 2 * len(dealers), "their epoch")
 
     def _start_epoch(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, KeygenStart)
@@ -161,7 +147,8 @@ class ClientKeyAgreement(Machine[ClientState]):
     def _reset_keys(self, message: Message) -> None:
         self.state = C.KEY_AGREEMENT
         self._step = message.header.step
-        self._holders = message.body.participants  # type: ignore[union-attr]
+        assert isinstance(message.body, KeygenStart)
+        self._holders = message.body.participants
         self._keys = self._joint = self._public_key = self._secret = None
         self._group_key = self._key_id = None
         self._public_shares, self._held_shares = {}, {}

@@ -9,6 +9,8 @@ rejected message (any :class:`MessageRejected`) leaves the machine as it was.
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -16,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from protocols.codec import decode_message, encode_message
-from protocols.events import Aborted, Event, Outgoing, Step
+from protocols.events import Event, Outgoing, Step
 from protocols.manifest import Manifest, Role
 from protocols.messages import Abort, Body, Header, Message, Stage
 from threshold_fl.crypto.context import CkksContext, context_for
@@ -49,7 +51,7 @@ def keyed_check(key: bytes, label: str, *parts: bytes) -> str:
     return mac.hexdigest()
 
 
-class Machine(Generic[S]):
+class Machine(abc.ABC, Generic[S]):
     """Base of the role machines; subclasses fill ``TRANSITIONS`` and the handlers."""
 
     ROLE: ClassVar[Role]
@@ -128,11 +130,13 @@ class Machine(Generic[S]):
         self._deadline = None
         return self._deadline_passed(now)
 
+    @abc.abstractmethod
     def _deadline_passed(self, now: float) -> Step:
-        raise NotImplementedError
+        """What the role does when its deadline passes (drop, retry, abort...)."""
 
+    @abc.abstractmethod
     def _on_abort(self, message: Message, now: float) -> Step:
-        raise NotImplementedError
+        """What the role does with an Abort (accepted in any state that may receive it)."""
 
     # -- checks --------------------------------------------------------------------
     def _check_addressing(self, message: Message) -> None:
@@ -173,6 +177,27 @@ class Machine(Generic[S]):
                 "discarded"
             )
 
+    # -- messages that overtook the one they depend on ----------------------------------
+    @staticmethod
+    def _keep_early(kept: list[Message], message: Message, limit: int, what: str) -> Step:
+        """Hold ``message`` until what it follows arrives (bounded, no duplicates)."""
+        if any(m.header == message.header and m.body == message.body for m in kept):
+            raise DuplicateMessage(f"the same early {message.kind} twice; discarded")
+        if len(kept) >= limit:
+            raise UnexpectedMessage(f"too many messages ahead of {what}; discarded")
+        kept.append(message)
+        return Step()
+
+    def _replay(self, kept: list[Message], step: Step, now: float) -> Step:
+        """Handle held messages now that they can be; those still out of place are
+        dropped (they are rejected as they would have been on arrival)."""
+        held = list(kept)
+        kept.clear()  # a message still early is kept again by its handler
+        for message in held:
+            with contextlib.suppress(MessageRejected):
+                step.extend(self.handle(message, now))
+        return step
+
     # -- sending -------------------------------------------------------------------
     def _header(self, addressed: str, step: tuple[Stage, int, int, int]) -> Header:
         stage, epoch, round_, attempt = step
@@ -209,8 +234,5 @@ class Machine(Generic[S]):
     def _events(*events: Event) -> Step:
         return Step(events=list(events))
 
-    @staticmethod
-    def _aborted(reason: str) -> Aborted:
-        return Aborted(reason)
 
 

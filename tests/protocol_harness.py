@@ -8,6 +8,8 @@ a fake of the protocol: only the network and the application are simulated.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import heapq
 import itertools
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import openfhe
 
 from protocols import (
     AggregatorMachine,
@@ -143,6 +146,7 @@ class Network:
         self.rejections: list[tuple[str, str]] = []
         self.uploads: dict[int, dict[str, np.ndarray]] = {}
         self.bytes_sent: dict[str, int] = {}
+        self.history: list[tuple[str, str, bytes]] = []  # (sender, kind, bytes) of each send
         self.hooks: list[Callable[[Network, str, Any], None]] = []
 
     @property
@@ -204,6 +208,7 @@ class Network:
         if name in self.dead:
             return
         for outgoing in step.sends:
+            self.history.append((name, outgoing.kind, outgoing.data))
             self.bytes_sent[outgoing.kind] = self.bytes_sent.get(outgoing.kind, 0) + len(
                 outgoing.data
             ) * len(outgoing.recipients)
@@ -276,3 +281,55 @@ def run_until(net: Network, predicate: Callable[[], bool], *, until: float = 10_
         if predicate():
             return True
     raise AssertionError("the simulation did not settle")
+
+
+# -- snapshots: is a machine exactly as it was? ---------------------------------------
+def _summary(value: Any, path: tuple[int, ...]) -> Any:
+    """A comparable summary of ``value``: plain data as is, numpy arrays and OpenFHE
+    ciphertexts by a hash of their bytes, other opaque objects by identity."""
+    if value is None or isinstance(value, bool | int | float | str | bytes | enum.Enum):
+        return value
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.dtype.str, value.shape,
+                hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest())
+    if isinstance(value, np.generic):
+        return value.item()
+    if id(value) in path:
+        return ("cycle", type(value).__name__)
+    inner = (*path, id(value))
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda item: repr(item[0]))
+        return ("dict", tuple((repr(k), _summary(v, inner)) for k, v in items))
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, tuple(_summary(v, inner) for v in value))
+    if isinstance(value, set | frozenset):
+        return ("set", tuple(sorted(repr(_summary(v, inner)) for v in value)))
+    kind = type(value)
+    if kind.__module__.startswith("openfhe") and kind.__name__ == "Ciphertext":
+        # Sums are updated in place (EvalAddInPlace): identity would not show it.
+        data = bytes(openfhe.Serialize(value, openfhe.BINARY))
+        return ("Ciphertext", hashlib.sha256(data).hexdigest())
+    if kind.__name__ == "CkksContext" or not kind.__module__.startswith(
+        ("protocols", "threshold_fl")
+    ):
+        return ("opaque", kind.__name__, id(value))
+    if dataclasses.is_dataclass(value):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return (kind.__name__, _summary(fields, inner))
+    if hasattr(value, "__dict__"):
+        return (kind.__name__, _summary(vars(value), inner))
+    return ("opaque", kind.__name__, id(value))
+
+
+#: Attributes that are not protocol state: a lazily built CKKS context (a cache that a
+#: rejected message may legitimately fill) and the bytes being handled (reset in finally).
+_NOT_STATE = frozenset({"_context_cache", "_incoming"})
+
+
+def snapshot(machine: Any) -> dict[str, Any]:
+    """The machine's state and a summary of every attribute, for before/after checks."""
+    out = {"state": machine.state}
+    for name, value in vars(machine).items():
+        if name not in _NOT_STATE:
+            out[name] = _summary(value, ())
+    return out

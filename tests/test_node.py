@@ -162,7 +162,7 @@ async def test_a_node_refuses_a_transport_of_another_party() -> None:
              hub.connect("client1"))
 
 
-@pytest.mark.parametrize("mode", ["threshold", "single-key"])
+@pytest.mark.parametrize("mode", ["threshold", "single-key", "plaintext"])
 def test_the_embedding_example_runs(mode: str) -> None:
     import subprocess
     import sys

@@ -5,13 +5,12 @@ leave the receiving machine exactly as it was."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from protocol_harness import AGGREGATOR, Network, build_manifest, identity
+from protocol_harness import AGGREGATOR, Network, build_manifest, identity, snapshot
 
 from protocols import make_manifest
 from protocols.codec import decode_message, encode_message
@@ -27,33 +26,11 @@ from threshold_fl.errors import (
 from threshold_fl.identity import Identity, open_from
 
 
-def snapshot(value: Any, depth: int = 0) -> Any:
-    """A comparable summary of a machine's whole state (arrays by hash, opaque by id)."""
-    if depth > 6:
-        return id(value)
-    if isinstance(value, np.ndarray):
-        return ("array", hashlib.sha256(value.tobytes()).hexdigest())
-    if isinstance(value, dict):
-        return {repr(k): snapshot(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [snapshot(v, depth + 1) for v in value]
-    if isinstance(value, set | frozenset):
-        return sorted(repr(v) for v in value)
-    if isinstance(value, str | bytes | int | float | bool | type(None)) or (hasattr(
-        value, "name"
-    ) and hasattr(value, "value")):
-        return value
-    if hasattr(value, "__dict__") and type(value).__module__.startswith("protocols"):
-        return {k: snapshot(v, depth + 1) for k, v in vars(value).items()
-                if k not in ("_incoming",)}
-    return id(value)
-
-
 def assert_rejected(machine: Any, data: bytes, error: type[MessageRejected], now: float) -> str:
-    before = snapshot(vars(machine))
+    before = snapshot(machine)
     with pytest.raises(error) as caught:
         machine.receive(data, now)
-    assert snapshot(vars(machine)) == before, "a rejected message changed the machine"
+    assert snapshot(machine) == before, "a rejected message changed the machine"
     return str(caught.value)
 
 
@@ -61,7 +38,6 @@ class ProbingNetwork(Network):
     """Calls ``probe(net, recipient, data)`` right after each successful delivery."""
 
     probe: Callable[[Network, str, bytes], None] = staticmethod(lambda net, r, d: None)
-    sent: list[tuple[str, bytes]]
 
     def _deliver(self, pending: Any) -> None:
         count = len(self.rejections)
@@ -69,10 +45,6 @@ class ProbingNetwork(Network):
         if len(self.rejections) == count and pending.recipient not in self.dead:
             self.probe(self, pending.recipient, pending.data)
 
-    def _apply(self, name: str, step: Any) -> None:
-        self.sent = getattr(self, "sent", [])
-        self.sent.extend((name, outgoing.data) for outgoing in step.sends)
-        super()._apply(name, step)
 
 
 def kind_of(net: Network, data: bytes) -> Message:
@@ -99,10 +71,10 @@ def test_duplicate_messages_are_rejected_everywhere_without_effect() -> None:
             return
         message = kind_of(net, data)
         try:
-            before = snapshot(vars(machine))
+            before = snapshot(machine)
             machine.receive(data, net.now)
         except MessageRejected as exc:
-            assert snapshot(vars(machine)) == before
+            assert snapshot(machine) == before
             seen.append(f"{message.kind}:{type(exc).__name__}")
             return
         raise AssertionError(f"{recipient} accepted a duplicate {message.kind}")
@@ -122,7 +94,7 @@ def test_replay_from_an_earlier_round_is_stale() -> None:
             return
         if net.aggregator.state.name != "ROUND_UPLOAD":
             return
-        old = [d for sender, d in net.sent  # type: ignore[attr-defined]
+        old = [d for sender, _, d in net.history
                if sender == message.header.sender and kind_of(net, d).kind == "UpdateUpload"
                and kind_of(net, d).header.round == 1]
         for data_1 in old:

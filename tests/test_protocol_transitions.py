@@ -26,7 +26,6 @@ reached again on a fresh network before the next probe.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import hashlib
@@ -37,9 +36,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import openfhe
 import pytest
-from protocol_harness import AGGREGATOR, AUTHORITY, Network, build_manifest, identity, run_until
+from protocol_harness import (
+    AGGREGATOR,
+    AUTHORITY,
+    Network,
+    build_manifest,
+    identity,
+    run_until,
+    snapshot,
+)
 
 from protocols import AggregatorMachine, ClientMachine, KeyAuthorityMachine, Manifest, Mode
 from protocols.aggregator import AggregatorState
@@ -87,58 +93,6 @@ CLIENT_TO_CLIENT = (KeyDelivery, RecoveryShare)  # relayed by the aggregator
 Machine = AggregatorMachine | ClientMachine | KeyAuthorityMachine
 
 
-# ------------------------------------------------------------------------- snapshots
-def _summary(value: Any, path: tuple[int, ...]) -> Any:
-    """A comparable summary of ``value``: plain data as is, numpy arrays and OpenFHE
-    ciphertexts by a hash of their bytes, other opaque objects by identity."""
-    if value is None or isinstance(value, bool | int | float | str | bytes | enum.Enum):
-        return value
-    if isinstance(value, np.ndarray):
-        return ("ndarray", value.dtype.str, value.shape,
-                hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest())
-    if isinstance(value, np.generic):
-        return value.item()
-    if id(value) in path:
-        return ("cycle", type(value).__name__)
-    inner = (*path, id(value))
-    if isinstance(value, dict):
-        items = sorted(value.items(), key=lambda item: repr(item[0]))
-        return ("dict", tuple((repr(k), _summary(v, inner)) for k, v in items))
-    if isinstance(value, list | tuple):
-        return (type(value).__name__, tuple(_summary(v, inner) for v in value))
-    if isinstance(value, set | frozenset):
-        return ("set", tuple(sorted(repr(_summary(v, inner)) for v in value)))
-    kind = type(value)
-    if kind.__module__.startswith("openfhe") and kind.__name__ == "Ciphertext":
-        # Sums are updated in place (EvalAddInPlace): identity would not show it.
-        data = bytes(openfhe.Serialize(value, openfhe.BINARY))
-        return ("Ciphertext", hashlib.sha256(data).hexdigest())
-    if kind.__name__ == "CkksContext" or not kind.__module__.startswith(
-        ("protocols", "threshold_fl")
-    ):
-        return ("opaque", kind.__name__, id(value))
-    if dataclasses.is_dataclass(value):
-        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        return (kind.__name__, _summary(fields, inner))
-    if hasattr(value, "__dict__"):
-        return (kind.__name__, _summary(vars(value), inner))
-    return ("opaque", kind.__name__, id(value))
-
-
-#: Attributes that are not protocol state: a lazily built CKKS context (a cache that a
-#: rejected message may legitimately fill) and the bytes being handled (reset in finally).
-_NOT_STATE = frozenset({"_context_cache", "_incoming"})
-
-
-def snapshot(machine: Machine) -> dict[str, Any]:
-    """The machine's state and a summary of every attribute, for before/after checks."""
-    out = {"state": machine.state}
-    for name, value in vars(machine).items():
-        if name not in _NOT_STATE:
-            out[name] = _summary(value, ())
-    return out
-
-
 def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
@@ -152,7 +106,6 @@ class ProbeNetwork(Network):
         super().__init__(manifest)
         self.hold = hold
         self.held: list[Event] = []
-        self.history: list[tuple[str, bytes]] = []  # (kind, bytes) of every message sent
 
     def _play_application(self, name: str, event: Any) -> None:
         if self.hold is not None and (name, type(event)) == self.hold:
@@ -160,15 +113,10 @@ class ProbeNetwork(Network):
             return
         super()._play_application(name, event)
 
-    def _apply(self, name: str, step: Step) -> None:
-        if name not in self.dead:
-            self.history.extend((outgoing.kind, outgoing.data) for outgoing in step.sends)
-        super()._apply(name, step)
-
     def sent_bodies(self, body_type: type, sender: str) -> list[Any]:
         """The first and the last body of that type sent so far, preferring those sent
         by ``sender`` (decoded lazily: decoding every message would double the cost)."""
-        sent = [data for kind, data in self.history if kind == body_type.__name__]
+        sent = [data for _, kind, data in self.history if kind == body_type.__name__]
         decoded = {}
 
         def message(index: int) -> Message:
