@@ -118,6 +118,11 @@ class ClientMachine(ClientKeyAgreement):
         self._heard(now)
         return Step(sends=self._sends([self._aggregator], Hello(self._samples), self._step))
 
+    @property
+    def mask(self) -> EncryptionMask | None:
+        """The agreed encryption mask, once mask agreement is done (None before)."""
+        return self._mask
+
     def submit_sensitivity(self, sensitivity: FloatArray, now: float) -> Step:
         """Upload the local sensitivity map (one non-negative value per parameter)."""
         self._require_state(C.MASK_COMPUTING, "a sensitivity map")

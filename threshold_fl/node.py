@@ -47,6 +47,7 @@ from protocols import (
 )
 from threshold_fl.errors import MessageRejected, SessionAborted, TransportClosed
 from threshold_fl.identity import Identity
+from threshold_fl.ml.mask import EncryptionMask
 from transports import Transport
 
 __all__ = [
@@ -282,6 +283,12 @@ class FederatedClient(Node):
         self._train = train
         self._sensitivity = sensitivity
         self._results: asyncio.Queue[RoundResult | None] = asyncio.Queue()
+
+    @property
+    def mask(self) -> EncryptionMask | None:
+        """The agreed encryption mask (True = encrypted), or None before mask agreement.
+        Training callbacks use it, e.g. to add local-DP noise to the plaintext part."""
+        return self._client.mask
 
     async def rounds(self) -> AsyncIterator[RoundResult]:
         """Each round's global model as it completes; ends when the session ends."""
