@@ -1,18 +1,34 @@
 """The ``threshold-fl`` command.
 
-``threshold-fl demo [options]`` runs the in-process threshold FedAvg demo
-(:mod:`threshold_fl.demo`); ``threshold-fl bench [options]`` the crypto
-microbenchmark; ``threshold-fl --version`` prints the version.  Later issues
-add the multi-party commands.
+Each subcommand lives in its own module, imported only when it runs (OpenFHE and torch
+are slow to load), and parses the rest of the command line itself:
+
+- ``demo``: the in-process threshold FedAvg demo (:mod:`threshold_fl.demo`);
+- ``train``: federated training on the digits through the whole protocol
+  (:mod:`threshold_fl.train`);
+- ``attack``: the gradient-inversion privacy evaluation (:mod:`threshold_fl.privacy_eval`);
+- ``bench``: the crypto microbenchmark (:mod:`threshold_fl.bench`).
+
+``threshold-fl --version`` prints the version.  Later issues add the multi-party commands.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from threshold_fl import __version__
+
+# command -> (module with main(argv) -> int, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("threshold_fl.demo", "one threshold FedAvg round in this process"),
+    "train": ("threshold_fl.train", "federated training on the digits, one row per round"),
+    "attack": ("threshold_fl.privacy_eval",
+               "DLG gradient-inversion attack vs selective encryption"),
+    "bench": ("threshold_fl.bench", "single-key vs threshold crypto microbenchmark"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,24 +38,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser(
-        "demo",
-        add_help=False,
-        help="one threshold FedAvg round in this process (demo --help for options)",
-    )
-    sub.add_parser(
-        "bench", add_help=False, help="single-key vs threshold crypto microbenchmark (bench --help)"
-    )
+    for name, (_, summary) in COMMANDS.items():
+        sub.add_parser(name, add_help=False, help=f"{summary} ({name} --help for options)")
     # Options after the command belong to it; it parses them itself.
     namespace, rest = parser.parse_known_args(argv)
-    if namespace.command == "demo":
-        from threshold_fl.demo import main as demo_main  # imports OpenFHE and torch
-
-        return demo_main(rest)
-    if namespace.command == "bench":
-        from threshold_fl.bench import main as bench_main
-
-        return bench_main(rest)
+    if namespace.command in COMMANDS:
+        module = importlib.import_module(COMMANDS[namespace.command][0])
+        code: int = module.main(rest)
+        return code
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     parser.print_help()

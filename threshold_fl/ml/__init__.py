@@ -11,6 +11,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from threshold_fl.ml.attack import AttackConfig as AttackConfig
+    from threshold_fl.ml.attack import invert_gradient as invert_gradient
+    from threshold_fl.ml.attack import victim_gradient as victim_gradient
     from threshold_fl.ml.data import ClientData as ClientData
     from threshold_fl.ml.data import Dataset as Dataset
     from threshold_fl.ml.data import load_digits as load_digits
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
     from threshold_fl.ml.flatten import layout_of as layout_of
     from threshold_fl.ml.flatten import restore_state as restore_state
     from threshold_fl.ml.flatten import vector_to_state_dict as vector_to_state_dict
+    from threshold_fl.ml.image_metrics import mse as mse
+    from threshold_fl.ml.image_metrics import ssim as ssim
     from threshold_fl.ml.learner import LocalLearner as LocalLearner
     from threshold_fl.ml.mask import EncryptionMask as EncryptionMask
     from threshold_fl.ml.mask import first_and_last_layers as first_and_last_layers
@@ -40,9 +45,11 @@ if TYPE_CHECKING:
     from threshold_fl.ml.training import train_local as train_local
 
 _EXPORTS = {
+    "attack": ("AttackConfig", "invert_gradient", "victim_gradient"),
     "data": ("ClientData", "Dataset", "load_digits", "split_dirichlet", "split_iid"),
     "flatten": ("ModelLayout", "TensorSpec", "flatten_state", "layout_of", "restore_state",
                 "vector_to_state_dict"),
+    "image_metrics": ("mse", "ssim"),
     "learner": ("LocalLearner",),
     "mask": ("EncryptionMask", "first_and_last_layers", "select_random_fraction",
              "select_top_fraction"),
