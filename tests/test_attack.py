@@ -356,7 +356,7 @@ def test_cli_attack_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--images", "0"], "must be in [1, 10]"),
     (["--images", "11"], "must be in [1, 10]"),
-    (["--restarts", "two"], "expected an integer"),
+    (["--restarts", "two"], "is not a valid int"),
     (["--seed", "-1"], "must be in [0, "),
 ])
 def test_cli_attack_rejects_bad_arguments(arguments: list[str], message: str,

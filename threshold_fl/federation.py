@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocols import Manifest, MaskPolicy, Mode, make_manifest
+from threshold_fl._checks import checked_int
 from threshold_fl.errors import ParameterError
 from threshold_fl.identity import Identity
 from threshold_fl.ml.data import Dataset, load_digits, split_dirichlet, split_iid
@@ -60,9 +61,7 @@ class FederationConfig:
         if self.split not in SPLITS:
             raise ParameterError(f"unknown split {self.split!r}; choose one of {SPLITS}")
         for name, minimum in (("clients", 2), ("rounds", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ParameterError(f"{name} must be an int >= {minimum}, got {value!r}")
+            checked_int(getattr(self, name), name, minimum)
         if self.mode not in {mode.value for mode in Mode}:
             raise ParameterError(
                 f"unknown mode {self.mode!r}; choose one of {[m.value for m in Mode]}")

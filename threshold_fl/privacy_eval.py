@@ -40,6 +40,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from threshold_fl._checks import bounded, checked_int
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.attack import AttackConfig, invert_gradient, torch_threads, victim_gradient
 from threshold_fl.ml.data import Dataset, load_digits
@@ -93,12 +94,6 @@ DEFAULT_SETTINGS: tuple[Setting, ...] = (
 )
 
 
-def _count(value: object, what: str, minimum: int, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise ParameterError(f"{what} must be an int in [{minimum}, {maximum}], got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class EvalConfig:
     """Sizes of the evaluation; :meth:`quick` gives a small one for tests."""
@@ -111,8 +106,8 @@ class EvalConfig:
     settings: tuple[Setting, ...] = DEFAULT_SETTINGS
 
     def __post_init__(self) -> None:
-        _count(self.images, "images", 1, CLASSES)  # victims have distinct classes
-        _count(self.local_samples, "local_samples", 1, 1000)
+        checked_int(self.images, "images", 1, CLASSES)  # victims have distinct classes
+        checked_int(self.local_samples, "local_samples", 1, 1000)
         if not self.settings:
             raise ParameterError("settings must name at least one setting")
         AttackConfig(restarts=self.restarts, iterations=self.iterations, seed=self.seed)
@@ -319,33 +314,19 @@ def write_outputs(evaluation: Evaluation, out: Path) -> tuple[Path, Path, Path]:
     return table, data, figure
 
 
-def _bounded_int(minimum: int, maximum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not minimum <= value <= maximum:
-            raise argparse.ArgumentTypeError(
-                f"must be in [{minimum}, {maximum}], got {value}")
-        return value
-
-    return parse
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``threshold-fl attack``: run the evaluation, print the table, write the files."""
     parser = argparse.ArgumentParser(
         prog="threshold-fl attack",
         description="Gradient-inversion (DLG) attack against selective parameter encryption.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
-    parser.add_argument("--images", type=_bounded_int(1, CLASSES),
+    parser.add_argument("--images", type=bounded(int, 1, CLASSES),
                         help="victim images, distinct classes (default 4, quick 2)")
-    parser.add_argument("--restarts", type=_bounded_int(1, 1000),
+    parser.add_argument("--restarts", type=bounded(int, 1, 1000),
                         help="random restarts per attack (default 10, quick 2)")
-    parser.add_argument("--iterations", type=_bounded_int(1, 100_000),
+    parser.add_argument("--iterations", type=bounded(int, 1, 100_000),
                         help="L-BFGS iterations per restart (default 200, quick 40)")
-    parser.add_argument("--seed", type=_bounded_int(0, 2**32 - 1), default=0)
+    parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     args = parser.parse_args(argv)
     base = EvalConfig.quick() if args.quick else EvalConfig()

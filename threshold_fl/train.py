@@ -15,10 +15,11 @@ import asyncio
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from protocols import Mode
+from threshold_fl._checks import bounded
 from threshold_fl.errors import ThresholdFLError
 from threshold_fl.federation import (
     SPLITS,
@@ -36,45 +37,29 @@ __all__ = ["main"]
 _HEADER = f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'encrypted':>9}  {'MB sent':>8}  {'s':>6}"
 
 
-def _bounded(kind: Callable[[str], float], low: float, high: float | None = None
-             ) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if value < low or (high is not None and value > high):
-            limit = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise argparse.ArgumentTypeError(f"{text} must be {limit}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threshold-fl train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="cnn")
     parser.add_argument("--mode", choices=[m.value for m in Mode], default="threshold")
-    parser.add_argument("--clients", type=_bounded(int, 2, 50), default=3)
-    parser.add_argument("--rounds", type=_bounded(int, 1, 1000), default=3)
-    parser.add_argument("--fraction", type=_bounded(float, 0.0, 1.0), default=0.1,
+    parser.add_argument("--clients", type=bounded(int, 2, 50), default=3)
+    parser.add_argument("--rounds", type=bounded(int, 1, 1000), default=3)
+    parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0), default=0.1,
                         help="share of coordinates encrypted (top of the sensitivity map)")
     parser.add_argument("--no-first-last", action="store_true",
                         help="do not add the first and last layers to the mask")
     parser.add_argument("--split", choices=SPLITS, default="iid")
-    parser.add_argument("--alpha", type=_bounded(float, 1e-3), default=0.5,
+    parser.add_argument("--alpha", type=bounded(float, 1e-3), default=0.5,
                         help="Dirichlet concentration for --split dirichlet")
-    parser.add_argument("--epochs", type=_bounded(int, 1, 100), default=2)
-    parser.add_argument("--lr", type=_bounded(float, 1e-6, 10.0), default=0.05)
-    parser.add_argument("--batch-size", type=_bounded(int, 1, 4096), default=32)
-    parser.add_argument("--sensitivity-samples", type=_bounded(int, 1, 10_000), default=32)
-    parser.add_argument("--dp-scale", type=_bounded(float, 1e-9), default=None,
+    parser.add_argument("--epochs", type=bounded(int, 1, 100), default=2)
+    parser.add_argument("--lr", type=bounded(float, 1e-6, 10.0), default=0.05)
+    parser.add_argument("--batch-size", type=bounded(int, 1, 4096), default=32)
+    parser.add_argument("--sensitivity-samples", type=bounded(int, 1, 10_000), default=32)
+    parser.add_argument("--dp-scale", type=bounded(float, 1e-9), default=None,
                         help="local DP: Laplace scale b on plaintext coordinates")
-    parser.add_argument("--dp-clip", type=_bounded(float, 1e-9), default=1.0,
+    parser.add_argument("--dp-clip", type=bounded(float, 1e-9), default=1.0,
                         help="local DP: clip each plaintext update coordinate to [-C, C]")
-    parser.add_argument("--seed", type=_bounded(int, 0), default=0)
+    parser.add_argument("--seed", type=bounded(int, 0), default=0)
     parser.add_argument("--baseline", action="store_true",
                         help="also run plaintext FedAvg with the same seed and compare")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")

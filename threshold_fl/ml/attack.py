@@ -47,6 +47,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from threshold_fl._checks import checked_int
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.flatten import layout_of
 from threshold_fl.ml.image_metrics import mse, ssim
@@ -63,12 +64,6 @@ BoolVector: TypeAlias = npt.NDArray[np.bool_]
 LabelSource: TypeAlias = Literal["inferred", "optimised"]
 
 _SEED_LIMIT = 2**32
-
-
-def _int_at_least(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ParameterError(f"{what} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -92,15 +87,15 @@ class AttackConfig:
     threads: int | None = 1
 
     def __post_init__(self) -> None:
-        _int_at_least(self.restarts, "restarts", 1)
-        _int_at_least(self.iterations, "iterations", 1)
-        if _int_at_least(self.seed, "seed", 0) >= _SEED_LIMIT:
+        checked_int(self.restarts, "restarts", 1)
+        checked_int(self.iterations, "iterations", 1)
+        if checked_int(self.seed, "seed", 0) >= _SEED_LIMIT:
             raise ParameterError(f"seed must be below 2**32, got {self.seed!r}")
-        _int_at_least(self.history_size, "history_size", 1)
+        checked_int(self.history_size, "history_size", 1)
         if not isinstance(self.infer_label, bool):
             raise ParameterError(f"infer_label must be a bool, got {self.infer_label!r}")
         if self.threads is not None:
-            _int_at_least(self.threads, "threads", 1)
+            checked_int(self.threads, "threads", 1)
 
 
 @contextmanager
@@ -161,7 +156,7 @@ def victim_gradient(model: nn.Module, image: torch.Tensor, label: int) -> FloatV
     """The flat gradient of cross-entropy on one (image, label): what the server would see."""
     model = _checked_model(model)
     batch = _checked_image_tensor(image).unsqueeze(0)
-    target = torch.tensor([_int_at_least(label, "label", 0)])
+    target = torch.tensor([checked_int(label, "label", 0)])
     params = list(model.parameters())
     loss = nn.functional.cross_entropy(model(batch), target)
     gradients = torch.autograd.grad(loss, params)

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from threshold_fl._checks import checked_int
 from threshold_fl.errors import ParameterError
 
 __all__ = ["ClientData", "Dataset", "load_digits", "split_dirichlet", "split_iid"]
@@ -57,12 +58,6 @@ class Dataset:
     image_size: int
 
 
-def _checked_int(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ParameterError(f"{what} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
     if size == images.shape[-1]:
         return images
@@ -77,8 +72,8 @@ def load_digits(*, image_size: int = _RAW_SIZE, test_fraction: float = 0.2,
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
 
-    _checked_int(image_size, "image_size", 4)
-    _checked_int(seed, "seed", 0)
+    checked_int(image_size, "image_size", 4)
+    checked_int(seed, "seed", 0)
     if isinstance(test_fraction, bool) or not 0.0 < float(test_fraction) < 1.0:
         raise ParameterError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     raw = sklearn_digits()
@@ -95,9 +90,9 @@ def load_digits(*, image_size: int = _RAW_SIZE, test_fraction: float = 0.2,
 
 def split_iid(count: int, clients: int, *, seed: int) -> list[IndexArray]:
     """Shuffle ``range(count)`` and deal it into *clients* nearly equal parts."""
-    _checked_int(clients, "clients", 1)
-    _checked_int(seed, "seed", 0)
-    if _checked_int(count, "count", 0) < clients:
+    checked_int(clients, "clients", 1)
+    checked_int(seed, "seed", 0)
+    if checked_int(count, "count", 0) < clients:
         raise ParameterError(f"cannot split {count} samples across {clients} clients")
     order = np.random.default_rng(seed).permutation(count)
     return [np.sort(part).astype(np.int64) for part in np.array_split(order, clients)]
@@ -112,16 +107,16 @@ def split_dirichlet(labels: npt.ArrayLike, clients: int, *, alpha: float, seed: 
     label_array = np.asarray(labels)
     if label_array.ndim != 1 or not np.issubdtype(label_array.dtype, np.integer):
         raise ParameterError("labels must be a 1-D array of integer class labels")
-    _checked_int(clients, "clients", 1)
-    _checked_int(seed, "seed", 0)
-    _checked_int(min_samples, "min_samples", 0)
+    checked_int(clients, "clients", 1)
+    checked_int(seed, "seed", 0)
+    checked_int(min_samples, "min_samples", 0)
     if isinstance(alpha, bool) or not (np.isfinite(alpha) and alpha > 0):
         raise ParameterError(f"alpha must be a positive finite number, got {alpha!r}")
     if clients * min_samples > label_array.size:
         raise ParameterError(f"{label_array.size} samples cannot give {clients} clients "
                              f"{min_samples} each; lower min_samples or use fewer clients")
     rng = np.random.default_rng(seed)
-    for _ in range(_checked_int(max_tries, "max_tries", 1)):
+    for _ in range(checked_int(max_tries, "max_tries", 1)):
         parts: list[list[int]] = [[] for _ in range(clients)]
         for label in np.unique(label_array):
             members = rng.permutation(np.flatnonzero(label_array == label))

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from torch import nn
 
+from threshold_fl._checks import checked_int
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.data import ClientData
 from threshold_fl.ml.flatten import flatten_state, restore_state
@@ -50,11 +51,8 @@ class LocalLearner:
     noise_seed: int | None = None  # None: fresh OS entropy (seed only for experiments)
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ParameterError(f"seed must be an int >= 0, got {self.seed!r}")
-        samples = self.sensitivity_samples
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ParameterError(f"sensitivity_samples must be an int >= 1, got {samples!r}")
+        checked_int(self.seed, "seed", 0)
+        checked_int(self.sensitivity_samples, "sensitivity_samples", 1)
         self.initial, self.layout = flatten_state(self.model)
         self._rng = np.random.default_rng(self.noise_seed)
         # Evaluation gets its own copy: the next round may already train in a thread.

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from threshold_fl._checks import checked_int
 from threshold_fl.errors import ParameterError
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "parameter_count"]
@@ -168,10 +169,8 @@ def build_model(name: str, *, image_size: int | None = None, seed: int = 0) -> n
     if spec is None:
         raise ParameterError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     size = spec.image_size if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 4:
-        raise ParameterError(f"image_size must be an int >= 4, got {size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ParameterError(f"seed must be an int, got {seed!r}")
+    checked_int(size, "image_size", 4)
+    checked_int(seed, "seed", 0)
     # A private generator: building a model must not disturb the caller's torch RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

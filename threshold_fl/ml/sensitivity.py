@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacfwd, vmap
 
+from threshold_fl._checks import checked_int
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.flatten import ModelLayout, layout_of
 
@@ -60,11 +61,8 @@ def _checked_inputs(inputs: object, labels: object) -> tuple[torch.Tensor, torch
 def _batch_size(batch_size: int | None, parameters: int, classes: int, budget: int,
                 custom: bool) -> int:
     if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ParameterError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        return batch_size
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ParameterError(f"memory_budget must be a positive number of bytes, got {budget!r}")
+        return checked_int(batch_size, "batch_size", 1)
+    checked_int(budget, "memory_budget (bytes)", 1)
     # Fast route: a running sum of squares plus one class's gradients per sample.
     # Literal route: the full (classes x parameters) Jacobian per sample.
     per_sample = (classes if custom else 2) * parameters * _FLOAT_BYTES

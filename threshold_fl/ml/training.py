@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from threshold_fl._checks import checked_int
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.data import ClientData
 
@@ -29,9 +30,7 @@ class LocalTraining:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ParameterError(f"{name} must be an int >= 1, got {value!r}")
+            checked_int(getattr(self, name), name, 1)
         for name in ("learning_rate", "momentum"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
