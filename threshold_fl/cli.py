@@ -3,6 +3,7 @@
 Each subcommand lives in its own module, imported only when it runs (OpenFHE and torch
 are slow to load), and parses the rest of the command line itself:
 
+- ``init-party`` and ``manifest``: set up a federation (:mod:`threshold_fl.setup_cli`);
 - ``demo``: the in-process threshold FedAvg demo (:mod:`threshold_fl.demo`);
 - ``train``: federated training on the digits through the whole protocol
   (:mod:`threshold_fl.train`);
@@ -21,13 +22,17 @@ from collections.abc import Sequence
 
 from threshold_fl import __version__
 
-# command -> (module with main(argv) -> int, one-line help)
+# command -> ("module:function" taking argv and returning the exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("threshold_fl.demo", "one threshold FedAvg round in this process"),
-    "train": ("threshold_fl.train", "federated training on the digits, one row per round"),
-    "attack": ("threshold_fl.privacy_eval",
+    "init-party": ("threshold_fl.setup_cli:init_party_main",
+                   "create a party's identity keys"),
+    "manifest": ("threshold_fl.setup_cli:manifest_main",
+                 "assemble a federation manifest from the parties' public keys"),
+    "demo": ("threshold_fl.demo:main", "one threshold FedAvg round in this process"),
+    "train": ("threshold_fl.train:main", "federated training on the digits, one row per round"),
+    "attack": ("threshold_fl.privacy_eval:main",
                "DLG gradient-inversion attack vs selective encryption"),
-    "bench": ("threshold_fl.bench", "single-key vs threshold crypto microbenchmark"),
+    "bench": ("threshold_fl.bench:main", "single-key vs threshold crypto microbenchmark"),
 }
 
 
@@ -43,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Options after the command belong to it; it parses them itself.
     namespace, rest = parser.parse_known_args(argv)
     if namespace.command in COMMANDS:
-        module = importlib.import_module(COMMANDS[namespace.command][0])
-        code: int = module.main(rest)
+        module_name, _, function = COMMANDS[namespace.command][0].partition(":")
+        code: int = getattr(importlib.import_module(module_name), function)(rest)
         return code
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -1,0 +1,87 @@
+"""``threshold-fl init-party`` and ``threshold-fl manifest`` on real files."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from protocols import Manifest
+from threshold_fl.cli import main as cli_main
+from threshold_fl.identity import Identity
+
+
+def init(tmp_path: Path, name: str) -> Path:
+    directory = tmp_path / name
+    assert cli_main(["init-party", name, "--dir", str(directory)]) == 0
+    return directory
+
+
+def test_init_party_writes_a_private_key_and_refuses_to_overwrite(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory = init(tmp_path, "alice")
+    secret = directory / "identity.key"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    identity = Identity.load(directory)
+    assert identity.party_id == "alice"
+    assert identity.public.fingerprint() in capsys.readouterr().out
+    before = secret.read_bytes()
+    assert cli_main(["init-party", "alice", "--dir", str(directory)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert secret.read_bytes() == before
+    assert cli_main(["init-party", "alice", "--dir", str(directory), "--force"]) == 0
+    assert secret.read_bytes() != before
+
+
+def test_init_party_rejects_a_bad_party_id(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["init-party", "bad/id", "--dir", str(tmp_path / "x")]) == 1
+    assert "party" in capsys.readouterr().err
+
+
+def test_manifest_from_public_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server, *clients = (init(tmp_path, name) for name in ["server", "alice", "bob", "carol"])
+    out = tmp_path / "manifest.json"
+    argv = ["manifest", "--session", "lab-1", "--aggregator", str(server),
+            "--model", "mlp", "--rounds", "4", "--fraction", "0.2", "--upload-s", "30",
+            "--out", str(out)]
+    for client in clients:
+        argv += ["--client", str(client / "identity.pub.json")]
+    assert cli_main(argv) == 0
+    manifest = Manifest.load(out)
+    assert manifest.session == "lab-1" and manifest.client_ids == ("alice", "bob", "carol")
+    assert manifest.threshold == 2 and manifest.rounds == 4
+    assert manifest.model_length == 4_810 and manifest.mask.fraction == 0.2
+    assert manifest.always_encrypt == ((0, 4_160), (4_160, 4_810))  # hidden, output layers
+    assert manifest.timeouts.upload_s == 30
+    assert manifest.fingerprint() in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--mode", "single-key"], "key authority"),
+    (["--threshold", "5"], "threshold"),
+    (["--client", "missing-dir"], "cannot read public identity"),
+])
+def test_manifest_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   extra: list[str], message: str) -> None:
+    server, alice, bob = (init(tmp_path, name) for name in ["server", "alice", "bob"])
+    argv = ["manifest", "--aggregator", str(server), "--client", str(alice), "--client",
+            str(bob), "--model-length", "10", "--out", str(tmp_path / "m.json"), *extra]
+    assert cli_main(argv) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_manifest_rejects_a_tampered_public_file(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    server, alice, bob = (init(tmp_path, name) for name in ["server", "alice", "bob"])
+    public = bob / "identity.pub.json"
+    data = json.loads(public.read_text())
+    data["signing_public"] = "not base64!"
+    public.write_text(json.dumps(data))
+    argv = ["manifest", "--aggregator", str(server), "--client", str(alice), "--client",
+            str(bob), "--model-length", "10", "--out", str(tmp_path / "m.json")]
+    assert cli_main(argv) == 1
+    assert str(public) in capsys.readouterr().err
