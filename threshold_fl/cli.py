@@ -4,13 +4,15 @@ Each subcommand lives in its own module, imported only when it runs (OpenFHE and
 are slow to load), and parses the rest of the command line itself:
 
 - ``init-party`` and ``manifest``: set up a federation (:mod:`threshold_fl.setup_cli`);
+- ``aggregator``, ``client``, ``key-authority``: run one party against an MQTT broker
+  (:mod:`threshold_fl.party_cli`);
 - ``demo``: the in-process threshold FedAvg demo (:mod:`threshold_fl.demo`);
 - ``train``: federated training on the digits through the whole protocol
   (:mod:`threshold_fl.train`);
 - ``attack``: the gradient-inversion privacy evaluation (:mod:`threshold_fl.privacy_eval`);
 - ``bench``: the crypto microbenchmark (:mod:`threshold_fl.bench`).
 
-``threshold-fl --version`` prints the version.  Later issues add the multi-party commands.
+``threshold-fl --version`` prints the version.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
                    "create a party's identity keys"),
     "manifest": ("threshold_fl.setup_cli:manifest_main",
                  "assemble a federation manifest from the parties' public keys"),
+    "aggregator": ("threshold_fl.party_cli:aggregator_main",
+                   "run the aggregation server against a broker"),
+    "client": ("threshold_fl.party_cli:client_main", "run a client against a broker"),
+    "key-authority": ("threshold_fl.party_cli:key_authority_main",
+                      "run single-key mode's key authority against a broker"),
     "demo": ("threshold_fl.demo:main", "one threshold FedAvg round in this process"),
     "train": ("threshold_fl.train:main", "federated training on the digits, one row per round"),
     "attack": ("threshold_fl.privacy_eval:main",

@@ -22,7 +22,7 @@ from protocols import Manifest, MaskPolicy, Mode, make_manifest
 from threshold_fl._checks import checked_int
 from threshold_fl.errors import ParameterError
 from threshold_fl.identity import Identity
-from threshold_fl.ml.data import Dataset, load_digits, split_dirichlet, split_iid
+from threshold_fl.ml.data import ClientData, load_digits, split_dirichlet, split_iid
 from threshold_fl.ml.flatten import layout_of
 from threshold_fl.ml.learner import LocalLearner
 from threshold_fl.ml.mask import first_and_last_layers
@@ -32,7 +32,8 @@ from threshold_fl.ml.training import LocalTraining
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
 from transports import MemoryHub
 
-__all__ = ["FederationConfig", "FederationReport", "RoundRecord", "run_federation"]
+__all__ = ["FederationConfig", "FederationReport", "RoundRecord", "client_datasets",
+           "run_federation"]
 
 SPLITS = ("iid", "dirichlet")
 
@@ -92,13 +93,20 @@ class FederationReport:
         return self.records[-1].accuracy if self.records else float("nan")
 
 
-def _client_parts(config: FederationConfig, dataset: Dataset) -> list[Any]:
+def client_datasets(model: str, clients: int, split: str, alpha: float, seed: int
+                    ) -> tuple[list[ClientData], ClientData]:
+    """Every client's training part of the digits (sized for *model*) and the test split.
+
+    A pure function of its arguments, so separate processes agree on the split."""
+    if split not in SPLITS:
+        raise ParameterError(f"unknown split {split!r}; choose one of {SPLITS}")
+    dataset = load_digits(image_size=MODELS[model].image_size, seed=seed)
     labels = dataset.train.labels.numpy()
-    if config.split == "iid":
-        parts = split_iid(len(labels), config.clients, seed=config.seed)
+    if split == "iid":
+        parts = split_iid(len(labels), clients, seed=seed)
     else:
-        parts = split_dirichlet(labels, config.clients, alpha=config.alpha, seed=config.seed)
-    return [dataset.train.subset(part) for part in parts]
+        parts = split_dirichlet(labels, clients, alpha=alpha, seed=seed)
+    return [dataset.train.subset(part) for part in parts], dataset.test
 
 
 def _manifest(config: FederationConfig, identities: dict[str, Identity], names: list[str],
@@ -120,20 +128,21 @@ async def run_federation(
     config: FederationConfig, *, on_round: Callable[[RoundRecord], None] | None = None,
 ) -> FederationReport:
     """Run *config* to the end and report each round's test accuracy, time and bytes."""
-    dataset = load_digits(image_size=MODELS[config.model].image_size, seed=config.seed)
+    parts, test = client_datasets(config.model, config.clients, config.split, config.alpha,
+                                  config.seed)
     names = [f"client-{index + 1}" for index in range(config.clients)]
     learners = [
         LocalLearner(build_model(config.model, seed=config.seed), part, config.training,
                      seed=config.seed * 100 + index, noise=config.noise,
                      sensitivity_samples=config.sensitivity_samples)
-        for index, part in enumerate(_client_parts(config, dataset))
+        for index, part in enumerate(parts)
     ]
     identities = {name: Identity.generate(name) for name in [*names, "server", "authority"]}
     manifest = _manifest(config, identities, names, learners[0])
     hub = MemoryHub()
     started = time.perf_counter()
     records: list[RoundRecord] = []
-    observer = _Observer(hub, started, dataset, learners[0], records, on_round)
+    observer = _Observer(hub, started, test, learners[0], records, on_round)
     async with hub.connect("server") as server_link:
         aggregator = Aggregator(manifest, identities["server"], server_link)
         tasks: list[asyncio.Task[Any]] = [asyncio.create_task(aggregator.run())]
@@ -154,17 +163,17 @@ async def run_federation(
 class _Observer:
     """Evaluates each global model as the first client receives it."""
 
-    def __init__(self, hub: MemoryHub, started: float, dataset: Dataset, learner: LocalLearner,
+    def __init__(self, hub: MemoryHub, started: float, test: ClientData, learner: LocalLearner,
                  records: list[RoundRecord], on_round: Callable[[RoundRecord], None] | None
                  ) -> None:
-        self.hub, self.last_time, self.dataset, self.learner = hub, started, dataset, learner
+        self.hub, self.last_time, self.test, self.learner = hub, started, test, learner
         self.records, self.on_round = records, on_round
         self.last_bytes = 0
         self.mask: Any = None
 
     def record(self, round_: int, model: Any, client: FederatedClient) -> None:
         self.mask = client.mask
-        scores = self.learner.evaluate(model, self.dataset.test)
+        scores = self.learner.evaluate(model, self.test)
         now, sent = time.perf_counter(), self.hub.stats.sent_bytes
         fraction = client.mask.fraction if client.mask is not None else 0.0
         record = RoundRecord(round_, scores.accuracy, scores.loss, now - self.last_time,

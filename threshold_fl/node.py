@@ -45,7 +45,7 @@ from protocols import (
     Step,
     UpdateNeeded,
 )
-from threshold_fl.errors import MessageRejected, SessionAborted, TransportClosed
+from threshold_fl.errors import MessageRejected, SessionAborted, TransportError
 from threshold_fl.identity import Identity
 from threshold_fl.ml.mask import EncryptionMask
 from transports import Transport
@@ -211,7 +211,7 @@ class Node:
             self.summary.bytes_sent += len(outgoing.data) * len(outgoing.recipients)
             try:
                 await self._transport.send(outgoing.recipients, outgoing.data)
-            except TransportClosed as exc:
+            except TransportError as exc:
                 log.warning("%s could not send %s: %s", self.machine.me, outgoing.kind, exc)
         for event in step.events:
             self._record(event)
@@ -238,7 +238,7 @@ class Node:
         while True:
             try:
                 data = await self._transport.receive()
-            except TransportClosed as exc:
+            except TransportError as exc:  # closed, or the broker stayed unreachable
                 await self._inbox.put(("closed", str(exc)))
                 return
             await self._inbox.put(("bytes", data))  # bounded: waits when the node is busy

@@ -10,12 +10,19 @@ delayed or reordered).  :class:`MemoryHub` / :class:`MemoryTransport`
 (:mod:`transports.memory`) run a whole federation in one event loop, with faults
 scripted by a :class:`FaultPlan`.
 
+:class:`MqttTransport` (:mod:`transports.mqtt`) runs the same interface over an MQTT
+broker: every message is a signed chunked transfer (:mod:`transports.chunks`), acked
+end to end, with reconnection and presence.  :func:`private_broker`
+(:mod:`transports.broker`) starts a throwaway broker for tests and demos.
+
 Layering (checked by ``tests/test_layering.py``): code here imports neither
 ``protocols`` nor the crypto backend (``threshold_fl.crypto``, ``openfhe``).  Only
 the composition layer in ``threshold_fl`` wires protocols to transports.
 """
 
 from transports.base import Transport
+from transports.broker import BrokerConfig, MosquittoBroker, find_mosquitto, private_broker
+from transports.chunks import ChunkPlan, Reassembler, ReassemblyLimits, Transfer, split
 from transports.memory import (
     Envelope,
     Fault,
@@ -24,6 +31,7 @@ from transports.memory import (
     MemoryHub,
     MemoryTransport,
 )
+from transports.mqtt import MqttOptions, MqttStats, MqttTransport
 
 __all__ = [
     "Transport",
@@ -33,4 +41,16 @@ __all__ = [
     "Fault",
     "Envelope",
     "HubStats",
+    "MqttTransport",
+    "MqttOptions",
+    "MqttStats",
+    "BrokerConfig",
+    "private_broker",
+    "MosquittoBroker",
+    "find_mosquitto",
+    "ChunkPlan",
+    "Transfer",
+    "split",
+    "Reassembler",
+    "ReassemblyLimits",
 ]

@@ -1,0 +1,250 @@
+"""Run one party of a federation as its own process, over an MQTT broker.
+
+The composition layer: a manifest and an identity from files, the MQTT transport (signing
+its transfer manifests with the party's key and checking peers' against the manifest's
+directory), the protocol node, and for clients a :class:`~threshold_fl.ml.LocalLearner`
+that trains the named model on this client's part of the digits.  Clients print one
+row per round and can append JSON lines to a report file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from protocols import Manifest, Mode
+from protocols.events import Event, RoundCompleted, UpdateNeeded
+from threshold_fl.errors import AuthenticationError, ParameterError, ThresholdFLError
+from threshold_fl.identity import Identity, PartyId
+from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
+from transports.broker import BrokerConfig
+from transports.mqtt import MqttOptions, MqttTransport
+
+__all__ = ["ClientPlan", "RoundRow", "mqtt_transport", "run_aggregator", "run_client",
+           "run_key_authority"]
+
+DROP_STAGES = ("keys", "mask", "before-upload", "after-upload")
+
+
+def mqtt_transport(manifest: Manifest, identity: Identity, broker: BrokerConfig,
+                   options: MqttOptions | None = None,
+                   on_presence: Callable[[str, bool], None] | None = None) -> MqttTransport:
+    """The party's MQTT link: transfers signed as *identity*, peers checked against the
+    manifest (a party not in it cannot get a transfer accepted)."""
+    directory = manifest.directory
+
+    def verify(sender: str, data: bytes, signature: bytes) -> bool:
+        party = directory.get(PartyId(sender))
+        if party is None:
+            return False
+        try:
+            party.verify(data, signature)
+        except AuthenticationError:
+            return False
+        return True
+
+    return MqttTransport(identity.party_id, manifest.session, broker, sign=identity.sign,
+                         verify=verify, options=options, on_presence=on_presence)
+
+
+def _check_role(manifest: Manifest, identity: Identity, role: str) -> None:
+    actual = manifest.role_of(identity.party_id).value
+    if actual != role:
+        raise ParameterError(f"{identity.party_id!r} is the {actual} in this manifest, "
+                             f"not a {role}; start it with 'threshold-fl {actual}'")
+
+
+async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerConfig,
+                         *, say: Callable[[str], None] = print) -> dict[str, Any]:
+    _check_role(manifest, identity, "aggregator")
+    started = time.perf_counter()
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, RoundCompleted):
+            say(f"aggregator: round {event.round} done with {len(event.contributors)} "
+                f"client(s) at {time.perf_counter() - started:.1f} s")
+
+    async with mqtt_transport(manifest, identity, broker) as link:
+        summary = await Aggregator(manifest, identity, link, on_event=on_event).run()
+        stats = link.stats
+    say(f"aggregator: finished {summary.rounds} round(s); dropped: "
+        f"{summary.dropped or 'none'}; {stats.bytes_sent / 1e6:.1f} MB sent, "
+        f"{stats.bytes_received / 1e6:.1f} MB received")
+    return {"rounds": summary.rounds, "dropped": summary.dropped,
+            "bytes_sent": stats.bytes_sent, "bytes_received": stats.bytes_received,
+            "seconds": time.perf_counter() - started}
+
+
+async def run_key_authority(manifest: Manifest, identity: Identity, broker: BrokerConfig
+                            ) -> None:
+    _check_role(manifest, identity, "key_authority")
+    async with mqtt_transport(manifest, identity, broker) as link:
+        await KeyAuthority(manifest, identity, link).run()
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """What a client process trains and how; *drop_at* makes it kill itself (tests)."""
+
+    model: str = "cnn"
+    epochs: int = 2
+    learning_rate: float = 0.05
+    batch_size: int = 32
+    split: str = "iid"
+    alpha: float = 0.5
+    data_seed: int = 0
+    sensitivity_samples: int = 32
+    dp_scale: float | None = None
+    dp_clip: float = 1.0
+    drop_at: str | None = None
+    drop_round: int = 1
+
+    def __post_init__(self) -> None:
+        if self.drop_at is not None and self.drop_at not in DROP_STAGES:
+            raise ParameterError(f"drop stage must be one of {DROP_STAGES}, got {self.drop_at!r}")
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    party: str
+    round: int
+    accuracy: float
+    loss: float
+    encrypted_fraction: float
+    bytes_up: int
+    bytes_down: int
+    train_s: float
+    round_s: float
+
+    def line(self) -> str:
+        return (f"{self.party}: round {self.round:>3}  accuracy {self.accuracy:7.2%}  "
+                f"loss {self.loss:.4f}  encrypted {self.encrypted_fraction:6.2%}  "
+                f"up {self.bytes_up / 1e6:7.2f} MB  down {self.bytes_down / 1e6:7.2f} MB  "
+                f"train {self.train_s:5.1f} s  round {self.round_s:5.1f} s")
+
+
+def _learner(manifest: Manifest, identity: Identity, plan: ClientPlan) -> tuple[Any, Any]:
+    from threshold_fl.federation import client_datasets  # torch: clients only
+    from threshold_fl.ml.learner import LocalLearner
+    from threshold_fl.ml.models import build_model
+    from threshold_fl.ml.privacy import LaplaceNoise
+    from threshold_fl.ml.training import LocalTraining
+
+    parts, test = client_datasets(plan.model, len(manifest.clients), plan.split, plan.alpha,
+                                  plan.data_seed)
+    position = manifest.client_ids.index(identity.party_id)
+    noise = None if plan.dp_scale is None else LaplaceNoise(plan.dp_scale, plan.dp_clip)
+    learner = LocalLearner(
+        build_model(plan.model, seed=plan.data_seed), parts[position],
+        LocalTraining(epochs=plan.epochs, batch_size=plan.batch_size,
+                      learning_rate=plan.learning_rate),
+        seed=plan.data_seed * 100 + position, noise=noise,
+        sensitivity_samples=plan.sensitivity_samples)
+    if learner.length != manifest.model_length:
+        raise ParameterError(
+            f"model {plan.model!r} has {learner.length:,} parameters but the manifest says "
+            f"{manifest.model_length:,}; use the model the manifest was made for")
+    return learner, test
+
+
+def _die() -> None:
+    """Vanish like a crashed machine: no goodbye, no Last-Will courtesy from us."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _ClientRun:
+    """Per-round bookkeeping and the scripted self-kill of one client process."""
+
+    def __init__(self, plan: ClientPlan, link: MqttTransport, say: Callable[[str], None],
+                 report: Path | None) -> None:
+        self.plan, self.link, self.say, self.report = plan, link, say, report
+        self.loop = asyncio.get_running_loop()
+        self.last_time, self.last_up, self.last_down, self.train_s = time.perf_counter(), 0, 0, 0.0
+
+    def on_event(self, event: Event) -> None:
+        stage = self.plan.drop_at
+        if isinstance(event, UpdateNeeded) and event.round == self.plan.drop_round and (
+                stage == "before-upload"):
+            _die()
+
+    def trained(self, round_: int) -> None:
+        """Called from the training thread just before the update is handed back."""
+        if self.plan.drop_at == "after-upload" and round_ == self.plan.drop_round:
+            acked = self.link.stats.transfers_acked  # the upload is the next transfer acked
+            self.loop.call_soon_threadsafe(
+                lambda: self.loop.create_task(self._die_once_acked(acked)))
+
+    async def _die_once_acked(self, acked_before: int) -> None:
+        while self.link.stats.transfers_acked <= acked_before:
+            await asyncio.sleep(0.05)
+        _die()
+
+    def row(self, party: str, round_: int, scores: Any, fraction: float) -> RoundRow:
+        now, stats = time.perf_counter(), self.link.stats
+        row = RoundRow(party, round_, scores.accuracy, scores.loss, fraction,
+                       stats.bytes_sent - self.last_up, stats.bytes_received - self.last_down,
+                       self.train_s, now - self.last_time)
+        self.last_time, self.last_up, self.last_down = now, stats.bytes_sent, stats.bytes_received
+        self.say(row.line())
+        if self.report is not None:
+            with self.report.open("a", encoding="utf-8") as file:
+                file.write(json.dumps(asdict(row)) + "\n")
+        return row
+
+
+async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfig,
+                     plan: ClientPlan, *, report: Path | None = None,
+                     say: Callable[[str], None] = print) -> list[RoundRow]:
+    _check_role(manifest, identity, "client")
+    learner, test = _learner(manifest, identity, plan)
+    if plan.drop_at in ("keys", "mask"):
+        say(f"{identity.party_id}: will vanish during the {plan.drop_at} stage (--drop)")
+    rows: list[RoundRow] = []
+    async with mqtt_transport(manifest, identity, broker) as link:
+        run = _ClientRun(plan, link, say, report)
+        client: FederatedClient | None = None
+
+        def train(round_: int, model: Any) -> Any:
+            started = time.perf_counter()
+            trained = learner.train(round_, model, client.mask if client else None)
+            run.train_s = time.perf_counter() - started
+            run.trained(round_)
+            return trained
+
+        def sensitivity() -> Any:
+            if plan.drop_at == "mask":
+                _die()
+            return learner.sensitivity()
+
+        client = FederatedClient(manifest, identity, link, samples=len(learner.data),
+                                 train=train, sensitivity=sensitivity, on_event=run.on_event)
+        if plan.drop_at == "keys":
+            asyncio.get_running_loop().call_later(0.5, _die)
+        async with client:
+            async for result in client.rounds():
+                scores = learner.evaluate(result.model, test)
+                fraction = client.mask.fraction if client.mask is not None else 0.0
+                rows.append(run.row(identity.party_id, result.round, scores, fraction))
+    return rows
+
+
+def mode_label(manifest: Manifest) -> str:
+    return "plaintext" if manifest.mode is Mode.PLAINTEXT else manifest.mode.value
+
+
+def load_party(manifest_path: Path, identity_dir: Path,
+               fingerprint: str | None) -> tuple[Manifest, Identity]:
+    """The manifest and this party's identity, with the fingerprint checked if given."""
+    manifest = Manifest.load(manifest_path)
+    if fingerprint is not None and manifest.fingerprint() != fingerprint.lower():
+        raise ThresholdFLError(
+            f"{manifest_path} has fingerprint {manifest.fingerprint()}, not the expected "
+            f"{fingerprint}; get the manifest again from the federation's organiser")
+    return manifest, Identity.load(identity_dir)

@@ -1,0 +1,705 @@
+"""The MQTT transport: :class:`MqttTransport` implements :class:`~transports.base.Transport`.
+
+Topics, all under ``tfl/<session>/``:
+
+- ``to/<party>``: a party's inbox, the only data topic it subscribes to (QoS 1);
+- ``ack/<party>``: acknowledgements coming back to a sender (QoS 0: a lost ack only
+  costs a retransmission, which the receiver recognises and acks again);
+- ``presence/<party>``: retained JSON ``{"party", "online", "ts"}``; the Last Will
+  publishes ``online: false`` retained, so a crashed party is seen offline once the
+  broker notices (at once on a closed socket, else after 1.5 keepalives).
+
+Every message travels as a signed chunked transfer (:mod:`transports.chunks`) whose
+frames carry all metadata, so plain MQTT 3.1.1 suffices.  Each frame is acked by the
+receiver: aiomqtt ignores PUBACK reason codes and a broker may silently drop a message
+(mosquitto does for oversized ones on 3.1.1), so only an end-to-end ack proves arrival.
+The sender keeps at most ``window`` frames unacked, retransmits after ``ack_timeout_s``
+(times ``backoff`` per try) and gives up on a transfer after ``max_tries`` (logged and
+counted: delivery stays best effort, as :mod:`transports.base` promises).
+
+A lost broker connection is retried with capped exponential backoff; subscriptions are
+renewed and unacked frames resent.  If the broker stays away for ``give_up_after``
+seconds the transport fails: ``send`` and ``receive`` raise :class:`TransportError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeAlias
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+
+from threshold_fl.errors import (
+    AuthenticationError,
+    FrameError,
+    ParameterError,
+    TransportClosed,
+    TransportError,
+)
+from transports.broker import TOPIC_ROOT, BrokerConfig, topic
+from transports.chunks import (
+    DEFAULT_CHUNK_SIZE,
+    MANIFEST_SEQ,
+    TRANSFER_ID_SIZE,
+    ChunkPlan,
+    Reassembler,
+    ReassemblyLimits,
+    Signer,
+    Transfer,
+    Verifier,
+    decode_ack,
+    validate_id,
+)
+
+if TYPE_CHECKING:
+    from transports.base import Transport
+
+__all__ = ["MqttOptions", "MqttStats", "MqttTransport"]
+
+_LOG = logging.getLogger(__name__)
+# CONNACK reasons that retrying cannot fix: bad protocol, client id, credentials, ban.
+_PERMANENT = {132, 133, 134, 135, 138, 140}
+_PLAN_IN_THREAD = 8 << 20  # hash payloads above this off the event loop
+#: (topic, ack frame) pairs: filled by the reader, published by the acker.
+_Acks: TypeAlias = "asyncio.Queue[tuple[str, bytes]]"
+
+
+@dataclass(frozen=True)
+class MqttOptions:
+    """Tuning of an :class:`MqttTransport`; the defaults suit a LAN or one machine."""
+
+    keepalive: int = 5  # seconds; a frozen peer is seen offline after 1.5 times this
+    window: int = 8  # frames sent but not yet acked
+    ack_timeout_s: float = 5.0  # first retransmission; times `backoff` per further try
+    backoff: float = 2.0
+    max_tries: int = 5  # sends of one frame before its transfer is given up
+    reconnect_initial_s: float = 0.2
+    reconnect_max_s: float = 5.0
+    give_up_after: float = 60.0  # broker unreachable this long: the transport fails
+    operation_timeout_s: float = 30.0  # connect, subscribe, one publish
+    close_linger_s: float = 2.0  # close() waits this long for unacked frames
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    limits: ReassemblyLimits = field(default_factory=ReassemblyLimits)
+    inbox_limit: int = 1000  # complete messages waiting for receive(); beyond: dropped
+    frame_queue_limit: int = 256  # frames read but not yet processed; beyond: dropped
+    mqtt5: bool = False  # MQTT 3.1.1 by default; nothing here needs 5
+
+    def __post_init__(self) -> None:
+        positive = ("ack_timeout_s", "reconnect_initial_s", "reconnect_max_s",
+                    "give_up_after", "operation_timeout_s")
+        bad = [n for n in positive if not getattr(self, n) > 0]
+        bad += [n for n in ("keepalive", "window", "max_tries", "inbox_limit",
+                            "frame_queue_limit") if getattr(self, n) < 1]
+        if bad or self.backoff < 1 or self.close_linger_s < 0:
+            raise ParameterError(f"invalid MqttOptions: {bad or 'backoff/close_linger_s'}")
+
+
+@dataclass(frozen=True)
+class MqttStats:
+    """A snapshot of an :class:`MqttTransport`'s counters.
+
+    ``messages_sent``/``bytes_sent`` count payloads per recipient; ``frames_sent`` and
+    ``frame_bytes_sent`` what went on the wire, retransmissions included.
+    """
+
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    messages_received: int = 0
+    bytes_received: int = 0
+    frames_sent: int = 0
+    frame_bytes_sent: int = 0
+    frames_received: int = 0
+    frame_bytes_received: int = 0
+    retransmits: int = 0
+    transfers_acked: int = 0
+    transfers_failed: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    expired: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    last_rejections: tuple[str, ...] = ()
+
+
+_COUNTERS = tuple(f for f in MqttStats.__dataclass_fields__ if f != "last_rejections")
+
+
+# --------------------------------------------------------------------------- sending
+
+
+@dataclass(eq=False)
+class _Out:
+    """One transfer being sent; frame index 0 is the manifest, i > 0 is chunk i - 1."""
+
+    transfer: Transfer
+    published: asyncio.Future[None]  # set once every frame went out at least once
+    next_index: int = 0
+    unacked: int = 0
+    failed: bool = False
+
+    @property
+    def frames(self) -> int:
+        return self.transfer.count + 1
+
+
+@dataclass(eq=False)
+class _InFlight:
+    out: _Out
+    seq: int
+    last: bool
+    tries: int = 1
+    deadline: float = math.inf  # inf while being published: no timer runs yet
+
+
+class _Outbox:
+    """Window, retransmission and give-up bookkeeping; no I/O, the clock is passed in."""
+
+    def __init__(self, options: MqttOptions, counts: Counter[str]) -> None:
+        self._opt, self._counts = options, counts
+        self._queue: deque[_Out] = deque()
+        self._inflight: OrderedDict[tuple[bytes, int], _InFlight] = OrderedDict()
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._inflight
+
+    def add(self, out: _Out) -> None:
+        out.unacked = out.frames
+        self._queue.append(out)
+
+    def next_frame(self, now: float) -> _InFlight | None:
+        """A due retransmission first (oldest first), else a new frame if the window allows."""
+        for frame in list(self._inflight.values()):
+            if frame.deadline > now or frame.out.failed:  # failed: removed by _give_up
+                continue
+            if frame.tries >= self._opt.max_tries:
+                what = "manifest" if frame.seq == MANIFEST_SEQ else f"chunk {frame.seq}"
+                self._give_up(frame.out, f"{what} unacked after {frame.tries} tries")
+                continue
+            frame.tries += 1
+            frame.deadline = math.inf
+            self._counts["retransmits"] += 1
+            return frame
+        # The window is per recipient: a peer that died must not stall the others.
+        busy = Counter(f.out.transfer.recipient for f in self._inflight.values())
+        for out in list(self._queue):
+            if out.failed:
+                self._queue.remove(out)
+                continue
+            if busy[out.transfer.recipient] >= self._opt.window:
+                continue
+            index = out.next_index
+            out.next_index += 1
+            if out.next_index == out.frames:
+                self._queue.remove(out)
+            seq = MANIFEST_SEQ if index == 0 else index - 1
+            frame = _InFlight(out, seq, last=out.next_index == out.frames)
+            self._inflight[(out.transfer.transfer_id, seq)] = frame
+            return frame
+        return None
+
+    def release(self, recipient: str) -> None:
+        """``recipient`` went offline: let senders waiting on it go on.  Its frames stay
+        and are retried (at once if it comes back), so a short outage loses nothing."""
+        outs = [f.out for f in self._inflight.values()] + list(self._queue)
+        for out in outs:
+            if out.transfer.recipient == recipient and not out.published.done():
+                out.published.set_result(None)
+
+    def sent(self, frame: _InFlight, now: float) -> None:
+        """Start the ack timer of a frame that just went out (unless already acked)."""
+        if self._inflight.get((frame.out.transfer.transfer_id, frame.seq)) is frame:
+            frame.deadline = now + self._opt.ack_timeout_s * self._opt.backoff ** (frame.tries - 1)
+        if frame.last and not frame.out.published.done():
+            frame.out.published.set_result(None)
+
+    def ack(self, transfer_id: bytes, seq: int) -> bool:
+        """Drop an acked frame; False for an ack of nothing we wait for (late, duplicate)."""
+        frame = self._inflight.pop((transfer_id, seq), None)
+        if frame is None:
+            return False
+        frame.out.unacked -= 1
+        if frame.out.unacked == 0:
+            self._counts["transfers_acked"] += 1
+        return True
+
+    def resume(self, now: float) -> None:
+        """After a reconnect, resend every unacked frame at once."""
+        for frame in self._inflight.values():
+            frame.deadline = now
+
+    def kick(self, recipient: str, now: float) -> bool:
+        """``recipient`` (re)appeared: resend its unacked frames now, with fresh tries,
+        since what it missed while away says nothing about the path now."""
+        frames = [f for f in self._inflight.values() if f.out.transfer.recipient == recipient]
+        for frame in frames:
+            frame.deadline, frame.tries = now, 1
+        return bool(frames)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [f.deadline for f in self._inflight.values() if f.deadline < math.inf]
+        return min(deadlines, default=None)
+
+    def abort(self) -> None:
+        """Forget everything (transport closed or failed) and release waiting senders."""
+        outs = [f.out for f in self._inflight.values()] + list(self._queue)
+        self._inflight.clear()
+        self._queue.clear()
+        for out in outs:
+            if not out.published.done():
+                out.published.set_result(None)
+
+    def _give_up(self, out: _Out, why: str) -> None:
+        t = out.transfer
+        _LOG.warning("gave up on transfer %s to %r: %s", t.transfer_id.hex()[:12],
+                     t.recipient, why)
+        out.failed = True
+        self._counts["transfers_failed"] += 1
+        for key in [k for k, f in self._inflight.items() if f.out is out]:
+            del self._inflight[key]
+        if not out.published.done():
+            out.published.set_result(None)
+
+
+# --------------------------------------------------------------------------- transport
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None] | asyncio.Task[bool]]) -> None:
+    """Cancel until every task ended: Python 3.10's ``asyncio.wait_for`` (in aiomqtt)
+    swallows a cancel that coincides with its result, leaving a reader waiting forever."""
+    while pending := [t for t in tasks if not t.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller re-raises what matters
+
+
+class _Stop:
+    """Inbox sentinel: wakes receivers once the transport closed or failed."""
+
+
+_STOP = _Stop()
+
+
+class MqttTransport:
+    """One party's connection to a federation over an MQTT broker.
+
+    Use ``async with MqttTransport(...) as t:`` (or :meth:`connect` / :meth:`close`).
+    ``sign`` signs manifests as this party; ``verify(sender, data, signature)`` checks
+    other parties' manifests: identities stay with the composition layer.
+    """
+
+    def __init__(
+        self,
+        party_id: str,
+        session: str,
+        broker: BrokerConfig | str,
+        *,
+        sign: Signer,
+        verify: Verifier,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        options: MqttOptions | None = None,
+        on_presence: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self._party_id = validate_id("party id", party_id)
+        self.session = validate_id("session", session)
+        self.broker = broker if isinstance(broker, BrokerConfig) else BrokerConfig.from_url(broker)
+        self.options = options or MqttOptions()
+        self._sign, self._random, self._callback = sign, random_bytes, on_presence
+        self._reassembler = Reassembler(party_id, session, verify, self.options.limits)
+        self._counts: Counter[str] = Counter()
+        self._rejections: deque[str] = deque(maxlen=10)
+        self._outbox = _Outbox(self.options, self._counts)
+        self._inbox: asyncio.Queue[bytes | _Stop] = asyncio.Queue()
+        self._peers: dict[str, bool] = {}
+        self._wake = asyncio.Event()  # new frames to send or acks that freed the window
+        self._connected = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._failure: TransportError | None = None
+        self._stop_queued = False
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def party_id(self) -> str:
+        return self._party_id
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def stats(self) -> MqttStats:
+        counts = {name: self._counts[name] for name in _COUNTERS}
+        return MqttStats(**counts, last_rejections=tuple(self._rejections))
+
+    def online_peers(self) -> frozenset[str]:
+        """Other parties whose latest presence says online.
+
+        Presence is what the broker retained: after a broker restart without
+        persistence, a party that vanished during the outage keeps its last state.
+        """
+        return frozenset(p for p, online in self._peers.items() if online)
+
+    async def connect(self) -> None:
+        """Start the connection; return once connected, or raise TransportError.
+
+        Retries for ``give_up_after`` seconds; a refusal that retrying cannot fix (bad
+        credentials, not authorised) fails at once.
+        """
+        if self._closed:
+            raise TransportClosed(f"party {self._party_id!r}: transport closed")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"mqtt-{self._party_id}")
+        waiter = asyncio.create_task(self._connected.wait())
+        await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if not self._connected.is_set():
+            raise self._failure or TransportClosed(f"party {self._party_id!r}: closed")
+
+    async def send(self, recipients: Sequence[str], data: bytes) -> None:
+        """Queue one transfer per recipient; return once all went out (not when acked).
+
+        Waits while the recipient's window is full or the broker away (up to
+        ``give_up_after``), but not for a recipient whose presence says offline.
+        Cancelling the call does not withdraw what was queued.
+        """
+        self._check_usable()
+        if isinstance(recipients, str):
+            raise ParameterError(f"recipients must be a sequence of party ids, not {recipients!r}")
+        targets = [validate_id("recipient", r) for r in recipients]
+        if len(data) > self.options.limits.max_payload:
+            raise ParameterError(f"payload of {len(data)} bytes exceeds max_payload "
+                                 f"{self.options.limits.max_payload}")
+        plan = await self._plan(bytes(data))
+        loop = asyncio.get_running_loop()
+        outs = [_Out(self._transfer(plan, r), loop.create_future()) for r in targets]
+        for out in outs:
+            self._outbox.add(out)
+        self._counts["messages_sent"] += len(outs)
+        self._counts["bytes_sent"] += len(outs) * plan.total
+        self._wake.set()
+        for out in outs:
+            if self._peers.get(out.transfer.recipient) is not False:  # offline: don't wait
+                await out.published
+        if self._failure is not None:
+            raise self._failure
+        if self._closed and any(o.next_index < o.frames and not o.failed for o in outs):
+            raise TransportClosed(f"party {self._party_id!r}: closed while sending")
+
+    async def receive(self) -> bytes:
+        """The next message; after close or failure, what already arrived, then an error."""
+        if self._task is None and not self._closed:
+            raise TransportError(f"party {self._party_id!r}: not connected; call connect()")
+        item = await self._inbox.get()
+        if isinstance(item, _Stop):
+            self._inbox.put_nowait(item)  # keep waking any other receiver
+            raise self._end_error()
+        return item
+
+    async def close(self) -> None:
+        """Linger briefly for unacked frames, say offline, disconnect; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None and not self._task.done():
+            await self._linger()
+            self._stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task),
+                                       self.options.operation_timeout_s + 1)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        self._outbox.abort()
+        self._queue_stop()
+
+    async def __aenter__(self) -> MqttTransport:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------- helpers
+
+    def _topic(self, kind: str, party: str) -> str:
+        return topic(self.session, kind, party)
+
+    @property
+    def _presence_prefix(self) -> str:
+        return f"{TOPIC_ROOT}/{self.session}/presence/"
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise TransportClosed(f"party {self._party_id!r}: send on a closed transport")
+        if self._failure is not None:
+            raise self._failure
+        if self._task is None:
+            raise TransportError(f"party {self._party_id!r}: not connected; call connect()")
+
+    def _end_error(self) -> TransportError:
+        if self._closed or self._failure is None:
+            return TransportClosed(f"party {self._party_id!r}: transport closed")
+        return self._failure
+
+    def _queue_stop(self) -> None:
+        if not self._stop_queued:
+            self._stop_queued = True
+            self._inbox.put_nowait(_STOP)
+
+    async def _plan(self, data: bytes) -> ChunkPlan:
+        # Hashing hundreds of MB would stall keepalives and acks: do big ones in a thread.
+        if len(data) > _PLAN_IN_THREAD:
+            return await asyncio.to_thread(ChunkPlan.of, data, self.options.chunk_size)
+        return ChunkPlan.of(data, self.options.chunk_size)
+
+    def _transfer(self, plan: ChunkPlan, recipient: str) -> Transfer:
+        transfer_id = self._random(TRANSFER_ID_SIZE)
+        if not isinstance(transfer_id, bytes) or len(transfer_id) != TRANSFER_ID_SIZE:
+            raise ParameterError(f"random_bytes({TRANSFER_ID_SIZE}) returned {transfer_id!r}")
+        return plan.transfer(sender=self._party_id, recipient=recipient, channel=self.session,
+                             transfer_id=transfer_id, sign=self._sign)
+
+    def _fail(self, error: TransportError) -> None:
+        self._connected.clear()
+        _LOG.error("%s", error)
+        self._failure = error
+        self._outbox.abort()
+        self._queue_stop()
+
+    async def _linger(self) -> None:
+        deadline = self._now() + self.options.close_linger_s
+        while not self._outbox.idle and self._connected.is_set() and self._now() < deadline:
+            await asyncio.sleep(0.02)
+
+    def _presence_payload(self, online: bool) -> bytes:
+        return json.dumps({"party": self._party_id, "online": online, "ts": time.time()}).encode()
+
+    # ----------------------------------------------------------------- connection
+
+    def _new_client(self) -> aiomqtt.Client:
+        b, opt = self.broker, self.options
+        tls = (aiomqtt.TLSParameters(ca_certs=b.ca_file, certfile=b.cert_file,
+                                     keyfile=b.key_file) if b.tls else None)
+        return aiomqtt.Client(
+            b.host, b.port, username=b.username, password=b.password,
+            identifier=f"tfl-{self.session}-{self._party_id}",
+            protocol=aiomqtt.ProtocolVersion.V5 if opt.mqtt5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if opt.mqtt5 else True,
+            will=aiomqtt.Will(self._topic("presence", self._party_id),
+                              self._presence_payload(False), qos=1, retain=True),
+            keepalive=opt.keepalive, timeout=opt.operation_timeout_s, tls_params=tls,
+            # Bounds memory (frames of up to 4 MiB); a frame dropped here is resent later.
+            max_queued_incoming_messages=opt.frame_queue_limit,
+        )
+
+    async def _run(self) -> None:
+        """Connect, serve, reconnect with capped backoff; fail after give_up_after."""
+        opt = self.options
+        delay, down_since, sessions = opt.reconnect_initial_s, self._now(), 0
+        last_error = "no connection attempt finished"
+        while not self._stop.is_set():
+            try:
+                async with self._new_client() as client:
+                    await self._setup(client)
+                    self._counts["reconnects"], sessions = sessions, sessions + 1
+                    delay, down_since = opt.reconnect_initial_s, math.inf
+                    self._connected.set()
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                if self._permanent(exc):
+                    return
+                last_error = str(exc) or type(exc).__name__
+                _LOG.warning("party %r: broker %s: %s; reconnecting",
+                             self._party_id, self.broker.url, exc)
+            except TransportError as exc:  # a refusal found during setup
+                return self._fail(exc)
+            except Exception as exc:  # a bug: fail loudly rather than hang callers
+                _LOG.exception("party %r: transport task crashed", self._party_id)
+                return self._fail(TransportError(
+                    f"party {self._party_id!r}: MQTT transport crashed: {exc!r}"))
+            finally:
+                self._connected.clear()
+            if self._stop.is_set():
+                return
+            down_since = min(down_since, self._now())  # the outage began now, or earlier
+            left = down_since + opt.give_up_after - self._now()
+            if left <= 0:
+                return self._fail(TransportError(
+                    f"party {self._party_id!r}: broker {self.broker.url} unreachable for "
+                    f"{opt.give_up_after:g} s (give_up_after); giving up; last error: "
+                    f"{last_error}"))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), min(delay, left))
+            delay = min(delay * 2, opt.reconnect_max_s)
+
+    def _permanent(self, exc: aiomqtt.MqttError) -> bool:
+        rc = getattr(exc, "rc", None)
+        if isinstance(exc, MqttConnectError) and getattr(rc, "value", rc) in _PERMANENT:
+            self._fail(TransportError(
+                f"party {self._party_id!r}: broker {self.broker.url} refused the connection "
+                f"({exc}); check username, password and ACL; retrying will not help"))
+            return True
+        return False
+
+    async def _setup(self, client: aiomqtt.Client) -> None:
+        """Subscribe to our own topics (the ACL may forbid others), then say online."""
+        for name in (self._topic("to", self._party_id), self._topic("ack", self._party_id),
+                     self._presence_prefix + "+"):
+            codes = await client.subscribe(name, qos=1)
+            if any(getattr(c, "is_failure", False) or c == 0x80 for c in codes):
+                raise TransportError(f"broker {self.broker.url} refused subscription to {name!r} "
+                                     "(check the broker's ACL)")
+        await client.publish(self._topic("presence", self._party_id),
+                             self._presence_payload(True), qos=1, retain=True)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Run reader and sender until the connection drops (MqttError) or we stop."""
+        acks: _Acks = asyncio.Queue()
+        tasks = [asyncio.create_task(self._read(client, acks)),
+                 asyncio.create_task(self._pump(client)),
+                 asyncio.create_task(self._acker(client, acks))]
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await _cancel_all([*tasks, stopper])
+        for task in tasks:
+            if task in done:
+                task.result()  # re-raise why the connection ended
+        with contextlib.suppress(aiomqtt.MqttError):  # a clean DISCONNECT skips the Will
+            await client.publish(self._topic("presence", self._party_id),
+                                 self._presence_payload(False), qos=1, retain=True, timeout=2)
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        self._outbox.resume(self._now())
+        while True:
+            self._wake.clear()
+            frame = self._outbox.next_frame(self._now())
+            if frame is None:
+                deadline = self._outbox.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - self._now())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            data = frame.out.transfer.frame(frame.seq)
+            await client.publish(self._topic("to", frame.out.transfer.recipient), data, qos=1)
+            self._counts["frames_sent"] += 1
+            self._counts["frame_bytes_sent"] += len(data)
+            self._outbox.sent(frame, self._now())
+
+    # ----------------------------------------------------------------- receiving
+
+    async def _acker(self, client: aiomqtt.Client, acks: _Acks) -> None:
+        # Not in the reader: aiomqtt's publish waits out its timeout when the connection
+        # drops, and a reader stuck there would notice the outage only that late.
+        while True:
+            name, frame = await acks.get()
+            await client.publish(name, frame, qos=0)
+
+    async def _read(self, client: aiomqtt.Client, acks: _Acks) -> None:
+        inbox, my_acks = self._topic("to", self._party_id), self._topic("ack", self._party_id)
+        presence = self._presence_prefix
+        async for message in client.messages:
+            name, payload = message.topic.value, bytes(message.payload)
+            if name == inbox:
+                self._on_frame(acks, payload)
+            elif name == my_acks:
+                self._on_ack(payload)
+            elif name.startswith(presence):
+                self._on_presence(name[len(presence):], payload)
+
+    def _on_frame(self, acks: _Acks, frame: bytes) -> None:
+        self._counts["frames_received"] += 1
+        self._counts["frame_bytes_received"] += len(frame)
+        try:
+            got = self._reassembler.accept(frame, self._now())
+        except (FrameError, AuthenticationError) as exc:
+            return self._reject(str(exc))
+        finally:
+            for reason in self._reassembler.take_expired():
+                self._counts["expired"] += 1
+                _LOG.warning("party %r: %s", self._party_id, reason)
+        self._counts["duplicates"] += got.duplicate
+        if got.payload is not None:  # deliver before acking: an ack must never lose data
+            self._deliver(got.payload)
+        acks.put_nowait((self._topic("ack", got.sender), got.ack))
+
+    def _deliver(self, payload: bytes) -> None:
+        if self._inbox.qsize() >= self.options.inbox_limit:
+            self._counts["dropped"] += 1
+            _LOG.warning("party %r: inbox full (%d); message dropped",
+                         self._party_id, self.options.inbox_limit)
+            return
+        self._counts["messages_received"] += 1
+        self._counts["bytes_received"] += len(payload)
+        self._inbox.put_nowait(payload)
+
+    def _on_ack(self, frame: bytes) -> None:
+        try:
+            transfer_id, seq = decode_ack(frame)
+        except FrameError as exc:
+            return self._reject(f"on the ack topic: {exc}")
+        if self._outbox.ack(transfer_id, seq):
+            self._wake.set()
+
+    def _reject(self, reason: str) -> None:
+        self._counts["rejected"] += 1
+        self._rejections.append(reason)
+        _LOG.warning("party %r: %s", self._party_id, reason)
+
+    def _on_presence(self, party: str, payload: bytes) -> None:
+        try:
+            info = json.loads(payload) if payload else {"party": party, "online": False}
+            online = info["online"] is True
+            valid = info["party"] == party and validate_id("party id", party) == party
+        except (ValueError, KeyError, TypeError, ParameterError):
+            valid = False
+        if not valid:
+            _LOG.warning("party %r: ignoring malformed presence for %r", self._party_id, party)
+            return
+        if party == self._party_id:
+            return
+        if online and self._outbox.kick(party, self._now()):  # re-announced: resend to it
+            self._wake.set()
+        if not online:
+            self._outbox.release(party)
+        if self._peers.get(party) == online:
+            return
+        self._peers[party] = online
+        if self._callback is not None:
+            try:
+                self._callback(party, online)
+            except Exception:  # a faulty callback must not kill the connection
+                _LOG.exception("on_presence callback failed")
+
+
+if TYPE_CHECKING:
+
+    def _conforms(transport: MqttTransport) -> Transport:
+        """mypy checks here that MqttTransport satisfies the Transport protocol."""
+        return transport
