@@ -219,7 +219,7 @@ def test_bad_ranges_are_rejected(ranges: object) -> None:
 
 
 def test_first_and_last_layers_of_a_torch_model() -> None:
-    torch = pytest.importorskip("torch")
+    import torch  # a dependency; imported here so the rest of the file stays numpy-only
     nn = torch.nn
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
     layout = layout_of(model)
@@ -231,7 +231,7 @@ def test_first_and_last_layers_of_a_torch_model() -> None:
 
 
 def test_first_and_last_layers_edge_cases() -> None:
-    torch = pytest.importorskip("torch")
+    import torch  # a dependency; imported here so the rest of the file stays numpy-only
     nn = torch.nn
     assert first_and_last_layers(layout_of(nn.Linear(2, 3))) == ((0, 9),)
     two = layout_of(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)))

@@ -27,7 +27,6 @@ from mqtt_fixtures import (
     SESSION,
     Keyring,
     make_transport,
-    needs_mosquitto,
     receive_within,
     rechunk,
     wait_until,
@@ -335,11 +334,10 @@ async def test_broker_gone_for_good_fails_within_give_up_after(broker: Mosquitto
     sending = asyncio.create_task(alice.send(["nobody"], bytes(12 * MiB)))  # window stalls
     start = time.monotonic()
     await asyncio.to_thread(broker.stop)
-    for task in (receiving, sending):
+    for task in (receiving, sending):  # wait_for: a hang fails the test instead
         with pytest.raises(TransportError, match=r"unreachable for 1.5 s"):
             await asyncio.wait_for(task, 6)
-    elapsed = time.monotonic() - start
-    assert 1.5 <= elapsed < 4.0
+    assert time.monotonic() - start >= 1.5  # it did not give up before give_up_after
     with pytest.raises(TransportError, match=r"give_up_after"):
         await alice.send(["nobody"], b"x")
     await alice.close()
@@ -373,7 +371,6 @@ def test_deploy_files_match_the_generator() -> None:
         acl_file="/etc/mosquitto/tfl/tfl.acl", log_file="/var/log/mosquitto/tfl.log"))
 
 
-@needs_mosquitto
 async def test_acl_confines_each_party_to_its_own_topics(tmp_path: Path) -> None:
     credentials = {"alice": "pw-alice", "bob": "pw-bob", "mallory": "pw-mallory"}
     passwd = write_password_file(tmp_path / "tfl.passwd", credentials)
@@ -464,7 +461,6 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-@needs_mosquitto
 async def test_mqtts_with_a_ca_file(tmp_path: Path) -> None:
     ca, cert, key = _certificates(tmp_path)
     keys = Keyring("alice", "bob")
@@ -514,7 +510,6 @@ def _refused(url: str) -> bool:
     return False
 
 
-@needs_mosquitto
 async def test_private_broker_runs_mosquitto_and_stops_it() -> None:
     async with private_broker(backend="mosquitto") as url:
         await _exchange(url)
@@ -524,7 +519,7 @@ async def test_private_broker_runs_mosquitto_and_stops_it() -> None:
 async def test_private_broker_falls_back_to_amqtt(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pytest.importorskip("amqtt.broker", reason="amqtt not installed (threshold-fl[broker])")
+    import amqtt.broker  # noqa: F401  (a dev dependency: the fallback must really run)
     monkeypatch.setattr(broker_module, "find_mosquitto", lambda: None)
     with caplog.at_level(logging.WARNING, logger="transports.broker"):
         async with private_broker() as url:

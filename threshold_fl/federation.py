@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocols import Manifest, MaskPolicy, Mode, make_manifest
+from protocols.events import Event
 from threshold_fl._checks import checked_int
 from threshold_fl.errors import ParameterError
 from threshold_fl.identity import Identity
@@ -30,10 +31,10 @@ from threshold_fl.ml.models import MODELS, build_model
 from threshold_fl.ml.privacy import LaplaceNoise, PrivacyBudget, privacy_budget
 from threshold_fl.ml.training import LocalTraining
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
-from transports import MemoryHub
+from transports import MemoryHub, Transport
 
 __all__ = ["FederationConfig", "FederationReport", "RoundRecord", "client_datasets",
-           "run_federation"]
+           "learner_client", "run_federation"]
 
 SPLITS = ("iid", "dirichlet")
 
@@ -184,16 +185,38 @@ class _Observer:
             self.on_round(record)
 
 
-async def _client(manifest: Manifest, identity: Identity, hub: MemoryHub, learner: LocalLearner,
-                  observer: _Observer | None) -> None:
-    client: FederatedClient | None = None
+def learner_client(
+    manifest: Manifest, identity: Identity, transport: Transport, learner: LocalLearner, *,
+    on_event: Callable[[Event], None] | None = None,
+    after_training: Callable[[int, float], None] | None = None,
+    before_sensitivity: Callable[[], None] | None = None,
+) -> FederatedClient:
+    """A protocol client whose work is done by *learner*: it trains each round from the
+    decrypted global model (adding local-DP noise to the agreed mask's plaintext part)
+    and computes the sensitivity map.  ``after_training(round, seconds)`` and
+    ``before_sensitivity()`` run in the worker thread, for timing and test hooks."""
 
     def train(round_: int, model: Any) -> Any:
-        return learner.train(round_, model, client.mask if client is not None else None)
+        started = time.perf_counter()
+        trained = learner.train(round_, model, client.mask)
+        if after_training is not None:
+            after_training(round_, time.perf_counter() - started)
+        return trained
 
+    def sensitivity() -> Any:
+        if before_sensitivity is not None:
+            before_sensitivity()
+        return learner.sensitivity()
+
+    client = FederatedClient(manifest, identity, transport, samples=len(learner.data),
+                             train=train, sensitivity=sensitivity, on_event=on_event)
+    return client
+
+
+async def _client(manifest: Manifest, identity: Identity, hub: MemoryHub, learner: LocalLearner,
+                  observer: _Observer | None) -> None:
     async with hub.connect(identity.party_id) as link:
-        client = FederatedClient(manifest, identity, link, samples=len(learner.data),
-                                 train=train, sensitivity=learner.sensitivity)
+        client = learner_client(manifest, identity, link, learner)
         async with client:
             async for result in client.rounds():
                 if observer is not None:

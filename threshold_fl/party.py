@@ -23,7 +23,7 @@ from protocols import Manifest, Mode
 from protocols.events import Event, RoundCompleted, UpdateNeeded
 from threshold_fl.errors import AuthenticationError, ParameterError, ThresholdFLError
 from threshold_fl.identity import Identity, PartyId
-from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
+from threshold_fl.node import Aggregator, KeyAuthority
 from transports.broker import BrokerConfig
 from transports.mqtt import MqttOptions, MqttTransport
 
@@ -174,8 +174,13 @@ class _ClientRun:
                 stage == "before-upload"):
             _die()
 
-    def trained(self, round_: int) -> None:
+    def before_sensitivity(self) -> None:
+        if self.plan.drop_at == "mask":
+            _die()
+
+    def trained(self, round_: int, seconds: float) -> None:
         """Called from the training thread just before the update is handed back."""
+        self.train_s = seconds
         if self.plan.drop_at == "after-upload" and round_ == self.plan.drop_round:
             acked = self.link.stats.transfers_acked  # the upload is the next transfer acked
             self.loop.call_soon_threadsafe(
@@ -207,24 +212,13 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
     if plan.drop_at in ("keys", "mask"):
         say(f"{identity.party_id}: will vanish during the {plan.drop_at} stage (--drop)")
     rows: list[RoundRow] = []
+    from threshold_fl.federation import learner_client
+
     async with mqtt_transport(manifest, identity, broker) as link:
         run = _ClientRun(plan, link, say, report)
-        client: FederatedClient | None = None
-
-        def train(round_: int, model: Any) -> Any:
-            started = time.perf_counter()
-            trained = learner.train(round_, model, client.mask if client else None)
-            run.train_s = time.perf_counter() - started
-            run.trained(round_)
-            return trained
-
-        def sensitivity() -> Any:
-            if plan.drop_at == "mask":
-                _die()
-            return learner.sensitivity()
-
-        client = FederatedClient(manifest, identity, link, samples=len(learner.data),
-                                 train=train, sensitivity=sensitivity, on_event=run.on_event)
+        client = learner_client(manifest, identity, link, learner, on_event=run.on_event,
+                                after_training=run.trained,
+                                before_sensitivity=run.before_sensitivity)
         if plan.drop_at == "keys":
             asyncio.get_running_loop().call_later(0.5, _die)
         async with client:

@@ -15,11 +15,13 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from protocols import Manifest
 from threshold_fl._checks import bounded
 from threshold_fl.errors import ThresholdFLError
+from threshold_fl.identity import Identity
 from threshold_fl.party import (
     DROP_STAGES,
     ClientPlan,
@@ -72,24 +74,26 @@ def _run(prog: str, args: argparse.Namespace, work: object) -> int:
     return 0
 
 
-def aggregator_main(argv: Sequence[str] | None = None) -> int:
-    args = _common("aggregator", "Run the aggregation server.").parse_args(argv)
+def _serve(prog: str, summary: str, argv: Sequence[str] | None,
+           runner: Callable[[Manifest, Identity, BrokerConfig], Awaitable[object]]) -> int:
+    """A party with no options beyond the common ones: load, connect, run."""
+    args = _common(prog, summary).parse_args(argv)
 
     async def work() -> None:
         manifest, identity = load_party(args.manifest, args.identity, args.fingerprint)
-        await run_aggregator(manifest, identity, _broker(args))
+        await runner(manifest, identity, _broker(args))
 
-    return _run("aggregator", args, work())
+    return _run(prog, args, work())
+
+
+def aggregator_main(argv: Sequence[str] | None = None) -> int:
+    return _serve("aggregator", "Run the aggregation server.", argv,
+                  lambda manifest, identity, broker: run_aggregator(manifest, identity, broker))
 
 
 def key_authority_main(argv: Sequence[str] | None = None) -> int:
-    args = _common("key-authority", "Run single-key mode's key authority.").parse_args(argv)
-
-    async def work() -> None:
-        manifest, identity = load_party(args.manifest, args.identity, args.fingerprint)
-        await run_key_authority(manifest, identity, _broker(args))
-
-    return _run("key-authority", args, work())
+    return _serve("key-authority", "Run single-key mode's key authority.", argv,
+                  run_key_authority)
 
 
 def client_main(argv: Sequence[str] | None = None) -> int:
