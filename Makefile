@@ -15,12 +15,15 @@ export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 
 # Extra arguments for pytest, e.g. make test PYTEST_ARGS="-k layering -x"
 PYTEST_ARGS ?=
+# Extra arguments for the demo, e.g. make demo DEMO_ARGS="--model mlp --rounds 2"
+# (threshold-fl demo --help lists them)
+DEMO_ARGS ?=
 LINT_PATHS := threshold_fl protocols transports $(wildcard examples/*.py)
 
 .PHONY: help setup demo test lint bench clean distclean
 
 help:
-	@echo "make demo       run the in-process demo (examples/demo_inprocess.py)"
+	@echo "make demo       a federation as separate processes over MQTT (threshold-fl demo)"
 	@echo "make test       run the test suite"
 	@echo "make lint       ruff + mypy (strict)"
 	@echo "make bench      crypto microbenchmarks (examples/bench_crypto.py)"
@@ -32,8 +35,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 demo: setup
-	@test -f examples/demo_inprocess.py || { echo "make demo: examples/demo_inprocess.py is missing" >&2; exit 1; }
-	$(PY) examples/demo_inprocess.py
+	$(PY) -m threshold_fl.cli demo $(DEMO_ARGS)
 
 # pytest exit status 5 means "no tests collected": a failure for us, not a pass.
 test: setup
@@ -50,7 +52,7 @@ bench: setup
 	$(PY) examples/bench_crypto.py
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results demo-report
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -36,10 +37,13 @@ def federation(tmp_path: Path, *, rounds: int, upload_s: float = 60.0,
 
 
 def run_parties(tmp_path: Path, url: str, manifest: Path,
-                extra: dict[str, list[str]] | None = None) -> dict[str, subprocess.Popen[str]]:
+                extra: dict[str, list[str]] | None = None, *, server: Sequence[str] = ()
+                ) -> dict[str, subprocess.Popen[str]]:
+    """Run the aggregator (with *server* options) and the clients (with their *extra*
+    options) to the end; fail the test if any of them hangs."""
     common = ["--manifest", str(manifest), "--broker", url]
     processes = {"server": subprocess.Popen(
-        command("aggregator", *common, "--identity", str(tmp_path / "server")),
+        command("aggregator", *common, "--identity", str(tmp_path / "server"), *server),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)}
     for client in CLIENTS:
         argv = ["client", *common, "--identity", str(tmp_path / client), "--model", "mlp",

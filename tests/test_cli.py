@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -30,15 +32,24 @@ def test_unknown_arguments_are_an_error() -> None:
     assert info.value.code == 2
 
 
-def test_demo_runs_a_threshold_round_within_the_bound(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["demo", "--clients", "2", "--steps", "2"]) == 0
+def _example(name: str) -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_threshold_round_example_is_within_the_bound(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _example("threshold_round").main(["--clients", "2", "--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "within the bound: yes" in out and "decryption noise flooding" in out
 
 
-def test_demo_rejects_bad_options() -> None:
+def test_threshold_round_example_rejects_bad_options() -> None:
     with pytest.raises(SystemExit) as info:
-        cli.main(["demo", "--clients", "0"])
+        _example("threshold_round").main(["--clients", "0"])
     assert info.value.code == 2
 
 

@@ -5,17 +5,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mqtt_fixtures import broker  # noqa: F401  (pytest fixture)
 from party_helpers import CLIENTS, federation, rows, run_parties
 
+from protocols import Manifest
+from threshold_fl.identity import PartyId
+from threshold_fl.party import ClientPlan, client_learner
+from threshold_fl.rounds import RoundRow
 from transports.broker import MosquittoBroker
 
 
-def test_three_client_processes_agree_on_every_global_model(
+def plaintext_fedavg(manifest: Manifest, round_: int, start: np.ndarray | None) -> np.ndarray:
+    """FedAvg of the three clients' local training from *start*, in the clear: what the
+    encrypted round must reproduce up to the CKKS error."""
+    trained, weights = [], []
+    for client in CLIENTS:
+        learner, _ = client_learner(manifest, PartyId(client), ClientPlan(model="mlp"))
+        trained.append(learner.train(round_, start))
+        weights.append(len(learner.data))
+    return np.average(np.stack(trained), axis=0, weights=np.asarray(weights, dtype=float))
+
+
+def test_three_client_processes_match_plaintext_fedavg(
         tmp_path: Path, broker: MosquittoBroker) -> None:  # noqa: F811
-    manifest = federation(tmp_path, rounds=2)
-    processes = run_parties(tmp_path, broker.url, manifest)
+    manifest_path = federation(tmp_path, rounds=2)
+    models = tmp_path / "c1-models"
+    processes = run_parties(tmp_path, broker.url, manifest_path,
+                            {"c1": ["--save-models", str(models)]},
+                            server=["--report", str(tmp_path / "server.jsonl")])
     outputs = {name: process.stdout.read() if process.stdout else ""
                for name, process in processes.items()}
     assert all(p.returncode == 0 for p in processes.values()), outputs
@@ -28,6 +47,21 @@ def test_three_client_processes_agree_on_every_global_model(
         assert max(losses) - min(losses) < 1e-9
     assert reports["c1"][-1]["accuracy"] > 0.8
     assert "finished 2 round(s); dropped: none" in outputs["server"]
+    # Each round's decrypted global model is FedAvg of that round's local training,
+    # recomputed here in the clear from the previous decrypted global model.
+    manifest = Manifest.load(manifest_path)
+    previous = None
+    for round_ in (1, 2):
+        decrypted = np.load(models / f"global-round-{round_}.npy")
+        expected = plaintext_fedavg(manifest, round_, previous)
+        assert np.max(np.abs(decrypted - expected)) < 1e-6
+        previous = decrypted
+    # the rows carry per-stage seconds and the aggregator's rows count contributors
+    assert set(reports["c1"][0]["stage_s"]) == {"train", "encrypt", "decrypt"}
+    server_rows = [RoundRow.from_json(line)
+                   for line in (tmp_path / "server.jsonl").read_text().splitlines()]
+    assert [(row.round, row.contributors) for row in server_rows] == [(1, 3), (2, 3)]
+    assert all(row.stage_s["aggregate"] > 0 for row in server_rows)
 
 
 @pytest.mark.parametrize("stage", ["after-upload", "before-upload"])

@@ -6,7 +6,7 @@ are slow to load), and parses the rest of the command line itself:
 - ``init-party`` and ``manifest``: set up a federation (:mod:`threshold_fl.setup_cli`);
 - ``aggregator``, ``client``, ``key-authority``: run one party against an MQTT broker
   (:mod:`threshold_fl.party_cli`);
-- ``demo``: the in-process threshold FedAvg demo (:mod:`threshold_fl.demo`);
+- ``demo``: a whole federation as separate processes over a broker (:mod:`threshold_fl.demo`);
 - ``train``: federated training on the digits through the whole protocol
   (:mod:`threshold_fl.train`);
 - ``attack``: the gradient-inversion privacy evaluation (:mod:`threshold_fl.privacy_eval`);
@@ -35,7 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "client": ("threshold_fl.party_cli:client_main", "run a client against a broker"),
     "key-authority": ("threshold_fl.party_cli:key_authority_main",
                       "run single-key mode's key authority against a broker"),
-    "demo": ("threshold_fl.demo:main", "one threshold FedAvg round in this process"),
+    "demo": ("threshold_fl.demo:main",
+             "a federation as separate processes over MQTT, with a plaintext baseline"),
     "train": ("threshold_fl.train:main", "federated training on the digits, one row per round"),
     "attack": ("threshold_fl.privacy_eval:main",
                "DLG gradient-inversion attack vs selective encryption"),

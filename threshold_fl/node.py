@@ -87,6 +87,10 @@ class SessionSummary:
     rounds: int = 0
     dropped: dict[str, str] = field(default_factory=dict)
     rejected: int = 0  # messages discarded (duplicates, late, forged...)
+    #: Seconds the state machine spent on each kind of work: "receive" (checking and
+    #: handling peers' messages: aggregation at the aggregator, partial decryption and
+    #: fusion at clients), "update" and "sensitivity" (encrypting the client's own).
+    compute_s: dict[str, float] = field(default_factory=dict)
     bytes_sent: int = 0
     events: list[Event] = field(default_factory=list, repr=False)
 
@@ -188,15 +192,20 @@ class Node:
 
     async def _handle(self, kind: str, value: Any) -> None:
         now = self._clock()
-        if kind == "bytes":
-            try:
-                step = await asyncio.to_thread(self.machine.receive, value, now)
-            except MessageRejected as exc:
-                self.summary.rejected += 1
-                log.info("%s discarded a message: %s", self.machine.me, exc)
-                return
-        else:
-            step = await self._submit(kind, value, now)
+        work = "receive" if kind == "bytes" else kind
+        try:
+            if kind == "bytes":
+                try:
+                    step = await asyncio.to_thread(self.machine.receive, value, now)
+                except MessageRejected as exc:
+                    self.summary.rejected += 1
+                    log.info("%s discarded a message: %s", self.machine.me, exc)
+                    return
+            else:
+                step = await self._submit(kind, value, now)
+        finally:
+            spent = self._clock() - now
+            self.summary.compute_s[work] = self.summary.compute_s.get(work, 0.0) + spent
         await self._feed(step)
 
     async def _submit(self, kind: str, value: Any, now: float) -> Step:

@@ -10,12 +10,11 @@ row per round and can append JSON lines to a report file.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,11 @@ from protocols.events import Event, RoundCompleted, UpdateNeeded
 from threshold_fl.errors import AuthenticationError, ParameterError, ThresholdFLError
 from threshold_fl.identity import Identity, PartyId
 from threshold_fl.node import Aggregator, KeyAuthority
+from threshold_fl.rounds import RoundRow
 from transports.broker import BrokerConfig
 from transports.mqtt import MqttOptions, MqttTransport
 
-__all__ = ["ClientPlan", "RoundRow", "mqtt_transport", "run_aggregator", "run_client",
+__all__ = ["ClientPlan", "client_learner", "mqtt_transport", "run_aggregator", "run_client",
            "run_key_authority"]
 
 DROP_STAGES = ("keys", "mask", "before-upload", "after-upload")
@@ -61,18 +61,52 @@ def _check_role(manifest: Manifest, identity: Identity, role: str) -> None:
                              f"not a {role}; start it with 'threshold-fl {actual}'")
 
 
+class _RoundMeter:
+    """Per-round deltas of a party's clock, bytes and compute time, turned into rows that
+    are printed and, with a report file, appended as JSON lines."""
+
+    def __init__(self, party: str, link: MqttTransport, say: Callable[[str], None],
+                 report: Path | None) -> None:
+        self.party, self.link, self.say, self.report = party, link, say, report
+        self.last_time, self.last_sent, self.last_received = time.perf_counter(), 0, 0
+        self.last_compute: dict[str, float] = {}
+
+    def spent(self, compute_s: dict[str, float], work: str) -> float:
+        """Seconds of *work* since the previous row."""
+        return compute_s.get(work, 0.0) - self.last_compute.get(work, 0.0)
+
+    def row(self, round_: int, compute_s: dict[str, float], stage_s: dict[str, float],
+            **scores: Any) -> RoundRow:
+        now, stats = time.perf_counter(), self.link.stats
+        row = RoundRow(self.party, round_, now - self.last_time,
+                       stats.bytes_sent - self.last_sent,
+                       stats.bytes_received - self.last_received, stage_s, **scores)
+        self.last_time, self.last_sent = now, stats.bytes_sent
+        self.last_received, self.last_compute = stats.bytes_received, dict(compute_s)
+        self.say(row.line())
+        if self.report is not None:
+            with self.report.open("a", encoding="utf-8") as file:
+                file.write(row.as_json() + "\n")
+        return row
+
+
 async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerConfig,
-                         *, say: Callable[[str], None] = print) -> dict[str, Any]:
+                         *, report: Path | None = None,
+                         say: Callable[[str], None] = print) -> dict[str, Any]:
     _check_role(manifest, identity, "aggregator")
     started = time.perf_counter()
-
-    def on_event(event: Event) -> None:
-        if isinstance(event, RoundCompleted):
-            say(f"aggregator: round {event.round} done with {len(event.contributors)} "
-                f"client(s) at {time.perf_counter() - started:.1f} s")
-
     async with mqtt_transport(manifest, identity, broker) as link:
-        summary = await Aggregator(manifest, identity, link, on_event=on_event).run()
+        meter = _RoundMeter(str(identity.party_id), link, say, report)
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, RoundCompleted):
+                compute_s = aggregator.summary.compute_s
+                meter.row(event.round, compute_s,
+                          {"aggregate": meter.spent(compute_s, "receive")},
+                          contributors=len(event.contributors))
+
+        aggregator = Aggregator(manifest, identity, link, on_event=on_event)
+        summary = await aggregator.run()
         stats = link.stats
     say(f"aggregator: finished {summary.rounds} round(s); dropped: "
         f"{summary.dropped or 'none'}; {stats.bytes_sent / 1e6:.1f} MB sent, "
@@ -111,26 +145,9 @@ class ClientPlan:
             raise ParameterError(f"drop stage must be one of {DROP_STAGES}, got {self.drop_at!r}")
 
 
-@dataclass(frozen=True)
-class RoundRow:
-    party: str
-    round: int
-    accuracy: float
-    loss: float
-    encrypted_fraction: float
-    bytes_up: int
-    bytes_down: int
-    train_s: float
-    round_s: float
-
-    def line(self) -> str:
-        return (f"{self.party}: round {self.round:>3}  accuracy {self.accuracy:7.2%}  "
-                f"loss {self.loss:.4f}  encrypted {self.encrypted_fraction:6.2%}  "
-                f"up {self.bytes_up / 1e6:7.2f} MB  down {self.bytes_down / 1e6:7.2f} MB  "
-                f"train {self.train_s:5.1f} s  round {self.round_s:5.1f} s")
-
-
-def _learner(manifest: Manifest, identity: Identity, plan: ClientPlan) -> tuple[Any, Any]:
+def client_learner(manifest: Manifest, party: PartyId, plan: ClientPlan) -> tuple[Any, Any]:
+    """Client *party*'s :class:`~threshold_fl.ml.LocalLearner` under *plan* and the test
+    split: every process derives the same split and initial model from the plan."""
     from threshold_fl.federation import client_datasets  # torch: clients only
     from threshold_fl.ml.learner import LocalLearner
     from threshold_fl.ml.models import build_model
@@ -139,7 +156,7 @@ def _learner(manifest: Manifest, identity: Identity, plan: ClientPlan) -> tuple[
 
     parts, test = client_datasets(plan.model, len(manifest.clients), plan.split, plan.alpha,
                                   plan.data_seed)
-    position = manifest.client_ids.index(identity.party_id)
+    position = manifest.client_ids.index(party)
     noise = None if plan.dp_scale is None else LaplaceNoise(plan.dp_scale, plan.dp_clip)
     learner = LocalLearner(
         build_model(plan.model, seed=plan.data_seed), parts[position],
@@ -160,13 +177,12 @@ def _die() -> None:
 
 
 class _ClientRun:
-    """Per-round bookkeeping and the scripted self-kill of one client process."""
+    """The scripted self-kill of one client process (``--drop-at``) and its training time."""
 
-    def __init__(self, plan: ClientPlan, link: MqttTransport, say: Callable[[str], None],
-                 report: Path | None) -> None:
-        self.plan, self.link, self.say, self.report = plan, link, say, report
+    def __init__(self, plan: ClientPlan, link: MqttTransport) -> None:
+        self.plan, self.link = plan, link
         self.loop = asyncio.get_running_loop()
-        self.last_time, self.last_up, self.last_down, self.train_s = time.perf_counter(), 0, 0, 0.0
+        self.train_s = 0.0
 
     def on_event(self, event: Event) -> None:
         stage = self.plan.drop_at
@@ -191,31 +207,32 @@ class _ClientRun:
             await asyncio.sleep(0.05)
         _die()
 
-    def row(self, party: str, round_: int, scores: Any, fraction: float) -> RoundRow:
-        now, stats = time.perf_counter(), self.link.stats
-        row = RoundRow(party, round_, scores.accuracy, scores.loss, fraction,
-                       stats.bytes_sent - self.last_up, stats.bytes_received - self.last_down,
-                       self.train_s, now - self.last_time)
-        self.last_time, self.last_up, self.last_down = now, stats.bytes_sent, stats.bytes_received
-        self.say(row.line())
-        if self.report is not None:
-            with self.report.open("a", encoding="utf-8") as file:
-                file.write(json.dumps(asdict(row)) + "\n")
-        return row
+
+def _save_model(directory: Path, round_: int, model: Any) -> None:
+    import numpy as np
+
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / f"global-round-{round_}.npy", np.asarray(model, dtype=np.float64))
 
 
 async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfig,
                      plan: ClientPlan, *, report: Path | None = None,
+                     save_models: Path | None = None,
                      say: Callable[[str], None] = print) -> list[RoundRow]:
+    """Train and take part until the session ends; one row per round.  With
+    *save_models*, each round's decrypted global model is saved there as a flat
+    float64 vector (``global-round-N.npy``; :func:`threshold_fl.ml.restore_state`
+    turns it back into a state dict)."""
     _check_role(manifest, identity, "client")
-    learner, test = _learner(manifest, identity, plan)
+    learner, test = client_learner(manifest, identity.party_id, plan)
     if plan.drop_at in ("keys", "mask"):
         say(f"{identity.party_id}: will vanish during the {plan.drop_at} stage (--drop)")
     rows: list[RoundRow] = []
     from threshold_fl.federation import learner_client
 
     async with mqtt_transport(manifest, identity, broker) as link:
-        run = _ClientRun(plan, link, say, report)
+        run = _ClientRun(plan, link)
+        meter = _RoundMeter(str(identity.party_id), link, say, report)
         client = learner_client(manifest, identity, link, learner, on_event=run.on_event,
                                 after_training=run.trained,
                                 before_sensitivity=run.before_sensitivity)
@@ -223,9 +240,17 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
             asyncio.get_running_loop().call_later(0.5, _die)
         async with client:
             async for result in client.rounds():
+                if save_models is not None:
+                    _save_model(save_models, result.round, result.model)
                 scores = learner.evaluate(result.model, test)
-                fraction = client.mask.fraction if client.mask is not None else 0.0
-                rows.append(run.row(identity.party_id, result.round, scores, fraction))
+                compute_s = client.summary.compute_s
+                stage_s = {"train": run.train_s, "encrypt": meter.spent(compute_s, "update"),
+                           "decrypt": meter.spent(compute_s, "receive")}
+                fraction = (client.mask.fraction if client.mask is not None
+                            and manifest.mode is not Mode.PLAINTEXT else 0.0)
+                rows.append(meter.row(result.round, compute_s, stage_s,
+                                      accuracy=scores.accuracy, loss=scores.loss,
+                                      encrypted_fraction=fraction))
     return rows
 
 

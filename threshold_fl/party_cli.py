@@ -74,10 +74,14 @@ def _run(prog: str, args: argparse.Namespace, work: object) -> int:
     return 0
 
 
-def _serve(prog: str, summary: str, argv: Sequence[str] | None,
+def _report_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--report", type=Path, default=None,
+                        help="append one JSON line per round to this file")
+
+
+def _serve(prog: str, args: argparse.Namespace,
            runner: Callable[[Manifest, Identity, BrokerConfig], Awaitable[object]]) -> int:
-    """A party with no options beyond the common ones: load, connect, run."""
-    args = _common(prog, summary).parse_args(argv)
+    """Load the manifest and identity, connect, run *runner*."""
 
     async def work() -> None:
         manifest, identity = load_party(args.manifest, args.identity, args.fingerprint)
@@ -87,13 +91,16 @@ def _serve(prog: str, summary: str, argv: Sequence[str] | None,
 
 
 def aggregator_main(argv: Sequence[str] | None = None) -> int:
-    return _serve("aggregator", "Run the aggregation server.", argv,
-                  lambda manifest, identity, broker: run_aggregator(manifest, identity, broker))
+    parser = _common("aggregator", "Run the aggregation server.")
+    _report_option(parser)
+    args = parser.parse_args(argv)
+    return _serve("aggregator", args, lambda manifest, identity, broker: run_aggregator(
+        manifest, identity, broker, report=args.report))
 
 
 def key_authority_main(argv: Sequence[str] | None = None) -> int:
-    return _serve("key-authority", "Run single-key mode's key authority.", argv,
-                  run_key_authority)
+    args = _common("key-authority", "Run single-key mode's key authority.").parse_args(argv)
+    return _serve("key-authority", args, run_key_authority)
 
 
 def client_main(argv: Sequence[str] | None = None) -> int:
@@ -109,21 +116,23 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sensitivity-samples", type=bounded(int, 1, 10_000), default=32)
     parser.add_argument("--dp-scale", type=bounded(float, 1e-9), default=None)
     parser.add_argument("--dp-clip", type=bounded(float, 1e-9), default=1.0)
-    parser.add_argument("--report", type=Path, default=None,
-                        help="append one JSON line per round to this file")
+    _report_option(parser)
+    parser.add_argument("--save-models", type=Path, default=None, metavar="DIR",
+                        help="save each round's global model in DIR as global-round-N.npy")
     parser.add_argument("--drop-at", choices=DROP_STAGES, default=None,
                         help="testing: kill this process (SIGKILL) at this stage")
     parser.add_argument("--drop-round", type=bounded(int, 1), default=1)
     args = parser.parse_args(argv)
 
-    async def work() -> None:
-        manifest, identity = load_party(args.manifest, args.identity, args.fingerprint)
+    def client(manifest: Manifest, identity: Identity, broker: BrokerConfig
+               ) -> Awaitable[object]:
         plan = ClientPlan(model=args.model, epochs=int(args.epochs), learning_rate=args.lr,
                           batch_size=int(args.batch_size), split=args.split, alpha=args.alpha,
                           data_seed=int(args.data_seed),
                           sensitivity_samples=int(args.sensitivity_samples),
                           dp_scale=args.dp_scale, dp_clip=args.dp_clip, drop_at=args.drop_at,
                           drop_round=int(args.drop_round))
-        await run_client(manifest, identity, _broker(args), plan, report=args.report)
+        return run_client(manifest, identity, broker, plan, report=args.report,
+                          save_models=args.save_models)
 
-    return _run("client", args, work())
+    return _serve("client", args, client)

@@ -1,0 +1,156 @@
+"""One row per FedAvg round: what the commands print and write as JSON lines.
+
+A client's row carries the global model's test accuracy and loss and its own bytes and
+stage times; the aggregator's row its bytes and aggregation time; the in-process
+federation and the demo write one row for the whole federation.  ``threshold-fl
+client --report`` and ``aggregator --report`` append rows as JSON lines, which the
+demo reads back (with :func:`read_rows`, which checks every field) to draw its table
+and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from threshold_fl.errors import ParameterError
+
+__all__ = ["STAGES", "RoundRow", "combine_rows", "header", "read_rows"]
+
+#: Stage times a row may carry: local training, encrypting the own update, the
+#: aggregator's homomorphic sum, partial decryption and fusion of the global model.
+STAGES = ("train", "encrypt", "aggregate", "decrypt")
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    """One round as *party* saw it.  ``seconds`` is wall-clock since the previous row
+    (round 1: since the session began, so it includes key and mask agreement);
+    ``bytes_sent``/``bytes_received`` likewise."""
+
+    party: str
+    round: int
+    seconds: float
+    bytes_sent: int
+    bytes_received: int
+    stage_s: Mapping[str, float] = field(default_factory=dict)
+    accuracy: float | None = None
+    loss: float | None = None
+    encrypted_fraction: float | None = None
+    contributors: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.party, str) or not self.party:
+            raise ParameterError(f"round row: party must be a non-empty string, got {self.party!r}")
+        _check_number(self.round, "round", integer=True, minimum=1)
+        _check_number(self.seconds, "seconds")
+        _check_number(self.bytes_sent, "bytes_sent", integer=True)
+        _check_number(self.bytes_received, "bytes_received", integer=True)
+        for stage, seconds in self.stage_s.items():
+            if stage not in STAGES:
+                raise ParameterError(f"round row: unknown stage {stage!r}; stages are {STAGES}")
+            _check_number(seconds, f"stage_s[{stage}]")
+        for name in ("accuracy", "encrypted_fraction"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_number(value, name, maximum=1.0)
+        if self.loss is not None:
+            _check_number(self.loss, "loss")
+        if self.contributors is not None:
+            _check_number(self.contributors, "contributors", integer=True)
+
+    def line(self) -> str:
+        """The table row under :func:`header`."""
+        def optional(value: float | None, spec: str, width: int) -> str:
+            return f"{value:{width}{spec}}" if value is not None else f"{'-':>{width}}"
+
+        stages = "  ".join(optional(self.stage_s.get(stage), ".1f", len(stage))
+                           for stage in STAGES)
+        return (f"{self.party:<10} {self.round:>5}  {optional(self.accuracy, '.2%', 8)}  "
+                f"{optional(self.loss, '.4f', 7)}  {optional(self.encrypted_fraction, '.2%', 9)}"
+                f"  {self.bytes_sent / 1e6:>8.2f}  {self.bytes_received / 1e6:>8.2f}  {stages}"
+                f"  {self.seconds:>7.1f}")
+
+    def as_json(self) -> str:
+        data = asdict(self)
+        data["stage_s"] = dict(self.stage_s)
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> RoundRow:
+        """Parse one JSON line; :class:`ParameterError` names what is wrong."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ParameterError(f"round row is not JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ParameterError("round row must be a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ParameterError(f"round row has unknown fields {sorted(unknown)}")
+        if not isinstance(data.get("stage_s", {}), dict):
+            raise ParameterError("round row: stage_s must be an object")
+        try:
+            return cls(**data)
+        except TypeError as error:  # a required field is missing
+            raise ParameterError(f"round row: {error}") from None
+
+
+def header() -> str:
+    """Column titles for :meth:`RoundRow.line`."""
+    stages = "  ".join(f"{stage:>{len(stage)}}" for stage in STAGES)
+    return (f"{'party':<10} {'round':>5}  {'accuracy':>8}  {'loss':>7}  {'encrypted':>9}  "
+            f"{'MB sent':>8}  {'MB recv':>8}  {stages}  {'round s':>7}")
+
+
+def _check_number(value: Any, name: str, *, integer: bool = False, minimum: float = 0.0,
+                  maximum: float = math.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            integer and not isinstance(value, int)):
+        raise ParameterError(f"round row: {name} must be a{'n integer' if integer else ' number'}"
+                             f", got {value!r}")
+    if not (math.isfinite(value) and minimum <= value <= maximum):
+        raise ParameterError(f"round row: {name} must be in [{minimum}, {maximum}], got {value}")
+
+
+def read_rows(path: Path) -> list[RoundRow]:
+    """Every row of a JSON-lines report (none if the file does not exist yet)."""
+    if not path.exists():
+        return []
+    rows = []
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            rows.append(RoundRow.from_json(text))
+        except ParameterError as error:
+            raise ParameterError(f"{path}, line {number}: {error}") from None
+    return rows
+
+
+def combine_rows(party: str, rows: Iterable[RoundRow]) -> RoundRow:
+    """One federation-wide row from the parties' rows of one round: bytes add up, each
+    stage takes its slowest party (they run in parallel), accuracy and loss come from
+    the first row that has them (every client decrypts the same global model).  The
+    round's seconds are the shortest party's: round 1 as the last party to be ready
+    saw it, which leaves out the other processes' start-up."""
+    rows = list(rows)
+    if not rows or len({row.round for row in rows}) != 1:
+        raise ParameterError("combine_rows needs rows of one round")
+    stage_s: dict[str, float] = {}
+    for row in rows:
+        for stage, seconds in row.stage_s.items():
+            stage_s[stage] = max(stage_s.get(stage, 0.0), seconds)
+    scored = next((row for row in rows if row.accuracy is not None), None)
+    contributors = [row.contributors for row in rows if row.contributors is not None]
+    return RoundRow(
+        party, rows[0].round, min(row.seconds for row in rows),
+        sum(row.bytes_sent for row in rows), sum(row.bytes_received for row in rows), stage_s,
+        accuracy=scored.accuracy if scored else None, loss=scored.loss if scored else None,
+        encrypted_fraction=scored.encrypted_fraction if scored else None,
+        contributors=contributors[0] if contributors else None)
