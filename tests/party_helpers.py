@@ -5,8 +5,10 @@ broker, and their per-round JSON-lines reports read back."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,28 +38,65 @@ def federation(tmp_path: Path, *, rounds: int, upload_s: float = 60.0,
     return manifest
 
 
+Processes = dict[str, "subprocess.Popen[str]"]
+
+
+def start_parties(tmp_path: Path, url: str, manifest: Path,
+                  extra: dict[str, list[str]] | None = None, *, server: Sequence[str] = (),
+                  everyone: Sequence[str] = ()) -> Processes:
+    """Start the aggregator (with *server* options) and the clients (with their *extra*
+    options), all with *everyone*'s, without waiting.  Each one's stdout and stderr go to
+    ``<party>.out``: a file, not a pipe, so no process blocks on a full pipe while the
+    test waits, and unbuffered, so the output up to a hang is kept."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    common = ["--manifest", str(manifest), "--broker", url, *everyone]
+    argvs = {"server": ["aggregator", *common, "--identity", str(tmp_path / "server"),
+                        *server]}
+    for client in CLIENTS:
+        argvs[client] = ["client", *common, "--identity", str(tmp_path / client),
+                         "--model", "mlp", "--report", str(tmp_path / f"{client}.jsonl"),
+                         *(extra or {}).get(client, [])]
+    processes = {}
+    for name, argv in argvs.items():
+        with (tmp_path / f"{name}.out").open("w") as out:
+            processes[name] = subprocess.Popen(command(*argv), stdout=out,
+                                               stderr=subprocess.STDOUT, text=True, env=env)
+    return processes
+
+
+def wait_all(processes: Processes, timeout: float) -> list[str]:
+    """Wait for every process until a shared deadline; kill and name those still running."""
+    deadline = time.monotonic() + timeout
+    hung = []
+    for name, process in processes.items():
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            hung.append(name)
+    for name in hung:
+        processes[name].kill()
+        processes[name].wait()
+    return hung
+
+
 def run_parties(tmp_path: Path, url: str, manifest: Path,
                 extra: dict[str, list[str]] | None = None, *, server: Sequence[str] = ()
-                ) -> dict[str, subprocess.Popen[str]]:
-    """Run the aggregator (with *server* options) and the clients (with their *extra*
-    options) to the end; fail the test if any of them hangs."""
-    common = ["--manifest", str(manifest), "--broker", url]
-    processes = {"server": subprocess.Popen(
-        command("aggregator", *common, "--identity", str(tmp_path / "server"), *server),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)}
-    for client in CLIENTS:
-        argv = ["client", *common, "--identity", str(tmp_path / client), "--model", "mlp",
-                "--report", str(tmp_path / f"{client}.jsonl"), *(extra or {}).get(client, [])]
-        processes[client] = subprocess.Popen(command(*argv), stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, text=True)
-    for process in processes.values():
-        try:
-            process.wait(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            for other in processes.values():
-                other.kill()
-            pytest.fail("a party process hung")
+                ) -> Processes:
+    """:func:`start_parties`, then wait for all of them; fail the test if any hangs."""
+    processes = start_parties(tmp_path, url, manifest, extra, server=server)
+    hung = wait_all(processes, TIMEOUT_S)
+    if hung:
+        pytest.fail(f"{hung} hung:\n{outputs_text(tmp_path, processes)}")
     return processes
+
+
+def output(tmp_path: Path, name: str) -> str:
+    return (tmp_path / f"{name}.out").read_text(errors="replace")
+
+
+def outputs_text(tmp_path: Path, processes: Processes) -> str:
+    return "\n".join(f"--- {name} (exit {p.returncode})\n{output(tmp_path, name)}"
+                     for name, p in processes.items())
 
 
 def rows(tmp_path: Path, client: str) -> list[dict[str, float]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mqtt_fixtures import broker  # noqa: F401  (pytest fixture)
-from party_helpers import CLIENTS, federation, rows, run_parties
+from party_helpers import CLIENTS, federation, output, rows, run_parties
 
 from protocols import Manifest
 from threshold_fl.identity import PartyId
@@ -35,8 +35,7 @@ def test_three_client_processes_match_plaintext_fedavg(
     processes = run_parties(tmp_path, broker.url, manifest_path,
                             {"c1": ["--save-models", str(models)]},
                             server=["--report", str(tmp_path / "server.jsonl")])
-    outputs = {name: process.stdout.read() if process.stdout else ""
-               for name, process in processes.items()}
+    outputs = {name: output(tmp_path, name) for name in processes}
     assert all(p.returncode == 0 for p in processes.values()), outputs
     reports = {client: rows(tmp_path, client) for client in CLIENTS}
     assert all(len(report) == 2 for report in reports.values()), reports
@@ -70,8 +69,7 @@ def test_a_client_killed_in_round_one_does_not_stop_the_round(
     manifest = federation(tmp_path, rounds=2, upload_s=20.0, decrypt_s=15.0)
     processes = run_parties(tmp_path, broker.url, manifest,
                             {"c3": ["--drop-at", stage, "--drop-round", "1"]})
-    outputs = {name: process.stdout.read() if process.stdout else ""
-               for name, process in processes.items()}
+    outputs = {name: output(tmp_path, name) for name in processes}
     assert processes["c3"].returncode == -9  # SIGKILL, as scripted
     for name in ("server", "c1", "c2"):
         assert processes[name].returncode == 0, outputs

@@ -17,8 +17,8 @@ def test_train_prints_one_row_per_round_and_writes_json(
                      "--epochs", "2", "--lr", "0.1", "--baseline", "--json", str(report)])
     out = capsys.readouterr().out
     assert code == 0
-    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert [row[0] for row in rows] == ["1", "2", "1", "2"]  # threshold, then the baseline
+    rows = [line.split() for line in out.splitlines() if line.startswith("federation ")]
+    assert [row[1] for row in rows] == ["1", "2", "1", "2"]  # threshold, then the baseline
     assert "plaintext FedAvg, same seed" in out and "gap" in out
     data = json.loads(report.read_text())
     assert [entry["config"]["mode"] for entry in data] == ["threshold", "plaintext"]

@@ -31,9 +31,10 @@ from threshold_fl.ml.models import MODELS, build_model
 from threshold_fl.ml.privacy import LaplaceNoise, PrivacyBudget, privacy_budget
 from threshold_fl.ml.training import LocalTraining
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
+from threshold_fl.rounds import RoundRow
 from transports import MemoryHub, Transport
 
-__all__ = ["FederationConfig", "FederationReport", "RoundRecord", "client_datasets",
+__all__ = ["FederationConfig", "FederationReport", "client_datasets",
            "learner_client", "run_federation"]
 
 SPLITS = ("iid", "dirichlet")
@@ -71,27 +72,18 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
-class RoundRecord:
-    round: int
-    accuracy: float
-    loss: float
-    seconds: float
-    bytes_sent: int  # all bytes the parties sent for this round (incl. set-up for round 1)
-    encrypted_fraction: float
-
-
-@dataclass(frozen=True)
 class FederationReport:
     config: FederationConfig
     parameters: int
-    records: tuple[RoundRecord, ...]
+    records: tuple[RoundRow, ...]
     seconds: float
     bytes_sent: int
     privacy: PrivacyBudget | None
 
     @property
     def final_accuracy(self) -> float:
-        return self.records[-1].accuracy if self.records else float("nan")
+        accuracy = self.records[-1].accuracy if self.records else None
+        return float("nan") if accuracy is None else accuracy
 
 
 def client_datasets(model: str, clients: int, split: str, alpha: float, seed: int
@@ -126,7 +118,7 @@ def _manifest(config: FederationConfig, identities: dict[str, Identity], names: 
 
 
 async def run_federation(
-    config: FederationConfig, *, on_round: Callable[[RoundRecord], None] | None = None,
+    config: FederationConfig, *, on_round: Callable[[RoundRow], None] | None = None,
 ) -> FederationReport:
     """Run *config* to the end and report each round's test accuracy, time and bytes."""
     parts, test = client_datasets(config.model, config.clients, config.split, config.alpha,
@@ -142,7 +134,7 @@ async def run_federation(
     manifest = _manifest(config, identities, names, learners[0])
     hub = MemoryHub()
     started = time.perf_counter()
-    records: list[RoundRecord] = []
+    records: list[RoundRow] = []
     observer = _Observer(hub, started, test, learners[0], records, on_round)
     async with hub.connect("server") as server_link:
         aggregator = Aggregator(manifest, identities["server"], server_link)
@@ -165,7 +157,7 @@ class _Observer:
     """Evaluates each global model as the first client receives it."""
 
     def __init__(self, hub: MemoryHub, started: float, test: ClientData, learner: LocalLearner,
-                 records: list[RoundRecord], on_round: Callable[[RoundRecord], None] | None
+                 records: list[RoundRow], on_round: Callable[[RoundRow], None] | None
                  ) -> None:
         self.hub, self.last_time, self.test, self.learner = hub, started, test, learner
         self.records, self.on_round = records, on_round
@@ -176,9 +168,11 @@ class _Observer:
         self.mask = client.mask
         scores = self.learner.evaluate(model, self.test)
         now, sent = time.perf_counter(), self.hub.stats.sent_bytes
-        fraction = client.mask.fraction if client.mask is not None else 0.0
-        record = RoundRecord(round_, scores.accuracy, scores.loss, now - self.last_time,
-                             sent - self.last_bytes, fraction)
+        fraction = client.encrypted_fraction
+        # one hub carries every message: what the parties sent is what they received
+        record = RoundRow("federation", round_, now - self.last_time, sent - self.last_bytes,
+                          sent - self.last_bytes, accuracy=scores.accuracy, loss=scores.loss,
+                          encrypted_fraction=fraction)
         self.last_time, self.last_bytes = now, sent
         self.records.append(record)
         if self.on_round is not None:

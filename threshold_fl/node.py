@@ -39,6 +39,7 @@ from protocols import (
     Finished,
     KeyAuthorityMachine,
     Manifest,
+    Mode,
     PartyDropped,
     RoundCompleted,
     SensitivityNeeded,
@@ -298,6 +299,15 @@ class FederatedClient(Node):
         """The agreed encryption mask (True = encrypted), or None before mask agreement.
         Training callbacks use it, e.g. to add local-DP noise to the plaintext part."""
         return self._client.mask
+
+    @property
+    def encrypted_fraction(self) -> float:
+        """Share of the coordinates this client sends encrypted: 0 before mask agreement
+        and in plaintext mode (which agrees on a mask but encrypts nothing)."""
+        mask = self._client.mask
+        if mask is None or self._client.manifest.mode is Mode.PLAINTEXT:
+            return 0.0
+        return mask.fraction
 
     async def rounds(self) -> AsyncIterator[RoundResult]:
         """Each round's global model as it completes; ends when the session ends."""

@@ -91,11 +91,11 @@ class _RoundMeter:
 
 
 async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerConfig,
-                         *, report: Path | None = None,
+                         *, options: MqttOptions | None = None, report: Path | None = None,
                          say: Callable[[str], None] = print) -> dict[str, Any]:
     _check_role(manifest, identity, "aggregator")
     started = time.perf_counter()
-    async with mqtt_transport(manifest, identity, broker) as link:
+    async with mqtt_transport(manifest, identity, broker, options) as link:
         meter = _RoundMeter(str(identity.party_id), link, say, report)
 
         def on_event(event: Event) -> None:
@@ -116,10 +116,10 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
             "seconds": time.perf_counter() - started}
 
 
-async def run_key_authority(manifest: Manifest, identity: Identity, broker: BrokerConfig
-                            ) -> None:
+async def run_key_authority(manifest: Manifest, identity: Identity, broker: BrokerConfig,
+                            *, options: MqttOptions | None = None) -> None:
     _check_role(manifest, identity, "key_authority")
-    async with mqtt_transport(manifest, identity, broker) as link:
+    async with mqtt_transport(manifest, identity, broker, options) as link:
         await KeyAuthority(manifest, identity, link).run()
 
 
@@ -216,8 +216,8 @@ def _save_model(directory: Path, round_: int, model: Any) -> None:
 
 
 async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfig,
-                     plan: ClientPlan, *, report: Path | None = None,
-                     save_models: Path | None = None,
+                     plan: ClientPlan, *, options: MqttOptions | None = None,
+                     report: Path | None = None, save_models: Path | None = None,
                      say: Callable[[str], None] = print) -> list[RoundRow]:
     """Train and take part until the session ends; one row per round.  With
     *save_models*, each round's decrypted global model is saved there as a flat
@@ -230,7 +230,7 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
     rows: list[RoundRow] = []
     from threshold_fl.federation import learner_client
 
-    async with mqtt_transport(manifest, identity, broker) as link:
+    async with mqtt_transport(manifest, identity, broker, options) as link:
         run = _ClientRun(plan, link)
         meter = _RoundMeter(str(identity.party_id), link, say, report)
         client = learner_client(manifest, identity, link, learner, on_event=run.on_event,
@@ -246,11 +246,9 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
                 compute_s = client.summary.compute_s
                 stage_s = {"train": run.train_s, "encrypt": meter.spent(compute_s, "update"),
                            "decrypt": meter.spent(compute_s, "receive")}
-                fraction = (client.mask.fraction if client.mask is not None
-                            and manifest.mode is not Mode.PLAINTEXT else 0.0)
                 rows.append(meter.row(result.round, compute_s, stage_s,
                                       accuracy=scores.accuracy, loss=scores.loss,
-                                      encrypted_fraction=fraction))
+                                      encrypted_fraction=client.encrypted_fraction))
     return rows
 
 

@@ -31,6 +31,7 @@ from threshold_fl.party import (
     run_key_authority,
 )
 from transports.broker import BrokerConfig
+from transports.mqtt import MqttOptions
 
 __all__ = ["aggregator_main", "client_main", "key_authority_main"]
 
@@ -50,6 +51,9 @@ def _common(prog: str, summary: str) -> argparse.ArgumentParser:
     parser.add_argument("--ca-file", default=None, help="TLS: CA certificate (mqtts)")
     parser.add_argument("--cert-file", default=None, help="TLS: client certificate")
     parser.add_argument("--key-file", default=None, help="TLS: client key")
+    parser.add_argument("--give-up-after", type=bounded(float, 0.1, 86_400.0), default=60.0,
+                        metavar="SECONDS",
+                        help="leave when the broker stays unreachable this long (default 60)")
     parser.add_argument("--verbose", action="store_true", help="log protocol details")
     return parser
 
@@ -79,13 +83,16 @@ def _report_option(parser: argparse.ArgumentParser) -> None:
                         help="append one JSON line per round to this file")
 
 
-def _serve(prog: str, args: argparse.Namespace,
-           runner: Callable[[Manifest, Identity, BrokerConfig], Awaitable[object]]) -> int:
+Runner = Callable[[Manifest, Identity, BrokerConfig, MqttOptions], Awaitable[object]]
+
+
+def _serve(prog: str, args: argparse.Namespace, runner: Runner) -> int:
     """Load the manifest and identity, connect, run *runner*."""
 
     async def work() -> None:
         manifest, identity = load_party(args.manifest, args.identity, args.fingerprint)
-        await runner(manifest, identity, _broker(args))
+        await runner(manifest, identity, _broker(args),
+                     MqttOptions(give_up_after=args.give_up_after))
 
     return _run(prog, args, work())
 
@@ -94,13 +101,14 @@ def aggregator_main(argv: Sequence[str] | None = None) -> int:
     parser = _common("aggregator", "Run the aggregation server.")
     _report_option(parser)
     args = parser.parse_args(argv)
-    return _serve("aggregator", args, lambda manifest, identity, broker: run_aggregator(
-        manifest, identity, broker, report=args.report))
+    return _serve("aggregator", args, lambda manifest, identity, broker, options: (
+        run_aggregator(manifest, identity, broker, options=options, report=args.report)))
 
 
 def key_authority_main(argv: Sequence[str] | None = None) -> int:
     args = _common("key-authority", "Run single-key mode's key authority.").parse_args(argv)
-    return _serve("key-authority", args, run_key_authority)
+    return _serve("key-authority", args, lambda manifest, identity, broker, options: (
+        run_key_authority(manifest, identity, broker, options=options)))
 
 
 def client_main(argv: Sequence[str] | None = None) -> int:
@@ -124,15 +132,15 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drop-round", type=bounded(int, 1), default=1)
     args = parser.parse_args(argv)
 
-    def client(manifest: Manifest, identity: Identity, broker: BrokerConfig
-               ) -> Awaitable[object]:
+    def client(manifest: Manifest, identity: Identity, broker: BrokerConfig,
+               options: MqttOptions) -> Awaitable[object]:
         plan = ClientPlan(model=args.model, epochs=int(args.epochs), learning_rate=args.lr,
                           batch_size=int(args.batch_size), split=args.split, alpha=args.alpha,
                           data_seed=int(args.data_seed),
                           sensitivity_samples=int(args.sensitivity_samples),
                           dp_scale=args.dp_scale, dp_clip=args.dp_clip, drop_at=args.drop_at,
                           drop_round=int(args.drop_round))
-        return run_client(manifest, identity, broker, plan, report=args.report,
-                          save_models=args.save_models)
+        return run_client(manifest, identity, broker, plan, options=options,
+                          report=args.report, save_models=args.save_models)
 
     return _serve("client", args, client)

@@ -25,16 +25,15 @@ from threshold_fl.federation import (
     SPLITS,
     FederationConfig,
     FederationReport,
-    RoundRecord,
     run_federation,
 )
 from threshold_fl.ml.models import MODELS
 from threshold_fl.ml.privacy import LaplaceNoise
 from threshold_fl.ml.training import LocalTraining
+from threshold_fl.rounds import header
 
 __all__ = ["main"]
 
-_HEADER = f"{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'encrypted':>9}  {'MB sent':>8}  {'s':>6}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,17 +76,11 @@ def _config(args: argparse.Namespace, mode: str) -> FederationConfig:
         noise=noise, seed=int(args.seed))
 
 
-def _row(record: RoundRecord) -> str:
-    return (f"{record.round:>5}  {record.accuracy:>8.2%}  {record.loss:>7.4f}  "
-            f"{record.encrypted_fraction:>9.2%}  {record.bytes_sent / 1e6:>8.1f}  "
-            f"{record.seconds:>6.1f}")
-
-
 def _run(config: FederationConfig) -> FederationReport:
     print(f"\n{config.mode}: {config.model}, {config.clients} clients, {config.rounds} rounds",
           flush=True)
-    print(_HEADER, flush=True)
-    return asyncio.run(run_federation(config, on_round=lambda r: print(_row(r), flush=True)))
+    print(header(), flush=True)
+    return asyncio.run(run_federation(config, on_round=lambda r: print(r.line(), flush=True)))
 
 
 def _as_json(report: FederationReport) -> dict[str, object]:

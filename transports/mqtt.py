@@ -13,9 +13,10 @@ Every message travels as a signed chunked transfer (:mod:`transports.chunks`) wh
 frames carry all metadata, so plain MQTT 3.1.1 suffices.  Each frame is acked by the
 receiver: aiomqtt ignores PUBACK reason codes and a broker may silently drop a message
 (mosquitto does for oversized ones on 3.1.1), so only an end-to-end ack proves arrival.
-The sender keeps at most ``window`` frames unacked, retransmits after ``ack_timeout_s``
-(times ``backoff`` per try) and gives up on a transfer after ``max_tries`` (logged and
-counted: delivery stays best effort, as :mod:`transports.base` promises).
+The sender keeps at most ``window`` frames per recipient unacked, retransmits after
+``ack_timeout_s`` (times ``backoff`` per try) and gives up on a transfer after
+``max_tries`` (logged and counted: delivery stays best effort, as :mod:`transports.base`
+promises); that bookkeeping is the sans-I/O :class:`~transports.window.SendWindow`.
 
 A lost broker connection is retried with capped exponential backoff; subscriptions are
 renewed and unacked frames resent.  If the broker stays away for ``give_up_after``
@@ -31,7 +32,7 @@ import logging
 import math
 import os
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -50,7 +51,6 @@ from threshold_fl.errors import (
 from transports.broker import TOPIC_ROOT, BrokerConfig, topic
 from transports.chunks import (
     DEFAULT_CHUNK_SIZE,
-    MANIFEST_SEQ,
     TRANSFER_ID_SIZE,
     ChunkPlan,
     Reassembler,
@@ -61,6 +61,7 @@ from transports.chunks import (
     decode_ack,
     validate_id,
 )
+from transports.window import OutgoingTransfer, SendWindow
 
 if TYPE_CHECKING:
     from transports.base import Transport
@@ -135,143 +136,6 @@ class MqttStats:
 _COUNTERS = tuple(f for f in MqttStats.__dataclass_fields__ if f != "last_rejections")
 
 
-# --------------------------------------------------------------------------- sending
-
-
-@dataclass(eq=False)
-class _Out:
-    """One transfer being sent; frame index 0 is the manifest, i > 0 is chunk i - 1."""
-
-    transfer: Transfer
-    published: asyncio.Future[None]  # set once every frame went out at least once
-    next_index: int = 0
-    unacked: int = 0
-    failed: bool = False
-
-    @property
-    def frames(self) -> int:
-        return self.transfer.count + 1
-
-
-@dataclass(eq=False)
-class _InFlight:
-    out: _Out
-    seq: int
-    last: bool
-    tries: int = 1
-    deadline: float = math.inf  # inf while being published: no timer runs yet
-
-
-class _Outbox:
-    """Window, retransmission and give-up bookkeeping; no I/O, the clock is passed in."""
-
-    def __init__(self, options: MqttOptions, counts: Counter[str]) -> None:
-        self._opt, self._counts = options, counts
-        self._queue: deque[_Out] = deque()
-        self._inflight: OrderedDict[tuple[bytes, int], _InFlight] = OrderedDict()
-
-    @property
-    def idle(self) -> bool:
-        return not self._queue and not self._inflight
-
-    def add(self, out: _Out) -> None:
-        out.unacked = out.frames
-        self._queue.append(out)
-
-    def next_frame(self, now: float) -> _InFlight | None:
-        """A due retransmission first (oldest first), else a new frame if the window allows."""
-        for frame in list(self._inflight.values()):
-            if frame.deadline > now or frame.out.failed:  # failed: removed by _give_up
-                continue
-            if frame.tries >= self._opt.max_tries:
-                what = "manifest" if frame.seq == MANIFEST_SEQ else f"chunk {frame.seq}"
-                self._give_up(frame.out, f"{what} unacked after {frame.tries} tries")
-                continue
-            frame.tries += 1
-            frame.deadline = math.inf
-            self._counts["retransmits"] += 1
-            return frame
-        # The window is per recipient: a peer that died must not stall the others.
-        busy = Counter(f.out.transfer.recipient for f in self._inflight.values())
-        for out in list(self._queue):
-            if out.failed:
-                self._queue.remove(out)
-                continue
-            if busy[out.transfer.recipient] >= self._opt.window:
-                continue
-            index = out.next_index
-            out.next_index += 1
-            if out.next_index == out.frames:
-                self._queue.remove(out)
-            seq = MANIFEST_SEQ if index == 0 else index - 1
-            frame = _InFlight(out, seq, last=out.next_index == out.frames)
-            self._inflight[(out.transfer.transfer_id, seq)] = frame
-            return frame
-        return None
-
-    def release(self, recipient: str) -> None:
-        """``recipient`` went offline: let senders waiting on it go on.  Its frames stay
-        and are retried (at once if it comes back), so a short outage loses nothing."""
-        outs = [f.out for f in self._inflight.values()] + list(self._queue)
-        for out in outs:
-            if out.transfer.recipient == recipient and not out.published.done():
-                out.published.set_result(None)
-
-    def sent(self, frame: _InFlight, now: float) -> None:
-        """Start the ack timer of a frame that just went out (unless already acked)."""
-        if self._inflight.get((frame.out.transfer.transfer_id, frame.seq)) is frame:
-            frame.deadline = now + self._opt.ack_timeout_s * self._opt.backoff ** (frame.tries - 1)
-        if frame.last and not frame.out.published.done():
-            frame.out.published.set_result(None)
-
-    def ack(self, transfer_id: bytes, seq: int) -> bool:
-        """Drop an acked frame; False for an ack of nothing we wait for (late, duplicate)."""
-        frame = self._inflight.pop((transfer_id, seq), None)
-        if frame is None:
-            return False
-        frame.out.unacked -= 1
-        if frame.out.unacked == 0:
-            self._counts["transfers_acked"] += 1
-        return True
-
-    def resume(self, now: float) -> None:
-        """After a reconnect, resend every unacked frame at once."""
-        for frame in self._inflight.values():
-            frame.deadline = now
-
-    def kick(self, recipient: str, now: float) -> bool:
-        """``recipient`` (re)appeared: resend its unacked frames now, with fresh tries,
-        since what it missed while away says nothing about the path now."""
-        frames = [f for f in self._inflight.values() if f.out.transfer.recipient == recipient]
-        for frame in frames:
-            frame.deadline, frame.tries = now, 1
-        return bool(frames)
-
-    def next_deadline(self) -> float | None:
-        deadlines = [f.deadline for f in self._inflight.values() if f.deadline < math.inf]
-        return min(deadlines, default=None)
-
-    def abort(self) -> None:
-        """Forget everything (transport closed or failed) and release waiting senders."""
-        outs = [f.out for f in self._inflight.values()] + list(self._queue)
-        self._inflight.clear()
-        self._queue.clear()
-        for out in outs:
-            if not out.published.done():
-                out.published.set_result(None)
-
-    def _give_up(self, out: _Out, why: str) -> None:
-        t = out.transfer
-        _LOG.warning("gave up on transfer %s to %r: %s", t.transfer_id.hex()[:12],
-                     t.recipient, why)
-        out.failed = True
-        self._counts["transfers_failed"] += 1
-        for key in [k for k, f in self._inflight.items() if f.out is out]:
-            del self._inflight[key]
-        if not out.published.done():
-            out.published.set_result(None)
-
-
 # --------------------------------------------------------------------------- transport
 
 
@@ -322,7 +186,10 @@ class MqttTransport:
         self._reassembler = Reassembler(party_id, session, verify, self.options.limits)
         self._counts: Counter[str] = Counter()
         self._rejections: deque[str] = deque(maxlen=10)
-        self._outbox = _Outbox(self.options, self._counts)
+        self._window = SendWindow(window=self.options.window,
+                                  ack_timeout_s=self.options.ack_timeout_s,
+                                  backoff=self.options.backoff, max_tries=self.options.max_tries)
+        self._senders: dict[OutgoingTransfer, asyncio.Future[None]] = {}  # waiting send()s
         self._inbox: asyncio.Queue[bytes | _Stop] = asyncio.Queue()
         self._peers: dict[str, bool] = {}
         self._wake = asyncio.Event()  # new frames to send or acks that freed the window
@@ -346,6 +213,9 @@ class MqttTransport:
     @property
     def stats(self) -> MqttStats:
         counts = {name: self._counts[name] for name in _COUNTERS}
+        window = self._window  # it counts what it decides: retransmits, acks, give-ups
+        counts.update(retransmits=window.retransmits, transfers_acked=window.transfers_acked,
+                      transfers_failed=window.transfers_failed)
         return MqttStats(**counts, last_rejections=tuple(self._rejections))
 
     def online_peers(self) -> frozenset[str]:
@@ -387,19 +257,20 @@ class MqttTransport:
             raise ParameterError(f"payload of {len(data)} bytes exceeds max_payload "
                                  f"{self.options.limits.max_payload}")
         plan = await self._plan(bytes(data))
+        self._check_usable()  # it may have failed or closed while a big plan was hashed
         loop = asyncio.get_running_loop()
-        outs = [_Out(self._transfer(plan, r), loop.create_future()) for r in targets]
-        for out in outs:
-            self._outbox.add(out)
+        outs = [self._window.add(self._transfer(plan, r)) for r in targets]
+        waiters = {out: loop.create_future() for out in outs}
+        self._senders.update(waiters)
         self._counts["messages_sent"] += len(outs)
         self._counts["bytes_sent"] += len(outs) * plan.total
         self._wake.set()
-        for out in outs:
-            if self._peers.get(out.transfer.recipient) is not False:  # offline: don't wait
-                await out.published
+        for out, waiter in waiters.items():
+            if self._peers.get(out.recipient) is not False:  # offline: don't wait
+                await waiter
         if self._failure is not None:
             raise self._failure
-        if self._closed and any(o.next_index < o.frames and not o.failed for o in outs):
+        if self._closed and any(not o.all_handed_out and o.failure is None for o in outs):
             raise TransportClosed(f"party {self._party_id!r}: closed while sending")
 
     async def receive(self) -> bytes:
@@ -426,7 +297,8 @@ class MqttTransport:
             except asyncio.TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
-        self._outbox.abort()
+        self._window.abort()
+        self._settle()
         self._queue_stop()
 
     async def __aenter__(self) -> MqttTransport:
@@ -488,12 +360,23 @@ class MqttTransport:
         self._connected.clear()
         _LOG.error("%s", error)
         self._failure = error
-        self._outbox.abort()
+        self._window.abort()
+        self._settle()
         self._queue_stop()
+
+    def _settle(self) -> None:
+        """Act on what the window decided: wake released senders, log give-ups."""
+        for out in self._window.take_released():
+            waiter = self._senders.pop(out, None)
+            if waiter is not None and not waiter.done():  # done: its send() was cancelled
+                waiter.set_result(None)
+        for out in self._window.take_given_up():
+            _LOG.warning("gave up on transfer %s to %r: %s",
+                         out.transfer.transfer_id.hex()[:12], out.recipient, out.failure)
 
     async def _linger(self) -> None:
         deadline = self._now() + self.options.close_linger_s
-        while not self._outbox.idle and self._connected.is_set() and self._now() < deadline:
+        while not self._window.idle and self._connected.is_set() and self._now() < deadline:
             await asyncio.sleep(0.02)
 
     def _presence_payload(self, online: bool) -> bytes:
@@ -596,21 +479,23 @@ class MqttTransport:
                                  self._presence_payload(False), qos=1, retain=True, timeout=2)
 
     async def _pump(self, client: aiomqtt.Client) -> None:
-        self._outbox.resume(self._now())
+        self._window.resume(self._now())
         while True:
             self._wake.clear()
-            frame = self._outbox.next_frame(self._now())
+            frame = self._window.next_frame(self._now())
+            self._settle()  # finding the next frame may have given transfers up
             if frame is None:
-                deadline = self._outbox.next_deadline()
+                deadline = self._window.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self._now())
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
-            data = frame.out.transfer.frame(frame.seq)
-            await client.publish(self._topic("to", frame.out.transfer.recipient), data, qos=1)
+            data = frame.transfer.transfer.frame(frame.seq)
+            await client.publish(self._topic("to", frame.transfer.recipient), data, qos=1)
             self._counts["frames_sent"] += 1
             self._counts["frame_bytes_sent"] += len(data)
-            self._outbox.sent(frame, self._now())
+            self._window.sent(frame, self._now())
+            self._settle()
 
     # ----------------------------------------------------------------- receiving
 
@@ -664,7 +549,7 @@ class MqttTransport:
             transfer_id, seq = decode_ack(frame)
         except FrameError as exc:
             return self._reject(f"on the ack topic: {exc}")
-        if self._outbox.ack(transfer_id, seq):
+        if self._window.ack(transfer_id, seq):
             self._wake.set()
 
     def _reject(self, reason: str) -> None:
@@ -684,10 +569,11 @@ class MqttTransport:
             return
         if party == self._party_id:
             return
-        if online and self._outbox.kick(party, self._now()):  # re-announced: resend to it
+        if online and self._window.kick(party, self._now()):  # re-announced: resend to it
             self._wake.set()
         if not online:
-            self._outbox.release(party)
+            self._window.release(party)
+            self._settle()
         if self._peers.get(party) == online:
             return
         self._peers[party] = online
