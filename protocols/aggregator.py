@@ -535,9 +535,19 @@ class AggregatorMachine(Machine[AggregatorState]):
         if sender not in self.alive and not (authority and sender == authority.party_id):
             raise UnexpectedMessage(f"abort from {sender!r}, who is not an active party")
         assert isinstance(message.body, Abort)
-        reason = f"left the session: {message.body.reason}"
-        step = self._drop([sender], reason)
-        return step.extend(self._after_drop(now))
+        return self._leave(sender, f"left the session: {message.body.reason}", now)
+
+    def party_offline(self, party: PartyId, now: float) -> Step:
+        """The transport saw *party* go offline (an MQTT Last Will): drop it now, as if
+        it had left, instead of at the stage's deadline.  Before the join deadline, after
+        the session, or for a party not taking part, nothing happens."""
+        if self.state in self.TERMINAL or self.state in (A.IDLE, A.JOINING) or (
+                party not in self.alive):
+            return Step()
+        return self._leave(party, "went offline (its connection to the broker ended)", now)
+
+    def _leave(self, party: PartyId, reason: str, now: float) -> Step:
+        return self._drop([party], reason).extend(self._after_drop(now))
 
     def _abort(self, reason: str) -> Step:
         self.state = A.ABORTED

@@ -52,7 +52,7 @@ from protocols.aggregator import AggregatorState
 from protocols.authority import KeyAuthorityState
 from protocols.client import ClientState
 from protocols.codec import decode_message, encode_message
-from protocols.events import Event, SensitivityNeeded, Step, UpdateNeeded
+from protocols.events import Event, PartyDropped, SensitivityNeeded, Step, UpdateNeeded
 from protocols.messages import (
     BODY_TYPES,
     Abort,
@@ -506,3 +506,41 @@ def test_every_message_type_in_state(scenario: Scenario) -> None:
         f"{_id(scenario)}: {len(failures)} probes failed:\n" + "\n".join(failures)
     )
     assert outcomes["rejected"] > 0 and sum(outcomes.values()) >= len(BODY_TYPES)
+
+
+# ---------------------------------------------------- the transport says a client is gone
+AGGREGATOR_SCENARIOS = [s for s in SCENARIOS if s.party == AGGREGATOR]
+
+
+@pytest.mark.parametrize("scenario", AGGREGATOR_SCENARIOS, ids=_id)
+def test_a_client_seen_offline_in_state(scenario: Scenario) -> None:
+    """``party_offline`` in every aggregator state: while the session runs the client is
+    dropped at once, not at the deadline; before the join deadline and after the end it
+    changes nothing.  The session then ends as it does without that client."""
+    net = reach(scenario)
+    machine = net.aggregator
+    alive = [client for client in machine.alive if client not in net.dead]
+    victim = alive[-1] if alive else "client3"
+    before = snapshot(machine)
+    net.kill(victim)
+    step = machine.party_offline(victim, net.now)
+    if scenario.state in (A.IDLE, A.JOINING) or scenario.state in machine.TERMINAL:
+        assert not step.sends and not step.events
+        assert not changed(before, snapshot(machine))
+        return
+    assert "went offline" in machine.dropped[victim]
+    assert [e.party for e in step.events if isinstance(e, PartyDropped)] == [victim]
+    again = machine.party_offline(victim, net.now)  # a repeated report changes nothing
+    assert not again.sends and not again.events
+    net._apply(AGGREGATOR, step)
+    net.run()
+    survivors = [client for client in net.clients if client not in net.dead]
+    if len(survivors) < net.manifest.threshold:
+        assert net.aborted(AGGREGATOR) is not None
+        return
+    assert net.finished(AGGREGATOR), net.aborted(AGGREGATOR)
+    for event in net.completed_rounds(AGGREGATOR):
+        expected = net.expected_global(event.round, event.contributors)
+        for name in survivors:
+            model = next(r.model for r in net.completed_rounds(name) if r.round == event.round)
+            assert model is not None and np.abs(model - expected).max() <= 2e-6

@@ -47,7 +47,7 @@ from protocols import (
     UpdateNeeded,
 )
 from threshold_fl.errors import MessageRejected, SessionAborted, TransportError
-from threshold_fl.identity import Identity
+from threshold_fl.identity import Identity, PartyId
 from threshold_fl.ml.mask import EncryptionMask
 from transports import Transport
 
@@ -376,6 +376,18 @@ class Aggregator(Node):
     ) -> None:
         machine = AggregatorMachine(manifest, identity, randomness, weights=weights)
         super().__init__(machine, transport, **options)
+        self._aggregator = machine
+
+    def party_offline(self, party: str) -> None:
+        """Tell the aggregator that the transport saw *party* go offline (e.g. its MQTT
+        Last Will), so that it is dropped now rather than at the stage deadline.  Call it
+        from the event loop while the node runs."""
+        self._spawn(self._inbox.put(("offline", party)), f"offline {party}")
+
+    async def _submit(self, kind: str, value: Any, now: float) -> Step:
+        if kind == "offline":
+            return self._aggregator.party_offline(PartyId(value), now)
+        return await super()._submit(kind, value, now)
 
 
 class KeyAuthority(Node):

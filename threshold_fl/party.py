@@ -31,6 +31,8 @@ __all__ = ["ClientPlan", "client_learner", "mqtt_transport", "run_aggregator", "
            "run_key_authority"]
 
 DROP_STAGES = ("keys", "mask", "before-upload", "after-upload")
+#: A client seen offline this long (its MQTT Last Will, no reconnect) is dropped at once.
+PRESENCE_GRACE_S = 2.0
 
 
 def mqtt_transport(manifest: Manifest, identity: Identity, broker: BrokerConfig,
@@ -95,7 +97,20 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
                          say: Callable[[str], None] = print) -> dict[str, Any]:
     _check_role(manifest, identity, "aggregator")
     started = time.perf_counter()
-    async with mqtt_transport(manifest, identity, broker, options) as link:
+    loop = asyncio.get_running_loop()
+
+    def on_presence(party: str, online: bool) -> None:
+        if not online and party in manifest.client_ids:
+            loop.call_later(PRESENCE_GRACE_S, still_offline, party)
+
+    def still_offline(party: str) -> None:
+        # A blip (a reconnect, a broker restart) is forgiven; gone for the grace time is
+        # a dropout, handled now rather than at the stage deadline.
+        if party not in link.online_peers():
+            say(f"aggregator: {party} went offline")
+            aggregator.party_offline(party)
+
+    async with mqtt_transport(manifest, identity, broker, options, on_presence) as link:
         meter = _RoundMeter(str(identity.party_id), link, say, report)
 
         def on_event(event: Event) -> None:
