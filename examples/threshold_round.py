@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from threshold_fl.bench import Timings
+from threshold_fl.bench.crypto import Timings
 from threshold_fl.crypto import (
     WeightedSum,
     combine_public_shares,

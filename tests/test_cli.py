@@ -55,7 +55,8 @@ def test_threshold_round_example_rejects_bad_options() -> None:
 
 def test_bench_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "bench.json"
-    assert cli.main(["bench", "--sizes", "100", "--parties", "2", "--output", str(output)]) == 0
+    assert cli.main(["bench", "crypto", "--sizes", "100", "--parties", "2",
+                     "--output", str(output)]) == 0
     data = json.loads(output.read_text())
     modes = {row["mode"] for row in data["rounds"]}
     assert modes == {"single-key", "threshold"}

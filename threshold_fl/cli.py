@@ -10,7 +10,7 @@ are slow to load), and parses the rest of the command line itself:
 - ``train``: federated training on the digits through the whole protocol
   (:mod:`threshold_fl.train`);
 - ``attack``: the gradient-inversion privacy evaluation (:mod:`threshold_fl.privacy_eval`);
-- ``bench``: the crypto microbenchmark (:mod:`threshold_fl.bench`).
+- ``bench SUITE``: benchmarks (:mod:`threshold_fl.bench`).
 
 ``threshold-fl --version`` prints the version.
 """
@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("threshold_fl.train:main", "federated training on the digits, one row per round"),
     "attack": ("threshold_fl.privacy_eval:main",
                "DLG gradient-inversion attack vs selective encryption"),
-    "bench": ("threshold_fl.bench:main", "single-key vs threshold crypto microbenchmark"),
+    "bench": ("threshold_fl.bench:main", "benchmarks: bench crypto, bench peers"),
 }
 
 

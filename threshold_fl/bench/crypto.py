@@ -230,7 +230,8 @@ def write_json(path: Path, results: list[RoundResult], extra: dict[str, object])
 def main(argv: Sequence[str] | None = None) -> int:
     """Print one row per (vector length, N, mode) and write a JSON file."""
     parser = argparse.ArgumentParser(
-        prog="threshold-fl bench", description="Single-key vs threshold CKKS microbenchmark."
+        prog="threshold-fl bench crypto",
+        description="Single-key vs threshold CKKS microbenchmark."
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_660_000])
     parser.add_argument("--parties", type=int, nargs="+", default=[2, 3, 5])

@@ -1,0 +1,52 @@
+"""``threshold-fl bench SUITE`` and the peers suite: ours vs FLARE's TenSEAL round on the
+same vectors (real OpenFHE, real TenSEAL, small vectors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from threshold_fl.bench.peers import CNN_LENGTH, layer_sizes, measure
+from threshold_fl.cli import main as cli_main
+
+
+def test_peers_suite_writes_markdown_json_and_png(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["bench", "peers", "--lengths", "101", "5000", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "peers.json").read_text())
+    systems = [(row["system"], row["values"]) for row in data["rows"]]
+    assert systems == [(system, length) for length in (101, 5000) for system in
+                       ("ours, threshold", "ours, single-key", "FLARE (TenSEAL)")]
+    assert data["machine"]["cores"] >= 1 and data["machine"]["tenseal"]
+    markdown = (tmp_path / "peers.md").read_text()
+    assert "Measured on" in markdown and "| FLARE (TenSEAL) | 5,000 |" in markdown
+    assert (tmp_path / "peers.png").read_bytes()[:4] == b"\x89PNG"
+    assert "HE compute is" in capsys.readouterr().out
+
+
+def test_every_system_averages_the_same_vectors_correctly() -> None:
+    rows = measure(3000, clients=3, seed=1)
+    assert len(rows) == 3
+    for row in rows:
+        assert row.max_error < 1e-5, row  # all three decrypt the same weighted average
+        assert row.he_compute_s >= row.aggregate_s > 0
+    by_system = {row.system: row for row in rows}
+    # one CKKS ciphertext carries at most N values; FLARE packs N/2 = 4096 reals into
+    # two 40-60-bit limbs, at least 2 * 2 * 8192 * 100 bits / 4096 values = 100 bytes
+    # before compression; SEAL's zstd gets it to about half: more than 40 B/value.
+    assert by_system["FLARE (TenSEAL)"].upload_bytes_per_value > 40
+
+
+def test_the_cnn_vector_is_split_like_the_paper_cnn() -> None:
+    sizes = layer_sizes(CNN_LENGTH)
+    assert sum(sizes) == CNN_LENGTH and len(sizes) == 8
+    assert layer_sizes(5000) == [5000]
+
+
+def test_an_unknown_suite_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main(["bench", "everything"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

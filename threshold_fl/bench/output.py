@@ -1,0 +1,75 @@
+"""Where benchmark figures go: one folder per run with ``SUITE.md``, ``SUITE.json`` and
+plots, each recording the machine it was measured on."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["machine_info", "markdown_table", "write_suite"]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return round(pages * page_size / 2**30, 1)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and library versions, recorded with every figure."""
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
+            "python": platform.python_version(), "system": platform.platform(),
+            "openfhe": _version("openfhe"), "tenseal": _version("tenseal"),
+            "threshold_fl": _version("threshold-fl")}
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table; numbers right-aligned."""
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|")
+
+    numeric = [all(isinstance(row[i], int | float) for row in rows) for i in range(len(columns))]
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---:" if right else "---" for right in numeric) + "|"]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_suite(folder: Path, suite: str, title: str, table: str, data: dict[str, Any],
+                notes: str = "") -> tuple[Path, Path]:
+    """Write ``SUITE.md`` (title, machine, table, notes) and ``SUITE.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    described = (f"Measured on {machine['cpu']} ({machine['cores']} cores, "
+                 f"{machine['memory_gib']} GiB), Python {machine['python']}, "
+                 f"OpenFHE {machine['openfhe']}, TenSEAL {machine['tenseal']}.")
+    markdown = f"# {title}\n\n{described}\n\n{table}\n" + (f"\n{notes}\n" if notes else "")
+    markdown_path, json_path = folder / f"{suite}.md", folder / f"{suite}.json"
+    markdown_path.write_text(markdown, encoding="utf-8")
+    json_path.write_text(json.dumps({"suite": suite, "machine": machine, **data}, indent=2)
+                         + "\n", encoding="utf-8")
+    return markdown_path, json_path
