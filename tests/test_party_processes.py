@@ -11,6 +11,7 @@ from mqtt_fixtures import broker  # noqa: F401  (pytest fixture)
 from party_helpers import CLIENTS, federation, output, rows, run_parties
 
 from protocols import Manifest
+from threshold_fl.cli import main as cli_main
 from threshold_fl.identity import PartyId
 from threshold_fl.party import ClientPlan, client_learner
 from threshold_fl.rounds import RoundRow
@@ -79,3 +80,20 @@ def test_a_client_killed_in_round_one_does_not_stop_the_round(
     assert survivors[0][-1]["loss"] == pytest.approx(survivors[1][-1]["loss"], abs=1e-9)
     # seen offline through its Last Will, not at a stage deadline
     assert "dropped: {'c3': 'went offline" in outputs["server"], outputs["server"]
+
+
+@pytest.mark.parametrize(("command_name", "party", "actual"), [
+    ("key-authority", "server", "aggregator"),
+    ("aggregator", "c1", "client"),
+    ("client", "server", "aggregator"),
+])
+def test_a_party_started_with_the_wrong_command_is_told_which_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command_name: str, party: str,
+        actual: str) -> None:
+    manifest = federation(tmp_path, rounds=1)
+    capsys.readouterr()
+    argv = [command_name, "--manifest", str(manifest), "--identity", str(tmp_path / party),
+            "--broker", "mqtt://127.0.0.1:1"]  # refused before any connection
+    assert cli_main([*argv, "--model", "mlp"] if command_name == "client" else argv) == 1
+    assert (f"is the {actual} in this manifest, not a {command_name}; start it with "
+            f"'threshold-fl {actual}'") in capsys.readouterr().err

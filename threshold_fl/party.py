@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocols import Manifest, Mode
+from protocols import Manifest, Mode, Role
 from protocols.events import Event, RoundCompleted, UpdateNeeded
 from threshold_fl.errors import AuthenticationError, ParameterError, ThresholdFLError
 from threshold_fl.identity import Identity, PartyId
@@ -56,11 +56,11 @@ def mqtt_transport(manifest: Manifest, identity: Identity, broker: BrokerConfig,
                          verify=verify, options=options, on_presence=on_presence)
 
 
-def _check_role(manifest: Manifest, identity: Identity, role: str) -> None:
-    actual = manifest.role_of(identity.party_id).value
-    if actual != role:
-        raise ParameterError(f"{identity.party_id!r} is the {actual} in this manifest, "
-                             f"not a {role}; start it with 'threshold-fl {actual}'")
+def _check_role(manifest: Manifest, identity: Identity, role: Role) -> None:
+    actual = manifest.role_of(identity.party_id)
+    if actual is not role:  # the Role's value is also the command's name
+        raise ParameterError(f"{identity.party_id!r} is the {actual.value} in this manifest, "
+                             f"not a {role.value}; start it with 'threshold-fl {actual.value}'")
 
 
 class _RoundMeter:
@@ -95,7 +95,7 @@ class _RoundMeter:
 async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerConfig,
                          *, options: MqttOptions | None = None, report: Path | None = None,
                          say: Callable[[str], None] = print) -> dict[str, Any]:
-    _check_role(manifest, identity, "aggregator")
+    _check_role(manifest, identity, Role.AGGREGATOR)
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
 
@@ -133,7 +133,7 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
 
 async def run_key_authority(manifest: Manifest, identity: Identity, broker: BrokerConfig,
                             *, options: MqttOptions | None = None) -> None:
-    _check_role(manifest, identity, "key_authority")
+    _check_role(manifest, identity, Role.KEY_AUTHORITY)
     async with mqtt_transport(manifest, identity, broker, options) as link:
         await KeyAuthority(manifest, identity, link).run()
 
@@ -238,7 +238,7 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
     *save_models*, each round's decrypted global model is saved there as a flat
     float64 vector (``global-round-N.npy``; :func:`threshold_fl.ml.restore_state`
     turns it back into a state dict)."""
-    _check_role(manifest, identity, "client")
+    _check_role(manifest, identity, Role.CLIENT)
     learner, test = client_learner(manifest, identity.party_id, plan)
     if plan.drop_at in ("keys", "mask"):
         say(f"{identity.party_id}: will vanish during the {plan.drop_at} stage (--drop)")
