@@ -314,13 +314,16 @@ async def test_broker_restart_mid_transfer_reconnects_and_delivers(
             make_transport(broker.url, "bob", keys) as bob:
         sending = asyncio.create_task(alice.send(["bob"], payload))
         await wait_until(lambda: bob.stats.frames_received >= 5, 10, "the transfer to start")
+        assert alice.connected_for_s > 0 and not alice.closed
         await asyncio.to_thread(broker.stop)
         assert bob.stats.messages_received == 0  # cut mid-transfer
+        await wait_until(lambda: bob.connected_for_s == 0, 5, "bob to see the outage")
         await asyncio.sleep(0.3)
         await asyncio.to_thread(broker.start)  # same port
         assert await receive_within(bob, 30) == payload
         await asyncio.wait_for(sending, 10)
         assert alice.stats.reconnects >= 1 and bob.stats.reconnects >= 1
+        assert bob.connected_for_s > 0 and not bob.closed
         await alice.send(["bob"], b"after the outage")
         assert await receive_within(bob) == b"after the outage"
 
@@ -338,6 +341,7 @@ async def test_broker_gone_for_good_fails_within_give_up_after(broker: Mosquitto
         with pytest.raises(TransportError, match=r"unreachable for 1.5 s"):
             await asyncio.wait_for(task, 6)
     assert time.monotonic() - start >= 1.5  # it did not give up before give_up_after
+    assert alice.closed and alice.connected_for_s == 0
     with pytest.raises(TransportError, match=r"give_up_after"):
         await alice.send(["nobody"], b"x")
     await alice.close()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from protocols import Manifest, Mode, Role
 from protocols.events import Event, RoundCompleted, UpdateNeeded
@@ -27,12 +27,51 @@ from threshold_fl.rounds import RoundRow
 from transports.broker import BrokerConfig
 from transports.mqtt import MqttOptions, MqttTransport
 
-__all__ = ["ClientPlan", "client_learner", "mqtt_transport", "run_aggregator", "run_client",
-           "run_key_authority"]
+__all__ = ["ClientPlan", "OfflineWatch", "client_learner", "mqtt_transport", "run_aggregator",
+           "run_client", "run_key_authority"]
 
 DROP_STAGES = ("keys", "mask", "before-upload", "after-upload")
 #: A client seen offline this long (its MQTT Last Will, no reconnect) is dropped at once.
 PRESENCE_GRACE_S = 2.0
+
+
+class PresenceView(Protocol):
+    """What :class:`OfflineWatch` needs of a transport (MqttTransport has it)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def connected_for_s(self) -> float: ...
+
+    def online_peers(self) -> frozenset[str]: ...
+
+
+class OfflineWatch:
+    """Drops a client whose presence says offline for *grace_s* while our link is up.
+
+    A blip (a reconnect, a broker restart) is forgiven. While our own link is down, or
+    only just back, we cannot tell a dead client from a dead broker, so the judgement
+    waits until the link has been up for *grace_s* (retained presence is replayed then).
+    """
+
+    def __init__(self, link: PresenceView, drop: Callable[[str], None],
+                 grace_s: float = PRESENCE_GRACE_S) -> None:
+        self._link, self._drop, self._grace_s = link, drop, grace_s
+        self._loop = asyncio.get_running_loop()
+
+    def offline(self, party: str) -> None:
+        """The transport reports *party* offline: check again after the grace time."""
+        self._loop.call_later(self._grace_s, self._check, party)
+
+    def _check(self, party: str) -> None:
+        link = self._link
+        if party in link.online_peers() or link.closed:
+            return
+        if link.connected_for_s < self._grace_s:
+            self._loop.call_later(self._grace_s - link.connected_for_s, self._check, party)
+            return
+        self._drop(party)
 
 
 def mqtt_transport(manifest: Manifest, identity: Identity, broker: BrokerConfig,
@@ -97,18 +136,15 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
                          say: Callable[[str], None] = print) -> dict[str, Any]:
     _check_role(manifest, identity, Role.AGGREGATOR)
     started = time.perf_counter()
-    loop = asyncio.get_running_loop()
+    watch: OfflineWatch | None = None
+    early: list[str] = []  # offline before the watch exists (retained presence at connect)
 
     def on_presence(party: str, online: bool) -> None:
         if not online and party in manifest.client_ids:
-            loop.call_later(PRESENCE_GRACE_S, still_offline, party)
-
-    def still_offline(party: str) -> None:
-        # A blip (a reconnect, a broker restart) is forgiven; gone for the grace time is
-        # a dropout, handled now rather than at the stage deadline.
-        if party not in link.online_peers():
-            say(f"aggregator: {party} went offline")
-            aggregator.party_offline(party)
+            if watch is None:
+                early.append(party)
+            else:
+                watch.offline(party)
 
     async with mqtt_transport(manifest, identity, broker, options, on_presence) as link:
         meter = _RoundMeter(str(identity.party_id), link, say, report)
@@ -121,6 +157,14 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
                           contributors=len(event.contributors))
 
         aggregator = Aggregator(manifest, identity, link, on_event=on_event)
+
+        def drop(party: str) -> None:
+            say(f"aggregator: {party} went offline")
+            aggregator.party_offline(party)
+
+        watch = OfflineWatch(link, drop)
+        for party in early:
+            watch.offline(party)
         summary = await aggregator.run()
         stats = link.stats
     say(f"aggregator: finished {summary.rounds} round(s); dropped: "

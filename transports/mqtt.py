@@ -194,6 +194,7 @@ class MqttTransport:
         self._peers: dict[str, bool] = {}
         self._wake = asyncio.Event()  # new frames to send or acks that freed the window
         self._connected = asyncio.Event()
+        self._connected_at = 0.0
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -209,6 +210,22 @@ class MqttTransport:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def closed(self) -> bool:
+        """True once closed, or once it gave up on the broker."""
+        return self._closed or self._failure is not None
+
+    @property
+    def connected_for_s(self) -> float:
+        """Seconds the current broker connection has been up; 0 while it is down.
+
+        What a party hears about others' presence is only current once our own link
+        has been up a while (the broker replays retained presence after a reconnect).
+        """
+        if not self._connected.is_set():
+            return 0.0
+        return self._now() - self._connected_at
 
     @property
     def stats(self) -> MqttStats:
@@ -411,6 +428,7 @@ class MqttTransport:
                     await self._setup(client)
                     self._counts["reconnects"], sessions = sessions, sessions + 1
                     delay, down_since = opt.reconnect_initial_s, math.inf
+                    self._connected_at = self._now()
                     self._connected.set()
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
