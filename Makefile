@@ -26,7 +26,7 @@ help:
 	@echo "make demo       a federation as separate processes over MQTT (threshold-fl demo)"
 	@echo "make test       run the test suite"
 	@echo "make lint       ruff + mypy (strict)"
-	@echo "make bench      crypto microbenchmarks (examples/bench_crypto.py)"
+	@echo "make bench      every benchmark suite into bench-results/ (threshold-fl bench all)"
 	@echo "make clean      remove caches and build outputs (keeps .venv)"
 	@echo "make distclean  clean, and remove .venv too"
 	@echo "Python 3.10 is found automatically; override with PYTHON=/path/to/python3.10"
@@ -47,9 +47,10 @@ lint: setup
 	$(PY) -m ruff check $(LINT_PATHS) tests
 	$(PY) -m mypy $(LINT_PATHS)
 
+# Extra arguments, e.g. make bench BENCH_ARGS="--only peers threshold" or "--large"
+BENCH_ARGS ?=
 bench: setup
-	@test -f examples/bench_crypto.py || { echo "make bench: examples/bench_crypto.py is missing" >&2; exit 1; }
-	$(PY) examples/bench_crypto.py
+	$(PY) -m threshold_fl.cli bench all $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results demo-report

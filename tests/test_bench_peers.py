@@ -50,3 +50,14 @@ def test_an_unknown_suite_is_refused(capsys: pytest.CaptureFixture[str]) -> None
         cli_main(["bench", "everything"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_suite_gets_its_own_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main(["bench", "peers", "--help"])
+    assert info.value.code == 0
+    assert "usage: threshold-fl bench peers" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        cli_main(["bench"])
+    assert info.value.code == 2
+    assert "SUITE" in capsys.readouterr().err

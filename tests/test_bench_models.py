@@ -1,0 +1,100 @@
+"""The models suite and the per-role process harness it runs on (real OpenFHE, one OS
+process per role, tiny vectors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from threshold_fl.bench import roles
+from threshold_fl.bench.roles import Upload, layout_for, run_he_round, run_plain_round
+from threshold_fl.cli import main as cli_main
+from threshold_fl.crypto import (
+    MAX_VECTOR_LENGTH,
+    CkksParams,
+    ciphertext_count,
+    context_for,
+    encrypt_chunks,
+    lead_keygen,
+    threshold_params,
+)
+
+
+def _fresh_ciphertext_bytes(params: CkksParams) -> int:
+    """What one serialised upload ciphertext weighs under ``params``."""
+    context = context_for(params)
+    key = lead_keygen(context, 1).public_share
+    (ciphertext,) = encrypt_chunks(context, key, np.full(10, 0.05))
+    return len(context.serialize(ciphertext))
+
+
+def test_models_suite_writes_markdown_json_and_png(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    lengths = (101, 20_000)
+    assert cli_main(["bench", "models", "--lengths", *map(str, lengths), "--clients", "2",
+                     "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "models.json").read_text())
+    assert [row["values"] for row in data["rows"]] == list(lengths)
+    assert data["machine"]["cores"] >= 1 and data["baseline_mib"] > 0
+    params = CkksParams.from_dict(data["params"])
+    context, per_ciphertext = context_for(params), _fresh_ciphertext_bytes(params)
+    for row in data["rows"]:
+        count = ciphertext_count(context, row["values"])
+        # the upload is its ciphertexts plus one frame header (under 1 KiB) per group
+        frames = -(-count // roles.GROUP_CIPHERTEXTS)
+        assert 0 <= row["upload_bytes"] - count * per_ciphertext <= 1024 * frames
+        assert row["plain_bytes"] == 4 * row["values"]
+        assert row["bytes_ratio"] == pytest.approx(row["upload_bytes"] / row["plain_bytes"])
+        assert row["bytes_ratio"] > 1 and row["time_ratio"] > 1
+        assert row["he_s"] > row["plain_s"] > 0
+        assert row["he_s"] == pytest.approx(row["encrypt_s"] + row["aggregate_s"]
+                                            + row["partial_decrypt_s"] + row["fuse_s"])
+        assert row["max_error"] < row["error_bound"] < 1e-4
+        assert row["plain_max_error"] < 1e-7  # float32 rounding of values below 0.1
+        assert row["aggregator_mib"] > 0 and row["client_mib"] > 0
+        assert row["aggregator_mib"] >= 0.9 * row["baseline_mib"]
+    markdown = (tmp_path / "models.md").read_text()
+    assert "Measured on" in markdown and "| 20,000 |" in markdown
+    assert "2 of 2 decrypted averages are within" in markdown
+    assert (tmp_path / "models.png").read_bytes()[:4] == b"\x89PNG"
+    assert "the encrypted round takes" in capsys.readouterr().out
+
+
+def test_vectors_over_the_library_limit_go_as_whole_group_segments() -> None:
+    values_per_ciphertext = 8192
+    layout = layout_for(109_482_240, values_per_ciphertext)
+    assert len(layout.segments) == 2
+    assert layout.segments[0][0] == 0 and layout.segments[-1][1] == 109_482_240
+    for (_, stop), (start, _) in zip(layout.segments, layout.segments[1:], strict=False):
+        assert stop == start and start % layout.chunk == 0
+    assert all(stop - start <= MAX_VECTOR_LENGTH for start, stop in layout.segments)
+    assert layout_for(101, values_per_ciphertext).segments == ((0, 101),)
+
+
+def test_a_segmented_round_decrypts_the_exact_weighted_average(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A small limit stands in for 10^8: the children follow the parent's layout.
+    monkeypatch.setattr(roles, "MAX_VECTOR_LENGTH", 2 * 8 * 8192)
+    length, uploads = 140_000, [Upload(0, 0.25), Upload(1, 0.75)]
+    params = threshold_params(2)
+    layout = layout_for(length, context_for(params).values_per_ciphertext)
+    assert len(layout.segments) == 2
+    (tmp_path / "he").mkdir()
+    he = run_he_round(params, uploads, length, 7, tmp_path / "he")
+    assert he.decrypted_ciphertexts == he.ciphertexts == 18  # 16 + 2
+    assert he.max_error < he.error_bound
+    assert len(he.encrypt_s) == len(he.partial_decrypt_s) == 2
+    plain = run_plain_round(uploads, layout, 7, tmp_path)
+    assert plain.upload_bytes == 4 * length and plain.max_error < 1e-7
+
+
+@pytest.mark.parametrize("bad", [["--lengths", "0"], ["--lengths", "300000000"],
+                                 ["--clients", "1"], ["--threads", "-1"], ["--seed", "x"]])
+def test_bad_arguments_are_refused(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main(["bench", "models", *bad])
+    assert info.value.code == 2
+    assert "threshold-fl bench models: error:" in capsys.readouterr().err
