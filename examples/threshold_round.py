@@ -20,7 +20,7 @@ from torch import nn
 
 from threshold_fl.bench.crypto import Timings
 from threshold_fl.crypto import (
-    WeightedSum,
+    EncryptedSum,
     combine_public_shares,
     context_for,
     encrypt_vector,
@@ -127,15 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         1,
     )
 
-    # Stage 3: encrypt, aggregate with plaintext weights (sample counts), decrypt jointly.
+    # Stage 3: each client encrypts its update times its FedAvg weight (its share of the
+    # samples); the aggregator only adds; the clients decrypt jointly.
     weights = np.array(samples, dtype=np.float64) / sum(samples)
-    total = WeightedSum(context, joint.key_id, layout.size)
+    total = EncryptedSum(context, joint.key_id, layout.size)
     for weight, vector in zip(weights, local_vectors, strict=True):
-        encrypted = timings.timed("encrypt", encrypt_vector, context, joint.key, vector)
+        encrypted = timings.timed("encrypt", encrypt_vector, context, joint.key, vector,
+                                  weight=float(weight))
         timings.bytes["encrypt"] = timings.bytes.get("encrypt", 0) + sum(
             map(len, encode_vector(context, encrypted))
         )
-        timings.timed("aggregate", total.add, float(weight), encrypted)
+        timings.timed("aggregate", total.add, encrypted)
     aggregate = timings.timed("aggregate", total.result)
     timings.bytes["aggregate"] = sum(map(len, encode_vector(context, aggregate))) * args.clients
     partials = [

@@ -3,7 +3,8 @@
 It holds no secret key share, no Shamir share, no group key and no partial
 decryption it could open: messages between clients pass through it sealed.  It
 sees the plaintext part of each update (the coordinates the mask leaves clear)
-and the FedAvg weights, which it never sends to anyone.
+and the FedAvg weights; each client is told only its own weight, and applies it
+before encrypting, so the aggregator's sum is additions only.
 
 Dropouts are found at deadlines (or when a client says it is leaving): the
 culprits are dropped and the stage goes on without them: key agreement restarts,
@@ -275,12 +276,18 @@ class AggregatorMachine(Machine[AggregatorState]):
         length = self._protected_length()
         self._sum = ProtectedSum(self.manifest.mode, self.context, self._key_id, length)
         self._plain_sum = np.zeros(self.manifest.model_length - length)
-        if state is A.MASK_UPLOAD:
-            body: MaskStart | RoundStart = MaskStart(self._key_id, self._group_check)
-        else:
-            assert self.mask is not None
-            body = RoundStart(self._key_id, self.mask.digest(), self._group_check)
-        return Step(sends=self._sends(self.alive, body, self.step))
+        # Each uploader is told its own FedAvg weight and applies it before encrypting,
+        # so the sum needs additions only (no level spent; one-limb uploads).
+        sends = [self._send([party], self._upload_start(self._weight(party)), self.step)
+                 for party in self.alive]
+        return Step(sends=sends)
+
+    def _upload_start(self, weight: float) -> MaskStart | RoundStart:
+        assert self._key_id is not None and self._group_check is not None
+        if self.state is A.MASK_UPLOAD:
+            return MaskStart(self._key_id, self._group_check, weight)
+        assert self.mask is not None
+        return RoundStart(self._key_id, self.mask.digest(), self._group_check, weight)
 
     def _protected_length(self) -> int:
         if self.state is A.MASK_UPLOAD or self.state is A.MASK_DECRYPTION:
@@ -303,7 +310,7 @@ class AggregatorMachine(Machine[AggregatorState]):
             raise ForgedMessage("an upload must be addressed to the aggregator")
         assert self._sum is not None and self._plain_sum is not None
         plain = self._plain_of(message)
-        weight = self._weight(sender)
+        weight = self._weight(sender)  # ciphertexts carry it already; float32 parts do not
         self._sum.add(weight, message.body.protected)  # all or nothing
         self._plain_sum += weight * plain
         self._seen.add(("upload", sender))

@@ -104,7 +104,10 @@ class ClientMachine(ClientKeyAgreement):
         self._mask_announced = False
         self._round = 0
         self.model: FloatArray | None = None  # the latest global model
-        self._upload: SensitivityUpload | UpdateUpload | None = None  # kept for re-uploads
+        # What this client uploads, unweighted: kept for a retry after a dropout, which
+        # comes with a new weight (so the upload is encrypted again).
+        self._upload_values: tuple[FloatArray, FloatArray | None] | None = None
+        self._weight = 1.0  # this attempt's FedAvg weight, announced by the aggregator
         self._plain_part: FloatArray | None = None
         self._decryption: JointDecryption | None = None
         self._early: list[Message] = []  # decryption messages that overtook the aggregate
@@ -131,23 +134,28 @@ class ClientMachine(ClientKeyAgreement):
             raise ParameterError("sensitivity values must be non-negative")
         peak = float(values.max())
         normalised = values / peak if peak > 0 else values  # comparable across clients
-        protected = self._protect(normalised)
-        self._upload = SensitivityUpload(protected)
+        self._upload_values = (normalised, None)
         self.state = C.MASK_UPLOADED
-        return Step(sends=self._sends([self._aggregator], self._upload, self._step))
+        return self._send_upload()
 
     def submit_update(self, model: FloatArray, now: float) -> Step:
         """Upload the locally trained model for the current round."""
         self._require_state(C.TRAINING, "a model update")
         assert self._mask is not None
         values = _checked_vector(model, self.manifest.model_length, "model update")
-        protected, plain = self._mask.gather(values)
-        self._upload = UpdateUpload(self._protect(protected), encode_plain(plain))
+        self._upload_values = self._mask.gather(values)
         self.state = C.UPDATE_UPLOADED
-        return Step(sends=self._sends([self._aggregator], self._upload, self._step))
+        return self._send_upload()
 
-    def _protect(self, values: FloatArray) -> tuple[bytes, ...]:
-        return protect(self.manifest.mode, self.context, self._public_key, values)
+    def _send_upload(self) -> Step:
+        """Weight, protect and send the stored values (again, after a dropout)."""
+        assert self._upload_values is not None
+        protected, plain = self._upload_values
+        frames = protect(self.manifest.mode, self.context, self._public_key, protected,
+                         self._weight)
+        upload = SensitivityUpload(frames) if plain is None else UpdateUpload(
+            frames, encode_plain(plain))  # the aggregator weights float32 parts itself
+        return Step(sends=self._sends([self._aggregator], upload, self._step))
 
     def _require_state(self, state: ClientState, what: str) -> None:
         if self.state is not state:
@@ -163,6 +171,7 @@ class ClientMachine(ClientKeyAgreement):
         if not self._same_keys(message.body.key_id, message.body.group_check):
             return self._abort_locally("the aggregator announced a key other parties do not hold")
         self._step = message.header.step
+        self._weight = message.body.weight
         self._heard(now)
         if retry:
             return self._reupload()
@@ -180,6 +189,7 @@ class ClientMachine(ClientKeyAgreement):
         ):
             return self._abort_locally("the aggregator announced a key or mask we do not share")
         self._step = message.header.step
+        self._weight = body.weight
         self._heard(now)
         if retry:
             return self._reupload()
@@ -214,10 +224,10 @@ class ClientMachine(ClientKeyAgreement):
         return key_id == self._key_id and check == self._group_check()
 
     def _reupload(self) -> Step:
-        """Survivors upload again after a dropout, so the FedAvg weights stay exact."""
-        if self._upload is None or self.state in (C.MASK_COMPUTING, C.TRAINING):
+        """Survivors upload again after a dropout, with their new FedAvg weights."""
+        if self._upload_values is None or self.state in (C.MASK_COMPUTING, C.TRAINING):
             return Step()
-        return Step(sends=self._sends([self._aggregator], self._upload, self._step))
+        return self._send_upload()
 
     # -- the aggregate and its decryption -------------------------------------------------------
     def _on_aggregate(self, message: Message, now: float) -> Step:
@@ -361,7 +371,7 @@ class ClientMachine(ClientKeyAgreement):
         model = self._mask.scatter(values, self._plain_part)
         self.model = model
         self.state = C.ROUND_DONE
-        self._upload = None
+        self._upload_values = None
         assert self._group_key is not None
         where = f"{self.manifest.session}/{self._step[1]}/{self._round}".encode()
         check = model_check(self._group_key, where, model.tobytes())
@@ -377,7 +387,7 @@ class ClientMachine(ClientKeyAgreement):
                                    always_include=ranges)
         self._mask = mask
         self.state = C.MASK_CONFIRMED
-        self._upload = None
+        self._upload_values = None
         body = MaskConfirm(mask.bits(), mask.digest())
         return Step(sends=self._sends([self._aggregator], body, self._step))
 

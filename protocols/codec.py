@@ -33,9 +33,9 @@ from threshold_fl.identity import Identity, PartyId, PublicIdentity
 
 __all__ = ["CODEC_VERSION", "MAX_MESSAGE_BYTES", "decode_message", "encode_message"]
 
-CODEC_VERSION = 1
+CODEC_VERSION = 2  # 2: MaskStart and RoundStart carry the FedAvg weight
 MAGIC = b"TFLM"
-#: Largest message accepted (a 10^8-value upload is about 3.3 GB).
+#: Largest message accepted (a 2.5 * 10^8-value upload is about 4 GB).
 MAX_MESSAGE_BYTES = 8 * 2**30
 _SIGNATURE_SIZE = 64
 _DOMAIN = b"threshold-fl/message/v1\0"

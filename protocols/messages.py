@@ -8,6 +8,7 @@ decide.  The wire form is in :mod:`protocols.codec`.
 from __future__ import annotations
 
 import enum
+import math
 import re
 import typing
 from dataclasses import dataclass, fields
@@ -76,6 +77,9 @@ def _check_value(name: str, value: object, kind: Any) -> None:
     elif kind is int:
         if type(value) is not int or not 0 <= value <= 2**63:
             raise _reject(f"field {name!r} must be a non-negative integer, got {value!r}")
+    elif kind is float:
+        if type(value) is not float or not math.isfinite(value):
+            raise _reject(f"field {name!r} must be a finite float, got {value!r}")
     elif typing.get_origin(kind) is tuple:
         item = typing.get_args(kind)[0]
         if type(value) is not tuple:
@@ -118,6 +122,13 @@ def _check_fields(instance: object) -> None:
     hints = _hints(type(instance))
     for spec in fields(instance):  # type: ignore[arg-type]
         _check_value(spec.name, getattr(instance, spec.name), hints[spec.name])
+
+
+def _check_weight(weight: float) -> None:
+    # A FedAvg weight: a share of the uploaders' samples.  Anything else would let the
+    # sum of weights overflow the CKKS modulus (or zero a client out).
+    if not 0.0 < weight <= 1.0:
+        raise _reject(f"field 'weight' must be in (0, 1], got {weight!r}")
 
 
 def _check_digest(name: str, value: str) -> None:
@@ -223,15 +234,18 @@ class KeyConfirm(_Body):
 # -- mask agreement --------------------------------------------------------------
 @dataclass(frozen=True)
 class MaskStart(_Body):
-    """Aggregator -> clients: keys agreed on ``key_id``; upload your sensitivity map."""
+    """Aggregator -> clients: keys agreed on ``key_id``; upload your sensitivity map,
+    multiplied by ``weight`` (your FedAvg weight among this attempt's uploaders)."""
 
     key_id: str
     group_check: str
+    weight: float
     STAGES = frozenset({Stage.MASK})
 
     def _validate(self) -> None:
         _check_digest("key_id", self.key_id)
         _check_digest("group_check", self.group_check)
+        _check_weight(self.weight)
 
 
 @dataclass(frozen=True)
@@ -301,16 +315,19 @@ class MaskConfirm(_Body):
 # -- FedAvg rounds ----------------------------------------------------------------
 @dataclass(frozen=True)
 class RoundStart(_Body):
-    """Aggregator -> clients: train round ``header.round`` under this key and mask."""
+    """Aggregator -> clients: train round ``header.round`` under this key and mask, and
+    upload the model multiplied by ``weight`` (your FedAvg weight in this attempt)."""
 
     key_id: str
     mask_digest: str
     group_check: str
+    weight: float
     STAGES = frozenset({Stage.ROUND})
 
     def _validate(self) -> None:
         for name in ("key_id", "mask_digest", "group_check"):
             _check_digest(name, getattr(self, name))
+        _check_weight(self.weight)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy.typing as npt
 from protocols.manifest import Mode
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import PublicKey
-from threshold_fl.crypto.vectors import EncryptedVector, WeightedSum, encrypt_vector
+from threshold_fl.crypto.vectors import EncryptedSum, EncryptedVector, encrypt_vector
 from threshold_fl.crypto.wire import decode_vector, encode_vector, stream_vector
 from threshold_fl.errors import MalformedMessage, ParameterError
 
@@ -56,14 +56,21 @@ def decode_plain(data: bytes, length: int, what: str) -> FloatArray:
 
 
 def protect(
-    mode: Mode, context: CkksContext, public_key: PublicKey | None, values: FloatArray
+    mode: Mode, context: CkksContext, public_key: PublicKey | None, values: FloatArray,
+    weight: float,
 ) -> tuple[bytes, ...]:
-    """Encrypt ``values`` (threshold, single-key) or encode them as float32 (plaintext)."""
+    """``weight * values`` encrypted (threshold, single-key), or ``values`` as float32.
+
+    Ciphertexts carry the client's FedAvg weight because the aggregator can only add
+    them (see threshold_fl.crypto.vectors).  Float32 parts travel unweighted and the
+    aggregator weights them in float64, which keeps plaintext FedAvg exact.
+    """
     if mode is Mode.PLAINTEXT:
         return (encode_plain(values),)
     if public_key is None:
         raise ParameterError("no public key yet: key agreement has not finished")
-    return tuple(encode_vector(context, encrypt_vector(context, public_key, values)))
+    vector = encrypt_vector(context, public_key, values, weight=weight)
+    return tuple(encode_vector(context, vector))
 
 
 def open_protected(
@@ -83,9 +90,9 @@ def open_protected(
 
 
 class ProtectedSum:
-    """The aggregator's running weighted sum of protected parts, for any mode.
+    """The aggregator's running sum of pre-weighted protected parts, for any mode.
 
-    Each input joins all at once or not at all (see WeightedSum.add_chunks).
+    Each input joins all at once or not at all (see EncryptedSum.add_chunks).
     """
 
     def __init__(self, mode: Mode, context: CkksContext, key_id: str, length: int) -> None:
@@ -95,17 +102,18 @@ class ProtectedSum:
         self._length = length
         self._plain = np.zeros(length) if mode is Mode.PLAINTEXT else None
         self._encrypted = (
-            None if mode is Mode.PLAINTEXT else WeightedSum(context, key_id, length)
+            None if mode is Mode.PLAINTEXT else EncryptedSum(context, key_id, length)
         )
 
     def add(self, weight: float, frames: Sequence[bytes]) -> None:
+        """Add one upload: float32 parts times ``weight``; ciphertexts come pre-weighted."""
         if self._encrypted is None:
             assert self._plain is not None
             values = decode_plain(_single(frames), self._length, "an upload's protected part")
             self._plain += weight * values
             return
         chunks = stream_vector(self._context, frames, key_id=self._key_id, length=self._length)
-        self._encrypted.add_chunks(weight, chunks)
+        self._encrypted.add_chunks(chunks)
 
     def result(self) -> tuple[tuple[bytes, ...], str]:
         """The aggregate's frames and the digest partial decryptions will refer to."""

@@ -8,11 +8,11 @@ import numpy as np
 
 from threshold_fl.crypto import (
     CkksContext,
+    EncryptedSum,
     EncryptedVector,
     JointPublicKey,
     PartyKeys,
     ThresholdSecret,
-    WeightedSum,
     combine_public_shares,
     encrypt_vector,
     lead_keygen,
@@ -35,14 +35,18 @@ def make_federation(context: CkksContext, size: int) -> Federation:
     return Federation(context, parties, joint, {p.index: joint.bind(p) for p in parties})
 
 
-def aggregate(
-    context: CkksContext, key_id: str, vectors: list[EncryptedVector], weights: np.ndarray
-) -> EncryptedVector:
-    total = WeightedSum(context, key_id, vectors[0].length)
-    for weight, vector in zip(weights, vectors, strict=True):
-        total.add(float(weight), vector)
+def aggregate(context: CkksContext, key_id: str, vectors: list[EncryptedVector]) -> EncryptedVector:
+    total = EncryptedSum(context, key_id, vectors[0].length)
+    for vector in vectors:
+        total.add(vector)
     return total.result()
 
 
-def encrypted_inputs(federation: Federation, inputs: list[np.ndarray]) -> list[EncryptedVector]:
-    return [encrypt_vector(federation.context, federation.joint.key, x) for x in inputs]
+def encrypted_inputs(
+    federation: Federation, inputs: list[np.ndarray], weights: np.ndarray | None = None
+) -> list[EncryptedVector]:
+    """Each input encrypted under the joint key, pre-weighted as clients do (weight 1 if
+    no weights are given)."""
+    weights = np.ones(len(inputs)) if weights is None else weights
+    return [encrypt_vector(federation.context, federation.joint.key, x, weight=float(w))
+            for x, w in zip(inputs, weights, strict=True)]

@@ -54,10 +54,9 @@ def test_single_key_fedavg_matches_numpy(
 ) -> None:
     keys = generate_keypair(CONTEXT)
     inputs, weights = _inputs(rng, parties, length)
-    vectors = [encrypt_vector(CONTEXT, keys.public, x) for x in inputs]
-    result = decrypt_vector(
-        CONTEXT, keys.secret, aggregate(CONTEXT, keys.public.key_id, vectors, weights)
-    )
+    vectors = [encrypt_vector(CONTEXT, keys.public, x, weight=float(w))
+               for x, w in zip(inputs, weights, strict=True)]
+    result = decrypt_vector(CONTEXT, keys.secret, aggregate(CONTEXT, keys.public.key_id, vectors))
     assert result.shape == (length,)
     np.testing.assert_allclose(
         result, _expected(inputs, weights), rtol=0, atol=CONTEXT.error_bound(parties)
@@ -72,7 +71,7 @@ def test_threshold_fedavg_matches_numpy(
     federation = make_federation(CONTEXT, parties)
     inputs, weights = _inputs(rng, parties, length)
     total = aggregate(
-        CONTEXT, federation.joint.key_id, encrypted_inputs(federation, inputs), weights
+        CONTEXT, federation.joint.key_id, encrypted_inputs(federation, inputs, weights)
     )
     partials = [
         partial_decrypt(CONTEXT, secret, total, lead=index == 1)
@@ -89,8 +88,8 @@ def test_threshold_fedavg_matches_numpy(
 
 def _three_party_round(rng: np.random.Generator) -> tuple[Federation, EncryptedVector]:
     federation = make_federation(CONTEXT, 3)
-    inputs = encrypted_inputs(federation, [rng.uniform(-1, 1, 10)] * 3)
-    return federation, aggregate(CONTEXT, federation.joint.key_id, inputs, np.ones(3) / 3)
+    inputs = encrypted_inputs(federation, [rng.uniform(-1, 1, 10)] * 3, np.ones(3) / 3)
+    return federation, aggregate(CONTEXT, federation.joint.key_id, inputs)
 
 
 def test_one_lead_share_is_needed_for_fusion(rng: np.random.Generator) -> None:
@@ -119,7 +118,7 @@ def test_flooded_threshold_fedavg_stays_within_its_bound(
     inputs = [rng.uniform(-bound, bound, length) for _ in range(parties)]
     weights = rng.dirichlet(np.ones(parties))
     total = aggregate(
-        context, federation.joint.key_id, encrypted_inputs(federation, inputs), weights
+        context, federation.joint.key_id, encrypted_inputs(federation, inputs, weights)
     )
     partials = [
         partial_decrypt(context, s, total, lead=i == 1) for i, s in federation.secrets.items()

@@ -14,7 +14,7 @@ from crypto_helpers import aggregate, encrypted_inputs, make_federation
 
 from threshold_fl.crypto import (
     CkksParams,
-    WeightedSum,
+    EncryptedSum,
     context_for,
     fuse_partial_decryptions,
     partial_decrypt,
@@ -58,7 +58,7 @@ def federation():  # type: ignore[no-untyped-def]
 def total(federation):  # type: ignore[no-untyped-def]
     inputs = [np.linspace(-1, 1, CONTEXT.values_per_ciphertext + 7) * (i + 1) for i in range(3)]
     return aggregate(
-        CONTEXT, federation.joint.key_id, encrypted_inputs(federation, inputs), np.ones(3) / 3
+        CONTEXT, federation.joint.key_id, encrypted_inputs(federation, inputs, np.ones(3) / 3)
     ), np.mean(inputs, axis=0)
 
 
@@ -299,13 +299,13 @@ def test_fuzzed_frames_raise_clear_errors_and_never_crash() -> None:
     assert "fuzz-ok" in completed.stdout
 
 
-def test_uploads_stream_from_frames_into_the_weighted_sum(federation) -> None:  # type: ignore[no-untyped-def]
+def test_uploads_stream_from_frames_into_the_sum(federation) -> None:  # type: ignore[no-untyped-def]
     length = 3 * CONTEXT.values_per_ciphertext + 5
     inputs = [np.linspace(-2, 2, length) * (i + 1) for i in range(3)]
-    total = WeightedSum(CONTEXT, federation.joint.key_id, length)
-    for vector in encrypted_inputs(federation, inputs):
-        frames = encode_vector(CONTEXT, vector, max_frame_bytes=300_000)  # a lazy iterator
-        total.add_chunks(1 / 3, stream_vector(CONTEXT, frames, key_id=vector.key_id, length=length))
+    total = EncryptedSum(CONTEXT, federation.joint.key_id, length)
+    for vector in encrypted_inputs(federation, inputs, np.ones(3) / 3):
+        frames = encode_vector(CONTEXT, vector, max_frame_bytes=150_000)  # a lazy iterator
+        total.add_chunks(stream_vector(CONTEXT, frames, key_id=vector.key_id, length=length))
     aggregate_vector = total.result()
     partials = [
         partial_decrypt(CONTEXT, s, aggregate_vector, lead=i == 1)
@@ -318,10 +318,9 @@ def test_uploads_stream_from_frames_into_the_weighted_sum(federation) -> None:  
 def test_streamed_upload_for_another_key_or_length_is_refused(federation) -> None:  # type: ignore[no-untyped-def]
     vector = encrypted_inputs(federation, [np.ones(10)])[0]
     for key_id, length in ((vector.key_id, 11), ("0" * 64, 10)):
-        total = WeightedSum(CONTEXT, vector.key_id, length)
+        total = EncryptedSum(CONTEXT, vector.key_id, length)
         with pytest.raises(FrameError, match="expected a fresh vector"):
             total.add_chunks(
-                1.0,
                 stream_vector(
                     CONTEXT, encode_vector(CONTEXT, vector), key_id=key_id, length=length
                 ),
@@ -337,15 +336,14 @@ def test_empty_vectors_round_trip(federation) -> None:  # type: ignore[no-untype
 def test_an_upload_that_breaks_off_leaves_the_sum_unchanged(federation) -> None:  # type: ignore[no-untyped-def]
     length = 2 * CONTEXT.values_per_ciphertext
     inputs = [np.full(length, 1.0), np.full(length, 3.0)]
-    vectors = encrypted_inputs(federation, inputs)
-    total = WeightedSum(CONTEXT, federation.joint.key_id, length)
-    total.add(0.5, vectors[0])
-    truncated = list(encode_vector(CONTEXT, vectors[1], max_frame_bytes=200_000))[:1]
+    vectors = encrypted_inputs(federation, inputs, np.full(2, 0.5))
+    total = EncryptedSum(CONTEXT, federation.joint.key_id, length)
+    total.add(vectors[0])
+    truncated = list(encode_vector(CONTEXT, vectors[1], max_frame_bytes=150_000))[:1]
     with pytest.raises(FrameError, match="frames are missing"):
-        total.add_chunks(
-            0.5, stream_vector(CONTEXT, truncated, key_id=vectors[1].key_id, length=length)
-        )
-    total.add(0.5, vectors[1])  # the retried upload, and its weight, still fit
+        total.add_chunks(stream_vector(CONTEXT, truncated, key_id=vectors[1].key_id,
+                                       length=length))
+    total.add(vectors[1])  # the retried upload still fits
     aggregate_vector = total.result()
     partials = [
         partial_decrypt(CONTEXT, s, aggregate_vector, lead=i == 1)

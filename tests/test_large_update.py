@@ -60,9 +60,10 @@ FloatArray = npt.NDArray[np.float64]
 
 MB = 10**6
 MiB = 1 << 20
-#: 800 ciphertexts of 8,192 values (ring dimension 8,192, two values per slot) at
-#: 262,991 serialised bytes each: 210.4 MB (200.6 MiB) of ciphertext per encrypted vector.
-LENGTH = 800 * 8192
+#: 1,600 ciphertexts of 8,192 values (ring dimension 8,192, two values per slot, one limb
+#: as clients upload them) at about 132,000 serialised bytes each: over 200 MiB of
+#: ciphertext per encrypted vector.
+LENGTH = 1600 * 8192
 AGGREGATOR = "aggregator"
 NAMES = ("client1", "client2")
 SAMPLES = {"client1": 30, "client2": 10}  # FedAvg weights 3/4 and 1/4

@@ -79,14 +79,14 @@ SAMPLES: dict[type, Any] = {
     PublicShare: PublicShare(key_frame=b"\x00frame\xff" * 10),
     KeyDelivery: KeyDelivery(sealed=bytes(range(256))),
     KeyConfirm: KeyConfirm(key_id=D1, group_check=D2),
-    MaskStart: MaskStart(key_id=D1, group_check=D2),
+    MaskStart: MaskStart(key_id=D1, group_check=D2, weight=0.25),
     SensitivityUpload: SensitivityUpload(protected=(b"first", b"", b"\x00" * 100)),
     Aggregate: Aggregate(protected=(b"ct-1", b"ct-2"), plain=b"\x01\x02\x03\x04"),
     PartialShare: PartialShare(on_behalf_of="client-2", vector_digest=D3, sealed=b"sealed"),
     RecoveryRequest: RecoveryRequest(dropped="client-2", recoverer="client-1"),
     RecoveryShare: RecoveryShare(dropped="client-2", sealed=b"\xaa" * 48),
     MaskConfirm: MaskConfirm(mask_bits=b"\xf0\x0f\x01", digest=D1),
-    RoundStart: RoundStart(key_id=D1, mask_digest=D2, group_check=D3),
+    RoundStart: RoundStart(key_id=D1, mask_digest=D2, group_check=D3, weight=1.0),
     UpdateUpload: UpdateUpload(protected=(b"\x10" * 300,), plain=b"\x00\x00\x80\x3f" * 25),
     RoundDone: RoundDone(model_check=D2),
     Finished: Finished(rounds=3),
@@ -249,16 +249,25 @@ BAD_BODIES: list[Any] = [
                  "field 'key_id' must be a lowercase hex SHA-256 digest", id="upper-digest"),
     pytest.param(lambda: KeyConfirm(key_id=D1, group_check=D2[:-1]),
                  "field 'group_check' must be a lowercase hex SHA-256 digest", id="short"),
-    pytest.param(lambda: MaskStart(key_id=D1 + "0", group_check=D2),
+    pytest.param(lambda: MaskStart(key_id=D1 + "0", group_check=D2, weight=0.5),
                  "field 'key_id' must be a lowercase hex SHA-256 digest", id="long-digest"),
-    pytest.param(lambda: MaskStart(key_id=D1, group_check="g" * 64),
+    pytest.param(lambda: MaskStart(key_id=D1, group_check="g" * 64, weight=0.5),
                  "field 'group_check' must be a lowercase hex", id="non-hex"),
-    pytest.param(lambda: MaskStart(key_id=D1, group_check=D2 + "\n"),
+    pytest.param(lambda: MaskStart(key_id=D1, group_check=D2 + "\n", weight=0.5),
                  "field 'group_check' must be a lowercase hex", id="trailing-newline"),
     pytest.param(lambda: KeyConfirm(key_id=bytes.fromhex(D1), group_check=D2),
                  "field 'key_id' must be str, got bytes", id="bytes-digest"),
-    pytest.param(lambda: RoundStart(key_id=D1, mask_digest="", group_check=D3),
+    pytest.param(lambda: RoundStart(key_id=D1, mask_digest="", group_check=D3, weight=0.5),
                  "field 'mask_digest' must be a lowercase hex", id="empty-digest"),
+    pytest.param(lambda: RoundStart(key_id=D1, mask_digest=D2, group_check=D3, weight=1),
+                 "field 'weight' must be a finite float, got 1", id="int-weight"),
+    pytest.param(lambda: RoundStart(key_id=D1, mask_digest=D2, group_check=D3,
+                                    weight=float("nan")),
+                 "field 'weight' must be a finite float", id="nan-weight"),
+    pytest.param(lambda: MaskStart(key_id=D1, group_check=D2, weight=0.0),
+                 "field 'weight' must be in (0, 1], got 0.0", id="zero-weight"),
+    pytest.param(lambda: MaskStart(key_id=D1, group_check=D2, weight=1.5),
+                 "field 'weight' must be in (0, 1], got 1.5", id="big-weight"),
     pytest.param(lambda: RoundDone(model_check=" " + D1[1:]),
                  "field 'model_check' must be a lowercase hex", id="space-digest"),
     pytest.param(lambda: MaskConfirm(mask_bits=b"", digest="x"),
@@ -476,7 +485,7 @@ def test_wrong_magic_is_malformed(magic: bytes) -> None:
         decode_message(data, DIRECTORY)
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 1, 3, 255])
 def test_wrong_version_is_malformed(version: int) -> None:
     data = _envelope(CLIENT1, _payload_of(ENCODED), version=version)
     with pytest.raises(MalformedMessage, match=f"message codec version {version}, this build "

@@ -354,14 +354,14 @@ def _bogus_body(body_type: type, net: Network) -> Any:
         PublicShare: lambda: PublicShare(frames[0]),
         KeyDelivery: lambda: KeyDelivery(frames[0]),
         KeyConfirm: lambda: KeyConfirm(fake, fake),
-        MaskStart: lambda: MaskStart(fake, fake),
+        MaskStart: lambda: MaskStart(fake, fake, 0.5),
         SensitivityUpload: lambda: SensitivityUpload(frames),
         Aggregate: lambda: Aggregate(frames, plain),
         PartialShare: lambda: PartialShare(OTHER_CLIENT, fake, frames[0]),
         RecoveryRequest: lambda: RecoveryRequest("client3", OTHER_CLIENT),
         RecoveryShare: lambda: RecoveryShare("client3", frames[0]),
         MaskConfirm: lambda: MaskConfirm(_random("bits", (LENGTH + 7) // 8), fake),
-        RoundStart: lambda: RoundStart(fake, fake, fake),
+        RoundStart: lambda: RoundStart(fake, fake, fake, 0.5),
         UpdateUpload: lambda: UpdateUpload(frames, plain),
         RoundDone: lambda: RoundDone(fake),
         Finished: lambda: Finished(current_step(net, AGGREGATOR)[2]),
@@ -384,11 +384,11 @@ def _consistent(net: Network, body_type: type, step: tuple[Stage, int, int, int]
         body = KeygenStart(net.manifest.client_ids, net.manifest.threshold)
         return [("next", (Stage.KEYS, epoch + 1, round_, 1), body)]
     if body_type is MaskStart:
-        body = MaskStart(key_id, check)
+        body = MaskStart(key_id, check, 0.5)
         return [("next", (Stage.MASK, epoch, 0, 1), body),
                 ("retry", (Stage.MASK, epoch, 0, attempt + 1), body)]
     if body_type is RoundStart:
-        body = RoundStart(key_id, mask.digest(), check)
+        body = RoundStart(key_id, mask.digest(), check, 0.5)
         return [("next", (Stage.ROUND, epoch, round_ + 1, 1), body),
                 ("retry", (Stage.ROUND, epoch, round_, attempt + 1), body)]
     if body_type is KeyConfirm:

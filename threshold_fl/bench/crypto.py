@@ -19,10 +19,11 @@ import numpy as np
 import numpy.typing as npt
 
 from threshold_fl.crypto import (
+    MAX_VECTOR_LENGTH,
     CkksContext,
     CkksParams,
+    EncryptedSum,
     EncryptedVector,
-    WeightedSum,
     combine_public_shares,
     context_for,
     decrypt_vector,
@@ -95,11 +96,12 @@ def run_round(
             "keygen", combine_public_shares, context, {m.index: m.public_share for m in members}, 1
         )
         public = joint.key
-    total = WeightedSum(context, public.key_id, inputs[0].size)
+    total = EncryptedSum(context, public.key_id, inputs[0].size)
     for weight, values in zip(weights, inputs, strict=True):
-        vector = timings.timed("encrypt", encrypt_vector, context, public, values)
+        vector = timings.timed("encrypt", encrypt_vector, context, public, values,
+                               weight=float(weight))  # clients pre-weight
         timings.bytes["upload_per_client"] = _frames_size(encode_vector(context, vector))
-        timings.timed("aggregate", total.add, float(weight), vector)
+        timings.timed("aggregate", total.add, vector)
     aggregate: EncryptedVector = timings.timed("aggregate", total.result)
     timings.bytes["global_download"] = _frames_size(encode_vector(context, aggregate))
     if mode == "single-key":
@@ -243,10 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=Path("bench-results/crypto.json"))
     args = parser.parse_args(argv)
-    if any(not 1 <= size <= 10**8 for size in args.sizes) or any(
+    if any(not 1 <= size <= MAX_VECTOR_LENGTH for size in args.sizes) or any(
         not 1 <= n <= 64 for n in args.parties
     ):
-        parser.error("sizes must be in 1..10^8 and party counts in 1..64")
+        parser.error(f"sizes must be in 1..{MAX_VECTOR_LENGTH} and party counts in 1..64")
     print(
         "seconds: keygen per party, encrypt and partial decrypt per client; "
         "up B/val: upload bytes per value"

@@ -33,9 +33,9 @@ from threshold_fl.crypto.params import (
     SecurityLevel,
 )
 from threshold_fl.crypto.vectors import (
+    EncryptedSum,
     EncryptedVector,
     PartialDecryption,
-    WeightedSum,
     ciphertext_count,
     decrypt_vector,
     encrypt_chunks,
@@ -60,7 +60,7 @@ __all__ = [
     "SecurityLevel",
     "ShamirShare",
     "ThresholdSecret",
-    "WeightedSum",
+    "EncryptedSum",
     "ciphertext_count",
     "combine_public_shares",
     "context_for",

@@ -52,7 +52,7 @@ def sha256_hex(*parts: bytes) -> str:
 
 def _openfhe_params(params: CkksParams, *, estimating: bool = False) -> Any:
     raw = openfhe.CCParamsCKKSRNS()
-    raw.SetMultiplicativeDepth(1)  # one level: the aggregator's plaintext weights
+    raw.SetMultiplicativeDepth(1)  # one level: the client's rescale before upload
     raw.SetScalingModSize(params.scaling_mod_size)
     raw.SetFirstModSize(params.first_mod_size)
     raw.SetScalingTechnique(_SCALING[params.scaling_technique])
@@ -117,13 +117,44 @@ class CkksContext:
         return self.params.error_bound(parties, scale_bits=self.scale_bits)
 
     # -- encoding -----------------------------------------------------------
-    def encode(self, values: FloatArray) -> Any:
+    def encode(self, values: FloatArray, *, scale_degree: int = 1) -> Any:
         """Pack up to ``values_per_ciphertext`` normalised reals, two per complex slot."""
         if values.size % 2:
             values = np.append(values, 0.0)
         pairs = values.reshape(-1, 2)
         packed = (pairs[:, 0] + 1j * pairs[:, 1]).tolist()
-        return self.native.MakeCKKSPackedPlaintext(packed)
+        return self.native.MakeCKKSPackedPlaintext(packed, scale_degree, 0)
+
+    @property
+    def upload_level(self) -> int:
+        """The level (limbs dropped) of the ciphertexts clients upload.
+
+        With manual rescaling a client encrypts at scale degree 2 and rescales, so it
+        uploads one limb (half the bytes, and less noise to flood than a fresh one-limb
+        encryption); the automatic techniques upload at level 0.
+        """
+        return 1 if self.params.scaling_technique is ScalingTechnique.FIXED_MANUAL else 0
+
+    def encrypt_upload(self, public_key: Any, values: FloatArray) -> Any:
+        """Encrypt up to ``values_per_ciphertext`` normalised reals at ``upload_level``."""
+        if self.upload_level == 0:
+            return self.native.Encrypt(public_key, self.encode(values))
+        plaintext = self.encode(values, scale_degree=2)
+        return self.native.Rescale(self.native.Encrypt(public_key, plaintext))
+
+    def check_upload(self, ciphertext: Any) -> None:
+        """Refuse a ciphertext not at the level and scale clients upload at.
+
+        Adding ciphertexts of different levels would fail deep in OpenFHE (or, for a
+        scale mismatch, decrypt to garbage), so the aggregator checks every input.
+        """
+        level, degree = ciphertext.GetLevel(), ciphertext.GetNoiseScaleDeg()
+        if level != self.upload_level or degree != 1:
+            raise ParameterError(
+                f"an input ciphertext is at level {level} with scale degree {degree}; clients "
+                f"upload at level {self.upload_level}, degree 1 (another version or a "
+                "tampered upload); it cannot be added"
+            )
 
     def decode(self, plaintext: Any, count: int) -> FloatArray:
         """Unpack ``count`` reals from a decrypted plaintext."""
@@ -218,23 +249,24 @@ def context_for(params: CkksParams) -> CkksContext:
 def estimate_noise_bits(params: CkksParams, parties: int) -> float:
     """Run OpenFHE's noise estimation on exactly our aggregation circuit.
 
-    The circuit is the one every aggregate goes through: ``parties`` fresh
-    encryptions of values in [-1/2, 1/2], each multiplied by a weight 1/parties,
-    summed, and rescaled; OpenFHE reports log2 of the resulting error.
+    The circuit is the one every aggregate goes through: ``parties`` clients each
+    encrypt values in [-1/2, 1/2] pre-weighted by 1/parties (as upload ciphertexts:
+    scale degree 2, rescaled to one limb), and the aggregator adds them; OpenFHE
+    reports log2 of the resulting error.
     """
     if parties < 1:
         raise ParameterError(f"parties must be >= 1, got {parties}")
     native = _generate(_openfhe_params(params, estimating=True))
     keys = native.KeyGen()
-    slots = params.slots
-    values = (np.linspace(-0.5, 0.5, slots)).tolist()
+    weighted = (np.linspace(-0.5, 0.5, params.slots) / parties).tolist()
+    manual = params.scaling_technique is ScalingTechnique.FIXED_MANUAL
     total = None
     for _ in range(parties):
-        ciphertext = native.Encrypt(keys.publicKey, native.MakeCKKSPackedPlaintext(values))
-        weighted = native.EvalMult(ciphertext, 1.0 / parties)
-        total = weighted if total is None else native.EvalAdd(total, weighted)
-    if params.scaling_technique is ScalingTechnique.FIXED_MANUAL:
-        total = native.Rescale(total)
+        plaintext = native.MakeCKKSPackedPlaintext(weighted, 2 if manual else 1, 0)
+        ciphertext = native.Encrypt(keys.publicKey, plaintext)
+        if manual:
+            ciphertext = native.Rescale(ciphertext)
+        total = ciphertext if total is None else native.EvalAdd(total, ciphertext)
     plaintext = native.Decrypt(keys.secretKey, total)
     return float(plaintext.GetLogError())
 

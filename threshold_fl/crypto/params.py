@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 #: Largest vector the library promises to handle (streamed, never all in memory).
-MAX_VECTOR_LENGTH = 10**8
+MAX_VECTOR_LENGTH = 250_000_000  # BERT-large-size and beyond; 4 GB per upload
 
 
 class ScalingTechnique(str, Enum):
@@ -108,8 +108,8 @@ class CkksParams:
 
     ``value_bound`` is the largest absolute value a client may encrypt.  Values
     are divided by ``2 * value_bound`` before encoding, so every ciphertext holds
-    values in [-1/2, 1/2]; the sum of absolute aggregation weights is then
-    limited by :meth:`weight_capacity` so that sums never wrap the modulus.
+    values in [-1/2, 1/2]; the sum of the weights clients apply before encrypting
+    is then limited by :meth:`weight_capacity` so that sums never wrap the modulus.
     """
 
     ring_dimension: int = 0  # 0: smallest secure one for the modulus chosen
@@ -205,7 +205,8 @@ class CkksParams:
     # -- derived values ---------------------------------------------------
     @property
     def log_modulus(self) -> int:
-        """log2 of the ciphertext modulus: one limb to hold values, one to weight them."""
+        """log2 of the ciphertext modulus: one limb to hold values, and one that clients
+        rescale away before uploading (it takes the fresh encryption noise with it)."""
         return self.first_mod_size + self.scaling_mod_size
 
     @property

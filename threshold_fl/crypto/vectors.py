@@ -3,6 +3,10 @@
 A vector of L reals becomes ceil(L / values_per_ciphertext) ciphertexts (two
 reals per complex slot).  Values are divided by ``2 * value_bound`` before
 encoding, so every aggregate stays far from wrapping the modulus.
+
+Clients apply their FedAvg weight before encrypting and upload one-limb
+ciphertexts; the aggregator only adds.  No level is spent on weights, so an
+upload costs one RNS limb per value pair (16 B/value) and aggregation is cheap.
 """
 
 from __future__ import annotations
@@ -18,15 +22,15 @@ import numpy.typing as npt
 
 from threshold_fl.crypto.context import CkksContext, sha256_hex
 from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, ThresholdSecret
-from threshold_fl.crypto.params import MAX_VECTOR_LENGTH, ScalingTechnique
+from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
 from threshold_fl.errors import CryptoError, KeyMismatchError, ParameterError
 
 FloatArray = npt.NDArray[np.float64]
 
 __all__ = [
+    "EncryptedSum",
     "EncryptedVector",
     "PartialDecryption",
-    "WeightedSum",
     "ciphertext_count",
     "decrypt_vector",
     "encrypt_chunks",
@@ -51,7 +55,7 @@ class EncryptedVector:
     key_id: str
     length: int
     ciphertexts: tuple[Any, ...] = field(repr=False)
-    aggregated: bool = False  # True once weighted and rescaled by the aggregator
+    aggregated: bool = False  # True for the aggregator's sum (what is decrypted)
     # OpenFHE does not re-serialise a deserialised ciphertext to the same bytes,
     # so a vector decoded from frames keeps the digest of the bytes it came in.
     wire_digest: str | None = field(default=None, repr=False)
@@ -85,24 +89,40 @@ class PartialDecryption:
 
 # -- encryption ----------------------------------------------------------------
 def encrypt_chunks(
-    context: CkksContext, public_key: PublicKey, values: FloatArray
+    context: CkksContext, public_key: PublicKey, values: FloatArray, *, weight: float = 1.0
 ) -> Iterator[Any]:
-    """Encrypt ``values`` one ciphertext at a time (for streaming large vectors)."""
+    """Encrypt ``weight * values`` one ciphertext at a time (for streaming large vectors).
+
+    ``weight`` is the client's FedAvg weight, which the aggregator announces; the
+    weights of one aggregation must sum to at most the context's ``weight_capacity``
+    (1 for FedAvg weights is always within it).
+    """
     context.check_fingerprint(public_key.params_fingerprint, "the public key")
-    normalised = _normalised(context, values)
+    _check_weight(context, weight)
+    normalised = _normalised(context, values) * weight
     step = context.values_per_ciphertext
     for start in range(0, normalised.size, step):
-        plaintext = context.encode(normalised[start : start + step])
-        yield context.native.Encrypt(public_key.native, plaintext)
+        yield context.encrypt_upload(public_key.native, normalised[start : start + step])
 
 
 def encrypt_vector(
-    context: CkksContext, public_key: PublicKey, values: FloatArray
+    context: CkksContext, public_key: PublicKey, values: FloatArray, *, weight: float = 1.0
 ) -> EncryptedVector:
-    """Encrypt a whole vector (held in memory; use encrypt_chunks to stream)."""
+    """Encrypt ``weight * values`` whole (held in memory; use encrypt_chunks to stream)."""
     vector = np.asarray(values)
-    ciphertexts = tuple(encrypt_chunks(context, public_key, vector))
+    ciphertexts = tuple(encrypt_chunks(context, public_key, vector, weight=weight))
     return EncryptedVector(context.fingerprint, public_key.key_id, int(vector.size), ciphertexts)
+
+
+def _check_weight(context: CkksContext, weight: float) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise ParameterError(f"the weight must be a number, got {weight!r}")
+    capacity = context.weight_capacity
+    if not (math.isfinite(weight) and 0 < weight <= capacity * (1 + 1e-12)):
+        raise ParameterError(
+            f"the weight must be in (0, {capacity:g}], got {weight!r}; FedAvg weights are "
+            "sample counts divided by their sum"
+        )
 
 
 def _normalised(context: CkksContext, values: FloatArray) -> FloatArray:
@@ -125,10 +145,12 @@ def _normalised(context: CkksContext, values: FloatArray) -> FloatArray:
 
 
 # -- aggregation -----------------------------------------------------------------
-class WeightedSum:
-    """Streamed sum of w_i * [x_i]: holds one running aggregate, never N inputs.
+class EncryptedSum:
+    """Streamed sum of the clients' pre-weighted encrypted vectors.
 
-    Weights are plaintext at the aggregator and never leave it.
+    It holds one running aggregate, never N inputs, and only adds: the inputs carry
+    their weights already (see :func:`encrypt_chunks`).  The aggregator that assigned
+    the weights is the one that keeps their sum within ``weight_capacity``.
     """
 
     def __init__(self, context: CkksContext, key_id: str, length: int) -> None:
@@ -137,14 +159,14 @@ class WeightedSum:
         self._length = length
         self._count = ciphertext_count(context, length)
         self._total: list[Any] | None = None
-        self._weight_sum = 0.0
         # OpenFHE's tag of the first input's key.  Joint keys all have the empty
         # tag, so this only backs up the key_id checks; it does not replace them.
         self._key_tag: str | None = None
+        self._taken = False
         self.inputs = 0
 
-    def add(self, weight: float, vector: EncryptedVector) -> None:
-        """Add ``weight * vector`` (checked against key, parameters and length)."""
+    def add(self, vector: EncryptedVector) -> None:
+        """Add one encrypted vector (checked against key, parameters and length)."""
         self._context.check_fingerprint(vector.params_fingerprint, "an input vector")
         if vector.key_id != self._key_id:
             raise KeyMismatchError(
@@ -155,67 +177,57 @@ class WeightedSum:
             raise ParameterError("an already aggregated vector cannot be aggregated again")
         if vector.length != self._length:
             raise ParameterError(f"input has {vector.length} values, the aggregate {self._length}")
-        self.add_chunks(weight, vector.ciphertexts)
+        self.add_chunks(vector.ciphertexts)
 
-    def add_chunks(self, weight: float, ciphertexts: Iterable[Any]) -> None:
+    def add_chunks(self, ciphertexts: Iterable[Any]) -> None:
         """Add one input given as its ciphertexts in order (e.g. straight off the wire).
 
-        All or nothing: the weighted input is staged first (one client's worth of
-        memory) and joins the sum only once complete, so an upload that breaks
-        off or fails a check leaves the sum exactly as it was.
+        All or nothing: the input is staged first (one client's worth of memory) and
+        joins the sum only once complete and checked, so an upload that breaks off or
+        fails a check leaves the sum exactly as it was.
         """
-        self._check_weight(weight)
-        staged = self._weighted(weight, ciphertexts)
+        if self._taken:
+            raise ParameterError("the sum was already taken with result(); start a new one")
+        staged = self._staged(ciphertexts)
         if self._total is None:
-            self._total = staged
+            # A copy: the sum is added to in place, and these may be the caller's objects.
+            self._total = [ciphertext.Clone() for ciphertext in staged]
         else:
-            for total, weighted in zip(self._total, staged, strict=True):
-                self._context.native.EvalAddInPlace(total, weighted)
-        self._weight_sum += abs(weight)
+            try:
+                for total, ciphertext in zip(self._total, staged, strict=True):
+                    self._context.native.EvalAddInPlace(total, ciphertext)
+            except RuntimeError as exc:  # checked above; a failure here is OpenFHE's
+                raise KeyMismatchError(f"OpenFHE refused to add the input: {exc}") from None
         self.inputs += 1
 
-    def _weighted(self, weight: float, ciphertexts: Iterable[Any]) -> list[Any]:
+    def _staged(self, ciphertexts: Iterable[Any]) -> list[Any]:
         staged: list[Any] = []
-        try:
-            for ciphertext in ciphertexts:
-                if len(staged) == self._count:
-                    raise ParameterError(f"input has more than {self._count} ciphertexts")
-                if self._key_tag is None:
-                    self._key_tag = ciphertext.GetKeyTag()
-                elif ciphertext.GetKeyTag() != self._key_tag:
-                    raise KeyMismatchError(
-                        "an input ciphertext was encrypted under another key than the others; "
-                        "it cannot be combined"
-                    )
-                staged.append(self._context.native.EvalMult(ciphertext, float(weight)))
-        except RuntimeError as exc:
-            raise KeyMismatchError(f"OpenFHE refused to combine the input: {exc}") from None
+        for ciphertext in ciphertexts:
+            if len(staged) == self._count:
+                raise ParameterError(f"input has more than {self._count} ciphertexts")
+            if self._key_tag is None:
+                self._key_tag = ciphertext.GetKeyTag()
+            elif ciphertext.GetKeyTag() != self._key_tag:
+                raise KeyMismatchError(
+                    "an input ciphertext was encrypted under another key than the others; "
+                    "it cannot be combined"
+                )
+            self._context.check_upload(ciphertext)
+            staged.append(ciphertext)
         if len(staged) != self._count:
             raise ParameterError(f"input has {len(staged)} ciphertexts, expected {self._count}")
         return staged
 
-    def _check_weight(self, weight: float) -> None:
-        if not math.isfinite(weight):
-            raise ParameterError(f"weights must be finite, got {weight!r}")
-        capacity = self._context.weight_capacity
-        if self._weight_sum + abs(weight) > capacity * (1 + 1e-12):
-            raise ParameterError(
-                f"the sum of |weights| would reach {self._weight_sum + abs(weight):g}, above "
-                f"{capacity:g} this parameter set allows; normalise the weights (FedAvg weights "
-                "sum to 1)"
-            )
-
     def result(self) -> EncryptedVector:
-        """The aggregate, rescaled to one limb (what is jointly decrypted)."""
+        """The aggregate (what is jointly decrypted)."""
         if self._total is None:
             if self._count:
-                raise ParameterError("nothing was added to the weighted sum")
+                raise ParameterError("nothing was added to the sum")
             self._total = []
-        total = self._total
-        if self._context.params.scaling_technique is ScalingTechnique.FIXED_MANUAL:
-            total = [self._context.native.Rescale(ciphertext) for ciphertext in total]
+        self._taken = True  # the returned vector shares the running sum's ciphertexts
         return EncryptedVector(
-            self._context.fingerprint, self._key_id, self._length, tuple(total), aggregated=True
+            self._context.fingerprint, self._key_id, self._length, tuple(self._total),
+            aggregated=True,
         )
 
 

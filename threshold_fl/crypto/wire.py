@@ -298,7 +298,7 @@ def stream_vector(
 ) -> Iterator[Any]:
     """Ciphertexts of one vector, decoded frame by frame as the frames arrive.
 
-    Feed it to :meth:`WeightedSum.add_chunks` to aggregate an upload without
+    Feed it to :meth:`EncryptedSum.add_chunks` to aggregate an upload without
     ever holding it whole.  The frames must carry ``key_id`` and ``length``.
     """
     for common, blob in _iter_run(context, frames, FrameKind.CIPHERTEXTS):
