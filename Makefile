@@ -49,8 +49,11 @@ lint: setup
 
 # Extra arguments, e.g. make bench BENCH_ARGS="--only peers threshold" or "--large"
 BENCH_ARGS ?=
+# One OpenMP thread: per-role compute, comparable with TenSEAL's single thread (and
+# no oversubscription when roles run side by side). Override: make bench OMP_NUM_THREADS=2
+OMP_NUM_THREADS ?= 1
 bench: setup
-	$(PY) -m threshold_fl.cli bench all $(BENCH_ARGS)
+	OMP_NUM_THREADS=$(OMP_NUM_THREADS) $(PY) -m threshold_fl.cli bench all $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results demo-report

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from threshold_fl.cli import main as cli_main
+from threshold_fl.crypto import MAX_VECTOR_LENGTH
 
 
 def test_clients_suite_writes_markdown_json_and_png(tmp_path: Path,
@@ -57,7 +58,7 @@ def test_a_round_that_cannot_fit_on_disk_is_refused(
 
 
 @pytest.mark.parametrize("bad", [["--clients-list", "1"], ["--clients-list", "1001"],
-                                 ["--length", "0"], ["--length", "100000001"], ["--pool", "0"],
+                                 ["--length", "0"], ["--length", str(MAX_VECTOR_LENGTH + 1)], ["--pool", "0"],
                                  ["--decrypt-ciphertexts", "-1"], ["--threads", "x"]])
 def test_bad_arguments_are_refused(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:

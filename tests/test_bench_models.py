@@ -65,9 +65,11 @@ def test_models_suite_writes_markdown_json_and_png(tmp_path: Path,
 
 def test_vectors_over_the_library_limit_go_as_whole_group_segments() -> None:
     values_per_ciphertext = 8192
-    layout = layout_for(109_482_240, values_per_ciphertext)
+    assert layout_for(109_482_240, values_per_ciphertext).segments == ((0, 109_482_240),)
+    length = MAX_VECTOR_LENGTH + 5 * values_per_ciphertext  # beyond the limit: two segments
+    layout = layout_for(length, values_per_ciphertext)
     assert len(layout.segments) == 2
-    assert layout.segments[0][0] == 0 and layout.segments[-1][1] == 109_482_240
+    assert layout.segments[0][0] == 0 and layout.segments[-1][1] == length
     for (_, stop), (start, _) in zip(layout.segments, layout.segments[1:], strict=False):
         assert stop == start and start % layout.chunk == 0
     assert all(stop - start <= MAX_VECTOR_LENGTH for start, stop in layout.segments)

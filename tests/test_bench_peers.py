@@ -4,6 +4,7 @@ same vectors (real OpenFHE, real TenSEAL, small vectors)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,33 @@ def test_a_suite_gets_its_own_help(capsys: pytest.CaptureFixture[str]) -> None:
         cli_main(["bench"])
     assert info.value.code == 2
     assert "SUITE" in capsys.readouterr().err
+
+
+def test_bench_all_runs_the_suites_in_order_and_combines_their_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The runner's logic, with fake suites standing in for the real (minutes-long) ones."""
+    import threshold_fl.bench as bench
+
+    calls: list[tuple[str, list[str]]] = []
+
+    def fake_suite(suite: str) -> Callable[[list[str]], int]:
+        def run(argv: list[str]) -> int:
+            calls.append((suite, argv))
+            (tmp_path / f"{suite}.md").write_text(f"# {suite} title\n\n| a |\n|---|\n| 1 |\n")
+            if suite == "models":
+                (tmp_path / "models.png").write_bytes(b"\x89PNG")
+            return 1 if suite == "clients" else 0
+        return run
+
+    monkeypatch.setattr(bench, "_suite_main", fake_suite)
+    code = cli_main(["bench", "all", "--out", str(tmp_path), "--large",
+                     "--only", "clients", "models", "peers"])
+    assert code == 1  # clients failed
+    assert [suite for suite, _ in calls] == ["peers", "models", "clients"]  # ALL_ORDER
+    assert dict(calls)["models"] == ["--out", str(tmp_path), "--large"]
+    assert dict(calls)["peers"] == ["--out", str(tmp_path)]
+    combined = (tmp_path / "all.md").read_text()
+    assert "## peers title" in combined and "![models](models.png)" in combined
+    assert "clients title" not in combined  # a failed suite's stale report is left out
+    assert "FAILED: clients" in capsys.readouterr().out

@@ -88,8 +88,23 @@ def run_all(argv: Sequence[str]) -> int:
     for suite, code, seconds in results:
         print(f"{suite:<10} {code:>5}  {seconds / 60:7.1f}")
     failed = [suite for suite, code, _ in results if code != 0]
-    print(f"results in {args.out}/" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    combined = _combine(args.out, [suite for suite, code, _ in results if code == 0])
+    print(f"results in {args.out}/ (all of them in {combined})"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _combine(folder: Path, suites: Sequence[str]) -> Path:
+    """One markdown file with every suite's tables and plots (for docs/benchmarks.md)."""
+    parts = []
+    for suite in suites:
+        text = (folder / f"{suite}.md").read_text(encoding="utf-8").strip()
+        text = text.replace("\n# ", "\n## ").removeprefix("# ")  # suite titles become h2
+        plot = f"\n\n![{suite}]({suite}.png)" if (folder / f"{suite}.png").exists() else ""
+        parts.append(f"## {text}{plot}\n")
+    combined = folder / "all.md"
+    combined.write_text("\n".join(parts), encoding="utf-8")
+    return combined
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,7 +44,9 @@ def machine_info() -> dict[str, Any]:
     return {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
             "python": platform.python_version(), "system": platform.platform(),
             "openfhe": _version("openfhe"), "tenseal": _version("tenseal"),
-            "threshold_fl": _version("threshold-fl")}
+            "threshold_fl": _version("threshold-fl"),
+            # OpenFHE parallelises with OpenMP; unset means one thread per core.
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -66,7 +68,8 @@ def write_suite(folder: Path, suite: str, title: str, table: str, data: dict[str
     machine = machine_info()
     described = (f"Measured on {machine['cpu']} ({machine['cores']} cores, "
                  f"{machine['memory_gib']} GiB), Python {machine['python']}, "
-                 f"OpenFHE {machine['openfhe']}, TenSEAL {machine['tenseal']}.")
+                 f"OpenFHE {machine['openfhe']}, TenSEAL {machine['tenseal']}, "
+                 f"OMP_NUM_THREADS={machine['omp_num_threads']}.")
     markdown = f"# {title}\n\n{described}\n\n{table}\n" + (f"\n{notes}\n" if notes else "")
     markdown_path, json_path = folder / f"{suite}.md", folder / f"{suite}.json"
     markdown_path.write_text(markdown, encoding="utf-8")

@@ -50,12 +50,12 @@ from threshold_fl.crypto import (
     MAX_VECTOR_LENGTH,
     CkksContext,
     CkksParams,
+    EncryptedSum,
     EncryptedVector,
     JointPublicKey,
     PartyKeys,
     PublicKey,
     ThresholdSecret,
-    WeightedSum,
     ciphertext_count,
     combine_public_shares,
     context_for,
@@ -130,18 +130,16 @@ def layout_for(length: int, values_per_ciphertext: int) -> Layout:
                                        for start in range(0, length, size)))
 
 
-# -- the only calls that will change when clients pre-weight -------------------------
+# -- the crypto calls of a round -------------------------------------------------------
 def encrypt_upload(context: CkksContext, key: PublicKey, values: FloatArray,
                    weight: float) -> Iterator[Any]:
-    """One client's ciphertexts for ``values``.  Today the aggregator applies the FedAvg
-    weight; once clients pre-weight, this encrypts ``weight * values``."""
-    del weight  # applied by add_upload
-    return encrypt_chunks(context, key, values)
+    """One client's ciphertexts: ``weight * values``, one limb each (clients pre-weight)."""
+    return encrypt_chunks(context, key, values, weight=weight)
 
 
-def add_upload(total: WeightedSum, weight: float, ciphertexts: Iterable[Any]) -> None:
-    """The aggregator's work for one upload (today: weight and add; soon: add)."""
-    total.add_chunks(weight, ciphertexts)
+def add_upload(total: EncryptedSum, ciphertexts: Iterable[Any]) -> None:
+    """The aggregator's work for one upload: additions only."""
+    total.add_chunks(ciphertexts)
 
 
 # -- values, records, clocks -----------------------------------------------------------
@@ -324,13 +322,13 @@ def aggregate_role(job: Job) -> Job:
     started = time.perf_counter()
     with (folder / "aggregate.bin").open("wb") as out:
         for index, (start, stop) in enumerate(layout.segments):
-            total = WeightedSum(context, key_id, stop - start)
+            total = EncryptedSum(context, key_id, stop - start)
             for item in job["inputs"]:
                 frames = overhead.iterate(read_records(Path(item["path"]), *item["spans"][index]))
-                add_upload(total, float(item["weight"]),
+                add_upload(total,
                            stream_vector(context, frames, key_id=key_id, length=stop - start))
             aggregate = total.result()
-            del total  # only the rescaled aggregate is written
+            del total  # only the aggregate is written
             sent += _write_aggregate(context, aggregate, out, overhead)
     return {"seconds": time.perf_counter() - started - overhead.seconds, "bytes": sent}
 
