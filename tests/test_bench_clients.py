@@ -58,7 +58,8 @@ def test_a_round_that_cannot_fit_on_disk_is_refused(
 
 
 @pytest.mark.parametrize("bad", [["--clients-list", "1"], ["--clients-list", "1001"],
-                                 ["--length", "0"], ["--length", str(MAX_VECTOR_LENGTH + 1)], ["--pool", "0"],
+                                 ["--length", "0"], ["--length", str(MAX_VECTOR_LENGTH + 1)],
+                                 ["--pool", "0"],
                                  ["--decrypt-ciphertexts", "-1"], ["--threads", "x"]])
 def test_bad_arguments_are_refused(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
