@@ -20,7 +20,6 @@ library's default parameters for N), every role in its own OS process
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from threshold_fl._checks import bounded
-from threshold_fl.bench.output import markdown_table, write_suite
+from threshold_fl.bench.output import (
+    markdown_table,
+    print_line,
+    progress_for,
+    suite_error,
+    write_suite,
+)
 from threshold_fl.bench.peers import CNN_LENGTH
 from threshold_fl.bench.roles import (
     HeRound,
@@ -186,20 +191,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[ClientsRow] = []
     try:
         baseline = baseline_peak_mib(args.threads)
-        print(" | ".join(COLUMNS), flush=True)
+        print_line(COLUMNS)
         for clients in counts:
-            def progress(message: str, clients: int = clients) -> None:
-                print(f"  [{clients} clients] {message}", flush=True)
-
+            slow = clients >= SLOW_CLIENTS
             row = measure(clients, args.length, pool=args.pool,
                           decrypt_ciphertexts=args.decrypt_ciphertexts or None, seed=args.seed,
                           baseline_mib=baseline, threads=args.threads,
-                          progress=progress if clients >= SLOW_CLIENTS else None)
-            print(" | ".join(str(cell) for cell in row.cells()), flush=True)
+                          progress=progress_for(f"{clients} clients") if slow else None)
+            print_line(row.cells())
             rows.append(row)
     except ThresholdFLError as error:
-        print(f"threshold-fl bench clients: error: {error}", file=sys.stderr)
-        return 1
+        return suite_error("clients", error)
     wall_s = time.perf_counter() - started
     notes = _notes(rows, args.pool, args.threads, wall_s)
     paths = write_suite(args.out, "clients", f"Clients: time per step and aggregator memory, "

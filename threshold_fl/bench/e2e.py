@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from threshold_fl._checks import bounded
-from threshold_fl.bench.output import markdown_table, write_suite
+from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
 from threshold_fl.demo import DemoConfig, run_demo
 from threshold_fl.demo_report import RunResult
 from threshold_fl.errors import ThresholdFLError
@@ -273,20 +273,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_mode(template, mode)
             results.append(result)
             mine = [RoundFigures.of(mode, row) for row in result.rounds]
-            print(" | ".join(ROUND_COLUMNS), flush=True)
+            print_line(ROUND_COLUMNS)
             for row in mine:
-                print(" | ".join(str(cell) for cell in row.cells()), flush=True)
+                print_line(row.cells())
             rows.extend(mine)
         totals = totals_of(results)
         paths = _write(out, template, results, rows, totals)
     except (ThresholdFLError, OSError) as error:
-        print(f"threshold-fl bench e2e: error: {error}", file=sys.stderr)
-        return 1
+        return suite_error("e2e", error)
     except KeyboardInterrupt:
         print("threshold-fl bench e2e: interrupted", file=sys.stderr)
         return 130
     print("\n" + " | ".join(TOTAL_COLUMNS))
     for total in totals:
-        print(" | ".join(str(cell) for cell in total.cells()))
+        print_line(total.cells())
     print(f"\n{_headline(totals)}\nwrote {', '.join(str(path) for path in paths)}", flush=True)
     return 0

@@ -23,7 +23,6 @@ up to about 17 GB of temporary files; vectors over 10^8 values go as two segment
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from threshold_fl._checks import bounded
-from threshold_fl.bench.output import markdown_table, write_suite
+from threshold_fl.bench.output import (
+    markdown_table,
+    print_line,
+    progress_for,
+    suite_error,
+    write_suite,
+)
 from threshold_fl.bench.roles import (
     HeRound,
     PlainRound,
@@ -207,18 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         params = threshold_params(args.clients)
         baseline = baseline_peak_mib(args.threads)
-        print(" | ".join(COLUMNS), flush=True)
+        print_line(COLUMNS)
         for length in lengths:
-            def progress(message: str, length: int = length) -> None:
-                print(f"  [{length:,} values] {message}", flush=True)
-
+            slow = length >= SLOW_LENGTH
             row = measure(length, params, args.clients, args.seed, baseline, args.threads,
-                          progress if length >= SLOW_LENGTH else None)
-            print(" | ".join(str(cell) for cell in row.cells()), flush=True)
+                          progress_for(f"{length:,} values") if slow else None)
+            print_line(row.cells())
             rows.append(row)
     except ThresholdFLError as error:
-        print(f"threshold-fl bench models: error: {error}", file=sys.stderr)
-        return 1
+        return suite_error("models", error)
     wall_s = time.perf_counter() - started
     notes = _notes(rows, args.clients, args.threads, wall_s)
     paths = write_suite(args.out, "models", f"Encrypted round per model size vs plaintext, "

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "markdown_table", "write_suite"]
+__all__ = ["machine_info", "markdown_table", "print_line", "progress_for", "suite_error",
+           "write_suite"]
 
 
 def _cpu_model() -> str:
@@ -76,3 +78,22 @@ def write_suite(folder: Path, suite: str, title: str, table: str, data: dict[str
     json_path.write_text(json.dumps({"suite": suite, "machine": machine, **data}, indent=2)
                          + "\n", encoding="utf-8")
     return markdown_path, json_path
+
+
+# -- what every suite prints while it runs -------------------------------------------
+def print_line(cells: Iterable[object]) -> None:
+    """One table line (a header or a row's cells) as soon as it is known: the progress."""
+    print(" | ".join(str(cell) for cell in cells), flush=True)
+
+
+def progress_for(label: str) -> Callable[[str], None]:
+    """A progress callback that prefixes a slow row's messages with ``[label]``."""
+    def progress(message: str) -> None:
+        print(f"  [{label}] {message}", flush=True)
+    return progress
+
+
+def suite_error(suite: str, error: Exception) -> int:
+    """Say what went wrong the way every suite does, and give the exit code (1)."""
+    print(f"threshold-fl bench {suite}: error: {error}", file=sys.stderr)
+    return 1

@@ -27,7 +27,6 @@ per cell instead, and cells the parameters refuse are listed as skipped.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -39,7 +38,7 @@ import numpy as np
 import threshold_fl.bench.crypto as bench_crypto
 from threshold_fl._checks import bounded
 from threshold_fl.bench.crypto import FloatArray, RoundResult, run_round
-from threshold_fl.bench.output import markdown_table, write_suite
+from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
 from threshold_fl.bench.threshold import he_compute_seconds, warm_up
 from threshold_fl.crypto import CkksContext, context_for, threshold_params
 from threshold_fl.errors import ParameterError, ThresholdFLError
@@ -214,7 +213,7 @@ def _grid(args: argparse.Namespace, models: LocalModels
           ) -> tuple[list[ParamsRow], list[SkippedCell]]:
     rows: list[ParamsRow] = []
     skipped: list[SkippedCell] = []
-    print(" | ".join(COLUMNS), flush=True)
+    print_line(COLUMNS)
     for noise in args.noise:
         print(f"{noise} noise: {len(args.batch_sizes) * len(args.scaling_bits)} rounds of "
               f"{models.vectors[0].size:,} values ...", flush=True)
@@ -226,7 +225,7 @@ def _grid(args: argparse.Namespace, models: LocalModels
                     skipped.append(SkippedCell(noise, batch_size, bits, str(error)))
                     print(f"{noise} | {batch_size} | {bits} | skipped: {error}", flush=True)
                     continue
-                print(" | ".join(str(cell) for cell in row.cells()), flush=True)
+                print_line(row.cells())
                 rows.append(row)
     return rows, skipped
 
@@ -302,8 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not rows:
             raise ParameterError("every cell of the grid was refused; see the reasons above")
     except ThresholdFLError as error:
-        print(f"threshold-fl bench params: error: {error}", file=sys.stderr)
-        return 1
+        return suite_error("params", error)
     notes = _notes(models, rows, skipped, args.epochs)
     title = (f"Batch size x scaling bits, threshold CKKS with {args.clients} clients, "
              f"{args.model} ({models.vectors[0].size:,} values)")

@@ -19,7 +19,6 @@ are one layer.  Needs TenSEAL: ``pip install 'threshold-fl[bench]'``.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 
 from threshold_fl._checks import bounded
 from threshold_fl.bench.crypto import RoundResult, run_round
-from threshold_fl.bench.output import markdown_table, write_suite
+from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
 from threshold_fl.crypto import CkksParams, context_for, threshold_params
 from threshold_fl.errors import ThresholdFLError
 from threshold_fl.peers.tenseal_flare import FlareRound, run_flare_round
@@ -152,15 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     rows: list[PeerRow] = []
-    print(" | ".join(COLUMNS), flush=True)
+    print_line(COLUMNS)
     try:
         for length in args.lengths:
             for row in measure(int(length), int(args.clients), int(args.seed)):
-                print(" | ".join(str(cell) for cell in row.cells()), flush=True)
+                print_line(row.cells())
                 rows.append(row)
     except ThresholdFLError as error:
-        print(f"threshold-fl bench peers: error: {error}", file=sys.stderr)
-        return 1
+        return suite_error("peers", error)
     headline = _headline(rows)
     paths = write_suite(args.out, "peers", f"Ours vs NVIDIA FLARE (TenSEAL), {args.clients} "
                         "clients", markdown_table(COLUMNS, [row.cells() for row in rows]),

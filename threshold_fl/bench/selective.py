@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import math
 import resource
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -36,7 +35,7 @@ import numpy.typing as npt
 
 from threshold_fl._checks import bounded, checked_int
 from threshold_fl.bench.crypto import run_round
-from threshold_fl.bench.output import markdown_table, write_suite
+from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
 from threshold_fl.bench.threshold import he_compute_seconds, warm_up
 from threshold_fl.crypto import CkksContext, context_for, threshold_params
 from threshold_fl.errors import ThresholdFLError
@@ -240,14 +239,14 @@ def _measure_all(args: argparse.Namespace, length: int
     plaintext = plaintext_fedavg(inputs, weights)
     print(f"plaintext FedAvg: {plaintext.seconds:.3f} s, "
           f"{plaintext.upload_bytes / 1e6:.1f} MB per client", flush=True)
-    print(" | ".join(COLUMNS), flush=True)
+    print_line(COLUMNS)
     rows = []
     for percent in args.percents:
         count = round(length * percent / 100)
         if count:
             print(f"{percent:g} %: encrypting {count:,} values per client ...", flush=True)
         row = measure(context, inputs, weights, percent, plaintext)
-        print(" | ".join(str(cell) for cell in row.cells()), flush=True)
+        print_line(row.cells())
         rows.append(row)
     return context, plaintext, rows
 
@@ -259,8 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         context, plaintext, rows = _measure_all(args, length)
     except ThresholdFLError as error:
-        print(f"threshold-fl bench selective: error: {error}", file=sys.stderr)
-        return 1
+        return suite_error("selective", error)
     peak = _peak_memory_mib()
     notes = (f"Plaintext FedAvg: {plaintext.seconds:.3f} s, {plaintext.upload_bytes / 1e6:.1f} MB "
              f"per client (float32). Encrypted parts run in threshold rounds of "

@@ -23,7 +23,6 @@ them once; "HE compute" adds every client's work.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 
 from threshold_fl._checks import bounded
 from threshold_fl.bench.crypto import FloatArray, RoundResult, run_round
-from threshold_fl.bench.output import markdown_table, write_suite
+from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
 from threshold_fl.bench.peers import CNN_LENGTH
 from threshold_fl.crypto import CkksContext, CkksParams, context_for, threshold_params
 from threshold_fl.errors import ThresholdFLError
@@ -231,12 +230,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _measure_all(args: argparse.Namespace) -> list[StepRow]:
     rows: list[StepRow] = []
-    print(" | ".join(COLUMNS), flush=True)
+    print_line(COLUMNS)
     for clients in dict.fromkeys(int(n) for n in args.clients):  # in order, once each
         print(f"N={clients}: {len(args.configurations)} rounds of {args.length:,} values ...",
               flush=True)
         for row in measure(int(args.length), clients, int(args.seed), args.configurations):
-            print(" | ".join(str(cell) for cell in row.cells()), flush=True)
+            print_line(row.cells())
             rows.append(row)
     return rows
 
@@ -247,8 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rows = _measure_all(args)
     except ThresholdFLError as error:
-        print(f"threshold-fl bench threshold: error: {error}", file=sys.stderr)
-        return 1
+        return suite_error("threshold", error)
     headline = _headline(rows)
     noise = noise_rows(rows)
     notes = headline
