@@ -4,12 +4,14 @@ process per role, tiny vectors)."""
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from threshold_fl.bench import roles
+from threshold_fl.bench.output import peak_mib, reset_peak
 from threshold_fl.bench.roles import Upload, layout_for, run_he_round, run_plain_round
 from threshold_fl.cli import main as cli_main
 from threshold_fl.crypto import (
@@ -100,3 +102,25 @@ def test_bad_arguments_are_refused(bad: list[str], capsys: pytest.CaptureFixture
         cli_main(["bench", "models", *bad])
     assert info.value.code == 2
     assert "threshold-fl bench models: error:" in capsys.readouterr().err
+
+
+def test_a_role_reports_its_own_peak_not_its_parents() -> None:
+    # ru_maxrss survives fork + exec, so a role started by a big parent (``bench all``
+    # after the selective suite) used to report the parent's peak as its own.
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+    parent_peak = peak_mib()
+    assert parent_peak >= 400
+    assert roles.baseline_peak_mib() < parent_peak - 300
+    del ballast
+
+
+def test_reset_peak_starts_the_peak_afresh() -> None:
+    # An anonymous map is returned to the kernel on close, whatever malloc the
+    # process runs (OpenFHE's keeps freed memory, so a freed array would not do).
+    size = 300 * 2**20
+    with mmap.mmap(-1, size) as ballast:
+        ballast[::4096] = b"\x01" * (size // 4096)  # touch every page
+        before = peak_mib()
+    reset_peak()
+    assert before >= 300
+    assert peak_mib() < before - 200

@@ -177,7 +177,7 @@ def _notes(rows: Sequence[ModelRow], clients: int, threads: int, wall_s: float) 
         "partial decryptions + fusion; plain s: all clients' float32 serialisations + the "
         "same streamed weighted sum. Seconds leave out file I/O and drawing the test values.",
         f"Every role ran in its own process, one at a time, with {threads_note(threads)}; "
-        "memory is each process's peak resident set (ru_maxrss). A process that only "
+        "memory is each process's peak resident set (VmHWM). A process that only "
         f"imports NumPy, OpenFHE and the crypto layer peaks at {rows[0].baseline_mib:,.0f} "
         "MiB. Client MiB is the larger of a client's encryption and partial-decryption "
         "processes.",

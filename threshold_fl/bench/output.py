@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "markdown_table", "print_line", "progress_for", "suite_error",
-           "write_suite"]
+__all__ = ["machine_info", "markdown_table", "peak_mib", "print_line", "progress_for",
+           "reset_peak", "suite_error", "write_suite"]
 
 
 def _cpu_model() -> str:
@@ -97,3 +98,34 @@ def suite_error(suite: str, error: Exception) -> int:
     """Say what went wrong the way every suite does, and give the exit code (1)."""
     print(f"threshold-fl bench {suite}: error: {error}", file=sys.stderr)
     return 1
+
+
+def peak_mib() -> float:
+    """This process's own peak resident memory so far, in MiB.
+
+    ``VmHWM`` belongs to the process's address space, which ``exec`` replaces;
+    ``ru_maxrss`` does not reset at ``exec``, so a role started from a large
+    parent (``bench all`` after the selective suite) would report the parent's
+    peak instead of its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def reset_peak() -> None:
+    """Start this process's ``peak_mib`` afresh (Linux >= 4.0; elsewhere a no-op).
+
+    ``bench all`` runs suites one after another in one process; without this a
+    suite would report the peak of the suites before it.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass

@@ -1,5 +1,5 @@
 """One federated round with every role in its own OS process, so that each role's
-seconds and peak memory (``ru_maxrss`` of that process) are its own.
+seconds and peak memory (``VmHWM`` of that process) are its own.
 
 The parent draws the threshold keys of the N clients (noise flooding on, the
 library's default) and writes them to files with the wire encoders; then, one
@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import shutil
 import struct
 import subprocess
@@ -46,6 +45,7 @@ from typing import IO, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from threshold_fl.bench.output import peak_mib
 from threshold_fl.crypto import (
     MAX_VECTOR_LENGTH,
     CkksContext,
@@ -212,11 +212,6 @@ class Overhead:
         out.write(data)
         self.seconds += time.perf_counter() - start
         return len(data)
-
-
-def peak_mib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- keys on files ---------------------------------------------------------------------

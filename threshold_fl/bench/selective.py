@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -35,7 +34,14 @@ import numpy.typing as npt
 
 from threshold_fl._checks import bounded, checked_int
 from threshold_fl.bench.crypto import run_round
-from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
+from threshold_fl.bench.output import (
+    markdown_table,
+    peak_mib,
+    print_line,
+    reset_peak,
+    suite_error,
+    write_suite,
+)
 from threshold_fl.bench.threshold import he_compute_seconds, warm_up
 from threshold_fl.crypto import CkksContext, context_for, threshold_params
 from threshold_fl.errors import ThresholdFLError
@@ -178,10 +184,6 @@ def client_vectors(length: int, clients: int, seed: int
     return inputs, samples / samples.sum()
 
 
-def _peak_memory_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def _plot(rows: Sequence[SelectiveRow], plaintext: PlaintextRound, path: Path) -> None:
     import matplotlib
 
@@ -255,11 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.percents = sorted(set(args.percents))
     length = VIT_LENGTH if args.large else int(args.length)
+    reset_peak()
     try:
         context, plaintext, rows = _measure_all(args, length)
     except ThresholdFLError as error:
         return suite_error("selective", error)
-    peak = _peak_memory_mib()
+    peak = peak_mib()
     notes = (f"Plaintext FedAvg: {plaintext.seconds:.3f} s, {plaintext.upload_bytes / 1e6:.1f} MB "
              f"per client (float32). Encrypted parts run in threshold rounds of "
              f"{SLICE_CIPHERTEXTS} ciphertexts; time is every client's work plus the "
