@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from protocols.deadlines import key_agreement_culprits, upload_culprits
 from protocols.events import (
     Aborted,
     Finished,
@@ -54,7 +55,14 @@ from protocols.messages import (
     UpdateUpload,
 )
 from protocols.messages import Finished as FinishedBody
-from protocols.protection import FloatArray, ProtectedSum, decode_plain, encode_plain
+from protocols.protection import (
+    FloatArray,
+    ProtectedSum,
+    checked_weights,
+    decode_plain,
+    encode_plain,
+)
+from protocols.relay import DecryptionRelay
 from protocols.session import plaintext_key_id
 from threshold_fl.crypto.keys import PublicKey, combine_public_shares
 from threshold_fl.crypto.wire import decode_public_key
@@ -111,7 +119,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(manifest, identity, randomness, A.IDLE)
-        self._weights = _checked_weights(manifest, weights)
+        self._weights = checked_weights(manifest.client_ids, weights)
         self._samples: dict[PartyId, int] = {}
         self.alive: list[PartyId] = []
         self.dropped: dict[PartyId, str] = {}
@@ -132,10 +140,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._expected: tuple[PartyId, ...] = ()  # who must upload in this attempt
         self._sum: ProtectedSum | None = None
         self._plain_sum: FloatArray | None = None
-        self._digest: str | None = None  # of the aggregate being decrypted
-        self._relayed: set[PartyId] = set()  # whose partial decryption went out
-        self._recovering: dict[PartyId, PartyId] = {}  # dropped -> recoverer
-        self._decrypting = False
+        self._decryption = DecryptionRelay()
 
     # -- the step being worked on ------------------------------------------------------
     @property
@@ -268,10 +273,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._round = round_
         self._expected = tuple(self.alive)
         self._uploaders = []
-        self._digest = None
-        self._relayed = set()
-        self._recovering = {}
-        self._decrypting = False
+        self._decryption = DecryptionRelay()
         self._reset_step(now, self.manifest.timeouts.upload_s)
         length = self._protected_length()
         self._sum = ProtectedSum(self.manifest.mode, self.context, self._key_id, length)
@@ -325,11 +327,10 @@ class AggregatorMachine(Machine[AggregatorState]):
 
     def _broadcast_aggregate(self, now: float) -> Step:
         assert self._sum is not None and self._plain_sum is not None
-        protected, self._digest = self._sum.result()
+        protected, digest = self._sum.result()
         self.state = A.MASK_DECRYPTION if self.state is A.MASK_UPLOAD else A.ROUND_DECRYPTION
-        self._decrypting = (
-            self.manifest.mode is Mode.THRESHOLD and self._protected_length() > 0
-        )
+        joint = self.manifest.mode is Mode.THRESHOLD and self._protected_length() > 0
+        self._decryption = DecryptionRelay(digest, running=joint)
         self._reset_step(now, self.manifest.timeouts.decrypt_s)
         body = Aggregate(protected, encode_plain(self._plain_sum))
         self._sum = None
@@ -340,25 +341,24 @@ class AggregatorMachine(Machine[AggregatorState]):
     def _on_partial_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, PartialShare)
         sender, owner = message.header.sender, message.body.on_behalf_of
-        if not self._decrypting:
+        if not self._decryption.running:
             raise UnexpectedMessage("no joint decryption is running in this step; discarded")
         # A dropped holder's late partial would race its recovered one: refuse it.
         self._require_sender(message, self.alive, "an active client")
         self._require_relay(message, broadcast=True)
-        recovering = self._recovering.get(owner) == sender
-        if owner not in self._holders or (owner != sender and not recovering):
+        if not self._decryption.may_send(sender, owner, self._holders):
             raise ForgedMessage(f"{sender!r} may not send a partial decryption for {owner!r}")
-        self._require_new(self._relayed, owner, message)
-        if message.body.vector_digest != self._digest:
+        self._require_new(self._decryption.relayed, owner, message)
+        if message.body.vector_digest != self._decryption.digest:
             raise MalformedMessage("the partial decryption is for another aggregate")
-        self._relayed.add(owner)
+        self._decryption.relayed.add(owner)
         return self._relay(message, now)
 
     def _on_recovery_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, RecoveryShare)
         dropped = message.body.dropped
         self._require_sender(message, self.alive, "an active client")
-        if self._recovering.get(dropped) != message.header.recipient:
+        if self._decryption.recovering.get(dropped) != message.header.recipient:
             raise UnexpectedMessage(f"no recovery of {dropped!r} by {message.header.recipient!r}")
         self._require_relay(message, broadcast=False)
         key = ("recovery", message.header.sender, dropped)
@@ -423,17 +423,11 @@ class AggregatorMachine(Machine[AggregatorState]):
 
     def _request_recoveries(self) -> Step:
         step = Step()
-        if not self._decrypting:
-            return step
-        for holder in self._holders:
-            recoverer = self._recovering.get(holder)
-            if holder in self.dropped and holder not in self._relayed and (
-                recoverer is None or recoverer in self.dropped
-            ):
-                self._recovering[holder] = self.alive[0]
-                self._needs_rekey = True
-                body = RecoveryRequest(holder, self.alive[0])
-                step.sends.extend(self._sends(self.alive, body, self.step))
+        for holder in self._decryption.assign_recoveries(self._holders, self.dropped,
+                                                         self.alive[0]):
+            self._needs_rekey = True
+            body = RecoveryRequest(holder, self.alive[0])
+            step.sends.extend(self._sends(self.alive, body, self.step))
         return step
 
     def _decryption_done(self, now: float) -> Step:
@@ -478,30 +472,13 @@ class AggregatorMachine(Machine[AggregatorState]):
 
     def _culprits(self) -> list[PartyId]:
         if self.state is A.KEY_AGREEMENT:
-            return self._key_culprits()
+            delivered = {(key[1], key[2]) for key in self._seen
+                         if isinstance(key, tuple) and key[0] == "relay"}
+            return key_agreement_culprits(self._key_contributors(), self._public_shares,
+                                          self._holders, delivered, self.alive, self._done)
         if self.state in _UPLOADS:
-            return [party for party in self._expected if party not in self._uploaders]
-        missing = [h for h in self._holders if h not in self._relayed] if self._decrypting else []
-        if missing:
-            owners = [h for h in missing if h in self.alive]
-            stalled = [self._recovering[h] for h in missing if h in self._recovering]
-            return sorted(set(owners + stalled) & set(self.alive))
-        return [party for party in self.alive if party not in self._done]
-
-    def _key_culprits(self) -> list[PartyId]:
-        contributors = self._key_contributors()
-        missing_shares = [p for p in contributors if p not in self._public_shares]
-        if missing_shares:
-            lead = contributors[0]
-            return [lead] if lead in missing_shares else missing_shares
-        recipients = self._holders
-        silent = [
-            sender for sender in contributors
-            if any(("relay", sender, r) not in self._seen for r in recipients if r != sender)
-        ]
-        if silent:
-            return silent
-        return [party for party in self.alive if party not in self._done]
+            return upload_culprits(self._expected, self._uploaders)
+        return self._decryption.culprits(self._holders, self.alive, self._done)
 
     def _after_drop(self, now: float) -> Step:
         if len(self.alive) < self.manifest.threshold:
@@ -625,21 +602,3 @@ class AggregatorMachine(Machine[AggregatorState]):
         },
     }
 
-
-def _checked_weights(
-    manifest: Manifest, weights: Mapping[str, float] | None
-) -> dict[PartyId, float] | None:
-    """FedAvg weights given by the application: one positive finite weight per client."""
-    if weights is None:
-        return None
-    if set(weights) != set(manifest.client_ids):
-        raise ParameterError(
-            f"weights must name exactly the clients {list(manifest.client_ids)}, got "
-            f"{sorted(weights)}"
-        )
-    for party, weight in weights.items():
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not (
-            0 < weight < float("inf")
-        ):
-            raise ParameterError(f"the weight of {party!r} must be positive and finite")
-    return {PartyId(party): float(weight) for party, weight in weights.items()}

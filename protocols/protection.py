@@ -7,7 +7,7 @@ be compared like for like: a plaintext-mode "protected" part is simply float32 b
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgpack
 import numpy as np
@@ -19,11 +19,13 @@ from threshold_fl.crypto.keys import PublicKey
 from threshold_fl.crypto.vectors import EncryptedSum, EncryptedVector, encrypt_vector
 from threshold_fl.crypto.wire import decode_vector, encode_vector, stream_vector
 from threshold_fl.errors import MalformedMessage, ParameterError
+from threshold_fl.identity import PartyId
 
 __all__ = [
     "PLAIN_DTYPE",
     "FloatArray",
     "ProtectedSum",
+    "checked_weights",
     "decode_frames",
     "decode_plain",
     "encode_frames",
@@ -149,3 +151,22 @@ def _single(frames: Sequence[bytes]) -> bytes:
     if len(frames) != 1:
         raise MalformedMessage(f"a plaintext-mode vector is one frame, got {len(frames)}")
     return frames[0]
+
+
+def checked_weights(
+    clients: Sequence[PartyId], weights: Mapping[str, float] | None
+) -> dict[PartyId, float] | None:
+    """FedAvg weights given by the application: one positive finite weight per client."""
+    if weights is None:
+        return None
+    if set(weights) != set(clients):
+        raise ParameterError(
+            f"weights must name exactly the clients {list(clients)}, got "
+            f"{sorted(weights)}"
+        )
+    for party, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not (
+            0 < weight < float("inf")
+        ):
+            raise ParameterError(f"the weight of {party!r} must be positive and finite")
+    return {PartyId(party): float(weight) for party, weight in weights.items()}

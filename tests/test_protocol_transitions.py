@@ -165,7 +165,7 @@ class Scenario:
 #: dropout): recovery under way, a retried upload, a rotated key.
 WHEN: dict[str, Callable[[Network, str], bool]] = {
     "recovering": lambda net, party: bool(
-        net.aggregator._recovering if party == AGGREGATOR
+        net.aggregator._decryption.recovering if party == AGGREGATOR
         else any(key[0] == "request" for key in getattr(net.clients[party], "_seen", ()))
     ),
     "retry": lambda net, party: current_step(net, party)[3] == 2,
