@@ -17,7 +17,8 @@ the aggregate, and the shares are fused and checked against the exact weighted a
   process that only imports NumPy, OpenFHE and the crypto layer.
 
 ``--large`` adds ViT-sized 86,389,248 and BERT-base's 109,482,240 values (minutes each,
-up to about 17 GB of temporary files; vectors over 10^8 values go as two segments).
+up to about 17 GB of temporary files; a vector over the library's limit of
+250,000,000 values would go as several segments).
 """
 
 from __future__ import annotations

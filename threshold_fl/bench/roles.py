@@ -19,7 +19,7 @@ A process that only imports this module (NumPy, OpenFHE, the crypto layer) gives
 the baseline memory every role starts from.  The plaintext round (``plain``:
 float32 serialisation and the same streamed weighted sum) runs in one process.
 
-Vectors longer than the library's largest vector (10^8 values) travel as
+Vectors longer than the library's largest vector (MAX_VECTOR_LENGTH) travel as
 consecutive segments, each its own vector.  Files hold length-prefixed records:
 upload files one frame per record, aggregate and share files one run of frames
 per group of ciphertexts.  A role's seconds leave out file I/O (a network would
@@ -108,7 +108,7 @@ class Upload:
 
 @dataclass(frozen=True)
 class Layout:
-    """How a vector is cut: groups of ``chunk`` values inside segments of at most 10^8."""
+    """How a vector is cut: groups of ``chunk`` values in segments of MAX_VECTOR_LENGTH."""
 
     length: int
     chunk: int
@@ -116,7 +116,7 @@ class Layout:
 
 
 def layout_for(length: int, values_per_ciphertext: int) -> Layout:
-    """Segments of whole groups (the library encrypts at most 10^8 values per vector)."""
+    """Segments of whole groups (the library encrypts MAX_VECTOR_LENGTH values at most)."""
     if length < 1:
         raise ParameterError(f"a round needs at least one value, got {length}")
     chunk = GROUP_CIPHERTEXTS * values_per_ciphertext
