@@ -23,16 +23,16 @@ import argparse
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from threshold_fl._checks import bounded
 from threshold_fl.bench.output import (
-    markdown_table,
+    add_role_options,
     print_line,
     progress_for,
+    publish_suite,
     suite_error,
-    write_suite,
 )
 from threshold_fl.bench.peers import CNN_LENGTH
 from threshold_fl.bench.roles import (
@@ -178,13 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=DEFAULT_DECRYPT_CIPHERTEXTS,
                         help="aggregate ciphertexts every party decrypts (0: all; "
                              "default %(default)s)")
-    parser.add_argument("--threads", type=bounded(int, 0, 256), default=1,
-                        help="OpenMP threads per role process (0: OpenMP's default, all "
-                             "cores; default 1, stable when other work shares the cores)")
-    parser.add_argument("--seed", type=bounded(int, 0), default=0,
-                        help="seed of the client values (default %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("bench-results"),
-                        help="folder for clients.md, .json and .png (default %(default)s)")
+    add_role_options(parser, "clients", "the client values")
     args = parser.parse_args(argv)
     counts = sorted(set(args.clients_list))
     started = time.perf_counter()
@@ -204,14 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return suite_error("clients", error)
     wall_s = time.perf_counter() - started
     notes = _notes(rows, args.pool, args.threads, wall_s)
-    paths = write_suite(args.out, "clients", f"Clients: time per step and aggregator memory, "
-                        f"{args.length:,} values", markdown_table(COLUMNS,
-                                                                  [r.cells() for r in rows]),
-                        {"rows": [asdict(row) for row in rows], "pool": args.pool,
-                         "decrypt_ciphertexts": args.decrypt_ciphertexts,
-                         "baseline_mib": baseline, "threads": args.threads,
-                         "wall_s": wall_s}, notes=notes)
-    _plot(rows, args.out / "clients.png")
-    print(f"\n{notes.split(chr(10))[0]}\nwrote {paths[0]}, {paths[1]} and "
-          f"{args.out / 'clients.png'}")
+    publish_suite(args.out, "clients",
+                  f"Clients: time per step and aggregator memory, {args.length:,} values",
+                  COLUMNS, rows, {"pool": args.pool,
+                                  "decrypt_ciphertexts": args.decrypt_ciphertexts,
+                                  "baseline_mib": baseline, "threads": args.threads,
+                                  "wall_s": wall_s},
+                  notes=notes, headline=notes.split("\n")[0],
+                  plot=lambda path: _plot(rows, path))
     return 0

@@ -27,18 +27,18 @@ import argparse
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from threshold_fl._checks import bounded
 from threshold_fl.bench.output import (
-    markdown_table,
+    add_role_options,
     print_line,
     progress_for,
+    publish_suite,
     suite_error,
-    write_suite,
 )
 from threshold_fl.bench.roles import (
     HeRound,
@@ -199,13 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also 86,389,248 and 109,482,240 values (minutes each)")
     parser.add_argument("--clients", type=bounded(int, 2, 20), default=3,
                         help="clients per round (default %(default)s)")
-    parser.add_argument("--threads", type=bounded(int, 0, 256), default=1,
-                        help="OpenMP threads per role process (0: OpenMP's default, all "
-                             "cores; default 1, stable when other work shares the cores)")
-    parser.add_argument("--seed", type=bounded(int, 0), default=0,
-                        help="seed of the client values and weights (default %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("bench-results"),
-                        help="folder for models.md, .json and .png (default %(default)s)")
+    add_role_options(parser, "models", "the client values and weights")
     args = parser.parse_args(argv)
     lengths = list(dict.fromkeys([*args.lengths, *(LARGE_LENGTHS if args.large else ())]))
     started = time.perf_counter()
@@ -224,14 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return suite_error("models", error)
     wall_s = time.perf_counter() - started
     notes = _notes(rows, args.clients, args.threads, wall_s)
-    paths = write_suite(args.out, "models", f"Encrypted round per model size vs plaintext, "
-                        f"{args.clients} clients", markdown_table(COLUMNS,
-                                                                  [r.cells() for r in rows]),
-                        {"rows": [asdict(row) for row in rows], "clients": args.clients,
-                         "baseline_mib": baseline, "params": params.to_dict(),
-                         "threads": args.threads,
-                         "wall_s": wall_s}, notes=notes)
-    _plot(rows, args.out / "models.png")
-    print(f"\n{notes.split(chr(10))[0]}\nwrote {paths[0]}, {paths[1]} and "
-          f"{args.out / 'models.png'}")
+    publish_suite(args.out, "models",
+                  f"Encrypted round per model size vs plaintext, {args.clients} clients",
+                  COLUMNS, rows, {"clients": args.clients, "baseline_mib": baseline,
+                                  "params": params.to_dict(), "threads": args.threads,
+                                  "wall_s": wall_s},
+                  notes=notes, headline=notes.split("\n")[0],
+                  plot=lambda path: _plot(rows, path))
     return 0

@@ -3,18 +3,22 @@ plots, each recording the machine it was measured on."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import resource
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "markdown_table", "peak_mib", "print_line", "progress_for",
-           "reset_peak", "suite_error", "write_suite"]
+from threshold_fl._checks import bounded
+
+__all__ = ["add_role_options", "machine_info", "markdown_table", "peak_mib", "print_line",
+           "progress_for", "publish_suite", "reset_peak", "suite_error", "write_suite"]
 
 
 def _cpu_model() -> str:
@@ -79,6 +83,31 @@ def write_suite(folder: Path, suite: str, title: str, table: str, data: dict[str
     json_path.write_text(json.dumps({"suite": suite, "machine": machine, **data}, indent=2)
                          + "\n", encoding="utf-8")
     return markdown_path, json_path
+
+
+def publish_suite(folder: Path, suite: str, title: str, columns: Sequence[str],
+                  rows: Sequence[Any], data: dict[str, Any], *, plot: Callable[[Path], None],
+                  notes: str = "", headline: str = "") -> None:
+    """Write ``SUITE.md`` and ``.json`` with the rows (dataclasses with ``cells()``), draw
+    ``SUITE.png`` with ``plot`` and say where they went, after ``headline``."""
+    table = markdown_table(columns, [row.cells() for row in rows])
+    paths = write_suite(folder, suite, title, table,
+                        {"rows": [asdict(row) for row in rows], **data}, notes=notes)
+    plot_path = folder / f"{suite}.png"
+    plot(plot_path)
+    print(f"\n{headline}" if headline else "")
+    print(f"wrote {paths[0]}, {paths[1]} and {plot_path}")
+
+
+def add_role_options(parser: argparse.ArgumentParser, suite: str, seed_help: str) -> None:
+    """``--threads``, ``--seed`` and ``--out`` of the suites that run one process per role."""
+    parser.add_argument("--threads", type=bounded(int, 0, 256), default=1,
+                        help="OpenMP threads per role process (0: OpenMP's default, all "
+                             "cores; default 1, stable when other work shares the cores)")
+    parser.add_argument("--seed", type=bounded(int, 0), default=0,
+                        help=f"seed of {seed_help} (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"),
+                        help=f"folder for {suite}.md, .json and .png (default %(default)s)")
 
 
 # -- what every suite prints while it runs -------------------------------------------

@@ -38,7 +38,7 @@ import numpy as np
 import threshold_fl.bench.crypto as bench_crypto
 from threshold_fl._checks import bounded
 from threshold_fl.bench.crypto import FloatArray, RoundResult, run_round
-from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
+from threshold_fl.bench.output import print_line, publish_suite, suite_error
 from threshold_fl.bench.threshold import he_compute_seconds, warm_up
 from threshold_fl.crypto import CkksContext, context_for, threshold_params
 from threshold_fl.errors import ParameterError, ThresholdFLError
@@ -305,12 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = _notes(models, rows, skipped, args.epochs)
     title = (f"Batch size x scaling bits, threshold CKKS with {args.clients} clients, "
              f"{args.model} ({models.vectors[0].size:,} values)")
-    paths = write_suite(args.out, "params", title,
-                        markdown_table(COLUMNS, [row.cells() for row in rows]),
-                        {"rows": [asdict(row) for row in rows],
-                         "skipped": [asdict(cell) for cell in skipped],
-                         "model": args.model, "clients": args.clients, "epochs": args.epochs,
-                         "plain_accuracy": models.plain_accuracy}, notes=notes)
-    _plot(rows, args.out / "params.png")
-    print(f"\nwrote {paths[0]}, {paths[1]} and {args.out / 'params.png'}")
+    publish_suite(args.out, "params", title, COLUMNS, rows,
+                  {"skipped": [asdict(cell) for cell in skipped], "model": args.model,
+                   "clients": args.clients, "epochs": args.epochs,
+                   "plain_accuracy": models.plain_accuracy},
+                  notes=notes, plot=lambda path: _plot(rows, path))
     return 0

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from threshold_fl._checks import bounded
 from threshold_fl.bench.crypto import RoundResult, run_round
-from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
+from threshold_fl.bench.output import print_line, publish_suite, suite_error
 from threshold_fl.crypto import CkksParams, context_for, threshold_params
 from threshold_fl.errors import ThresholdFLError
 from threshold_fl.peers.tenseal_flare import FlareRound, run_flare_round
@@ -160,10 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ThresholdFLError as error:
         return suite_error("peers", error)
     headline = _headline(rows)
-    paths = write_suite(args.out, "peers", f"Ours vs NVIDIA FLARE (TenSEAL), {args.clients} "
-                        "clients", markdown_table(COLUMNS, [row.cells() for row in rows]),
-                        {"rows": [asdict(row) for row in rows], "headline": headline},
-                        notes=headline)
-    _plot(rows, args.out / "peers.png")
-    print(f"\n{headline}\nwrote {paths[0]}, {paths[1]} and {args.out / 'peers.png'}")
+    publish_suite(args.out, "peers", f"Ours vs NVIDIA FLARE (TenSEAL), {args.clients} clients",
+                  COLUMNS, rows, {"headline": headline}, notes=headline, headline=headline,
+                  plot=lambda path: _plot(rows, path))
     return 0

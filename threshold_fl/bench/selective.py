@@ -35,12 +35,11 @@ import numpy.typing as npt
 from threshold_fl._checks import bounded, checked_int
 from threshold_fl.bench.crypto import run_round
 from threshold_fl.bench.output import (
-    markdown_table,
     peak_mib,
     print_line,
+    publish_suite,
     reset_peak,
     suite_error,
-    write_suite,
 )
 from threshold_fl.bench.threshold import he_compute_seconds, warm_up
 from threshold_fl.crypto import CkksContext, context_for, threshold_params
@@ -268,15 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{SLICE_CIPHERTEXTS} ciphertexts; time is every client's work plus the "
              f"aggregator's, not the round's latency. Peak memory of the run: {peak:,.0f} MiB.")
     title = f"Selective encryption, {args.clients} clients, {length:,} values"
-    paths = write_suite(args.out, "selective", title,
-                        markdown_table(COLUMNS, [row.cells() for row in rows]),
-                        {"rows": [asdict(row) for row in rows], "plaintext": asdict(plaintext),
-                         "clients": args.clients, "scale_bits": context.scale_bits,
-                         "ring_dimension": int(context.native.GetRingDimension()),
-                         "values_per_ciphertext": context.values_per_ciphertext,
-                         "slice_values": SLICE_CIPHERTEXTS * context.values_per_ciphertext,
-                         "peak_memory_mib": peak}, notes=notes)
-    _plot(rows, plaintext, args.out / "selective.png")
-    print(f"\npeak memory {peak:,.0f} MiB\nwrote {paths[0]}, {paths[1]} and "
-          f"{args.out / 'selective.png'}")
+    publish_suite(args.out, "selective", title, COLUMNS, rows,
+                  {"plaintext": asdict(plaintext), "clients": args.clients,
+                   "scale_bits": context.scale_bits,
+                   "ring_dimension": int(context.native.GetRingDimension()),
+                   "values_per_ciphertext": context.values_per_ciphertext,
+                   "slice_values": SLICE_CIPHERTEXTS * context.values_per_ciphertext,
+                   "peak_memory_mib": peak}, notes=notes,
+                  headline=f"peak memory {peak:,.0f} MiB",
+                  plot=lambda path: _plot(rows, plaintext, path))
     return 0

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from threshold_fl._checks import bounded
 from threshold_fl.bench.crypto import FloatArray, RoundResult, run_round
-from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
+from threshold_fl.bench.output import markdown_table, print_line, publish_suite, suite_error
 from threshold_fl.bench.peers import CNN_LENGTH
 from threshold_fl.crypto import CkksContext, CkksParams, context_for, threshold_params
 from threshold_fl.errors import ThresholdFLError
@@ -260,10 +260,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               "every client's encryption and partial decryption, the aggregation and the "
               "fusion. MB are 10^6 bytes of wire frames.")
     title = f"Single-key vs threshold CKKS, {args.length:,} values"
-    paths = write_suite(args.out, "threshold", title,
-                        markdown_table(COLUMNS, [row.cells() for row in rows]),
-                        {"rows": [asdict(row) for row in rows], "headline": headline},
-                        notes=notes)
-    _plot(rows, args.out / "threshold.png")
-    print(f"\n{headline}\nwrote {paths[0]}, {paths[1]} and {args.out / 'threshold.png'}")
+    publish_suite(args.out, "threshold", title, COLUMNS, rows, {"headline": headline},
+                  notes=notes, headline=headline, plot=lambda path: _plot(rows, path))
     return 0
