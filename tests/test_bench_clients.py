@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from threshold_fl.cli import main as cli_main
-from threshold_fl.crypto import MAX_VECTOR_LENGTH
 
 
 def test_clients_suite_writes_markdown_json_and_png(tmp_path: Path,
@@ -55,14 +54,3 @@ def test_a_round_that_cannot_fit_on_disk_is_refused(
     error = capsys.readouterr().err
     assert "threshold-fl bench clients: error:" in error and "GiB of disk" in error
     assert not (tmp_path / "clients.json").exists()
-
-
-@pytest.mark.parametrize("bad", [["--clients-list", "1"], ["--clients-list", "1001"],
-                                 ["--length", "0"], ["--length", str(MAX_VECTOR_LENGTH + 1)],
-                                 ["--pool", "0"],
-                                 ["--decrypt-ciphertexts", "-1"], ["--threads", "x"]])
-def test_bad_arguments_are_refused(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        cli_main(["bench", "clients", *bad])
-    assert info.value.code == 2
-    assert "threshold-fl bench clients: error:" in capsys.readouterr().err

@@ -106,12 +106,3 @@ def test_ratios_are_to_plaintext_and_absent_without_it() -> None:
     assert plaintext.bytes_sent_ratio is None
     (alone,) = totals_of([_run("single-key", 3000, 4.0)])
     assert alone.bytes_sent_ratio is None and alone.protocol_s_ratio is None
-
-
-@pytest.mark.parametrize("argv", [["--clients", "1"], ["--rounds", "0"], ["--fraction", "2"],
-                                  ["--modes", "everything"], ["--model", "nonsense"]])
-def test_bad_options_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        cli_main(["bench", "e2e", *argv])
-    assert info.value.code == 2
-    assert "threshold-fl bench e2e: error:" in capsys.readouterr().err

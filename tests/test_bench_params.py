@@ -116,15 +116,3 @@ def test_measure_cell_refuses_a_batch_larger_than_the_ring(models: LocalModels) 
 
     with pytest.raises(ParameterError, match="batch_size"):
         measure_cell(models, "fixed", 4096, 40, 4096)
-
-
-@pytest.mark.parametrize("arguments", [["--batch-sizes", "1000"], ["--scaling-bits", "60"],
-                                       ["--ring-dimension", "1234"], ["--noise", "none"],
-                                       ["--clients", "1"], ["--epochs", "0"],
-                                       ["--model", "resnet"]])
-def test_bad_arguments_are_refused(arguments: list[str],
-                                   capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        cli_main(["bench", "params", *arguments])
-    assert info.value.code == 2
-    assert "threshold-fl bench params: error:" in capsys.readouterr().err

@@ -46,13 +46,6 @@ def test_the_cnn_vector_is_split_like_the_paper_cnn() -> None:
     assert layer_sizes(5000) == [5000]
 
 
-def test_an_unknown_suite_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        cli_main(["bench", "everything"])
-    assert info.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
-
-
 def test_a_suite_gets_its_own_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli_main(["bench", "peers", "--help"])

@@ -89,14 +89,3 @@ def test_client_vectors_are_float32_in_range_with_fedavg_weights() -> None:
     assert weights.sum() == pytest.approx(1.0) and (weights > 0).all()
     plain = plaintext_fedavg(inputs, weights)
     assert plain.values == 1000 and plain.upload_bytes == 4000 and plain.max_error < 1e-7
-
-
-@pytest.mark.parametrize("arguments", [["--percents", "101"], ["--percents", "-1"],
-                                       ["--length", "0"], ["--clients", "1"],
-                                       ["--large", "--length", "10"]])
-def test_bad_arguments_are_refused(arguments: list[str],
-                                   capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        cli_main(["bench", "selective", *arguments])
-    assert info.value.code == 2
-    assert "threshold-fl bench selective: error:" in capsys.readouterr().err

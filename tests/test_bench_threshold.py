@@ -96,13 +96,3 @@ def test_one_configuration_alone_writes_no_noise_table(tmp_path: Path) -> None:
     assert cli_main(["bench", "threshold", "--length", "100", "--clients", "2",
                      "--configurations", "single-key", "--out", str(tmp_path)]) == 0
     assert "Noise flooding" not in (tmp_path / "threshold.md").read_text()
-
-
-@pytest.mark.parametrize("arguments", [["--clients", "1"], ["--length", "0"],
-                                       ["--configurations", "two-key"], ["--seed", "-1"]])
-def test_bad_arguments_are_refused(arguments: list[str],
-                                   capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        cli_main(["bench", "threshold", *arguments])
-    assert info.value.code == 2
-    assert "threshold-fl bench threshold: error:" in capsys.readouterr().err
