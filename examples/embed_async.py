@@ -5,6 +5,10 @@ aggregator averages the encrypted updates without ever seeing a model, and the
 clients decrypt each round's global model together (threshold mode).  The parties
 talk over the in-memory transport; swap in the MQTT transport to run them apart.
 
+The README's embedding example ("Embedding the protocol in an async app") is the minimal
+version of this one: it checks each global model against plain FedAvg and lists what the
+callbacks must return (tests/test_readme_example.py runs it).
+
     python examples/embed_async.py [--mode threshold|single-key|plaintext] [--rounds 3]
 """
 

@@ -158,6 +158,17 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._deadline = now + self.manifest.timeouts.join_s
         return Step()
 
+    def waiting_for(self) -> str:
+        if self.state is A.JOINING:
+            missing = [p for p in self.manifest.client_ids if p not in self._samples]
+            return self._waiting("clients to join", missing, len(self.manifest.clients))
+        if self.state in self.TERMINAL or self.state is A.IDLE:
+            return super().waiting_for()
+        rounds = (A.ROUND_UPLOAD, A.ROUND_DECRYPTION)
+        where = f"round {self._round} " if self.state in rounds else ""
+        return f"{where}{self.state.value}: " + self._waiting(
+            "clients", self._culprits(), len(self.alive))
+
     # -- setup and keys -----------------------------------------------------------------
     def _on_hello(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, Hello)
@@ -451,7 +462,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         if self.state is A.JOINING:
             self.alive = sorted(self._samples)
             late = [party for party in self.manifest.client_ids if party not in self._samples]
-            return self._drop(late, "did not join in time").extend(self._start_keys(now))
+            return self._drop(late, "did not join in time (not started, or started with "
+                                    "another manifest)").extend(self._start_keys(now))
         grace = _GRACE * self._stage_timeout()
         if self._last_progress is not None and now - self._last_progress < grace:
             # Something arrived just before the deadline: the others may not have had

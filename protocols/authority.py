@@ -47,6 +47,11 @@ class KeyAuthorityMachine(Machine[KeyAuthorityState]):
         self._deadline = now + self.manifest.timeouts.client_patience_s
         return Step()
 
+    def waiting_for(self) -> str:
+        if self.state is K.WAITING:
+            return "waiting for the aggregator to start key agreement"
+        return super().waiting_for()
+
     def _on_keygen_start(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, KeygenStart)
         aggregator = self.manifest.aggregator.party_id

@@ -121,6 +121,10 @@ class ClientMachine(ClientKeyAgreement):
         self._heard(now)
         return Step(sends=self._sends([self._aggregator], Hello(self._samples), self._step))
 
+    def waiting_for(self) -> str:
+        return _WAITING.get(self.state, self.state.value).format(
+            aggregator=self._aggregator, round=self._round, next=self._round + 1)
+
     @property
     def mask(self) -> EncryptionMask | None:
         """The agreed encryption mask, once mask agreement is done (None before)."""
@@ -135,17 +139,23 @@ class ClientMachine(ClientKeyAgreement):
         peak = float(values.max())
         normalised = values / peak if peak > 0 else values  # comparable across clients
         self._upload_values = (normalised, None)
+        step = self._send_upload()
         self.state = C.MASK_UPLOADED
-        return self._send_upload()
+        return step
 
     def submit_update(self, model: FloatArray, now: float) -> Step:
         """Upload the locally trained model for the current round."""
         self._require_state(C.TRAINING, "a model update")
         assert self._mask is not None
         values = _checked_vector(model, self.manifest.model_length, "model update")
+        if self.manifest.mode is not Mode.PLAINTEXT:
+            # Every coordinate, not only the encrypted ones: which are encrypted is agreed
+            # at run time, so a bound that held only for some would hold by chance.
+            _check_bound(values, self.manifest.params.value_bound)
         self._upload_values = self._mask.gather(values)
+        step = self._send_upload()  # raises (e.g. values out of bound) before any change
         self.state = C.UPDATE_UPLOADED
-        return self._send_upload()
+        return step
 
     def _send_upload(self) -> Step:
         """Weight, protect and send the stored values (again, after a dropout)."""
@@ -469,6 +479,33 @@ class ClientMachine(ClientKeyAgreement):
             Finished: _on_finished,
         },
     }
+
+
+_WAITING = {
+    C.JOINING: "joined; waiting for the aggregator {aggregator!r} to start key agreement "
+               "(it starts once every client has joined, or at its join deadline)",
+    C.KEY_AGREEMENT: "key agreement: waiting for the other clients' key shares",
+    C.KEYS_CONFIRMED: "keys agreed; waiting for the aggregator to start the next stage",
+    C.MASK_COMPUTING: "computing the sensitivity map",
+    C.MASK_UPLOADED: "sensitivity map uploaded; waiting for the other clients' maps",
+    C.MASK_DECRYPTING: "decrypting the summed sensitivity: waiting for the other clients' "
+                       "partial decryptions",
+    C.MASK_CONFIRMED: "mask agreed; waiting for round 1 to start",
+    C.TRAINING: "round {round}: training",
+    C.UPDATE_UPLOADED: "round {round}: update uploaded; waiting for the other clients' updates",
+    C.ROUND_DECRYPTING: "round {round}: waiting for the other clients' partial decryptions",
+    C.ROUND_DONE: "round {round} done; waiting for round {next} to start",
+}
+
+
+def _check_bound(values: FloatArray, bound: float) -> None:
+    beyond = np.abs(values) > bound
+    if beyond.any():
+        index = int(np.argmax(beyond))
+        raise ParameterError(
+            f"the model update's value {values[index]!r} at index {index} exceeds the "
+            f"manifest's value_bound {bound:g}; clip the update to [-{bound:g}, {bound:g}] "
+            "or make the manifest with a larger value_bound")
 
 
 def _checked_vector(values: FloatArray, length: int, what: str) -> FloatArray:

@@ -40,6 +40,7 @@ __all__ = ["Machine", "Randomness", "keyed_check"]
 Randomness = Callable[[int], bytes]
 
 S = TypeVar("S", bound=enum.Enum)
+_NAMES_SHOWN = 8  # parties named in a progress line; a hundred names help nobody
 Handler = Callable[[Any, Message, float], Step]
 
 
@@ -92,10 +93,13 @@ class Machine(abc.ABC, Generic[S]):
     def receive(self, data: bytes, now: float) -> Step:
         """Authenticate and handle one message; raises MessageRejected (state unchanged)."""
         message = decode_message(data, self._directory)
-        self._check_addressing(message)
         self._incoming = bytes(data)  # relays forward the sender's signed bytes unchanged
         try:
+            self._check_addressing(message)
             return self.handle(message, now)
+        except MessageRejected as exc:
+            exc.sender = message.header.sender  # authenticated: safe to name and blame
+            raise
         finally:
             self._incoming = None
 
@@ -118,6 +122,18 @@ class Machine(abc.ABC, Generic[S]):
             raise MalformedMessage(
                 f"{message.kind} from {message.header.sender!r} failed a check: {exc}"
             ) from None
+
+    def waiting_for(self) -> str:
+        """What this party waits for now, in words (for progress lines); roles refine it."""
+        return str(self.state.value)
+
+    @staticmethod
+    def _waiting(what: str, missing: Sequence[str], of: int) -> str:
+        """"waiting for 2 of 3 clients to join: 'a', 'b'", with long lists cut short."""
+        shown = ", ".join(repr(party) for party in missing[:_NAMES_SHOWN])
+        more = len(missing) - _NAMES_SHOWN
+        names = f"{shown} and {more} more" if more > 0 else shown
+        return f"waiting for {len(missing)} of {of} {what}: {names}"
 
     def next_deadline(self) -> float | None:
         """When :meth:`on_deadline` must be called next (None: nothing is timed)."""

@@ -25,13 +25,18 @@ def command(*argv: str) -> list[str]:
 
 
 def federation(tmp_path: Path, *, rounds: int, upload_s: float = 60.0,
-               decrypt_s: float = 60.0) -> Path:
+               decrypt_s: float = 60.0, join_s: float = 60.0,
+               name: str = "manifest.json") -> Path:
+    """Identities (made once) and a manifest *name* under *tmp_path*: each call draws a
+    new session, as a re-run of 'threshold-fl manifest' does."""
     for party in ("server", *CLIENTS):
-        assert cli_main(["init-party", party, "--dir", str(tmp_path / party)]) == 0
-    manifest = tmp_path / "manifest.json"
+        if not (tmp_path / party).exists():
+            assert cli_main(["init-party", party, "--dir", str(tmp_path / party)]) == 0
+    manifest = tmp_path / name
     argv = ["manifest", "--aggregator", str(tmp_path / "server"), "--model", "mlp",
             "--rounds", str(rounds), "--fraction", "0.3", "--no-first-last",
-            "--upload-s", str(upload_s), "--decrypt-s", str(decrypt_s), "--out", str(manifest)]
+            "--upload-s", str(upload_s), "--decrypt-s", str(decrypt_s),
+            "--join-s", str(join_s), "--out", str(manifest)]
     for client in CLIENTS:
         argv += ["--client", str(tmp_path / client)]
     assert cli_main(argv) == 0

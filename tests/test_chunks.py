@@ -265,14 +265,18 @@ def test_memory_of_all_open_transfers_is_bounded() -> None:
 
 
 def test_concurrent_transfers_per_sender_are_bounded() -> None:
+    # More are evicted, not refused: see test_transfer_slots.py for why.
     r = receiver(ReassemblyLimits(max_transfers_per_sender=2))
     r.accept(make(b"1", 1).manifest, 0.0)
-    r.accept(make(b"2", 2).manifest, 0.0)
-    with pytest.raises(FrameError, match=r"too many transfers"):
-        r.accept(make(b"3", 3).manifest, 0.0)
-    r.accept(make(b"1", 1).chunk(0), 0.0)  # one completes: room again
-    r.accept(make(b"3", 3).manifest, 0.0)
+    r.accept(make(b"2", 2).manifest, 1.0)
+    r.accept(make(b"3", 3).manifest, 2.0)  # evicts transfer 1, the least recently active
     assert r.in_progress == 2
+    assert [d.reason for d in r.take_expired()] == [
+        f"transfer {tid(1).hex()[:12]} from 'alice' evicted by a newer one (2 open, the limit) "
+        "with 0/1 chunks"]
+    with pytest.raises(FrameError, match=r"unknown transfer.*dropped unfinished"):
+        r.accept(make(b"1", 1).chunk(0), 3.0)
+    assert r.accept(make(b"2", 2).chunk(0), 3.0).payload == b"2"
 
 
 def test_stale_transfers_expire() -> None:
@@ -284,8 +288,9 @@ def test_stale_transfers_expire() -> None:
     assert r.take_expired() == []
     with pytest.raises(FrameError, match=r"unknown transfer"):
         r.accept(t.chunk(1), 15.5)  # 10.5 s: gone
-    assert r.take_expired() == [f"transfer {tid(1).hex()[:12]} from 'alice' expired with 1/2 "
-                                "chunks"]
+    assert [tuple(d) for d in r.take_expired()] == [
+        ("alice", "expired transfer",
+         f"transfer {tid(1).hex()[:12]} from 'alice' expired with 1/2 chunks")]
     assert r.in_progress == 1 and r.buffered_bytes == 0
 
 

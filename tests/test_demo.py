@@ -1,5 +1,6 @@
 """``make demo`` / ``threshold-fl demo``: a federation as separate OS processes over a
-private mosquitto, with small settings (the MLP, two rounds)."""
+private mosquitto, with small settings (the MLP, two rounds); and its summary and picture
+on constructed results."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from threshold_fl.cli import main as cli_main
+from threshold_fl.demo import DemoConfig
+from threshold_fl.demo_report import RunResult, report_figure, summary_lines
+from threshold_fl.rounds import RoundRow
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "mlp", "--rounds", "2"]
 
 
-def report(out: Path) -> dict[str, object]:
-    data: dict[str, object] = json.loads((out / "report.json").read_text())
+def report(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "report.json").read_text())
     return data
 
 
@@ -30,6 +35,11 @@ def test_make_demo_runs_threshold_and_the_plaintext_baseline(tmp_path: Path) -> 
     assert "final accuracy (threshold)" in result.stdout
     assert "plaintext FedAvg, same seed" in result.stdout
     assert "HE overhead" in result.stdout
+    assert "round 2 only, without round 1's key and mask agreement" in result.stdout
+    # the MLP is all first and last layer: the summary says why 100 % and not 10 %
+    assert ("100.00% of the parameters encrypted (requested 10%; the first and last layers "
+            "are always encrypted as well (--no-first-last to turn off) and they hold all "
+            "of mlp's parameters)") in result.stdout
     data = report(out)
     runs = data["runs"]
     assert isinstance(runs, list) and [run["mode"] for run in runs] == ["threshold", "plaintext"]
@@ -44,6 +54,7 @@ def test_make_demo_runs_threshold_and_the_plaintext_baseline(tmp_path: Path) -> 
     assert isinstance(summary, dict)
     assert abs(summary["accuracy_gap_points"]) <= 2.0
     assert summary["bytes_overhead"] > 1.0  # ciphertexts are bigger than floats
+    assert summary["steady_time_overhead"] > 0
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for mode in ("threshold", "plaintext"):
         assert (out / mode / "logs" / "server.log").stat().st_size > 0
@@ -56,7 +67,7 @@ def test_demo_survives_a_client_killed_after_its_upload(tmp_path: Path,
     code = cli_main(["demo", *SMALL, "--drop-client", "3", "--at", "after-upload",
                      "--no-baseline", "--out", str(out)])
     assert code == 0, capsys.readouterr()
-    (run,) = report(out)["runs"]  # type: ignore[misc]
+    (run,) = report(out)["runs"]
     assert "client-3" not in run["parties"]  # it died before reporting anything
     contributors = [row["contributors"] for row in run["parties"]["server"]]
     assert contributors == [3, 2]  # its round-1 upload counts (key recovery), then gone
@@ -67,7 +78,7 @@ def test_demo_in_single_key_mode_runs_the_key_authority_process(tmp_path: Path) 
     out = tmp_path / "report"
     assert cli_main(["demo", *SMALL, "--mode", "single-key", "--no-baseline",
                      "--out", str(out)]) == 0
-    (run,) = report(out)["runs"]  # type: ignore[misc]
+    (run,) = report(out)["runs"]
     assert run["mode"] == "single-key" and run["final_accuracy"] > 0.8
     assert [row["contributors"] for row in run["parties"]["server"]] == [3, 3]
     assert (out / "single-key" / "logs" / "authority.log").exists()
@@ -89,3 +100,78 @@ def test_demo_rejects_out_of_range_options() -> None:
     with pytest.raises(SystemExit) as info:
         cli_main(["demo", "--clients", "1"])
     assert info.value.code == 2
+
+
+PATHS = (Path("out/report.json"), Path("out/report.png"))
+
+
+def run_result(mode: str, seconds: list[float], *, fraction: float = 0.1,
+               requested: float = 0.1, parameters: int = 1000, always: int = 0) -> RunResult:
+    rows = tuple(RoundRow("federation", number, second, 1000 * number, 0, accuracy=0.9,
+                          encrypted_fraction=0.0 if mode == "plaintext" else fraction)
+                 for number, second in enumerate(seconds, start=1))
+    return RunResult(mode, parameters, sum(seconds) + 5, rows, {}, requested_fraction=requested,
+                     always_encrypted=always)
+
+
+def summary(results: list[RunResult], model: str = "mlp") -> str:
+    config = DemoConfig(model=model, rounds=len(results[0].rounds))
+    return "\n".join(summary_lines(config, results, PATHS))
+
+
+def test_the_summary_gives_the_steady_state_time_ratio_beside_the_whole_run() -> None:
+    # round 1 carries key and mask agreement: 10 s against plaintext's 5 s
+    text = summary([run_result("threshold", [10.0, 2.0, 3.0]),
+                    run_result("plaintext", [5.0, 1.0, 1.5])])
+    assert "HE overhead: x2.00 time, whole run (15.0 s vs 7.5 s" in text
+    assert "x2.00 time, rounds 2-3 only, without round 1's key and mask agreement " \
+           "(5.0 s vs 2.5 s)" in text
+    text = summary([run_result("threshold", [10.0, 2.0]), run_result("plaintext", [2.0, 4.0])])
+    assert "x2.00 time, whole run" in text and "x0.50 time, round 2 only" in text
+
+
+def test_one_round_has_no_steady_state_ratio() -> None:
+    text = summary([run_result("threshold", [10.0]), run_result("plaintext", [5.0])])
+    assert "x2.00 time, whole run" in text and "only" not in text
+
+
+@pytest.mark.parametrize(("fraction", "requested", "always", "note"), [
+    (0.1, 0.1, 0, None),
+    (0.10001, 0.1, 36, None),  # the same as printed
+    (1.0, 0.1, 1000,
+     "100.00% of the parameters encrypted (requested 10%; the first and last layers are "
+     "always encrypted as well (--no-first-last to turn off) and they hold all of mlp's "
+     "parameters)"),
+    (0.1017, 0.1, 36,
+     "10.17% of the parameters encrypted (requested 10%; the first and last layers are "
+     "always encrypted as well (--no-first-last to turn off) and they hold 3.6% of mlp's "
+     "parameters)"),
+    (0.0015, 0.001, 0,
+     "0.15% of the parameters encrypted (requested 0.1%; the top fraction is rounded up to "
+     "whole coordinates)"),
+])
+def test_the_summary_explains_an_encrypted_share_unlike_the_request(
+        fraction: float, requested: float, always: int, note: str | None) -> None:
+    result = run_result("threshold", [1.0, 1.0], fraction=fraction, requested=requested,
+                        always=always)
+    first = summary([result]).splitlines()[0]
+    if note is None:
+        assert "requested" not in first and first.endswith("of the parameters encrypted")
+    else:
+        assert first.endswith(note)
+
+
+def test_the_plot_has_whole_round_ticks_and_side_by_side_bars() -> None:
+    results = [run_result("threshold", [3.0, 1.0, 1.0]), run_result("plaintext", [2.0, 1.0, 1.0])]
+    figure = report_figure(results)
+    figure.canvas.draw()
+    for axes in figure.axes:
+        assert list(axes.get_xticks()) == [1, 2, 3]
+        assert [label.get_text() for label in axes.get_xticklabels()] == ["1", "2", "3"]
+    traffic = figure.axes[1]
+    threshold, plaintext = ([(bar.get_x(), bar.get_width()) for bar in container]
+                            for container in traffic.containers)
+    for tick, (left, width), (right, other) in zip([1, 2, 3], threshold, plaintext,
+                                                   strict=True):
+        assert left + width == pytest.approx(right) == pytest.approx(tick)  # meet at the tick
+        assert other == pytest.approx(width)

@@ -62,6 +62,8 @@ class Federation:
         self.results: dict[str, list[tuple[int, np.ndarray]]] = {name: [] for name in NAMES}
         self.failing: dict[str, int] = {}  # client -> round in which its training raises
         self.after_upload: dict[str, int] = {}  # client -> round after whose upload it dies
+        self.out_of_bound: dict[str, int] = {}  # client -> round it returns huge values
+        self.plain_index = -1
         self.errors: dict[str, BaseException] = {}
 
     async def client(self, name: str, index: int) -> None:
@@ -73,6 +75,14 @@ class Federation:
             if self.after_upload.get(name) == round_:
                 transport.die_after_next_send = True  # the next send is this upload
             update = local_model(name, round_, LENGTH)
+            if self.out_of_bound.get(name) == round_:
+                # Beyond the manifest's value bound on a coordinate sent in the clear:
+                # refused all the same, as an encrypted one would be.
+                assert node.mask is not None
+                index = int(node.mask.plain_indices()[0])
+                update[index] = 1e6
+                self.plain_index = index
+                return update
             self.uploads.setdefault(round_, {})[name] = update
             return update
 

@@ -1,18 +1,20 @@
 """Argument checks shared by the library's public functions and its commands.
 
-One place for "an int in a range" so every function says it the same way, and one
-argparse type factory so every command's range errors read alike.
+One place for "an int in a range" so every function says it the same way, one argparse
+type factory so every command's range errors read alike, and one ``--model`` option so
+every command refuses an unknown model name the same way, before any work.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import TypeVar
+import functools
+from collections.abc import Callable, Collection, Iterator
+from typing import Any, Protocol, TypeVar
 
 from threshold_fl.errors import ParameterError
 
-__all__ = ["bounded", "checked_int"]
+__all__ = ["MODEL_NAMES", "add_model_option", "bounded", "checked_int"]
 
 Number = TypeVar("Number", int, float)
 
@@ -43,3 +45,45 @@ def bounded(kind: Callable[[str], Number], low: Number, high: Number | None = No
 
     parse.__name__ = getattr(kind, "__name__", "number")  # argparse names it in errors
     return parse
+
+
+@functools.cache
+def _model_names() -> tuple[str, ...]:
+    from threshold_fl.ml.models import MODELS  # torch: only once a name is checked or listed
+
+    return tuple(sorted(MODELS))
+
+
+class _ModelNames(Collection[str]):
+    """The model registry's names, read on first use: argparse only looks at ``choices``
+    to check a given ``--model`` or to print help, so building a parser (``manifest
+    --model-length``, say) does not pay for importing torch."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in _model_names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_model_names())
+
+    def __len__(self) -> int:
+        return len(_model_names())
+
+
+#: The names ``--model`` accepts: :data:`threshold_fl.ml.models.MODELS`, sorted.
+MODEL_NAMES: Collection[str] = _ModelNames()
+
+
+class _ArgumentContainer(Protocol):
+    """An ArgumentParser or one of its groups (argparse's own base class is private)."""
+
+    def add_argument(self, *names: str, **options: Any) -> argparse.Action: ...
+
+
+def add_model_option(parser: _ArgumentContainer, *, default: str | None = "cnn",
+                     what: str = "the model to train") -> argparse.Action:
+    """``--model NAME``: argparse refuses a name not in the registry (exit 2, naming the
+    valid ones) and ``--help`` lists them."""
+    default_text = "" if default is None else " (default: %(default)s)"
+    return parser.add_argument("--model", choices=MODEL_NAMES, default=default,
+                               metavar="MODEL",
+                               help=f"{what}: one of %(choices)s{default_text}")

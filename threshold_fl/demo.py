@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from protocols import Manifest, MaskPolicy, Mode, Timeouts, make_manifest
-from threshold_fl._checks import bounded
+from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.demo_report import RunResult, collect_run, print_summary, write_report
 from threshold_fl.errors import ParameterError, ThresholdFLError
 from threshold_fl.identity import Identity
@@ -281,14 +281,12 @@ async def run_demo(config: DemoConfig) -> list[RunResult]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from threshold_fl.ml.models import MODELS
-
     parser = argparse.ArgumentParser(prog="threshold-fl demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=bounded(int, 2, 20), default=3)
     parser.add_argument("--rounds", type=bounded(int, 1, 100), default=3)
     parser.add_argument("--mode", choices=[mode.value for mode in Mode], default="threshold")
-    parser.add_argument("--model", choices=sorted(MODELS), default="cnn")
+    add_model_option(parser)
     parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0), default=0.1,
                         help="share of coordinates encrypted (top of the sensitivity map)")
     parser.add_argument("--no-first-last", action="store_true",

@@ -11,31 +11,50 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from protocols import Manifest
+from protocols import Manifest, Mode
 from threshold_fl.errors import ThresholdFLError
 from threshold_fl.rounds import RoundRow, combine_rows, read_rows
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from threshold_fl.demo import DemoConfig
 
-__all__ = ["RunResult", "collect_run", "print_summary", "write_report"]
+__all__ = ["RunResult", "collect_run", "fraction_note", "print_summary", "report_figure",
+           "summary_lines", "write_report"]
 
 
 @dataclass(frozen=True)
 class RunResult:
     """One federation run: a row per round for the whole federation (bytes summed over
-    the parties, each stage's slowest party) and each party's own rows."""
+    the parties, each stage's slowest party) and each party's own rows; from the
+    manifest, the requested mask fraction and how many coordinates the first and last
+    layers add to it (0 with ``--no-first-last``)."""
 
     mode: str
     parameters: int
     seconds: float  # wall-clock, from starting the processes to the last exit
     rounds: tuple[RoundRow, ...]
     parties: dict[str, tuple[RoundRow, ...]]
+    requested_fraction: float | None = None
+    always_encrypted: int = 0
 
     @property
     def protocol_seconds(self) -> float:
         """The rounds' seconds added up: the session without the processes' start-up."""
         return sum(row.seconds for row in self.rounds)
+
+    @property
+    def steady_seconds(self) -> float | None:
+        """The seconds of the rounds after the first (round 1 also holds key and mask
+        agreement); None with a single round."""
+        later = [row.seconds for row in self.rounds if row.round > 1]
+        return sum(later) if later else None
+
+    @property
+    def encrypted_fraction(self) -> float | None:
+        """The share of coordinates the last round encrypted."""
+        return self.rounds[-1].encrypted_fraction if self.rounds else None
 
     @property
     def bytes_sent(self) -> int:
@@ -61,8 +80,20 @@ def collect_run(mode: str, directory: Path, parties: Sequence[str], seconds: flo
         combine_rows("federation", [row for party_rows in rows.values()
                                     for row in party_rows if row.round == round_])
         for round_ in rounds)
+    always = _covered(manifest.always_encrypt) if manifest.mask.first_and_last else 0
     return RunResult(mode, manifest.model_length, seconds, combined,
-                     {party: party_rows for party, party_rows in rows.items() if party_rows})
+                     {party: party_rows for party, party_rows in rows.items() if party_rows},
+                     requested_fraction=manifest.mask.fraction, always_encrypted=always)
+
+
+def _covered(ranges: Sequence[tuple[int, int]]) -> int:
+    """How many coordinates the [start, stop) *ranges* cover (a one-layer model's first
+    and last layers are the same range)."""
+    covered, reached = 0, 0
+    for start, stop in sorted(ranges):
+        covered += max(0, stop - max(start, reached))
+        reached = max(reached, stop)
+    return covered
 
 
 def _machine() -> dict[str, Any]:
@@ -81,6 +112,7 @@ def _summary(results: Sequence[RunResult]) -> dict[str, Any]:
             baseline_accuracy=baseline.final_accuracy,
             accuracy_gap_points=(main.final_accuracy - baseline.final_accuracy) * 100,
             time_overhead=main.protocol_seconds / baseline.protocol_seconds,
+            steady_time_overhead=_steady_ratio(main, baseline),
             wall_clock_overhead=main.seconds / baseline.seconds,
             bytes_overhead=main.bytes_sent / max(baseline.bytes_sent, 1))
     return summary
@@ -110,13 +142,13 @@ def write_report(config: DemoConfig, results: Sequence[RunResult]) -> tuple[Path
     return json_path, png_path
 
 
-def _plot(results: Sequence[RunResult], path: Path) -> None:
-    import matplotlib
+def report_figure(results: Sequence[RunResult]) -> Figure:
+    """Accuracy, MB sent and seconds per round, one series per run; the rounds are the
+    integer x ticks, each mode's bars side by side around their round's tick."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, (accuracy, traffic, seconds) = pyplot.subplots(1, 3, figsize=(13, 3.8))
+    figure = Figure(figsize=(13, 3.8))
+    accuracy, traffic, seconds = figure.subplots(1, 3)
     width = 0.8 / len(results)
     for index, result in enumerate(results):
         rounds = [row.round for row in result.rounds]
@@ -126,41 +158,97 @@ def _plot(results: Sequence[RunResult], path: Path) -> None:
                     [row.bytes_sent / 1e6 for row in result.rounds], width, label=result.mode)
         seconds.plot(rounds, [row.seconds for row in result.rounds], marker="o",
                      label=result.mode)
+    ticks = sorted({row.round for result in results for row in result.rounds})
     for axes, title in ((accuracy, "test accuracy (%)"), (traffic, "MB sent by all parties"),
                         (seconds, "seconds per round")):
         axes.set_title(title)
         axes.set_xlabel("round (1 includes key and mask agreement)")
+        axes.set_xticks(ticks)  # whole rounds only; matplotlib would add 1.5, 2.5, ...
+        axes.set_xlim(min(ticks, default=1) - 0.5, max(ticks, default=1) + 0.5)
         axes.legend()
         axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    pyplot.close(figure)
+    return figure
+
+
+def _plot(results: Sequence[RunResult], path: Path) -> None:
+    # A bare Figure, not pyplot: no global state, no GUI backend to choose.
+    report_figure(results).savefig(path, dpi=110)
+
+
+def _steady_ratio(main: RunResult, baseline: RunResult) -> float | None:
+    """Time of the rounds after the first, encrypted over plaintext."""
+    mine, theirs = main.steady_seconds, baseline.steady_seconds
+    return None if mine is None or not theirs else mine / theirs
+
+
+def _percent(fraction: float) -> str:
+    """10% / 0.5% / 12.25%: at most two decimals, no trailing zeros."""
+    return f"{fraction * 100:.2f}".rstrip("0").rstrip(".") + "%"
+
+
+def fraction_note(result: RunResult, model: str) -> str:
+    """Why the encrypted share differs from the requested one ('' when it does not, as
+    printed): the first and last layers come on top, or the count rounds up."""
+    fraction, requested = result.encrypted_fraction, result.requested_fraction
+    if fraction is None or requested is None or f"{fraction:.2%}" == f"{requested:.2%}":
+        return ""
+    if result.mode == Mode.PLAINTEXT.value:
+        reason = "plaintext FedAvg encrypts nothing"
+    elif result.always_encrypted and fraction > requested:
+        share = ("all" if result.always_encrypted >= result.parameters
+                 else _percent(result.always_encrypted / result.parameters))
+        reason = ("the first and last layers are always encrypted as well (--no-first-last "
+                  f"to turn off) and they hold {share} of {model}'s parameters")
+    else:
+        reason = "the top fraction is rounded up to whole coordinates"
+    return f" (requested {_percent(requested)}; {reason})"
+
+
+def _overhead_lines(main: RunResult, baseline: RunResult) -> list[str]:
+    lines = [f"  HE overhead: x{main.protocol_seconds / baseline.protocol_seconds:.2f} time, "
+             f"whole run ({main.protocol_seconds:.1f} s vs {baseline.protocol_seconds:.1f} s "
+             f"from the last party ready to the end; wall-clock with start-up "
+             f"{main.seconds:.1f} s vs {baseline.seconds:.1f} s)"]
+    mine, theirs = main.steady_seconds, baseline.steady_seconds
+    if mine is not None and theirs:
+        last = main.rounds[-1].round
+        span = "round 2" if last == 2 else f"rounds 2-{last}"
+        lines.append(f"               x{mine / theirs:.2f} time, {span} only, without round "
+                     f"1's key and mask agreement ({mine:.1f} s vs {theirs:.1f} s)")
+    lines.append(f"               x{main.bytes_sent / max(baseline.bytes_sent, 1):.2f} bytes "
+                 f"({main.bytes_sent / 1e6:.1f} MB vs {baseline.bytes_sent / 1e6:.1f} MB sent)")
+    return lines
+
+
+def summary_lines(config: DemoConfig, results: Sequence[RunResult],
+                  paths: tuple[Path, Path]) -> list[str]:
+    """The summary printed after the runs: accuracy, the gap to the baseline, overheads."""
+    main = results[0]
+    fraction = main.encrypted_fraction
+    encrypted = ("" if fraction is None else f", {fraction:.2%} of the parameters encrypted"
+                 + fraction_note(main, config.model))
+    dropped = ("" if config.drop_client is None else
+               f"; client {config.drop_client} vanished at {config.drop_at} "
+               f"(round {config.drop_round})")
+    lines = [f"summary: {config.model} ({main.parameters:,} parameters), {config.clients} "
+             f"clients as separate processes, {config.rounds} rounds, {main.mode}"
+             f"{encrypted}{dropped}",
+             f"  final accuracy ({main.mode}): {main.final_accuracy:.2%}"]
+    if len(results) > 1:
+        baseline = results[1]
+        gap = (main.final_accuracy - baseline.final_accuracy) * 100
+        lines.append(f"  plaintext FedAvg, same seed: {baseline.final_accuracy:.2%} "
+                     f"(gap {gap:+.2f} points)")
+        lines += _overhead_lines(main, baseline)
+    else:
+        lines.append(f"  {main.protocol_seconds:.1f} s from the last party ready to the end "
+                     f"({main.seconds:.1f} s with start-up), {main.bytes_sent / 1e6:.1f} MB sent")
+    lines.append(f"  report: {paths[0]} and {paths[1]}; party logs under "
+                 f"{config.out}/<mode>/logs")
+    return lines
 
 
 def print_summary(config: DemoConfig, results: Sequence[RunResult],
                   paths: tuple[Path, Path]) -> None:
-    main = results[0]
-    fraction = main.rounds[-1].encrypted_fraction if main.rounds else None
-    encrypted = "" if fraction is None else f", {fraction:.2%} of the parameters encrypted"
-    dropped = ("" if config.drop_client is None else
-               f"; client {config.drop_client} vanished at {config.drop_at} "
-               f"(round {config.drop_round})")
-    print(f"summary: {config.model} ({main.parameters:,} parameters), {config.clients} "
-          f"clients as separate processes, {config.rounds} rounds, {main.mode}"
-          f"{encrypted}{dropped}")
-    print(f"  final accuracy ({main.mode}): {main.final_accuracy:.2%}")
-    if len(results) > 1:
-        baseline = results[1]
-        gap = (main.final_accuracy - baseline.final_accuracy) * 100
-        print(f"  plaintext FedAvg, same seed: {baseline.final_accuracy:.2%} "
-              f"(gap {gap:+.2f} points)")
-        print(f"  HE overhead: x{main.protocol_seconds / baseline.protocol_seconds:.2f} time "
-              f"({main.protocol_seconds:.1f} s vs {baseline.protocol_seconds:.1f} s from the "
-              f"last party ready to the end; wall-clock with start-up {main.seconds:.1f} s vs "
-              f"{baseline.seconds:.1f} s)")
-        print(f"               x{main.bytes_sent / max(baseline.bytes_sent, 1):.2f} bytes "
-              f"({main.bytes_sent / 1e6:.1f} MB vs {baseline.bytes_sent / 1e6:.1f} MB sent)")
-    else:
-        print(f"  {main.protocol_seconds:.1f} s from the last party ready to the end "
-              f"({main.seconds:.1f} s with start-up), {main.bytes_sent / 1e6:.1f} MB sent")
-    print(f"  report: {paths[0]} and {paths[1]}; party logs under {config.out}/<mode>/logs")
+    print("\n".join(summary_lines(config, results, paths)))

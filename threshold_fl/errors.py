@@ -92,8 +92,11 @@ class MessageRejected(ProtocolError):
     """A received message was rejected; the receiver's state is unchanged.
 
     Rejections are normal on an untrusted network (duplicates, late messages):
-    drivers log them and carry on.
+    drivers log them and carry on.  ``sender`` is the authenticated sender, when the
+    message got that far (drivers name it in logs and blame).
     """
+
+    sender: str | None = None
 
 
 class MalformedMessage(MessageRejected, FrameError):

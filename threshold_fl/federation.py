@@ -184,6 +184,7 @@ def learner_client(
     on_event: Callable[[Event], None] | None = None,
     after_training: Callable[[int, float], None] | None = None,
     before_sensitivity: Callable[[], None] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> FederatedClient:
     """A protocol client whose work is done by *learner*: it trains each round from the
     decrypted global model (adding local-DP noise to the agreed mask's plaintext part)
@@ -203,7 +204,8 @@ def learner_client(
         return learner.sensitivity()
 
     client = FederatedClient(manifest, identity, transport, samples=len(learner.data),
-                             train=train, sensitivity=sensitivity, on_event=on_event)
+                             train=train, sensitivity=sensitivity, on_event=on_event,
+                             progress=progress)
     return client
 
 

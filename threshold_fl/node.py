@@ -46,10 +46,19 @@ from protocols import (
     Step,
     UpdateNeeded,
 )
-from threshold_fl.errors import MessageRejected, SessionAborted, TransportError
+from threshold_fl.errors import (
+    ForgedMessage,
+    MalformedMessage,
+    MessageRejected,
+    SessionAborted,
+    ThresholdFLError,
+    TransportError,
+)
 from threshold_fl.identity import Identity, PartyId
 from threshold_fl.ml.mask import EncryptionMask
+from threshold_fl.progress import WaitReporter
 from transports import Transport
+from transports.lograte import RateLimitedLog
 
 __all__ = [
     "Aggregator",
@@ -107,6 +116,7 @@ class Node:
         clock: Callable[[], float] = time.monotonic,
         inbox_size: int = 256,
         on_event: Callable[[Event], None] | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         if transport.party_id != machine.me:
             raise ValueError(
@@ -121,6 +131,14 @@ class Node:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[SessionSummary] | None = None
         self.summary = SessionSummary(machine.me)
+        self._say = progress
+        self._waits = None if progress is None else WaitReporter(
+            lambda line: progress(f"{machine.me}: {line}"))
+        # Refusals are logged per sender and kind, rate-limited: anyone who can reach our
+        # inbox could otherwise grow the log at will.
+        self._refusals = RateLimitedLog(log)  # malformed or forged: warnings
+        self._notices = RateLimitedLog(log, level=logging.INFO)  # late, duplicate: normal
+        self._last_refusal: dict[str, str] = {}  # sender -> why its latest message failed
 
     # -- lifecycle -------------------------------------------------------------------
     async def __aenter__(self: _N) -> _N:
@@ -153,9 +171,12 @@ class Node:
         self._spawn(self._read(), "reader")
         try:
             await self._feed(self._start(self._clock()))
+            self._report_wait()
             await self._main_loop()
         finally:
             await self._cancel_all()
+            for refusals in (self._refusals, self._notices):  # counts not yet said
+                refusals.flush(self._clock(), final=True)
         if self.summary.aborted is not None:
             raise SessionAborted(f"{self.machine.me}: {self.summary.aborted}")
         return self.summary
@@ -168,6 +189,7 @@ class Node:
             item = await self._next_item()
             if item is None:
                 await self._feed(self.machine.on_deadline(self._clock()))
+                self._report_wait()
                 continue
             kind, value = item
             if kind == "closed":
@@ -179,12 +201,21 @@ class Node:
             await self._handle(kind, value)
             if self._terminal():
                 return
+            self._report_wait()
 
     def _terminal(self) -> bool:
         return self.machine.state in self.machine.TERMINAL
 
+    def _report_wait(self) -> None:
+        now = self._clock()
+        self._refusals.flush(now)
+        self._notices.flush(now)
+        if self._waits is not None:
+            self._waits.update(self.machine.waiting_for(), now)
+
     async def _next_item(self) -> tuple[str, Any] | None:
-        deadline = self.machine.next_deadline()
+        times = [self.machine.next_deadline(), None if self._waits is None else self._waits.due()]
+        deadline = min((t for t in times if t is not None), default=None)
         timeout = None if deadline is None else max(0.0, deadline - self._clock())
         try:
             return await asyncio.wait_for(self._inbox.get(), timeout)
@@ -199,8 +230,7 @@ class Node:
                 try:
                     step = await asyncio.to_thread(self.machine.receive, value, now)
                 except MessageRejected as exc:
-                    self.summary.rejected += 1
-                    log.info("%s discarded a message: %s", self.machine.me, exc)
+                    self._refused(exc, now)
                     return
             else:
                 step = await self._submit(kind, value, now)
@@ -208,6 +238,22 @@ class Node:
             spent = self._clock() - now
             self.summary.compute_s[work] = self.summary.compute_s.get(work, 0.0) + spent
         await self._feed(step)
+
+    def _refused(self, exc: MessageRejected, now: float) -> None:
+        """Count and log a refused message.  Malformed or forged ones are warnings: from
+        an authenticated peer they mean it runs with other parameters or software."""
+        self.summary.rejected += 1
+        sender = exc.sender or "an unauthenticated sender"
+        serious = isinstance(exc, MalformedMessage | ForgedMessage)
+        message = f"{self.machine.me} discarded a message from {sender!r}: {exc}"
+        if serious and exc.sender is not None:
+            self._last_refusal[exc.sender] = str(exc)
+            message += (f" (if all of {exc.sender!r}'s messages fail like this, its manifest "
+                        f"differs from this party's, fingerprint "
+                        f"{self.machine.manifest.fingerprint()[:16]}: every party must use "
+                        "the organiser's manifest)")
+        (self._refusals if serious else self._notices).log(
+            sender, type(exc).__name__, message, now)
 
     async def _submit(self, kind: str, value: Any, now: float) -> Step:
         raise ValueError(f"unknown inbox item {kind!r}")
@@ -236,7 +282,12 @@ class Node:
         elif isinstance(event, RoundCompleted):
             self.summary.rounds = event.round
         elif isinstance(event, PartyDropped):
-            self.summary.dropped[event.party] = event.reason
+            reason = event.reason
+            if event.party in self._last_refusal:  # the real cause, not just the deadline
+                reason += f"; its last message was refused: {self._last_refusal[event.party]}"
+            self.summary.dropped[event.party] = reason
+            if self._say is not None:
+                self._say(f"{self.machine.me}: dropped {event.party!r}: {reason}")
         if self._on_event is not None:
             self._on_event(event)
 
@@ -309,6 +360,11 @@ class FederatedClient(Node):
             return 0.0
         return mask.fraction
 
+    def leave(self, reason: str) -> None:
+        """Leave the session now, telling the aggregator *reason*; the session then ends
+        as aborted.  Call it from the event loop while the client runs."""
+        self._spawn(self._inbox.put(("leave", reason)), "leave")
+
     async def rounds(self) -> AsyncIterator[RoundResult]:
         """Each round's global model as it completes; ends when the session ends."""
         if self._runner is None:
@@ -354,10 +410,16 @@ class FederatedClient(Node):
         return self._client.abort(f"the application failed: {error!r}", self._clock())
 
     async def _submit(self, kind: str, value: Any, now: float) -> Step:
-        if kind == "sensitivity":
-            return await asyncio.to_thread(self._client.submit_sensitivity, value, now)
-        if kind == "update":
-            return await asyncio.to_thread(self._client.submit_update, value, now)
+        submit = {"sensitivity": self._client.submit_sensitivity,
+                  "update": self._client.submit_update}.get(kind)
+        if submit is not None:
+            try:
+                return await asyncio.to_thread(submit, value, now)
+            except ThresholdFLError as exc:  # e.g. values outside the bound: tell the others
+                log.error("%s: the application's %s was refused: %s", self.machine.me, kind, exc)
+                return self._client.abort(f"its {kind} was refused: {exc}", now)
+        if kind == "leave":
+            return self._client.abort(str(value), now)
         return await super()._submit(kind, value, now)
 
 

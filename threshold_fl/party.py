@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from protocols import Manifest, Mode, Role
+from protocols import ClientState, Manifest, Mode, Role
 from protocols.events import Event, RoundCompleted, UpdateNeeded
 from threshold_fl.errors import AuthenticationError, ParameterError, ThresholdFLError
 from threshold_fl.identity import Identity, PartyId
-from threshold_fl.node import Aggregator, KeyAuthority
+from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
 from threshold_fl.rounds import RoundRow
 from transports.broker import BrokerConfig
 from transports.mqtt import MqttOptions, MqttTransport
@@ -156,7 +156,8 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
                           {"aggregate": meter.spent(compute_s, "receive")},
                           contributors=len(event.contributors))
 
-        aggregator = Aggregator(manifest, identity, link, on_event=on_event)
+        say(_connected(manifest, identity, broker))
+        aggregator = Aggregator(manifest, identity, link, on_event=on_event, progress=say)
 
         def drop(party: str) -> None:
             say(f"aggregator: {party} went offline")
@@ -176,10 +177,12 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
 
 
 async def run_key_authority(manifest: Manifest, identity: Identity, broker: BrokerConfig,
-                            *, options: MqttOptions | None = None) -> None:
+                            *, options: MqttOptions | None = None,
+                            say: Callable[[str], None] = print) -> None:
     _check_role(manifest, identity, Role.KEY_AUTHORITY)
     async with mqtt_transport(manifest, identity, broker, options) as link:
-        await KeyAuthority(manifest, identity, link).run()
+        say(_connected(manifest, identity, broker))
+        await KeyAuthority(manifest, identity, link, progress=say).run()
 
 
 @dataclass(frozen=True)
@@ -289,15 +292,18 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
     rows: list[RoundRow] = []
     from threshold_fl.federation import learner_client
 
-    async with mqtt_transport(manifest, identity, broker, options) as link:
+    watch = AggregatorWatch(manifest, broker)
+    async with mqtt_transport(manifest, identity, broker, options, watch.presence) as link:
+        say(_connected(manifest, identity, broker))
         run = _ClientRun(plan, link)
         meter = _RoundMeter(str(identity.party_id), link, say, report)
         client = learner_client(manifest, identity, link, learner, on_event=run.on_event,
                                 after_training=run.trained,
-                                before_sensitivity=run.before_sensitivity)
+                                before_sensitivity=run.before_sensitivity, progress=say)
         if plan.drop_at == "keys":
             asyncio.get_running_loop().call_later(0.5, _die)
         async with client:
+            watch.start(client, say)
             async for result in client.rounds():
                 if save_models is not None:
                     _save_model(save_models, result.round, result.model)
@@ -309,6 +315,67 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
                                       accuracy=scores.accuracy, loss=scores.loss,
                                       encrypted_fraction=client.encrypted_fraction))
     return rows
+
+
+def _connected(manifest: Manifest, identity: Identity, broker: BrokerConfig) -> str:
+    return (f"{identity.party_id}: connected to {broker.url} for session "
+            f"{manifest.session!r} (manifest fingerprint {manifest.fingerprint()[:16]})")
+
+
+class AggregatorWatch:
+    """Notices a client whose aggregator is not on the broker, and says why it waits.
+
+    The aggregator's presence is retained by the broker, so a client hears at once
+    whether an aggregator of its session is (or was) there.  If none is online by the
+    manifest's join deadline and the client is still waiting to be let in, it leaves with
+    the likely cause: most often a manifest that differs from the organiser's (every run
+    of 'threshold-fl manifest' draws a new session id, and topics are per session).
+    """
+
+    #: Say what we wait for this soon if the aggregator is not there.
+    HINT_AFTER_S = 3.0
+
+    def __init__(self, manifest: Manifest, broker: BrokerConfig) -> None:
+        self.manifest, self.broker = manifest, broker
+        self.aggregator = manifest.aggregator.party_id
+        self.online: bool | None = None  # None: no presence of the aggregator heard
+
+    def presence(self, party: str, online: bool) -> None:
+        """The transport's on_presence callback."""
+        if party == self.aggregator:
+            self.online = online
+
+    def absence(self) -> str:
+        """Why the aggregator is not here, as far as the broker tells."""
+        where = (f"session {self.manifest.session!r} on {self.broker.url} (manifest "
+                 f"fingerprint {self.manifest.fingerprint()[:16]})")
+        if self.online is None:
+            return (f"no aggregator {self.aggregator!r} has been present for {where}: it is "
+                    "not started yet, or this client's manifest differs from the organiser's "
+                    "(every 'threshold-fl manifest' run draws a new session); compare the "
+                    "fingerprint with the organiser's")
+        return (f"the aggregator {self.aggregator!r} of {where} is offline: it ended or "
+                "crashed; ask the organiser whether the session is still on")
+
+    def start(self, client: FederatedClient, say: Callable[[str], None]) -> None:
+        """Watch *client*: a hint soon, and leaving at the join deadline."""
+        loop = asyncio.get_running_loop()
+        join_s = self.manifest.timeouts.join_s
+        me = client.machine.me
+
+        def waiting() -> bool:
+            return self.online is not True and client.machine.state is ClientState.JOINING
+
+        def hint() -> None:
+            if waiting():
+                say(f"{me}: {self.absence()}; waiting up to {join_s:g} s")
+
+        def give_up() -> None:
+            if waiting():
+                client.leave(f"gave up after {join_s:g} s: {self.absence()}")
+
+        loop.call_later(min(self.HINT_AFTER_S, join_s), hint)
+        loop.call_later(join_s, give_up)
 
 
 def mode_label(manifest: Manifest) -> str:

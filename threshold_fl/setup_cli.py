@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protocols import Manifest, MaskPolicy, Mode, Timeouts, make_manifest
-from threshold_fl._checks import bounded
+from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.errors import ThresholdFLError
 from threshold_fl.identity import PUBLIC_FILENAME, SECRET_FILENAME, Identity, PublicIdentity
 
@@ -99,9 +99,9 @@ def _manifest_parser() -> argparse.ArgumentParser:
                         help="t, clients needed to decrypt (default: majority)")
     parser.add_argument("--rounds", type=bounded(int, 1, 100_000), default=3)
     length = parser.add_mutually_exclusive_group(required=True)
-    length.add_argument("--model", default=None,
-                        help="a model name of threshold_fl.ml.models (sets the length and "
-                             "the first and last layers)")
+    add_model_option(length, default=None,
+                     what="the model the clients train (sets the length and the first and "
+                          "last layers)")
     length.add_argument("--model-length", type=bounded(int, 1), default=None,
                         help="flat model length, for models of your own")
     parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0), default=0.1)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protocols import Mode
-from threshold_fl._checks import bounded
+from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.errors import ThresholdFLError
 from threshold_fl.federation import (
     SPLITS,
@@ -27,7 +27,6 @@ from threshold_fl.federation import (
     FederationReport,
     run_federation,
 )
-from threshold_fl.ml.models import MODELS
 from threshold_fl.ml.privacy import LaplaceNoise
 from threshold_fl.ml.training import LocalTraining
 from threshold_fl.rounds import header
@@ -35,11 +34,10 @@ from threshold_fl.rounds import header
 __all__ = ["main"]
 
 
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threshold-fl train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=sorted(MODELS), default="cnn")
+    add_model_option(parser)
     parser.add_argument("--mode", choices=[m.value for m in Mode], default="threshold")
     parser.add_argument("--clients", type=bounded(int, 2, 50), default=3)
     parser.add_argument("--rounds", type=bounded(int, 1, 1000), default=3)

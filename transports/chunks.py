@@ -23,6 +23,13 @@ A transfer is only as authentic as its manifest: a chunk is accepted only after 
 manifest's signature verified, and only if its SHA-256 equals the digest the manifest
 lists for its position.  Hence a tampered chunk, or a chunk spliced in from another
 transfer, is rejected, and the payload is released only once its whole digest matches.
+
+Replays: the receiver remembers, per sender and for its whole life, the ids of the
+transfers that finished or were dropped (:class:`ReassemblyLimits` bounds how many), so
+a replayed or retransmitted finished transfer is acked again but never delivered twice,
+and a dropped one does not come back.  A sender has a few slots for open transfers; when
+they are full, its next verified manifest evicts its least recently progressed one, so
+replayed manifests nobody completes cannot lock a sender out.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ import hashlib
 import math
 import re
 import struct
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from threshold_fl.errors import AuthenticationError, FrameError, ParameterError
 
@@ -45,7 +53,7 @@ __all__ = [
     "ChunkPlan", "Transfer", "split",
     "Manifest", "Chunk", "frame_kind", "decode_manifest", "decode_chunk",
     "encode_ack", "decode_ack",
-    "ReassemblyLimits", "Accepted", "Reassembler",
+    "ReassemblyLimits", "Accepted", "Dropped", "Reassembler", "rejection_reason",
 ]
 
 MAGIC = b"TFLT"
@@ -99,6 +107,16 @@ def _reject(reason: str, detail: str) -> FrameError:
     return FrameError(f"rejected frame ({reason}): {detail}")
 
 
+_REASON_RE = re.compile(r"rejected frame \(([a-z ]{1,40})\)")
+
+
+def rejection_reason(error: Exception) -> str:
+    """The short class of a rejection ("bad signature", "unknown transfer", ...): the
+    tag that :class:`Reassembler` errors carry, else the exception's type name."""
+    found = _REASON_RE.search(str(error))
+    return found.group(1) if found else type(error).__name__
+
+
 def _count_for(total: int, chunk_size: int) -> int:
     return max(1, math.ceil(total / chunk_size))
 
@@ -122,16 +140,12 @@ class ChunkPlan:
     @classmethod
     def of(cls, payload: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> ChunkPlan:
         if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
-            raise ParameterError(
-                f"chunk_size must lie in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}] bytes, "
-                f"got {chunk_size!r}"
-            )
+            raise ParameterError(f"chunk_size must lie in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}] "
+                                 f"bytes, got {chunk_size!r}")
         view = memoryview(payload).cast("B")
         count = _count_for(len(view), chunk_size)
-        digests = tuple(
-            hashlib.sha256(view[i * chunk_size : (i + 1) * chunk_size]).digest()
-            for i in range(count)
-        )
+        digests = tuple(hashlib.sha256(view[i * chunk_size : (i + 1) * chunk_size]).digest()
+                        for i in range(count))
         return cls(view, chunk_size, digests, hashlib.sha256(view).digest())
 
     @property
@@ -142,17 +156,13 @@ class ChunkPlan:
     def total(self) -> int:
         return len(self.payload)
 
-    def transfer(
-        self, *, sender: str, recipient: str, channel: str, transfer_id: bytes, sign: Signer
-    ) -> Transfer:
+    def transfer(self, *, sender: str, recipient: str, channel: str, transfer_id: bytes,
+                 sign: Signer) -> Transfer:
         """A signed transfer of this payload from ``sender`` to ``recipient``."""
         if not isinstance(transfer_id, bytes) or len(transfer_id) != TRANSFER_ID_SIZE:
             raise ParameterError(f"transfer_id must be {TRANSFER_ID_SIZE} random bytes")
-        ids = b"".join(
-            _short(validate_id(kind, value))
-            for kind, value in (("sender", sender), ("recipient", recipient),
-                                ("channel", channel))
-        )
+        ids = b"".join(_short(validate_id(kind, value)) for kind, value in
+                       (("sender", sender), ("recipient", recipient), ("channel", channel)))
         body = b"".join((
             _PREFIX.pack(MAGIC, VERSION, KIND_MANIFEST, transfer_id),
             _MANIFEST.pack(self.count, self.total, self.chunk_size, self.payload_digest),
@@ -191,9 +201,8 @@ class Transfer:
         if not 0 <= seq < plan.count:
             raise ParameterError(f"chunk seq {seq} out of range [0, {plan.count})")
         start = seq * plan.chunk_size
-        header = _PREFIX.pack(MAGIC, VERSION, KIND_CHUNK, self.transfer_id) + _CHUNK.pack(
-            seq, plan.count, plan.total, plan.digests[seq]
-        )
+        header = (_PREFIX.pack(MAGIC, VERSION, KIND_CHUNK, self.transfer_id)
+                  + _CHUNK.pack(seq, plan.count, plan.total, plan.digests[seq]))
         return header + plan.payload[start : start + plan.chunk_size]
 
     def frame(self, seq: int) -> bytes:
@@ -201,20 +210,11 @@ class Transfer:
         return self.manifest if seq == MANIFEST_SEQ else self.chunk(seq)
 
 
-def split(
-    payload: bytes,
-    *,
-    sender: str,
-    recipient: str,
-    channel: str,
-    transfer_id: bytes,
-    sign: Signer,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Transfer:
+def split(payload: bytes, *, sender: str, recipient: str, channel: str, transfer_id: bytes,
+          sign: Signer, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Transfer:
     """Shorthand for ``ChunkPlan.of(payload, chunk_size).transfer(...)``."""
     return ChunkPlan.of(payload, chunk_size).transfer(
-        sender=sender, recipient=recipient, channel=channel, transfer_id=transfer_id, sign=sign
-    )
+        sender=sender, recipient=recipient, channel=channel, transfer_id=transfer_id, sign=sign)
 
 
 def encode_ack(transfer_id: bytes, seq: int) -> bytes:
@@ -228,9 +228,8 @@ def encode_ack(transfer_id: bytes, seq: int) -> bytes:
 def frame_kind(frame: bytes) -> int:
     """The kind of ``frame`` after checking its prefix; FrameError if it is not ours."""
     if len(frame) < _PREFIX.size:
-        raise _reject(
-            "truncated header", f"{len(frame)} bytes, a frame header needs {_PREFIX.size}"
-        )
+        raise _reject("truncated header",
+                      f"{len(frame)} bytes, a frame header needs {_PREFIX.size}")
     magic, version, kind, _ = _PREFIX.unpack_from(frame)
     if magic != MAGIC:
         raise _reject("bad magic", f"expected {MAGIC!r}, got {magic!r}")
@@ -247,10 +246,8 @@ def _expect(frame: bytes, kind: int, size: int) -> bytes:
     if got != kind:
         raise _reject("wrong kind", f"expected a {_KIND_NAMES[kind]}, got a {_KIND_NAMES[got]}")
     if len(frame) < size:
-        raise _reject(
-            "truncated header",
-            f"{len(frame)} bytes, a {_KIND_NAMES[kind]} header needs {size}",
-        )
+        raise _reject("truncated header",
+                      f"{len(frame)} bytes, a {_KIND_NAMES[kind]} header needs {size}")
     return bytes(frame[6 : _PREFIX.size])
 
 
@@ -355,23 +352,28 @@ class ReassemblyLimits:
 
     ``max_buffered``: the payload bytes of all open transfers together (what a manifest
     announces counts at once, so the bound holds before any chunk arrives);
+    ``max_transfers_per_sender``: open transfers per sender; when full, a newer verified
+    manifest from that sender evicts its least recently progressed one (a sender's send
+    window, 8 frames by default, keeps its own honest transfers well below 16);
     ``expiry_s``: a transfer with no accepted frame for this long is dropped;
-    ``remember_completed``: how many finished transfer ids are kept, so duplicates
-    (retransmissions whose ack was lost) are re-acked instead of delivered again.
+    ``remember_per_sender``: ids of finished or dropped transfers kept per sender (about
+    100 bytes each; the oldest go first), so that a retransmission or replay of a finished
+    transfer is acked but not delivered again, and a dropped one is not reopened.  Only
+    verified senders get a record, so the parties of the session bound the senders.
     """
 
     max_payload: int = DEFAULT_MAX_PAYLOAD
     max_buffered: int = 2 * DEFAULT_MAX_PAYLOAD
     max_transfers_per_sender: int = 16
     expiry_s: float = 120.0
-    remember_completed: int = 4096
+    remember_per_sender: int = 8192
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_payload <= self.max_buffered or self.max_transfers_per_sender < 1:
             raise ParameterError("need 0 <= max_payload <= max_buffered and "
                                  "max_transfers_per_sender >= 1")
-        if not self.expiry_s > 0 or self.remember_completed < 1:
-            raise ParameterError("expiry_s must be > 0 and remember_completed >= 1")
+        if not self.expiry_s > 0 or self.remember_per_sender < 1:
+            raise ParameterError("expiry_s must be > 0 and remember_per_sender >= 1")
 
 
 @dataclass(frozen=True)
@@ -389,6 +391,14 @@ class Accepted:
         return encode_ack(self.transfer_id, self.seq)
 
 
+class Dropped(NamedTuple):
+    """An open transfer the reassembler gave up on, for the caller to log."""
+
+    sender: str
+    kind: str  # "expired transfer" or "evicted transfer"
+    reason: str
+
+
 @dataclass(eq=False)
 class _Incoming:
     manifest: Manifest
@@ -397,11 +407,8 @@ class _Incoming:
     chunks: dict[int, bytes] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Done:
-    sender: str
-    manifest_hash: bytes
-    until: float
+_DROPPED = b""  # history mark of a transfer dropped unfinished (else: its manifest's hash)
+_MARK = 8  # bytes of the manifest hash kept: only the sender can sign a clash, and only ack it
 
 
 class Reassembler:
@@ -414,20 +421,15 @@ class Reassembler:
     :class:`ReassemblyLimits`; stale transfers expire as ``now`` advances.
     """
 
-    def __init__(
-        self,
-        recipient: str,
-        channel: str,
-        verify: Verifier,
-        limits: ReassemblyLimits | None = None,
-    ) -> None:
+    def __init__(self, recipient: str, channel: str, verify: Verifier,
+                 limits: ReassemblyLimits | None = None) -> None:
         self.recipient = validate_id("recipient", recipient)
         self.channel = validate_id("channel", channel)
         self._verify = verify
         self.limits = limits or ReassemblyLimits()
         self._open: dict[bytes, _Incoming] = {}
-        self._done: OrderedDict[bytes, _Done] = OrderedDict()
-        self._expired: deque[str] = deque(maxlen=64)  # reasons, for the caller to log
+        self._history: dict[str, dict[bytes, bytes]] = {}  # sender: {id: mark}, oldest first
+        self._dropped: deque[Dropped] = deque(maxlen=64)  # for the caller to log
 
     @property
     def in_progress(self) -> int:
@@ -446,47 +448,84 @@ class Reassembler:
             return self._chunk(decode_chunk(frame), now)
         raise _reject("wrong kind", "an ack frame reached an inbox")
 
-    def take_expired(self) -> list[str]:
-        """Why transfers expired since the last call (the most recent 64)."""
-        out = list(self._expired)
-        self._expired.clear()
+    def claimed_sender(self, frame: bytes) -> str | None:
+        """Who a frame (say, a rejected one) claims or is known to come from, if it gets
+        that far; unverified, for logs only."""
+        try:
+            if frame_kind(frame) == KIND_MANIFEST:
+                return decode_manifest(frame).sender
+            transfer_id = _expect(frame, KIND_CHUNK, CHUNK_HEADER_SIZE)
+        except FrameError:
+            return None
+        state = self._open.get(transfer_id)
+        if state is not None:
+            return state.manifest.sender
+        seen = self._recall(transfer_id)
+        return None if seen is None else seen[0]
+
+    def _remember(self, sender: str, transfer_id: bytes, mark: bytes) -> None:
+        ids = self._history.setdefault(sender, {})
+        ids[transfer_id] = mark[:_MARK]
+        if len(ids) > self.limits.remember_per_sender:
+            del ids[next(iter(ids))]
+
+    def _recall(self, transfer_id: bytes) -> tuple[str, bytes] | None:
+        """``(sender, mark)``; a chunk names no sender, so every sender is looked at."""
+        for sender, ids in self._history.items():
+            if transfer_id in ids:
+                return sender, ids[transfer_id]
+        return None
+
+    def take_expired(self) -> list[Dropped]:
+        """Transfers dropped since the last call, expired or evicted (the most recent 64)."""
+        out = list(self._dropped)
+        self._dropped.clear()
         return out
 
     def expire(self, now: float) -> None:
-        """Drop stale transfers (see :meth:`take_expired`) and old completion records."""
+        """Drop transfers idle for longer than ``expiry_s`` (see :meth:`take_expired`)."""
         for tid in [t for t, s in self._open.items()
                     if now - s.last_activity > self.limits.expiry_s]:
-            state = self._open.pop(tid)
-            self._expired.append(
-                f"transfer {_tid(tid)} from {state.manifest.sender!r} expired with "
-                f"{len(state.chunks)}/{state.manifest.count} chunks"
-            )
-        while self._done and (
-            len(self._done) > self.limits.remember_completed
-            or next(iter(self._done.values())).until < now
-        ):
-            self._done.popitem(last=False)
+            self._drop(tid, "expired transfer", "expired")
+
+    def _drop(self, transfer_id: bytes, kind: str, how: str) -> None:
+        state = self._open.pop(transfer_id)
+        m = state.manifest
+        self._remember(m.sender, transfer_id, _DROPPED)
+        self._dropped.append(Dropped(m.sender, kind, f"transfer {_tid(transfer_id)} from "
+                                     f"{m.sender!r} {how} with {len(state.chunks)}/{m.count} "
+                                     "chunks"))
 
     def _manifest(self, frame: bytes, now: float) -> Accepted:
         digest = hashlib.sha256(frame).digest()
         m = decode_manifest(frame)
-        known = self._open.get(m.transfer_id) or self._done.get(m.transfer_id)
-        if known is not None:
-            if known.manifest_hash != digest:
-                raise _reject("conflicting manifest",
-                              f"transfer {_tid(m.transfer_id)} is known with another manifest")
+        if self._seen(m, digest):
             return Accepted(m.sender, m.transfer_id, MANIFEST_SEQ, duplicate=True)
         self._check_manifest(m)
+        self._make_room(m.sender)
         self._open[m.transfer_id] = _Incoming(m, digest, now)
         return Accepted(m.sender, m.transfer_id, MANIFEST_SEQ)
 
+    def _seen(self, m: Manifest, digest: bytes) -> bool:
+        """True for a manifest known already (retransmitted or replayed); FrameError if
+        it conflicts with what is known or its transfer was dropped."""
+        state = self._open.get(m.transfer_id)
+        known = (self._recall(m.transfer_id) if state is None
+                 else (state.manifest.sender, state.manifest_hash[:_MARK]))
+        if known is None:
+            return False
+        if known == (m.sender, _DROPPED):
+            raise _reject("stale transfer", f"transfer {_tid(m.transfer_id)} from {m.sender!r} "
+                          "was dropped unfinished earlier (replayed, or retransmitted late)")
+        if known != (m.sender, digest[:_MARK]):
+            raise _reject("conflicting manifest",
+                          f"transfer {_tid(m.transfer_id)} is known with another manifest")
+        return True
+
     def _check_manifest(self, m: Manifest) -> None:
         if (m.recipient, m.channel) != (self.recipient, self.channel):
-            raise _reject(
-                "misaddressed",
-                f"manifest for {m.recipient!r} in {m.channel!r} reached {self.recipient!r} "
-                f"in {self.channel!r} (replayed or misrouted)",
-            )
+            raise _reject("misaddressed", f"manifest for {m.recipient!r} in {m.channel!r} reached "
+                          f"{self.recipient!r} in {self.channel!r} (replayed or misrouted)")
         if m.total > self.limits.max_payload:
             raise _reject("too large", f"payload of {m.total} bytes from {m.sender!r} exceeds "
                                        f"the limit of {self.limits.max_payload}")
@@ -495,10 +534,6 @@ class Reassembler:
             raise _reject("too large", f"{m.total} more bytes from {m.sender!r} would exceed "
                                        f"max_buffered {self.limits.max_buffered} "
                                        f"({announced} announced by open transfers)")
-        active = sum(1 for s in self._open.values() if s.manifest.sender == m.sender)
-        if active >= self.limits.max_transfers_per_sender:
-            raise _reject("too many transfers", f"{active} transfers from {m.sender!r} in "
-                                                f"progress already (limit reached)")
         try:  # a verifier that fails (unknown sender, bad key) is a failed verification
             ok = self._verify(m.sender, m.signed, m.signature) is True
         except Exception as exc:
@@ -511,25 +546,38 @@ class Reassembler:
                 f"claimed by {m.sender!r} does not verify{why}"
             )
 
+    def _make_room(self, sender: str) -> None:
+        """A verified sender's slots are full: evict its least recently progressed
+        transfer, most likely a replayed manifest whose chunks never come."""
+        mine = [(s.last_activity, t) for t, s in self._open.items() if s.manifest.sender == sender]
+        if len(mine) >= self.limits.max_transfers_per_sender:
+            self._drop(min(mine)[1], "evicted transfer",
+                       f"evicted by a newer one ({len(mine)} open, the limit)")
+
     def _chunk(self, c: Chunk, now: float) -> Accepted:
         if hashlib.sha256(c.data).digest() != c.digest:
             raise _reject("digest mismatch", f"chunk {c.seq} of transfer {_tid(c.transfer_id)} "
                                              "does not hash to its header digest (corrupted)")
-        done = self._done.get(c.transfer_id)
-        if done is not None:
-            return Accepted(done.sender, c.transfer_id, c.seq, duplicate=True)
         state = self._open.get(c.transfer_id)
         if state is None:
-            raise _reject("unknown transfer", f"chunk {c.seq} of transfer {_tid(c.transfer_id)} "
-                          "has no verified manifest (replayed, expired or ahead of it)")
+            return self._chunk_of_closed(c)
         m = state.manifest
         self._check_chunk(c, m)
         if c.seq in state.chunks:
             return Accepted(m.sender, c.transfer_id, c.seq, duplicate=True)
         state.chunks[c.seq] = c.data
         state.last_activity = now
-        payload = self._complete(state, now) if len(state.chunks) == m.count else None
+        payload = self._complete(state) if len(state.chunks) == m.count else None
         return Accepted(m.sender, c.transfer_id, c.seq, payload=payload)
+
+    def _chunk_of_closed(self, c: Chunk) -> Accepted:
+        """A chunk of no open transfer: re-acked if its transfer finished, else refused."""
+        seen = self._recall(c.transfer_id)
+        if seen is not None and seen[1] != _DROPPED:
+            return Accepted(seen[0], c.transfer_id, c.seq, duplicate=True)
+        why = "was dropped unfinished" if seen else "has no verified manifest"
+        raise _reject("unknown transfer", f"chunk {c.seq} of transfer {_tid(c.transfer_id)} "
+                      f"{why} (replayed, expired or ahead of it)")
 
     @staticmethod
     def _check_chunk(c: Chunk, m: Manifest) -> None:
@@ -544,13 +592,14 @@ class Reassembler:
             raise _reject("digest mismatch", f"{where} does not match the signed manifest "
                                              "(tampered, or spliced in from another transfer)")
 
-    def _complete(self, state: _Incoming, now: float) -> bytes:
+    def _complete(self, state: _Incoming) -> bytes:
         m = state.manifest
         del self._open[m.transfer_id]
         payload = b"".join(state.chunks[i] for i in range(m.count))
         state.chunks.clear()
         if len(payload) != m.total or hashlib.sha256(payload).digest() != m.payload_digest:
+            self._remember(m.sender, m.transfer_id, _DROPPED)
             raise _reject("digest mismatch", f"transfer {_tid(m.transfer_id)} from {m.sender!r}: "
                                              "whole payload does not match the manifest")
-        self._done[m.transfer_id] = _Done(m.sender, state.manifest_hash, now + self.limits.expiry_s)
+        self._remember(m.sender, m.transfer_id, state.manifest_hash)
         return payload

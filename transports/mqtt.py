@@ -18,9 +18,14 @@ The sender keeps at most ``window`` frames per recipient unacked, retransmits af
 ``max_tries`` (logged and counted: delivery stays best effort, as :mod:`transports.base`
 promises); that bookkeeping is the sans-I/O :class:`~transports.window.SendWindow`.
 
-A lost broker connection is retried with capped exponential backoff; subscriptions are
-renewed and unacked frames resent.  If the broker stays away for ``give_up_after``
-seconds the transport fails: ``send`` and ``receive`` raise :class:`TransportError`.
+A lost broker connection is retried with capped exponential backoff (one warning per
+outage); subscriptions are renewed and unacked frames resent.  If the broker stays away
+for ``give_up_after`` seconds the transport fails: ``connect``, ``send`` and ``receive``
+raise :class:`TransportError` (not logged as well: the caller reports it, once).
+
+Whoever may publish to the broker can send garbage or forgeries: every refusal is
+counted, but logged at most ``log_burst`` times per claimed sender and reason every
+``log_period_s``, then summed up (:mod:`transports.lograte`): nobody can flood the log.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import time
 from collections import Counter, deque
@@ -59,8 +63,10 @@ from transports.chunks import (
     Transfer,
     Verifier,
     decode_ack,
+    rejection_reason,
     validate_id,
 )
+from transports.lograte import Outage, RateLimitedLog, printable
 from transports.window import OutgoingTransfer, SendWindow
 
 if TYPE_CHECKING:
@@ -95,13 +101,15 @@ class MqttOptions:
     inbox_limit: int = 1000  # complete messages waiting for receive(); beyond: dropped
     frame_queue_limit: int = 256  # frames read but not yet processed; beyond: dropped
     mqtt5: bool = False  # MQTT 3.1.1 by default; nothing here needs 5
+    log_burst: int = 3  # refusals logged per claimed sender and reason per period; then
+    log_period_s: float = 60.0  # counted, and summed up in one line per period
 
     def __post_init__(self) -> None:
         positive = ("ack_timeout_s", "reconnect_initial_s", "reconnect_max_s",
-                    "give_up_after", "operation_timeout_s")
+                    "give_up_after", "operation_timeout_s", "log_period_s")
         bad = [n for n in positive if not getattr(self, n) > 0]
         bad += [n for n in ("keepalive", "window", "max_tries", "inbox_limit",
-                            "frame_queue_limit") if getattr(self, n) < 1]
+                            "frame_queue_limit", "log_burst") if getattr(self, n) < 1]
         if bad or self.backoff < 1 or self.close_linger_s < 0:
             raise ParameterError(f"invalid MqttOptions: {bad or 'backoff/close_linger_s'}")
 
@@ -166,18 +174,11 @@ class MqttTransport:
     other parties' manifests: identities stay with the composition layer.
     """
 
-    def __init__(
-        self,
-        party_id: str,
-        session: str,
-        broker: BrokerConfig | str,
-        *,
-        sign: Signer,
-        verify: Verifier,
-        random_bytes: Callable[[int], bytes] = os.urandom,
-        options: MqttOptions | None = None,
-        on_presence: Callable[[str, bool], None] | None = None,
-    ) -> None:
+    def __init__(self, party_id: str, session: str, broker: BrokerConfig | str, *,
+                 sign: Signer, verify: Verifier,
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 options: MqttOptions | None = None,
+                 on_presence: Callable[[str, bool], None] | None = None) -> None:
         self._party_id = validate_id("party id", party_id)
         self.session = validate_id("session", session)
         self.broker = broker if isinstance(broker, BrokerConfig) else BrokerConfig.from_url(broker)
@@ -186,6 +187,9 @@ class MqttTransport:
         self._reassembler = Reassembler(party_id, session, verify, self.options.limits)
         self._counts: Counter[str] = Counter()
         self._rejections: deque[str] = deque(maxlen=10)
+        self._refusals = RateLimitedLog(_LOG, burst=self.options.log_burst,
+                                        period_s=self.options.log_period_s,
+                                        prefix=f"party {party_id!r}: ")
         self._window = SendWindow(window=self.options.window,
                                   ack_timeout_s=self.options.ack_timeout_s,
                                   backoff=self.options.backoff, max_tries=self.options.max_tries)
@@ -314,20 +318,14 @@ class MqttTransport:
             except asyncio.TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
-        self._window.abort()
-        self._settle()
-        self._queue_stop()
+        self._wind_down()
 
     async def __aenter__(self) -> MqttTransport:
         await self.connect()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
 
     # ----------------------------------------------------------------- helpers
@@ -355,10 +353,14 @@ class MqttTransport:
             return TransportClosed(f"party {self._party_id!r}: transport closed")
         return self._failure
 
-    def _queue_stop(self) -> None:
+    def _wind_down(self) -> None:
+        """Closed or failed: release senders, wake receivers, log pending counts."""
+        self._window.abort()
+        self._settle()
         if not self._stop_queued:
             self._stop_queued = True
             self._inbox.put_nowait(_STOP)
+        self._refusals.flush(self._now(), final=True)
 
     async def _plan(self, data: bytes) -> ChunkPlan:
         # Hashing hundreds of MB would stall keepalives and acks: do big ones in a thread.
@@ -374,12 +376,10 @@ class MqttTransport:
                              transfer_id=transfer_id, sign=self._sign)
 
     def _fail(self, error: TransportError) -> None:
+        # Not logged: connect/send/receive raise it, and the caller reports it once.
         self._connected.clear()
-        _LOG.error("%s", error)
         self._failure = error
-        self._window.abort()
-        self._settle()
-        self._queue_stop()
+        self._wind_down()
 
     def _settle(self) -> None:
         """Act on what the window decided: wake released senders, log give-ups."""
@@ -419,24 +419,23 @@ class MqttTransport:
 
     async def _run(self) -> None:
         """Connect, serve, reconnect with capped backoff; fail after give_up_after."""
-        opt = self.options
-        delay, down_since, sessions = opt.reconnect_initial_s, self._now(), 0
-        last_error = "no connection attempt finished"
+        opt, sessions, last_error = self.options, 0, "no connection attempt finished"
+        outage = Outage(_LOG, f"party {self._party_id!r}: broker {self.broker.url}",
+                        initial_s=opt.reconnect_initial_s, max_s=opt.reconnect_max_s,
+                        give_up_after=opt.give_up_after, now=self._now())
         while not self._stop.is_set():
             try:
                 async with self._new_client() as client:
                     await self._setup(client)
                     self._counts["reconnects"], sessions = sessions, sessions + 1
-                    delay, down_since = opt.reconnect_initial_s, math.inf
                     self._connected_at = self._now()
                     self._connected.set()
+                    outage.connected(self._connected_at)
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 if self._permanent(exc):
                     return
                 last_error = str(exc) or type(exc).__name__
-                _LOG.warning("party %r: broker %s: %s; reconnecting",
-                             self._party_id, self.broker.url, exc)
             except TransportError as exc:  # a refusal found during setup
                 return self._fail(exc)
             except Exception as exc:  # a bug: fail loudly rather than hang callers
@@ -447,16 +446,14 @@ class MqttTransport:
                 self._connected.clear()
             if self._stop.is_set():
                 return
-            down_since = min(down_since, self._now())  # the outage began now, or earlier
-            left = down_since + opt.give_up_after - self._now()
-            if left <= 0:
+            wait = outage.failed(last_error, self._now())
+            if wait is None:
                 return self._fail(TransportError(
                     f"party {self._party_id!r}: broker {self.broker.url} unreachable for "
                     f"{opt.give_up_after:g} s (give_up_after); giving up; last error: "
                     f"{last_error}"))
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), min(delay, left))
-            delay = min(delay * 2, opt.reconnect_max_s)
+                await asyncio.wait_for(self._stop.wait(), wait)
 
     def _permanent(self, exc: aiomqtt.MqttError) -> bool:
         rc = getattr(exc, "rc", None)
@@ -483,7 +480,8 @@ class MqttTransport:
         acks: _Acks = asyncio.Queue()
         tasks = [asyncio.create_task(self._read(client, acks)),
                  asyncio.create_task(self._pump(client)),
-                 asyncio.create_task(self._acker(client, acks))]
+                 asyncio.create_task(self._acker(client, acks)),
+                 asyncio.create_task(self._flusher())]
         stopper = asyncio.create_task(self._stop.wait())
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -517,6 +515,12 @@ class MqttTransport:
 
     # ----------------------------------------------------------------- receiving
 
+    async def _flusher(self) -> None:
+        # Summaries of suppressed refusals are due when a period ends, flood over or not.
+        while True:
+            await asyncio.sleep(min(self.options.log_period_s, 5.0))
+            self._refusals.flush(self._now())
+
     async def _acker(self, client: aiomqtt.Client, acks: _Acks) -> None:
         # Not in the reader: aiomqtt's publish waits out its timeout when the connection
         # drops, and a reader stuck there would notice the outage only that late.
@@ -542,21 +546,21 @@ class MqttTransport:
         try:
             got = self._reassembler.accept(frame, self._now())
         except (FrameError, AuthenticationError) as exc:
-            return self._reject(str(exc))
+            return self._reject(self._reassembler.claimed_sender(frame), exc)
         finally:
-            for reason in self._reassembler.take_expired():
+            for dropped in self._reassembler.take_expired():  # expired or evicted
                 self._counts["expired"] += 1
-                _LOG.warning("party %r: %s", self._party_id, reason)
+                self._log(dropped.sender, dropped.kind, dropped.reason)
         self._counts["duplicates"] += got.duplicate
         if got.payload is not None:  # deliver before acking: an ack must never lose data
-            self._deliver(got.payload)
+            self._deliver(got.sender, got.payload)
         acks.put_nowait((self._topic("ack", got.sender), got.ack))
 
-    def _deliver(self, payload: bytes) -> None:
+    def _deliver(self, sender: str, payload: bytes) -> None:
         if self._inbox.qsize() >= self.options.inbox_limit:
             self._counts["dropped"] += 1
-            _LOG.warning("party %r: inbox full (%d); message dropped",
-                         self._party_id, self.options.inbox_limit)
+            self._log(sender, "inbox full", f"inbox full ({self.options.inbox_limit}); "
+                      f"message from {sender!r} dropped")
             return
         self._counts["messages_received"] += 1
         self._counts["bytes_received"] += len(payload)
@@ -566,14 +570,19 @@ class MqttTransport:
         try:
             transfer_id, seq = decode_ack(frame)
         except FrameError as exc:
-            return self._reject(f"on the ack topic: {exc}")
+            return self._reject(None, exc, "on the ack topic: ")
         if self._window.ack(transfer_id, seq):
             self._wake.set()
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, sender: str | None, error: Exception, where: str = "") -> None:
         self._counts["rejected"] += 1
-        self._rejections.append(reason)
-        _LOG.warning("party %r: %s", self._party_id, reason)
+        self._rejections.append(where + str(error))
+        kind = rejection_reason(error) + (" on the ack topic" if where else "")
+        self._log(sender or "unknown", kind, where + str(error))
+
+    def _log(self, sender: str, kind: str, message: str) -> None:
+        """A warning, rate-limited per (claimed) sender and kind: senders can flood."""
+        self._refusals.log(sender, kind, message, self._now())
 
     def _on_presence(self, party: str, payload: bytes) -> None:
         try:
@@ -583,8 +592,8 @@ class MqttTransport:
         except (ValueError, KeyError, TypeError, ParameterError):
             valid = False
         if not valid:
-            _LOG.warning("party %r: ignoring malformed presence for %r", self._party_id, party)
-            return
+            return self._log(party, "malformed presence",
+                             f"ignoring malformed presence for {printable(party)}")
         if party == self._party_id:
             return
         if online and self._window.kick(party, self._now()):  # re-announced: resend to it

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from threshold_fl._checks import bounded
+from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
 from threshold_fl.demo import DemoConfig, run_demo
 from threshold_fl.demo_report import RunResult
@@ -237,14 +237,12 @@ def _write(out: Path, template: DemoConfig, results: Sequence[RunResult],
 
 
 def _parser() -> argparse.ArgumentParser:
-    from threshold_fl.ml.models import MODELS  # torch
-
     defaults = DemoConfig()
     parser = argparse.ArgumentParser(prog="threshold-fl bench e2e", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=bounded(int, 2, 20), default=defaults.clients)
     parser.add_argument("--rounds", type=bounded(int, 1, 100), default=defaults.rounds)
-    parser.add_argument("--model", choices=sorted(MODELS), default=defaults.model)
+    add_model_option(parser, default=defaults.model)
     parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0),
                         default=defaults.fraction,
                         help="share of coordinates encrypted, plus the first and last layers")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 import threshold_fl.bench.crypto as bench_crypto
-from threshold_fl._checks import bounded
+from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.bench.crypto import FloatArray, RoundResult, run_round
 from threshold_fl.bench.output import print_line, publish_suite, suite_error
 from threshold_fl.bench.threshold import he_compute_seconds, warm_up
@@ -186,8 +186,6 @@ def _power_of_two(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from threshold_fl.ml.models import MODELS  # torch
-
     parser = argparse.ArgumentParser(prog="threshold-fl bench params", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=_power_of_two, nargs="+",
@@ -199,8 +197,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="threshold decryption noise(s) to measure")
     parser.add_argument("--ring-dimension", type=int, choices=RING_DIMENSIONS, default=8192,
                         help="fixed ring for every cell; 0: smallest secure one per cell")
-    parser.add_argument("--model", choices=sorted(MODELS), default="cnn",
-                        help="the model the clients train (default: the paper's CNN)")
+    add_model_option(parser, what="the model the clients train (cnn: the paper's CNN)")
     parser.add_argument("--clients", type=bounded(int, 2, 20), default=3)
     parser.add_argument("--epochs", type=bounded(int, 1, 50), default=2,
                         help="local training epochs per client")

@@ -1,0 +1,45 @@
+"""A client started with another session's manifest (issue 13, item 1): it says at once
+what it waits for, and leaves at its join deadline naming the likely cause, instead of
+waiting silently for its whole patience (half an hour with the default timeouts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import mqtt_fixtures
+from party_helpers import command, federation, output, wait_all
+
+from transports.broker import MosquittoBroker
+
+broker = mqtt_fixtures.broker  # the fixture (see mqtt_fixtures on why not imported)
+
+
+def test_a_client_with_a_stale_manifest_leaves_with_the_cause(
+        tmp_path: Path, broker: MosquittoBroker) -> None:
+    organisers = federation(tmp_path, rounds=1, join_s=30)
+    stale = federation(tmp_path, rounds=1, join_s=4, name="stale.json")  # a new session
+    session = json.loads(stale.read_text())["session"]
+    assert session != json.loads(organisers.read_text())["session"]
+    processes = {}
+    for name, argv in (("server", ["aggregator", "--manifest", str(organisers),
+                                   "--identity", str(tmp_path / "server")]),
+                       ("stale", ["client", "--manifest", str(stale), "--model", "mlp",
+                                  "--identity", str(tmp_path / "c1")])):
+        with (tmp_path / f"{name}.out").open("w") as out:
+            processes[name] = subprocess.Popen(command(*argv, "--broker", broker.url),
+                                               stdout=out, stderr=subprocess.STDOUT, text=True)
+    stale_client = processes["stale"]
+    try:
+        # Well before any stage deadline of the client (its patience is 2 x (keys +
+        # upload + 2 x decrypt) = 480 s here): the join deadline of its manifest.
+        stale_client.wait(timeout=120)
+    finally:
+        wait_all(processes, 0)
+    said = output(tmp_path, "stale")
+    assert stale_client.returncode == 1, said
+    assert f"connected to {broker.url} for session {session!r}" in said
+    assert "waiting up to 4 s" in said  # said early, before giving up
+    assert "gave up after 4 s: no aggregator 'server' has been present" in said
+    assert "differs from the organiser's" in said
