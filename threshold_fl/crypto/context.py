@@ -23,11 +23,20 @@ from threshold_fl.crypto.params import (
     ScalingTechnique,
     SecurityLevel,
 )
+from threshold_fl.crypto.ring import (
+    BlobKind,
+    Kinds,
+    RingTemplate,
+    TemplateSamples,
+    learn_template,
+)
 from threshold_fl.errors import CryptoError, FrameError, KeyMismatchError, ParameterError
 
 FloatArray = npt.NDArray[np.float64]
 
 __all__ = ["CkksContext", "context_for", "sha256_hex"]
+
+_ANY_CIPHERTEXT = (BlobKind.CIPHERTEXT, BlobKind.DECRYPTION_SHARE)
 
 _SCALING = {
     ScalingTechnique.FIXED_MANUAL: openfhe.FIXEDMANUAL,
@@ -103,6 +112,7 @@ class CkksContext:
         self.slots = params.slots
         self.values_per_ciphertext = params.values_per_ciphertext
         self._wrapper: Any = None
+        self._ring: RingTemplate | None = None
 
     def check_fingerprint(self, fingerprint: str, what: str) -> None:
         """Raise KeyMismatchError unless ``what`` was made under this context's parameters."""
@@ -174,18 +184,66 @@ class CkksContext:
         data = openfhe.Serialize(native_object, openfhe.BINARY)
         return bytes(data)
 
-    def deserialize_ciphertext(self, data: bytes) -> Any:
-        return self._deserialize(openfhe.DeserializeCiphertextString, data, "ciphertext")
+    def deserialize_ciphertext(self, data: bytes, kind: Kinds = _ANY_CIPHERTEXT) -> Any:
+        """An OpenFHE ciphertext-class blob, checked as ``kind`` first.
+
+        By default a two-element ciphertext or a one-element decryption share; the
+        wire decoders name the exact kind each frame carries.
+        """
+        return self._deserialize(openfhe.DeserializeCiphertextString, data, kind)
+
+    def deserialize_share(self, data: bytes) -> Any:
+        """A partial decryption (an OpenFHE ciphertext of one element)."""
+        return self.deserialize_ciphertext(data, BlobKind.DECRYPTION_SHARE)
 
     def deserialize_public_key(self, data: bytes) -> Any:
-        return self._deserialize(openfhe.DeserializePublicKeyString, data, "public key")
+        return self._deserialize(openfhe.DeserializePublicKeyString, data, BlobKind.PUBLIC_KEY)
 
     def deserialize_private_key(self, data: bytes) -> Any:
-        return self._deserialize(openfhe.DeserializePrivateKeyString, data, "private key")
+        return self._deserialize(openfhe.DeserializePrivateKeyString, data, BlobKind.SECRET_KEY)
 
-    def _deserialize(self, loader: Callable[..., Any], data: bytes, what: str) -> Any:
-        # Callers pass only bytes from a frame whose digest and sizes were checked;
-        # OpenFHE still reports some malformations as ValueError or MemoryError.
+    @property
+    def ring(self) -> RingTemplate:
+        """The layouts of this context's OpenFHE blobs (learnt on first use, ~20 ms)."""
+        if self._ring is None:
+            self._ring = learn_template(self._ring_samples())
+        return self._ring
+
+    def _ring_samples(self) -> TemplateSamples:
+        keys = self.native.KeyGen()
+        fresh = self.native.Encrypt(keys.publicKey, self.native.MakeCKKSPackedPlaintext([0j]))
+        blobs = [self.serialize(obj) for obj in (keys.secretKey, keys.publicKey, fresh)]
+        loaders = (
+            (BlobKind.SECRET_KEY, openfhe.DeserializePrivateKeyString),
+            (BlobKind.PUBLIC_KEY, openfhe.DeserializePublicKeyString),
+            (BlobKind.CIPHERTEXT, openfhe.DeserializeCiphertextString),
+        )
+        # Our own bytes, so safe to deserialise unchecked: deserialised objects
+        # re-serialise differently (parameters written in full), and both must pass.
+        resaved = {
+            kind: self.serialize(loader(blob, openfhe.BINARY))
+            for (kind, loader), blob in zip(loaders, blobs, strict=True)
+        }
+        return TemplateSamples(
+            ring_dimension=int(self.native.GetRingDimension()),
+            slots=self.slots,
+            modulus=float(self.native.GetModulus()),
+            scale=lambda level: float(self.native.GetScalingFactorReal(level)),
+            key_tag=keys.secretKey.GetKeyTag(),
+            secret_key=blobs[0],
+            public_key=blobs[1],
+            ciphertext=blobs[2],
+            resaved=resaved,
+        )
+
+    def _deserialize(
+        self, loader: Callable[..., Any], data: bytes, kind: Kinds, *, headroom: int = 1
+    ) -> Any:
+        what = " or ".join(k.value for k in kind) if isinstance(kind, tuple) else kind.value
+        # Callers pass only bytes from a frame whose digest and sizes were checked, but
+        # an authenticated sender's malformed bytes can still crash OpenFHE (SIGFPE):
+        # walk the blob's structure first; this raises FrameError naming what is wrong.
+        self.ring.check(data, kind, headroom=headroom)
         try:
             obj = loader(data, openfhe.BINARY)
         except (RuntimeError, ValueError, MemoryError, TypeError) as exc:
@@ -208,8 +266,17 @@ class CkksContext:
         wrapper.SetElements([polynomial])
         return self.serialize(wrapper)
 
-    def unwrap_polynomial(self, data: bytes) -> Any:
-        wrapper = self.deserialize_ciphertext(data)
+    def unwrap_polynomial(self, data: bytes, *, threshold: int) -> Any:
+        """The polynomial a t-of-N Shamir share wrapped; ``threshold`` is its t.
+
+        OpenFHE's ShareKeys leaves share coefficients unreduced, below (t-1) q.
+        """
+        wrapper = self._deserialize(
+            openfhe.DeserializeCiphertextString,
+            data,
+            BlobKind.POLYNOMIAL,
+            headroom=max(threshold - 1, 1),
+        )
         elements = wrapper.GetElements()
         if len(elements) != 1:
             raise FrameError(

@@ -32,6 +32,7 @@ from threshold_fl.crypto.keys import (
     joint_key_id,
 )
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
+from threshold_fl.crypto.ring import BlobKind
 from threshold_fl.crypto.vectors import (
     EncryptedVector,
     PartialDecryption,
@@ -154,7 +155,7 @@ def decode_shamir_share(context: CkksContext, data: bytes) -> ShamirShare:
     holder = int_field(frame, "holder_index", 1, parties)
     if dealer == holder:
         raise FrameError("a Shamir share frame names the dealer as its own holder")
-    polynomial = context.unwrap_polynomial(_single_part(frame))
+    polynomial = context.unwrap_polynomial(_single_part(frame), threshold=threshold)
     return ShamirShare(
         dealer,
         holder,
@@ -178,7 +179,7 @@ def encode_vector(
 
 def decode_vector(context: CkksContext, frames: Sequence[bytes]) -> EncryptedVector:
     common, blobs = _decode_run(context, frames, FrameKind.CIPHERTEXTS)
-    ciphertexts = tuple(context.deserialize_ciphertext(blob) for blob in blobs)
+    ciphertexts = tuple(context.deserialize_ciphertext(blob, BlobKind.CIPHERTEXT) for blob in blobs)
     digest = vector_digest(context.fingerprint, common["key_id"], common["length"], blobs)
     return EncryptedVector(
         context.fingerprint,
@@ -210,7 +211,7 @@ def encode_partial_decryption(
 
 def decode_partial_decryption(context: CkksContext, frames: Sequence[bytes]) -> PartialDecryption:
     common, blobs = _decode_run(context, frames, FrameKind.PARTIAL_DECRYPTION)
-    shares = tuple(context.deserialize_ciphertext(blob) for blob in blobs)
+    shares = tuple(context.deserialize_share(blob) for blob in blobs)
     return PartialDecryption(
         context.fingerprint,
         common["key_id"],
@@ -308,7 +309,7 @@ def stream_vector(
                 f"expected a fresh vector under {key_id[:16]} with {length} values"
             )
         if blob is not None:
-            yield context.deserialize_ciphertext(blob)
+            yield context.deserialize_ciphertext(blob, BlobKind.CIPHERTEXT)
 
 
 def _run_common(frame: Frame, kind: FrameKind) -> dict[str, Any]:
