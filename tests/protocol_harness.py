@@ -257,6 +257,15 @@ class Network:
         return sum(w * u for w, u in zip(weights, updates, strict=True))  # type: ignore[return-value]
 
 
+def crypto_bound(net: Network) -> float:
+    """The crypto layer's bound for the federation's N inputs plus float32 rounding of
+    the plain part (the same for any subset of contributors: fewer add less noise).
+    Plaintext mode has only float32 rounding."""
+    if net.manifest.mode is Mode.PLAINTEXT:
+        return 1e-6
+    return net.aggregator.context.error_bound(len(net.clients)) + 1e-7
+
+
 def run_until(net: Network, predicate: Callable[[], bool], *, until: float = 10_000.0,
               max_events: int = 100_000) -> bool:
     """Run ``net`` like :meth:`Network.run`, but stop as soon as ``predicate()`` holds.

@@ -11,6 +11,7 @@ from protocol_harness import identity, local_model, sensitivity_map
 
 from protocols import MaskPolicy, Mode, Timeouts, make_manifest
 from protocols.manifest import Manifest
+from threshold_fl.crypto import context_for
 from threshold_fl.errors import SessionAborted
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority, Node
 from transports import FaultPlan, MemoryHub
@@ -58,6 +59,8 @@ class Federation:
 
     def __init__(self, manifest: Manifest, hub: MemoryHub) -> None:
         self.manifest, self.hub = manifest, hub
+        # The crypto layer's bound plus float32 rounding of the plain part.
+        self.tolerance = context_for(manifest.params).error_bound(len(NAMES)) + 1e-7
         self.uploads: dict[int, dict[str, np.ndarray]] = {}
         self.results: dict[str, list[tuple[int, np.ndarray]]] = {name: [] for name in NAMES}
         self.failing: dict[str, int] = {}  # client -> round in which its training raises
@@ -123,7 +126,7 @@ class Federation:
             expected = self.expected(event.round, event.contributors)
             for name in survivors:
                 model = dict(self.results[name])[event.round]
-                assert np.abs(model - expected).max() < 2e-6
+                assert np.abs(model - expected).max() < self.tolerance
 
 
 @pytest.mark.parametrize("mode", list(Mode))

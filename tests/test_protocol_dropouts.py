@@ -8,7 +8,14 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from protocol_harness import AGGREGATOR, TIMEOUTS, FaultRule, Network, build_manifest
+from protocol_harness import (
+    AGGREGATOR,
+    TIMEOUTS,
+    FaultRule,
+    Network,
+    build_manifest,
+    crypto_bound,
+)
 
 from protocols import KeyAgreed, KeyRecovered, Mode, PartyDropped
 
@@ -40,7 +47,7 @@ def assert_correct_rounds(net: Network, survivors: set[str]) -> list[tuple[str, 
         for name in survivors:
             model = next(r.model for r in net.completed_rounds(name) if r.round == event.round)
             assert model is not None
-            assert np.abs(model - expected).max() <= 2e-6
+            assert np.abs(model - expected).max() <= crypto_bound(net)
         contributors.append(event.contributors)
     assert [e.round for e in net.completed_rounds(AGGREGATOR)] == [1, 2]
     assert all(net.finished(name) for name in survivors)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from protocol_harness import AGGREGATOR, Network, build_manifest
+from protocol_harness import AGGREGATOR, Network, build_manifest, crypto_bound
 
 from protocols import Mode
 
@@ -26,12 +26,6 @@ def check_rounds(net: Network, rounds: int, tolerance: float) -> None:
             assert model is not None
             assert np.abs(model - expected).max() <= tolerance
             np.testing.assert_array_equal(model, models[0])  # every client holds the same
-
-
-def crypto_bound(net: Network) -> float:
-    """The crypto layer's bound for N inputs plus float32 rounding of the plain part."""
-    clients = len(net.clients)
-    return net.aggregator.context.error_bound(clients) + 1e-7
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 1.0])

@@ -14,8 +14,8 @@ Invariants, checked after every rule and at the end:
 * only MessageRejected is ever caught (the harness catches nothing else, so any other
   exception from a machine fails the example);
 * every global model a client completes equals the plaintext FedAvg of the updates
-  the aggregator summed for that round (2e-6 in threshold mode, 1e-6 in plaintext
-  mode), and the aggregator's RoundCompleted names exactly those contributors;
+  the aggregator summed for that round (the crypto bound in threshold mode, float32
+  rounding in plaintext mode), and the aggregator's RoundCompleted names exactly those contributors;
 * all clients that completed a round hold bit-for-bit the same model;
 * the simulation settles: every machine is terminal or dead, and the virtual clock
   stays below :func:`time_bound`, derived from the manifest's timeouts.
@@ -46,7 +46,7 @@ from hypothesis.stateful import (
     invariant,
     rule,
 )
-from protocol_harness import AGGREGATOR, Network, build_manifest, run_until
+from protocol_harness import AGGREGATOR, Network, build_manifest, crypto_bound, run_until
 
 from protocols import Manifest, Mode
 from protocols.aggregator import AggregatorState
@@ -68,7 +68,6 @@ ACTIONS = ("drop", "duplicate", "delay", "reorder", "duplicate-late")
 DELAYS = st.floats(0.0, MAX_DELAY, allow_nan=False) | st.sampled_from(
     (9.9, 9.95, 9.97, 9.98, 9.99, 10.0, 10.01, 10.02, 10.05)
 )
-TOLERANCE = {Mode.THRESHOLD: 2e-6, Mode.PLAINTEXT: 1e-6}
 TERMINAL = {AggregatorState.FINISHED, AggregatorState.ABORTED, ClientState.FINISHED,
             ClientState.ABORTED}
 
@@ -245,7 +244,7 @@ class FaultyFederation(RuleBasedStateMachine):
         if self.net is None:
             return
         net = self.net
-        tolerance = TOLERANCE[self.MODE]
+        tolerance = crypto_bound(net)
         for completed in net.completed_rounds(AGGREGATOR):
             assert completed.contributors == net.summed.get(completed.round), (
                 f"round {completed.round}: the aggregator reports {completed.contributors}, "

@@ -42,6 +42,7 @@ from protocol_harness import (
     AUTHORITY,
     Network,
     build_manifest,
+    crypto_bound,
     identity,
     run_until,
     snapshot,
@@ -543,4 +544,4 @@ def test_a_client_seen_offline_in_state(scenario: Scenario) -> None:
         expected = net.expected_global(event.round, event.contributors)
         for name in survivors:
             model = next(r.model for r in net.completed_rounds(name) if r.round == event.round)
-            assert model is not None and np.abs(model - expected).max() <= 2e-6
+            assert model is not None and np.abs(model - expected).max() <= crypto_bound(net)

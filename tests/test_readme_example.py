@@ -20,8 +20,9 @@ EMBEDDING_MARKER = (
 CLIENTS = ("alice", "bob", "carol")
 ROUNDS = 3
 #: Largest |global model - plain FedAvg| accepted: the CKKS decryption error for 3 clients
-#: is below 4.3e-7 per value (CkksContext.error_bound), float32 rounding far less here.
-TOLERANCE = 1e-5
+#: is below 1.9e-4 per value (CkksContext.error_bound, flooding for 2^16 shares), float32
+#: rounding far less here.
+TOLERANCE = 2e-4
 
 
 def _python_blocks() -> list[str]:
@@ -42,7 +43,7 @@ def test_readme_python_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     exec(compile(blocks[0], "README.md", "exec"), {})
     printed = capsys.readouterr().out
     values = np.array([float(v) for v in re.findall(r"[-\d.e]+", printed)])
-    np.testing.assert_allclose(values, np.full(5, 0.9), atol=1e-5)
+    np.testing.assert_allclose(values, np.full(5, 0.9), atol=TOLERANCE)
 
 
 def test_readme_embedding_example_runs_as_shown(tmp_path: Path) -> None:

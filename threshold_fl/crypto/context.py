@@ -25,6 +25,7 @@ from threshold_fl.crypto.params import (
 )
 from threshold_fl.crypto.ring import (
     BlobKind,
+    BlobSummary,
     Kinds,
     RingTemplate,
     TemplateSamples,
@@ -82,7 +83,7 @@ def _openfhe_params(params: CkksParams, *, estimating: bool = False) -> Any:
     if params.decryption_noise is DecryptionNoise.FLOODING:
         raw.SetDecryptionNoiseMode(openfhe.NOISE_FLOODING_DECRYPT)
         raw.SetExecutionMode(openfhe.EXEC_EVALUATION)
-        raw.SetNoiseEstimate(float(params.noise_estimate_bits or 0.0))
+        raw.SetNoiseEstimate(params.flooding_estimate_bits)
     return raw
 
 
@@ -165,6 +166,15 @@ class CkksContext:
                 f"an input ciphertext is at level {level} with scale degree {degree}; clients "
                 f"upload at level {self.upload_level}, degree 1 (another version or a "
                 "tampered upload); it cannot be added"
+            )
+
+    def check_upload_summary(self, summary: BlobSummary) -> None:
+        """:meth:`check_upload` for a checked blob (a ciphertext or a decryption share)."""
+        if summary.level != self.upload_level or summary.noise_degree != 1:
+            raise FrameError(
+                f"a {summary.kind.value} is at level {summary.level} with scale degree "
+                f"{summary.noise_degree}; aggregates are at level {self.upload_level}, degree 1 "
+                "(another version or tampered bytes); discard it"
             )
 
     def decode(self, plaintext: Any, count: int) -> FloatArray:
@@ -345,15 +355,18 @@ def with_noise_flooding(
 ) -> CkksParams:
     """Parameters for flooded threshold decryption of an aggregate over ``parties``.
 
-    The estimate (plus ``margin_bits``, since it is a random sample) becomes
-    part of the parameters, and so of the fingerprint every party checks.
+    The estimate is OpenFHE's for a single key; a joint key of ``parties`` ternary
+    secrets makes the rescale's rounding noise about sqrt(parties) times larger, so
+    half a bit per doubling is added, and ``margin_bits`` since the estimate is a random
+    sample (tests/test_flooding_noise.py measures the real joint noise against it).
+    It becomes part of the parameters, and so of the fingerprint every party checks.
     """
     base = params.with_changes(
         decryption_noise=DecryptionNoise.FIXED,
         noise_estimate_bits=None,
         scaling_technique=ScalingTechnique.FIXED_MANUAL,
     )
-    estimate = estimate_noise_bits(base, parties) + margin_bits
+    estimate = estimate_noise_bits(base, parties) + margin_bits + 0.5 * math.log2(parties)
     return base.with_changes(
         decryption_noise=DecryptionNoise.FLOODING, noise_estimate_bits=round(estimate, 3)
     )

@@ -95,9 +95,14 @@ _MAX_LOG_Q: dict[SecurityLevel, dict[int, int]] = {
 _RING_DIMENSIONS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 # Per-share Gaussian width OpenFHE uses in FIXED mode (NoiseFlooding::MP_SD).
 _FIXED_DECRYPTION_NOISE_BITS = 20.0
-# OpenFHE sizes flooding from the estimate, 2^(statistical security / 2) and
-# sqrt(12 * queries); its defaults are 30 bits and 1 query.
-_FLOODING_EXTRA_BITS = 15.0 + 0.5 * math.log2(12.0)
+# OpenFHE sizes flooding as sigma = sqrt(12 Q) 2^(s/2) B (CKKS_NOISE_FLOODING.md) with
+# its own s = 30 and Q = 1; we pass it an estimate raised by the rest of our s and Q.
+_OPENFHE_STATISTICAL_BITS = 30
+_OPENFHE_FLOODING_EXTRA_BITS = _OPENFHE_STATISTICAL_BITS / 2 + 0.5 * math.log2(12.0)
+#: Shares one key may give by default: 321 rounds of the 1.66M-value CNN fully
+#: encrypted (204 ciphertexts each), or about 3,000 at 10 % selective encryption.
+DEFAULT_DECRYPTION_QUERIES = 1 << 16
+_MAX_DECRYPTION_QUERIES = 1 << 40
 # Standard deviations allowed before an error bound is called violated.
 _BOUND_SIGMAS = 8.0
 
@@ -121,6 +126,9 @@ class CkksParams:
     decryption_noise: DecryptionNoise = DecryptionNoise.FIXED
     noise_estimate_bits: float | None = None  # required for FLOODING
     value_bound: float = 16.0
+    # Flooding: statistical security bits s and decryption shares Q one key may give.
+    statistical_security: int = 30
+    decryption_queries: int = DEFAULT_DECRYPTION_QUERIES
 
     def __post_init__(self) -> None:
         self._check_enums()
@@ -201,6 +209,11 @@ class CkksParams:
             raise ParameterError(
                 "noise_estimate_bits is only meaningful with decryption_noise 'flooding'"
             )
+        for name, low, high in (("statistical_security", 30, 128),
+                                ("decryption_queries", 1, _MAX_DECRYPTION_QUERIES)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ParameterError(f"{name} must be an int in [{low}, {high}], got {value!r}")
 
     # -- derived values ---------------------------------------------------
     @property
@@ -243,11 +256,26 @@ class CkksParams:
     def fingerprint_bytes(self) -> bytes:
         return bytes.fromhex(self.fingerprint())
 
+    @property
+    def flooding_estimate_bits(self) -> float:
+        """The noise estimate handed to OpenFHE so that its sigma is ours.
+
+        OpenFHE floods with sqrt(12) 2^15 2^estimate (its s = 30, Q = 1); raising the
+        estimate by (s - 30)/2 + log2(Q)/2 makes that sqrt(12 Q) 2^(s/2) B.
+        """
+        if self.noise_estimate_bits is None:
+            raise ParameterError("only flooding parameters have a flooding estimate")
+        extra = (self.statistical_security - _OPENFHE_STATISTICAL_BITS) / 2
+        return self.noise_estimate_bits + extra + 0.5 * math.log2(self.decryption_queries)
+
     def decryption_noise_bits(self) -> float:
-        """log2 of the per-share decryption noise width (coefficient domain)."""
+        """log2 of the per-share decryption noise width sigma (coefficient domain).
+
+        Flooding: sigma = sqrt(12 Q) 2^(s/2) B, with B = 2^noise_estimate_bits, s =
+        statistical_security and Q = decryption_queries (see docs/crypto.md).
+        """
         if self.decryption_noise is DecryptionNoise.FLOODING:
-            assert self.noise_estimate_bits is not None
-            return self.noise_estimate_bits + _FLOODING_EXTRA_BITS
+            return self.flooding_estimate_bits + _OPENFHE_FLOODING_EXTRA_BITS
         return _FIXED_DECRYPTION_NOISE_BITS
 
     def error_bound(self, parties: int, *, scale_bits: float | None = None) -> float:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
@@ -49,7 +49,7 @@ from threshold_fl.errors import FrameError, ParameterError
 if TYPE_CHECKING:
     from threshold_fl.crypto.ring import RingTemplate
 
-__all__ = ["BlobKind", "BlobSummary", "Kinds", "Outer", "Walker"]
+__all__ = ["BlobKind", "BlobSummary", "Kinds", "Outer", "Walker", "check_coefficients"]
 
 _EXACT_TYPE = 0x40000000  # cereal: a polymorphic pointer of exactly its static type
 _NEW = 0x80000000  # cereal: first occurrence of a shared pointer, content follows
@@ -365,17 +365,8 @@ class Walker:
     # -- results ------------------------------------------------------------------------
     def check_coefficients(self) -> None:
         """Every coefficient below its limb's modulus: one numpy reduction per limb."""
-        n = self.t.ring_dimension
-        what = ("coefficient (not below its modulus)" if self.headroom == 1 else
-                f"coefficient (not below {self.headroom} x its modulus)")
-        for offset, modulus in self.regions:
-            bound = self.headroom * modulus
-            if bound >= 1 << 64:
-                continue  # every u64 is below it
-            view = np.frombuffer(self.data, dtype="<u8", count=n, offset=offset)
-            if int(view.max()) >= bound:
-                index = int(np.argmax(view >= np.uint64(bound)))
-                self.fail(what, f"< {bound}", int(view[index]), offset + 8 * index)
+        check_coefficients(self.data, self.regions, self.t.ring_dimension, self.headroom,
+                           self.kind)
 
     def summary(self) -> BlobSummary:
         return BlobSummary(
@@ -384,6 +375,25 @@ class Walker:
             self.trailer.get("level"), self.trailer.get("noise_degree"),
             self.trailer.get("scaling_factor"), self.headroom,
         )
+
+
+def check_coefficients(data: bytes, regions: Sequence[tuple[int, int]], n: int, headroom: int,
+                       kind: BlobKind) -> None:
+    """Raise FrameError unless every coefficient run holds values below headroom x modulus."""
+    what = ("coefficient (not below its modulus)" if headroom == 1 else
+            f"coefficient (not below {headroom} x its modulus)")
+    for offset, modulus in regions:
+        bound = headroom * modulus
+        if bound >= 1 << 64:
+            continue  # every u64 is below it
+        view = np.frombuffer(data, dtype="<u8", count=n, offset=offset)
+        if int(view.max()) >= bound:
+            index = int(np.argmax(view >= np.uint64(bound)))
+            raise FrameError(
+                f"malformed {kind.value}: {what} at byte {offset + 8 * index}: expected "
+                f"< {bound}, found {int(view[index])}; the sender's OpenFHE bytes are corrupt "
+                "or forged, discard them"
+            )
 
 
 @lru_cache(maxsize=64)

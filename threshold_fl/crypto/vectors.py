@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -23,11 +23,24 @@ import numpy.typing as npt
 from threshold_fl.crypto.context import CkksContext, sha256_hex
 from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, ThresholdSecret
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
+from threshold_fl.crypto.ring import BlobKind, RingBlob, build
+from threshold_fl.crypto.shares import (
+    DecryptionPath,
+    KeyLimbs,
+    decode_sums,
+    default_path,
+    openfhe_shares,
+    ring_kit,
+    ring_shares,
+    sum_shares,
+)
 from threshold_fl.errors import CryptoError, KeyMismatchError, ParameterError
 
 FloatArray = npt.NDArray[np.float64]
+U64Array = npt.NDArray[np.uint64]
 
 __all__ = [
+    "DecryptionPath",
     "EncryptedSum",
     "EncryptedVector",
     "PartialDecryption",
@@ -54,11 +67,14 @@ class EncryptedVector:
     params_fingerprint: str
     key_id: str
     length: int
-    ciphertexts: tuple[Any, ...] = field(repr=False)
+    ciphertexts: Sequence[Any] = field(repr=False)  # OpenFHE ciphertexts
     aggregated: bool = False  # True for the aggregator's sum (what is decrypted)
     # OpenFHE does not re-serialise a deserialised ciphertext to the same bytes,
     # so a vector decoded from frames keeps the digest of the bytes it came in.
     wire_digest: str | None = field(default=None, repr=False)
+    # The checked ring elements of each ciphertext, when decoded from frames: partial
+    # decryption reads these and OpenFHE deserialises only if asked (LazyCiphertexts).
+    rings: tuple[RingBlob, ...] | None = field(default=None, repr=False)
 
     @cached_property
     def digest(self) -> str:
@@ -67,6 +83,30 @@ class EncryptedVector:
             return self.wire_digest
         blobs = [CkksContext.serialize(ciphertext) for ciphertext in self.ciphertexts]
         return vector_digest(self.params_fingerprint, self.key_id, self.length, blobs)
+
+
+class LazyCiphertexts(Sequence[Any]):
+    """OpenFHE ciphertexts deserialised from checked ring blobs on first access."""
+
+    def __init__(self, context: CkksContext, rings: Sequence[RingBlob]) -> None:
+        self._context = context
+        self._rings = rings
+        self._natives: list[Any] = [None] * len(rings)
+
+    def __len__(self) -> int:
+        return len(self._rings)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        if self._natives[index] is None:
+            blob = build(self._rings[index])
+            self._natives[index] = self._context.deserialize_ciphertext(blob, BlobKind.CIPHERTEXT)
+        return self._natives[index]
 
 
 def vector_digest(fingerprint: str, key_id: str, length: int, blobs: Sequence[bytes]) -> str:
@@ -84,7 +124,8 @@ class PartialDecryption:
     party_index: int
     lead: bool  # the lead share also carries the ciphertext's c0 term
     length: int
-    shares: tuple[Any, ...] = field(repr=False)
+    # (ciphertexts, limbs, n) uint64 in OpenFHE's evaluation form, whichever path made it
+    shares: U64Array = field(repr=False)
 
 
 # -- encryption ----------------------------------------------------------------
@@ -245,20 +286,41 @@ def decrypt_vector(context: CkksContext, secret: SecretKey, vector: EncryptedVec
 
 
 def partial_decrypt(
-    context: CkksContext, secret: ThresholdSecret, vector: EncryptedVector, *, lead: bool
+    context: CkksContext,
+    secret: ThresholdSecret,
+    vector: EncryptedVector,
+    *,
+    lead: bool,
+    path: DecryptionPath | None = None,
 ) -> PartialDecryption:
-    """This party's share of the joint decryption of ``vector``."""
+    """This party's share of the joint decryption of ``vector``.
+
+    ``path`` defaults to ``TFL_DECRYPTION_PATH`` (``ring``, our kernels; ``openfhe``
+    for OpenFHE's MultipartyDecryptLead/Main).  Both flood with the same width.
+    """
     _check_vector(context, vector)
     if secret.joint_key_id != vector.key_id:
         raise KeyMismatchError(
             f"the vector is encrypted under key {vector.key_id[:16]}, party {secret.index}'s "
             f"share belongs to joint key {secret.joint_key_id[:16]}"
         )
-    decrypt = context.native.MultipartyDecryptLead if lead else context.native.MultipartyDecryptMain
-    shares = tuple(decrypt([c], secret.secret.native)[0] for c in vector.ciphertexts)
+    if (path or default_path()) is DecryptionPath.OPENFHE:
+        shares = openfhe_shares(context, secret.secret.native, vector.ciphertexts, lead=lead)
+    else:
+        kit = ring_kit(context)
+        with KeyLimbs(context, secret.secret.native) as key:
+            shares = ring_shares(context, key, _rings_of(context, vector), lead=lead,
+                                 sampler=kit.sampler())
     return PartialDecryption(
         context.fingerprint, vector.key_id, vector.digest, secret.index, lead, vector.length, shares
     )
+
+
+def _rings_of(context: CkksContext, vector: EncryptedVector) -> Sequence[RingBlob]:
+    if vector.rings is not None:
+        return vector.rings
+    return [context.ring.parse(CkksContext.serialize(c), BlobKind.CIPHERTEXT)
+            for c in vector.ciphertexts]
 
 
 def fuse_partial_decryptions(
@@ -268,14 +330,13 @@ def fuse_partial_decryptions(
     *,
     vector_digest: str | None = None,
 ) -> FloatArray:
-    """Combine one partial decryption from every party into the plaintext vector."""
+    """Combine one partial decryption from every party into the plaintext vector.
+
+    The shares are added as arrays and each ciphertext's sum decoded once.
+    """
     _check_partials(context, joint, partials, vector_digest)
-    ordered = sorted(partials, key=lambda partial: not partial.lead)  # lead first
-    plaintexts = [
-        context.native.MultipartyDecryptFusion([p.shares[index] for p in ordered])
-        for index in range(len(ordered[0].shares))
-    ]
-    return _decode_all(context, plaintexts, ordered[0].length)
+    total = sum_shares(context, [partial.shares for partial in partials])
+    return decode_sums(context, total, partials[0].length)
 
 
 def _check_partials(
@@ -305,8 +366,14 @@ def _check_partials(
                 f"party {partial.party_index}'s partial decryption is for another key or "
                 "ciphertext; discard it and ask for a fresh one"
             )
-        if partial.length != partials[0].length or len(partial.shares) != len(partials[0].shares):
+        if partial.length != partials[0].length or partial.shares.shape != partials[0].shares.shape:
             raise KeyMismatchError(f"party {partial.party_index}'s share has the wrong size")
+    count = ciphertext_count(context, partials[0].length)
+    if partials[0].shares.shape[0] != count:
+        raise KeyMismatchError(
+            f"the shares cover {partials[0].shares.shape[0]} ciphertexts; {partials[0].length} "
+            f"values need {count}"
+        )
     leads = sum(partial.lead for partial in partials)
     if leads != 1:
         raise CryptoError(f"fusion needs exactly one lead partial decryption, got {leads}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.frames import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -32,9 +34,11 @@ from threshold_fl.crypto.keys import (
     joint_key_id,
 )
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
-from threshold_fl.crypto.ring import BlobKind
+from threshold_fl.crypto.ring import BlobKind, build
+from threshold_fl.crypto.shares import ring_kit
 from threshold_fl.crypto.vectors import (
     EncryptedVector,
+    LazyCiphertexts,
     PartialDecryption,
     ciphertext_count,
     vector_digest,
@@ -172,22 +176,30 @@ def encode_vector(
     context: CkksContext, vector: EncryptedVector, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> Iterator[bytes]:
     common = {"key_id": vector.key_id, "length": vector.length, "aggregated": vector.aggregated}
-    yield from _encode_run(
-        context, FrameKind.CIPHERTEXTS, common, vector.ciphertexts, max_frame_bytes
-    )
+    blobs = ([build(ring) for ring in vector.rings] if vector.rings is not None
+             else [context.serialize(native) for native in vector.ciphertexts])
+    yield from _encode_run(context, FrameKind.CIPHERTEXTS, common, blobs, max_frame_bytes)
 
 
 def decode_vector(context: CkksContext, frames: Sequence[bytes]) -> EncryptedVector:
+    """A vector from its frames: every ciphertext checked and parsed into ring arrays.
+
+    OpenFHE deserialises a ciphertext only when something asks for it (single-key
+    decryption); partial decryption works on the arrays.
+    """
     common, blobs = _decode_run(context, frames, FrameKind.CIPHERTEXTS)
-    ciphertexts = tuple(context.deserialize_ciphertext(blob, BlobKind.CIPHERTEXT) for blob in blobs)
+    rings = tuple(context.ring.parse(blob, BlobKind.CIPHERTEXT) for blob in blobs)
+    for ring in rings:
+        context.check_upload_summary(ring.summary)
     digest = vector_digest(context.fingerprint, common["key_id"], common["length"], blobs)
     return EncryptedVector(
         context.fingerprint,
         common["key_id"],
         common["length"],
-        ciphertexts,
+        LazyCiphertexts(context, rings),
         aggregated=common["aggregated"],
         wire_digest=digest,
+        rings=rings,
     )
 
 
@@ -204,14 +216,21 @@ def encode_partial_decryption(
         "party_index": partial.party_index,
         "lead": partial.lead,
     }
-    yield from _encode_run(
-        context, FrameKind.PARTIAL_DECRYPTION, common, partial.shares, max_frame_bytes
-    )
+    limbs = partial.shares.shape[1]
+    template = ring_kit(context).share_template(limbs)
+    blobs = [build(template, share[None]) for share in partial.shares]
+    yield from _encode_run(context, FrameKind.PARTIAL_DECRYPTION, common, blobs, max_frame_bytes)
 
 
 def decode_partial_decryption(context: CkksContext, frames: Sequence[bytes]) -> PartialDecryption:
+    """A peer's shares, each checked as a decryption share at the aggregates' level."""
     common, blobs = _decode_run(context, frames, FrameKind.PARTIAL_DECRYPTION)
-    shares = tuple(context.deserialize_share(blob) for blob in blobs)
+    limbs = context.ring.limbs - context.upload_level
+    shares = np.empty((len(blobs), limbs, context.ring.ring_dimension), dtype=np.uint64)
+    for index, blob in enumerate(blobs):
+        parsed = context.ring.parse(blob, BlobKind.DECRYPTION_SHARE)
+        context.check_upload_summary(parsed.summary)
+        shares[index] = parsed.elements[0]
     return PartialDecryption(
         context.fingerprint,
         common["key_id"],
@@ -227,10 +246,9 @@ def _encode_run(
     context: CkksContext,
     kind: FrameKind,
     common: dict[str, Any],
-    natives: Sequence[Any],
+    blobs: Sequence[bytes],
     max_frame_bytes: int,
 ) -> Iterator[bytes]:
-    blobs = [context.serialize(native) for native in natives]
     for first, run in iter_chunked(blobs, max_frame_bytes):
         meta = dict(common, first=first, count=len(blobs))
         yield encode_frame(kind, context.fingerprint, meta, run)
