@@ -25,7 +25,7 @@ def test_clients_suite_writes_markdown_json_and_png(tmp_path: Path,
     for row in rows:
         assert row["values"] == 100_000 and row["distinct_uploads"] == 2
         assert row["decrypted_fraction"] == pytest.approx(8 / 13)
-        assert row["max_error"] < row["error_bound"] < 1e-4
+        assert row["max_error"] < row["error_bound"] < 2e-3  # flooding for 2^16 shares per key
         assert row["aggregate_per_upload_s"] == pytest.approx(row["aggregate_s"]
                                                               / row["clients"])
         for step in ("encrypt_per_client_s", "partial_decrypt_per_client_s", "fuse_s"):

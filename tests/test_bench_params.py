@@ -61,11 +61,12 @@ def test_suite_writes_markdown_json_png_and_the_skipped_cells(suite: tuple[Path,
     out, markdown = suite
     data = json.loads((out / "params.json").read_text())
     cells = [(r["noise"], r["batch_size"], r["scaling_bits"]) for r in data["rows"]]
-    assert cells == [(noise, batch, bits) for noise in ("flooding", "fixed")
+    noises = ("flooding", "flooding-1q", "fixed")
+    assert cells == [(noise, batch, bits) for noise in noises
                      for batch in (1024, 4096) for bits in (30, 59)]
     # 8192 slots need a ring of 16384: refused by the parameters, reported, not measured
     assert [(s["noise"], s["batch_size"]) for s in data["skipped"]] == [
-        ("flooding", 8192), ("flooding", 8192), ("fixed", 8192), ("fixed", 8192)]
+        (noise, 8192) for noise in noises for _ in range(2)]
     assert all("batch_size" in s["reason"] for s in data["skipped"])
     assert data["machine"]["cores"] >= 1 and 0.5 < data["plain_accuracy"] <= 1
     assert "Measured on" in markdown and "Skipped: fixed, batch 8192" in markdown
@@ -82,6 +83,17 @@ def test_bytes_follow_the_batch_size_and_the_ciphertext_layout(suite: tuple[Path
         assert limbs in (1, 2)
         assert (limbs * one_limb <= row["upload_bytes_per_value"]
                 <= 1.02 * limbs * one_limb + 4096 / values)
+
+
+def test_the_cost_of_flooding_for_2_16_shares_is_shown(suite: tuple[Path, str]) -> None:
+    """sqrt(2^16) = 256x the noise of flooding for one share: errors about that much larger."""
+    rows = {(r["noise"], r["batch_size"], r["scaling_bits"]): r for r in rows_of(suite[0])}
+    for (noise, batch, bits), row in rows.items():
+        if noise == "flooding":
+            one = rows[("flooding-1q", batch, bits)]
+            assert 50 < row["max_error"] / one["max_error"] < 1000, (row, one)
+            # each context measures its own noise estimate B: a few % either way
+            assert row["error_bound"] / one["error_bound"] == pytest.approx(256, rel=0.05)
 
 
 def test_errors_stay_in_bound_and_the_scale_is_reported(suite: tuple[Path, str]) -> None:

@@ -41,6 +41,14 @@ def test_defaults_resolve_to_a_secure_ring() -> None:
         ({"value_bound": 0.0}, "value_bound"),
         ({"value_bound": float("nan")}, "value_bound"),
         ({"ring_dimension": True}, "must be an int"),
+        ({"statistical_security": 29}, "statistical_security must be an int in \\[30, 128\\]"),
+        ({"statistical_security": 30.0}, "statistical_security must be an int"),
+        ({"decryption_queries": 0}, "decryption_queries must be an int in \\[1, "),
+        ({"decryption_queries": True}, "decryption_queries must be an int"),
+        ({"decryption_noise": "flooding", "noise_estimate_bits": 6.5,
+          "statistical_security": 60}, "error of 3.5 against values up to 16; lower "),
+        ({"decryption_noise": "flooding", "noise_estimate_bits": 6.5,
+          "decryption_queries": 1 << 40}, "needs noise of 2\\^43.3"),
     ],
 )
 def test_invalid_parameters_are_refused_before_openfhe(changes: dict, message: str) -> None:
@@ -65,8 +73,10 @@ def test_fingerprint_is_stable_and_sensitive() -> None:
         CkksParams(value_bound=8.0),
         CkksParams(security_level=SecurityLevel.CLASSIC_192),
         CkksParams(ring_dimension=16384),
+        CkksParams(decryption_queries=1),
+        CkksParams(statistical_security=40),
     ]
-    assert len({CkksParams().fingerprint(), *(v.fingerprint() for v in variants)}) == 5
+    assert len({CkksParams().fingerprint(), *(v.fingerprint() for v in variants)}) == 7
 
 
 def test_from_dict_rejects_unknown_and_malformed_fields() -> None:

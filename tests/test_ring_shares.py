@@ -61,8 +61,7 @@ def _noise_of(share: npt.NDArray[np.uint64], ciphertext: Any, secret: Any, lead:
         exact = ntt.mul_mod(c1, key.limb(Q), Q)
     if lead:
         exact = ntt.add_mod(exact, c0, Q)
-    coefficients = ntt.tables_for(N, Q).inverse(ntt.sub_mod(share[0], exact, Q)).view(np.int64)
-    return np.where(coefficients > Q // 2, coefficients - np.int64(Q), coefficients)
+    return shares.coefficients_of(ntt.sub_mod(share[0], exact, Q), Q)
 
 
 def _noises(federation: Any, vector: Any, path: DecryptionPath) -> Iterator[Any]:
@@ -120,8 +119,7 @@ def test_noise_estimate_covers_a_joint_keys_real_noise(parties: int) -> None:
         for party in federation.parties:
             with KeyLimbs(context, party.secret.native) as key:
                 total = ntt.add_mod(total, ntt.mul_mod(parsed.elements[1, 0], key.limb(q), q), q)
-        coefficients = ntt.tables_for(context.ring.ring_dimension, q).inverse(total).view(np.int64)
-        noise.append(np.where(coefficients > q // 2, coefficients - np.int64(q), coefficients))
+        noise.append(shares.coefficients_of(total, q))
     measured = math.log2(float(np.concatenate(noise).astype(np.float64).std()))
     assert context.params.noise_estimate_bits is not None
     assert measured < context.params.noise_estimate_bits

@@ -24,6 +24,7 @@ from threshold_fl.crypto import (
     CkksParams,
     EncryptedSum,
     EncryptedVector,
+    JointPublicKey,
     combine_public_shares,
     context_for,
     decrypt_vector,
@@ -35,7 +36,13 @@ from threshold_fl.crypto import (
     partial_decrypt,
     with_noise_flooding,
 )
-from threshold_fl.crypto.wire import encode_partial_decryption, encode_vector
+from threshold_fl.crypto.shares import DecryptionPath
+from threshold_fl.crypto.wire import (
+    decode_partial_decryption,
+    decode_vector,
+    encode_partial_decryption,
+    encode_vector,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -78,9 +85,20 @@ def _frames_size(frames: Iterator[bytes]) -> int:
 
 
 def run_round(
-    context: CkksContext, mode: str, inputs: list[FloatArray], weights: FloatArray
+    context: CkksContext,
+    mode: str,
+    inputs: list[FloatArray],
+    weights: FloatArray,
+    *,
+    path: DecryptionPath | None = None,
 ) -> RoundResult:
-    """One FedAvg aggregation in ``mode`` ('single-key' or 'threshold'), timed per step."""
+    """One FedAvg aggregation in ``mode`` ('single-key' or 'threshold'), timed per step.
+
+    Decryption starts from the aggregate's bytes, as a client receives them (TenSEAL's
+    decryption is timed the same way): "receive" is decoding them, "partial_decrypt"
+    the share and its frames, "fuse" decoding the others' frames and the fusion.
+    ``path`` chooses who computes partial decryptions (default: ``TFL_DECRYPTION_PATH``).
+    """
     timings = Timings()
     parties = len(inputs)
     if mode == "single-key":
@@ -103,32 +121,26 @@ def run_round(
         timings.bytes["upload_per_client"] = _frames_size(encode_vector(context, vector))
         timings.timed("aggregate", total.add, vector)
     aggregate: EncryptedVector = timings.timed("aggregate", total.result)
-    timings.bytes["global_download"] = _frames_size(encode_vector(context, aggregate))
+    frames = list(encode_vector(context, aggregate))
+    timings.bytes["global_download"] = sum(map(len, frames))
     if mode == "single-key":
-        result = timings.timed("decrypt", decrypt_vector, context, keys.secret, aggregate)
+        received = timings.timed("decrypt", decode_vector, context, frames)
+        result = timings.timed("decrypt", decrypt_vector, context, keys.secret, received)
     else:
         secrets = [joint.bind(member) for member in members]
-        partials = [
-            timings.timed(
-                "partial_decrypt", partial_decrypt, context, s, aggregate, lead=s.index == 1
-            )
-            for s in secrets
-        ]
-        timings.bytes["partial_per_client"] = _frames_size(
-            encode_partial_decryption(context, partials[1 if parties > 1 else 0])
-        )
-        result = timings.timed(
-            "fuse",
-            fuse_partial_decryptions,
-            context,
-            joint,
-            partials,
-            vector_digest=aggregate.digest,
-        )
+        sent = []
+        for secret in secrets:
+            received = timings.timed("receive", decode_vector, context, frames)
+            partial = timings.timed("partial_decrypt", partial_decrypt, context, secret,
+                                    received, lead=secret.index == 1, path=path)
+            sent.append(timings.timed("partial_decrypt", list,
+                                      encode_partial_decryption(context, partial)))
+        timings.bytes["partial_per_client"] = sum(map(len, sent[1 if parties > 1 else 0]))
+        result = timings.timed("fuse", _fuse, context, joint, sent, aggregate.digest)
     expected = np.sum([w * x for w, x in zip(weights, inputs, strict=True)], axis=0)
     # Encryption and partial decryption happen once per client, in parallel in a
     # real federation: report them per client.
-    for name in ("encrypt", "partial_decrypt"):
+    for name in ("encrypt", "receive", "partial_decrypt"):
         if name in timings.seconds:
             timings.seconds[name] /= parties
     timings.seconds["keygen"] /= parties
@@ -141,6 +153,22 @@ def run_round(
         timings.seconds,
         timings.bytes,
     )
+
+
+def decrypt_seconds(result: RoundResult) -> float:
+    """All decryption work of one round, from the aggregate's bytes: threshold, every
+    client's decoding and partial decryption and one fusion; single-key, one decryption."""
+    seconds = result.seconds
+    if result.mode != "threshold":
+        return seconds["decrypt"]
+    return (seconds["receive"] + seconds["partial_decrypt"]) * result.parties + seconds["fuse"]
+
+
+def _fuse(context: CkksContext, joint: JointPublicKey, sent: list[list[bytes]],
+          digest: str) -> FloatArray:
+    """What a client does with the partial decryptions it downloads."""
+    partials = [decode_partial_decryption(context, frames) for frames in sent]
+    return fuse_partial_decryptions(context, joint, partials, vector_digest=digest)
 
 
 def benchmark(

@@ -3,15 +3,18 @@
 On the same client vectors (uniform in [-0.1, 0.1], sample-count weights), in one run:
 
 - **ours, threshold**: joint key of the N clients, encryption, the weighted streamed
-  sum, N partial decryptions and their fusion (the parameters the protocol's manifest
-  uses for N parties);
+  sum, N partial decryptions (our ring kernels) and their fusion (the parameters the
+  protocol's manifest uses for N parties);
+- **ours, threshold, OpenFHE partials**: the same with OpenFHE's MultipartyDecryptMain
+  (the same noise width), to show what the ring kernels save;
 - **ours, single-key**: one key pair, encryption, the sum, one decryption;
 - **FLARE (TenSEAL)**: FLARE's defaults (N=8192, moduli [60, 40, 40], scale 2^40), one
   ``ckks_vector`` per layer, clients pre-weighting, the server dividing by the weight
   sum (:mod:`threshold_fl.peers.tenseal_flare`).
 
 "HE compute" adds every client's encryption, the aggregation and the decryption work
-of one round (for threshold: every client's partial decryption and the fusion).  The
+of one round (for threshold: every client's partial decryption and the fusion).
+Decryption is timed from the aggregate's bytes, as TenSEAL's is.  The
 vector of 1,663,370 values is split like the paper's CNN (8 tensors); other lengths
 are one layer.  Needs TenSEAL: ``pip install 'threshold-fl[bench]'``.
 """
@@ -26,9 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from threshold_fl._checks import bounded
-from threshold_fl.bench.crypto import RoundResult, run_round
+from threshold_fl.bench.crypto import RoundResult, decrypt_seconds, run_round
 from threshold_fl.bench.output import print_line, publish_suite, suite_error
 from threshold_fl.crypto import CkksParams, context_for, threshold_params
+from threshold_fl.crypto.shares import DecryptionPath
 from threshold_fl.errors import ThresholdFLError
 from threshold_fl.peers.tenseal_flare import FlareRound, run_flare_round
 
@@ -52,16 +56,18 @@ class PeerRow:
     upload_bytes_per_value: float
     download_bytes_per_value: float
     max_error: float
+    partial_per_ciphertext_ms: float  # one share of one ciphertext, bytes to frames (0: none)
 
     def cells(self) -> list[object]:
         return [self.system, f"{self.values:,}", f"{self.encrypt_per_client_s:.3f}",
                 f"{self.aggregate_s:.3f}", f"{self.decrypt_s:.3f}", f"{self.he_compute_s:.2f}",
                 f"{self.upload_bytes_per_value:.1f}", f"{self.download_bytes_per_value:.1f}",
-                f"{self.max_error:.1e}"]
+                f"{self.max_error:.1e}", f"{self.partial_per_ciphertext_ms:.2f}"]
 
 
 COLUMNS = ("system", "values", "encrypt/client s", "aggregate s", "decrypt s",
-           "HE compute s", "up B/value", "down B/value", "max error")
+           "HE compute s", "up B/value", "down B/value", "max error", "partial ms/ct")
+THRESHOLD, THRESHOLD_OPENFHE = "ours, threshold", "ours, threshold, OpenFHE partials"
 
 
 def layer_sizes(length: int) -> list[int]:
@@ -76,21 +82,20 @@ def layer_sizes(length: int) -> list[int]:
 
 def _ours(name: str, result: RoundResult) -> PeerRow:
     seconds, sent, clients = result.seconds, result.bytes, result.parties
-    if result.mode == "threshold":
-        decrypt = seconds["partial_decrypt"] * clients + seconds["fuse"]
-    else:
-        decrypt = seconds["decrypt"]
+    decrypt = decrypt_seconds(result)
+    count = max(1, -(-result.length // context_for(threshold_params(2)).values_per_ciphertext))
+    partial_ms = 1e3 * seconds.get("partial_decrypt", 0.0) / count
     return PeerRow(name, result.length, clients, seconds["encrypt"], seconds["aggregate"],
                    decrypt, seconds["encrypt"] * clients + seconds["aggregate"] + decrypt,
                    sent["upload_per_client"] / result.length,
-                   sent["global_download"] / result.length, result.max_error)
+                   sent["global_download"] / result.length, result.max_error, partial_ms)
 
 
 def _flare(result: FlareRound) -> PeerRow:
     return PeerRow("FLARE (TenSEAL)", result.n_values, result.n_clients, result.encrypt_mean_s,
                    result.aggregate_s, result.decrypt_s, result.he_compute_s,
                    result.upload_bytes_per_value, result.download_bytes_per_value,
-                   result.max_abs_error)
+                   result.max_abs_error, 0.0)
 
 
 def measure(length: int, clients: int, seed: int = 0) -> list[PeerRow]:
@@ -99,10 +104,13 @@ def measure(length: int, clients: int, seed: int = 0) -> list[PeerRow]:
     updates = [rng.uniform(-0.1, 0.1, length) for _ in range(clients)]
     samples = rng.integers(400, 800, clients).astype(np.float64)
     weights = samples / samples.sum()
-    threshold = run_round(context_for(threshold_params(clients)), "threshold", updates, weights)
+    context = context_for(threshold_params(clients))
+    threshold = run_round(context, "threshold", updates, weights, path=DecryptionPath.RING)
+    openfhe = run_round(context, "threshold", updates, weights, path=DecryptionPath.OPENFHE)
     single = run_round(context_for(CkksParams()), "single-key", updates, weights)
     flare = run_flare_round(updates, list(samples), layer_sizes(length))
-    return [_ours("ours, threshold", threshold), _ours("ours, single-key", single), _flare(flare)]
+    return [_ours(THRESHOLD, threshold), _ours(THRESHOLD_OPENFHE, openfhe),
+            _ours("ours, single-key", single), _flare(flare)]
 
 
 def _plot(rows: Sequence[PeerRow], path: Path) -> None:
@@ -135,10 +143,17 @@ def _plot(rows: Sequence[PeerRow], path: Path) -> None:
 
 def _headline(rows: Sequence[PeerRow]) -> str:
     by_system = {row.system: row for row in rows if row.values == max(r.values for r in rows)}
-    ours, flare = by_system["ours, threshold"], by_system["FLARE (TenSEAL)"]
+    ours, flare = by_system[THRESHOLD], by_system["FLARE (TenSEAL)"]
+    speedup = by_system[THRESHOLD_OPENFHE].partial_per_ciphertext_ms / max(
+        ours.partial_per_ciphertext_ms, 1e-9)
     return (f"At {ours.values:,} values: our threshold round's HE compute is "
-            f"{ours.he_compute_s / flare.he_compute_s:.2f}x FLARE's, its upload "
-            f"{ours.upload_bytes_per_value / flare.upload_bytes_per_value:.2f}x FLARE's bytes.")
+            f"{ours.he_compute_s / flare.he_compute_s:.2f}x FLARE's (max error "
+            f"{ours.max_error:.1e}), its decryption (all partials + fusion) "
+            f"{ours.decrypt_s / flare.decrypt_s:.2f}x FLARE's, its upload "
+            f"{ours.upload_bytes_per_value / flare.upload_bytes_per_value:.2f}x FLARE's bytes; "
+            f"a partial decryption takes {ours.partial_per_ciphertext_ms:.2f} ms per "
+            f"ciphertext, {speedup:.1f}x "
+            "faster than OpenFHE's MultipartyDecryptMain.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,11 +9,16 @@ through :func:`threshold_fl.bench.crypto.run_round`:
 - **threshold, fixed noise**: ``threshold_params(N, flooding=False)``: OpenFHE's fixed
   20-bit noise in each partial decryption;
 - **threshold, flooding**: ``threshold_params(N)`` (the library's default): noise
-  flooding sized from a noise estimate; OpenFHE then picks its own scale.
+  flooding sized for 2^16 shares per key at 30-bit statistical security
+  (docs/crypto.md); OpenFHE then picks its own scale; partial decryptions by our ring
+  kernels;
+- **threshold, flooding, OpenFHE partials**: the same with OpenFHE's own
+  MultipartyDecryptLead/Main (``TFL_DECRYPTION_PATH=openfhe``), same noise width.
 
 Per round: the seconds of key generation (threshold: per party, on average, as the
 parties make their shares in parallel; single-key: the one key pair), encryption (per client),
-aggregation, partial decryption (per client) and fusion (single-key: decryption); the
+aggregation, partial decryption (per client, from the aggregate's bytes to its share's
+frames) and fusion (from the shares' frames; single-key: decryption from bytes); the
 bytes of one client's upload, of the aggregate every client downloads and of one
 client's partial decryption; the max error of the decrypted average and its bound.
 Per-client steps run in parallel in a federation, so the stacked "round latency" counts
@@ -30,10 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from threshold_fl._checks import bounded
-from threshold_fl.bench.crypto import FloatArray, RoundResult, run_round
+from threshold_fl.bench.crypto import FloatArray, RoundResult, decrypt_seconds, run_round
 from threshold_fl.bench.output import markdown_table, print_line, publish_suite, suite_error
 from threshold_fl.bench.peers import CNN_LENGTH
 from threshold_fl.crypto import CkksContext, CkksParams, context_for, threshold_params
+from threshold_fl.crypto.shares import DecryptionPath
 from threshold_fl.errors import ThresholdFLError
 
 __all__ = ["CONFIGURATIONS", "StepRow", "he_compute_seconds", "main", "measure",
@@ -41,7 +47,8 @@ __all__ = ["CONFIGURATIONS", "StepRow", "he_compute_seconds", "main", "measure",
 
 DEFAULT_CLIENTS = (2, 3, 5, 10)
 SINGLE_KEY, FIXED, FLOODING = "single-key", "threshold, fixed noise", "threshold, flooding"
-CONFIGURATIONS = (SINGLE_KEY, FIXED, FLOODING)
+FLOODING_OPENFHE = "threshold, flooding, OpenFHE partials"
+CONFIGURATIONS = (SINGLE_KEY, FIXED, FLOODING, FLOODING_OPENFHE)
 MAX_LENGTH = 20_000_000  # N=10 holds 10 inputs and 3 encrypted copies of one in memory
 
 
@@ -50,9 +57,7 @@ def he_compute_seconds(result: RoundResult) -> float:
     (threshold: every client's partial decryption and the fusion); key generation is
     set-up, not part of a round."""
     seconds = result.seconds
-    decrypt = (seconds["partial_decrypt"] * result.parties + seconds["fuse"]
-               if result.mode == "threshold" else seconds["decrypt"])
-    return seconds["encrypt"] * result.parties + seconds["aggregate"] + decrypt
+    return seconds["encrypt"] * result.parties + seconds["aggregate"] + decrypt_seconds(result)
 
 
 def warm_up(context: CkksContext, mode: str, clients: int) -> None:
@@ -110,13 +115,14 @@ def _mb(count: int) -> str:
 def _context(configuration: str, clients: int) -> CkksContext:
     if configuration == SINGLE_KEY:
         return context_for(CkksParams())
-    return context_for(threshold_params(clients, flooding=configuration == FLOODING))
+    return context_for(threshold_params(clients, flooding=configuration != FIXED))
 
 
 def _row(configuration: str, context: CkksContext, result: RoundResult) -> StepRow:
     seconds, sent = result.seconds, result.bytes
     threshold = result.mode == "threshold"
-    partial = seconds["partial_decrypt"] if threshold else 0.0
+    # a client decodes the aggregate's bytes, then computes and frames its share
+    partial = seconds["receive"] + seconds["partial_decrypt"] if threshold else 0.0
     decrypt = seconds["fuse"] if threshold else seconds["decrypt"]
     # run_round reports key generation per party; single-key's is one key pair, made once
     keygen = seconds["keygen"] * (1 if threshold else result.parties)
@@ -143,7 +149,9 @@ def measure(length: int, clients: int, seed: int = 0,
         context = _context(configuration, clients)
         mode = "single-key" if configuration == SINGLE_KEY else "threshold"
         warm_up(context, mode, clients)
-        rows.append(_row(configuration, context, run_round(context, mode, inputs, weights)))
+        path = DecryptionPath.OPENFHE if configuration == FLOODING_OPENFHE else DecryptionPath.RING
+        result = run_round(context, mode, inputs, weights, path=path)
+        rows.append(_row(configuration, context, result))
     return rows
 
 
@@ -153,7 +161,8 @@ def noise_rows(rows: Sequence[StepRow]) -> list[list[object]]:
     for row in rows:
         if row.configuration == SINGLE_KEY:
             continue
-        noise = "flooding" if row.configuration == FLOODING else "fixed"
+        noise = {FIXED: "fixed", FLOODING: "flooding",
+                 FLOODING_OPENFHE: "flooding, OpenFHE partials"}[row.configuration]
         table.append([row.clients, noise, f"{row.scale_bits:.0f}",
                       f"{row.partial_decrypt_per_client_s:.3f}", f"{row.decrypt_s:.3f}",
                       f"{row.max_error:.1e}", f"{row.error_bound:.1e}",
@@ -162,7 +171,8 @@ def noise_rows(rows: Sequence[StepRow]) -> list[list[object]]:
 
 
 def _short(configuration: str) -> str:
-    return {SINGLE_KEY: "single", FIXED: "fixed", FLOODING: "flood"}[configuration]
+    return {SINGLE_KEY: "single", FIXED: "fixed", FLOODING: "flood",
+            FLOODING_OPENFHE: "flood\nOpenFHE"}[configuration]
 
 
 def _plot(rows: Sequence[StepRow], path: Path) -> None:
@@ -210,6 +220,11 @@ def _headline(rows: Sequence[StepRow]) -> str:
                 / (fixed.partial_decrypt_per_client_s + fixed.decrypt_s))
         parts.append(f"flooding makes partial decryption + fusion {cost:.2f}x as long, max "
                      f"error {flood.max_error:.1e} vs {fixed.max_error:.1e} with fixed noise.")
+    if FLOODING in mine and FLOODING_OPENFHE in mine:
+        ratio = (mine[FLOODING_OPENFHE].partial_decrypt_per_client_s
+                 / mine[FLOODING].partial_decrypt_per_client_s)
+        parts.append(f"Our ring kernels make a partial decryption {ratio:.1f}x as fast as "
+                     "OpenFHE's MultipartyDecryptMain (same noise width).")
     return " ".join(parts)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from threshold_fl.errors import ParameterError
 
 __all__ = [
+    "DEFAULT_DECRYPTION_QUERIES",
     "CkksParams",
     "DecryptionNoise",
     "ScalingTechnique",
@@ -103,6 +104,8 @@ _OPENFHE_FLOODING_EXTRA_BITS = _OPENFHE_STATISTICAL_BITS / 2 + 0.5 * math.log2(1
 #: encrypted (204 ciphertexts each), or about 3,000 at 10 % selective encryption.
 DEFAULT_DECRYPTION_QUERIES = 1 << 16
 _MAX_DECRYPTION_QUERIES = 1 << 40
+# Flooding may cost at most this fraction of value_bound per value (one party's share).
+_MIN_FLOODED_PRECISION = 2.0**-10
 # Standard deviations allowed before an error bound is called violated.
 _BOUND_SIGMAS = 8.0
 
@@ -214,6 +217,17 @@ class CkksParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ParameterError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+        if self.decryption_noise is DecryptionNoise.FLOODING:
+            # OpenFHE floods at a scale of 2^(first_mod_size - 1); keep 10 bits of values.
+            error = self.error_bound(1, scale_bits=self.first_mod_size - 1)
+            if error > self.value_bound * _MIN_FLOODED_PRECISION:
+                raise ParameterError(
+                    f"flooding for {self.decryption_queries} shares at {self.statistical_security}"
+                    f"-bit statistical security needs noise of 2^{self.decryption_noise_bits():.1f}"
+                    f", which would leave a per-value error of {error:.2g} against values up to "
+                    f"{self.value_bound:g}; lower decryption_queries (rotate keys sooner) or "
+                    "statistical_security"
+                )
 
     # -- derived values ---------------------------------------------------
     @property

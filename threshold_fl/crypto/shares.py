@@ -46,6 +46,7 @@ __all__ = [
     "DecryptionPath",
     "KeyLimbs",
     "RingKit",
+    "coefficients_of",
     "decode_sums",
     "default_path",
     "openfhe_shares",
@@ -213,9 +214,7 @@ def _decode_own(context: CkksContext, fused: U64Array, count: int) -> FloatArray
     """Inverse NTT, centred coefficients, then the canonical embedding (slot j at
     xi^(5^j), xi = exp(i pi / n)) divided by the scale."""
     n, q = fused.shape[1], context.ring.moduli[0]
-    coefficients = ntt.tables_for(n, q).inverse(fused[0]).view(np.int64)
-    centred = np.where(coefficients > q // 2, coefficients - np.int64(q), coefficients)
-    evaluations = np.fft.ifft(centred * _twist(n)) * n
+    evaluations = np.fft.ifft(coefficients_of(fused[0], q) * _twist(n)) * n
     level = context.ring.limbs - 1
     slots = evaluations[_slot_indices(n)[: (count + 1) // 2]] / context.ring.scales[(level, 1)]
     values = np.empty(2 * slots.size)
@@ -227,6 +226,12 @@ def _decode_openfhe(context: CkksContext, kit: RingKit, fused: U64Array, count: 
     template = kit.share_template(fused.shape[0])
     share = context.deserialize_share(build(template, fused[None]))
     return context.decode(context.native.MultipartyDecryptFusion([share]), count)
+
+
+def coefficients_of(evaluations: U64Array, q: int) -> npt.NDArray[np.int64]:
+    """One limb in evaluation form -> its coefficients as signed integers in (-q/2, q/2]."""
+    coefficients = ntt.tables_for(evaluations.size, q).inverse(evaluations).view(np.int64)
+    return np.where(coefficients > q // 2, coefficients - np.int64(q), coefficients)
 
 
 _TWISTS: dict[int, npt.NDArray[np.complex128]] = {}
@@ -308,9 +313,7 @@ def _self_tested_kit(context: CkksContext) -> RingKit:
 def _check_width(context: CkksContext, sigma: float, ours: U64Array, theirs: U64Array) -> None:
     """(OpenFHE's share - ours) must be two noises of width sigma: sqrt(2) sigma."""
     for limb, q in enumerate(context.ring.moduli[: ours.shape[0]]):
-        difference = ntt.sub_mod(theirs[limb], ours[limb], q)
-        coefficients = ntt.tables_for(difference.size, q).inverse(difference).view(np.int64)
-        centred = np.where(coefficients > q // 2, coefficients - np.int64(q), coefficients)
+        centred = coefficients_of(ntt.sub_mod(theirs[limb], ours[limb], q), q)
         measured = math.log2(float(np.std(centred.astype(np.float64))) + 1.0)
         expected = math.log2(sigma * math.sqrt(2.0))
         if abs(measured - expected) > _WIDTH_TOLERANCE_BITS:
