@@ -155,6 +155,14 @@ def run_round(
     )
 
 
+def warm_up(context: CkksContext, mode: str, clients: int) -> None:
+    """An untimed round on two values: OpenFHE's first use of a context builds tables
+    that would otherwise land in the first measured step, and the ring path's
+    self-test runs (once per context and process)."""
+    tiny: list[FloatArray] = [np.zeros(2) for _ in range(clients)]
+    run_round(context, mode, tiny, np.full(clients, 1.0 / clients))
+
+
 def decrypt_seconds(result: RoundResult) -> float:
     """All decryption work of one round, from the aggregate's bytes: threshold, every
     client's decoding and partial decryption and one fusion; single-key, one decryption."""

@@ -39,9 +39,9 @@ import numpy as np
 
 import threshold_fl.bench.crypto as bench_crypto
 from threshold_fl._checks import add_model_option, bounded
-from threshold_fl.bench.crypto import FloatArray, RoundResult, run_round
+from threshold_fl.bench.crypto import FloatArray, RoundResult, run_round, warm_up
 from threshold_fl.bench.output import print_line, publish_suite, suite_error
-from threshold_fl.bench.threshold import he_compute_seconds, warm_up
+from threshold_fl.bench.threshold import he_compute_seconds
 from threshold_fl.crypto import CkksContext, context_for, threshold_params
 from threshold_fl.crypto.params import DEFAULT_DECRYPTION_QUERIES
 from threshold_fl.errors import ParameterError, ThresholdFLError

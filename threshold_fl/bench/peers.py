@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from threshold_fl._checks import bounded
-from threshold_fl.bench.crypto import RoundResult, decrypt_seconds, run_round
+from threshold_fl.bench.crypto import RoundResult, decrypt_seconds, run_round, warm_up
 from threshold_fl.bench.output import print_line, publish_suite, suite_error
 from threshold_fl.crypto import CkksParams, context_for, threshold_params
 from threshold_fl.crypto.shares import DecryptionPath
@@ -105,6 +105,8 @@ def measure(length: int, clients: int, seed: int = 0) -> list[PeerRow]:
     samples = rng.integers(400, 800, clients).astype(np.float64)
     weights = samples / samples.sum()
     context = context_for(threshold_params(clients))
+    for warmed, mode in ((context, "threshold"), (context_for(CkksParams()), "single-key")):
+        warm_up(warmed, mode, clients)
     threshold = run_round(context, "threshold", updates, weights, path=DecryptionPath.RING)
     openfhe = run_round(context, "threshold", updates, weights, path=DecryptionPath.OPENFHE)
     single = run_round(context_for(CkksParams()), "single-key", updates, weights)

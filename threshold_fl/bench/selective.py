@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from threshold_fl._checks import bounded, checked_int
-from threshold_fl.bench.crypto import run_round
+from threshold_fl.bench.crypto import run_round, warm_up
 from threshold_fl.bench.output import (
     peak_mib,
     print_line,
@@ -41,7 +41,7 @@ from threshold_fl.bench.output import (
     reset_peak,
     suite_error,
 )
-from threshold_fl.bench.threshold import he_compute_seconds, warm_up
+from threshold_fl.bench.threshold import he_compute_seconds
 from threshold_fl.crypto import CkksContext, context_for, threshold_params
 from threshold_fl.errors import ThresholdFLError
 

@@ -35,7 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from threshold_fl._checks import bounded
-from threshold_fl.bench.crypto import FloatArray, RoundResult, decrypt_seconds, run_round
+from threshold_fl.bench.crypto import (
+    FloatArray,
+    RoundResult,
+    decrypt_seconds,
+    run_round,
+    warm_up,
+)
 from threshold_fl.bench.output import markdown_table, print_line, publish_suite, suite_error
 from threshold_fl.bench.peers import CNN_LENGTH
 from threshold_fl.crypto import CkksContext, CkksParams, context_for, threshold_params
@@ -58,13 +64,6 @@ def he_compute_seconds(result: RoundResult) -> float:
     set-up, not part of a round."""
     seconds = result.seconds
     return seconds["encrypt"] * result.parties + seconds["aggregate"] + decrypt_seconds(result)
-
-
-def warm_up(context: CkksContext, mode: str, clients: int) -> None:
-    """An untimed round on two values: OpenFHE's first use of a context builds tables
-    that would otherwise land in the first measured step."""
-    tiny: list[FloatArray] = [np.zeros(2) for _ in range(clients)]
-    run_round(context, mode, tiny, np.full(clients, 1.0 / clients))
 
 
 @dataclass(frozen=True)
