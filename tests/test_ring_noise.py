@@ -15,10 +15,18 @@ from threshold_fl.errors import ParameterError
 SAMPLES = 1_000_000
 KEY = bytes(range(32))
 NONCE = bytes(16)
+KERNELS = ["numpy"] + (["numba"] if noise._compiled() else [])
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the numpy Box-Muller and (where numba works) the compiled one."""
+    monkeypatch.setattr(noise, "_kernel_ok", request.param == "numba")
+    return str(request.param)
 
 
 @pytest.mark.parametrize("log_sigma", [10, 22.6, 30, 45, 56])
-def test_moments_and_tail(log_sigma: float) -> None:
+def test_moments_and_tail(log_sigma: float, kernel: str) -> None:
     sigma = 2.0**log_sigma
     sampler = GaussianSampler(sigma)
     x = sampler.sample(SAMPLES)
@@ -34,7 +42,7 @@ def test_moments_and_tail(log_sigma: float) -> None:
 
 
 @pytest.mark.parametrize("log_sigma", [24, 30, 56])
-def test_low_bits_are_uniform_even_beyond_double_precision(log_sigma: float) -> None:
+def test_low_bits_are_uniform_even_beyond_double_precision(log_sigma: float, kernel: str) -> None:
     """At 2^56 a double alone (spacing 2^4 near 8 sigma) would leave the low bits mostly 0;
     the fine part of the sample must restore them."""
     x = GaussianSampler(2.0**log_sigma).sample(1 << 18)
@@ -44,12 +52,24 @@ def test_low_bits_are_uniform_even_beyond_double_precision(log_sigma: float) -> 
     assert chi_square < 50  # 15 degrees of freedom: p < 1e-5
 
 
-def test_tail_probability_matches_the_gaussian() -> None:
+def test_tail_probability_matches_the_gaussian(kernel: str) -> None:
     sigma = 2.0**20
     x = GaussianSampler(sigma).sample(SAMPLES)
     beyond = float(np.mean(np.abs(x) > 3 * sigma))
     expected = math.erfc(3 / math.sqrt(2))  # 0.0027
     assert abs(beyond - expected) < 5 * math.sqrt(expected / SAMPLES)
+
+
+@pytest.mark.skipif("numba" not in KERNELS, reason="numba is not available here")
+def test_the_compiled_kernel_computes_numpys_normals() -> None:
+    """Same words, same formulas: equal but for an occasional last-bit difference
+    between libm's and numpy's cosine."""
+    words = AesCtrStream(KEY, NONCE).read_uint64(1 << 18)
+    compiled = np.empty(words.size)
+    noise._nb_box_muller(words.copy(), compiled)
+    reference = noise._np_box_muller(words)
+    np.testing.assert_allclose(compiled, reference, rtol=1e-13, atol=0)
+    assert np.mean(compiled == reference) > 0.99
 
 
 def test_default_samplers_are_seeded_independently() -> None:
