@@ -54,7 +54,8 @@ def test_models_suite_writes_markdown_json_and_png(tmp_path: Path,
         assert row["he_s"] > row["plain_s"] > 0
         assert row["he_s"] == pytest.approx(row["encrypt_s"] + row["aggregate_s"]
                                             + row["partial_decrypt_s"] + row["fuse_s"])
-        assert row["max_error"] < row["error_bound"] < 1e-4
+        # flooding for 2^16 shares per key: a bound of about 1e-4 here
+        assert row["max_error"] < row["error_bound"] < 1e-3
         assert row["plain_max_error"] < 1e-7  # float32 rounding of values below 0.1
         assert row["aggregator_mib"] > 0 and row["client_mib"] > 0
         assert row["aggregator_mib"] >= 0.9 * row["baseline_mib"]

@@ -92,8 +92,9 @@ def test_the_cost_of_flooding_for_2_16_shares_is_shown(suite: tuple[Path, str]) 
         if noise == "flooding":
             one = rows[("flooding-1q", batch, bits)]
             assert 50 < row["max_error"] / one["max_error"] < 1000, (row, one)
-            # each context measures its own noise estimate B: a few % either way
-            assert row["error_bound"] / one["error_bound"] == pytest.approx(256, rel=0.05)
+            # each context measures its own noise estimate B (a random sample, to about
+            # 0.2 bits), so the ratio of two bounds is 256 up to 2^(+-0.3)
+            assert row["error_bound"] / one["error_bound"] == pytest.approx(256, rel=0.25)
 
 
 def test_errors_stay_in_bound_and_the_scale_is_reported(suite: tuple[Path, str]) -> None:
