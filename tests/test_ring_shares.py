@@ -147,11 +147,10 @@ def test_own_decoding_matches_openfhes_fusion(federation: Any, aggregate_vector:
     partials = [partial_decrypt(CONTEXT, s, vector, lead=i == 1)
                 for i, s in federation.secrets.items()]
     total = shares.sum_shares(CONTEXT, [p.shares for p in partials])
-    kit = shares.ring_kit(CONTEXT)
     count = CONTEXT.values_per_ciphertext
     for index in range(total.shape[0]):
         ours = shares._decode_own(CONTEXT, total[index], count)
-        theirs = shares._decode_openfhe(CONTEXT, kit, total[index], count)
+        theirs = shares._decode_openfhe(CONTEXT, total[index], count)
         # OpenFHE's decoding adds a little noise of its own; both are far inside the bound.
         assert np.abs(ours - theirs).max() < 1e-3 * CONTEXT.error_bound(PARTIES)
 
@@ -197,11 +196,56 @@ def test_a_share_of_a_fresh_ciphertext_is_refused_at_decoding(federation: Any) -
 
 
 # -- the self-test, the path option, and wiping -------------------------------------------
-def test_self_test_refuses_a_kernel_with_the_wrong_width(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("factor", [0.85, 1.15])
+def test_self_test_refuses_noise_of_the_wrong_width(monkeypatch: pytest.MonkeyPatch,
+                                                    factor: float) -> None:
+    """Our own noise is measured alone (share - exact c0 + c1*s): 15 % too narrow, which
+    comparing with OpenFHE's share alone would let through, is refused."""
     monkeypatch.setattr(shares.RingKit, "sampler",
-                        lambda self: GaussianSampler(self.sigma * 1.5))
-    with pytest.raises(CryptoError, match=r"self-test.*TFL_DECRYPTION_PATH=openfhe"):
+                        lambda self: GaussianSampler(self.sigma * factor))
+    with pytest.raises(CryptoError, match=r"self-test: our noise.*TFL_DECRYPTION_PATH=openfhe"):
         shares._self_tested_kit(CONTEXT)
+
+
+def test_self_test_refuses_noise_that_repeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shares.RingKit, "sampler",
+                        lambda self: GaussianSampler(self.sigma, key=bytes(32)))
+    with pytest.raises(CryptoError, match="two of our shares of one ciphertext"):
+        shares._self_tested_kit(CONTEXT)
+
+
+def test_a_failed_self_test_is_kept_and_the_openfhe_path_still_works(
+    monkeypatch: pytest.MonkeyPatch, federation: Any, aggregate_vector: Any
+) -> None:
+    calls: list[int] = []
+
+    def failing(context: Any) -> Any:
+        calls.append(1)
+        raise CryptoError("the ring decryption path failed its self-test: (test)")
+
+    monkeypatch.setattr(shares, "_KITS", {})
+    monkeypatch.setattr(shares, "_self_tested_kit", failing)
+    for _ in range(2):
+        with pytest.raises(CryptoError, match="self-test"):
+            partial_decrypt(CONTEXT, federation.secrets[2], aggregate_vector[0], lead=False)
+    assert calls == [1]
+    # OpenFHE's path needs no self-test: its shares are made, framed and fused.
+    vector, expected = aggregate_vector
+    partials = [partial_decrypt(CONTEXT, s, vector, lead=i == 1, path=DecryptionPath.OPENFHE)
+                for i, s in federation.secrets.items()]
+    received = [wire.decode_partial_decryption(
+        CONTEXT, list(wire.encode_partial_decryption(CONTEXT, p))) for p in partials]
+    values = fuse_partial_decryptions(CONTEXT, federation.joint, received)
+    assert np.abs(values - expected).max() < CONTEXT.error_bound(PARTIES)
+
+
+def test_our_shares_carry_the_joint_keys_empty_tag(federation: Any,
+                                                   aggregate_vector: Any) -> None:
+    partial = partial_decrypt(CONTEXT, federation.secrets[2], aggregate_vector[0], lead=False)
+    frame = wire.decode_frame(next(wire.encode_partial_decryption(CONTEXT, partial)),
+                              wire.FrameKind.PARTIAL_DECRYPTION, CONTEXT.fingerprint,
+                              max_part_bytes=wire.max_part_bytes(CONTEXT))
+    assert CONTEXT.ring.check(frame.parts[0], BlobKind.DECRYPTION_SHARE).key_tag == ""
 
 
 def test_self_test_refuses_a_wrong_product(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,7 +66,7 @@ class RingTemplate:
     header_notes: dict[Outer, HeaderNotes] = field(repr=False)  # named header byte ranges
     # Accepted layouts by (kind, headroom, length); filled as blobs are checked.
     layouts: dict[tuple[Kinds, int, int], list[_Layout]] = field(
-        default_factory=dict, repr=False, compare=False
+        default_factory=dict, init=False, repr=False, compare=False
     )
 
     @property
@@ -104,6 +104,8 @@ class RingTemplate:
         accepted is well formed once its coefficients are checked: about 10x faster
         than walking it again.
         """
+        if isinstance(headroom, bool) or not isinstance(headroom, int) or headroom < 1:
+            raise ParameterError(f"headroom must be an int >= 1, got {headroom!r}")
         key = (kind, headroom, len(data) if isinstance(data, bytes) else -1)
         for layout in self.layouts.get(key, ()):
             if layout.matches(data, self.ring_dimension):
@@ -114,8 +116,10 @@ class RingTemplate:
         walk.run()
         walk.check_coefficients()
         layout = _Layout.of(walk)
-        known = self.layouts.setdefault(key, [])
-        if len(known) < _LAYOUTS_PER_SHAPE and len(self.layouts) <= _LAYOUT_SHAPES:
+        known = self.layouts.get(key)
+        if known is None and len(self.layouts) < _LAYOUT_SHAPES:
+            known = self.layouts[key] = []
+        if known is not None and len(known) < _LAYOUTS_PER_SHAPE:
             known.append(layout)  # bounded: random key tags make each key its own layout
         return layout
 

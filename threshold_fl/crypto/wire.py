@@ -35,7 +35,7 @@ from threshold_fl.crypto.keys import (
 )
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
 from threshold_fl.crypto.ring import BlobKind, build
-from threshold_fl.crypto.shares import ring_kit
+from threshold_fl.crypto.shares import share_template
 from threshold_fl.crypto.vectors import (
     EncryptedVector,
     LazyCiphertexts,
@@ -217,7 +217,7 @@ def encode_partial_decryption(
         "lead": partial.lead,
     }
     limbs = partial.shares.shape[1]
-    template = ring_kit(context).share_template(limbs)
+    template = share_template(context, limbs)
     blobs = [build(template, share[None]) for share in partial.shares]
     yield from _encode_run(context, FrameKind.PARTIAL_DECRYPTION, common, blobs, max_frame_bytes)
 
