@@ -298,3 +298,13 @@ def test_single_key_decryption_reads_lazily_deserialised_ciphertexts() -> None:
     assert received.ciphertexts._natives == [None]  # type: ignore[attr-defined]
     decrypted = decrypt_vector(CONTEXT, keys.secret, received)
     assert np.abs(decrypted - values).max() < CONTEXT.error_bound(1)
+
+
+def test_a_partial_decryption_holds_a_uint64_share_array() -> None:
+    from threshold_fl.crypto import PartialDecryption
+
+    digest = "0" * 64
+    for shares_ in (np.zeros((1, 1, 8), dtype=np.int64), np.zeros((1, 8), dtype=np.uint64),
+                    [[[0]]]):
+        with pytest.raises(ParameterError, match="uint64 array"):
+            PartialDecryption(CONTEXT.fingerprint, digest, digest, 1, True, 8, shares_)  # type: ignore[arg-type]

@@ -127,6 +127,14 @@ class PartialDecryption:
     # (ciphertexts, limbs, n) uint64 in OpenFHE's evaluation form, whichever path made it
     shares: U64Array = field(repr=False)
 
+    def __post_init__(self) -> None:
+        shares = self.shares
+        if not (isinstance(shares, np.ndarray) and shares.dtype == np.uint64
+                and shares.ndim == 3):
+            raise ParameterError(
+                "a partial decryption's shares must be a (ciphertexts, limbs, n) uint64 array"
+            )
+
 
 # -- encryption ----------------------------------------------------------------
 def encrypt_chunks(
