@@ -308,3 +308,20 @@ def test_a_partial_decryption_holds_a_uint64_share_array() -> None:
                     [[[0]]]):
         with pytest.raises(ParameterError, match="uint64 array"):
             PartialDecryption(CONTEXT.fingerprint, digest, digest, 1, True, 8, shares_)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(ntt.backend() != "numba", reason="numba is not available here")
+@pytest.mark.parametrize("lead", [True, False])
+def test_the_fused_kernel_computes_the_composed_share(aggregate_vector: Any, federation: Any,
+                                                      lead: bool) -> None:
+    """The compiled one-pass share equals c1*s + NTT(e) (+ c0) made from the checked
+    element-wise kernels, bit for bit, on the same noise."""
+    parsed = CONTEXT.ring.parse(CONTEXT.serialize(aggregate_vector[0].ciphertexts[0]),
+                                BlobKind.CIPHERTEXT)
+    noise = GaussianSampler(SIGMA, key=bytes(32)).sample(N)
+    with KeyLimbs(CONTEXT, federation.parties[1].secret.native) as key:
+        fused = shares._fused_share_limb(parsed.elements[:, 0], key.limb(Q), noise.copy(), Q,
+                                         lead=lead)
+        composed = shares._share_limb(parsed.elements[:, 0], key.limb(Q), noise.copy(), Q,
+                                      lead=lead)
+    np.testing.assert_array_equal(fused, composed)

@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from threshold_fl.crypto import ntt
 from threshold_fl.crypto.context import CkksContext
-from threshold_fl.crypto.noise import GaussianSampler, wipe
+from threshold_fl.crypto.noise import GaussianSampler, reduce_mod, wipe
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
 from threshold_fl.errors import CryptoError, FrameError, ParameterError
 
@@ -141,25 +141,53 @@ def ring_shares(
     n = context.ring.ring_dimension
     limbs = _limbs_of(context, ciphertexts)
     out = np.empty((len(ciphertexts), limbs, n), dtype=np.uint64)
+    compiled = ntt.backend() == "numba"
     for index, ciphertext in enumerate(ciphertexts):
         moduli = ciphertext.summary.moduli
-        noise = sampler.sample_mod(n, moduli)
+        noise = sampler.sample(n)  # one integer polynomial: CRT-consistent across limbs
         try:
             for limb, q in enumerate(moduli):
-                out[index, limb] = _share_limb(ciphertext.elements[:, limb], key.limb(q),
-                                               noise[limb], q, lead=lead)
+                share = (_fused_share_limb if compiled else _share_limb)
+                out[index, limb] = share(ciphertext.elements[:, limb], key.limb(q), noise, q,
+                                         lead=lead)
         finally:
             wipe(noise)
     return out
 
 
-def _share_limb(c: U64Array, s: U64Array, noise: U64Array, q: int, *, lead: bool) -> U64Array:
+def _fused_share_limb(c: U64Array, s: U64Array, noise: npt.NDArray[np.int64], q: int, *,
+                      lead: bool) -> U64Array:
+    """_share_limb in one compiled pass: no temporary ever holds c1 * s alone."""
+    tables = ntt.tables_for(s.size, q)
+    ratio = (1 << 128) // q
+    out = np.empty(s.size, dtype=np.uint64)
+    _nb_share(c[0], c[1], s, noise, out, tables.psi_rev, tables.psi_rev_shoup, np.uint64(q),
+              np.uint64(ratio & ((1 << 64) - 1)), np.uint64(ratio >> 64), lead)
+    return out
+
+
+@ntt._jit
+def _nb_share(c0: U64Array, c1: U64Array, s: U64Array, noise: Any, out: U64Array,
+              psi: U64Array, psi_shoup: U64Array, q: np.uint64, r0: np.uint64, r1: np.uint64,
+              lead: bool) -> None:  # pragma: no cover - compiled
+    modulus = np.int64(q)
+    for i in range(out.size):
+        out[i] = np.uint64(noise[i] % modulus)  # Python's %: non-negative
+    ntt._nb_forward(out, psi, psi_shoup, q)
+    for i in range(out.size):
+        value = ntt._nb_reduce(ntt._nb_mul_barrett(c1[i], s[i], q, r0, r1) + out[i], q)
+        out[i] = ntt._nb_reduce(value + c0[i], q) if lead else value
+
+
+def _share_limb(c: U64Array, s: U64Array, signed: npt.NDArray[np.int64], q: int, *,
+                lead: bool) -> U64Array:
+    noise = reduce_mod(signed, [q])[0]
     tables = ntt.tables_for(s.size, q)
     product = ntt.mul_mod(c[1], s, q)  # c1 * s alone would give s away: wiped below
     flood = tables.forward(noise)
     share = ntt.add_mod(product, flood, q)
-    wipe(product)
-    wipe(flood)
+    for temporary in (product, flood, noise):
+        wipe(temporary)
     return ntt.add_mod(share, c[0], q) if lead else share
 
 
