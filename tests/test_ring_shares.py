@@ -3,6 +3,9 @@
 Every claim here uses real OpenFHE keys and ciphertexts: the noise of our shares is
 measured exactly (the share minus c1*s, with the key share read out of OpenFHE), our
 shares fuse alone and mixed with OpenFHE's, and the self-test refuses a wrong kernel.
+
+Run ``python tests/test_ring_shares.py`` for the figures docs/crypto.md quotes (not a
+test): the joint-key noise against B, both paths' share widths, and per-ciphertext times.
 """
 
 from __future__ import annotations
@@ -102,10 +105,8 @@ def test_noise_width_follows_s_and_q() -> None:
     assert more_queries == pytest.approx(base + 2) and more_security == pytest.approx(base + 2)
 
 
-@pytest.mark.parametrize("parties", [3, 10])
-def test_noise_estimate_covers_a_joint_keys_real_noise(parties: int) -> None:
-    """B is OpenFHE's single-key estimate raised for an N-party joint key: the noise
-    of a real N-party aggregate, measured exactly, has a smaller standard deviation."""
+def joint_noise_bits(parties: int) -> tuple[float, float]:
+    """(log2 of the measured noise of a real N-party aggregate of zeros, B in bits)."""
     context = context_for(threshold_params(parties))
     federation = make_federation(context, parties)
     zeros = [np.zeros(2 * context.values_per_ciphertext)] * parties
@@ -122,7 +123,15 @@ def test_noise_estimate_covers_a_joint_keys_real_noise(parties: int) -> None:
         noise.append(shares.coefficients_of(total, q))
     measured = math.log2(float(np.concatenate(noise).astype(np.float64).std()))
     assert context.params.noise_estimate_bits is not None
-    assert measured < context.params.noise_estimate_bits
+    return measured, context.params.noise_estimate_bits
+
+
+@pytest.mark.parametrize("parties", [3, 10])
+def test_noise_estimate_covers_a_joint_keys_real_noise(parties: int) -> None:
+    """B is OpenFHE's single-key estimate raised for an N-party joint key: the noise
+    of a real N-party aggregate, measured exactly, has a smaller standard deviation."""
+    measured, estimate = joint_noise_bits(parties)
+    assert measured < estimate
 
 
 # -- fusion ------------------------------------------------------------------------------
@@ -325,3 +334,74 @@ def test_the_fused_kernel_computes_the_composed_share(aggregate_vector: Any, fed
         composed = shares._share_limb(parsed.elements[:, 0], key.limb(Q), noise.copy(), Q,
                                       lead=lead)
     np.testing.assert_array_equal(fused, composed)
+
+
+# -- figures for docs/crypto.md (python tests/test_ring_shares.py) ------------------------
+def _best_ms(work: Any, repeats: int = 20) -> float:
+    from test_ring_ntt import _best_of
+
+    return 1e3 * _best_of(work, repeats)
+
+
+def _report() -> None:
+    for parties in (3, 10):
+        measured, estimate = joint_noise_bits(parties)
+        print(f"N={parties}: joint-key aggregate noise 2^{measured:.2f}, B = 2^{estimate:.2f}")
+    federation = make_federation(CONTEXT, PARTIES)
+    values = np.random.default_rng(1).uniform(-1, 1, 8 * CONTEXT.values_per_ciphertext)
+    vector = aggregate(CONTEXT, federation.joint.key.key_id,
+                       encrypted_inputs(federation, [values] * PARTIES,
+                                        np.full(PARTIES, 1.0 / PARTIES)))
+    for path in DecryptionPath:
+        noise = np.concatenate(list(_noises(federation, vector, path)))
+        ratio = float(noise.astype(np.float64).std()) / SIGMA
+        print(f"{path.value} path: share noise std / sigma = {ratio:.4f} "
+              f"(sigma 2^{math.log2(SIGMA):.2f})")
+    blob = CONTEXT.serialize(vector.ciphertexts[0])
+    parsed = CONTEXT.ring.parse(blob, BlobKind.CIPHERTEXT)
+    secret = federation.parties[1].secret.native
+    kit = shares.ring_kit(CONTEXT)
+    with KeyLimbs(CONTEXT, secret) as key:
+        ring_ms = _best_ms(lambda: shares.ring_shares(CONTEXT, key, [parsed], lead=False,
+                                                      sampler=kit.sampler()))
+    native = vector.ciphertexts[0]
+    openfhe_ms = _best_ms(lambda: CONTEXT.native.MultipartyDecryptMain([native], secret))
+    check = _best_ms(lambda: CONTEXT.ring.check(blob, BlobKind.CIPHERTEXT))
+    parse = _best_ms(lambda: CONTEXT.ring.parse(blob, BlobKind.CIPHERTEXT))
+    load = _best_ms(lambda: CONTEXT.deserialize_ciphertext(blob))
+    print(f"per ciphertext (n={N}, 1 limb), best of 20: check {check:.3f} ms, parse "
+          f"{parse:.3f} ms, OpenFHE deserialise (after our check) {load:.3f} ms")
+    print(f"a share: ring path ({ntt.backend()}) {ring_ms:.3f} ms, OpenFHE "
+          f"MultipartyDecryptMain {openfhe_ms:.3f} ms ({openfhe_ms / ring_ms:.1f}x)")
+    _report_steps(federation)
+
+
+def _report_steps(federation: Any) -> None:
+    """A client's decryption steps on a 64-ciphertext aggregate, per ciphertext."""
+    count = 64
+    values = np.random.default_rng(2).uniform(-1, 1, count * CONTEXT.values_per_ciphertext)
+    vector = aggregate(CONTEXT, federation.joint.key.key_id,
+                       encrypted_inputs(federation, [values] * PARTIES,
+                                        np.full(PARTIES, 1.0 / PARTIES)))
+    frames = list(wire.encode_vector(CONTEXT, vector))
+    received = wire.decode_vector(CONTEXT, frames)
+    partials = [partial_decrypt(CONTEXT, s, received, lead=i == 1)
+                for i, s in federation.secrets.items()]
+    sent = [list(wire.encode_partial_decryption(CONTEXT, p)) for p in partials]
+    steps = {
+        "decode the aggregate's frames": lambda: wire.decode_vector(CONTEXT, frames),
+        "the share": lambda: partial_decrypt(CONTEXT, federation.secrets[2], received,
+                                             lead=False),
+        "frame the share": lambda: list(wire.encode_partial_decryption(CONTEXT, partials[1])),
+        f"decode {PARTIES} share runs and fuse": lambda: fuse_partial_decryptions(
+            CONTEXT, federation.joint,
+            [wire.decode_partial_decryption(CONTEXT, run) for run in sent]),
+    }
+    print(f"a client's steps, per ciphertext ({count} ciphertexts, {PARTIES} parties, "
+          "best of 5):")
+    for name, work in steps.items():
+        print(f"  {name}: {_best_ms(work, 5) / count:.3f} ms")
+
+
+if __name__ == "__main__":
+    _report()

@@ -78,6 +78,7 @@ class RoundResult:
     error_bound: float
     seconds: dict[str, float]
     bytes: dict[str, int]
+    ciphertexts: int = 0  # per vector
 
 
 def _frames_size(frames: Iterator[bytes]) -> int:
@@ -152,6 +153,7 @@ def run_round(
         context.error_bound(parties),
         timings.seconds,
         timings.bytes,
+        len(aggregate.ciphertexts),
     )
 
 

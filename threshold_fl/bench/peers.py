@@ -83,8 +83,7 @@ def layer_sizes(length: int) -> list[int]:
 def _ours(name: str, result: RoundResult) -> PeerRow:
     seconds, sent, clients = result.seconds, result.bytes, result.parties
     decrypt = decrypt_seconds(result)
-    count = max(1, -(-result.length // context_for(threshold_params(2)).values_per_ciphertext))
-    partial_ms = 1e3 * seconds.get("partial_decrypt", 0.0) / count
+    partial_ms = 1e3 * seconds.get("partial_decrypt", 0.0) / max(result.ciphertexts, 1)
     return PeerRow(name, result.length, clients, seconds["encrypt"], seconds["aggregate"],
                    decrypt, seconds["encrypt"] * clients + seconds["aggregate"] + decrypt,
                    sent["upload_per_client"] / result.length,

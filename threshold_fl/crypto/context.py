@@ -31,7 +31,13 @@ from threshold_fl.crypto.ring import (
     TemplateSamples,
     learn_template,
 )
-from threshold_fl.errors import CryptoError, FrameError, KeyMismatchError, ParameterError
+from threshold_fl.errors import (
+    CryptoError,
+    FrameError,
+    KeyMismatchError,
+    ParameterError,
+    ThresholdFLError,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -160,21 +166,21 @@ class CkksContext:
         Adding ciphertexts of different levels would fail deep in OpenFHE (or, for a
         scale mismatch, decrypt to garbage), so the aggregator checks every input.
         """
-        level, degree = ciphertext.GetLevel(), ciphertext.GetNoiseScaleDeg()
-        if level != self.upload_level or degree != 1:
-            raise ParameterError(
-                f"an input ciphertext is at level {level} with scale degree {degree}; clients "
-                f"upload at level {self.upload_level}, degree 1 (another version or a "
-                "tampered upload); it cannot be added"
-            )
+        self._check_level(ciphertext.GetLevel(), ciphertext.GetNoiseScaleDeg(),
+                          "an input ciphertext", ParameterError)
 
     def check_upload_summary(self, summary: BlobSummary) -> None:
         """:meth:`check_upload` for a checked blob (a ciphertext or a decryption share)."""
-        if summary.level != self.upload_level or summary.noise_degree != 1:
-            raise FrameError(
-                f"a {summary.kind.value} is at level {summary.level} with scale degree "
-                f"{summary.noise_degree}; aggregates are at level {self.upload_level}, degree 1 "
-                "(another version or tampered bytes); discard it"
+        self._check_level(summary.level, summary.noise_degree, f"a {summary.kind.value}",
+                          FrameError)
+
+    def _check_level(self, level: int | None, degree: int | None, what: str,
+                     error: type[ThresholdFLError]) -> None:
+        if level != self.upload_level or degree != 1:
+            raise error(
+                f"{what} is at level {level} with scale degree {degree}; uploads and "
+                f"aggregates are at level {self.upload_level}, degree 1 (another version or "
+                "tampered bytes); discard it"
             )
 
     def decode(self, plaintext: Any, count: int) -> FloatArray:

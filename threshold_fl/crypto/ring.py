@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import numpy.typing as npt
 
+from threshold_fl.crypto.ntt import U64Array
 from threshold_fl.crypto.ring_layout import (
     TOWER,
     U32,
@@ -46,8 +46,6 @@ __all__ = [
     "build",
     "learn_template",
 ]
-
-U64Array = npt.NDArray[np.uint64]
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,11 @@ import numpy as np
 import numpy.typing as npt
 
 from threshold_fl.crypto import ntt
-from threshold_fl.crypto.context import CkksContext
+from threshold_fl.crypto.context import CkksContext, FloatArray
 from threshold_fl.crypto.noise import GaussianSampler, reduce_mod, wipe
+from threshold_fl.crypto.ntt import U64Array
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
 from threshold_fl.errors import CryptoError, FrameError, ParameterError
-
-U64Array = npt.NDArray[np.uint64]
-FloatArray = npt.NDArray[np.float64]
 
 __all__ = [
     "PATH_ENV",

@@ -18,10 +18,10 @@ from functools import cached_property
 from typing import Any, overload
 
 import numpy as np
-import numpy.typing as npt
 
-from threshold_fl.crypto.context import CkksContext, sha256_hex
+from threshold_fl.crypto.context import CkksContext, FloatArray, sha256_hex
 from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, ThresholdSecret
+from threshold_fl.crypto.ntt import U64Array
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
 from threshold_fl.crypto.shares import (
@@ -35,9 +35,6 @@ from threshold_fl.crypto.shares import (
     sum_shares,
 )
 from threshold_fl.errors import CryptoError, KeyMismatchError, ParameterError
-
-FloatArray = npt.NDArray[np.float64]
-U64Array = npt.NDArray[np.uint64]
 
 __all__ = [
     "DecryptionPath",
