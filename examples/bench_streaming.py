@@ -28,6 +28,7 @@ from threshold_fl.crypto import (
     generate_keypair,
 )
 from threshold_fl.crypto.frames import FrameKind, encode_frame
+from threshold_fl.crypto.ring import build
 from threshold_fl.crypto.wire import stream_vector
 
 
@@ -39,7 +40,7 @@ def client_frames(context: CkksContext, key: PublicKey, length: int, seed: int,
     count = ciphertext_count(context, length)
     for index, start in enumerate(range(0, length, step)):
         values = rng.uniform(-1, 1, min(step, length - start))
-        blobs = [context.serialize(c)
+        blobs = [build(c)
                  for c in encrypt_chunks(context, key, values, weight=weight)]
         meta = {
             "key_id": key.key_id,

@@ -23,6 +23,7 @@ from threshold_fl.crypto import (
     lead_keygen,
     threshold_params,
 )
+from threshold_fl.crypto.ring import build
 
 
 def _fresh_ciphertext_bytes(params: CkksParams) -> int:
@@ -30,7 +31,7 @@ def _fresh_ciphertext_bytes(params: CkksParams) -> int:
     context = context_for(params)
     key = lead_keygen(context, 1).public_share
     (ciphertext,) = encrypt_chunks(context, key, np.full(10, 0.05))
-    return len(context.serialize(ciphertext))
+    return len(build(ciphertext))
 
 
 def test_models_suite_writes_markdown_json_and_png(tmp_path: Path,

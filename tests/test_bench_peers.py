@@ -20,7 +20,7 @@ def test_peers_suite_writes_markdown_json_and_png(tmp_path: Path,
     data = json.loads((tmp_path / "peers.json").read_text())
     systems = [(row["system"], row["values"]) for row in data["rows"]]
     assert systems == [(system, length) for length in (101, 5000) for system in
-                       ("ours, threshold", "ours, threshold, OpenFHE partials",
+                       ("ours, threshold", "ours, threshold, OpenFHE kernels",
                         "ours, single-key", "FLARE (TenSEAL)")]
     assert data["machine"]["cores"] >= 1 and data["machine"]["tenseal"]
     markdown = (tmp_path / "peers.md").read_text()
@@ -41,7 +41,7 @@ def test_every_system_averages_the_same_vectors_correctly() -> None:
     by_system = {row.system: row for row in rows}
     # both partial decryption paths are timed, per ciphertext; the other systems have none
     assert by_system["ours, threshold"].partial_per_ciphertext_ms > 0
-    assert by_system["ours, threshold, OpenFHE partials"].partial_per_ciphertext_ms > 0
+    assert by_system["ours, threshold, OpenFHE kernels"].partial_per_ciphertext_ms > 0
     assert by_system["FLARE (TenSEAL)"].partial_per_ciphertext_ms == 0
     # one CKKS ciphertext carries at most N values; FLARE packs N/2 = 4096 reals into
     # two 40-60-bit limbs, at least 2 * 2 * 8192 * 100 bits / 4096 values = 100 bytes

@@ -86,7 +86,7 @@ def test_bytes_match_the_ciphertext_layout(rows: list[StepRow]) -> None:
 def test_the_noise_table_compares_fixed_and_flooded_decryption(rows: list[StepRow]) -> None:
     table = noise_rows(rows)
     assert [(line[0], line[1]) for line in table] == [
-        (3, "fixed"), (3, "flooding"), (3, "flooding, OpenFHE partials")]
+        (3, "fixed"), (3, "flooding"), (3, "flooding, OpenFHE kernels")]
     flooded = next(row for row in rows if row.configuration == FLOODING)
     # the reported scale is the one OpenFHE chose, not necessarily the requested one
     assert table[1][2] == f"{flooded.scale_bits:.0f}"

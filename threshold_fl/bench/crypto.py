@@ -36,6 +36,7 @@ from threshold_fl.crypto import (
     partial_decrypt,
     with_noise_flooding,
 )
+from threshold_fl.crypto.encryption import EncryptionPath
 from threshold_fl.crypto.shares import DecryptionPath
 from threshold_fl.crypto.wire import (
     decode_partial_decryption,
@@ -92,13 +93,15 @@ def run_round(
     weights: FloatArray,
     *,
     path: DecryptionPath | None = None,
+    encryption: EncryptionPath | None = None,
 ) -> RoundResult:
     """One FedAvg aggregation in ``mode`` ('single-key' or 'threshold'), timed per step.
 
     Decryption starts from the aggregate's bytes, as a client receives them (TenSEAL's
     decryption is timed the same way): "receive" is decoding them, "partial_decrypt"
     the share and its frames, "fuse" decoding the others' frames and the fusion.
-    ``path`` chooses who computes partial decryptions (default: ``TFL_DECRYPTION_PATH``).
+    ``path`` chooses who computes partial decryptions (default: ``TFL_DECRYPTION_PATH``),
+    ``encryption`` who encrypts (default: ``TFL_ENCRYPTION_PATH``).
     """
     timings = Timings()
     parties = len(inputs)
@@ -118,7 +121,7 @@ def run_round(
     total = EncryptedSum(context, public.key_id, inputs[0].size)
     for weight, values in zip(weights, inputs, strict=True):
         vector = timings.timed("encrypt", encrypt_vector, context, public, values,
-                               weight=float(weight))  # clients pre-weight
+                               weight=float(weight), path=encryption)  # clients pre-weight
         timings.bytes["upload_per_client"] = _frames_size(encode_vector(context, vector))
         timings.timed("aggregate", total.add, vector)
     aggregate: EncryptedVector = timings.timed("aggregate", total.result)

@@ -66,6 +66,7 @@ from threshold_fl.crypto import (
     partial_decrypt,
 )
 from threshold_fl.crypto.frames import FrameKind, encode_frame
+from threshold_fl.crypto.ring import RingBlob, build
 from threshold_fl.crypto.wire import (
     decode_joint_public_key,
     decode_partial_decryption,
@@ -132,12 +133,12 @@ def layout_for(length: int, values_per_ciphertext: int) -> Layout:
 
 # -- the crypto calls of a round -------------------------------------------------------
 def encrypt_upload(context: CkksContext, key: PublicKey, values: FloatArray,
-                   weight: float) -> Iterator[Any]:
+                   weight: float) -> Iterator[RingBlob]:
     """One client's ciphertexts: ``weight * values``, one limb each (clients pre-weight)."""
     return encrypt_chunks(context, key, values, weight=weight)
 
 
-def add_upload(total: EncryptedSum, ciphertexts: Iterable[Any]) -> None:
+def add_upload(total: EncryptedSum, ciphertexts: Iterable[RingBlob]) -> None:
     """The aggregator's work for one upload: additions only."""
     total.add_chunks(ciphertexts)
 
@@ -281,7 +282,7 @@ def encrypt_role(job: Job) -> Job:
 
     def upload_encoder(weight: float) -> GroupEncoder:
         def encode(values: FloatArray, length: int, offset: int) -> bytes:
-            blobs = [context.serialize(c) for c in encrypt_upload(context, key, values, weight)]
+            blobs = [build(c) for c in encrypt_upload(context, key, values, weight)]
             meta = {"key_id": key.key_id, "length": length, "aggregated": False,
                     "first": offset // context.values_per_ciphertext,
                     "count": ciphertext_count(context, length)}

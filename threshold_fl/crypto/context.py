@@ -160,19 +160,15 @@ class CkksContext:
         plaintext = self.encode(values, scale_degree=2)
         return self.native.Rescale(self.native.Encrypt(public_key, plaintext))
 
-    def check_upload(self, ciphertext: Any) -> None:
-        """Refuse a ciphertext not at the level and scale clients upload at.
+    def check_upload_summary(self, summary: BlobSummary,
+                             error: type[ThresholdFLError] = FrameError) -> None:
+        """Refuse a checked blob (a ciphertext or a decryption share) not at the level and
+        scale clients upload at.
 
         Adding ciphertexts of different levels would fail deep in OpenFHE (or, for a
         scale mismatch, decrypt to garbage), so the aggregator checks every input.
         """
-        self._check_level(ciphertext.GetLevel(), ciphertext.GetNoiseScaleDeg(),
-                          "an input ciphertext", ParameterError)
-
-    def check_upload_summary(self, summary: BlobSummary) -> None:
-        """:meth:`check_upload` for a checked blob (a ciphertext or a decryption share)."""
-        self._check_level(summary.level, summary.noise_degree, f"a {summary.kind.value}",
-                          FrameError)
+        self._check_level(summary.level, summary.noise_degree, f"a {summary.kind.value}", error)
 
     def _check_level(self, level: int | None, degree: int | None, what: str,
                      error: type[ThresholdFLError]) -> None:

@@ -241,9 +241,9 @@ def _decode_own(context: CkksContext, fused: U64Array, count: int) -> FloatArray
     """Inverse NTT, centred coefficients, then the canonical embedding (slot j at
     xi^(5^j), xi = exp(i pi / n)) divided by the scale."""
     n, q = fused.shape[1], context.ring.moduli[0]
-    evaluations = np.fft.ifft(coefficients_of(fused[0], q) * _twist(n)) * n
+    evaluations = np.fft.ifft(coefficients_of(fused[0], q) * twist(n)) * n
     level = context.ring.limbs - 1
-    slots = evaluations[_slot_indices(n)[: (count + 1) // 2]] / context.ring.scales[(level, 1)]
+    slots = evaluations[slot_indices(n)[: (count + 1) // 2]] / context.ring.scales[(level, 1)]
     values = np.empty(2 * slots.size)
     values[0::2], values[1::2] = slots.real, slots.imag
     return values[:count]
@@ -265,13 +265,13 @@ _TWISTS: dict[int, npt.NDArray[np.complex128]] = {}
 _SLOTS: dict[int, npt.NDArray[np.intp]] = {}
 
 
-def _twist(n: int) -> npt.NDArray[np.complex128]:
+def twist(n: int) -> npt.NDArray[np.complex128]:
     if n not in _TWISTS:
         _TWISTS[n] = np.exp(1j * np.pi * np.arange(n) / n)
     return _TWISTS[n]
 
 
-def _slot_indices(n: int) -> npt.NDArray[np.intp]:
+def slot_indices(n: int) -> npt.NDArray[np.intp]:
     if n not in _SLOTS:
         powers = np.empty(n // 2, dtype=np.int64)
         power = 1

@@ -20,6 +20,12 @@ from typing import Any, overload
 import numpy as np
 
 from threshold_fl.crypto.context import CkksContext, FloatArray, sha256_hex
+from threshold_fl.crypto.encryption import (
+    EncryptionPath,
+    encryption_kit,
+    encryption_path,
+    ring_supported,
+)
 from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, ThresholdSecret
 from threshold_fl.crypto.ntt import U64Array
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
@@ -78,8 +84,13 @@ class EncryptedVector:
         """SHA-256 of the serialised ciphertexts: what partial decryptions refer to."""
         if self.wire_digest is not None:
             return self.wire_digest
-        blobs = [CkksContext.serialize(ciphertext) for ciphertext in self.ciphertexts]
-        return vector_digest(self.params_fingerprint, self.key_id, self.length, blobs)
+        return vector_digest(self.params_fingerprint, self.key_id, self.length, self.blobs())
+
+    def blobs(self) -> list[bytes]:
+        """The ciphertexts' OpenFHE bytes (built from the ring blobs where there are)."""
+        if self.rings is not None:
+            return [build(ring) for ring in self.rings]
+        return [CkksContext.serialize(ciphertext) for ciphertext in self.ciphertexts]
 
 
 class LazyCiphertexts(Sequence[Any]):
@@ -135,29 +146,40 @@ class PartialDecryption:
 
 # -- encryption ----------------------------------------------------------------
 def encrypt_chunks(
-    context: CkksContext, public_key: PublicKey, values: FloatArray, *, weight: float = 1.0
-) -> Iterator[Any]:
+    context: CkksContext, public_key: PublicKey, values: FloatArray, *, weight: float = 1.0,
+    path: EncryptionPath | None = None,
+) -> Iterator[RingBlob]:
     """Encrypt ``weight * values`` one ciphertext at a time (for streaming large vectors).
 
     ``weight`` is the client's FedAvg weight, which the aggregator announces; the
     weights of one aggregation must sum to at most the context's ``weight_capacity``
-    (1 for FedAvg weights is always within it).
+    (1 for FedAvg weights is always within it).  The ciphertexts come as checked ring
+    blobs: from our kernels (:mod:`threshold_fl.crypto.encryption`) where the context
+    allows and ``path`` (default: ``TFL_ENCRYPTION_PATH``) is not ``openfhe``, else from
+    OpenFHE's ``Encrypt`` and ``Rescale``.
     """
     context.check_fingerprint(public_key.params_fingerprint, "the public key")
     _check_weight(context, weight)
     normalised = _normalised(context, values) * weight
     step = context.values_per_ciphertext
-    for start in range(0, normalised.size, step):
-        yield context.encrypt_upload(public_key.native, normalised[start : start + step])
+    chunks = (normalised[start : start + step] for start in range(0, normalised.size, step))
+    if (path or encryption_path()) is EncryptionPath.RING and ring_supported(context):
+        yield from encryption_kit(context).encrypt(public_key.native, chunks)
+        return
+    for chunk in chunks:
+        native = context.encrypt_upload(public_key.native, chunk)
+        yield context.ring.parse(context.serialize(native), BlobKind.CIPHERTEXT)
 
 
 def encrypt_vector(
-    context: CkksContext, public_key: PublicKey, values: FloatArray, *, weight: float = 1.0
+    context: CkksContext, public_key: PublicKey, values: FloatArray, *, weight: float = 1.0,
+    path: EncryptionPath | None = None,
 ) -> EncryptedVector:
     """Encrypt ``weight * values`` whole (held in memory; use encrypt_chunks to stream)."""
     vector = np.asarray(values)
-    ciphertexts = tuple(encrypt_chunks(context, public_key, vector, weight=weight))
-    return EncryptedVector(context.fingerprint, public_key.key_id, int(vector.size), ciphertexts)
+    rings = tuple(encrypt_chunks(context, public_key, vector, weight=weight, path=path))
+    return EncryptedVector(context.fingerprint, public_key.key_id, int(vector.size),
+                           LazyCiphertexts(context, rings), rings=rings)
 
 
 def _check_weight(context: CkksContext, weight: float) -> None:
@@ -204,10 +226,12 @@ class EncryptedSum:
         self._key_id = key_id
         self._length = length
         self._count = ciphertext_count(context, length)
-        self._total: list[Any] | None = None
-        # OpenFHE's tag of the first input's key.  Joint keys all have the empty
-        # tag, so this only backs up the key_id checks; it does not replace them.
-        self._key_tag: str | None = None
+        # (ciphertexts, 2, limbs, n), and the first input's blobs, whose layout the sum
+        # is written in.  Their summary (OpenFHE's key tag, level, scale) is what every
+        # other input must match; joint keys all have the empty tag, so the tag only
+        # backs up the key_id checks.
+        self._total: U64Array | None = None
+        self._first: tuple[RingBlob, ...] = ()
         self._taken = False
         self.inputs = 0
 
@@ -223,10 +247,11 @@ class EncryptedSum:
             raise ParameterError("an already aggregated vector cannot be aggregated again")
         if vector.length != self._length:
             raise ParameterError(f"input has {vector.length} values, the aggregate {self._length}")
-        self.add_chunks(vector.ciphertexts)
+        self.add_chunks(vector.rings if vector.rings is not None else vector.ciphertexts)
 
-    def add_chunks(self, ciphertexts: Iterable[Any]) -> None:
-        """Add one input given as its ciphertexts in order (e.g. straight off the wire).
+    def add_chunks(self, ciphertexts: Iterable[RingBlob | Any]) -> None:
+        """Add one input given as its ciphertexts in order (e.g. straight off the wire):
+        ring blobs, or OpenFHE ciphertexts.
 
         All or nothing: the input is staged first (one client's worth of memory) and
         joins the sum only once complete and checked, so an upload that breaks off or
@@ -235,45 +260,60 @@ class EncryptedSum:
         if self._taken:
             raise ParameterError("the sum was already taken with result(); start a new one")
         staged = self._staged(ciphertexts)
+        elements = np.stack([blob.elements for blob in staged]) if staged else None
         if self._total is None:
-            # A copy: the sum is added to in place, and these may be the caller's objects.
-            self._total = [ciphertext.Clone() for ciphertext in staged]
-        else:
-            try:
-                for total, ciphertext in zip(self._total, staged, strict=True):
-                    self._context.native.EvalAddInPlace(total, ciphertext)
-            except RuntimeError as exc:  # checked above; a failure here is OpenFHE's
-                raise KeyMismatchError(f"OpenFHE refused to add the input: {exc}") from None
+            self._total, self._first = elements, tuple(staged)
+        elif elements is not None:
+            for limb, q in enumerate(staged[0].summary.moduli):
+                total, modulus = self._total[:, :, limb], np.uint64(q)
+                total += elements[:, :, limb]  # both below q < 2^62: no overflow
+                total -= np.where(total >= modulus, modulus, np.uint64(0))
         self.inputs += 1
 
-    def _staged(self, ciphertexts: Iterable[Any]) -> list[Any]:
-        staged: list[Any] = []
+    def _staged(self, ciphertexts: Iterable[RingBlob | Any]) -> list[RingBlob]:
+        staged: list[RingBlob] = []
         for ciphertext in ciphertexts:
             if len(staged) == self._count:
                 raise ParameterError(f"input has more than {self._count} ciphertexts")
-            if self._key_tag is None:
-                self._key_tag = ciphertext.GetKeyTag()
-            elif ciphertext.GetKeyTag() != self._key_tag:
+            blob = self._ring_of(ciphertext)
+            self._context.check_upload_summary(blob.summary, ParameterError)
+            first = self._first[:1] or staged[:1]
+            expected = first[0].summary if first else blob.summary
+            if blob.summary.key_tag != expected.key_tag:
                 raise KeyMismatchError(
                     "an input ciphertext was encrypted under another key than the others; "
                     "it cannot be combined"
                 )
-            self._context.check_upload(ciphertext)
-            staged.append(ciphertext)
+            elif blob.summary != expected:
+                raise ParameterError(
+                    f"an input ciphertext has moduli {blob.summary.moduli} and scale "
+                    f"{blob.summary.scaling_factor}; the first has {expected.moduli} and "
+                    f"{expected.scaling_factor}: it cannot be combined"
+                )
+            staged.append(blob)
         if len(staged) != self._count:
             raise ParameterError(f"input has {len(staged)} ciphertexts, expected {self._count}")
         return staged
 
+    def _ring_of(self, ciphertext: RingBlob | Any) -> RingBlob:
+        if isinstance(ciphertext, RingBlob):
+            if ciphertext.kind is not BlobKind.CIPHERTEXT:
+                raise ParameterError(
+                    f"an input must be a ciphertext, got a {ciphertext.kind.value}")
+            return ciphertext
+        return self._context.ring.parse(CkksContext.serialize(ciphertext), BlobKind.CIPHERTEXT)
+
     def result(self) -> EncryptedVector:
         """The aggregate (what is jointly decrypted)."""
-        if self._total is None:
-            if self._count:
-                raise ParameterError("nothing was added to the sum")
-            self._total = []
-        self._taken = True  # the returned vector shares the running sum's ciphertexts
+        if self._total is None and self._count:
+            raise ParameterError("nothing was added to the sum")
+        self._taken = True  # the returned vector shares the running sum's arrays
+        totals = () if self._total is None else self._total
+        rings = tuple(RingBlob(first.summary, elements, first.skeleton)
+                      for first, elements in zip(self._first, totals, strict=True))
         return EncryptedVector(
-            self._context.fingerprint, self._key_id, self._length, tuple(self._total),
-            aggregated=True,
+            self._context.fingerprint, self._key_id, self._length,
+            LazyCiphertexts(self._context, rings), aggregated=True, rings=rings,
         )
 
 

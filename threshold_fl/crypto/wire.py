@@ -34,7 +34,7 @@ from threshold_fl.crypto.keys import (
     joint_key_id,
 )
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
-from threshold_fl.crypto.ring import BlobKind, build
+from threshold_fl.crypto.ring import BlobKind, RingBlob, build
 from threshold_fl.crypto.shares import share_template
 from threshold_fl.crypto.vectors import (
     EncryptedVector,
@@ -176,8 +176,7 @@ def encode_vector(
     context: CkksContext, vector: EncryptedVector, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> Iterator[bytes]:
     common = {"key_id": vector.key_id, "length": vector.length, "aggregated": vector.aggregated}
-    blobs = ([build(ring) for ring in vector.rings] if vector.rings is not None
-             else [context.serialize(native) for native in vector.ciphertexts])
+    blobs = vector.blobs()
     yield from _encode_run(context, FrameKind.CIPHERTEXTS, common, blobs, max_frame_bytes)
 
 
@@ -314,8 +313,9 @@ def _iter_run(
 
 def stream_vector(
     context: CkksContext, frames: Iterable[bytes], *, key_id: str, length: int
-) -> Iterator[Any]:
-    """Ciphertexts of one vector, decoded frame by frame as the frames arrive.
+) -> Iterator[RingBlob]:
+    """Ciphertexts of one vector as checked ring blobs, decoded frame by frame as the
+    frames arrive (OpenFHE deserialises nothing).
 
     Feed it to :meth:`EncryptedSum.add_chunks` to aggregate an upload without
     ever holding it whole.  The frames must carry ``key_id`` and ``length``.
@@ -327,7 +327,9 @@ def stream_vector(
                 f"expected a fresh vector under {key_id[:16]} with {length} values"
             )
         if blob is not None:
-            yield context.deserialize_ciphertext(blob, BlobKind.CIPHERTEXT)
+            ring = context.ring.parse(blob, BlobKind.CIPHERTEXT)
+            context.check_upload_summary(ring.summary)
+            yield ring
 
 
 def _run_common(frame: Frame, kind: FrameKind) -> dict[str, Any]:
