@@ -45,6 +45,7 @@ __all__ = [
     "MAX_MODULUS_BITS",
     "NttTables",
     "add_mod",
+    "add_mod_into",
     "backend",
     "mul_mod",
     "mul_mod_shoup",
@@ -549,6 +550,14 @@ def add_mod(a: U64Array, b: U64Array, q: int) -> U64Array:
     """a + b mod q element-wise (a, b < q)."""
     _check_pair(a, b, q)
     return _np_add(a, b, np.uint64(q))
+
+
+def add_mod_into(total: U64Array, addend: U64Array, q: int) -> None:
+    """total = total + addend mod q in place, for arrays (or views) of any shape whose
+    entries are below q (call it per ciphertext: it makes one temporary of total's size)."""
+    modulus = np.uint64(q)
+    np.add(total, addend, out=total)  # both below q < 2^62: no overflow
+    np.minimum(total, total - modulus, out=total)  # below q, total - q wraps above total
 
 
 def sub_mod(a: U64Array, b: U64Array, q: int) -> U64Array:

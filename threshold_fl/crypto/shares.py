@@ -215,11 +215,8 @@ def sum_shares(context: CkksContext, shares: Sequence[U64Array]) -> U64Array:
     """The element-wise sum of every party's share array, modulo each limb's modulus."""
     total = np.array(shares[0], dtype=np.uint64, copy=True)
     for limb, q in enumerate(context.ring.moduli[: total.shape[1]]):
-        modulus = np.uint64(q)
-        view = total[:, limb]
         for share in shares[1:]:
-            view += share[:, limb]  # both below q < 2^62: no overflow
-            view -= np.where(view >= modulus, modulus, np.uint64(0))
+            ntt.add_mod_into(total[:, limb], share[:, limb], q)
     return total
 
 

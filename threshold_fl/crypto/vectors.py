@@ -19,6 +19,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from threshold_fl.crypto import ntt
 from threshold_fl.crypto.context import CkksContext, FloatArray, sha256_hex
 from threshold_fl.crypto.encryption import (
     EncryptionPath,
@@ -260,14 +261,13 @@ class EncryptedSum:
         if self._taken:
             raise ParameterError("the sum was already taken with result(); start a new one")
         staged = self._staged(ciphertexts)
-        elements = np.stack([blob.elements for blob in staged]) if staged else None
         if self._total is None:
-            self._total, self._first = elements, tuple(staged)
-        elif elements is not None:
-            for limb, q in enumerate(staged[0].summary.moduli):
-                total, modulus = self._total[:, :, limb], np.uint64(q)
-                total += elements[:, :, limb]  # both below q < 2^62: no overflow
-                total -= np.where(total >= modulus, modulus, np.uint64(0))
+            self._first = tuple(staged)
+            self._total = np.stack([blob.elements for blob in staged]) if staged else None
+        else:
+            for total, blob in zip(self._total, staged, strict=True):
+                for limb, q in enumerate(blob.summary.moduli):
+                    ntt.add_mod_into(total[:, limb], blob.elements[:, limb], q)
         self.inputs += 1
 
     def _staged(self, ciphertexts: Iterable[RingBlob | Any]) -> list[RingBlob]:
