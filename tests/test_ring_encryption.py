@@ -63,20 +63,28 @@ def _predicted_bits() -> float:
 
 
 # -- exactness against OpenFHE ------------------------------------------------------------
-@pytest.mark.parametrize("count", [1, 777, CONTEXT.values_per_ciphertext])
-def test_the_compiled_kernel_is_openfhe_rescale_of_our_two_limb_ciphertext(keys: Any,
-                                                                         count: int) -> None:
-    key = enc._key_rings(CONTEXT, keys.publicKey)
+@pytest.mark.parametrize(("params", "count"), [
+    (CONTEXT.params, 1), (CONTEXT.params, 777), (CONTEXT.params, CONTEXT.values_per_ciphertext),
+    (CkksParams(), 5000),  # single-key defaults: fixed noise, scale 2^55
+])
+def test_the_compiled_kernel_is_openfhe_rescale_of_our_two_limb_ciphertext(
+        params: CkksParams, count: int) -> None:
+    context = context_for(params)
+    keys = context.native.KeyGen()
+    key = enc._key_rings(context, keys.publicKey)
     values = np.random.default_rng(count).uniform(-0.5, 0.5, count)
-    plain, rand = enc.encode(CONTEXT, values), _randomness()
-    two = enc._two_limbs(CONTEXT, key.elements, plain, rand)
-    ours = enc._rescale(CONTEXT, two)
-    assert np.array_equal(enc._fused(CONTEXT, key, plain, rand), ours)
-    template = CONTEXT.ring.parse(CONTEXT.serialize(CONTEXT.native.Encrypt(
-        keys.publicKey, CONTEXT.encode(np.zeros(2), scale_degree=2))), BlobKind.CIPHERTEXT)
-    rescaled = CONTEXT.native.Rescale(CONTEXT.deserialize_ciphertext(build(template, two)))
-    theirs = CONTEXT.ring.parse(CONTEXT.serialize(rescaled), BlobKind.CIPHERTEXT)
+    plain, rand = enc.encode(context, values), _randomness()
+    two = enc._two_limbs(context, key.elements, plain, rand)
+    ours = enc._rescale(context, two)
+    assert np.array_equal(enc._fused(context, key, plain, rand), ours)
+    template = context.ring.parse(context.serialize(context.native.Encrypt(
+        keys.publicKey, context.encode(np.zeros(2), scale_degree=2))), BlobKind.CIPHERTEXT)
+    rescaled = context.native.Rescale(context.deserialize_ciphertext(build(template, two)))
+    theirs = context.ring.parse(context.serialize(rescaled), BlobKind.CIPHERTEXT)
     assert np.array_equal(theirs.elements, ours)
+    got = context.decode(context.native.Decrypt(keys.secretKey, context.deserialize_ciphertext(
+        build(key.upload, ours))), count)
+    assert np.abs(got - values).max() < context.error_bound(1) / context.params.encoding_divisor
 
 
 def test_our_encoding_is_openfhes_to_within_the_rounding_of_a_double(keys: Any) -> None:

@@ -36,6 +36,7 @@ from functools import lru_cache
 from typing import Any, NoReturn
 
 import numpy as np
+import numpy.typing as npt
 import openfhe
 
 from threshold_fl.crypto import ntt
@@ -359,7 +360,7 @@ _KITS: dict[str, tuple[CkksContext, EncryptionKit | CryptoError]] = {}
 
 
 def encryption_kit(context: CkksContext) -> EncryptionKit:
-    """The context's kit, self-tested on first use (about 0.1 s).  Raises CryptoError if
+    """The context's kit, self-tested on first use (about 0.2 s).  Raises CryptoError if
     the context is not one this module encrypts for (see :func:`ring_supported`) or the
     self-test failed; a failure is kept and raised again, naming the way out."""
     cached = _KITS.get(context.fingerprint)
