@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -45,7 +44,13 @@ from threshold_fl.crypto.noise import AesCtrStream, GaussianSampler, I64Array, w
 from threshold_fl.crypto.ntt import U64Array
 from threshold_fl.crypto.params import ScalingTechnique
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
-from threshold_fl.crypto.shares import KeyLimbs, coefficients_of, slot_indices, twist
+from threshold_fl.crypto.shares import (
+    KeyLimbs,
+    coefficients_of,
+    path_from_env,
+    slot_indices,
+    twist,
+)
 from threshold_fl.errors import CryptoError, ParameterError
 
 __all__ = [
@@ -77,14 +82,7 @@ class EncryptionPath(str, Enum):
 
 def encryption_path() -> EncryptionPath:
     """The path named by ``TFL_ENCRYPTION_PATH`` (``ring`` when unset)."""
-    value = os.environ.get(ENCRYPTION_PATH_ENV, EncryptionPath.RING.value).strip().lower()
-    try:
-        return EncryptionPath(value)
-    except ValueError:
-        raise ParameterError(
-            f"{ENCRYPTION_PATH_ENV}={value!r} is not an encryption path; use 'ring' (default) "
-            "or 'openfhe'"
-        ) from None
+    return path_from_env(ENCRYPTION_PATH_ENV, EncryptionPath, "an encryption path")
 
 
 def ring_supported(context: CkksContext) -> bool:

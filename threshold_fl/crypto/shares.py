@@ -27,7 +27,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -48,10 +48,13 @@ __all__ = [
     "decode_sums",
     "default_path",
     "openfhe_shares",
+    "path_from_env",
     "ring_kit",
     "ring_shares",
     "share_template",
+    "slot_indices",
     "sum_shares",
+    "twist",
 ]
 
 PATH_ENV = "TFL_DECRYPTION_PATH"
@@ -70,15 +73,24 @@ class DecryptionPath(str, Enum):
     OPENFHE = "openfhe"
 
 
-def default_path() -> DecryptionPath:
-    """The path named by ``TFL_DECRYPTION_PATH`` (``ring`` when unset)."""
-    value = os.environ.get(PATH_ENV, DecryptionPath.RING.value).strip().lower()
+Path = TypeVar("Path", bound=Enum)
+
+
+def path_from_env(variable: str, kind: type[Path], what: str) -> Path:
+    """The path named by the environment ``variable`` (``ring`` when unset); any other
+    value than ``ring`` or ``openfhe`` is refused with both names."""
+    value = os.environ.get(variable, "ring").strip().lower()
     try:
-        return DecryptionPath(value)
+        return kind(value)
     except ValueError:
         raise ParameterError(
-            f"{PATH_ENV}={value!r} is not a decryption path; use 'ring' (default) or 'openfhe'"
+            f"{variable}={value!r} is not {what}; use 'ring' (default) or 'openfhe'"
         ) from None
+
+
+def default_path() -> DecryptionPath:
+    """The path named by ``TFL_DECRYPTION_PATH`` (``ring`` when unset)."""
+    return path_from_env(PATH_ENV, DecryptionPath, "a decryption path")
 
 
 # -- key material --------------------------------------------------------------------
@@ -263,12 +275,15 @@ _SLOTS: dict[int, npt.NDArray[np.intp]] = {}
 
 
 def twist(n: int) -> npt.NDArray[np.complex128]:
+    """exp(i pi k / n): turns the negacyclic evaluation at the odd powers of
+    exp(i pi / n) into a plain FFT."""
     if n not in _TWISTS:
         _TWISTS[n] = np.exp(1j * np.pi * np.arange(n) / n)
     return _TWISTS[n]
 
 
 def slot_indices(n: int) -> npt.NDArray[np.intp]:
+    """Where slot j sits among the FFT's outputs: the root exp(i pi 5^j / n)."""
     if n not in _SLOTS:
         powers = np.empty(n // 2, dtype=np.int64)
         power = 1
