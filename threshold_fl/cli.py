@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -55,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_parser(name, add_help=False, help=f"{summary} ({name} --help for options)")
     # Options after the command belong to it; it parses them itself.
     namespace, rest = parser.parse_known_args(argv)
+    # numpy asks the kernel for transparent huge pages for arrays of 4 MB and more; on
+    # a fragmented machine each such fault can cost a millisecond of compaction (it
+    # added 0.3-0.4 s to the first fusion of a CNN round here).  Read when numpy is
+    # imported, so set before the command loads it; inherited by the party processes.
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     if namespace.command in COMMANDS:
         module_name, _, function = COMMANDS[namespace.command][0].partition(":")
         code: int = getattr(importlib.import_module(module_name), function)(rest)

@@ -554,7 +554,8 @@ def add_mod(a: U64Array, b: U64Array, q: int) -> U64Array:
 
 def add_mod_into(total: U64Array, addend: U64Array, q: int) -> None:
     """total = total + addend mod q in place, for arrays (or views) of any shape whose
-    entries are below q (call it per ciphertext: it makes one temporary of total's size)."""
+    entries are below q.  It makes one temporary of total's size: call it per limb of a
+    ciphertext, not on a whole vector (fresh large buffers cost page faults)."""
     modulus = np.uint64(q)
     np.add(total, addend, out=total)  # both below q < 2^62: no overflow
     np.minimum(total, total - modulus, out=total)  # below q, total - q wraps above total

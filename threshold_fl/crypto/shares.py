@@ -226,9 +226,11 @@ def _limbs_of(context: CkksContext, blobs: Sequence[RingBlob]) -> int:
 def sum_shares(context: CkksContext, shares: Sequence[U64Array]) -> U64Array:
     """The element-wise sum of every party's share array, modulo each limb's modulus."""
     total = np.array(shares[0], dtype=np.uint64, copy=True)
-    for limb, q in enumerate(context.ring.moduli[: total.shape[1]]):
-        for share in shares[1:]:
-            ntt.add_mod_into(total[:, limb], share[:, limb], q)
+    moduli = context.ring.moduli[: total.shape[1]]
+    for index, row in enumerate(total):  # a ciphertext at a time: small temporaries
+        for limb, q in enumerate(moduli):
+            for share in shares[1:]:
+                ntt.add_mod_into(row[limb], share[index, limb], q)
     return total
 
 
