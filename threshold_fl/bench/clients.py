@@ -9,7 +9,7 @@ library's default parameters for N), every role in its own OS process
 - **aggregation is real for all N uploads**: the aggregator's process streams N upload
   files into the sum.  Encrypting 200 distinct vectors would dominate the run, so only a
   pool of ``--pool`` distinct uploads is encrypted per N and the aggregator is fed them
-  round-robin: its work per upload (deserialise, weight, add) does not depend on the values;
+  round-robin: its work per upload (structural check, modular sum) does not depend on the values;
 - **partial decryption is real for every one of the N parties and fusion is real**, on the
   first ``--decrypt-ciphertexts`` ciphertexts of the aggregate (0: all of them); every
   fused value is checked against the exact weighted average.  Per-ciphertext work is
@@ -158,7 +158,7 @@ def _notes(rows: Sequence[ClientsRow], pool: int, threads: int, wall_s: float) -
         f"in {sum(row.max_error <= row.error_bound for row in rows)} of {len(rows)} rounds).",
         f"Reused: only min(N, {pool}) distinct uploads are encrypted per N (encrypt/client "
         f"is their mean) and fed to the aggregator round-robin; its work per upload "
-        f"(deserialise, weight, add) does not depend on the values.",
+        f"(structural check, modular sum) does not depend on the values.",
         f"Seconds leave out file I/O; every role ran in its own process, one at a time, "
         f"with {threads_note(threads)}. Whole run: {wall_s:,.0f} s.",
     ])
