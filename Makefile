@@ -35,7 +35,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 demo: setup
-	$(PY) -m threshold_fl.cli demo $(DEMO_ARGS)
+	$(PY) -m threshold_fl.app.cli demo $(DEMO_ARGS)
 
 # pytest exit status 5 means "no tests collected": a failure for us, not a pass.
 test: setup
@@ -53,7 +53,7 @@ BENCH_ARGS ?=
 # no oversubscription when roles run side by side). Override: make bench OMP_NUM_THREADS=2
 OMP_NUM_THREADS ?= 1
 bench: setup
-	OMP_NUM_THREADS=$(OMP_NUM_THREADS) $(PY) -m threshold_fl.cli bench all $(BENCH_ARGS)
+	OMP_NUM_THREADS=$(OMP_NUM_THREADS) $(PY) -m threshold_fl.app.cli bench all $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache bench-results demo-report

@@ -56,7 +56,6 @@ from protocols.messages import (
 )
 from protocols.messages import Finished as FinishedBody
 from protocols.protection import (
-    FloatArray,
     ProtectedSum,
     checked_weights,
     decode_plain,
@@ -64,6 +63,7 @@ from protocols.protection import (
 )
 from protocols.relay import DecryptionRelay
 from protocols.session import plaintext_key_id
+from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.keys import PublicKey, combine_public_shares
 from threshold_fl.crypto.wire import decode_public_key
 from threshold_fl.errors import ForgedMessage, MalformedMessage, ParameterError, UnexpectedMessage

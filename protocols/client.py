@@ -18,7 +18,6 @@ from protocols.client_keys import ClientKeyAgreement, ClientState
 from protocols.decryption import JointDecryption
 from protocols.events import (
     Aborted,
-    FloatArray,
     KeyRecovered,
     MaskAgreed,
     Outgoing,
@@ -64,6 +63,7 @@ from protocols.session import (
     seal_context,
     seal_group,
 )
+from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.keys import (
     ShamirShare,
 )

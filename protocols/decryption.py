@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from protocols.events import FloatArray
+from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import (
     JointPublicKey,

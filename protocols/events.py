@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-import numpy as np
-import numpy.typing as npt
-
+from threshold_fl.arrays import FloatArray
 from threshold_fl.identity import PartyId
 from threshold_fl.ml.mask import EncryptionMask
 
@@ -26,7 +24,6 @@ __all__ = [
     "UpdateNeeded",
 ]
 
-FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import msgpack
 import numpy as np
-import numpy.typing as npt
 
 from protocols.manifest import Mode
+from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import PublicKey
 from threshold_fl.crypto.vectors import EncryptedSum, EncryptedVector, encrypt_vector
@@ -34,7 +34,6 @@ __all__ = [
     "protect",
 ]
 
-FloatArray = npt.NDArray[np.float64]
 #: Coordinates sent in the clear travel as float32: the precision of the models trained.
 PLAIN_DTYPE = np.dtype("<f4")
 _MAX_FRAMES = 1_000_000

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from threshold_fl.cli import main as cli_main
+from threshold_fl.app.cli import main as cli_main
 
 CLIENTS = ("c1", "c2", "c3")
 TIMEOUT_S = 150
 
 
 def command(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "threshold_fl.cli", *argv]
+    return [sys.executable, "-m", "threshold_fl.app.cli", *argv]
 
 
 def federation(tmp_path: Path, *, rounds: int, upload_s: float = 60.0,

@@ -1,5 +1,5 @@
 """Gradient inversion (threshold_fl/ml/attack.py), SSIM/MSE (threshold_fl/ml/image_metrics.py)
-and the privacy evaluation (threshold_fl/privacy_eval.py, ``threshold-fl attack``).
+and the privacy evaluation (threshold_fl/app/privacy_eval.py, ``threshold-fl attack``).
 
 Everything runs the real attack on the real LeNet and digits, at small sizes.
 """
@@ -16,7 +16,16 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from threshold_fl import cli
+from threshold_fl.app import cli
+from threshold_fl.app.privacy_eval import (
+    DEFAULT_SETTINGS,
+    EvalConfig,
+    Evaluation,
+    Setting,
+    dlg_model,
+    evaluate,
+    write_outputs,
+)
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.attack import (
     AttackConfig,
@@ -29,15 +38,6 @@ from threshold_fl.ml.data import Dataset, load_digits
 from threshold_fl.ml.flatten import layout_of
 from threshold_fl.ml.image_metrics import K1, K2, mse, ssim
 from threshold_fl.ml.mask import EncryptionMask, select_random_fraction
-from threshold_fl.privacy_eval import (
-    DEFAULT_SETTINGS,
-    EvalConfig,
-    Evaluation,
-    Setting,
-    dlg_model,
-    evaluate,
-    write_outputs,
-)
 
 SHAPE = (1, 16, 16)
 Image = npt.NDArray[np.float64]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from threshold_fl.cli import main as cli_main
+from threshold_fl.app.cli import main as cli_main
 from threshold_fl.crypto import MAX_VECTOR_LENGTH
 
 BAD_OPTIONS: dict[str, list[list[str]]] = {

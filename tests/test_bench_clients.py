@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from threshold_fl.cli import main as cli_main
+from threshold_fl.app.cli import main as cli_main
 
 
 def test_clients_suite_writes_markdown_json_and_png(tmp_path: Path,

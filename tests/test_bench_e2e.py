@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from threshold_fl.app.cli import main as cli_main
+from threshold_fl.app.demo_report import RunResult
+from threshold_fl.app.rounds import RoundRow
 from threshold_fl.bench.e2e import MODES, totals_of
-from threshold_fl.cli import main as cli_main
-from threshold_fl.demo_report import RunResult
-from threshold_fl.rounds import RoundRow
 
 CLIENTS, ROUNDS, MLP_PARAMETERS = 2, 2, 4810
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from threshold_fl.app.cli import main as cli_main
 from threshold_fl.bench import roles
 from threshold_fl.bench.output import peak_mib, reset_peak
 from threshold_fl.bench.roles import Upload, layout_for, run_he_round, run_plain_round
-from threshold_fl.cli import main as cli_main
 from threshold_fl.crypto import (
     MAX_VECTOR_LENGTH,
     CkksParams,

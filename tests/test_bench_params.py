@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import threshold_fl.bench.crypto as bench_crypto
+from threshold_fl.app.cli import main as cli_main
 from threshold_fl.bench.params import LocalModels, he_average, measure_cell, train_models
-from threshold_fl.cli import main as cli_main
 from threshold_fl.crypto import context_for, fuse_partial_decryptions, threshold_params
 
 WORD = 8  # bytes per RNS coefficient

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from threshold_fl.app.cli import main as cli_main
 from threshold_fl.bench.peers import CNN_LENGTH, layer_sizes, measure
-from threshold_fl.cli import main as cli_main
 from threshold_fl.crypto import context_for, threshold_params
 
 

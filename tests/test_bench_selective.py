@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import threshold_fl.bench.selective as selective
+from threshold_fl.app.cli import main as cli_main
 from threshold_fl.bench.selective import client_vectors, encrypted_part, plaintext_fedavg
-from threshold_fl.cli import main as cli_main
 from threshold_fl.crypto import context_for, threshold_params
 
 LENGTH = 20_000

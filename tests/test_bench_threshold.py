@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from threshold_fl.app.cli import main as cli_main
 from threshold_fl.bench.threshold import (
     CONFIGURATIONS,
     FLOODING,
@@ -17,7 +18,6 @@ from threshold_fl.bench.threshold import (
     measure,
     noise_rows,
 )
-from threshold_fl.cli import main as cli_main
 
 WORD = 8  # bytes per RNS coefficient
 

@@ -22,7 +22,7 @@ from transports.chunks import (
     ReassemblyLimits,
     Transfer,
     decode_ack,
-    decode_manifest,
+    decode_transfer_manifest,
     encode_ack,
     split,
     validate_id,
@@ -321,7 +321,7 @@ def test_transfer_id_and_signature_are_checked() -> None:
 
 def test_decoded_manifest_fields() -> None:
     t = make(b"m" * (2 * MiB + 1), 8)
-    m = decode_manifest(t.manifest)
+    m = decode_transfer_manifest(t.manifest)
     assert (m.sender, m.recipient, m.channel, m.count, m.total) == ("alice", "bob", "s1", 3,
                                                                     2 * MiB + 1)
     assert m.transfer_id == tid(8) and len(m.digests) == 3 and len(m.signature) == 64

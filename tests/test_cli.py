@@ -1,4 +1,4 @@
-"""The ``threshold-fl`` command (threshold_fl/cli.py)."""
+"""The ``threshold-fl`` command (threshold_fl/app/cli.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 
 import threshold_fl
-from threshold_fl import cli
+from threshold_fl.app import cli
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

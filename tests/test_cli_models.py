@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from threshold_fl.cli import main as cli_main
+from threshold_fl.app.cli import main as cli_main
 from threshold_fl.ml.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_help_lists_the_model_names(command: str, capsys: pytest.CaptureFixture[
 
 def _command() -> list[str]:
     script = Path(sys.executable).parent / "threshold-fl"  # the installed entry point
-    return [str(script)] if script.exists() else [sys.executable, "-m", "threshold_fl.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "threshold_fl.app.cli"]
 
 
 def test_client_with_an_unknown_model_exits_2_without_a_traceback(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_client_with_an_unknown_model_exits_2_without_a_traceback(tmp_path: Path
 def test_the_model_option_does_not_import_torch_until_a_model_is_named() -> None:
     # manifest --model-length builds the same parser; it should stay quick.
     code = ("import sys\n"
-            "from threshold_fl.setup_cli import _manifest_parser\n"
+            "from threshold_fl.app.setup_cli import _manifest_parser\n"
             "_manifest_parser().parse_args(['--aggregator', 'a', '--client', 'c',"
             " '--model-length', '10'])\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from threshold_fl.cli import main as cli_main
+from threshold_fl.app.cli import main as cli_main
+from threshold_fl.app.party_cli import PASSWORD_ENV, broker_config, party_parser
 from threshold_fl.errors import ParameterError
-from threshold_fl.party_cli import PASSWORD_ENV, broker_config, party_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["--manifest", "m.json", "--identity", "parties/alice",

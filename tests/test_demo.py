@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from threshold_fl.cli import main as cli_main
-from threshold_fl.demo import DemoConfig
-from threshold_fl.demo_report import RunResult, report_figure, summary_lines
-from threshold_fl.rounds import RoundRow
+from threshold_fl.app.cli import main as cli_main
+from threshold_fl.app.demo import DemoConfig
+from threshold_fl.app.demo_report import RunResult, report_figure, summary_lines
+from threshold_fl.app.rounds import RoundRow
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "mlp", "--rounds", "2"]

@@ -14,8 +14,8 @@ import asyncio
 
 import pytest
 
+from threshold_fl.app.federation import FederationConfig, FederationReport, run_federation
 from threshold_fl.errors import ParameterError
-from threshold_fl.federation import FederationConfig, FederationReport, run_federation
 from threshold_fl.ml.privacy import LaplaceNoise
 from threshold_fl.ml.training import LocalTraining
 

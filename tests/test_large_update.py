@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import aiomqtt
 import mqtt_fixtures
 import numpy as np
-import numpy.typing as npt
 import pytest
 from protocol_harness import identity
 
@@ -39,16 +38,17 @@ from protocols.codec import decode_message
 from protocols.events import Event
 from protocols.manifest import Manifest
 from protocols.messages import SensitivityUpload, UpdateUpload
+from threshold_fl.app.party import mqtt_transport
+from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.identity import Identity
 from threshold_fl.node import Aggregator, FederatedClient
-from threshold_fl.party import mqtt_transport
 from transports.broker import BrokerConfig, MosquittoBroker, topic
 from transports.chunks import (
     KIND_CHUNK,
     KIND_MANIFEST,
     decode_chunk,
-    decode_manifest,
+    decode_transfer_manifest,
     frame_kind,
     split,
 )
@@ -56,7 +56,6 @@ from transports.mqtt import MqttOptions, MqttStats, MqttTransport
 
 broker = mqtt_fixtures.broker  # the fixture (see mqtt_fixtures on why not imported)
 
-FloatArray = npt.NDArray[np.float64]
 
 MB = 10**6
 MiB = 1 << 20
@@ -201,7 +200,7 @@ class Attacker:
             frame = bytes(message.payload)
             kind = frame_kind(frame)
             if kind == KIND_MANIFEST:
-                m = decode_manifest(frame)
+                m = decode_transfer_manifest(frame)
                 if m.sender == VICTIM and m.count > 1:
                     large.add(m.transfer_id)
             elif kind == KIND_CHUNK:
@@ -216,7 +215,7 @@ class Attacker:
             frame = bytes(message.payload)
             kind = frame_kind(frame)
             if kind == KIND_MANIFEST and update is None:
-                m = decode_manifest(frame)
+                m = decode_transfer_manifest(frame)
                 if m.sender == VICTIM and m.count > 1:
                     update = m.transfer_id  # the first large one since armed: the update
             elif kind == KIND_CHUNK and update is not None:

@@ -1,5 +1,9 @@
-"""The dependency direction between layers (DESIGN.md section 2), checked on the source.
+"""The dependency direction between layers (docs/architecture.md), checked on the source.
 
+- the library (``threshold_fl.crypto``, ``ml``, ``identity``, ``node`` and the other
+  top-level modules, ``protocols``, ``transports``) never imports the application
+  (``threshold_fl.app``), the benchmarks (``threshold_fl.bench``) or the peers
+  (``threshold_fl.peers``);
 - ``threshold_fl.crypto`` and ``threshold_fl.ml`` import neither ``protocols`` nor
   ``transports``;
 - ``protocols`` imports no ``transports``, no I/O (asyncio, socket, MQTT clients), no clock
@@ -32,15 +36,20 @@ class Rule:
     why: str
 
 
+APPLICATION = ("threshold_fl.app", "threshold_fl.bench", "threshold_fl.peers")
+# The library's top-level modules (threshold_fl/*.py); the packages have their own rules.
+LIBRARY_MODULES = ("__init__", "_checks", "_pyversion", "arrays", "errors", "identity", "node",
+                   "progress")
+
 RULES = (
     Rule(
         "threshold_fl/crypto",
-        ("protocols", "transports"),
+        ("protocols", "transports", *APPLICATION),
         "the crypto foundation is below the protocol and transport layers",
     ),
     Rule(
         "threshold_fl/ml",
-        ("protocols", "transports"),
+        ("protocols", "transports", *APPLICATION),
         "the ML bridge is below the protocol and transport layers",
     ),
     Rule(
@@ -55,14 +64,18 @@ RULES = (
             "random",
             "secrets",
             "os.urandom",
+            *APPLICATION,
         ),
         "protocols are sans-I/O state machines; time and randomness are passed in",
     ),
     Rule(
         "transports",
-        ("protocols", "threshold_fl.crypto", "openfhe"),
+        ("protocols", "threshold_fl.crypto", "openfhe", *APPLICATION),
         "transports know bytes, topics and identities, not protocols or the HE backend",
     ),
+    *(Rule(f"threshold_fl/{name}.py", APPLICATION,
+           "the library never imports the application, the benchmarks or the peers")
+      for name in LIBRARY_MODULES),
 )
 
 
@@ -190,6 +203,9 @@ def _rule(scope: str) -> Rule:
         ("transports", "transports.mqtt", "from threshold_fl.crypto.context import Ctx\n"),
         ("transports", "transports.mqtt", "import protocols.messages\n"),
         ("transports", "transports.mqtt", "__import__('openfhe')\n"),
+        ("threshold_fl/node.py", "threshold_fl.node", "from threshold_fl.app import party\n"),
+        ("threshold_fl/crypto", "threshold_fl.crypto.keys", "import threshold_fl.bench.crypto\n"),
+        ("protocols", "protocols.client", "from threshold_fl.peers import tenseal_flare\n"),
     ],
 )
 def test_detector_flags_violation(scope: str, current: str, source: str) -> None:
@@ -236,6 +252,8 @@ def test_relative_imports_resolve() -> None:
 
 def _sources(scope: str) -> list[Path]:
     root = REPO / scope
+    if root.suffix == ".py":
+        return [root] if root.is_file() else []
     return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
 
 
@@ -243,6 +261,15 @@ def test_layer_packages_are_scanned() -> None:
     # Guards against a vacuous pass (a renamed directory, a wrong REPO).
     assert (REPO / "protocols" / "__init__.py") in _sources("protocols")
     assert (REPO / "transports" / "__init__.py") in _sources("transports")
+    for name in LIBRARY_MODULES:
+        assert _sources(f"threshold_fl/{name}.py"), name
+
+
+def test_every_top_level_module_is_library_or_named_application() -> None:
+    """A new threshold_fl/*.py must be declared library (and so checked) or moved into
+    the application package."""
+    top = {p.stem for p in (REPO / "threshold_fl").glob("*.py")}
+    assert top == set(LIBRARY_MODULES)
 
 
 @pytest.mark.parametrize("rule", RULES, ids=[r.scope for r in RULES])

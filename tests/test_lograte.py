@@ -19,7 +19,7 @@ import mqtt_fixtures
 import pytest
 from mqtt_fixtures import FAST, SESSION, Keyring, make_transport, receive_within, wait_until
 
-from threshold_fl.cli import main as cli_main
+from threshold_fl.app.cli import main as cli_main
 from threshold_fl.errors import TransportError
 from transports.broker import MosquittoBroker, free_port
 from transports.chunks import split
@@ -226,7 +226,7 @@ def test_the_party_command_says_the_final_error_once(tmp_path: Path) -> None:
                      "--rounds", "1", "--out", str(manifest)]) == 0
     url = f"mqtt://127.0.0.1:{free_port()}"
     run = subprocess.run(
-        [sys.executable, "-m", "threshold_fl.cli", "aggregator", "--manifest", str(manifest),
+        [sys.executable, "-m", "threshold_fl.app.cli", "aggregator", "--manifest", str(manifest),
          "--identity", str(tmp_path / "server"), "--broker", url, "--give-up-after", "1.5"],
         capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 1

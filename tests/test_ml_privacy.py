@@ -7,11 +7,11 @@ import math
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 import threshold_fl.ml as ml_package
 import threshold_fl.ml.privacy as privacy_module
+from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml import (
     EncryptionMask,
@@ -21,14 +21,12 @@ from threshold_fl.ml import (
     select_random_fraction,
 )
 
-FloatVector = npt.NDArray[np.float64]
-
 
 def _mask(length: int, indices: list[int]) -> EncryptionMask:
     return EncryptionMask(length, np.array(indices, dtype=np.int64))
 
 
-def _models(rng: np.random.Generator, length: int, spread: float) -> tuple[FloatVector, ...]:
+def _models(rng: np.random.Generator, length: int, spread: float) -> tuple[FloatArray, ...]:
     """(update, global_model) with update - global uniform in [-spread, spread]."""
     base = rng.normal(size=length)
     return base + rng.uniform(-spread, spread, size=length), base

@@ -1,4 +1,4 @@
-"""The aggregator's presence-driven drops (threshold_fl.party.OfflineWatch).
+"""The aggregator's presence-driven drops (threshold_fl.app.party.OfflineWatch).
 
 A fake link stands in for the MQTT transport's presence view; the decisions are
 the watch's own.  The CI failure this guards against: the broker went away, the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from threshold_fl.party import OfflineWatch
+from threshold_fl.app.party import OfflineWatch
 
 GRACE = 0.05
 

@@ -11,11 +11,11 @@ from mqtt_fixtures import broker  # noqa: F401  (pytest fixture)
 from party_helpers import CLIENTS, federation, output, rows, run_parties
 
 from protocols import Manifest
-from threshold_fl.cli import main as cli_main
+from threshold_fl.app.cli import main as cli_main
+from threshold_fl.app.party import ClientPlan, client_learner
+from threshold_fl.app.rounds import RoundRow
 from threshold_fl.crypto import context_for
 from threshold_fl.identity import PartyId
-from threshold_fl.party import ClientPlan, client_learner
-from threshold_fl.rounds import RoundRow
 from transports.broker import MosquittoBroker
 
 

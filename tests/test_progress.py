@@ -14,9 +14,9 @@ from protocol_harness import identity, local_model, sensitivity_map
 from test_node import LENGTH, NAMES, Federation, manifest_for
 
 from protocols import AggregatorMachine, ClientMachine, Mode, Timeouts, make_manifest
+from threshold_fl.app.party import AggregatorWatch
 from threshold_fl.errors import SessionAborted
 from threshold_fl.node import Aggregator, FederatedClient
-from threshold_fl.party import AggregatorWatch
 from threshold_fl.progress import WaitReporter
 from transports import MemoryHub
 from transports.broker import BrokerConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from protocols import Manifest
-from threshold_fl.cli import main as cli_main
+from threshold_fl.app.cli import main as cli_main
 from threshold_fl.identity import Identity
 
 

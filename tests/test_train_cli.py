@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from threshold_fl.cli import main as cli_main
+from threshold_fl.app.cli import main as cli_main
 
 
 def test_train_prints_one_row_per_round_and_writes_json(

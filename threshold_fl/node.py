@@ -29,7 +29,6 @@ from types import TracebackType
 from typing import Any, TypeVar, Union
 
 import numpy as np
-import numpy.typing as npt
 
 from protocols import (
     Aborted,
@@ -46,6 +45,7 @@ from protocols import (
     Step,
     UpdateNeeded,
 )
+from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import (
     ForgedMessage,
     MalformedMessage,
@@ -72,7 +72,6 @@ __all__ = [
 log = logging.getLogger("threshold_fl.node")
 _N = TypeVar("_N", bound="Node")
 
-FloatArray = npt.NDArray[np.float64]
 MaybeAwaitable = Union[FloatArray, Awaitable[FloatArray]]  # noqa: UP007
 TrainFn = Callable[[int, Union[FloatArray, None]], MaybeAwaitable]  # noqa: UP007
 SensitivityFn = Callable[[], MaybeAwaitable]

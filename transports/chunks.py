@@ -51,7 +51,7 @@ __all__ = [
     "TRANSFER_ID_SIZE", "MANIFEST_SEQ", "CHUNK_HEADER_SIZE",
     "Signer", "Verifier", "validate_id",
     "ChunkPlan", "Transfer", "split",
-    "Manifest", "Chunk", "frame_kind", "decode_manifest", "decode_chunk",
+    "TransferManifest", "Chunk", "frame_kind", "decode_transfer_manifest", "decode_chunk",
     "encode_ack", "decode_ack",
     "ReassemblyLimits", "Accepted", "Dropped", "Reassembler", "rejection_reason",
 ]
@@ -279,7 +279,7 @@ def decode_chunk(frame: bytes) -> Chunk:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class TransferManifest:
     """A decoded manifest; ``signed`` is what the signature must cover."""
 
     transfer_id: bytes
@@ -317,7 +317,7 @@ class _Reader:
             raise _reject("bad manifest", f"invalid {what} {raw!r}") from None
 
 
-def decode_manifest(frame: bytes) -> Manifest:
+def decode_transfer_manifest(frame: bytes) -> TransferManifest:
     """Parse and sanity-check a manifest; the signature is NOT verified here."""
     fixed = _PREFIX.size + _MANIFEST.size
     transfer_id = _expect(frame, KIND_MANIFEST, fixed)
@@ -339,7 +339,7 @@ def decode_manifest(frame: bytes) -> Manifest:
     signature = reader.take(sig_len, "signature")
     if reader.offset != len(frame):
         raise _reject("bad manifest", f"{len(frame) - reader.offset} trailing bytes")
-    return Manifest(transfer_id, count, total, chunk_size, payload_digest, sender,
+    return TransferManifest(transfer_id, count, total, chunk_size, payload_digest, sender,
                     recipient, channel, digests, signed, signature)
 
 
@@ -401,7 +401,7 @@ class Dropped(NamedTuple):
 
 @dataclass(eq=False)
 class _Incoming:
-    manifest: Manifest
+    manifest: TransferManifest
     manifest_hash: bytes
     last_activity: float
     chunks: dict[int, bytes] = field(default_factory=dict)
@@ -453,7 +453,7 @@ class Reassembler:
         that far; unverified, for logs only."""
         try:
             if frame_kind(frame) == KIND_MANIFEST:
-                return decode_manifest(frame).sender
+                return decode_transfer_manifest(frame).sender
             transfer_id = _expect(frame, KIND_CHUNK, CHUNK_HEADER_SIZE)
         except FrameError:
             return None
@@ -498,7 +498,7 @@ class Reassembler:
 
     def _manifest(self, frame: bytes, now: float) -> Accepted:
         digest = hashlib.sha256(frame).digest()
-        m = decode_manifest(frame)
+        m = decode_transfer_manifest(frame)
         if self._seen(m, digest):
             return Accepted(m.sender, m.transfer_id, MANIFEST_SEQ, duplicate=True)
         self._check_manifest(m)
@@ -506,7 +506,7 @@ class Reassembler:
         self._open[m.transfer_id] = _Incoming(m, digest, now)
         return Accepted(m.sender, m.transfer_id, MANIFEST_SEQ)
 
-    def _seen(self, m: Manifest, digest: bytes) -> bool:
+    def _seen(self, m: TransferManifest, digest: bytes) -> bool:
         """True for a manifest known already (retransmitted or replayed); FrameError if
         it conflicts with what is known or its transfer was dropped."""
         state = self._open.get(m.transfer_id)
@@ -522,7 +522,7 @@ class Reassembler:
                           f"transfer {_tid(m.transfer_id)} is known with another manifest")
         return True
 
-    def _check_manifest(self, m: Manifest) -> None:
+    def _check_manifest(self, m: TransferManifest) -> None:
         if (m.recipient, m.channel) != (self.recipient, self.channel):
             raise _reject("misaddressed", f"manifest for {m.recipient!r} in {m.channel!r} reached "
                           f"{self.recipient!r} in {self.channel!r} (replayed or misrouted)")
@@ -580,7 +580,7 @@ class Reassembler:
                       f"{why} (replayed, expired or ahead of it)")
 
     @staticmethod
-    def _check_chunk(c: Chunk, m: Manifest) -> None:
+    def _check_chunk(c: Chunk, m: TransferManifest) -> None:
         where = f"chunk {c.seq} of transfer {_tid(c.transfer_id)}"
         if (c.count, c.total) != (m.count, m.total) or c.seq >= m.count:
             raise _reject("inconsistent header", f"{where} says {c.count} chunks/{c.total} "

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
+from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto import (
     MAX_VECTOR_LENGTH,
     CkksContext,
@@ -45,8 +45,6 @@ from threshold_fl.crypto.wire import (
     encode_vector,
 )
 
-FloatArray = npt.NDArray[np.float64]
-
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -71,7 +69,7 @@ class Timings:
 
 
 @dataclass
-class RoundResult:
+class HeRound:
     mode: str
     parties: int
     length: int
@@ -94,7 +92,7 @@ def run_round(
     *,
     path: DecryptionPath | None = None,
     encryption: EncryptionPath | None = None,
-) -> RoundResult:
+) -> HeRound:
     """One FedAvg aggregation in ``mode`` ('single-key' or 'threshold'), timed per step.
 
     Decryption starts from the aggregate's bytes, as a client receives them (TenSEAL's
@@ -148,7 +146,7 @@ def run_round(
         if name in timings.seconds:
             timings.seconds[name] /= parties
     timings.seconds["keygen"] /= parties
-    return RoundResult(
+    return HeRound(
         mode,
         parties,
         inputs[0].size,
@@ -168,7 +166,7 @@ def warm_up(context: CkksContext, mode: str, clients: int) -> None:
     run_round(context, mode, tiny, np.full(clients, 1.0 / clients))
 
 
-def decrypt_seconds(result: RoundResult) -> float:
+def decrypt_seconds(result: HeRound) -> float:
     """All decryption work of one round, from the aggregate's bytes: threshold, every
     client's decoding and partial decryption and one fusion; single-key, one decryption."""
     seconds = result.seconds
@@ -191,7 +189,7 @@ def benchmark(
     seed: int = 0,
     params: CkksParams | None = None,
     progress: Callable[[str], None] = print,
-) -> list[RoundResult]:
+) -> list[HeRound]:
     context = context_for(params or CkksParams())
     rng = np.random.default_rng(seed)
     results = []
@@ -224,7 +222,7 @@ def format_header() -> str:
     return " | ".join(f"{name:>10}" for name in COLUMNS)
 
 
-def format_row(result: RoundResult) -> str:
+def format_row(result: HeRound) -> str:
     seconds = result.seconds
     finish = seconds.get("fuse", seconds.get("decrypt", 0.0))
     cells = [
@@ -264,7 +262,7 @@ def flooding_comparison(parties: int, size: int, seed: int = 0) -> dict[str, dic
     return out
 
 
-def write_json(path: Path, results: list[RoundResult], extra: dict[str, object]) -> None:
+def write_json(path: Path, results: list[HeRound], extra: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"rounds": [asdict(result) for result in results], **extra}
     path.write_text(json.dumps(payload, indent=2))

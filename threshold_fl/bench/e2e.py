@@ -1,6 +1,6 @@
 """``threshold-fl bench e2e``: the multi-process MQTT demo, once per mode.
 
-Runs :func:`threshold_fl.demo.run_demo` (a private mosquitto, the aggregator and N
+Runs :func:`threshold_fl.app.demo.run_demo` (a private mosquitto, the aggregator and N
 clients as separate OS processes, single-key mode's key authority too) for each of
 threshold, single-key and plaintext FedAvg with the same seed, clients, rounds and
 model; each run with the demo's baseline off, so plaintext runs once, as its own mode.
@@ -8,7 +8,7 @@ Defaults are the demo's (the paper's CNN, 3 clients, 3 rounds, 10 % selective
 encryption plus the first and last layers, 2 local epochs), so the figures are those
 of the README's demo.
 
-Per mode and round, from the demo's federation rows (:func:`threshold_fl.rounds.combine_rows`):
+Per mode and round, from the demo's federation rows (:func:`threshold_fl.app.rounds.combine_rows`):
 
 - **round s**: wall-clock between consecutive round rows of the party that saw the
   shortest; round 1 starts when the last party is ready, so it includes key and mask
@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from threshold_fl._checks import add_model_option, bounded
+from threshold_fl.app.demo import DemoConfig, run_demo
+from threshold_fl.app.demo_report import RunResult
+from threshold_fl.app.rounds import RoundRow
 from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
-from threshold_fl.demo import DemoConfig, run_demo
-from threshold_fl.demo_report import RunResult
 from threshold_fl.errors import ThresholdFLError
-from threshold_fl.rounds import RoundRow
 
 __all__ = ["MODES", "ModeTotals", "RoundFigures", "main", "run_mode", "totals_of"]
 

@@ -39,7 +39,8 @@ import numpy as np
 
 import threshold_fl.bench.crypto as bench_crypto
 from threshold_fl._checks import add_model_option, bounded
-from threshold_fl.bench.crypto import FloatArray, RoundResult, run_round, warm_up
+from threshold_fl.arrays import FloatArray
+from threshold_fl.bench.crypto import HeRound, run_round, warm_up
 from threshold_fl.bench.output import print_line, publish_suite, suite_error
 from threshold_fl.bench.threshold import he_compute_seconds
 from threshold_fl.crypto import CkksContext, context_for, threshold_params
@@ -73,7 +74,7 @@ class LocalModels:
 def train_models(model: str, clients: int, epochs: int, seed: int) -> LocalModels:
     """Every client trains *model* from the same initial weights on its IID share of the
     digits (one FedAvg round's local work); the plaintext average is tested too."""
-    from threshold_fl.federation import client_datasets  # torch, only when training
+    from threshold_fl.app.federation import client_datasets  # torch, only when training
     from threshold_fl.ml.flatten import flatten_state, restore_state
     from threshold_fl.ml.models import build_model
     from threshold_fl.ml.training import LocalTraining, evaluate, train_local
@@ -104,7 +105,7 @@ _FUSION = "fuse_partial_decryptions"  # the name run_round calls the fusion by
 @contextmanager
 def _catching_fusion() -> Iterator[list[FloatArray]]:
     """run_round reports times, bytes and error but not the vector it decrypts, which
-    the accuracy needs: catch the fusion's result on its way out (if RoundResult ever
+    the accuracy needs: catch the fusion's result on its way out (if HeRound ever
     carries the decrypted vector, this goes)."""
     caught: list[FloatArray] = []
     fuse: Callable[..., FloatArray] = getattr(bench_crypto, _FUSION)
@@ -121,7 +122,7 @@ def _catching_fusion() -> Iterator[list[FloatArray]]:
         setattr(bench_crypto, _FUSION, fuse)
 
 
-def he_average(context: CkksContext, models: LocalModels) -> tuple[RoundResult, FloatArray]:
+def he_average(context: CkksContext, models: LocalModels) -> tuple[HeRound, FloatArray]:
     """One timed threshold round on the models' vectors, and the average it decrypted."""
     with _catching_fusion() as caught:
         result = run_round(context, "threshold", models.vectors, models.weights)

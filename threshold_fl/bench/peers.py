@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from threshold_fl._checks import bounded
-from threshold_fl.bench.crypto import RoundResult, decrypt_seconds, run_round, warm_up
+from threshold_fl.bench.crypto import HeRound, decrypt_seconds, run_round, warm_up
 from threshold_fl.bench.output import print_line, publish_suite, suite_error
 from threshold_fl.crypto import CkksParams, context_for, threshold_params
 from threshold_fl.crypto.encryption import EncryptionPath
@@ -82,7 +82,7 @@ def layer_sizes(length: int) -> list[int]:
     return [spec.size for spec in layout_of(build_model("cnn")).tensors]
 
 
-def _ours(name: str, result: RoundResult) -> PeerRow:
+def _ours(name: str, result: HeRound) -> PeerRow:
     seconds, sent, clients = result.seconds, result.bytes, result.parties
     decrypt = decrypt_seconds(result)
     partial_ms = 1e3 * seconds.get("partial_decrypt", 0.0) / max(result.ciphertexts, 1)

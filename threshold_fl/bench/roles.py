@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
+from threshold_fl.arrays import FloatArray
 from threshold_fl.bench.output import peak_mib
 from threshold_fl.crypto import (
     MAX_VECTOR_LENGTH,
@@ -85,7 +85,6 @@ from threshold_fl.errors import ParameterError, ThresholdFLError
 __all__ = ["HeRound", "Layout", "PlainRound", "RoleFailed", "Upload", "baseline_peak_mib",
            "layout_for", "run_he_round", "run_plain_round", "threads_note"]
 
-FloatArray = npt.NDArray[np.float64]
 Job = dict[str, Any]
 T = TypeVar("T")
 

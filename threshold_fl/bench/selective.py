@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from threshold_fl._checks import bounded, checked_int
+from threshold_fl.arrays import Float32Array
 from threshold_fl.bench.crypto import run_round, warm_up
 from threshold_fl.bench.output import (
     peak_mib,
@@ -48,7 +49,6 @@ from threshold_fl.errors import ThresholdFLError
 __all__ = ["EncryptedPart", "PlaintextRound", "SelectiveRow", "client_vectors",
            "encrypted_part", "main", "measure", "plaintext_fedavg"]
 
-Float32Array = npt.NDArray[np.float32]
 
 DEFAULT_PERCENTS = (0.0, 10.0, 30.0, 50.0, 70.0, 100.0)
 DEFAULT_LENGTH = 25_557_032  # ResNet-50

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from threshold_fl._checks import bounded
+from threshold_fl.arrays import FloatArray
 from threshold_fl.bench.crypto import (
-    FloatArray,
-    RoundResult,
+    HeRound,
     decrypt_seconds,
     run_round,
     warm_up,
@@ -60,7 +60,7 @@ CONFIGURATIONS = (SINGLE_KEY, FIXED, FLOODING, FLOODING_OPENFHE)
 MAX_LENGTH = 20_000_000  # N=10 holds 10 inputs and 3 encrypted copies of one in memory
 
 
-def he_compute_seconds(result: RoundResult) -> float:
+def he_compute_seconds(result: HeRound) -> float:
     """Every client's encryption, the aggregation and all decryption work of one round
     (threshold: every client's partial decryption and the fusion); key generation is
     set-up, not part of a round."""
@@ -119,7 +119,7 @@ def _context(configuration: str, clients: int) -> CkksContext:
     return context_for(threshold_params(clients, flooding=configuration != FIXED))
 
 
-def _row(configuration: str, context: CkksContext, result: RoundResult) -> StepRow:
+def _row(configuration: str, context: CkksContext, result: HeRound) -> StepRow:
     seconds, sent = result.seconds, result.bytes
     threshold = result.mode == "threshold"
     # a client decodes the aggregate's bytes, then computes and frames its share

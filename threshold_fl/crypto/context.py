@@ -14,9 +14,9 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import openfhe
 
+from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.params import (
     CkksParams,
     DecryptionNoise,
@@ -38,8 +38,6 @@ from threshold_fl.errors import (
     ParameterError,
     ThresholdFLError,
 )
-
-FloatArray = npt.NDArray[np.float64]
 
 __all__ = ["CkksContext", "context_for", "sha256_hex"]
 

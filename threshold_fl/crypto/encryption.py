@@ -38,10 +38,10 @@ import numpy as np
 import numpy.typing as npt
 import openfhe
 
+from threshold_fl.arrays import FloatArray, I64Array, U64Array
 from threshold_fl.crypto import ntt
-from threshold_fl.crypto.context import CkksContext, FloatArray, _openfhe_params
-from threshold_fl.crypto.noise import AesCtrStream, GaussianSampler, I64Array, wipe
-from threshold_fl.crypto.ntt import U64Array
+from threshold_fl.crypto.context import CkksContext, _openfhe_params
+from threshold_fl.crypto.noise import AesCtrStream, GaussianSampler, wipe
 from threshold_fl.crypto.params import ScalingTechnique
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
 from threshold_fl.crypto.shares import (

@@ -28,12 +28,9 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from threshold_fl.arrays import FloatArray, I64Array, U64Array
 from threshold_fl.crypto import ntt
 from threshold_fl.errors import ParameterError
-
-I64Array = npt.NDArray[np.int64]
-U64Array = npt.NDArray[np.uint64]
-F64Array = npt.NDArray[np.float64]
 
 __all__ = [
     "KEY_BYTES",
@@ -172,7 +169,7 @@ class GaussianSampler:
         finally:
             wipe(values)
 
-    def _normals(self, pairs: int) -> F64Array:
+    def _normals(self, pairs: int) -> FloatArray:
         """2 max(pairs, 2) standard normals by Box-Muller, in two halves.
 
         Pair j = (u_j, v_j) gives r_j cos(2 pi v_j) and r_j sin(2 pi v_j), r_j =
@@ -191,7 +188,7 @@ class GaussianSampler:
         return _np_box_muller(words)
 
 
-def _np_box_muller(words: U64Array) -> F64Array:
+def _np_box_muller(words: U64Array) -> FloatArray:
     """numpy's Box-Muller on 2 * pairs keystream words (see GaussianSampler._normals)."""
     pairs = words.size // 2
     head = words[:pairs]
@@ -214,7 +211,7 @@ def _np_box_muller(words: U64Array) -> F64Array:
 
 
 @ntt._jit
-def _nb_box_muller(words: U64Array, out: F64Array) -> None:  # pragma: no cover - compiled
+def _nb_box_muller(words: U64Array, out: FloatArray) -> None:  # pragma: no cover - compiled
     pairs = words.size // 2
     for j in range(pairs):
         radius = math.sqrt(-2.0 * math.log(
@@ -258,7 +255,7 @@ def _probe_kernel() -> bool:
     return bool(np.allclose(fast, _np_box_muller(words), rtol=1e-13, atol=0))
 
 
-def _unit_circle(words: U64Array) -> tuple[F64Array, F64Array]:
+def _unit_circle(words: U64Array) -> tuple[FloatArray, FloatArray]:
     """(cos, sin) of a uniform angle per word: the top 3 bits pick the octant, 50
     bits the angle t within it.
 

@@ -37,9 +37,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from threshold_fl.arrays import U64Array
 from threshold_fl.errors import ParameterError
-
-U64Array = npt.NDArray[np.uint64]
 
 __all__ = [
     "MAX_MODULUS_BITS",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from threshold_fl.crypto.ntt import U64Array
+from threshold_fl.arrays import U64Array
 from threshold_fl.crypto.ring_layout import (
     TOWER,
     U32,

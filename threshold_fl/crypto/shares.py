@@ -32,10 +32,10 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from threshold_fl.arrays import FloatArray, U64Array
 from threshold_fl.crypto import ntt
-from threshold_fl.crypto.context import CkksContext, FloatArray
+from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.noise import GaussianSampler, reduce_mod, wipe
-from threshold_fl.crypto.ntt import U64Array
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
 from threshold_fl.errors import CryptoError, FrameError, ParameterError
 

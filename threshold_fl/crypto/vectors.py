@@ -19,8 +19,9 @@ from typing import Any, overload
 
 import numpy as np
 
+from threshold_fl.arrays import FloatArray, U64Array
 from threshold_fl.crypto import ntt
-from threshold_fl.crypto.context import CkksContext, FloatArray, sha256_hex
+from threshold_fl.crypto.context import CkksContext, sha256_hex
 from threshold_fl.crypto.encryption import (
     EncryptionPath,
     encryption_kit,
@@ -28,7 +29,6 @@ from threshold_fl.crypto.encryption import (
     ring_supported,
 )
 from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, ThresholdSecret
-from threshold_fl.crypto.ntt import U64Array
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
 from threshold_fl.crypto.shares import (

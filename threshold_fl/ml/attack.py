@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from threshold_fl._checks import checked_int
+from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.flatten import layout_of
 from threshold_fl.ml.image_metrics import mse, ssim
@@ -58,8 +59,6 @@ __all__ = [
     "torch_threads", "victim_gradient",
 ]
 
-FloatVector: TypeAlias = npt.NDArray[np.float64]
-FloatImage: TypeAlias = npt.NDArray[np.float64]
 BoolVector: TypeAlias = npt.NDArray[np.bool_]
 LabelSource: TypeAlias = Literal["inferred", "optimised"]
 
@@ -118,7 +117,7 @@ class Reconstruction:
     """
 
     restart: int
-    image: FloatImage
+    image: FloatArray
     label: int
     matching_loss: float
     ssim: float | None
@@ -152,7 +151,7 @@ def _checked_image_tensor(image: object) -> torch.Tensor:
     return image
 
 
-def victim_gradient(model: nn.Module, image: torch.Tensor, label: int) -> FloatVector:
+def victim_gradient(model: nn.Module, image: torch.Tensor, label: int) -> FloatArray:
     """The flat gradient of cross-entropy on one (image, label): what the server would see."""
     model = _checked_model(model)
     batch = _checked_image_tensor(image).unsqueeze(0)
@@ -163,7 +162,7 @@ def victim_gradient(model: nn.Module, image: torch.Tensor, label: int) -> FloatV
     return torch.cat([g.reshape(-1) for g in gradients]).double().numpy()
 
 
-def _checked_gradient(gradient: object, length: int) -> FloatVector:
+def _checked_gradient(gradient: object, length: int) -> FloatArray:
     if not isinstance(gradient, np.ndarray) or gradient.ndim != 1 or gradient.dtype.kind != "f":
         raise ParameterError("gradient must be a 1-D float numpy array (victim_gradient output)")
     if gradient.shape[0] != length:
@@ -183,7 +182,7 @@ def _visible_flags(hidden: EncryptionMask | None, length: int) -> BoolVector:
     return visible
 
 
-def infer_label(model: nn.Module, gradient: FloatVector, visible: BoolVector) -> int | None:
+def infer_label(model: nn.Module, gradient: FloatArray, visible: BoolVector) -> int | None:
     """The label from the last layer's visible gradient signs (iDLG), or None if unclear."""
     layout = layout_of(_checked_model(model))
     last = layout.layer_names()[-1]
@@ -256,7 +255,7 @@ def _classes(model: nn.Module, dummy: torch.Tensor) -> int:
 
 
 def _scored(restart: int, image: torch.Tensor, label: int, loss: float,
-            true_image: FloatImage | None) -> Reconstruction:
+            true_image: FloatArray | None) -> Reconstruction:
     # A diverged restart can hold NaN; report it as a flat grey image, not a crash.
     values = torch.nan_to_num(image[0], nan=0.5).clamp(0.0, 1.0).double().numpy()
     if true_image is None:
@@ -265,7 +264,7 @@ def _scored(restart: int, image: torch.Tensor, label: int, loss: float,
                           mse(values, true_image))
 
 
-def _checked_true_image(true_image: object, shape: tuple[int, ...]) -> FloatImage | None:
+def _checked_true_image(true_image: object, shape: tuple[int, ...]) -> FloatArray | None:
     if true_image is None:
         return None
     if not isinstance(true_image, np.ndarray) or true_image.shape != shape[1:]:
@@ -274,7 +273,7 @@ def _checked_true_image(true_image: object, shape: tuple[int, ...]) -> FloatImag
     return true_image.astype(np.float64)
 
 
-def invert_gradient(model: nn.Module, gradient: FloatVector, *,
+def invert_gradient(model: nn.Module, gradient: FloatArray, *,
                     image_shape: tuple[int, int, int], hidden: EncryptionMask | None = None,
                     config: AttackConfig | None = None,
                     true_image: npt.NDArray[np.floating] | None = None) -> AttackResult:

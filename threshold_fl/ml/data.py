@@ -12,18 +12,17 @@ means each client sees few classes, large alpha (100) is nearly IID.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from threshold_fl._checks import checked_int
+from threshold_fl.arrays import IndexArray
 from threshold_fl.errors import ParameterError
 
 __all__ = ["ClientData", "Dataset", "load_digits", "split_dirichlet", "split_iid"]
 
-IndexArray: TypeAlias = npt.NDArray[np.int64]
 _RAW_SIZE = 8
 _RAW_MAX = 16.0  # the digits' grey levels are 0..16
 

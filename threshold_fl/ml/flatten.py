@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch import nn
 
+from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import ModelLayoutError, ParameterError
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "vector_to_state_dict",
 ]
 
-FloatVector: TypeAlias = npt.NDArray[np.float64]
 StateDict: TypeAlias = Mapping[str, torch.Tensor]
 StateSource: TypeAlias = nn.Module | StateDict
 
@@ -276,7 +275,7 @@ def _require_layout_match(layout: object, state: StateDict) -> ModelLayout:
     return layout
 
 
-def _checked_vector(vector: object, layout: ModelLayout) -> FloatVector:
+def _checked_vector(vector: object, layout: ModelLayout) -> FloatArray:
     if not isinstance(vector, np.ndarray):
         raise ParameterError(f"vector must be a numpy array, got {type(vector).__name__}")
     if vector.ndim != 1:
@@ -288,7 +287,7 @@ def _checked_vector(vector: object, layout: ModelLayout) -> FloatVector:
     return vector.astype(np.float64, copy=False)
 
 
-def _tensor_from_vector(vector: FloatVector, spec: TensorSpec, device: torch.device
+def _tensor_from_vector(vector: FloatArray, spec: TensorSpec, device: torch.device
                         ) -> torch.Tensor:
     chunk = vector[spec.offset : spec.stop]
     if not np.isfinite(chunk).all():
@@ -300,7 +299,7 @@ def _tensor_from_vector(vector: FloatVector, spec: TensorSpec, device: torch.dev
     return values.to(device)
 
 
-def _float_tensors(vector: FloatVector, layout: ModelLayout, state: StateDict
+def _float_tensors(vector: FloatArray, layout: ModelLayout, state: StateDict
                    ) -> dict[str, torch.Tensor]:
     return {s.name: _tensor_from_vector(vector, s, state[s.name].device) for s in layout.tensors}
 
@@ -332,7 +331,7 @@ def layout_of(source: StateSource) -> ModelLayout:
 
 def flatten_state(
     source: StateSource, layout: ModelLayout | None = None
-) -> tuple[FloatVector, ModelLayout]:
+) -> tuple[FloatArray, ModelLayout]:
     """Pack the float state into a new float64 vector; check it against *layout* if given."""
     state = _state_of(source)
     actual = _layout_of_state(state) if layout is None else _require_layout_match(layout, state)
@@ -346,7 +345,7 @@ def flatten_state(
 
 
 def vector_to_state_dict(
-    vector: FloatVector, layout: ModelLayout, template: StateSource
+    vector: FloatArray, layout: ModelLayout, template: StateSource
 ) -> dict[str, torch.Tensor]:
     """A new state dict: float entries from *vector*, the others copied from *template*."""
     state = _state_of(template)
@@ -357,7 +356,7 @@ def vector_to_state_dict(
 
 
 def restore_state(
-    model: nn.Module, vector: FloatVector, layout: ModelLayout, *,
+    model: nn.Module, vector: FloatArray, layout: ModelLayout, *,
     non_float: StateDict | None = None,
 ) -> None:
     """Write *vector* into *model* in place, keeping every tensor's dtype and device.

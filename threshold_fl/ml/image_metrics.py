@@ -12,16 +12,15 @@ not invented).  Identical images give 1; the value is symmetric and at most 1.
 from __future__ import annotations
 
 import math
-from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
+from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import ParameterError
 
 __all__ = ["mse", "ssim"]
 
-FloatImage: TypeAlias = npt.NDArray[np.float64]
 
 K1 = 0.01
 K2 = 0.03
@@ -29,7 +28,7 @@ WINDOW = 7
 SIGMA = 1.5
 
 
-def _checked_image(image: object, what: str) -> FloatImage:
+def _checked_image(image: object, what: str) -> FloatArray:
     if not isinstance(image, np.ndarray):
         raise ParameterError(f"{what} must be a numpy array, got {type(image).__name__}")
     if image.ndim != 2 or image.size == 0:
@@ -43,7 +42,7 @@ def _checked_image(image: object, what: str) -> FloatImage:
     return values
 
 
-def _checked_pair(a: object, b: object) -> tuple[FloatImage, FloatImage]:
+def _checked_pair(a: object, b: object) -> tuple[FloatArray, FloatArray]:
     first, second = _checked_image(a, "first image"), _checked_image(b, "second image")
     if first.shape != second.shape:
         raise ParameterError(f"images must have the same shape, got {first.shape} and "
@@ -51,18 +50,18 @@ def _checked_pair(a: object, b: object) -> tuple[FloatImage, FloatImage]:
     return first, second
 
 
-def _gaussian_window(side: int) -> FloatImage:
+def _gaussian_window(side: int) -> FloatArray:
     offsets = np.arange(side, dtype=np.float64) - (side - 1) / 2
     line = np.exp(-(offsets**2) / (2 * SIGMA**2))
-    window: FloatImage = np.outer(line, line)
-    normalised: FloatImage = window / window.sum()
+    window: FloatArray = np.outer(line, line)
+    normalised: FloatArray = window / window.sum()
     return normalised
 
 
-def _local_mean(image: FloatImage, window: FloatImage) -> FloatImage:
+def _local_mean(image: FloatArray, window: FloatArray) -> FloatArray:
     """Weighted mean at every position where the window fits entirely ('valid')."""
     patches = np.lib.stride_tricks.sliding_window_view(image, window.shape)
-    means: FloatImage = np.einsum("ijkl,kl->ij", patches, window)
+    means: FloatArray = np.einsum("ijkl,kl->ij", patches, window)
     return means
 
 

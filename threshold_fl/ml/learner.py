@@ -13,13 +13,12 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass
-from typing import TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 from torch import nn
 
 from threshold_fl._checks import checked_int
+from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.data import ClientData
 from threshold_fl.ml.flatten import flatten_state, restore_state
@@ -30,7 +29,6 @@ from threshold_fl.ml.training import Evaluation, LocalTraining, evaluate, train_
 
 __all__ = ["LocalLearner"]
 
-FloatVector: TypeAlias = npt.NDArray[np.float64]
 
 # Learners in one process take turns: torch CPU kernels run by several threads at once
 # share one intra-op pool and then split reductions differently, so the same seed would
@@ -62,12 +60,12 @@ class LocalLearner:
     def length(self) -> int:
         return int(self.initial.shape[0])
 
-    def load(self, vector: FloatVector) -> None:
+    def load(self, vector: FloatArray) -> None:
         """Put a flat model vector into the torch model."""
         restore_state(self.model, vector, self.layout)
 
-    def train(self, round_: int, global_model: FloatVector | None,
-              mask: EncryptionMask | None = None) -> FloatVector:
+    def train(self, round_: int, global_model: FloatArray | None,
+              mask: EncryptionMask | None = None) -> FloatArray:
         """Train one round from *global_model* (None: the initial model)."""
         start = self.initial if global_model is None else global_model
         with _TORCH_TURN:
@@ -81,7 +79,7 @@ class LocalLearner:
                                  "mask agreement")
         return self.noise.apply(trained, start, mask, self._rng)
 
-    def sensitivity(self) -> FloatVector:
+    def sensitivity(self) -> FloatArray:
         """The sensitivity map of the initial model over the first local samples."""
         count = min(self.sensitivity_samples, len(self.data))
         with _TORCH_TURN:
@@ -89,7 +87,7 @@ class LocalLearner:
             return sensitivity_map(self.model, self.data.images[:count],
                                    self.data.labels[:count])
 
-    def evaluate(self, vector: FloatVector, data: ClientData) -> Evaluation:
+    def evaluate(self, vector: FloatArray, data: ClientData) -> Evaluation:
         """Accuracy and loss of model *vector* on *data* (the training model is untouched)."""
         with _TORCH_TURN:
             restore_state(self._evaluation_model, vector, self.layout)

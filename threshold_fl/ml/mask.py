@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from threshold_fl.arrays import FloatArray, IndexArray
 from threshold_fl.errors import ParameterError
 
 if TYPE_CHECKING:  # only for the annotation: the module itself needs numpy alone
@@ -27,8 +28,6 @@ __all__ = [
     "EncryptionMask", "first_and_last_layers", "select_random_fraction", "select_top_fraction",
 ]
 
-FloatVector: TypeAlias = npt.NDArray[np.float64]
-IndexArray: TypeAlias = npt.NDArray[np.int64]
 Range: TypeAlias = tuple[int, int]
 
 _DIGEST_DOMAIN = b"threshold-fl/mask/v1"
@@ -66,7 +65,7 @@ def _selected_count(fraction: float, length: int) -> int:
     return math.ceil(Fraction(repr(fraction)) * length)
 
 
-def _checked_vector(vector: object, size: int | None, what: str) -> FloatVector:
+def _checked_vector(vector: object, size: int | None, what: str) -> FloatArray:
     if not isinstance(vector, np.ndarray):
         raise ParameterError(f"{what} must be a numpy array, got {type(vector).__name__}")
     if vector.ndim != 1 or vector.dtype.kind != "f":
@@ -170,12 +169,12 @@ class EncryptionMask:
         payload = _DIGEST_DOMAIN + self.length.to_bytes(8, "big") + self.bits()
         return hashlib.sha256(payload).hexdigest()
 
-    def gather(self, vector: FloatVector) -> tuple[FloatVector, FloatVector]:
+    def gather(self, vector: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Split *vector* into (encrypted part, plain part), each in index order."""
         values = _checked_vector(vector, self.length, "vector")
         return values[self.indices], values[self.plain_indices()]
 
-    def scatter(self, protected: FloatVector, plain: FloatVector) -> FloatVector:
+    def scatter(self, protected: FloatArray, plain: FloatArray) -> FloatArray:
         """Reassemble a full vector from the two parts :meth:`gather` made."""
         protected = _checked_vector(protected, self.count, "protected part")
         plain = _checked_vector(plain, self.length - self.count, "plain part")
@@ -215,7 +214,7 @@ def _checked_ranges(ranges: object, length: int) -> list[Range]:
     return checked
 
 
-def _checked_sensitivity(sensitivity: object) -> FloatVector:
+def _checked_sensitivity(sensitivity: object) -> FloatArray:
     values = _checked_vector(sensitivity, None, "sensitivity")
     if not np.isfinite(values).all():
         raise ParameterError("sensitivity holds NaN or infinity; check the local maps and "
@@ -227,7 +226,7 @@ def _checked_sensitivity(sensitivity: object) -> FloatVector:
 
 
 def select_top_fraction(
-    sensitivity: FloatVector, fraction: float, *, always_include: Sequence[Range] = (),
+    sensitivity: FloatArray, fraction: float, *, always_include: Sequence[Range] = (),
 ) -> EncryptionMask:
     """Encrypt the ceil(fraction * length) most sensitive coordinates, plus *always_include*.
 

@@ -38,17 +38,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 
+from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.mask import EncryptionMask
 
 __all__ = ["LaplaceNoise", "PrivacyBudget", "privacy_budget"]
 
-FloatVector: TypeAlias = npt.NDArray[np.float64]
 
 
 def _real(value: object, what: str, requirement: str) -> float:
@@ -79,7 +77,7 @@ def _count(value: object, what: str, minimum: int) -> int:
     return int(value)
 
 
-def _finite_vector(value: object, length: int, what: str, kinds: str = "f") -> FloatVector:
+def _finite_vector(value: object, length: int, what: str, kinds: str = "f") -> FloatArray:
     if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in kinds:
         raise ParameterError(
             f"{what} must be a 1-D numpy float array; got {type(value).__name__} "
@@ -115,8 +113,8 @@ class LaplaceNoise:
         object.__setattr__(self, "scale", _positive_finite(self.scale, "noise scale b"))
         object.__setattr__(self, "clip", _positive_finite(self.clip, "clip bound C"))
 
-    def apply(self, update: FloatVector, global_model: FloatVector, mask: EncryptionMask,
-              rng: np.random.Generator) -> FloatVector:
+    def apply(self, update: FloatArray, global_model: FloatArray, mask: EncryptionMask,
+              rng: np.random.Generator) -> FloatArray:
         """The vector to upload: *update* with its plaintext coordinates clipped and noised.
 
         Plaintext coordinate i becomes ``global_i + clip(update_i - global_i) + noise``;
@@ -165,7 +163,7 @@ class PrivacyBudget:
 
 
 def _plain_sensitivity(noise: LaplaceNoise, mask: EncryptionMask,
-                       sensitivity: FloatVector | None) -> FloatVector:
+                       sensitivity: FloatArray | None) -> FloatArray:
     """Delta_i of each plaintext coordinate, capped at 2C (clipping guarantees that)."""
     worst = 2.0 * noise.clip
     plain = mask.plain_indices()
@@ -179,7 +177,7 @@ def _plain_sensitivity(noise: LaplaceNoise, mask: EncryptionMask,
 
 
 def privacy_budget(noise: LaplaceNoise, mask: EncryptionMask, *, rounds: int = 1,
-                   sensitivity: FloatVector | None = None) -> PrivacyBudget:
+                   sensitivity: FloatArray | None = None) -> PrivacyBudget:
     """Epsilon of :meth:`LaplaceNoise.apply` with *mask* over *rounds* rounds.
 
     *sensitivity*, when given, holds one L1 bound per model coordinate (length

@@ -25,18 +25,17 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jacfwd, vmap
 
 from threshold_fl._checks import checked_int
+from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.flatten import ModelLayout, layout_of
 
 __all__ = ["SoftLabelLoss", "sensitivity_map"]
 
-FloatVector: TypeAlias = npt.NDArray[np.float64]
 SoftLabelLoss: TypeAlias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Progress: TypeAlias = Callable[[int, int], None]
 Params: TypeAlias = dict[str, torch.Tensor]
@@ -115,7 +114,7 @@ def sensitivity_map(
     batch_size: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: Progress | None = None,
-) -> FloatVector:
+) -> FloatArray:
     """S_m for every coordinate of the model's flat vector (``flatten_state`` order).
 
     *loss* is ``loss(logits, soft_labels)`` with float labels; None means cross-entropy
@@ -148,7 +147,7 @@ def sensitivity_map(
     return _to_flat(totals, layout, inputs.shape[0])
 
 
-def _to_flat(totals: Params, layout: ModelLayout, samples: int) -> FloatVector:
+def _to_flat(totals: Params, layout: ModelLayout, samples: int) -> FloatArray:
     flat = np.zeros(layout.size, dtype=np.float64)
     for name, total in totals.items():
         where = layout.slice_of(name)

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import EnvironmentError_, ParameterError
 
 __all__ = [
@@ -78,7 +79,6 @@ FLARE_SLOTS = FLARE_POLY_MODULUS_DEGREE // 2  # real values per CKKS ciphertext
 _INSTALL_HINT = "pip install 'threshold-fl[bench]'"
 
 Progress = Callable[[str], None]
-FloatVector = npt.NDArray[np.float64]
 
 
 class TenSEALUnavailableError(EnvironmentError_):
@@ -142,7 +142,7 @@ class FlareRound:
     max_abs_error: float  # decrypted average vs float64 plaintext weighted average
     max_abs_value: float  # largest magnitude in the plaintext weighted average
     tenseal_version: str
-    average: FloatVector = field(repr=False, compare=False)  # the decrypted average
+    average: FloatArray = field(repr=False, compare=False)  # the decrypted average
 
     @property
     def encrypt_total_s(self) -> float:
@@ -216,7 +216,7 @@ def _is_int(value: object) -> bool:
 
 def _checked_inputs(
     updates: Sequence[npt.ArrayLike], weights: Sequence[float], layer_sizes: Sequence[int],
-) -> tuple[list[FloatVector], list[float], list[int]]:
+) -> tuple[list[FloatArray], list[float], list[int]]:
     if len(updates) == 0:
         raise ParameterError("run_flare_round needs at least one client update, got none")
     if len(weights) != len(updates):
@@ -224,7 +224,7 @@ def _checked_inputs(
             f"one weight per client update: got {len(weights)} weights for "
             f"{len(updates)} updates"
         )
-    vectors: list[FloatVector] = []
+    vectors: list[FloatArray] = []
     for i, update in enumerate(updates):
         try:
             vector = np.asarray(update, dtype=np.float64)

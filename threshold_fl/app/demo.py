@@ -30,11 +30,11 @@ from pathlib import Path
 
 from protocols import Manifest, MaskPolicy, Mode, Timeouts, make_manifest
 from threshold_fl._checks import add_model_option, bounded
-from threshold_fl.demo_report import RunResult, collect_run, print_summary, write_report
+from threshold_fl.app.demo_report import RunResult, collect_run, print_summary, write_report
+from threshold_fl.app.party import DROP_STAGES
+from threshold_fl.app.rounds import header
 from threshold_fl.errors import ParameterError, ThresholdFLError
 from threshold_fl.identity import Identity
-from threshold_fl.party import DROP_STAGES
-from threshold_fl.rounds import header
 from transports.broker import private_broker
 
 __all__ = ["DemoConfig", "DemoError", "main", "run_demo"]
@@ -126,7 +126,7 @@ class _Federation:
         self.logs = directory / "logs"
 
     def prepare(self) -> Manifest:
-        from threshold_fl.setup_cli import model_shape  # torch
+        from threshold_fl.app.setup_cli import model_shape  # torch
 
         self.logs.mkdir(parents=True, exist_ok=True)
         for stale in [*self.directory.glob("*.jsonl"), *self.logs.glob("*.log")]:
@@ -151,7 +151,7 @@ class _Federation:
 
     def argv(self, party: str) -> list[str]:
         role = {"server": "aggregator", "authority": "key-authority"}.get(party, "client")
-        argv = [sys.executable, "-m", "threshold_fl.cli", role,
+        argv = [sys.executable, "-m", "threshold_fl.app.cli", role,
                 "--manifest", str(self.directory / "manifest.json"),
                 "--identity", str(self.directory / "parties" / party),
                 "--broker", self.broker_url]
@@ -222,7 +222,7 @@ class _Progress:
             print(f"{label}: starting the parties; key and mask agreement first", flush=True)
 
     async def watch(self, report: Path) -> None:
-        from threshold_fl.rounds import read_rows
+        from threshold_fl.app.rounds import read_rows
 
         seen, started = 0, time.perf_counter()
         while True:

@@ -26,9 +26,7 @@ from pathlib import Path
 
 from protocols import Manifest
 from threshold_fl._checks import add_model_option, bounded
-from threshold_fl.errors import ParameterError, ThresholdFLError
-from threshold_fl.identity import Identity
-from threshold_fl.party import (
+from threshold_fl.app.party import (
     DROP_STAGES,
     ClientPlan,
     load_party,
@@ -36,6 +34,8 @@ from threshold_fl.party import (
     run_client,
     run_key_authority,
 )
+from threshold_fl.errors import ParameterError, ThresholdFLError
+from threshold_fl.identity import Identity
 from transports.broker import BrokerConfig
 from transports.mqtt import MqttOptions
 

@@ -3,13 +3,13 @@
 Each subcommand lives in its own module, imported only when it runs (OpenFHE and torch
 are slow to load), and parses the rest of the command line itself:
 
-- ``init-party`` and ``manifest``: set up a federation (:mod:`threshold_fl.setup_cli`);
+- ``init-party`` and ``manifest``: set up a federation (:mod:`threshold_fl.app.setup_cli`);
 - ``aggregator``, ``client``, ``key-authority``: run one party against an MQTT broker
-  (:mod:`threshold_fl.party_cli`);
-- ``demo``: a whole federation as separate processes over a broker (:mod:`threshold_fl.demo`);
+  (:mod:`threshold_fl.app.party_cli`);
+- ``demo``: a whole federation as separate processes over a broker (:mod:`threshold_fl.app.demo`);
 - ``train``: federated training on the digits through the whole protocol
-  (:mod:`threshold_fl.train`);
-- ``attack``: the gradient-inversion privacy evaluation (:mod:`threshold_fl.privacy_eval`);
+  (:mod:`threshold_fl.app.train`);
+- ``attack``: the gradient-inversion privacy evaluation (:mod:`threshold_fl.app.privacy_eval`);
 - ``bench SUITE``: benchmarks (:mod:`threshold_fl.bench`).
 
 ``threshold-fl --version`` prints the version.
@@ -27,19 +27,19 @@ from threshold_fl import __version__
 
 # command -> ("module:function" taking argv and returning the exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "init-party": ("threshold_fl.setup_cli:init_party_main",
+    "init-party": ("threshold_fl.app.setup_cli:init_party_main",
                    "create a party's identity keys"),
-    "manifest": ("threshold_fl.setup_cli:manifest_main",
+    "manifest": ("threshold_fl.app.setup_cli:manifest_main",
                  "assemble a federation manifest from the parties' public keys"),
-    "aggregator": ("threshold_fl.party_cli:aggregator_main",
+    "aggregator": ("threshold_fl.app.party_cli:aggregator_main",
                    "run the aggregation server against a broker"),
-    "client": ("threshold_fl.party_cli:client_main", "run a client against a broker"),
-    "key-authority": ("threshold_fl.party_cli:key_authority_main",
+    "client": ("threshold_fl.app.party_cli:client_main", "run a client against a broker"),
+    "key-authority": ("threshold_fl.app.party_cli:key_authority_main",
                       "run single-key mode's key authority against a broker"),
-    "demo": ("threshold_fl.demo:main",
+    "demo": ("threshold_fl.app.demo:main",
              "a federation as separate processes over MQTT, with a plaintext baseline"),
-    "train": ("threshold_fl.train:main", "federated training on the digits, one row per round"),
-    "attack": ("threshold_fl.privacy_eval:main",
+    "train": ("threshold_fl.app.train:main", "federated training on the digits, one row per round"),
+    "attack": ("threshold_fl.app.privacy_eval:main",
                "DLG gradient-inversion attack vs selective encryption"),
     "bench": ("threshold_fl.bench:main", "benchmarks: bench crypto, bench peers"),
 }

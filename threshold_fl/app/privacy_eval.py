@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Literal, TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch import nn
 
 from threshold_fl._checks import bounded, checked_int
+from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.attack import AttackConfig, invert_gradient, torch_threads, victim_gradient
 from threshold_fl.ml.data import Dataset, load_digits
@@ -59,8 +59,6 @@ __all__ = [
     "dlg_model", "evaluate", "main", "markdown_table", "write_outputs",
 ]
 
-FloatImage: TypeAlias = npt.NDArray[np.float64]
-FloatVector: TypeAlias = npt.NDArray[np.float64]
 Progress: TypeAlias = Callable[[str], None]
 MaskKind: TypeAlias = Literal["none", "top", "top+layers", "random"]
 
@@ -126,9 +124,9 @@ class Victim:
 
     test_index: int
     label: int
-    image: FloatImage
-    gradient: FloatVector
-    sensitivity: FloatVector
+    image: FloatArray
+    gradient: FloatArray
+    sensitivity: FloatArray
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,7 +139,7 @@ class SettingOutcome:
     mse: tuple[float, ...]
     attacker_ssim: tuple[float, ...]
     labels_inferred: int
-    reconstructions: tuple[FloatImage, ...]
+    reconstructions: tuple[FloatArray, ...]
     seconds: float
 
 
@@ -282,7 +280,7 @@ def _save_figure(evaluation: Evaluation, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows: list[tuple[str, list[FloatImage], tuple[float, ...] | None]] = [
+    rows: list[tuple[str, list[FloatArray], tuple[float, ...] | None]] = [
         ("true image", [v.image for v in evaluation.victims], None)]
     rows += [(o.setting.name, list(o.reconstructions), o.ssim) for o in evaluation.outcomes]
     columns = len(evaluation.victims)

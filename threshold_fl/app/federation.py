@@ -21,6 +21,7 @@ from typing import Any
 from protocols import Manifest, MaskPolicy, Mode, make_manifest
 from protocols.events import Event
 from threshold_fl._checks import checked_int
+from threshold_fl.app.rounds import RoundRow
 from threshold_fl.errors import ParameterError
 from threshold_fl.identity import Identity
 from threshold_fl.ml.data import ClientData, load_digits, split_dirichlet, split_iid
@@ -31,7 +32,6 @@ from threshold_fl.ml.models import MODELS, build_model
 from threshold_fl.ml.privacy import LaplaceNoise, PrivacyBudget, privacy_budget
 from threshold_fl.ml.training import LocalTraining
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
-from threshold_fl.rounds import RoundRow
 from transports import MemoryHub, Transport
 
 __all__ = ["FederationConfig", "FederationReport", "client_datasets",

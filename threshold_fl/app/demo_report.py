@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from protocols import Manifest, Mode
+from threshold_fl.app.rounds import RoundRow, combine_rows, read_rows
 from threshold_fl.errors import ThresholdFLError
-from threshold_fl.rounds import RoundRow, combine_rows, read_rows
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from threshold_fl.demo import DemoConfig
+    from threshold_fl.app.demo import DemoConfig
 
 __all__ = ["RunResult", "collect_run", "fraction_note", "print_summary", "report_figure",
            "summary_lines", "write_report"]

@@ -20,16 +20,16 @@ from pathlib import Path
 
 from protocols import Mode
 from threshold_fl._checks import add_model_option, bounded
-from threshold_fl.errors import ThresholdFLError
-from threshold_fl.federation import (
+from threshold_fl.app.federation import (
     SPLITS,
     FederationConfig,
     FederationReport,
     run_federation,
 )
+from threshold_fl.app.rounds import header
+from threshold_fl.errors import ThresholdFLError
 from threshold_fl.ml.privacy import LaplaceNoise
 from threshold_fl.ml.training import LocalTraining
-from threshold_fl.rounds import header
 
 __all__ = ["main"]
 

@@ -20,10 +20,10 @@ from typing import Any, Protocol
 
 from protocols import ClientState, Manifest, Mode, Role
 from protocols.events import Event, RoundCompleted, UpdateNeeded
+from threshold_fl.app.rounds import RoundRow
 from threshold_fl.errors import AuthenticationError, ParameterError, ThresholdFLError
 from threshold_fl.identity import Identity, PartyId
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
-from threshold_fl.rounds import RoundRow
 from transports.broker import BrokerConfig
 from transports.mqtt import MqttOptions, MqttTransport
 
@@ -210,7 +210,7 @@ class ClientPlan:
 def client_learner(manifest: Manifest, party: PartyId, plan: ClientPlan) -> tuple[Any, Any]:
     """Client *party*'s :class:`~threshold_fl.ml.LocalLearner` under *plan* and the test
     split: every process derives the same split and initial model from the plan."""
-    from threshold_fl.federation import client_datasets  # torch: clients only
+    from threshold_fl.app.federation import client_datasets  # torch: clients only
     from threshold_fl.ml.learner import LocalLearner
     from threshold_fl.ml.models import build_model
     from threshold_fl.ml.privacy import LaplaceNoise
@@ -290,7 +290,7 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
     if plan.drop_at in ("keys", "mask"):
         say(f"{identity.party_id}: will vanish during the {plan.drop_at} stage (--drop)")
     rows: list[RoundRow] = []
-    from threshold_fl.federation import learner_client
+    from threshold_fl.app.federation import learner_client
 
     watch = AggregatorWatch(manifest, broker)
     async with mqtt_transport(manifest, identity, broker, options, watch.presence) as link:
