@@ -14,11 +14,12 @@ from protocols.events import Aborted, KeyAgreed, Step
 from protocols.machine import Handler, Machine, Randomness
 from protocols.manifest import Manifest, Role
 from protocols.messages import Abort, KeyDelivery, KeygenStart, Message, PublicShare
-from protocols.session import GROUP_KEY_SIZE, pack_mapping, seal_context
+from protocols.session import pack_mapping, seal_context
 from threshold_fl.crypto.keys import generate_keypair
 from threshold_fl.crypto.wire import encode_public_key, encode_secret_key
 from threshold_fl.errors import ProtocolError, StaleMessage, UnexpectedMessage
-from threshold_fl.identity import Identity, seal_for
+from threshold_fl.identity import Identity
+from threshold_fl.sealing import GROUP_KEY_SIZE, seal_for
 
 __all__ = ["KeyAuthorityMachine", "KeyAuthorityState"]
 

@@ -57,12 +57,7 @@ from protocols.protection import (
     open_protected,
     protect,
 )
-from protocols.session import (
-    model_check,
-    open_group,
-    seal_context,
-    seal_group,
-)
+from protocols.session import model_check, seal_context
 from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.keys import (
     ShamirShare,
@@ -81,8 +76,9 @@ from threshold_fl.errors import (
     StaleMessage,
     UnexpectedMessage,
 )
-from threshold_fl.identity import Identity, PartyId, open_from, seal_for
+from threshold_fl.identity import Identity, PartyId
 from threshold_fl.ml.mask import EncryptionMask, select_top_fraction
+from threshold_fl.sealing import open_from, open_group, seal_for, seal_group
 
 __all__ = ["ClientMachine", "ClientState"]
 

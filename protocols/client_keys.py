@@ -25,7 +25,6 @@ from protocols.messages import (
     Stage,
 )
 from protocols.session import (
-    GROUP_KEY_SIZE,
     PLAINTEXT_GROUP_KEY,
     group_check,
     open_mapping,
@@ -56,7 +55,8 @@ from threshold_fl.errors import (
     MalformedMessage,
     StaleMessage,
 )
-from threshold_fl.identity import Identity, PartyId, open_from, seal_for
+from threshold_fl.identity import Identity, PartyId
+from threshold_fl.sealing import GROUP_KEY_SIZE, open_from, seal_for
 
 __all__ = ["ClientKeyAgreement", "ClientState"]
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
-import hashlib
-import hmac
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -34,7 +32,7 @@ from threshold_fl.errors import (
 )
 from threshold_fl.identity import Identity, PartyId
 
-__all__ = ["Machine", "Randomness", "keyed_check"]
+__all__ = ["Machine", "Randomness"]
 
 #: Source of random bytes, passed in (e.g. ``os.urandom``) so machines stay deterministic.
 Randomness = Callable[[int], bytes]
@@ -42,14 +40,6 @@ Randomness = Callable[[int], bytes]
 S = TypeVar("S", bound=enum.Enum)
 _NAMES_SHOWN = 8  # parties named in a progress line; a hundred names help nobody
 Handler = Callable[[Any, Message, float], Step]
-
-
-def keyed_check(key: bytes, label: str, *parts: bytes) -> str:
-    """HMAC-SHA256 over length-prefixed parts: a value only key holders can compute."""
-    mac = hmac.new(key, label.encode(), hashlib.sha256)
-    for part in parts:
-        mac.update(len(part).to_bytes(8, "big") + part)
-    return mac.hexdigest()
 
 
 class Machine(abc.ABC, Generic[S]):

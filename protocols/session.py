@@ -1,7 +1,8 @@
 """Values the parties derive alike: key ids, check values and what seals bind to.
 
 Every sealed payload binds the session, the protocol step and both parties, so a
-sealed blob lifted from one place is useless in any other.
+sealed blob lifted from one place is useless in any other.  The seals and the keyed
+check themselves are in :mod:`threshold_fl.sealing`; this module adds the session.
 """
 
 from __future__ import annotations
@@ -9,28 +10,21 @@ from __future__ import annotations
 import hashlib
 
 import msgpack
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from protocols.machine import keyed_check
 from protocols.messages import Header
-from threshold_fl.errors import ForgedMessage, MalformedMessage
+from threshold_fl.errors import MalformedMessage
+from threshold_fl.sealing import GROUP_KEY_SIZE, keyed_check
 
 __all__ = [
-    "GROUP_KEY_SIZE",
     "PLAINTEXT_GROUP_KEY",
     "group_check",
     "model_check",
-    "open_group",
     "open_mapping",
     "plaintext_key_id",
     "seal_context",
-    "seal_group",
     "pack_mapping",
 ]
 
-GROUP_KEY_SIZE = 32
-_NONCE_SIZE = 12
 #: Plaintext mode has no group key; checks still run, under a key everyone knows.
 PLAINTEXT_GROUP_KEY = bytes(GROUP_KEY_SIZE)
 
@@ -59,25 +53,6 @@ def seal_context(header: Header, *extra: str) -> bytes:
     ]
     packed: bytes = msgpack.packb(parts, use_bin_type=True)
     return packed
-
-
-def seal_group(group_key: bytes, nonce: bytes, plaintext: bytes, context: bytes) -> bytes:
-    """Authenticated encryption under the client group key: nonce || ciphertext."""
-    return nonce + ChaCha20Poly1305(group_key).encrypt(nonce, plaintext, context)
-
-
-def open_group(group_key: bytes, sealed: bytes, context: bytes, what: str) -> bytes:
-    if len(sealed) < _NONCE_SIZE + 16:
-        raise MalformedMessage(f"{what} is truncated; discarded")
-    try:
-        return ChaCha20Poly1305(group_key).decrypt(
-            sealed[:_NONCE_SIZE], sealed[_NONCE_SIZE:], context
-        )
-    except InvalidTag:
-        raise ForgedMessage(
-            f"{what} did not authenticate under the group key: tampered, replayed from "
-            "another step, or from a party outside the group; discarded"
-        ) from None
 
 
 def pack_mapping(values: dict[str, bytes]) -> bytes:

@@ -1,4 +1,5 @@
-"""Tests for threshold_fl.identity: real cryptography, real files, no mocks."""
+"""Tests for threshold_fl.identity and its pairwise seals (threshold_fl.sealing): real
+cryptography, real files, no mocks."""
 
 from __future__ import annotations
 
@@ -15,17 +16,13 @@ from hypothesis import strategies as st
 
 from threshold_fl.errors import AuthenticationError, IdentityError, ParameterError
 from threshold_fl.identity import (
-    NONCE_SIZE,
     PUBLIC_FILENAME,
-    SEAL_VERSION,
     SECRET_FILENAME,
     Identity,
     PublicIdentity,
-    open_from,
-    random_nonce,
-    seal_for,
     validate_party_id,
 )
+from threshold_fl.sealing import NONCE_SIZE, SEAL_VERSION, open_from, random_nonce, seal_for
 
 CTX = b"session-42/share-transfer"
 NONCE = bytes(range(NONCE_SIZE))
@@ -217,6 +214,12 @@ def test_public_identity_constructor_validates(alice: Identity) -> None:
 
 
 # ------------------------------------------------------------ sealing
+
+def test_shared_secret_is_symmetric(alice: Identity, bob: Identity, carol: Identity) -> None:
+    # The one way key agreement leaves Identity: both ends must derive the same secret.
+    assert alice.shared_secret(bob.public) == bob.shared_secret(alice.public)
+    assert alice.shared_secret(bob.public) != alice.shared_secret(carol.public)
+
 
 def test_seal_open_round_trip(alice: Identity, bob: Identity) -> None:
     sealed = seal_for(alice, bob.public, b"secret share", context=CTX, nonce=NONCE)

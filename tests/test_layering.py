@@ -10,7 +10,9 @@
   (``time``) and no randomness source (``random``, ``secrets``, ``os.urandom``): time and
   randomness are passed in;
 - ``transports`` imports no ``protocols`` and no crypto backend (``threshold_fl.crypto``,
-  ``openfhe``).
+  ``openfhe``);
+- ``threshold_fl/sealing.py`` (seals and keyed checks) imports no ``openfhe``, no
+  ``threshold_fl.crypto`` and neither ``protocols`` nor ``transports``.
 
 Imports are found with :mod:`ast` (nothing is imported), including relative imports,
 ``from package import module``, attribute use such as ``os.urandom`` after ``import os``,
@@ -39,7 +41,7 @@ class Rule:
 APPLICATION = ("threshold_fl.app", "threshold_fl.bench", "threshold_fl.peers")
 # The library's top-level modules (threshold_fl/*.py); the packages have their own rules.
 LIBRARY_MODULES = ("__init__", "_checks", "_pyversion", "arrays", "errors", "identity", "node",
-                   "progress")
+                   "progress", "sealing")
 
 RULES = (
     Rule(
@@ -73,9 +75,16 @@ RULES = (
         ("protocols", "threshold_fl.crypto", "openfhe", *APPLICATION),
         "transports know bytes, topics and identities, not protocols or the HE backend",
     ),
+    Rule(
+        "threshold_fl/sealing.py",
+        ("openfhe", "threshold_fl.crypto", "protocols", "transports", *APPLICATION),
+        "seals and keyed checks are plain symmetric crypto below the protocols, usable "
+        "without the HE backend",
+    ),
+    # One rule per scope, so sealing (which has its own, stricter rule) is left out here.
     *(Rule(f"threshold_fl/{name}.py", APPLICATION,
            "the library never imports the application, the benchmarks or the peers")
-      for name in LIBRARY_MODULES),
+      for name in LIBRARY_MODULES if name != "sealing"),
 )
 
 
@@ -204,6 +213,8 @@ def _rule(scope: str) -> Rule:
         ("transports", "transports.mqtt", "import protocols.messages\n"),
         ("transports", "transports.mqtt", "__import__('openfhe')\n"),
         ("threshold_fl/node.py", "threshold_fl.node", "from threshold_fl.app import party\n"),
+        ("threshold_fl/sealing.py", "threshold_fl.sealing", "import openfhe\n"),
+        ("threshold_fl/sealing.py", "threshold_fl.sealing", "from .crypto import context\n"),
         ("threshold_fl/crypto", "threshold_fl.crypto.keys", "import threshold_fl.bench.crypto\n"),
         ("protocols", "protocols.client", "from threshold_fl.peers import tenseal_flare\n"),
     ],

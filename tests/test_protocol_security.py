@@ -23,7 +23,8 @@ from threshold_fl.errors import (
     MessageRejected,
     StaleMessage,
 )
-from threshold_fl.identity import Identity, open_from
+from threshold_fl.identity import Identity
+from threshold_fl.sealing import open_from
 
 
 def assert_rejected(machine: Any, data: bytes, error: type[MessageRejected], now: float) -> str:

@@ -1,8 +1,9 @@
-"""Long-term party identities: Ed25519 signatures and X25519 pairwise sealing.
+"""Long-term party identities: Ed25519 signatures and X25519 agreement keys.
 
 Each party holds an :class:`Identity` (secret) and publishes its
-:class:`PublicIdentity`.  :func:`seal_for` / :func:`open_from` give
-authenticated encryption that only one named recipient can open.
+:class:`PublicIdentity`.  Pairwise sealing on the agreement keys lives in
+:mod:`threshold_fl.sealing`, which gets only the shared secret
+(:meth:`Identity.shared_secret`): the private keys never leave this module.
 
 Key files are **not encrypted at rest**: the secret file is small JSON holding
 the raw private keys in base64, protected only by owner-only permissions
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NewType
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -33,26 +34,21 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
     X25519PublicKey,
 )
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from threshold_fl.errors import AuthenticationError, IdentityError, ParameterError
 
 __all__ = [
-    "KEY_SIZE", "NONCE_SIZE", "PUBLIC_FILENAME", "SEAL_VERSION", "SECRET_FILENAME",
-    "Identity", "PartyId", "PublicIdentity",
-    "open_from", "random_nonce", "seal_for", "validate_party_id",
+    "KEY_SIZE", "PUBLIC_FILENAME", "SECRET_FILENAME",
+    "Identity", "PartyId", "PublicIdentity", "validate_party_id",
 ]
 
 PartyId = NewType("PartyId", str)
 
 KEY_SIZE = 32
-NONCE_SIZE = 12
-SEAL_VERSION = 1
 SECRET_FILENAME = "identity.key"
 PUBLIC_FILENAME = "identity.pub.json"
 
-_TAG_SIZE = 16
 _PARTY_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SECRET_FORMAT = "threshold-fl-identity"
 _PUBLIC_FORMAT = "threshold-fl-public-identity"
@@ -238,6 +234,18 @@ class Identity:
         _require_bytes(message=message)
         return self._signing_key.sign(message)
 
+    def shared_secret(self, peer: PublicIdentity) -> bytes:
+        """Raw X25519 secret shared with ``peer``: input to a KDF, never a key by itself.
+
+        This is how :mod:`threshold_fl.sealing` derives pairwise keys without the
+        private agreement key ever leaving this object.
+        """
+        try:
+            peer_key = X25519PublicKey.from_public_bytes(peer.agreement_public)
+            return self._agreement_key.exchange(peer_key)
+        except ValueError:
+            raise IdentityError(f"party {peer.party_id!r}'s agreement key is unusable") from None
+
     def save(self, directory: Path | str, *, overwrite: bool = False) -> None:
         """Write the secret file (0o600) and public file (0o644) into ``directory``."""
         directory = Path(directory)
@@ -334,67 +342,3 @@ def _read_json(path: Path, *, private: bool) -> dict[str, object]:
     if not isinstance(doc, dict):
         raise IdentityError(f"{path}: expected a JSON object, got {type(doc).__name__}")
     return doc
-
-
-def _derive_pairwise_key(own: Identity, peer: PublicIdentity, *,
-                         sending: bool, context: bytes) -> bytes:
-    """Key for one direction (sender -> recipient) between ``own`` and ``peer``."""
-    me = own.public
-    sender, recipient = (me, peer) if sending else (peer, me)
-    try:
-        peer_key = X25519PublicKey.from_public_bytes(peer.agreement_public)
-        shared = own._agreement_key.exchange(peer_key)
-    except ValueError:
-        raise IdentityError(f"party {peer.party_id!r}'s agreement key is unusable") from None
-    # Salt: both parties in canonical order, so both sides derive the same one.
-    pair = sorted((p.party_id.encode(), p.agreement_public) for p in (me, peer))
-    salt = hashlib.sha256(b"threshold-fl/pairwise/v1"
-                          + b"".join(_lp(i) + k for i, k in pair)).digest()
-    # Info: direction label, so A->B and B->A never share a key.  The context
-    # is mixed in as well so that a nonce reused in another session is harmless.
-    info = (b"threshold-fl/seal/v1" + _lp(sender.party_id.encode()) + sender.agreement_public
-            + b"->" + _lp(recipient.party_id.encode()) + recipient.agreement_public + _lp(context))
-    return _hkdf(shared, salt=salt, info=info)
-
-
-def seal_for(sender: Identity, recipient: PublicIdentity, plaintext: bytes, *,
-             context: bytes, nonce: bytes) -> bytes:
-    """Encrypt for ``recipient`` only; output is version || nonce || ciphertext.
-
-    ``nonce`` (12 bytes) must never repeat for the same sender, recipient and
-    context; outside the protocol core, :func:`random_nonce` is fine.
-    """
-    _require_bytes(plaintext=plaintext, context=context, nonce=nonce)
-    if len(nonce) != NONCE_SIZE:
-        raise ParameterError(f"nonce must be {NONCE_SIZE} bytes, got {len(nonce)}")
-    key = _derive_pairwise_key(sender, recipient, sending=True, context=context)
-    header = bytes([SEAL_VERSION]) + nonce
-    return header + ChaCha20Poly1305(key).encrypt(nonce, plaintext, header[:1] + context)
-
-
-def open_from(recipient: Identity, sender: PublicIdentity, sealed: bytes, *,
-              context: bytes) -> bytes:
-    """Decrypt a :func:`seal_for` output; any failure -> AuthenticationError."""
-    _require_bytes(sealed=sealed, context=context)
-    minimum = 1 + NONCE_SIZE + _TAG_SIZE
-    if len(sealed) < minimum:
-        raise AuthenticationError(f"sealed message is truncated ({len(sealed)} bytes, "
-                                  f"at least {minimum} needed); discard it")
-    if sealed[0] != SEAL_VERSION:
-        raise AuthenticationError(f"sealed message has unknown version byte {sealed[0]} "
-                                  f"(expected {SEAL_VERSION}): corrupt or from an "
-                                  "incompatible peer; discard it")
-    key = _derive_pairwise_key(recipient, sender, sending=False, context=context)
-    nonce = sealed[1:1 + NONCE_SIZE]
-    try:
-        return ChaCha20Poly1305(key).decrypt(nonce, sealed[1 + NONCE_SIZE:], sealed[:1] + context)
-    except InvalidTag:
-        raise AuthenticationError(
-            f"the sealed message from {sender.party_id!r} did not authenticate: it was "
-            "tampered with, sealed for another party or by another sender, or under "
-            "another context; discard it") from None
-
-
-def random_nonce() -> bytes:
-    """A fresh random 12-byte nonce from the OS, for callers outside the protocol core."""
-    return os.urandom(NONCE_SIZE)
