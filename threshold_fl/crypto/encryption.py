@@ -46,8 +46,10 @@ from threshold_fl.crypto.params import ScalingTechnique
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
 from threshold_fl.crypto.shares import (
     KeyLimbs,
+    KitCache,
     coefficients_of,
     path_from_env,
+    self_tested,
     slot_indices,
     twist,
 )
@@ -354,23 +356,14 @@ class EncryptionKit:
             yield RingBlob(key.upload.summary, elements, key.upload.skeleton)
 
 
-_KITS: dict[str, tuple[CkksContext, EncryptionKit | CryptoError]] = {}
+_KITS: KitCache = {}
 
 
 def encryption_kit(context: CkksContext) -> EncryptionKit:
     """The context's kit, self-tested on first use (about 0.2 s).  Raises CryptoError if
     the context is not one this module encrypts for (see :func:`ring_supported`) or the
     self-test failed; a failure is kept and raised again, naming the way out."""
-    cached = _KITS.get(context.fingerprint)
-    if cached is None or cached[0] is not context:
-        try:
-            cached = (context, _self_tested_kit(context))
-        except CryptoError as failure:
-            cached = (context, failure)
-        _KITS[context.fingerprint] = cached
-    if isinstance(cached[1], CryptoError):
-        raise CryptoError(str(cached[1]))
-    return cached[1]
+    return self_tested(_KITS, context, _self_tested_kit)
 
 
 def _self_tested_kit(context: CkksContext) -> EncryptionKit:

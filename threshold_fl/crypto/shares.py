@@ -24,7 +24,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
@@ -51,6 +51,7 @@ __all__ = [
     "path_from_env",
     "ring_kit",
     "ring_shares",
+    "self_tested",
     "share_template",
     "slot_indices",
     "sum_shares",
@@ -354,22 +355,34 @@ class RingKit:
         return GaussianSampler(self.sigma)
 
 
-_KITS: dict[str, tuple[CkksContext, RingKit | CryptoError]] = {}
+Kit = TypeVar("Kit")
+KitCache = dict[str, tuple[CkksContext, Any]]  # fingerprint -> (context, kit or failure)
+
+
+def self_tested(cache: KitCache, context: CkksContext,
+                build: Callable[[CkksContext], Kit]) -> Kit:
+    """The context's kit from ``cache``, built (self-tested) on first use.  A failure is
+    kept and raised again, so a broken path is not re-tested on every call."""
+    cached = cache.get(context.fingerprint)
+    if cached is None or cached[0] is not context:
+        try:
+            cached = (context, build(context))
+        except CryptoError as failure:
+            cached = (context, failure)
+        cache[context.fingerprint] = cached
+    if isinstance(cached[1], CryptoError):
+        raise CryptoError(str(cached[1]))
+    kit: Kit = cached[1]
+    return kit
+
+
+_KITS: KitCache = {}
 
 
 def ring_kit(context: CkksContext) -> RingKit:
     """The context's kit, self-tested on first use (about 0.1 s); a failure is kept and
     raised again, naming the way out."""
-    cached = _KITS.get(context.fingerprint)
-    if cached is None or cached[0] is not context:
-        try:
-            cached = (context, _self_tested_kit(context))
-        except CryptoError as failure:
-            cached = (context, failure)
-        _KITS[context.fingerprint] = cached
-    if isinstance(cached[1], CryptoError):
-        raise CryptoError(str(cached[1]))
-    return cached[1]
+    return self_tested(_KITS, context, _self_tested_kit)
 
 
 def _self_tested_kit(context: CkksContext) -> RingKit:
