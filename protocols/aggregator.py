@@ -32,6 +32,7 @@ from protocols.events import (
     RoundCompleted,
     Step,
 )
+from protocols.ledger import StepLedger
 from protocols.machine import Handler, Machine, Randomness
 from protocols.manifest import Manifest, Mode, Role
 from protocols.messages import (
@@ -132,7 +133,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._group_check: str | None = None
         self._needs_rekey = False
         self.mask: EncryptionMask | None = None
-        self._seen: set[object] = set()
+        self._ledger = StepLedger()  # what was accepted, to refuse duplicates and replays
         self._done: dict[PartyId, str] = {}  # confirmations of the current step
         self._pending_confirms: dict[PartyId, Message] = {}  # key confirms ahead of the key
         self._last_progress: float | None = None  # when this step last accepted a message
@@ -174,10 +175,10 @@ class AggregatorMachine(Machine[AggregatorState]):
         assert isinstance(message.body, Hello)
         self._require_sender(message, self.manifest.client_ids, "a client")
         self._require_step(message, (Stage.SETUP, 0, 0, 0))
-        self._require_new(self._seen, ("hello", message.header.sender), message)
+        self._require_new(self._ledger.hellos, message.header.sender, message)
         if message.body.samples < 1:
             raise MalformedMessage("a client announced fewer than 1 training sample")
-        self._seen.add(("hello", message.header.sender))
+        self._ledger.hellos.add(message.header.sender)
         self._samples[message.header.sender] = message.body.samples
         if len(self._samples) == len(self.manifest.clients):
             self.alive = sorted(self._samples)
@@ -217,6 +218,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         sender = message.header.sender
         self._require_sender(message, self._key_contributors(), "a key contributor")
         self._require_relay(message, broadcast=True)
+        self._require_new(self._ledger.broadcasts, sender, message)
         index, share = decode_public_key(self.context, message.body.key_frame)
         expected = self._holders.index(sender) + 1 if sender in self._holders else 0
         if index != expected:
@@ -228,7 +230,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         elif len(shares) == len(self._holders):
             by_index = {self._holders.index(party) + 1: key for party, key in shares.items()}
             key_id = combine_public_shares(self.context, by_index, 1).key_id
-        self._seen.add(("relay", sender, "*"))
+        self._ledger.broadcasts.add(sender)
         self._public_shares, self._key_id = shares, key_id
         step = self._relay(message, now)
         if key_id is not None:
@@ -241,7 +243,9 @@ class AggregatorMachine(Machine[AggregatorState]):
     def _on_key_delivery(self, message: Message, now: float) -> Step:
         self._require_sender(message, self._key_contributors(), "a key contributor")
         self._require_relay(message, broadcast=False)
-        self._seen.add(("relay", message.header.sender, message.header.recipient))
+        delivery = (message.header.sender, PartyId(message.header.recipient))
+        self._require_new(self._ledger.deliveries, delivery, message)
+        self._ledger.deliveries.add(delivery)
         return self._relay(message, now)
 
     def _on_key_confirm(self, message: Message, now: float) -> Step:
@@ -318,7 +322,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._require_sender(message, [p for p in self._expected if p in self.alive],
                              "an active client expected to upload in this attempt")
         self._require_step(message, self.step)
-        self._require_new(self._seen, ("upload", sender), message)
+        self._require_new(self._ledger.uploads, sender, message)
         if sender == self.me or message.header.recipient != self.me:
             raise ForgedMessage("an upload must be addressed to the aggregator")
         assert self._sum is not None and self._plain_sum is not None
@@ -326,7 +330,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         weight = self._weight(sender)  # ciphertexts carry it already; float32 parts do not
         self._sum.add(weight, message.body.protected)  # all or nothing
         self._plain_sum += weight * plain
-        self._seen.add(("upload", sender))
+        self._ledger.uploads.add(sender)
         self._uploaders.append(sender)
         return self._progress(now)
 
@@ -372,9 +376,9 @@ class AggregatorMachine(Machine[AggregatorState]):
         if self._decryption.recovering.get(dropped) != message.header.recipient:
             raise UnexpectedMessage(f"no recovery of {dropped!r} by {message.header.recipient!r}")
         self._require_relay(message, broadcast=False)
-        key = ("recovery", message.header.sender, dropped)
-        self._require_new(self._seen, key, message)
-        self._seen.add(key)
+        recovery = (message.header.sender, dropped)
+        self._require_new(self._ledger.recoveries, recovery, message)
+        self._ledger.recoveries.add(recovery)
         return self._relay(message, now)
 
     def _on_mask_confirm(self, message: Message, now: float) -> Step:
@@ -484,10 +488,9 @@ class AggregatorMachine(Machine[AggregatorState]):
 
     def _culprits(self) -> list[PartyId]:
         if self.state is A.KEY_AGREEMENT:
-            delivered = {(key[1], key[2]) for key in self._seen
-                         if isinstance(key, tuple) and key[0] == "relay"}
             return key_agreement_culprits(self._key_contributors(), self._public_shares,
-                                          self._holders, delivered, self.alive, self._done)
+                                          self._holders, self._ledger.deliveries, self.alive,
+                                          self._done)
         if self.state in _UPLOADS:
             return upload_culprits(self._expected, self._uploaders)
         return self._decryption.culprits(self._holders, self.alive, self._done)
@@ -568,9 +571,6 @@ class AggregatorMachine(Machine[AggregatorState]):
         if not broadcast and (header.recipient not in self.alive or
                               header.recipient == header.sender):
             raise ForgedMessage(f"{message.kind} for {header.recipient!r}, not an active client")
-        key = ("relay", header.sender, header.recipient)
-        if not isinstance(message.body, PartialShare | RecoveryShare):
-            self._require_new(self._seen, key, message)
 
     def handle(self, message: Message, now: float) -> Step:
         step = super().handle(message, now)
@@ -583,11 +583,11 @@ class AggregatorMachine(Machine[AggregatorState]):
             recipients = [party for party in self.alive if party != header.sender]
         else:
             recipients = [PartyId(header.recipient)]
-        assert self._incoming is not None
-        return Step(sends=[Outgoing(tuple(recipients), self._incoming, message.kind)])
+        assert message.raw, "a relay forwards the sender's signed bytes: received ones only"
+        return Step(sends=[Outgoing(tuple(recipients), message.raw, message.kind)])
 
     def _reset_step(self, now: float, timeout: float) -> None:
-        self._seen = {key for key in self._seen if isinstance(key, tuple) and key[0] == "hello"}
+        self._ledger = self._ledger.next_step()
         self._done = {}
         self._pending_confirms = {}
         self._last_progress = None

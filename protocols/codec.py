@@ -67,8 +67,9 @@ def decode_message(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> 
     Raises ForgedMessage (unknown sender, bad signature, sender mismatch) or
     MalformedMessage (anything that does not parse); never anything else.
     """
+    data = _as_bytes(data)
     sender, payload = _open_envelope(data, directory)
-    message = _parse_payload(payload)
+    message = _parse_payload(payload, data)
     if message.header.sender != sender:
         raise ForgedMessage(
             f"the envelope was signed by {sender!r} but the message claims sender "
@@ -77,10 +78,13 @@ def decode_message(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> 
     return message
 
 
-def _open_envelope(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> tuple[str, bytes]:
+def _as_bytes(data: object) -> bytes:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedMessage(f"a message must be bytes, got {type(data).__name__}")
-    data = bytes(data)
+    return bytes(data)  # no copy for bytes; the message keeps it (``Message.raw``)
+
+
+def _open_envelope(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> tuple[str, bytes]:
     if len(data) > MAX_MESSAGE_BYTES:
         raise MalformedMessage(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     if len(data) < _PREFIX.size + _LENGTH.size + _SIGNATURE_SIZE:
@@ -116,7 +120,7 @@ def _open_envelope(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> 
     return sender, signed[offset:]
 
 
-def _parse_payload(payload: bytes) -> Message:
+def _parse_payload(payload: bytes, raw: bytes) -> Message:
     try:
         decoded = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -129,7 +133,7 @@ def _parse_payload(payload: bytes) -> Message:
     body_type = BODY_TYPES[code]
     header = _build(Header, header_values)
     body = typing.cast(Body, _build(body_type, body_values))
-    return Message(header, body)
+    return Message(header, body, raw)
 
 
 _T = typing.TypeVar("_T")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from protocols.codec import decode_message, encode_message
@@ -38,6 +38,7 @@ __all__ = ["Machine", "Randomness"]
 Randomness = Callable[[int], bytes]
 
 S = TypeVar("S", bound=enum.Enum)
+K = TypeVar("K")
 _NAMES_SHOWN = 8  # parties named in a progress line; a hundred names help nobody
 Handler = Callable[[Any, Message, float], Step]
 
@@ -71,7 +72,6 @@ class Machine(abc.ABC, Generic[S]):
         self._context_cache: CkksContext | None = None
         self.state: S = state
         self._deadline: float | None = None
-        self._incoming: bytes | None = None
 
     @property
     def context(self) -> CkksContext:
@@ -82,16 +82,13 @@ class Machine(abc.ABC, Generic[S]):
     # -- feeding -------------------------------------------------------------------
     def receive(self, data: bytes, now: float) -> Step:
         """Authenticate and handle one message; raises MessageRejected (state unchanged)."""
-        message = decode_message(data, self._directory)
-        self._incoming = bytes(data)  # relays forward the sender's signed bytes unchanged
+        message = decode_message(data, self._directory)  # keeps the signed bytes for relays
         try:
             self._check_addressing(message)
             return self.handle(message, now)
         except MessageRejected as exc:
             exc.sender = message.header.sender  # authenticated: safe to name and blame
             raise
-        finally:
-            self._incoming = None
 
     def handle(self, message: Message, now: float) -> Step:
         """Handle an already authenticated message (``receive`` is the public entry)."""
@@ -176,7 +173,7 @@ class Machine(abc.ABC, Generic[S]):
             )
 
     @staticmethod
-    def _require_new(seen: set[Any], key: Any, message: Message) -> None:
+    def _require_new(seen: Collection[K], key: K, message: Message) -> None:
         if key in seen:
             raise DuplicateMessage(
                 f"a second {message.kind} from {message.header.sender!r} for this step; "

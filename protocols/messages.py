@@ -11,7 +11,7 @@ import enum
 import math
 import re
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Union
 
 from threshold_fl.errors import MalformedMessage, ParameterError
@@ -397,14 +397,21 @@ BODY_TYPES: tuple[type[_Body], ...] = typing.get_args(Body)
 
 @dataclass(frozen=True)
 class Message:
-    """One authenticated protocol message."""
+    """One authenticated protocol message.
+
+    ``raw`` is the signed envelope it was decoded from (set by ``decode_message``), so
+    the aggregator relays the sender's own signature; it is empty for a message built
+    here, and takes no part in equality.
+    """
 
     header: Header
     body: Body
+    raw: bytes = field(default=b"", compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.header, Header) or not isinstance(self.body, _Body):
-            raise _reject("a message is a Header and a body of a known type")
+        if not (isinstance(self.header, Header) and isinstance(self.body, _Body)
+                and isinstance(self.raw, bytes)):
+            raise _reject("a message is a Header, a body of a known type and its bytes")
         if self.header.stage not in type(self.body).STAGES:
             raise _reject(
                 f"a {type(self.body).__name__} cannot belong to stage {self.header.stage.name}"

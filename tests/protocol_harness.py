@@ -331,8 +331,8 @@ def _summary(value: Any, path: tuple[int, ...]) -> Any:
 
 
 #: Attributes that are not protocol state: a lazily built CKKS context (a cache that a
-#: rejected message may legitimately fill) and the bytes being handled (reset in finally).
-_NOT_STATE = frozenset({"_context_cache", "_incoming"})
+#: rejected message may legitimately fill).
+_NOT_STATE = frozenset({"_context_cache"})
 
 
 def snapshot(machine: Any) -> dict[str, Any]:

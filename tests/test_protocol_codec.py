@@ -205,7 +205,17 @@ def test_round_trip_at_field_limits() -> None:
 
 @pytest.mark.parametrize("kind", [bytearray, memoryview])
 def test_decode_accepts_bytes_like_input(kind: Callable[[bytes], Any]) -> None:
-    assert decode_message(kind(ENCODED), DIRECTORY) == MESSAGE
+    decoded = decode_message(kind(ENCODED), DIRECTORY)
+    assert decoded == MESSAGE
+    assert type(decoded.raw) is bytes and decoded.raw == ENCODED
+
+
+def test_a_decoded_message_keeps_its_signed_bytes_for_relays() -> None:
+    decoded = decode_message(ENCODED, DIRECTORY)
+    assert decoded.raw == ENCODED  # what the aggregator forwards, signature included
+    assert MESSAGE.raw == b""  # built here: nothing to forward
+    assert decoded == MESSAGE and hash(decoded) == hash(MESSAGE)  # raw is not content
+    assert "raw" not in repr(decoded)
 
 
 @settings(max_examples=60, deadline=None)

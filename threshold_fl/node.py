@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 import numpy as np
 
@@ -78,6 +78,73 @@ SensitivityFn = Callable[[], MaybeAwaitable]
 Machine = Union[AggregatorMachine, ClientMachine, KeyAuthorityMachine]  # noqa: UP007
 
 
+# -- the node's inbox: everything the main loop handles, one type per kind ---------------
+# ``WORK`` names the entry of SessionSummary.compute_s that the handling time is added to.
+@dataclass(frozen=True)
+class Received:
+    """Bytes the transport delivered, for the state machine."""
+
+    WORK: ClassVar[str] = "receive"
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The transport closed (or the broker stayed unreachable): the session ends."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The application's callback raised: the session ends."""
+
+    error: Exception
+
+
+@dataclass(frozen=True)
+class Leave:
+    """The application asked the client to leave (``FederatedClient.leave``)."""
+
+    WORK: ClassVar[str] = "leave"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Offline:
+    """The transport saw a party go offline (``Aggregator.party_offline``)."""
+
+    WORK: ClassVar[str] = "offline"
+    party: PartyId
+
+
+@dataclass(frozen=True, eq=False)  # arrays have no plain equality
+class WorkDone:
+    """The application's answer to a request of the client machine."""
+
+    WORK: ClassVar[str]
+    result: FloatArray = field(repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class SensitivityReady(WorkDone):
+    """The local sensitivity map, answering SensitivityNeeded."""
+
+    WORK: ClassVar[str] = "sensitivity"
+
+
+@dataclass(frozen=True, eq=False)
+class UpdateReady(WorkDone):
+    """The locally trained model, answering UpdateNeeded."""
+
+    WORK: ClassVar[str] = "update"
+
+
+#: What ``_submit`` hands to the machine; each role takes its own kinds, passes the rest on.
+Submitted = Union[Leave, Offline, SensitivityReady, UpdateReady]  # noqa: UP007
+InboxItem = Union[Received, Closed, Failed, Submitted]  # noqa: UP007
+
+
 @dataclass(frozen=True)
 class RoundResult:
     """One completed FedAvg round as a client sees it."""
@@ -125,7 +192,7 @@ class Node:
         self.machine = machine
         self._transport = transport
         self._clock = clock
-        self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=inbox_size)
+        self._inbox: asyncio.Queue[InboxItem] = asyncio.Queue(maxsize=inbox_size)
         self._on_event = on_event
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[SessionSummary] | None = None
@@ -190,14 +257,13 @@ class Node:
                 await self._feed(self.machine.on_deadline(self._clock()))
                 self._report_wait()
                 continue
-            kind, value = item
-            if kind == "closed":
-                self.summary.aborted = f"the transport closed: {value}"
+            if isinstance(item, Closed):
+                self.summary.aborted = f"the transport closed: {item.reason}"
                 return
-            if kind == "failed":
-                await self._feed(self._failed(value))
+            if isinstance(item, Failed):
+                await self._feed(self._failed(item.error))
                 return
-            await self._handle(kind, value)
+            await self._handle(item)
             if self._terminal():
                 return
             self._report_wait()
@@ -212,7 +278,7 @@ class Node:
         if self._waits is not None:
             self._waits.update(self.machine.waiting_for(), now)
 
-    async def _next_item(self) -> tuple[str, Any] | None:
+    async def _next_item(self) -> InboxItem | None:
         times = [self.machine.next_deadline(), None if self._waits is None else self._waits.due()]
         deadline = min((t for t in times if t is not None), default=None)
         timeout = None if deadline is None else max(0.0, deadline - self._clock())
@@ -221,20 +287,20 @@ class Node:
         except asyncio.TimeoutError:
             return None
 
-    async def _handle(self, kind: str, value: Any) -> None:
+    async def _handle(self, item: Received | Submitted) -> None:
         now = self._clock()
-        work = "receive" if kind == "bytes" else kind
         try:
-            if kind == "bytes":
+            if isinstance(item, Received):
                 try:
-                    step = await asyncio.to_thread(self.machine.receive, value, now)
+                    step = await asyncio.to_thread(self.machine.receive, item.data, now)
                 except MessageRejected as exc:
                     self._refused(exc, now)
                     return
             else:
-                step = await self._submit(kind, value, now)
+                step = await self._submit(item, now)
         finally:
             spent = self._clock() - now
+            work = item.WORK
             self.summary.compute_s[work] = self.summary.compute_s.get(work, 0.0) + spent
         await self._feed(step)
 
@@ -254,8 +320,9 @@ class Node:
         (self._refusals if serious else self._notices).log(
             sender, type(exc).__name__, message, now)
 
-    async def _submit(self, kind: str, value: Any, now: float) -> Step:
-        raise ValueError(f"unknown inbox item {kind!r}")
+    async def _submit(self, item: Submitted, now: float) -> Step:
+        """Roles override this for the kinds they take, and pass the rest on."""
+        raise ValueError(f"{type(self).__name__} takes no inbox item {item!r}")
 
     def _failed(self, error: BaseException) -> Step:
         raise error
@@ -299,9 +366,9 @@ class Node:
             try:
                 data = await self._transport.receive()
             except TransportError as exc:  # closed, or the broker stayed unreachable
-                await self._inbox.put(("closed", str(exc)))
+                await self._inbox.put(Closed(str(exc)))
                 return
-            await self._inbox.put(("bytes", data))  # bounded: waits when the node is busy
+            await self._inbox.put(Received(data))  # bounded: waits when the node is busy
 
     def _spawn(self, coroutine: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -362,7 +429,7 @@ class FederatedClient(Node):
     def leave(self, reason: str) -> None:
         """Leave the session now, telling the aggregator *reason*; the session then ends
         as aborted.  Call it from the event loop while the client runs."""
-        self._spawn(self._inbox.put(("leave", reason)), "leave")
+        self._spawn(self._inbox.put(Leave(reason)), "leave")
 
     async def rounds(self) -> AsyncIterator[RoundResult]:
         """Each round's global model as it completes; ends when the session ends."""
@@ -383,14 +450,15 @@ class FederatedClient(Node):
 
     async def _on_machine_event(self, event: Event) -> None:
         if isinstance(event, SensitivityNeeded):
-            self._spawn(self._work("sensitivity", self._sensitivity), "sensitivity")
+            self._spawn(self._work(SensitivityReady, self._sensitivity), "sensitivity")
         elif isinstance(event, UpdateNeeded):
-            self._spawn(self._work("update", self._train, event.round, event.model), "training")
+            self._spawn(self._work(UpdateReady, self._train, event.round, event.model),
+                        "training")
         elif isinstance(event, RoundCompleted) and event.model is not None:
             self._results.put_nowait(RoundResult(event.round, event.model))
 
-    async def _work(self, kind: str, function: Callable[..., MaybeAwaitable],
-                    *args: Any) -> None:
+    async def _work(self, done: type[SensitivityReady] | type[UpdateReady],
+                    function: Callable[..., MaybeAwaitable], *args: Any) -> None:
         try:
             if inspect.iscoroutinefunction(function):
                 result = await function(*args)
@@ -399,27 +467,28 @@ class FederatedClient(Node):
                 if inspect.isawaitable(result):
                     result = await result
         except Exception as exc:  # the application's failure ends this client's session
-            await self._inbox.put(("failed", exc))
+            await self._inbox.put(Failed(exc))
             return
-        await self._inbox.put((kind, np.asarray(result, dtype=np.float64)))
+        await self._inbox.put(done(np.asarray(result, dtype=np.float64)))
 
     def _failed(self, error: BaseException) -> Step:
         """The application's callback raised: leave the session, saying why."""
         log.error("%s: the application failed: %r", self.machine.me, error)
         return self._client.abort(f"the application failed: {error!r}", self._clock())
 
-    async def _submit(self, kind: str, value: Any, now: float) -> Step:
-        submit = {"sensitivity": self._client.submit_sensitivity,
-                  "update": self._client.submit_update}.get(kind)
-        if submit is not None:
+    async def _submit(self, item: Submitted, now: float) -> Step:
+        if isinstance(item, SensitivityReady | UpdateReady):
+            submit = (self._client.submit_sensitivity if isinstance(item, SensitivityReady)
+                      else self._client.submit_update)
             try:
-                return await asyncio.to_thread(submit, value, now)
+                return await asyncio.to_thread(submit, item.result, now)
             except ThresholdFLError as exc:  # e.g. values outside the bound: tell the others
-                log.error("%s: the application's %s was refused: %s", self.machine.me, kind, exc)
-                return self._client.abort(f"its {kind} was refused: {exc}", now)
-        if kind == "leave":
-            return self._client.abort(str(value), now)
-        return await super()._submit(kind, value, now)
+                log.error("%s: the application's %s was refused: %s", self.machine.me,
+                          item.WORK, exc)
+                return self._client.abort(f"its {item.WORK} was refused: {exc}", now)
+        if isinstance(item, Leave):
+            return self._client.abort(item.reason, now)
+        return await super()._submit(item, now)
 
 
 class Aggregator(Node):
@@ -443,12 +512,12 @@ class Aggregator(Node):
         """Tell the aggregator that the transport saw *party* go offline (e.g. its MQTT
         Last Will), so that it is dropped now rather than at the stage deadline.  Call it
         from the event loop while the node runs."""
-        self._spawn(self._inbox.put(("offline", party)), f"offline {party}")
+        self._spawn(self._inbox.put(Offline(PartyId(party))), f"offline {party}")
 
-    async def _submit(self, kind: str, value: Any, now: float) -> Step:
-        if kind == "offline":
-            return self._aggregator.party_offline(PartyId(value), now)
-        return await super()._submit(kind, value, now)
+    async def _submit(self, item: Submitted, now: float) -> Step:
+        if isinstance(item, Offline):
+            return self._aggregator.party_offline(item.party, now)
+        return await super()._submit(item, now)
 
 
 class KeyAuthority(Node):
