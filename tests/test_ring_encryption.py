@@ -134,16 +134,34 @@ def test_our_noise_has_the_width_openfhes_parameters_give_and_openfhe_agrees(key
     zero = enc._Plaintext(np.zeros(N, dtype=np.int64), 1)
     ours = np.concatenate([_two_limb_noise(keys, enc._two_limbs(CONTEXT, key.elements, zero,
                                                                  _randomness()))
-                           for _ in range(8)])
+                           for _ in range(32)])
     theirs = np.concatenate([_two_limb_noise(keys, CONTEXT.ring.parse(CONTEXT.serialize(
         CONTEXT.native.Encrypt(keys.publicKey, CONTEXT.encode(np.zeros(2), scale_degree=2))),
-        BlobKind.CIPHERTEXT).elements) for _ in range(8)])
+        BlobKind.CIPHERTEXT).elements) for _ in range(32)])
+    # e v + e0 + e1 s for this key's s and public error e (e = b + a s): variance
+    # (2/3)|e|^2 + w^2 (1 + |s|^2), w the width of e0, e1 (ours rounded: + 1/12).
+    e_pk, s_square = _key_terms(keys, key)
+    for noise, width in ((ours, KIT.sigma**2 + 1 / 12), (theirs, KIT.sigma**2)):
+        predicted = math.sqrt(2 / 3 * e_pk + width * (1 + s_square))
+        assert abs(float(np.std(noise)) / predicted - 1) < 0.01  # sampling error about 0.25 %
+    # and the key-independent width OpenFHE's parameters give, to the key's own spread
+    assert abs(float(np.std(ours)) / 2.0 ** _predicted_bits() - 1) < 0.03
     predicted = 2.0 ** _predicted_bits()
-    assert abs(float(np.std(ours)) / predicted - 1) < 0.01
-    assert abs(float(np.std(theirs)) / predicted - 1) < 0.01
     assert abs(float(np.mean(ours))) < 5 * predicted / math.sqrt(ours.size)
-    # the tails: a sum of thousands of small terms; 6 sigma is never reached in 65,536
+    # the tails: a sum of thousands of small terms; 6 sigma is never reached in 262,144
     assert float(np.abs(ours).max()) < 6 * predicted
+
+
+def _key_terms(keys: Any, key: Any) -> tuple[float, float]:
+    """|e|^2 of the public key's error and |s|^2 of the secret, exactly."""
+    with KeyLimbs(CONTEXT, keys.secretKey) as secret:
+        s = secret.limb(Q1)
+        error = ntt.add_mod(key.elements[0, 1], ntt.mul_mod(key.elements[1, 1], s, Q1), Q1)
+        s_coefficients = coefficients_of(s, Q1).astype(np.float64)
+        terms = (float(np.sum(coefficients_of(error, Q1).astype(np.float64) ** 2)),
+                 float(np.sum(s_coefficients**2)))
+        s_coefficients.fill(0)
+    return terms
 
 
 def test_v_is_uniform_ternary_and_e_has_openfhes_width() -> None:

@@ -68,8 +68,10 @@ ENCRYPTION_PATH_ENV = "TFL_ENCRYPTION_PATH"
 # OpenFHE scales a coefficient down to 61 bits before rounding it (MAX_BITS_IN_WORD)
 # and multiplies the power of two back in modulo each limb.
 _MAX_COEFFICIENT_BITS = 61
-# Allowances for a measured noise width (n = 8192 samples: about 0.011 bits per sigma).
-_OWN_TOLERANCE_BITS = 0.06
+# Allowances for a measured noise width: one ciphertext's 8192 coefficients, whose width
+# also depends on the throwaway key's |s| and |e| (about 0.9 % spread in all, measured),
+# so 0.08 bits (5.7 %) is about six standard deviations; OpenFHE's gets more room.
+_OWN_TOLERANCE_BITS = 0.08
 _OPENFHE_TOLERANCE_BITS = 0.1
 _SELF_TEST_VALUES = 64
 _KEYS_CACHED = 16
