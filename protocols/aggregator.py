@@ -15,7 +15,6 @@ round.  Below ``t`` survivors the session aborts and says so.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -64,6 +63,7 @@ from protocols.protection import (
 )
 from protocols.relay import DecryptionRelay
 from protocols.session import plaintext_key_id
+from protocols.states import AGGREGATOR_OTHER_TARGETS, AGGREGATOR_TARGETS, AggregatorState
 from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.keys import PublicKey, combine_public_shares
 from threshold_fl.crypto.wire import decode_public_key
@@ -74,16 +74,6 @@ from threshold_fl.ml.mask import EncryptionMask
 __all__ = ["AggregatorMachine", "AggregatorState"]
 
 
-class AggregatorState(enum.Enum):
-    IDLE = "idle"
-    JOINING = "joining"
-    KEY_AGREEMENT = "key agreement"
-    MASK_UPLOAD = "mask upload"
-    MASK_DECRYPTION = "mask decryption"
-    ROUND_UPLOAD = "round upload"
-    ROUND_DECRYPTION = "round decryption"
-    FINISHED = "finished"
-    ABORTED = "aborted"
 
 
 A = AggregatorState
@@ -110,6 +100,7 @@ class AggregatorMachine(Machine[AggregatorState]):
 
     ROLE = Role.AGGREGATOR
     TERMINAL = frozenset({A.FINISHED, A.ABORTED})
+    TARGETS, OTHER_TARGETS = AGGREGATOR_TARGETS, AGGREGATOR_OTHER_TARGETS
 
     def __init__(
         self,

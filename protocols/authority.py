@@ -6,7 +6,6 @@ alone, publishes the public key, and is done: the aggregator never gets the secr
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -15,6 +14,7 @@ from protocols.machine import Handler, Machine, Randomness
 from protocols.manifest import Manifest, Role
 from protocols.messages import Abort, KeyDelivery, KeygenStart, Message, PublicShare
 from protocols.session import pack_mapping, seal_context
+from protocols.states import AUTHORITY_OTHER_TARGETS, AUTHORITY_TARGETS, KeyAuthorityState
 from threshold_fl.crypto.keys import generate_keypair
 from threshold_fl.crypto.wire import encode_public_key, encode_secret_key
 from threshold_fl.errors import ProtocolError, StaleMessage, UnexpectedMessage
@@ -24,11 +24,6 @@ from threshold_fl.sealing import GROUP_KEY_SIZE, seal_for
 __all__ = ["KeyAuthorityMachine", "KeyAuthorityState"]
 
 
-class KeyAuthorityState(enum.Enum):
-    IDLE = "idle"
-    WAITING = "waiting"
-    DONE = "keys delivered"
-    ABORTED = "aborted"
 
 
 K = KeyAuthorityState
@@ -37,6 +32,7 @@ K = KeyAuthorityState
 class KeyAuthorityMachine(Machine[KeyAuthorityState]):
     ROLE = Role.KEY_AUTHORITY
     TERMINAL = frozenset({K.DONE, K.ABORTED})
+    TARGETS, OTHER_TARGETS = AUTHORITY_TARGETS, AUTHORITY_OTHER_TARGETS
 
     def __init__(self, manifest: Manifest, identity: Identity, randomness: Randomness) -> None:
         super().__init__(manifest, identity, randomness, K.IDLE)

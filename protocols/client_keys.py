@@ -10,8 +10,6 @@ mask agreement and the FedAvg rounds.
 
 from __future__ import annotations
 
-import enum
-
 from protocols.events import Aborted, KeyAgreed, Outgoing, Step
 from protocols.machine import Machine, Randomness
 from protocols.manifest import Manifest, Mode, Role
@@ -32,6 +30,7 @@ from protocols.session import (
     plaintext_key_id,
     seal_context,
 )
+from protocols.states import CLIENT_OTHER_TARGETS, CLIENT_TARGETS, ClientState
 from threshold_fl.crypto.keys import (
     JointPublicKey,
     PartyKeys,
@@ -63,21 +62,6 @@ __all__ = ["ClientKeyAgreement", "ClientState"]
 _DELIVERY_FIELDS = frozenset({"shamir", "group_key", "secret_key"})
 
 
-class ClientState(enum.Enum):
-    IDLE = "idle"
-    JOINING = "joining"
-    KEY_AGREEMENT = "key agreement"
-    KEYS_CONFIRMED = "keys confirmed"
-    MASK_COMPUTING = "computing sensitivity"
-    MASK_UPLOADED = "sensitivity uploaded"
-    MASK_DECRYPTING = "decrypting sensitivity"
-    MASK_CONFIRMED = "mask confirmed"
-    TRAINING = "training"
-    UPDATE_UPLOADED = "update uploaded"
-    ROUND_DECRYPTING = "decrypting round"
-    ROUND_DONE = "round done"
-    FINISHED = "finished"
-    ABORTED = "aborted"
 
 
 C = ClientState
@@ -88,6 +72,7 @@ class ClientKeyAgreement(Machine[ClientState]):
 
     ROLE = Role.CLIENT
     TERMINAL = frozenset({C.FINISHED, C.ABORTED})
+    TARGETS, OTHER_TARGETS = CLIENT_TARGETS, CLIENT_OTHER_TARGETS
 
     def __init__(self, manifest: Manifest, identity: Identity, randomness: Randomness) -> None:
         super().__init__(manifest, identity, randomness, C.IDLE)

@@ -32,7 +32,7 @@ from threshold_fl.errors import (
 )
 from threshold_fl.identity import Identity, PartyId
 
-__all__ = ["Machine", "Randomness"]
+__all__ = ["Machine", "Randomness", "UndeclaredTransition"]
 
 #: Source of random bytes, passed in (e.g. ``os.urandom``) so machines stay deterministic.
 Randomness = Callable[[int], bytes]
@@ -43,6 +43,11 @@ _NAMES_SHOWN = 8  # parties named in a progress line; a hundred names help nobod
 Handler = Callable[[Any, Message, float], Step]
 
 
+class UndeclaredTransition(AssertionError):
+    """A handler moved to a state its targets table does not name: a bug in the code
+    or in the table (never the peer's fault, so not a MessageRejected)."""
+
+
 class Machine(abc.ABC, Generic[S]):
     """Base of the role machines; subclasses fill ``TRANSITIONS`` and the handlers."""
 
@@ -50,6 +55,10 @@ class Machine(abc.ABC, Generic[S]):
     #: state -> body type -> handler: every acceptable (state, message) pair, in one place.
     TRANSITIONS: ClassVar[Mapping[Any, Mapping[type, Handler]]]
     TERMINAL: ClassVar[frozenset[Any]]
+    #: state -> body type -> states the handler may move to (protocols/states.py).
+    TARGETS: ClassVar[Mapping[Any, Mapping[type, frozenset[Any]]]]
+    #: method outside the table (start, deadline, abort...) -> states it may move to.
+    OTHER_TARGETS: ClassVar[Mapping[str, frozenset[Any]]]
 
     def __init__(
         self, manifest: Manifest, identity: Identity, randomness: Randomness, state: S
@@ -72,6 +81,9 @@ class Machine(abc.ABC, Generic[S]):
         self._context_cache: CkksContext | None = None
         self.state: S = state
         self._deadline: float | None = None
+        # One slot per dispatch under way: the state it had reached when a nested one
+        # (a replayed early message) began, so each is checked for its own move only.
+        self._reached: list[S | None] = []
 
     @property
     def context(self) -> CkksContext:
@@ -93,7 +105,8 @@ class Machine(abc.ABC, Generic[S]):
     def handle(self, message: Message, now: float) -> Step:
         """Handle an already authenticated message (``receive`` is the public entry)."""
         if isinstance(message.body, Abort):
-            return self._on_abort(message, now)
+            targets = self.OTHER_TARGETS["_on_abort"]
+            return self._checked(targets, message.kind, lambda: self._on_abort(message, now))
         handlers = self.TRANSITIONS.get(self.state, {})
         handler = handlers.get(type(message.body))
         if handler is None:
@@ -101,8 +114,9 @@ class Machine(abc.ABC, Generic[S]):
                 f"{message.kind} from {message.header.sender!r} is not expected while "
                 f"{self.ROLE.value} {self.me!r} is in state {self.state.name}; discarded"
             )
+        targets = self.TARGETS[self.state][type(message.body)]
         try:
-            return handler(self, message, now)
+            return self._checked(targets, message.kind, lambda: handler(self, message, now))
         except MessageRejected:
             raise
         except ThresholdFLError as exc:  # a crypto or frame check failed: the content is bad
@@ -131,7 +145,26 @@ class Machine(abc.ABC, Generic[S]):
         if self._deadline is None or now < self._deadline or self.state in self.TERMINAL:
             return Step()
         self._deadline = None
-        return self._deadline_passed(now)
+        targets = self.OTHER_TARGETS["_deadline_passed"]
+        return self._checked(targets, "the deadline", lambda: self._deadline_passed(now))
+
+    def _checked(self, targets: frozenset[Any], cause: str, run: Callable[[], Step]) -> Step:
+        """Run a transition; raise UndeclaredTransition if it moved outside ``targets``."""
+        if self._reached and self._reached[-1] is None:
+            self._reached[-1] = self.state  # the outer dispatch's own move ends here
+        before = self.state
+        self._reached.append(None)
+        try:
+            step = run()
+        finally:
+            reached = self._reached.pop()
+        after = self.state if reached is None else reached
+        if after is not before and after not in targets:
+            raise UndeclaredTransition(
+                f"{type(self).__name__} {self.me!r} moved from {before.name} to {after.name} "
+                f"on {cause}, a target its table does not declare"
+            )
+        return step
 
     @abc.abstractmethod
     def _deadline_passed(self, now: float) -> Step:
