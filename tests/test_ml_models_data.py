@@ -8,9 +8,10 @@ import torch
 
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.data import ClientData, load_digits, split_dirichlet, split_iid
+from threshold_fl.ml.flatten import layout_of
 from threshold_fl.ml.learner import LocalLearner
 from threshold_fl.ml.mask import EncryptionMask
-from threshold_fl.ml.models import MODELS, build_model, parameter_count
+from threshold_fl.ml.models import MODELS, build_model, model_shape, parameter_count
 from threshold_fl.ml.privacy import LaplaceNoise
 from threshold_fl.ml.training import LocalTraining, evaluate, train_local
 
@@ -147,3 +148,13 @@ def test_client_data_checks_its_shapes() -> None:
         ClientData(torch.zeros(3, 1, 8, 8), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ParameterError, match="images"):
         ClientData(torch.zeros(3, 8, 8), torch.zeros(3, dtype=torch.long))
+
+
+def test_model_shape_is_the_flat_length_and_the_first_and_last_layers() -> None:
+    shape = model_shape("cnn")
+    layout = layout_of(build_model("cnn"))
+    assert shape.length == layout.size == 1_663_370
+    first, last = layout.tensors[0], layout.tensors[-1]
+    assert shape.first_and_last[0][0] == first.offset == 0
+    assert shape.first_and_last[-1][1] == last.offset + last.size == layout.size
+    assert model_shape(build_model("cnn", seed=3)) == shape  # by module as by name

@@ -126,7 +126,7 @@ class _Federation:
         self.logs = directory / "logs"
 
     def prepare(self) -> Manifest:
-        from threshold_fl.app.setup_cli import model_shape  # torch
+        from threshold_fl.ml.models import model_shape  # torch
 
         self.logs.mkdir(parents=True, exist_ok=True)
         for stale in [*self.directory.glob("*.jsonl"), *self.logs.glob("*.log")]:
@@ -137,14 +137,14 @@ class _Federation:
         identities = {name: Identity.generate(name) for name in names}
         for name, identity in identities.items():
             identity.save(self.directory / "parties" / name, overwrite=True)
-        length, always = model_shape(self.config.model)
+        shape = model_shape(self.config.model)
         manifest = make_manifest(
             session=f"demo-{secrets.token_hex(8)}",  # fresh per run: no cross-run replay
             aggregator=identities["server"].public,
             clients=[identities[name].public for name in self.clients],
             key_authority=identities["authority"].public if "authority" in identities else None,
-            model_length=length, mode=self.config.mode, rounds=self.config.rounds,
-            always_encrypt=always, timeouts=self.config.timeouts,
+            model_length=shape.length, mode=self.config.mode, rounds=self.config.rounds,
+            always_encrypt=shape.first_and_last, timeouts=self.config.timeouts,
             mask=MaskPolicy(self.config.fraction, self.config.first_and_last))
         manifest.save(self.directory / "manifest.json")
         return manifest

@@ -25,10 +25,8 @@ from threshold_fl.app.rounds import RoundRow
 from threshold_fl.errors import ParameterError
 from threshold_fl.identity import Identity
 from threshold_fl.ml.data import ClientData, load_digits, split_dirichlet, split_iid
-from threshold_fl.ml.flatten import layout_of
 from threshold_fl.ml.learner import LocalLearner
-from threshold_fl.ml.mask import first_and_last_layers
-from threshold_fl.ml.models import MODELS, build_model
+from threshold_fl.ml.models import MODELS, build_model, model_shape
 from threshold_fl.ml.privacy import LaplaceNoise, PrivacyBudget, privacy_budget
 from threshold_fl.ml.training import LocalTraining
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
@@ -104,15 +102,16 @@ def client_datasets(model: str, clients: int, split: str, alpha: float, seed: in
 
 def _manifest(config: FederationConfig, identities: dict[str, Identity], names: list[str],
               learner: LocalLearner) -> Manifest:
+    shape = model_shape(learner.model)
     return make_manifest(
         session=f"federation-{secrets.token_hex(8)}",  # fresh per run: no cross-run replay
         aggregator=identities["server"].public,
         clients=[identities[name].public for name in names],
         key_authority=identities["authority"].public if config.mode == "single-key" else None,
-        model_length=learner.length,
+        model_length=shape.length,
         mode=config.mode,
         rounds=config.rounds,
-        always_encrypt=first_and_last_layers(layout_of(learner.model)),
+        always_encrypt=shape.first_and_last,
         mask=MaskPolicy(config.fraction, config.first_and_last),
     )
 

@@ -26,7 +26,7 @@ from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.errors import ThresholdFLError
 from threshold_fl.identity import PUBLIC_FILENAME, SECRET_FILENAME, Identity, PublicIdentity
 
-__all__ = ["init_party_main", "manifest_main", "model_shape", "read_public_identity"]
+__all__ = ["init_party_main", "manifest_main", "read_public_identity"]
 
 _MAX_PUBLIC_BYTES = 64 * 1024
 
@@ -113,19 +113,12 @@ def _manifest_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def model_shape(name: str) -> tuple[int, tuple[tuple[int, int], ...]]:
-    """Model *name*'s parameter count and its first and last layers' coordinate ranges."""
-    from threshold_fl.ml.flatten import layout_of  # torch: only when a model is named
-    from threshold_fl.ml.mask import first_and_last_layers
-    from threshold_fl.ml.models import build_model
-
-    layout = layout_of(build_model(name))
-    return layout.size, first_and_last_layers(layout)
-
-
 def _build_manifest(args: argparse.Namespace) -> Manifest:
     if args.model is not None:
-        length, always = model_shape(args.model)
+        from threshold_fl.ml.models import model_shape  # torch: only when a model is named
+
+        shape = model_shape(args.model)
+        length, always = shape.length, shape.first_and_last
     else:
         length, always = int(args.model_length), ()
     authority = None if args.key_authority is None else read_public_identity(args.key_authority)

@@ -34,7 +34,7 @@ from torch import nn
 from threshold_fl._checks import checked_int
 from threshold_fl.errors import ParameterError
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "parameter_count"]
+__all__ = ["MODELS", "ModelShape", "ModelSpec", "build_model", "model_shape", "parameter_count"]
 
 CLASSES = 10
 
@@ -179,3 +179,21 @@ def build_model(name: str, *, image_size: int | None = None, seed: int = 0) -> n
 
 def parameter_count(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a federation must agree on about a model: its flat length and the ranges
+    of its first and last layers (always encrypted by the selective recipes)."""
+
+    length: int
+    first_and_last: tuple[tuple[int, int], ...]
+
+
+def model_shape(model: str | nn.Module) -> ModelShape:
+    """The shape of a model given by name (see :data:`MODELS`) or as a module."""
+    from threshold_fl.ml.flatten import layout_of  # flatten and mask import nothing here
+    from threshold_fl.ml.mask import first_and_last_layers
+
+    layout = layout_of(build_model(model) if isinstance(model, str) else model)
+    return ModelShape(layout.size, first_and_last_layers(layout))
