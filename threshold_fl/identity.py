@@ -40,7 +40,8 @@ from threshold_fl.errors import AuthenticationError, IdentityError, ParameterErr
 
 __all__ = [
     "KEY_SIZE", "PUBLIC_FILENAME", "SECRET_FILENAME",
-    "Identity", "PartyId", "PublicIdentity", "validate_party_id",
+    "Identity", "PartyId", "PublicIdentity", "length_prefixed", "require_bytes",
+    "validate_party_id",
 ]
 
 PartyId = NewType("PartyId", str)
@@ -70,8 +71,8 @@ def validate_party_id(value: object) -> PartyId:
     return PartyId(value)
 
 
-def _lp(data: bytes) -> bytes:
-    # Length-prefix each field so distinct tuples never encode alike.
+def length_prefixed(data: bytes) -> bytes:
+    """``data`` after its 4-byte length, so distinct tuples of fields never encode alike."""
     return len(data).to_bytes(4, "big") + data
 
 
@@ -79,7 +80,8 @@ def _hkdf(ikm: bytes, *, salt: bytes | None, info: bytes) -> bytes:
     return HKDF(hashes.SHA256(), KEY_SIZE, salt, info).derive(ikm)
 
 
-def _require_bytes(**values: object) -> None:
+def require_bytes(**values: object) -> None:
+    """Refuse (ParameterError) any named value that is not bytes."""
     for name, value in values.items():
         if not isinstance(value, bytes):
             raise ParameterError(f"{name} must be bytes, got {type(value).__name__}")
@@ -107,13 +109,14 @@ class PublicIdentity:
 
     def fingerprint(self) -> str:
         """Hex SHA-256 of a canonical encoding; compare it out of band."""
-        encoded = (_lp(_PUBLIC_FORMAT.encode()) + _lp(self.party_id.encode())
+        encoded = (length_prefixed(_PUBLIC_FORMAT.encode())
+                   + length_prefixed(self.party_id.encode())
                    + self.signing_public + self.agreement_public)
         return hashlib.sha256(encoded).hexdigest()
 
     def verify(self, message: bytes, signature: bytes) -> None:
         """Raise AuthenticationError unless ``signature`` signs ``message``."""
-        _require_bytes(message=message, signature=signature)
+        require_bytes(message=message, signature=signature)
         try:
             Ed25519PublicKey.from_public_bytes(self.signing_public).verify(signature, message)
         except InvalidSignature:
@@ -212,8 +215,8 @@ class Identity:
         if not isinstance(seed, bytes) or len(seed) != KEY_SIZE:
             raise ParameterError(f"seed must be {KEY_SIZE} bytes")
         pid = validate_party_id(party_id).encode()
-        sign = _hkdf(seed, salt=None, info=b"threshold-fl/identity/ed25519" + _lp(pid))
-        agree = _hkdf(seed, salt=None, info=b"threshold-fl/identity/x25519" + _lp(pid))
+        sign = _hkdf(seed, salt=None, info=b"threshold-fl/identity/ed25519" + length_prefixed(pid))
+        agree = _hkdf(seed, salt=None, info=b"threshold-fl/identity/x25519" + length_prefixed(pid))
         return cls(party_id, Ed25519PrivateKey.from_private_bytes(sign),
                    X25519PrivateKey.from_private_bytes(agree))
 
@@ -231,7 +234,7 @@ class Identity:
 
     def sign(self, message: bytes) -> bytes:
         """64-byte Ed25519 signature over ``message``."""
-        _require_bytes(message=message)
+        require_bytes(message=message)
         return self._signing_key.sign(message)
 
     def shared_secret(self, peer: PublicIdentity) -> bytes:

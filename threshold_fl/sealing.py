@@ -34,7 +34,13 @@ from threshold_fl.errors import (
     MalformedMessage,
     ParameterError,
 )
-from threshold_fl.identity import KEY_SIZE, Identity, PublicIdentity
+from threshold_fl.identity import (
+    KEY_SIZE,
+    Identity,
+    PublicIdentity,
+    length_prefixed,
+    require_bytes,
+)
 
 __all__ = [
     "GROUP_KEY_SIZE", "NONCE_SIZE", "SEAL_VERSION",
@@ -45,17 +51,6 @@ NONCE_SIZE = 12  # ChaCha20-Poly1305's nonce, for both kinds of seal
 SEAL_VERSION = 1  # first byte of a pairwise seal; a new format gets a new value
 GROUP_KEY_SIZE = 32
 _TAG_SIZE = 16
-
-
-def _lp(data: bytes) -> bytes:
-    # Length-prefix each field so distinct tuples never encode alike.
-    return len(data).to_bytes(4, "big") + data
-
-
-def _require_bytes(**values: object) -> None:
-    for name, value in values.items():
-        if not isinstance(value, bytes):
-            raise ParameterError(f"{name} must be bytes, got {type(value).__name__}")
 
 
 # ------------------------------------------------------------------ keyed checks
@@ -81,11 +76,12 @@ def _derive_pairwise_key(own: Identity, peer: PublicIdentity, *,
     # Salt: both parties in canonical order, so both sides derive the same one.
     pair = sorted((p.party_id.encode(), p.agreement_public) for p in (me, peer))
     salt = hashlib.sha256(b"threshold-fl/pairwise/v1"
-                          + b"".join(_lp(i) + k for i, k in pair)).digest()
+                          + b"".join(length_prefixed(i) + k for i, k in pair)).digest()
     # Info: direction label, so A->B and B->A never share a key.  The context
     # is mixed in as well so that a nonce reused in another session is harmless.
-    info = (b"threshold-fl/seal/v1" + _lp(sender.party_id.encode()) + sender.agreement_public
-            + b"->" + _lp(recipient.party_id.encode()) + recipient.agreement_public + _lp(context))
+    info = (b"threshold-fl/seal/v1" + length_prefixed(sender.party_id.encode())
+            + sender.agreement_public + b"->" + length_prefixed(recipient.party_id.encode())
+            + recipient.agreement_public + length_prefixed(context))
     return HKDF(hashes.SHA256(), KEY_SIZE, salt, info).derive(shared)
 
 
@@ -96,7 +92,7 @@ def seal_for(sender: Identity, recipient: PublicIdentity, plaintext: bytes, *,
     ``nonce`` (12 bytes) must never repeat for the same sender, recipient and
     context; outside the protocol core, :func:`random_nonce` is fine.
     """
-    _require_bytes(plaintext=plaintext, context=context, nonce=nonce)
+    require_bytes(plaintext=plaintext, context=context, nonce=nonce)
     if len(nonce) != NONCE_SIZE:
         raise ParameterError(f"nonce must be {NONCE_SIZE} bytes, got {len(nonce)}")
     key = _derive_pairwise_key(sender, recipient, sending=True, context=context)
@@ -107,7 +103,7 @@ def seal_for(sender: Identity, recipient: PublicIdentity, plaintext: bytes, *,
 def open_from(recipient: Identity, sender: PublicIdentity, sealed: bytes, *,
               context: bytes) -> bytes:
     """Decrypt a :func:`seal_for` output; any failure -> AuthenticationError."""
-    _require_bytes(sealed=sealed, context=context)
+    require_bytes(sealed=sealed, context=context)
     minimum = 1 + NONCE_SIZE + _TAG_SIZE
     if len(sealed) < minimum:
         raise AuthenticationError(f"sealed message is truncated ({len(sealed)} bytes, "

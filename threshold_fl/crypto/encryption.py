@@ -181,12 +181,12 @@ class _KeyRings:
     upload: RingBlob
 
 
-_KEYS: dict[tuple[int, str], _KeyRings] = {}
+_KEYS: dict[tuple[str, str], _KeyRings] = {}  # (context fingerprint, key digest)
 
 
 def _key_rings(context: CkksContext, native_key: Any) -> _KeyRings:
     data = context.serialize(native_key)
-    cache_key = (id(context), _digest(data))
+    cache_key = (context.fingerprint, _digest(data))
     cached = _KEYS.get(cache_key)
     if cached is not None:
         return cached
