@@ -30,7 +30,15 @@ from protocols.events import (
     Step,
     UpdateNeeded,
 )
-from protocols.manifest import Manifest, MaskPolicy, Mode, Role, Timeouts, make_manifest
+from protocols.manifest import (
+    Manifest,
+    MaskPolicy,
+    Mode,
+    ModelSpec,
+    Role,
+    Timeouts,
+    make_manifest,
+)
 
 __all__ = [
     "Aborted",
@@ -47,6 +55,7 @@ __all__ = [
     "Manifest",
     "MaskAgreed",
     "MaskPolicy",
+    "ModelSpec",
     "Mode",
     "Outgoing",
     "PartyDropped",

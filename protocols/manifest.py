@@ -17,13 +17,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH, CkksParams
 from threshold_fl.errors import ManifestError, ParameterError, ThresholdFLError
 from threshold_fl.identity import PartyId, PublicIdentity
 
-__all__ = ["Manifest", "MaskPolicy", "Mode", "Role", "Timeouts", "make_manifest"]
+if TYPE_CHECKING:
+    from threshold_fl.ml.models import ModelShape
+
+__all__ = ["Manifest", "MaskPolicy", "Mode", "ModelSpec", "Role", "Timeouts", "make_manifest"]
 
 _FORMAT = "threshold-fl-manifest"
 _VERSION = 1
@@ -31,6 +34,8 @@ _SESSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MAX_CLIENTS = 1000
 _MAX_ROUNDS = 100_000
 _MAX_FILE_BYTES = 16 * 2**20
+_MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_MAX_SEED = 2**31 - 1
 
 
 class Mode(str, Enum):
@@ -88,6 +93,41 @@ class MaskPolicy:
             raise ManifestError("mask first_and_last must be true or false")
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model every client trains: a name from :data:`threshold_fl.ml.models.MODELS`
+    and the seed of its initial weights and of the data split, so every client process
+    starts from the same model and takes its own part of the same split."""
+
+    name: str
+    data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or _MODEL_NAME_RE.fullmatch(self.name) is None:
+            raise ManifestError(f"model name {self.name!r}: use 1-32 of [a-z0-9_-]")
+        if not _is_int(self.data_seed) or not 0 <= self.data_seed <= _MAX_SEED:
+            raise ManifestError(f"model data_seed must be in 0..{_MAX_SEED}, "
+                                f"got {self.data_seed!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "data_seed": self.data_seed}
+
+    @classmethod
+    def from_dict(cls, data: object) -> ModelSpec:
+        if not isinstance(data, dict) or set(data) - {"name", "data_seed"}:
+            raise ManifestError(f"model must be an object with name and data_seed, got {data!r}")
+        return cls(data.get("name"), data.get("data_seed", 0))  # type: ignore[arg-type]
+
+    def shape(self) -> ModelShape:
+        """Length and first and last layers (builds the model: imports torch)."""
+        from threshold_fl.ml.models import model_shape
+
+        try:
+            return model_shape(self.name)
+        except ParameterError as exc:
+            raise ManifestError(f"manifest model: {exc}") from None
+
+
 @dataclass(frozen=True, eq=False)
 class Manifest:
     """Everything the parties of one session must agree on."""
@@ -104,6 +144,7 @@ class Manifest:
     always_encrypt: tuple[tuple[int, int], ...] = ()  # flat ranges (first and last layers)
     mask: MaskPolicy = field(default_factory=MaskPolicy)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    model: ModelSpec | None = None  # None: an embedding application's own model
 
     def __post_init__(self) -> None:
         try:
@@ -130,6 +171,8 @@ class Manifest:
             raise ManifestError(f"rounds must be in 1..{_MAX_ROUNDS}, got {self.rounds!r}")
         if not _is_int(self.model_length) or not 1 <= self.model_length <= MAX_VECTOR_LENGTH:
             raise ManifestError(f"model_length must be in 1..{MAX_VECTOR_LENGTH}")
+        if self.model is not None and not isinstance(self.model, ModelSpec):
+            raise ManifestError(f"model must be a ModelSpec or None, got {self.model!r}")
         for start, stop in self.always_encrypt:
             if not (_is_int(start) and _is_int(stop)) or not (
                 0 <= start <= stop <= self.model_length
@@ -182,7 +225,10 @@ class Manifest:
 
     # -- (de)serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        # "model" is left out when there is none, so such manifests keep their fingerprint.
+        named = {} if self.model is None else {"model": self.model.to_dict()}
         return {
+            **named,
             "format": _FORMAT,
             "version": _VERSION,
             "session": self.session,
@@ -253,6 +299,7 @@ def _fields_from(data: Mapping[str, Any]) -> dict[str, Any]:
     known = {
         "format", "version", "session", "mode", "aggregator", "clients", "key_authority",
         "threshold", "rounds", "params", "model_length", "always_encrypt", "mask", "timeouts",
+        "model",
     }
     unknown = set(data) - known
     if unknown:
@@ -271,6 +318,7 @@ def _fields_from(data: Mapping[str, Any]) -> dict[str, Any]:
         "always_encrypt": tuple(_pair(item) for item in data.get("always_encrypt", [])),
         "mask": MaskPolicy(**data.get("mask", {})),
         "timeouts": Timeouts(**data.get("timeouts", {})),
+        "model": None if data.get("model") is None else ModelSpec.from_dict(data["model"]),
     }
 
 
@@ -285,7 +333,8 @@ def make_manifest(
     session: str,
     aggregator: PublicIdentity,
     clients: Sequence[PublicIdentity],
-    model_length: int,
+    model: ModelSpec | None = None,
+    model_length: int | None = None,
     mode: Mode | str = Mode.THRESHOLD,
     key_authority: PublicIdentity | None = None,
     threshold: int | None = None,
@@ -296,7 +345,12 @@ def make_manifest(
     timeouts: Timeouts | None = None,
 ) -> Manifest:
     """A manifest with sensible defaults: t = floor(N/2) + 1 in threshold mode (the
-    smallest honest majority), noise-flooded CKKS parameters sized for N parties."""
+    smallest honest majority), noise-flooded CKKS parameters sized for N parties.
+
+    Name the model one of two ways: *model*, a model of the registry, whose length and
+    first and last layers are read from it (this builds it, importing torch); or
+    *model_length* (and *always_encrypt*) for a model of your own."""
+    model_length, always_encrypt = _model_facts(model, model_length, always_encrypt)
     try:
         mode = Mode(mode)
     except ValueError:
@@ -321,7 +375,22 @@ def make_manifest(
         always_encrypt=tuple(always_encrypt),
         mask=mask or MaskPolicy(),
         timeouts=timeouts or Timeouts(),
+        model=model,
     )
+
+
+def _model_facts(model: ModelSpec | None, length: int | None,
+                 always_encrypt: Sequence[tuple[int, int]]
+                 ) -> tuple[int, Sequence[tuple[int, int]]]:
+    if (model is None) == (length is None):
+        raise ManifestError("name the model (a ModelSpec) or give model_length, not both")
+    if model is None:
+        assert length is not None
+        return length, always_encrypt
+    if always_encrypt:
+        raise ManifestError("always_encrypt comes from the named model; do not pass it too")
+    shape = model.shape()
+    return shape.length, shape.first_and_last
 
 
 def _default_params(mode: Mode, count: int) -> CkksParams:

@@ -59,7 +59,7 @@ def start_parties(tmp_path: Path, url: str, manifest: Path,
                         *server]}
     for client in CLIENTS:
         argvs[client] = ["client", *common, "--identity", str(tmp_path / client),
-                         "--model", "mlp", "--report", str(tmp_path / f"{client}.jsonl"),
+                         "--report", str(tmp_path / f"{client}.jsonl"),
                          *(extra or {}).get(client, [])]
     processes = {}
     for name, argv in argvs.items():

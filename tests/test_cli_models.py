@@ -18,8 +18,6 @@ NAMES = sorted(MODELS)
 
 # Each command with the other options it requires, so that only --model can be wrong.
 COMMANDS: dict[str, list[str]] = {
-    "client": ["client", "--manifest", "m.json", "--identity", "parties/alice",
-               "--broker", "mqtt://127.0.0.1:1"],
     "manifest": ["manifest", "--aggregator", "parties/server", "--client", "parties/alice"],
     "demo": ["demo"],
     "train": ["train"],
@@ -60,13 +58,13 @@ def _command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "threshold_fl.app.cli"]
 
 
-def test_client_with_an_unknown_model_exits_2_without_a_traceback(tmp_path: Path) -> None:
-    result = subprocess.run([*_command(), *COMMANDS["client"], "--model", "nosuch"],
+def test_manifest_with_an_unknown_model_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run([*_command(), *COMMANDS["manifest"], "--model", "nosuch"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("threshold-fl client: error: argument --model: invalid choice: "
+    assert last.startswith("threshold-fl manifest: error: argument --model: invalid choice: "
                            "'nosuch'")
     _assert_names_the_choices(last)
 

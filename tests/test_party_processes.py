@@ -3,7 +3,10 @@ with its own identity files, started with the ``threshold-fl`` command."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +27,7 @@ def plaintext_fedavg(manifest: Manifest, round_: int, start: np.ndarray | None) 
     encrypted round must reproduce up to the CKKS error."""
     trained, weights = [], []
     for client in CLIENTS:
-        learner, _ = client_learner(manifest, PartyId(client), ClientPlan(model="mlp"))
+        learner, _ = client_learner(manifest, PartyId(client), ClientPlan())
         trained.append(learner.train(round_, start))
         weights.append(len(learner.data))
     return np.average(np.stack(trained), axis=0, weights=np.asarray(weights, dtype=float))
@@ -96,6 +99,24 @@ def test_a_party_started_with_the_wrong_command_is_told_which_one(
     capsys.readouterr()
     argv = [command_name, "--manifest", str(manifest), "--identity", str(tmp_path / party),
             "--broker", "mqtt://127.0.0.1:1"]  # refused before any connection
-    assert cli_main([*argv, "--model", "mlp"] if command_name == "client" else argv) == 1
+    assert cli_main(argv) == 1
     assert (f"is the {actual} in this manifest, not a {command_name}; start it with "
             f"'threshold-fl {actual}'") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    (lambda data: data.pop("model"), "the manifest names no model"),
+    (lambda data: data["model"].update(name="nosuch"), "unknown model 'nosuch'; choose one of"),
+])
+def test_a_client_refuses_a_manifest_without_a_model_it_knows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        edit: Callable[[dict[str, Any]], object], problem: str) -> None:
+    manifest = federation(tmp_path, rounds=1)
+    data = json.loads(manifest.read_text())
+    edit(data)
+    manifest.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert cli_main(["client", "--manifest", str(manifest), "--identity", str(tmp_path / "c1"),
+                     "--broker", "mqtt://127.0.0.1:1"]) == 1  # refused before connecting
+    err = capsys.readouterr().err
+    assert problem in err and "Traceback" not in err

@@ -25,7 +25,7 @@ def test_a_client_with_a_stale_manifest_leaves_with_the_cause(
     processes = {}
     for name, argv in (("server", ["aggregator", "--manifest", str(organisers),
                                    "--identity", str(tmp_path / "server")]),
-                       ("stale", ["client", "--manifest", str(stale), "--model", "mlp",
+                       ("stale", ["client", "--manifest", str(stale),
                                   "--identity", str(tmp_path / "c1")])):
         with (tmp_path / f"{name}.out").open("w") as out:
             processes[name] = subprocess.Popen(command(*argv, "--broker", broker.url),

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 
 import protocols.manifest as manifest_module
-from protocols.manifest import Manifest, MaskPolicy, Mode, Role, Timeouts, make_manifest
+from protocols.manifest import (
+    Manifest,
+    MaskPolicy,
+    Mode,
+    ModelSpec,
+    Role,
+    Timeouts,
+    make_manifest,
+)
 from threshold_fl.crypto.context import threshold_params
 from threshold_fl.crypto.params import CkksParams, DecryptionNoise
 from threshold_fl.errors import ManifestError, ParameterError
@@ -203,6 +211,8 @@ CHANGES: list[Any] = [
     pytest.param({"aggregator": Identity.from_seed("aggregator", b"\x01" * 32).public},
                  id="aggregator-key"),
     pytest.param({"mode": Mode.SINGLE_KEY, "key_authority": AUTHORITY}, id="authority"),
+    pytest.param({"model": ModelSpec("mlp")}, id="model"),
+    pytest.param({"model": ModelSpec("mlp", data_seed=1)}, id="model-seed"),
 ]
 
 
@@ -421,11 +431,50 @@ def _edited(manifest: Manifest, **changes: Any) -> dict[str, Any]:
     ({"clients": []}, "a federation needs 1 to 1000 clients"),
     ({"key_authority": {}}, "invalid manifest: public identity"),
     ({"session": 5}, "session id 5"),
+    ({"model": "mlp"}, "model must be an object with name and data_seed, got 'mlp'"),
+    ({"model": {"name": "mlp", "layers": 3}}, "model must be an object with name and data_seed"),
+    ({"model": {"name": "My Model"}}, "model name 'My Model': use 1-32 of [a-z0-9_-]"),
+    ({"model": {"data_seed": 1}}, "model name None"),
+    ({"model": {"name": "mlp", "data_seed": -1}}, "model data_seed must be in 0..2147483647"),
+    ({"model": {"name": "mlp", "data_seed": True}}, "model data_seed must be in 0..2147483647"),
 ])
 def test_invalid_manifest_data(
     threshold: Manifest, changes: dict[str, Any], problem: str
 ) -> None:
     _dict_fails(_edited(threshold, **changes), problem)
+
+
+def test_a_manifest_without_a_model_writes_no_model_field(threshold: Manifest) -> None:
+    # so manifests made before the field existed keep their fingerprints
+    assert threshold.model is None and "model" not in threshold.to_dict()
+    named = dataclasses.replace(threshold, model=ModelSpec("cnn", 3))
+    assert named.to_dict()["model"] == {"name": "cnn", "data_seed": 3}
+    assert Manifest.from_json(named.to_json()).model == ModelSpec("cnn", 3)
+    data = named.to_dict()
+    del data["model"]["data_seed"]
+    assert Manifest.from_dict(data).model == ModelSpec("cnn", 0)
+
+
+def test_make_manifest_reads_a_named_model() -> None:
+    manifest = make_manifest(session="s", aggregator=AGGREGATOR, clients=CLIENTS,
+                             model=ModelSpec("mlp", 5), params=CHEAP)
+    assert manifest.model == ModelSpec("mlp", 5)
+    assert manifest.model_length == 4_810  # 64*64+64 hidden, 64*10+10 output
+    assert manifest.always_encrypt == ((0, 4_160), (4_160, 4_810))
+
+
+@pytest.mark.parametrize(("kwargs", "problem"), [
+    ({}, "name the model (a ModelSpec) or give model_length, not both"),
+    ({"model": ModelSpec("mlp"), "model_length": 4_810},
+     "name the model (a ModelSpec) or give model_length, not both"),
+    ({"model": ModelSpec("mlp"), "always_encrypt": [(0, 10)]},
+     "always_encrypt comes from the named model"),
+    ({"model": ModelSpec("resnet")}, "manifest model: unknown model 'resnet'; choose one of"),
+])
+def test_make_manifest_model_errors(kwargs: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ManifestError, match=_match(problem)):
+        make_manifest(session="s", aggregator=AGGREGATOR, clients=CLIENTS, params=CHEAP,
+                      **kwargs)
 
 
 def test_unsorted_clients_in_json(threshold: Manifest) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protocols import Manifest
+from protocols import Manifest, ModelSpec
 from threshold_fl.app.cli import main as cli_main
 from threshold_fl.identity import Identity
 
@@ -56,13 +56,26 @@ def test_manifest_from_public_files(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert manifest.model_length == 4_810 and manifest.mask.fraction == 0.2
     assert manifest.always_encrypt == ((0, 4_160), (4_160, 4_810))  # hidden, output layers
     assert manifest.timeouts.upload_s == 30
-    assert manifest.fingerprint() in capsys.readouterr().out
+    assert manifest.model == ModelSpec("mlp", 0)  # the clients read the model from here
+    out_text = capsys.readouterr().out
+    assert manifest.fingerprint() in out_text
+    assert "model mlp (4,810 parameters, data seed 0)" in out_text
+
+
+def test_manifest_carries_the_data_seed(tmp_path: Path) -> None:
+    server, alice, bob = (init(tmp_path, name) for name in ["server", "alice", "bob"])
+    out = tmp_path / "m.json"
+    assert cli_main(["manifest", "--aggregator", str(server), "--client", str(alice),
+                     "--client", str(bob), "--model", "logreg", "--data-seed", "7",
+                     "--out", str(out)]) == 0
+    assert Manifest.load(out).model == ModelSpec("logreg", 7)
 
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--mode", "single-key"], "key authority"),
     (["--threshold", "5"], "threshold"),
     (["--client", "missing-dir"], "cannot read public identity"),
+    (["--data-seed", "3"], "--data-seed goes with --model"),
 ])
 def test_manifest_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                    extra: list[str], message: str) -> None:

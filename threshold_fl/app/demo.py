@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from protocols import Manifest, MaskPolicy, Mode, Timeouts, make_manifest
+from protocols import Manifest, MaskPolicy, Mode, ModelSpec, Timeouts, make_manifest
 from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.app.demo_report import RunResult, collect_run, print_summary, write_report
 from threshold_fl.app.party import DROP_STAGES
@@ -126,8 +126,6 @@ class _Federation:
         self.logs = directory / "logs"
 
     def prepare(self) -> Manifest:
-        from threshold_fl.ml.models import model_shape  # torch
-
         self.logs.mkdir(parents=True, exist_ok=True)
         for stale in [*self.directory.glob("*.jsonl"), *self.logs.glob("*.log")]:
             stale.unlink()
@@ -137,14 +135,13 @@ class _Federation:
         identities = {name: Identity.generate(name) for name in names}
         for name, identity in identities.items():
             identity.save(self.directory / "parties" / name, overwrite=True)
-        shape = model_shape(self.config.model)
         manifest = make_manifest(
             session=f"demo-{secrets.token_hex(8)}",  # fresh per run: no cross-run replay
             aggregator=identities["server"].public,
             clients=[identities[name].public for name in self.clients],
             key_authority=identities["authority"].public if "authority" in identities else None,
-            model_length=shape.length, mode=self.config.mode, rounds=self.config.rounds,
-            always_encrypt=shape.first_and_last, timeouts=self.config.timeouts,
+            model=ModelSpec(self.config.model, self.config.seed), mode=self.config.mode,
+            rounds=self.config.rounds, timeouts=self.config.timeouts,
             mask=MaskPolicy(self.config.fraction, self.config.first_and_last))
         manifest.save(self.directory / "manifest.json")
         return manifest
@@ -158,8 +155,7 @@ class _Federation:
         if role != "key-authority":
             argv += ["--report", str(self.directory / f"{party}.jsonl")]
         if role == "client":
-            argv += ["--model", self.config.model, "--epochs", str(self.config.epochs),
-                     "--data-seed", str(self.config.seed)]
+            argv += ["--epochs", str(self.config.epochs)]
             if self.clients.index(party) + 1 == self.config.drop_client:
                 argv += ["--drop-at", self.config.drop_at,
                          "--drop-round", str(self.config.drop_round)]

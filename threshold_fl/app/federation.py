@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocols import Manifest, MaskPolicy, Mode, make_manifest
+from protocols import Manifest, MaskPolicy, Mode, ModelSpec, make_manifest
 from protocols.events import Event
 from threshold_fl._checks import checked_int
 from threshold_fl.app.rounds import RoundRow
@@ -26,13 +26,13 @@ from threshold_fl.errors import ParameterError
 from threshold_fl.identity import Identity
 from threshold_fl.ml.data import ClientData, load_digits, split_dirichlet, split_iid
 from threshold_fl.ml.learner import LocalLearner
-from threshold_fl.ml.models import MODELS, build_model, model_shape
+from threshold_fl.ml.models import MODELS, build_model
 from threshold_fl.ml.privacy import LaplaceNoise, PrivacyBudget, privacy_budget
 from threshold_fl.ml.training import LocalTraining
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
 from transports import MemoryHub, Transport
 
-__all__ = ["FederationConfig", "FederationReport", "client_datasets",
+__all__ = ["FederationConfig", "FederationReport", "client_datasets", "client_learners",
            "learner_client", "run_federation"]
 
 SPLITS = ("iid", "dirichlet")
@@ -68,6 +68,10 @@ class FederationConfig:
                 f"unknown mode {self.mode!r}; choose one of {[m.value for m in Mode]}")
         MaskPolicy(self.fraction, self.first_and_last)  # validates the fraction
 
+    @property
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(self.model, self.seed)
+
 
 @dataclass(frozen=True)
 class FederationReport:
@@ -91,6 +95,8 @@ def client_datasets(model: str, clients: int, split: str, alpha: float, seed: in
     A pure function of its arguments, so separate processes agree on the split."""
     if split not in SPLITS:
         raise ParameterError(f"unknown split {split!r}; choose one of {SPLITS}")
+    if model not in MODELS:
+        raise ParameterError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
     dataset = load_digits(image_size=MODELS[model].image_size, seed=seed)
     labels = dataset.train.labels.numpy()
     if split == "iid":
@@ -100,18 +106,34 @@ def client_datasets(model: str, clients: int, split: str, alpha: float, seed: in
     return [dataset.train.subset(part) for part in parts], dataset.test
 
 
-def _manifest(config: FederationConfig, identities: dict[str, Identity], names: list[str],
-              learner: LocalLearner) -> Manifest:
-    shape = model_shape(learner.model)
+def client_learners(
+    model: ModelSpec, clients: int, positions: Sequence[int], training: LocalTraining, *,
+    split: str = "iid", alpha: float = 0.5, noise: LaplaceNoise | None = None,
+    sensitivity_samples: int = 32,
+) -> tuple[list[LocalLearner], ClientData]:
+    """The learners of the clients at *positions* (in the manifest's order) and the test
+    split.  A pure function of its arguments, so separate processes start from the same
+    model (seeded by ``model.data_seed``) and take disjoint parts of the same split."""
+    parts, test = client_datasets(model.name, clients, split, alpha, model.data_seed)
+    learners = [
+        LocalLearner(build_model(model.name, seed=model.data_seed), parts[position], training,
+                     seed=model.data_seed * 100 + position, noise=noise,
+                     sensitivity_samples=sensitivity_samples)
+        for position in positions
+    ]
+    return learners, test
+
+
+def _manifest(config: FederationConfig, identities: dict[str, Identity], names: list[str]
+              ) -> Manifest:
     return make_manifest(
         session=f"federation-{secrets.token_hex(8)}",  # fresh per run: no cross-run replay
         aggregator=identities["server"].public,
         clients=[identities[name].public for name in names],
         key_authority=identities["authority"].public if config.mode == "single-key" else None,
-        model_length=shape.length,
+        model=config.model_spec,
         mode=config.mode,
         rounds=config.rounds,
-        always_encrypt=shape.first_and_last,
         mask=MaskPolicy(config.fraction, config.first_and_last),
     )
 
@@ -120,17 +142,14 @@ async def run_federation(
     config: FederationConfig, *, on_round: Callable[[RoundRow], None] | None = None,
 ) -> FederationReport:
     """Run *config* to the end and report each round's test accuracy, time and bytes."""
-    parts, test = client_datasets(config.model, config.clients, config.split, config.alpha,
-                                  config.seed)
     names = [f"client-{index + 1}" for index in range(config.clients)]
-    learners = [
-        LocalLearner(build_model(config.model, seed=config.seed), part, config.training,
-                     seed=config.seed * 100 + index, noise=config.noise,
-                     sensitivity_samples=config.sensitivity_samples)
-        for index, part in enumerate(parts)
-    ]
     identities = {name: Identity.generate(name) for name in [*names, "server", "authority"]}
-    manifest = _manifest(config, identities, names, learners[0])
+    manifest = _manifest(config, identities, names)
+    positions = [manifest.client_ids.index(name) for name in names]
+    learners, test = client_learners(
+        config.model_spec, config.clients, positions, config.training, split=config.split,
+        alpha=config.alpha, noise=config.noise,
+        sensitivity_samples=config.sensitivity_samples)
     hub = MemoryHub()
     started = time.perf_counter()
     records: list[RoundRow] = []

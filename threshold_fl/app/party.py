@@ -189,13 +189,11 @@ async def run_key_authority(manifest: Manifest, identity: Identity, broker: Brok
 class ClientPlan:
     """What a client process trains and how; *drop_at* makes it kill itself (tests)."""
 
-    model: str = "cnn"
     epochs: int = 2
     learning_rate: float = 0.05
     batch_size: int = 32
     split: str = "iid"
     alpha: float = 0.5
-    data_seed: int = 0
     sensitivity_samples: int = 32
     dp_scale: float | None = None
     dp_clip: float = 1.0
@@ -208,28 +206,30 @@ class ClientPlan:
 
 
 def client_learner(manifest: Manifest, party: PartyId, plan: ClientPlan) -> tuple[Any, Any]:
-    """Client *party*'s :class:`~threshold_fl.ml.LocalLearner` under *plan* and the test
-    split: every process derives the same split and initial model from the plan."""
-    from threshold_fl.app.federation import client_datasets  # torch: clients only
-    from threshold_fl.ml.learner import LocalLearner
-    from threshold_fl.ml.models import build_model
+    """Client *party*'s :class:`~threshold_fl.ml.LocalLearner` for the manifest's model,
+    under *plan*, and the test split: every process derives the same split and initial
+    model from the manifest."""
+    from threshold_fl.app.federation import client_learners  # torch: clients only
     from threshold_fl.ml.privacy import LaplaceNoise
     from threshold_fl.ml.training import LocalTraining
 
-    parts, test = client_datasets(plan.model, len(manifest.clients), plan.split, plan.alpha,
-                                  plan.data_seed)
-    position = manifest.client_ids.index(party)
+    model = manifest.model
+    if model is None:
+        raise ParameterError(
+            "the manifest names no model (it was made with --model-length, for a model of "
+            "your own); a threshold-fl client trains a named model: make the manifest with "
+            "--model")
     noise = None if plan.dp_scale is None else LaplaceNoise(plan.dp_scale, plan.dp_clip)
-    learner = LocalLearner(
-        build_model(plan.model, seed=plan.data_seed), parts[position],
-        LocalTraining(epochs=plan.epochs, batch_size=plan.batch_size,
-                      learning_rate=plan.learning_rate),
-        seed=plan.data_seed * 100 + position, noise=noise,
+    training = LocalTraining(epochs=plan.epochs, batch_size=plan.batch_size,
+                             learning_rate=plan.learning_rate)
+    (learner,), test = client_learners(
+        model, len(manifest.clients), [manifest.client_ids.index(party)], training,
+        split=plan.split, alpha=plan.alpha, noise=noise,
         sensitivity_samples=plan.sensitivity_samples)
     if learner.length != manifest.model_length:
         raise ParameterError(
-            f"model {plan.model!r} has {learner.length:,} parameters but the manifest says "
-            f"{manifest.model_length:,}; use the model the manifest was made for")
+            f"model {model.name!r} has {learner.length:,} parameters but the manifest says "
+            f"{manifest.model_length:,}; the manifest was edited or made by another version")
     return learner, test
 
 

@@ -5,7 +5,10 @@ broker, e.g. each on its own machine::
         --broker mqtts://broker.example:8883 --ca-file ca.pem \\
         --username server --password-file ~/.config/threshold-fl/broker-password
     threshold-fl client --manifest manifest.json --identity parties/alice \\
-        --broker mqtts://broker.example:8883 --ca-file ca.pem --model cnn
+        --broker mqtts://broker.example:8883 --ca-file ca.pem
+
+A client trains the model the manifest names (``threshold-fl manifest --model``), starting
+from the weights its data seed gives, on its own part of the digits.
 
 The broker password comes from ``--password-file`` (its first line) or the environment
 variable TFL_BROKER_PASSWORD; ``--password`` also works but shows in ``ps`` to every user
@@ -25,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from protocols import Manifest
-from threshold_fl._checks import add_model_option, bounded
+from threshold_fl._checks import bounded
 from threshold_fl.app.party import (
     DROP_STAGES,
     ClientPlan,
@@ -172,15 +175,16 @@ def key_authority_main(argv: Sequence[str] | None = None) -> int:
 
 
 def client_main(argv: Sequence[str] | None = None) -> int:
-    parser = party_parser("client", "Run a client: train on its part of the digits each round.")
-    add_model_option(parser, what="the model to train (every client the same one)")
+    parser = party_parser("client", "Run a client: train the manifest's model on its part of "
+                                    "the digits each round.")
     parser.add_argument("--epochs", type=bounded(int, 1, 100), default=2)
     parser.add_argument("--lr", type=bounded(float, 1e-6, 10.0), default=0.05)
     parser.add_argument("--batch-size", type=bounded(int, 1, 4096), default=32)
-    parser.add_argument("--split", choices=("iid", "dirichlet"), default="iid")
-    parser.add_argument("--alpha", type=bounded(float, 1e-3), default=0.5)
-    parser.add_argument("--data-seed", type=bounded(int, 0), default=0,
-                        help="must be the same at every client: it fixes the split")
+    parser.add_argument("--split", choices=("iid", "dirichlet"), default="iid",
+                        help="how the digits are split (the same at every client)")
+    parser.add_argument("--alpha", type=bounded(float, 1e-3), default=0.5,
+                        help="Dirichlet concentration for --split dirichlet (the same at "
+                             "every client)")
     parser.add_argument("--sensitivity-samples", type=bounded(int, 1, 10_000), default=32)
     parser.add_argument("--dp-scale", type=bounded(float, 1e-9), default=None)
     parser.add_argument("--dp-clip", type=bounded(float, 1e-9), default=1.0)
@@ -194,9 +198,8 @@ def client_main(argv: Sequence[str] | None = None) -> int:
 
     def client(manifest: Manifest, identity: Identity, broker: BrokerConfig,
                options: MqttOptions) -> Awaitable[object]:
-        plan = ClientPlan(model=args.model, epochs=int(args.epochs), learning_rate=args.lr,
+        plan = ClientPlan(epochs=int(args.epochs), learning_rate=args.lr,
                           batch_size=int(args.batch_size), split=args.split, alpha=args.alpha,
-                          data_seed=int(args.data_seed),
                           sensitivity_samples=int(args.sensitivity_samples),
                           dp_scale=args.dp_scale, dp_clip=args.dp_clip, drop_at=args.drop_at,
                           drop_round=int(args.drop_round))

@@ -21,9 +21,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from protocols import Manifest, MaskPolicy, Mode, Timeouts, make_manifest
+from protocols import Manifest, MaskPolicy, Mode, ModelSpec, Timeouts, make_manifest
 from threshold_fl._checks import add_model_option, bounded
-from threshold_fl.errors import ThresholdFLError
+from threshold_fl.errors import ManifestError, ThresholdFLError
 from threshold_fl.identity import PUBLIC_FILENAME, SECRET_FILENAME, Identity, PublicIdentity
 
 __all__ = ["init_party_main", "manifest_main", "read_public_identity"]
@@ -104,6 +104,9 @@ def _manifest_parser() -> argparse.ArgumentParser:
                           "last layers)")
     length.add_argument("--model-length", type=bounded(int, 1), default=None,
                         help="flat model length, for models of your own")
+    parser.add_argument("--data-seed", type=bounded(int, 0, 2**31 - 1), default=None,
+                        help="with --model: seeds the initial weights and the data split "
+                             "(default 0)")
     parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0), default=0.1)
     parser.add_argument("--no-first-last", action="store_true")
     for name, default in vars(Timeouts()).items():
@@ -114,22 +117,27 @@ def _manifest_parser() -> argparse.ArgumentParser:
 
 
 def _build_manifest(args: argparse.Namespace) -> Manifest:
-    if args.model is not None:
-        from threshold_fl.ml.models import model_shape  # torch: only when a model is named
-
-        shape = model_shape(args.model)
-        length, always = shape.length, shape.first_and_last
-    else:
-        length, always = int(args.model_length), ()
+    if args.model is None and args.data_seed is not None:
+        raise ManifestError("--data-seed goes with --model: a model of your own "
+                            "(--model-length) brings its own data")
+    model = None if args.model is None else ModelSpec(args.model, int(args.data_seed or 0))
+    length = None if args.model_length is None else int(args.model_length)
     authority = None if args.key_authority is None else read_public_identity(args.key_authority)
     timeouts = Timeouts(**{name: getattr(args, name) for name in vars(Timeouts())})
     return make_manifest(
         session=args.session or f"session-{secrets.token_hex(8)}",
         aggregator=read_public_identity(args.aggregator),
         clients=[read_public_identity(path) for path in args.client],
-        key_authority=authority, model_length=length, mode=args.mode,
-        threshold=args.threshold, rounds=int(args.rounds), always_encrypt=always,
+        key_authority=authority, model=model, model_length=length, mode=args.mode,
+        threshold=args.threshold, rounds=int(args.rounds),
         mask=MaskPolicy(args.fraction, not args.no_first_last), timeouts=timeouts)
+
+
+def _model_text(manifest: Manifest) -> str:
+    size = f"{manifest.model_length:,} parameters"
+    if manifest.model is None:
+        return size
+    return f"model {manifest.model.name} ({size}, data seed {manifest.model.data_seed})"
 
 
 def manifest_main(argv: Sequence[str] | None = None) -> int:
@@ -141,6 +149,6 @@ def manifest_main(argv: Sequence[str] | None = None) -> int:
         return _fail("manifest", error)
     print(f"wrote {args.out}: session {manifest.session}, {manifest.mode.value}, "
           f"{len(manifest.clients)} clients, t={manifest.threshold}, "
-          f"{manifest.model_length:,} parameters")
+          f"{_model_text(manifest)}")
     print(f"fingerprint: {manifest.fingerprint()}  (every party must see this same value)")
     return 0

@@ -34,7 +34,7 @@ from torch import nn
 from threshold_fl._checks import checked_int
 from threshold_fl.errors import ParameterError
 
-__all__ = ["MODELS", "ModelShape", "ModelSpec", "build_model", "model_shape", "parameter_count"]
+__all__ = ["MODELS", "Architecture", "ModelShape", "build_model", "model_shape", "parameter_count"]
 
 CLASSES = 10
 
@@ -145,7 +145,7 @@ class SmallTransformer(nn.Module):
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class Architecture:
     """A named model: its factory and the image size it is meant for."""
 
     name: str
@@ -154,12 +154,12 @@ class ModelSpec:
     factory: Callable[[int], nn.Module]
 
 
-MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
-    ModelSpec("logreg", "logistic regression", 8, LogisticRegression),
-    ModelSpec("mlp", "MLP, 2 fully connected layers", 8, Mlp),
-    ModelSpec("lenet", "LeNet of the DLG paper (sigmoid)", 16, LeNet),
-    ModelSpec("cnn", "the paper's CNN (2 conv + 2 FC, 1,663,370 parameters)", 28, PaperCnn),
-    ModelSpec("transformer", "small vision transformer", 16, SmallTransformer),
+MODELS: dict[str, Architecture] = {entry.name: entry for entry in (
+    Architecture("logreg", "logistic regression", 8, LogisticRegression),
+    Architecture("mlp", "MLP, 2 fully connected layers", 8, Mlp),
+    Architecture("lenet", "LeNet of the DLG paper (sigmoid)", 16, LeNet),
+    Architecture("cnn", "the paper's CNN (2 conv + 2 FC, 1,663,370 parameters)", 28, PaperCnn),
+    Architecture("transformer", "small vision transformer", 16, SmallTransformer),
 )}
 
 
