@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from threshold_fl.app.cli import main as cli_main
-from threshold_fl.app.demo_report import RunResult
-from threshold_fl.app.rounds import RoundRow
+from threshold_fl.app.rounds import RoundRow, RunReport
 from threshold_fl.bench.e2e import MODES, totals_of
 
 CLIENTS, ROUNDS, MLP_PARAMETERS = 2, 2, 4810
@@ -94,9 +93,9 @@ def test_encrypted_modes_cost_more_bytes_than_plaintext(
         assert total["wall_clock_s"] > total["protocol_s"]  # start-up comes on top
 
 
-def _run(mode: str, sent: int, seconds: float) -> RunResult:
+def _run(mode: str, sent: int, seconds: float) -> RunReport:
     row = RoundRow("federation", 1, seconds, sent, sent, {"train": 0.1}, accuracy=0.9)
-    return RunResult(mode, 10, seconds + 5, (row,), {})
+    return RunReport(mode, 10, seconds + 5, (row,), {})
 
 
 def test_ratios_are_to_plaintext_and_absent_without_it() -> None:

@@ -12,10 +12,14 @@ from typing import Any
 
 import pytest
 
+from protocols import MaskPolicy, make_manifest
 from threshold_fl.app.cli import main as cli_main
 from threshold_fl.app.demo import DemoConfig
-from threshold_fl.app.demo_report import RunResult, report_figure, summary_lines
-from threshold_fl.app.rounds import RoundRow
+from threshold_fl.app.demo_report import report_figure, summary_lines
+from threshold_fl.app.rounds import RoundRow, RunReport
+from threshold_fl.identity import Identity
+from threshold_fl.ml.mask import EncryptionMask
+from threshold_fl.ml.privacy import LaplaceNoise, privacy_budget
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "mlp", "--rounds", "2"]
@@ -106,15 +110,15 @@ PATHS = (Path("out/report.json"), Path("out/report.png"))
 
 
 def run_result(mode: str, seconds: list[float], *, fraction: float = 0.1,
-               requested: float = 0.1, parameters: int = 1000, always: int = 0) -> RunResult:
+               requested: float = 0.1, parameters: int = 1000, always: int = 0) -> RunReport:
     rows = tuple(RoundRow("federation", number, second, 1000 * number, 0, accuracy=0.9,
                           encrypted_fraction=0.0 if mode == "plaintext" else fraction)
                  for number, second in enumerate(seconds, start=1))
-    return RunResult(mode, parameters, sum(seconds) + 5, rows, {}, requested_fraction=requested,
+    return RunReport(mode, parameters, sum(seconds) + 5, rows, {}, requested_fraction=requested,
                      always_encrypted=always)
 
 
-def summary(results: list[RunResult], model: str = "mlp") -> str:
+def summary(results: list[RunReport], model: str = "mlp") -> str:
     config = DemoConfig(model=model, rounds=len(results[0].rounds))
     return "\n".join(summary_lines(config, results, PATHS))
 
@@ -175,3 +179,30 @@ def test_the_plot_has_whole_round_ticks_and_side_by_side_bars() -> None:
                                                    strict=True):
         assert left + width == pytest.approx(right) == pytest.approx(tick)  # meet at the tick
         assert other == pytest.approx(width)
+
+
+def test_a_run_report_reads_the_manifest_and_writes_json() -> None:
+    def public(name: str) -> Any:
+        return Identity.from_seed(name, bytes(32)).public
+
+    # one layer: the first and last layers are the same range, counted once
+    manifest = make_manifest(session="s", aggregator=public("server"),
+                             clients=[public("a"), public("b")], model_length=100,
+                             mode="plaintext", always_encrypt=[(0, 30), (20, 40)],
+                             mask=MaskPolicy(0.25))
+    rows = run_result("plaintext", [2.0, 1.0]).rounds
+    report = RunReport.of(manifest, 9.0, rows)
+    assert (report.mode, report.parameters, report.requested_fraction) == ("plaintext", 100,
+                                                                          0.25)
+    assert report.always_encrypted == 40 and report.privacy is None
+    data = report.to_dict()
+    assert data["bytes_sent"] == 3000 and data["protocol_seconds"] == 3.0
+    assert [row["round"] for row in data["rounds"]] == [1, 2] and "privacy" not in data
+    no_layers = make_manifest(session="s", aggregator=public("server"),
+                              clients=[public("a"), public("b")], model_length=100,
+                              mode="plaintext", always_encrypt=[(0, 30)],
+                              mask=MaskPolicy(0.25, first_and_last=False))
+    assert RunReport.of(no_layers, 9.0, rows).always_encrypted == 0
+    budget = privacy_budget(LaplaceNoise(0.5, 1.0), EncryptionMask.empty(100), rounds=2)
+    with_budget = RunReport.of(manifest, 9.0, rows, privacy=budget).to_dict()
+    assert with_budget["privacy"]["summary"] == str(budget)

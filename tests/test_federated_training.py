@@ -14,7 +14,8 @@ import asyncio
 
 import pytest
 
-from threshold_fl.app.federation import FederationConfig, FederationReport, run_federation
+from threshold_fl.app.federation import FederationConfig, run_federation
+from threshold_fl.app.rounds import RunReport
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.privacy import LaplaceNoise
 from threshold_fl.ml.training import LocalTraining
@@ -23,34 +24,34 @@ MODES = ("plaintext", "threshold", "single-key")
 CNN_PLAN = LocalTraining(epochs=2, learning_rate=0.05)
 
 
-def federate(config: FederationConfig) -> FederationReport:
+def federate(config: FederationConfig) -> RunReport:
     return asyncio.run(run_federation(config))
 
 
 @pytest.fixture(scope="module")
-def cnn_runs() -> dict[str, FederationReport]:
+def cnn_runs() -> dict[str, RunReport]:
     return {mode: federate(FederationConfig(model="cnn", mode=mode, rounds=3,
                                             training=CNN_PLAN, seed=0))
             for mode in MODES}
 
 
-def test_plaintext_fedavg_cnn_reaches_90_percent(cnn_runs: dict[str, FederationReport]
+def test_plaintext_fedavg_cnn_reaches_90_percent(cnn_runs: dict[str, RunReport]
                                                  ) -> None:
     report = cnn_runs["plaintext"]
     assert report.parameters == 1_663_370
-    assert [record.round for record in report.records] == [1, 2, 3]
-    assert report.final_accuracy >= 0.90, [r.accuracy for r in report.records]
-    assert report.records[-1].loss < report.records[0].loss
+    assert [record.round for record in report.rounds] == [1, 2, 3]
+    assert report.final_accuracy >= 0.90, [r.accuracy for r in report.rounds]
+    assert report.rounds[-1].loss < report.rounds[0].loss
 
 
 @pytest.mark.parametrize("mode", ["threshold", "single-key"])
-def test_encrypted_modes_match_plaintext_accuracy(cnn_runs: dict[str, FederationReport],
+def test_encrypted_modes_match_plaintext_accuracy(cnn_runs: dict[str, RunReport],
                                                   mode: str) -> None:
     plain, encrypted = cnn_runs["plaintext"], cnn_runs[mode]
     # Round 1 starts from the same model and data, so it must agree to the third loss
     # digit: the CKKS error (up to ~1e-4 with flooding) is all that separates the two
     # global models; a relative loss change of 1.1e-4 has been seen.
-    assert encrypted.records[0].loss == pytest.approx(plain.records[0].loss, rel=1e-3)
+    assert encrypted.rounds[0].loss == pytest.approx(plain.rounds[0].loss, rel=1e-3)
     # Later rounds carry that error (fresh encryption noise every run) through SGD,
     # which flips a few borderline test images: gaps of 1 and 2 of the 360 have been
     # seen.  Five images (1.4 points) is the bound.
@@ -58,15 +59,15 @@ def test_encrypted_modes_match_plaintext_accuracy(cnn_runs: dict[str, Federation
     assert gap <= 5 / 360, (mode, plain.final_accuracy, encrypted.final_accuracy)
 
 
-def test_encrypted_fraction_and_bytes_are_reported(cnn_runs: dict[str, FederationReport]
+def test_encrypted_fraction_and_bytes_are_reported(cnn_runs: dict[str, RunReport]
                                                    ) -> None:
     for mode, report in cnn_runs.items():
-        fraction = report.records[-1].encrypted_fraction
+        fraction = report.rounds[-1].encrypted_fraction
         if mode == "plaintext":  # it agrees on a mask but encrypts nothing
             assert fraction == 0.0
         else:  # top 10 % plus conv1 (832) and fc2 (5,130): a little over 10 %
             assert fraction is not None and 0.10 < fraction < 0.11
-        assert all(record.bytes_sent > 0 and record.seconds > 0 for record in report.records)
+        assert all(record.bytes_sent > 0 and record.seconds > 0 for record in report.rounds)
     assert cnn_runs["threshold"].bytes_sent > cnn_runs["plaintext"].bytes_sent
 
 
@@ -74,7 +75,7 @@ def test_non_iid_dirichlet_split_trains() -> None:
     report = federate(FederationConfig(model="mlp", mode="plaintext", rounds=4,
                                        split="dirichlet", alpha=0.5, seed=1,
                                        training=LocalTraining(epochs=3, learning_rate=0.1)))
-    accuracies = [record.accuracy for record in report.records]
+    accuracies = [record.accuracy for record in report.rounds]
     assert accuracies[-1] >= 0.80 and accuracies[-1] > accuracies[0], accuracies
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -66,6 +66,8 @@ class Federation:
         self.failing: dict[str, int] = {}  # client -> round in which its training raises
         self.after_upload: dict[str, int] = {}  # client -> round after whose upload it dies
         self.out_of_bound: dict[str, int] = {}  # client -> round it returns huge values
+        # client -> (round, what its training callback returns instead of the array)
+        self.returns: dict[str, tuple[int, Callable[[np.ndarray], object]]] = {}
         self.plain_index = -1
         self.errors: dict[str, BaseException] = {}
 
@@ -87,6 +89,8 @@ class Federation:
                 self.plain_index = index
                 return update
             self.uploads.setdefault(round_, {})[name] = update
+            if name in self.returns and self.returns[name][0] == round_:
+                return self.returns[name][1](update)  # type: ignore[return-value]
             return update
 
         async def sensitivity() -> np.ndarray:

@@ -119,6 +119,21 @@ async def test_an_update_outside_the_value_bound_is_reported_to_the_aggregator()
     federation.check(aggregator, ("client1", "client2"))
 
 
+async def test_the_machine_converts_what_the_application_returns_once() -> None:
+    # The node hands the callback's result on as it is; the machine converts it on the
+    # way in (a list or float32 is fine) and refuses what is not a vector of numbers.
+    federation = Federation(manifest_for(Mode.THRESHOLD), MemoryHub())
+    federation.returns["client1"] = (1, lambda update: update.tolist())
+    federation.returns["client2"] = (1, lambda update: update.astype(np.float32))
+    federation.returns["client3"] = (1, lambda update: "not a model")
+    aggregator = await federation.run()
+    reason = aggregator.summary.dropped["client3"]
+    assert reason.startswith("left the session: its update was refused"), reason
+    assert f"must be a flat vector of {LENGTH} values, got shape ()" in reason
+    assert [r for r, _ in federation.results["client1"]] == [1, 2]
+    assert [r for r, _ in federation.results["client2"]] == [1, 2]
+
+
 # -- refusals say the real reason (item 2) ----------------------------------------------
 
 

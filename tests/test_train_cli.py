@@ -23,7 +23,7 @@ def test_train_prints_one_row_per_round_and_writes_json(
     data = json.loads(report.read_text())
     assert [entry["config"]["mode"] for entry in data] == ["threshold", "plaintext"]
     threshold, plain = data
-    assert len(threshold["records"]) == 2
+    assert len(threshold["rounds"]) == 2 and threshold["mode"] == "threshold"
     assert threshold["final_accuracy"] > 0.8
     assert abs(threshold["final_accuracy"] - plain["final_accuracy"]) <= 0.01
     assert threshold["bytes_sent"] > plain["bytes_sent"]

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar, Union
 
-import numpy as np
-
 from protocols import (
     Aborted,
     AggregatorMachine,
@@ -120,7 +118,8 @@ class Offline:
 
 @dataclass(frozen=True, eq=False)  # arrays have no plain equality
 class WorkDone:
-    """The application's answer to a request of the client machine."""
+    """The application's answer to a request of the client machine, as it returned it:
+    ``submit_*`` checks it and converts it to float64."""
 
     WORK: ClassVar[str]
     result: FloatArray = field(repr=False)
@@ -469,7 +468,8 @@ class FederatedClient(Node):
         except Exception as exc:  # the application's failure ends this client's session
             await self._inbox.put(Failed(exc))
             return
-        await self._inbox.put(done(np.asarray(result, dtype=np.float64)))
+        # As returned: the machine checks and converts it (the one conversion on the way in).
+        await self._inbox.put(done(result))
 
     def _failed(self, error: BaseException) -> Step:
         """The application's callback raised: leave the session, saying why."""

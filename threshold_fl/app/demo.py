@@ -30,9 +30,9 @@ from pathlib import Path
 
 from protocols import Manifest, MaskPolicy, Mode, ModelSpec, Timeouts, make_manifest
 from threshold_fl._checks import add_model_option, bounded
-from threshold_fl.app.demo_report import RunResult, collect_run, print_summary, write_report
+from threshold_fl.app.demo_report import collect_run, print_summary, write_report
 from threshold_fl.app.party import DROP_STAGES
-from threshold_fl.app.rounds import header
+from threshold_fl.app.rounds import RunReport, header
 from threshold_fl.errors import ParameterError, ThresholdFLError
 from threshold_fl.identity import Identity
 from transports.broker import private_broker
@@ -161,7 +161,7 @@ class _Federation:
                          "--drop-round", str(self.config.drop_round)]
         return argv
 
-    async def run(self, progress: _Progress) -> RunResult:
+    async def run(self, progress: _Progress) -> RunReport:
         manifest = self.prepare()
         parties = ["server", *self.clients]
         if manifest.key_authority is not None:
@@ -180,7 +180,7 @@ class _Federation:
                 watcher.cancel()
         seconds = time.perf_counter() - started
         self._check_exits({party: p.returncode for party, p in processes.items()})
-        return collect_run(self.config.mode, self.directory, parties, seconds)
+        return collect_run(self.directory, parties, seconds)
 
     def _deadline_s(self, manifest: Manifest) -> float:
         """A backstop only: the parties enforce the manifest's deadlines themselves."""
@@ -251,7 +251,7 @@ async def _broker(url: str | None) -> AsyncIterator[str]:
         yield private_url
 
 
-async def run_demo(config: DemoConfig) -> list[RunResult]:
+async def run_demo(config: DemoConfig) -> list[RunReport]:
     """The configured run and, unless it is plaintext or ``baseline`` is off, the
     plaintext-FedAvg run with the same seed (and the same scripted dropout)."""
     runs = [config]

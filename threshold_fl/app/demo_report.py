@@ -7,12 +7,12 @@ import json
 import os
 import platform
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from protocols import Manifest, Mode
-from threshold_fl.app.rounds import RoundRow, combine_rows, read_rows
+from threshold_fl.app.rounds import RunReport, combine_rows, read_rows
 from threshold_fl.errors import ThresholdFLError
 
 if TYPE_CHECKING:
@@ -20,57 +20,14 @@ if TYPE_CHECKING:
 
     from threshold_fl.app.demo import DemoConfig
 
-__all__ = ["RunResult", "collect_run", "fraction_note", "print_summary", "report_figure",
+__all__ = ["collect_run", "fraction_note", "print_summary", "report_figure",
            "summary_lines", "write_report"]
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """One federation run: a row per round for the whole federation (bytes summed over
-    the parties, each stage's slowest party) and each party's own rows; from the
-    manifest, the requested mask fraction and how many coordinates the first and last
-    layers add to it (0 with ``--no-first-last``)."""
-
-    mode: str
-    parameters: int
-    seconds: float  # wall-clock, from starting the processes to the last exit
-    rounds: tuple[RoundRow, ...]
-    parties: dict[str, tuple[RoundRow, ...]]
-    requested_fraction: float | None = None
-    always_encrypted: int = 0
-
-    @property
-    def protocol_seconds(self) -> float:
-        """The rounds' seconds added up: the session without the processes' start-up."""
-        return sum(row.seconds for row in self.rounds)
-
-    @property
-    def steady_seconds(self) -> float | None:
-        """The seconds of the rounds after the first (round 1 also holds key and mask
-        agreement); None with a single round."""
-        later = [row.seconds for row in self.rounds if row.round > 1]
-        return sum(later) if later else None
-
-    @property
-    def encrypted_fraction(self) -> float | None:
-        """The share of coordinates the last round encrypted."""
-        return self.rounds[-1].encrypted_fraction if self.rounds else None
-
-    @property
-    def bytes_sent(self) -> int:
-        """Bytes the parties published in their rounds (round 1 includes set-up)."""
-        return sum(row.bytes_sent for row in self.rounds)
-
-    @property
-    def final_accuracy(self) -> float:
-        accuracy = self.rounds[-1].accuracy if self.rounds else None
-        return float("nan") if accuracy is None else accuracy
-
-
-def collect_run(mode: str, directory: Path, parties: Sequence[str], seconds: float
-                ) -> RunResult:
-    """Read the parties' JSON-lines reports in *directory* into a :class:`RunResult`."""
+def collect_run(directory: Path, parties: Sequence[str], seconds: float) -> RunReport:
+    """Read the parties' JSON-lines reports in *directory* into a :class:`RunReport`."""
     manifest = Manifest.load(directory / "manifest.json")
+    mode = manifest.mode.value
     rows = {party: tuple(read_rows(directory / f"{party}.jsonl")) for party in parties}
     rounds = sorted({row.round for row in rows.get("server", ())})
     if len(rounds) != manifest.rounds:
@@ -80,20 +37,9 @@ def collect_run(mode: str, directory: Path, parties: Sequence[str], seconds: flo
         combine_rows("federation", [row for party_rows in rows.values()
                                     for row in party_rows if row.round == round_])
         for round_ in rounds)
-    always = _covered(manifest.always_encrypt) if manifest.mask.first_and_last else 0
-    return RunResult(mode, manifest.model_length, seconds, combined,
-                     {party: party_rows for party, party_rows in rows.items() if party_rows},
-                     requested_fraction=manifest.mask.fraction, always_encrypted=always)
-
-
-def _covered(ranges: Sequence[tuple[int, int]]) -> int:
-    """How many coordinates the [start, stop) *ranges* cover (a one-layer model's first
-    and last layers are the same range)."""
-    covered, reached = 0, 0
-    for start, stop in sorted(ranges):
-        covered += max(0, stop - max(start, reached))
-        reached = max(reached, stop)
-    return covered
+    return RunReport.of(manifest, seconds, combined,
+                        parties={party: party_rows for party, party_rows in rows.items()
+                                 if party_rows})
 
 
 def _machine() -> dict[str, Any]:
@@ -101,7 +47,7 @@ def _machine() -> dict[str, Any]:
             "python": platform.python_version(), "system": platform.platform()}
 
 
-def _summary(results: Sequence[RunResult]) -> dict[str, Any]:
+def _summary(results: Sequence[RunReport]) -> dict[str, Any]:
     main = results[0]
     summary: dict[str, Any] = {"mode": main.mode, "final_accuracy": main.final_accuracy,
                                "seconds": main.seconds, "protocol_seconds": main.protocol_seconds,
@@ -118,31 +64,20 @@ def _summary(results: Sequence[RunResult]) -> dict[str, Any]:
     return summary
 
 
-def _run_json(result: RunResult) -> dict[str, Any]:
-    def rows(items: Sequence[RoundRow]) -> list[dict[str, Any]]:
-        return [json.loads(row.as_json()) for row in items]
-
-    return {"mode": result.mode, "parameters": result.parameters, "seconds": result.seconds,
-            "protocol_seconds": result.protocol_seconds,
-            "bytes_sent": result.bytes_sent, "final_accuracy": result.final_accuracy,
-            "rounds": rows(result.rounds),
-            "parties": {party: rows(items) for party, items in result.parties.items()}}
-
-
-def write_report(config: DemoConfig, results: Sequence[RunResult]) -> tuple[Path, Path]:
+def write_report(config: DemoConfig, results: Sequence[RunReport]) -> tuple[Path, Path]:
     """``report.json`` and ``report.png`` in ``config.out``; returns their paths."""
     config.out.mkdir(parents=True, exist_ok=True)
     settings = {key: str(value) if isinstance(value, Path) else value
                 for key, value in asdict(config).items()}
     document = {"config": settings, "machine": _machine(), "summary": _summary(results),
-                "runs": [_run_json(result) for result in results]}
+                "runs": [result.to_dict() for result in results]}
     json_path, png_path = config.out / "report.json", config.out / "report.png"
     json_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     _plot(results, png_path)
     return json_path, png_path
 
 
-def report_figure(results: Sequence[RunResult]) -> Figure:
+def report_figure(results: Sequence[RunReport]) -> Figure:
     """Accuracy, MB sent and seconds per round, one series per run; the rounds are the
     integer x ticks, each mode's bars side by side around their round's tick."""
     from matplotlib.figure import Figure
@@ -171,12 +106,12 @@ def report_figure(results: Sequence[RunResult]) -> Figure:
     return figure
 
 
-def _plot(results: Sequence[RunResult], path: Path) -> None:
+def _plot(results: Sequence[RunReport], path: Path) -> None:
     # A bare Figure, not pyplot: no global state, no GUI backend to choose.
     report_figure(results).savefig(path, dpi=110)
 
 
-def _steady_ratio(main: RunResult, baseline: RunResult) -> float | None:
+def _steady_ratio(main: RunReport, baseline: RunReport) -> float | None:
     """Time of the rounds after the first, encrypted over plaintext."""
     mine, theirs = main.steady_seconds, baseline.steady_seconds
     return None if mine is None or not theirs else mine / theirs
@@ -187,7 +122,7 @@ def _percent(fraction: float) -> str:
     return f"{fraction * 100:.2f}".rstrip("0").rstrip(".") + "%"
 
 
-def fraction_note(result: RunResult, model: str) -> str:
+def fraction_note(result: RunReport, model: str) -> str:
     """Why the encrypted share differs from the requested one ('' when it does not, as
     printed): the first and last layers come on top, or the count rounds up."""
     fraction, requested = result.encrypted_fraction, result.requested_fraction
@@ -205,7 +140,7 @@ def fraction_note(result: RunResult, model: str) -> str:
     return f" (requested {_percent(requested)}; {reason})"
 
 
-def _overhead_lines(main: RunResult, baseline: RunResult) -> list[str]:
+def _overhead_lines(main: RunReport, baseline: RunReport) -> list[str]:
     lines = [f"  HE overhead: x{main.protocol_seconds / baseline.protocol_seconds:.2f} time, "
              f"whole run ({main.protocol_seconds:.1f} s vs {baseline.protocol_seconds:.1f} s "
              f"from the last party ready to the end; wall-clock with start-up "
@@ -221,7 +156,7 @@ def _overhead_lines(main: RunResult, baseline: RunResult) -> list[str]:
     return lines
 
 
-def summary_lines(config: DemoConfig, results: Sequence[RunResult],
+def summary_lines(config: DemoConfig, results: Sequence[RunReport],
                   paths: tuple[Path, Path]) -> list[str]:
     """The summary printed after the runs: accuracy, the gap to the baseline, overheads."""
     main = results[0]
@@ -249,6 +184,6 @@ def summary_lines(config: DemoConfig, results: Sequence[RunResult],
     return lines
 
 
-def print_summary(config: DemoConfig, results: Sequence[RunResult],
+def print_summary(config: DemoConfig, results: Sequence[RunReport],
                   paths: tuple[Path, Path]) -> None:
     print("\n".join(summary_lines(config, results, paths)))

@@ -21,18 +21,18 @@ from typing import Any
 from protocols import Manifest, MaskPolicy, Mode, ModelSpec, make_manifest
 from protocols.events import Event
 from threshold_fl._checks import checked_int
-from threshold_fl.app.rounds import RoundRow
+from threshold_fl.app.rounds import RoundRow, RunReport
 from threshold_fl.errors import ParameterError
 from threshold_fl.identity import Identity
 from threshold_fl.ml.data import ClientData, load_digits, split_dirichlet, split_iid
 from threshold_fl.ml.learner import LocalLearner
 from threshold_fl.ml.models import MODELS, build_model
-from threshold_fl.ml.privacy import LaplaceNoise, PrivacyBudget, privacy_budget
+from threshold_fl.ml.privacy import LaplaceNoise, privacy_budget
 from threshold_fl.ml.training import LocalTraining
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
 from transports import MemoryHub, Transport
 
-__all__ = ["FederationConfig", "FederationReport", "client_datasets", "client_learners",
+__all__ = ["FederationConfig", "client_datasets", "client_learners",
            "learner_client", "run_federation"]
 
 SPLITS = ("iid", "dirichlet")
@@ -71,21 +71,6 @@ class FederationConfig:
     @property
     def model_spec(self) -> ModelSpec:
         return ModelSpec(self.model, self.seed)
-
-
-@dataclass(frozen=True)
-class FederationReport:
-    config: FederationConfig
-    parameters: int
-    records: tuple[RoundRow, ...]
-    seconds: float
-    bytes_sent: int
-    privacy: PrivacyBudget | None
-
-    @property
-    def final_accuracy(self) -> float:
-        accuracy = self.records[-1].accuracy if self.records else None
-        return float("nan") if accuracy is None else accuracy
 
 
 def client_datasets(model: str, clients: int, split: str, alpha: float, seed: int
@@ -140,7 +125,7 @@ def _manifest(config: FederationConfig, identities: dict[str, Identity], names: 
 
 async def run_federation(
     config: FederationConfig, *, on_round: Callable[[RoundRow], None] | None = None,
-) -> FederationReport:
+) -> RunReport:
     """Run *config* to the end and report each round's test accuracy, time and bytes."""
     names = [f"client-{index + 1}" for index in range(config.clients)]
     identities = {name: Identity.generate(name) for name in [*names, "server", "authority"]}
@@ -167,8 +152,7 @@ async def run_federation(
     budget = None
     if config.noise is not None and observer.mask is not None:
         budget = privacy_budget(config.noise, observer.mask, rounds=config.rounds)
-    return FederationReport(config, learners[0].length, tuple(records),
-                            time.perf_counter() - started, hub.stats.sent_bytes, budget)
+    return RunReport.of(manifest, time.perf_counter() - started, records, privacy=budget)
 
 
 class _Observer:

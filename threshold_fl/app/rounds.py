@@ -2,7 +2,8 @@
 
 A client's row carries the global model's test accuracy and loss and its own bytes and
 stage times; the aggregator's row its bytes and aggregation time; the in-process
-federation and the demo write one row for the whole federation.  ``threshold-fl
+federation and the demo write one row for the whole federation, and report a whole run
+as a :class:`RunReport`.  ``threshold-fl
 client --report`` and ``aggregator --report`` append rows as JSON lines, which the
 demo reads back (with :func:`read_rows`, which checks every field) to draw its table
 and plots.
@@ -12,14 +13,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from threshold_fl.errors import ParameterError
 
-__all__ = ["STAGES", "RoundRow", "combine_rows", "header", "read_rows"]
+if TYPE_CHECKING:
+    from protocols import Manifest
+    from threshold_fl.ml.privacy import PrivacyBudget
+
+__all__ = ["STAGES", "RoundRow", "RunReport", "combine_rows", "header", "read_rows"]
 
 #: Stage times a row may carry: local training, encrypting the own update, the
 #: aggregator's homomorphic sum, partial decryption and fusion of the global model.
@@ -154,3 +159,81 @@ def combine_rows(party: str, rows: Iterable[RoundRow]) -> RoundRow:
         accuracy=scored.accuracy if scored else None, loss=scored.loss if scored else None,
         encrypted_fraction=scored.encrypted_fraction if scored else None,
         contributors=contributors[0] if contributors else None)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """One federation run, in one process (``threshold-fl train``) or as processes (the
+    demo): a row per round for the whole federation (bytes summed over the parties, each
+    stage's slowest party), each party's own rows (processes only); from the manifest,
+    the model's size, the requested mask fraction and how many coordinates the first
+    and last layers add to it (0 with ``--no-first-last``); the local-DP budget if any."""
+
+    mode: str
+    parameters: int
+    seconds: float  # wall-clock, from the start (of the processes) to the end
+    rounds: tuple[RoundRow, ...]
+    parties: Mapping[str, tuple[RoundRow, ...]] = field(default_factory=dict)
+    requested_fraction: float | None = None
+    always_encrypted: int = 0
+    privacy: PrivacyBudget | None = None
+
+    @classmethod
+    def of(cls, manifest: Manifest, seconds: float, rounds: Sequence[RoundRow], *,
+           parties: Mapping[str, tuple[RoundRow, ...]] | None = None,
+           privacy: PrivacyBudget | None = None) -> RunReport:
+        """The report of a run of *manifest*."""
+        always = _covered(manifest.always_encrypt) if manifest.mask.first_and_last else 0
+        return cls(manifest.mode.value, manifest.model_length, seconds, tuple(rounds),
+                   dict(parties or {}), requested_fraction=manifest.mask.fraction,
+                   always_encrypted=always, privacy=privacy)
+
+    @property
+    def protocol_seconds(self) -> float:
+        """The rounds' seconds added up: the session without the processes' start-up."""
+        return sum(row.seconds for row in self.rounds)
+
+    @property
+    def steady_seconds(self) -> float | None:
+        """The seconds of the rounds after the first (round 1 also holds key and mask
+        agreement); None with a single round."""
+        later = [row.seconds for row in self.rounds if row.round > 1]
+        return sum(later) if later else None
+
+    @property
+    def encrypted_fraction(self) -> float | None:
+        """The share of coordinates the last round encrypted."""
+        return self.rounds[-1].encrypted_fraction if self.rounds else None
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes the parties published in their rounds (round 1 includes set-up)."""
+        return sum(row.bytes_sent for row in self.rounds)
+
+    @property
+    def final_accuracy(self) -> float:
+        accuracy = self.rounds[-1].accuracy if self.rounds else None
+        return float("nan") if accuracy is None else accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run as JSON-ready data (rows as :meth:`RoundRow.as_json` writes them)."""
+        def rows(items: Sequence[RoundRow]) -> list[dict[str, Any]]:
+            return [json.loads(row.as_json()) for row in items]
+
+        data = {"mode": self.mode, "parameters": self.parameters, "seconds": self.seconds,
+                "protocol_seconds": self.protocol_seconds, "bytes_sent": self.bytes_sent,
+                "final_accuracy": self.final_accuracy, "rounds": rows(self.rounds),
+                "parties": {party: rows(items) for party, items in self.parties.items()}}
+        if self.privacy is not None:
+            data["privacy"] = {**asdict(self.privacy), "summary": str(self.privacy)}
+        return data
+
+
+def _covered(ranges: Sequence[tuple[int, int]]) -> int:
+    """How many coordinates the [start, stop) *ranges* cover (a one-layer model's first
+    and last layers are the same range)."""
+    covered, reached = 0, 0
+    for start, stop in sorted(ranges):
+        covered += max(0, stop - max(start, reached))
+        reached = max(reached, stop)
+    return covered

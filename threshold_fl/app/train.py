@@ -23,10 +23,9 @@ from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.app.federation import (
     SPLITS,
     FederationConfig,
-    FederationReport,
     run_federation,
 )
-from threshold_fl.app.rounds import header
+from threshold_fl.app.rounds import RunReport, header
 from threshold_fl.errors import ThresholdFLError
 from threshold_fl.ml.privacy import LaplaceNoise
 from threshold_fl.ml.training import LocalTraining
@@ -74,32 +73,30 @@ def _config(args: argparse.Namespace, mode: str) -> FederationConfig:
         noise=noise, seed=int(args.seed))
 
 
-def _run(config: FederationConfig) -> FederationReport:
+def _run(config: FederationConfig) -> RunReport:
     print(f"\n{config.mode}: {config.model}, {config.clients} clients, {config.rounds} rounds",
           flush=True)
     print(header(), flush=True)
     return asyncio.run(run_federation(config, on_round=lambda r: print(r.line(), flush=True)))
 
 
-def _as_json(report: FederationReport) -> dict[str, object]:
-    data = dataclasses.asdict(report)
-    data["final_accuracy"] = report.final_accuracy
-    if report.privacy is not None:
-        data["privacy"]["summary"] = str(report.privacy)
-    return data
+def _as_json(config: FederationConfig, report: RunReport) -> dict[str, object]:
+    return {"config": dataclasses.asdict(config), **report.to_dict()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    modes = [args.mode]
+    if args.baseline and args.mode != Mode.PLAINTEXT.value:
+        modes.append(Mode.PLAINTEXT.value)
     try:
-        reports = [_run(_config(args, args.mode))]
-        if args.baseline and args.mode != Mode.PLAINTEXT.value:
-            reports.append(_run(_config(args, Mode.PLAINTEXT.value)))
+        configs = [_config(args, mode) for mode in modes]
+        reports = [_run(config) for config in configs]
     except ThresholdFLError as error:
         print(f"threshold-fl train: error: {error}", file=sys.stderr)
         return 1
     main_report = reports[0]
-    print(f"\nfinal accuracy ({main_report.config.mode}): {main_report.final_accuracy:.2%}, "
+    print(f"\nfinal accuracy ({main_report.mode}): {main_report.final_accuracy:.2%}, "
           f"{main_report.bytes_sent / 1e6:.1f} MB, {main_report.seconds:.1f} s")
     if main_report.privacy is not None:
         print(f"local DP: {main_report.privacy}")
@@ -110,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(gap {gap:+.2f} points); HE overhead x{main_report.seconds / baseline.seconds:.2f}"
               f" time, x{main_report.bytes_sent / baseline.bytes_sent:.2f} bytes")
     if args.json is not None:
-        args.json.write_text(json.dumps([_as_json(r) for r in reports], indent=2) + "\n")
+        runs = [_as_json(config, report)
+                for config, report in zip(configs, reports, strict=True)]
+        args.json.write_text(json.dumps(runs, indent=2) + "\n")
         print(f"report written to {args.json}")
     return 0
 

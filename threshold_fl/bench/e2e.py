@@ -42,8 +42,7 @@ from typing import Any
 
 from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.app.demo import DemoConfig, run_demo
-from threshold_fl.app.demo_report import RunResult
-from threshold_fl.app.rounds import RoundRow
+from threshold_fl.app.rounds import RoundRow, RunReport
 from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
 from threshold_fl.errors import ThresholdFLError
 
@@ -148,14 +147,14 @@ def _optional(value: float | None, spec: str, prefix: str = "") -> str:
     return "-" if value is None else f"{prefix}{value:{spec}}"
 
 
-def run_mode(template: DemoConfig, mode: str) -> RunResult:
+def run_mode(template: DemoConfig, mode: str) -> RunReport:
     """The demo's federation in *mode*, its baseline off; its folder is
     ``template.out / mode`` (manifest, the parties' JSON-lines reports, logs)."""
     (result,) = asyncio.run(run_demo(replace(template, mode=mode, baseline=False)))
     return result
 
 
-def totals_of(results: Sequence[RunResult]) -> list[ModeTotals]:
+def totals_of(results: Sequence[RunReport]) -> list[ModeTotals]:
     """Each run's totals, with the ratios to the plaintext run when there is one."""
     totals = [ModeTotals(result.mode, result.parameters, result.seconds,
                          result.protocol_seconds, result.bytes_sent,
@@ -210,7 +209,7 @@ def _headline(totals: Sequence[ModeTotals]) -> str:
     return "Against plaintext FedAvg, same seed: " + "; ".join(parts) + "."
 
 
-def _write(out: Path, template: DemoConfig, results: Sequence[RunResult],
+def _write(out: Path, template: DemoConfig, results: Sequence[RunReport],
            rows: Sequence[RoundFigures], totals: Sequence[ModeTotals]) -> list[Path]:
     settings = {"clients": template.clients, "rounds": template.rounds,
                 "model": template.model, "fraction": template.fraction,
@@ -258,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     modes = [mode for mode in MODES if mode in args.modes]  # plaintext last, no repeats
     out: Path = args.out
-    results: list[RunResult] = []
+    results: list[RunReport] = []
     rows: list[RoundFigures] = []
     try:
         template = DemoConfig(clients=int(args.clients), rounds=int(args.rounds),
