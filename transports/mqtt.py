@@ -38,7 +38,6 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -54,11 +53,9 @@ from threshold_fl.errors import (
 )
 from transports.broker import TOPIC_ROOT, BrokerConfig, topic
 from transports.chunks import (
-    DEFAULT_CHUNK_SIZE,
     TRANSFER_ID_SIZE,
     ChunkPlan,
     Reassembler,
-    ReassemblyLimits,
     Signer,
     Transfer,
     Verifier,
@@ -67,6 +64,7 @@ from transports.chunks import (
     validate_id,
 )
 from transports.lograte import Outage, RateLimitedLog, printable
+from transports.mqtt_options import MqttOptions, MqttStats
 from transports.window import OutgoingTransfer, SendWindow
 
 if TYPE_CHECKING:
@@ -80,65 +78,6 @@ _PERMANENT = {132, 133, 134, 135, 138, 140}
 _PLAN_IN_THREAD = 8 << 20  # hash payloads above this off the event loop
 #: (topic, ack frame) pairs: filled by the reader, published by the acker.
 _Acks: TypeAlias = "asyncio.Queue[tuple[str, bytes]]"
-
-
-@dataclass(frozen=True)
-class MqttOptions:
-    """Tuning of an :class:`MqttTransport`; the defaults suit a LAN or one machine."""
-
-    keepalive: int = 5  # seconds; a frozen peer is seen offline after 1.5 times this
-    window: int = 8  # frames sent but not yet acked
-    ack_timeout_s: float = 5.0  # first retransmission; times `backoff` per further try
-    backoff: float = 2.0
-    max_tries: int = 5  # sends of one frame before its transfer is given up
-    reconnect_initial_s: float = 0.2
-    reconnect_max_s: float = 5.0
-    give_up_after: float = 60.0  # broker unreachable this long: the transport fails
-    operation_timeout_s: float = 30.0  # connect, subscribe, one publish
-    close_linger_s: float = 2.0  # close() waits this long for unacked frames
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    limits: ReassemblyLimits = field(default_factory=ReassemblyLimits)
-    inbox_limit: int = 1000  # complete messages waiting for receive(); beyond: dropped
-    frame_queue_limit: int = 256  # frames read but not yet processed; beyond: dropped
-    mqtt5: bool = False  # MQTT 3.1.1 by default; nothing here needs 5
-    log_burst: int = 3  # refusals logged per claimed sender and reason per period; then
-    log_period_s: float = 60.0  # counted, and summed up in one line per period
-
-    def __post_init__(self) -> None:
-        positive = ("ack_timeout_s", "reconnect_initial_s", "reconnect_max_s",
-                    "give_up_after", "operation_timeout_s", "log_period_s")
-        bad = [n for n in positive if not getattr(self, n) > 0]
-        bad += [n for n in ("keepalive", "window", "max_tries", "inbox_limit",
-                            "frame_queue_limit", "log_burst") if getattr(self, n) < 1]
-        if bad or self.backoff < 1 or self.close_linger_s < 0:
-            raise ParameterError(f"invalid MqttOptions: {bad or 'backoff/close_linger_s'}")
-
-
-@dataclass(frozen=True)
-class MqttStats:
-    """A snapshot of an :class:`MqttTransport`'s counters.
-
-    ``messages_sent``/``bytes_sent`` count payloads per recipient; ``frames_sent`` and
-    ``frame_bytes_sent`` what went on the wire, retransmissions included.
-    """
-
-    messages_sent: int = 0
-    bytes_sent: int = 0
-    messages_received: int = 0
-    bytes_received: int = 0
-    frames_sent: int = 0
-    frame_bytes_sent: int = 0
-    frames_received: int = 0
-    frame_bytes_received: int = 0
-    retransmits: int = 0
-    transfers_acked: int = 0
-    transfers_failed: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    expired: int = 0
-    dropped: int = 0
-    reconnects: int = 0
-    last_rejections: tuple[str, ...] = ()
 
 
 _COUNTERS = tuple(f for f in MqttStats.__dataclass_fields__ if f != "last_rejections")
