@@ -329,10 +329,9 @@ def test_the_fused_kernel_computes_the_composed_share(aggregate_vector: Any, fed
                                 BlobKind.CIPHERTEXT)
     noise = GaussianSampler(SIGMA, key=bytes(32)).sample(N)
     with KeyLimbs(CONTEXT, federation.parties[1].secret.native) as key:
-        fused = shares._fused_share_limb(parsed.elements[:, 0], key.limb(Q), noise.copy(), Q,
-                                         lead=lead)
-        composed = shares._share_limb(parsed.elements[:, 0], key.limb(Q), noise.copy(), Q,
-                                      lead=lead)
+        c0, c1 = parsed.elements[0, 0], parsed.elements[1, 0]
+        fused = shares.share_limb(c0, c1, key.limb(Q), noise.copy(), Q, add=lead)
+        composed = shares._share_limb(c0, c1, key.limb(Q), noise.copy(), Q, add=lead)
     np.testing.assert_array_equal(fused, composed)
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "ring_kit",
     "ring_shares",
     "self_tested",
+    "share_limb",
     "share_template",
     "slot_indices",
     "sum_shares",
@@ -152,28 +153,29 @@ def ring_shares(
     n = context.ring.ring_dimension
     limbs = _limbs_of(context, ciphertexts)
     out = np.empty((len(ciphertexts), limbs, n), dtype=np.uint64)
-    compiled = ntt.backend() == "numba"
     for index, ciphertext in enumerate(ciphertexts):
         moduli = ciphertext.summary.moduli
         noise = sampler.sample(n)  # one integer polynomial: CRT-consistent across limbs
         try:
             for limb, q in enumerate(moduli):
-                share = (_fused_share_limb if compiled else _share_limb)
-                out[index, limb] = share(ciphertext.elements[:, limb], key.limb(q), noise, q,
-                                         lead=lead)
+                c0, c1 = ciphertext.elements[0, limb], ciphertext.elements[1, limb]
+                out[index, limb] = share_limb(c0, c1, key.limb(q), noise, q, add=lead)
         finally:
             wipe(noise)
     return out
 
 
-def _fused_share_limb(c: U64Array, s: U64Array, noise: npt.NDArray[np.int64], q: int, *,
-                      lead: bool) -> U64Array:
-    """_share_limb in one compiled pass: no temporary ever holds c1 * s alone."""
+def share_limb(addend: U64Array, c1: U64Array, s: U64Array, noise: npt.NDArray[np.int64],
+               q: int, *, add: bool) -> U64Array:
+    """c1 * s + noise (+ addend if *add*) modulo q, evaluation form; *noise* is a signed
+    coefficient-form polynomial.  The compiled pass never leaves c1 * s alone in memory."""
+    if ntt.backend() != "numba":
+        return _share_limb(addend, c1, s, noise, q, add=add)
     tables = ntt.tables_for(s.size, q)
     ratio = (1 << 128) // q
     out = np.empty(s.size, dtype=np.uint64)
-    _nb_share(c[0], c[1], s, noise, out, tables.psi_rev, tables.psi_rev_shoup, np.uint64(q),
-              np.uint64(ratio & ((1 << 64) - 1)), np.uint64(ratio >> 64), lead)
+    _nb_share(addend, c1, s, noise, out, tables.psi_rev, tables.psi_rev_shoup, np.uint64(q),
+              np.uint64(ratio & ((1 << 64) - 1)), np.uint64(ratio >> 64), add)
     return out
 
 
@@ -190,16 +192,16 @@ def _nb_share(c0: U64Array, c1: U64Array, s: U64Array, noise: Any, out: U64Array
         out[i] = ntt._nb_reduce(value + c0[i], q) if lead else value
 
 
-def _share_limb(c: U64Array, s: U64Array, signed: npt.NDArray[np.int64], q: int, *,
-                lead: bool) -> U64Array:
+def _share_limb(addend: U64Array, c1: U64Array, s: U64Array, signed: npt.NDArray[np.int64],
+                q: int, *, add: bool) -> U64Array:
     noise = reduce_mod(signed, [q])[0]
     tables = ntt.tables_for(s.size, q)
-    product = ntt.mul_mod(c[1], s, q)  # c1 * s alone would give s away: wiped below
+    product = ntt.mul_mod(c1, s, q)  # c1 * s alone would give s away: wiped below
     flood = tables.forward(noise)
     share = ntt.add_mod(product, flood, q)
     for temporary in (product, flood, noise):
         wipe(temporary)
-    return ntt.add_mod(share, c[0], q) if lead else share
+    return ntt.add_mod(share, addend, q) if add else share
 
 
 def openfhe_shares(
