@@ -3,8 +3,9 @@
 The application is asked for work through events (:class:`SensitivityNeeded`,
 :class:`UpdateNeeded`) and answers with :meth:`ClientMachine.submit_sensitivity` and
 :meth:`ClientMachine.submit_update`.  Key material, the group key and the Shamir
-shares this client holds live only here.  Joint decryption is in
-:mod:`protocols.decryption`.
+shares this client holds live only here, in one :class:`EpochKeys` per key epoch
+(:mod:`protocols.client_keys`: how its pieces are checked and what they lead to).
+Joint decryption is in :mod:`protocols.decryption`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from protocols.client_keys import ClientKeyAgreement, ClientState
+from protocols.client_keys import DELIVERY_FIELDS, EpochKeys, Mismatch
 from protocols.decryption import JointDecryption
 from protocols.events import (
     Aborted,
+    KeyAgreed,
     KeyRecovered,
     MaskAgreed,
     Outgoing,
@@ -27,13 +29,14 @@ from protocols.events import (
     UpdateNeeded,
 )
 from protocols.events import Finished as FinishedEvent
-from protocols.machine import Handler, Randomness
-from protocols.manifest import Manifest, Mode
+from protocols.machine import Handler, Machine, Randomness
+from protocols.manifest import Manifest, Mode, Role
 from protocols.messages import (
     Abort,
     Aggregate,
     Finished,
     Hello,
+    KeyConfirm,
     KeyDelivery,
     KeygenStart,
     MaskConfirm,
@@ -50,6 +53,8 @@ from protocols.messages import (
     UpdateUpload,
 )
 from protocols.protection import (
+    check_bound,
+    checked_vector,
     decode_frames,
     decode_plain,
     encode_frames,
@@ -57,15 +62,14 @@ from protocols.protection import (
     open_protected,
     protect,
 )
-from protocols.session import model_check, seal_context
+from protocols.session import model_check, open_mapping, pack_mapping, seal_context
+from protocols.states import CLIENT_OTHER_TARGETS, CLIENT_TARGETS, CLIENT_WAITING, ClientState
 from threshold_fl.arrays import FloatArray
-from threshold_fl.crypto.keys import (
-    ShamirShare,
-)
+from threshold_fl.crypto.keys import PartyKeys, ShamirShare
 from threshold_fl.crypto.vectors import EncryptedVector, PartialDecryption, decrypt_vector
 from threshold_fl.crypto.wire import (
-    decode_shamir_share,
     encode_partial_decryption,
+    encode_public_key,
     encode_shamir_share,
 )
 from threshold_fl.errors import (
@@ -85,17 +89,24 @@ __all__ = ["ClientMachine", "ClientState"]
 C = ClientState
 
 
-
-class ClientMachine(ClientKeyAgreement):
+class ClientMachine(Machine[ClientState]):
     """Sans-I/O client.  ``samples`` is the local data size (the default FedAvg weight)."""
+
+    ROLE = Role.CLIENT
+    TERMINAL = frozenset({C.FINISHED, C.ABORTED})
+    TARGETS, OTHER_TARGETS = CLIENT_TARGETS, CLIENT_OTHER_TARGETS
 
     def __init__(
         self, manifest: Manifest, identity: Identity, randomness: Randomness, *, samples: int
     ) -> None:
-        super().__init__(manifest, identity, randomness)
+        super().__init__(manifest, identity, randomness, C.IDLE)
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise ParameterError(f"samples must be a positive integer, got {samples!r}")
         self._samples = samples
+        self._aggregator = manifest.aggregator.party_id
+        self._step: tuple[Stage, int, int, int] = (Stage.SETUP, 0, 0, 0)
+        self._keys = EpochKeys(manifest, self.me)  # the current key epoch's material
+        self._early_keys: list[Message] = []  # key messages that overtook their KeygenStart
         self._mask: EncryptionMask | None = None
         self._mask_announced = False
         self._round = 0
@@ -118,7 +129,7 @@ class ClientMachine(ClientKeyAgreement):
         return Step(sends=self._sends([self._aggregator], Hello(self._samples), self._step))
 
     def waiting_for(self) -> str:
-        return _WAITING.get(self.state, self.state.value).format(
+        return CLIENT_WAITING.get(self.state, self.state.value).format(
             aggregator=self._aggregator, round=self._round, next=self._round + 1)
 
     @property
@@ -129,7 +140,7 @@ class ClientMachine(ClientKeyAgreement):
     def submit_sensitivity(self, sensitivity: FloatArray, now: float) -> Step:
         """Upload the local sensitivity map (one non-negative value per parameter)."""
         self._require_state(C.MASK_COMPUTING, "a sensitivity map")
-        values = _checked_vector(sensitivity, self.manifest.model_length, "sensitivity map")
+        values = checked_vector(sensitivity, self.manifest.model_length, "sensitivity map")
         if np.any(values < 0):
             raise ParameterError("sensitivity values must be non-negative")
         peak = float(values.max())
@@ -143,11 +154,11 @@ class ClientMachine(ClientKeyAgreement):
         """Upload the locally trained model for the current round."""
         self._require_state(C.TRAINING, "a model update")
         assert self._mask is not None
-        values = _checked_vector(model, self.manifest.model_length, "model update")
+        values = checked_vector(model, self.manifest.model_length, "model update")
         if self.manifest.mode is not Mode.PLAINTEXT:
             # Every coordinate, not only the encrypted ones: which are encrypted is agreed
             # at run time, so a bound that held only for some would hold by chance.
-            _check_bound(values, self.manifest.params.value_bound)
+            check_bound(values, self.manifest.params.value_bound)
         self._upload_values = self._mask.gather(values)
         step = self._send_upload()  # raises (e.g. values out of bound) before any change
         self.state = C.UPDATE_UPLOADED
@@ -157,7 +168,7 @@ class ClientMachine(ClientKeyAgreement):
         """Weight, protect and send the stored values (again, after a dropout)."""
         assert self._upload_values is not None
         protected, plain = self._upload_values
-        frames = protect(self.manifest.mode, self.context, self._public_key, protected,
+        frames = protect(self.manifest.mode, self.context, self._keys.public_key, protected,
                          self._weight)
         upload = SensitivityUpload(frames) if plain is None else UpdateUpload(
             frames, encode_plain(plain))  # the aggregator weights float32 parts itself
@@ -170,11 +181,111 @@ class ClientMachine(ClientKeyAgreement):
                 f"{state.value}; wait for the event that asks for it"
             )
 
+    # -- key agreement -----------------------------------------------------------------------
+    def _on_keygen_start(self, message: Message, now: float) -> Step:
+        step = self._start_epoch(message, now)
+        return self._replay(self._early_keys, step, now)
+
+    def _on_early_key(self, message: Message, now: float) -> Step:
+        """Keep a key message that overtook the KeygenStart of its epoch."""
+        if message.header.stage is not Stage.KEYS or message.header.epoch <= self._step[1]:
+            raise StaleMessage(f"{message.kind} for key epoch {message.header.epoch} is not "
+                               f"for a newer epoch than {self._step[1]}; discarded")
+        authority = self.manifest.key_authority
+        dealers = (*self.manifest.client_ids, *((authority.party_id,) if authority else ()))
+        self._require_sender(message, [p for p in dealers if p != self.me], "a key dealer")
+        return self._keep_early(self._early_keys, message, 2 * len(dealers), "their epoch")
+
+    def _start_epoch(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, KeygenStart)
+        self._require_from_aggregator(message)
+        if message.header.epoch <= self._step[1]:
+            raise StaleMessage(f"key epoch {message.header.epoch} is not newer than mine")
+        if message.body.threshold != self.manifest.threshold or not set(
+            message.body.participants
+        ) <= set(self.manifest.client_ids):
+            raise ForgedMessage(
+                "the key agreement names parties or a threshold not in the manifest"
+            )
+        self._heard(now)
+        if self.me not in message.body.participants:
+            return self._abort_locally("excluded from the new key epoch", notify=False)
+        self.state = C.KEY_AGREEMENT
+        self._step = message.header.step
+        self._keys = EpochKeys(self.manifest, self.me, self._step[1], message.body.participants)
+        own = self._keys.start(self.context, self._randomness)
+        return self._maybe_confirm() if own is None else self._deal(own)
+
+    def _deal(self, own: PartyKeys) -> Step:
+        """Publish my public share and send each other holder its Shamir share of my key."""
+        deliveries = self._keys.deal(self.context, own)
+        frame = encode_public_key(self.context, own.public_share, party_index=own.index)
+        step = Step(sends=[self._send([self._aggregator], PublicShare(frame), self._step,
+                                      addressed="*")])
+        step.sends += [self._deliver(holder, fields) for holder, fields in deliveries.items()]
+        return step.extend(self._maybe_confirm())
+
+    def _deliver(self, holder: PartyId, fields: dict[str, bytes]) -> Outgoing:
+        """A KeyDelivery sealed for ``holder`` alone, relayed by the aggregator."""
+        header = self._header(holder, self._step)
+        sealed = seal_for(
+            self._identity, self._directory[holder], pack_mapping(fields),
+            context=seal_context(header, "key-delivery"), nonce=self._randomness(12),
+        )
+        return self._send([self._aggregator], KeyDelivery(sealed), self._step, addressed=holder)
+
+    def _on_public_share(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, PublicShare)
+        if message.header.epoch > self._step[1]:
+            return self._on_early_key(message, now)
+        self._require_key_part(message, self._keys.shares_from)
+        self._keys.take_public_share(self.context, message.header.sender,
+                                     message.body.key_frame)
+        self._heard(now)
+        own = self._keys.member_keys(self.context)
+        return self._maybe_confirm() if own is None else self._deal(own)
+
+    def _on_key_delivery(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, KeyDelivery)
+        if message.header.epoch > self._step[1]:
+            return self._on_early_key(message, now)
+        sender = message.header.sender
+        self._require_key_part(message, self._keys.deliveries_from)
+        plaintext = open_from(self._identity, self._directory[sender], message.body.sealed,
+                              context=seal_context(message.header, "key-delivery"))
+        fields = open_mapping(plaintext, DELIVERY_FIELDS, "the key delivery")
+        self._keys.take_delivery(self.context, sender, fields)
+        self._heard(now)
+        return self._maybe_confirm()
+
+    def _require_key_part(self, message: Message, taken: set[PartyId]) -> None:
+        """A part of this epoch's key, from one who contributes to it, the first from them."""
+        self._require_step(message, self._step)
+        contributors = [p for p in self._keys.contributors if p != self.me]
+        self._require_sender(message, contributors, "a key dealer")
+        self._require_new(taken, message.header.sender, message)
+
+    def _maybe_confirm(self) -> Step:
+        """Confirm the key once all of its parts are in (threshold: shares and group key)."""
+        if self.state is not C.KEY_AGREEMENT:
+            return Step()
+        key_id = self._keys.outcome(self.context)
+        if isinstance(key_id, Mismatch):
+            return self._abort_locally(key_id.reason)
+        if key_id is None:
+            return Step()
+        self.state = C.KEYS_CONFIRMED
+        body = KeyConfirm(key_id, self._keys.group_check())
+        return Step(
+            sends=self._sends([self._aggregator], body, self._step),
+            events=[KeyAgreed(self._step[1], key_id, self._keys.holders)],
+        )
+
     # -- mask agreement and rounds: announcements --------------------------------------------
     def _on_mask_start(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, MaskStart)
         retry = self._check_announcement(message, Stage.MASK, 0)
-        if not self._same_keys(message.body.key_id, message.body.group_check):
+        if not self._keys.matches(message.body.key_id, message.body.group_check):
             return self._abort_locally("the aggregator announced a key other parties do not hold")
         self._step = message.header.step
         self._weight = message.body.weight
@@ -190,7 +301,7 @@ class ClientMachine(ClientKeyAgreement):
             raise UnexpectedMessage("a round announcement before the mask was agreed")
         retry = self._check_announcement(message, Stage.ROUND, self._round + 1)
         body = message.body
-        if not self._same_keys(body.key_id, body.group_check) or (
+        if not self._keys.matches(body.key_id, body.group_check) or (
             body.mask_digest != self._mask.digest()
         ):
             return self._abort_locally("the aggregator announced a key or mask we do not share")
@@ -226,9 +337,6 @@ class ClientMachine(ClientKeyAgreement):
             f"{header.attempt} does not follow this client's step {self._step}; discarded"
         )
 
-    def _same_keys(self, key_id: str, check: str) -> bool:
-        return key_id == self._key_id and check == self._group_check()
-
     def _reupload(self) -> Step:
         """Survivors upload again after a dropout, with their new FedAvg weights."""
         if self._upload_values is None or self.state in (C.MASK_COMPUTING, C.TRAINING):
@@ -244,8 +352,8 @@ class ClientMachine(ClientKeyAgreement):
         length = self.manifest.model_length if in_mask else self._protected_count()
         plain_length = 0 if in_mask else self.manifest.model_length - length
         plain = decode_plain(message.body.plain, plain_length, "the aggregate's plain part")
-        assert self._key_id is not None
-        opened = open_protected(self.manifest.mode, self.context, self._key_id,
+        assert self._keys.key_id is not None
+        opened = open_protected(self.manifest.mode, self.context, self._keys.key_id,
                                 message.body.protected, length)
         self._heard(now)
         self._plain_part = plain
@@ -253,8 +361,8 @@ class ClientMachine(ClientKeyAgreement):
         if isinstance(opened, np.ndarray):
             return self._decrypted(opened)
         if self.manifest.mode is Mode.SINGLE_KEY:
-            assert self._secret is not None
-            return self._decrypted(decrypt_vector(self.context, self._secret, opened))
+            assert self._keys.secret is not None
+            return self._decrypted(decrypt_vector(self.context, self._keys.secret, opened))
         if length == 0:
             return self._decrypted(np.zeros(0))
         return self._start_joint_decryption(opened, now)
@@ -264,20 +372,20 @@ class ClientMachine(ClientKeyAgreement):
         return self._mask.count
 
     def _start_joint_decryption(self, vector: EncryptedVector, now: float) -> Step:
-        assert self._joint is not None and self._keys is not None
-        self._decryption = JointDecryption(self.context, self._joint, vector,
-                                           self.manifest.threshold)
-        partial = self._decryption.own(self._joint.bind(self._keys))
+        joint, own = self._keys.joint, self._keys.own
+        assert joint is not None and own is not None
+        self._decryption = JointDecryption(self.context, joint, vector, self.manifest.threshold)
+        partial = self._decryption.own(joint.bind(own))
         step = Step(sends=[self._partial_share(self.me, partial)])
         return self._replay(self._early, step, now)
 
     def _partial_share(self, owner: PartyId, partial: PartialDecryption) -> Outgoing:
         """My (or a recovered party's) partial decryption, sealed under the group key."""
-        assert self._group_key is not None and self._decryption is not None
+        assert self._keys.group_key is not None and self._decryption is not None
         digest = self._decryption.digest
         header = self._header("*", self._step)
         frames = encode_frames(list(encode_partial_decryption(self.context, partial)))
-        sealed = seal_group(self._group_key, self._randomness(12), frames,
+        sealed = seal_group(self._keys.group_key, self._randomness(12), frames,
                             seal_context(header, owner, digest))
         body = PartialShare(owner, digest, sealed)
         return self._send([self._aggregator], body, self._step, addressed="*")
@@ -285,22 +393,22 @@ class ClientMachine(ClientKeyAgreement):
     def _on_early(self, message: Message, now: float) -> Step:
         """Keep a decryption message that overtook the aggregate it belongs to."""
         self._require_step(message, self._step)
-        self._require_sender(message, (*self._holders, self._aggregator), "a key holder")
-        return self._keep_early(self._early, message, 4 * len(self._holders), "the aggregate")
+        holders = self._keys.holders
+        self._require_sender(message, (*holders, self._aggregator), "a key holder")
+        return self._keep_early(self._early, message, 4 * len(holders), "the aggregate")
 
     def _on_partial_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, PartialShare) and self._decryption is not None
         body, sender = message.body, message.header.sender
-        self._require_step(message, self._step)
-        self._require_sender(message, [h for h in self._holders if h != self.me], "a key holder")
-        if body.on_behalf_of not in self._holders:
+        self._require_from_holder(message)
+        if body.on_behalf_of not in self._keys.holders:
             raise ForgedMessage(f"{body.on_behalf_of!r} holds no share of the joint key")
-        index = self._index_of(body.on_behalf_of)
+        index = self._keys.index_of(body.on_behalf_of)
         self._decryption.check_new(index)
         if body.vector_digest != self._decryption.digest:
             raise MalformedMessage("the partial decryption is for another aggregate")
-        assert self._group_key is not None
-        frames = open_group(self._group_key, body.sealed,
+        assert self._keys.group_key is not None
+        frames = open_group(self._keys.group_key, body.sealed,
                             seal_context(message.header, body.on_behalf_of, body.vector_digest),
                             f"the partial decryption from {sender!r}")
         self._decryption.add(index, decode_frames(frames, "the partial decryption"))
@@ -312,11 +420,10 @@ class ClientMachine(ClientKeyAgreement):
         self._require_from_aggregator(message)
         self._require_step(message, self._step)
         dropped, recoverer = message.body.dropped, message.body.recoverer
-        if dropped not in self._holders or recoverer not in self._holders or dropped == self.me:
+        if not {dropped, recoverer} <= set(self._keys.holders) or dropped == self.me:
             raise MalformedMessage("the recovery request names parties outside the key")
-        self._require_new(self._seen, ("request", dropped, recoverer), message)
-        held = self._held_shares[self._index_of(dropped)]
-        self._seen.add(("request", dropped, recoverer))
+        self._require_new(self._keys.requests, (dropped, recoverer), message)
+        held = self._keys.take_request(dropped, recoverer)
         self._heard(now)
         if recoverer != self.me:
             header = self._header(recoverer, self._step)
@@ -333,18 +440,19 @@ class ClientMachine(ClientKeyAgreement):
     def _on_recovery_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, RecoveryShare) and self._decryption is not None
         sender, dropped = message.header.sender, message.body.dropped
-        self._require_step(message, self._step)
-        self._require_sender(message, [h for h in self._holders if h != self.me], "a key holder")
-        if dropped not in self._holders or dropped in (self.me, sender):
+        self._require_from_holder(message)
+        if dropped not in self._keys.holders or dropped in (self.me, sender):
             raise MalformedMessage("the recovery share is for a party outside the key")
         plaintext = open_from(self._identity, self._directory[sender], message.body.sealed,
                               context=seal_context(message.header, "recovery", dropped))
-        share = decode_shamir_share(self.context, plaintext)
-        if (share.dealer_index, share.holder_index) != (
-            self._index_of(dropped), self._index_of(sender)
-        ):
-            raise MalformedMessage(f"{sender!r}'s recovery share is of another key or holder")
+        share = self._keys.recovery_share(self.context, sender, dropped, plaintext)
         return self._recover_with(dropped, share, now)
+
+    def _require_from_holder(self, message: Message) -> None:
+        """A message of this step from another holder of the joint key."""
+        self._require_step(message, self._step)
+        others = [h for h in self._keys.holders if h != self.me]
+        self._require_sender(message, others, "a key holder")
 
     def _recover_with(self, dropped: PartyId, share: ShamirShare, now: float) -> Step:
         """Add a Shamir share of ``dropped``'s key; with ``t`` of them, decrypt for it.
@@ -352,8 +460,8 @@ class ClientMachine(ClientKeyAgreement):
         The share is kept only if recovery succeeds or still waits for more shares, so
         a bad share is rejected without spoiling the good ones."""
         assert self._decryption is not None
-        partial = self._decryption.try_recover(self._index_of(dropped), self._public_shares,
-                                               share)
+        dealer = self._keys.index_of(dropped)
+        partial = self._decryption.try_recover(dealer, self._keys.public_shares, share)
         self._heard(now)
         if partial is None:
             return Step()
@@ -378,9 +486,9 @@ class ClientMachine(ClientKeyAgreement):
         self.model = model
         self.state = C.ROUND_DONE
         self._upload_values = None
-        assert self._group_key is not None
+        assert self._keys.group_key is not None
         where = f"{self.manifest.session}/{self._step[1]}/{self._round}".encode()
-        check = model_check(self._group_key, where, model.tobytes())
+        check = model_check(self._keys.group_key, where, model.tobytes())
         return Step(
             sends=self._sends([self._aggregator], RoundDone(check), self._step),
             events=[RoundCompleted(self._round, (), model.copy())],
@@ -426,10 +534,18 @@ class ClientMachine(ClientKeyAgreement):
             return Step()
         return self._abort_locally(reason)
 
-    _on_keygen_start = ClientKeyAgreement._on_keygen_start
-    _on_public_share = ClientKeyAgreement._on_public_share
-    _on_key_delivery = ClientKeyAgreement._on_key_delivery
-    _on_early_key = ClientKeyAgreement._on_early_key
+    def _abort_locally(self, reason: str, *, notify: bool = True) -> Step:
+        self.state = C.ABORTED
+        sends = self._sends([self._aggregator], Abort(reason), self._step) if notify else []
+        return Step(sends=sends, events=[Aborted(reason)])
+
+    def _require_from_aggregator(self, message: Message) -> None:
+        self._require_sender(message, [self._aggregator], "the aggregator")
+
+    def _heard(self, now: float) -> None:
+        self._deadline = now + self.manifest.timeouts.client_patience_s
+
+    # -- the transitions table (targets: protocols/states.py) --------------------------------
     _EARLY_KEYS: ClassVar[Mapping[type, Handler]] = {
         PublicShare: _on_early_key,
         KeyDelivery: _on_early_key,
@@ -475,43 +591,3 @@ class ClientMachine(ClientKeyAgreement):
             Finished: _on_finished,
         },
     }
-
-
-_WAITING = {
-    C.JOINING: "joined; waiting for the aggregator {aggregator!r} to start key agreement "
-               "(it starts once every client has joined, or at its join deadline)",
-    C.KEY_AGREEMENT: "key agreement: waiting for the other clients' key shares",
-    C.KEYS_CONFIRMED: "keys agreed; waiting for the aggregator to start the next stage",
-    C.MASK_COMPUTING: "computing the sensitivity map",
-    C.MASK_UPLOADED: "sensitivity map uploaded; waiting for the other clients' maps",
-    C.MASK_DECRYPTING: "decrypting the summed sensitivity: waiting for the other clients' "
-                       "partial decryptions",
-    C.MASK_CONFIRMED: "mask agreed; waiting for round 1 to start",
-    C.TRAINING: "round {round}: training",
-    C.UPDATE_UPLOADED: "round {round}: update uploaded; waiting for the other clients' updates",
-    C.ROUND_DECRYPTING: "round {round}: waiting for the other clients' partial decryptions",
-    C.ROUND_DONE: "round {round} done; waiting for round {next} to start",
-}
-
-
-def _check_bound(values: FloatArray, bound: float) -> None:
-    beyond = np.abs(values) > bound
-    if beyond.any():
-        index = int(np.argmax(beyond))
-        raise ParameterError(
-            f"the model update's value {values[index]!r} at index {index} exceeds the "
-            f"manifest's value_bound {bound:g}; clip the update to [-{bound:g}, {bound:g}] "
-            "or make the manifest with a larger value_bound")
-
-
-def _checked_vector(values: FloatArray, length: int, what: str) -> FloatArray:
-    array = np.asarray(values)
-    if array.ndim != 1 or array.size != length:
-        raise ParameterError(f"the {what} must be a flat vector of {length} values, got "
-                             f"shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
-        raise ParameterError(f"the {what} must hold real numbers, got {array.dtype}")
-    array = array.astype(np.float64)
-    if not np.all(np.isfinite(array)):
-        raise ParameterError(f"the {what} holds NaN or infinite values")
-    return array

@@ -25,6 +25,8 @@ __all__ = [
     "PLAIN_DTYPE",
     "FloatArray",
     "ProtectedSum",
+    "check_bound",
+    "checked_vector",
     "checked_weights",
     "decode_frames",
     "decode_plain",
@@ -169,3 +171,28 @@ def checked_weights(
         ):
             raise ParameterError(f"the weight of {party!r} must be positive and finite")
     return {PartyId(party): float(weight) for party, weight in weights.items()}
+
+
+def checked_vector(values: FloatArray, length: int, what: str) -> FloatArray:
+    """The application's vector as float64, once it is flat, real, finite and ``length`` long."""
+    array = np.asarray(values)
+    if array.ndim != 1 or array.size != length:
+        raise ParameterError(f"the {what} must be a flat vector of {length} values, got "
+                             f"shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+        raise ParameterError(f"the {what} must hold real numbers, got {array.dtype}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ParameterError(f"the {what} holds NaN or infinite values")
+    return array
+
+
+def check_bound(values: FloatArray, bound: float) -> None:
+    """Raise unless every value lies in [-bound, bound], the most a client may encrypt."""
+    beyond = np.abs(values) > bound
+    if beyond.any():
+        index = int(np.argmax(beyond))
+        raise ParameterError(
+            f"the model update's value {values[index]!r} at index {index} exceeds the "
+            f"manifest's value_bound {bound:g}; clip the update to [-{bound:g}, {bound:g}] "
+            "or make the manifest with a larger value_bound")

@@ -37,7 +37,7 @@ from protocols.messages import (
 __all__ = [
     "AGGREGATOR_OTHER_TARGETS", "AGGREGATOR_TARGETS", "AUTHORITY_OTHER_TARGETS",
     "AUTHORITY_TARGETS", "AggregatorState", "CLIENT_OTHER_TARGETS", "CLIENT_TARGETS",
-    "ClientState", "KeyAuthorityState", "OtherTargets", "Targets",
+    "CLIENT_WAITING", "ClientState", "KeyAuthorityState", "OtherTargets", "Targets",
 ]
 
 #: state -> body type -> the states its handler may move to.
@@ -137,6 +137,23 @@ CLIENT_OTHER_TARGETS: OtherTargets = {
     "_on_abort": _to(C.ABORTED),
     "_deadline_passed": _to(C.ABORTED),
     "abort": _to(C.ABORTED),
+}
+
+#: What a client waits for in each state, in words (``ClientMachine.waiting_for``).
+CLIENT_WAITING = {
+    C.JOINING: "joined; waiting for the aggregator {aggregator!r} to start key agreement "
+               "(it starts once every client has joined, or at its join deadline)",
+    C.KEY_AGREEMENT: "key agreement: waiting for the other clients' key shares",
+    C.KEYS_CONFIRMED: "keys agreed; waiting for the aggregator to start the next stage",
+    C.MASK_COMPUTING: "computing the sensitivity map",
+    C.MASK_UPLOADED: "sensitivity map uploaded; waiting for the other clients' maps",
+    C.MASK_DECRYPTING: "decrypting the summed sensitivity: waiting for the other clients' "
+                       "partial decryptions",
+    C.MASK_CONFIRMED: "mask agreed; waiting for round 1 to start",
+    C.TRAINING: "round {round}: training",
+    C.UPDATE_UPLOADED: "round {round}: update uploaded; waiting for the other clients' updates",
+    C.ROUND_DECRYPTING: "round {round}: waiting for the other clients' partial decryptions",
+    C.ROUND_DONE: "round {round} done; waiting for round {next} to start",
 }
 
 # Anything that ends a step may, through _progress, start the next one, or abort when

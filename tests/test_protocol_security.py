@@ -182,8 +182,8 @@ def test_aggregator_never_holds_secrets_or_anything_it_could_fuse() -> None:
     def probe(net: Network, recipient: str, data: bytes) -> None:
         snapshots.append(walk(net.aggregator))
         for client in net.clients.values():
-            if client._group_key:
-                group_keys.add(client._group_key)
+            if client._keys.group_key:
+                group_keys.add(client._keys.group_key)
 
     net = run_probing(probe, fraction=1.0)
     forbidden = (SecretKey, ThresholdSecret, ShamirShare, PartialDecryption, PartyKeys)

@@ -24,7 +24,7 @@ from protocols.tables import state_table
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINES: dict[type[Machine[enum.Enum]], tuple[str, ...]] = {
-    ClientMachine: ("protocols/client.py", "protocols/client_keys.py"),
+    ClientMachine: ("protocols/client.py",),
     AggregatorMachine: ("protocols/aggregator.py",),
     KeyAuthorityMachine: ("protocols/authority.py",),
 }

@@ -167,7 +167,7 @@ class Scenario:
 WHEN: dict[str, Callable[[Network, str], bool]] = {
     "recovering": lambda net, party: bool(
         net.aggregator._decryption.recovering if party == AGGREGATOR
-        else any(key[0] == "request" for key in getattr(net.clients[party], "_seen", ()))
+        else net.clients[party]._keys.requests
     ),
     "retry": lambda net, party: current_step(net, party)[3] == 2,
     "epoch2": lambda net, party: current_step(net, party)[1] == 2,

@@ -1,0 +1,68 @@
+"""EpochKeys (protocols/client_keys.py) by itself: the key agreement without a machine."""
+
+from __future__ import annotations
+
+import pytest
+from protocol_harness import build_manifest, counter_randomness
+
+from protocols.client_keys import EpochKeys
+from protocols.manifest import Mode
+from threshold_fl.crypto.context import context_for
+from threshold_fl.crypto.wire import encode_public_key
+from threshold_fl.errors import MalformedMessage
+from threshold_fl.identity import PartyId
+
+MANIFEST = build_manifest(3)
+HOLDERS = tuple(PartyId(p) for p in MANIFEST.client_ids)
+
+
+def _epoch() -> dict[PartyId, EpochKeys]:
+    return {party: EpochKeys(MANIFEST, party, 1, HOLDERS) for party in HOLDERS}
+
+
+def test_the_holders_agree_on_one_key_from_the_pieces_alone() -> None:
+    context = context_for(MANIFEST.params)
+    keys = _epoch()
+    lead, *members = HOLDERS
+    own = keys[lead].start(context, counter_randomness(lead))
+    assert own is not None and all(keys[m].start(context, counter_randomness(m)) is None
+                                   for m in members)
+    dealers = [(lead, own)]
+    while dealers:
+        dealer, dealt = dealers.pop()
+        deliveries = keys[dealer].deal(context, dealt)
+        frame = encode_public_key(context, dealt.public_share, party_index=dealt.index)
+        for holder, fields in deliveries.items():
+            keys[holder].take_public_share(context, dealer, frame)
+            keys[holder].take_delivery(context, dealer, fields)
+            member = keys[holder].member_keys(context)
+            if member is not None:
+                dealers.append((holder, member))
+    outcomes = {party: keys[party].outcome(context) for party in HOLDERS}
+    assert len(set(outcomes.values())) == 1
+    assert isinstance(outcomes[lead], str) and outcomes[lead] == keys[lead].key_id
+    assert len({keys[party].group_check() for party in HOLDERS}) == 1
+
+
+def test_a_delivery_with_a_bad_group_key_is_refused_and_nothing_is_taken() -> None:
+    context = context_for(MANIFEST.params)
+    keys = _epoch()
+    lead, member = HOLDERS[0], HOLDERS[1]
+    own = keys[lead].start(context, counter_randomness(lead))
+    assert own is not None
+    fields = keys[lead].deal(context, own)[member]
+    with pytest.raises(MalformedMessage, match="the group key has the wrong size"):
+        keys[member].take_delivery(context, lead, {**fields, "group_key": b"short"})
+    assert not keys[member].deliveries_from and not keys[member].held_shares
+    assert keys[member].group_key is None
+    keys[member].take_delivery(context, lead, fields)  # the good copy is still welcome
+    assert keys[member].deliveries_from == {lead}
+
+
+def test_plaintext_mode_agrees_at_once() -> None:
+    manifest = build_manifest(2, mode=Mode.PLAINTEXT)
+    keys = EpochKeys(manifest, PartyId(manifest.client_ids[0]), 1, HOLDERS[:2])
+    context = context_for(manifest.params)
+    assert keys.start(context, counter_randomness("x")) is None
+    key_id = keys.outcome(context)
+    assert isinstance(key_id, str) and keys.matches(key_id, keys.group_check())
