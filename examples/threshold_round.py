@@ -3,35 +3,42 @@
 
 Each client trains its own copy of a small CNN (with BatchNorm) for a few steps
 on its own data, then the federation runs one round of threshold FedAvg: key
-agreement with no key authority, encryption of the flat model, weighted
-aggregation of ciphertexts, partial decryptions and fusion.  It prints each
-step's time and bytes and the decrypted model's distance from plaintext FedAvg.
+agreement with no key authority (and t-of-N Shamir dealing of the key shares),
+encryption of the flat model, weighted aggregation of ciphertexts, and joint
+decryption by blind fusion: t clients send masked shares, the aggregator adds them
+to c0, and the clients remove the pad.  It prints each step's time and bytes and
+the decrypted model's distance from plaintext FedAvg.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from threshold_fl.arrays import U64Array
 from threshold_fl.bench.crypto import Timings
 from threshold_fl.crypto import (
     EncryptedSum,
     combine_public_shares,
     context_for,
     encrypt_vector,
-    fuse_partial_decryptions,
     lead_keygen,
     member_keygen,
-    partial_decrypt,
     threshold_params,
 )
+from threshold_fl.crypto import threshold as th
+from threshold_fl.crypto.shares import KeyLimbs, decode_sums
 from threshold_fl.crypto.wire import (
-    encode_partial_decryption,
+    PolynomialRole,
+    encode_key_share,
+    encode_polynomials,
     encode_public_key,
     encode_vector,
 )
@@ -79,13 +86,42 @@ def _kib(count: int) -> str:
     return f"{count / 1024:,.0f} KiB"
 
 
+def _threshold_keys(context: Any, parties: Sequence[Any], threshold: int
+                    ) -> dict[int, th.ThresholdKey]:
+    """Every party deals t-of-N Shamir shares of its key share (sealed for each holder on
+    the wire, as KEY_SHARE frames); holder j adds the shares it holds."""
+    dealt = {}
+    for party in parties:
+        with KeyLimbs(context, party.secret.native) as secret:
+            dealt[party.index] = th.deal(secret, len(parties), threshold)
+    encode_key_share(context, dealer_index=1, holder_index=2, parties=len(parties),
+                     threshold=threshold, dealer_public_id=parties[0].public_share.key_id,
+                     limbs=dealt[1][2])  # what one delivery carries
+    return {j: th.threshold_key(j, [dealt[i][j] for i in dealt]) for j in dealt}
+
+
+def _pair_keys(members: Sequence[int]) -> dict[int, dict[int, bytes]]:
+    """Pairwise mask keys (the protocol derives them from the X25519 identities)."""
+    keys: dict[int, dict[int, bytes]] = {j: {} for j in members}
+    for a in members:
+        for b in members:
+            if a < b:
+                keys[a][b] = keys[b][a] = os.urandom(32)
+    return keys
+
+
+def _frames(context: Any, role: PolynomialRole, key_id: str, length: int,
+            arrays: U64Array) -> int:
+    return sum(map(len, encode_polynomials(context, role, key_id, length, arrays)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="One threshold FedAvg round, step by step.")
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20, help="local SGD steps per client")
     args = parser.parse_args(argv)
-    if not 1 <= args.clients <= 20 or args.steps < 0:
-        parser.error("--clients must be in 1..20 and --steps >= 0")
+    if not 2 <= args.clients <= 20 or args.steps < 0:
+        parser.error("--clients must be in 2..20 (t-of-N needs two) and --steps >= 0")
     torch.manual_seed(0)
     timings = Timings()
     context = context_for(threshold_params(args.clients))
@@ -126,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         {p.index: p.public_share for p in parties},
         1,
     )
+    threshold = args.clients // 2 + 1
+    keys = timings.timed("key agreement", _threshold_keys, context, parties, threshold)
 
     # Stage 3: each client encrypts its update times its FedAvg weight (its share of the
     # samples); the aggregator only adds; the clients decrypt jointly.
@@ -139,29 +177,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         timings.timed("aggregate", total.add, encrypted)
     aggregate = timings.timed("aggregate", total.result)
-    timings.bytes["aggregate"] = sum(map(len, encode_vector(context, aggregate))) * args.clients
-    partials = [
-        timings.timed(
-            "partial decryption",
-            partial_decrypt,
-            context,
-            joint.bind(p),
-            aggregate,
-            lead=p.index == 1,
-        )
-        for p in parties
+    c0, c1, moduli = th.ring_parts(context, aggregate)
+    dset = th.DecryptionSet(tuple(range(1, threshold + 1)), threshold, b"example")
+    pair_keys, group = _pair_keys(dset.members), os.urandom(32)
+    shares = [
+        timings.timed("decryption shares", th.decryption_shares, c1, moduli, keys[j], dset,
+                      sigma=th.threshold_kit(context).sigma, noise_seed=os.urandom(32),
+                      pair_keys=pair_keys[j],
+                      group_key=group if j == dset.pad_holder else None)
+        for j in dset.members
     ]
-    timings.bytes["partial decryption"] = sum(
-        sum(map(len, encode_partial_decryption(context, partial))) for partial in partials
-    ) * max(args.clients - 1, 1)
-    decrypted = timings.timed(
-        "fusion",
-        fuse_partial_decryptions,
-        context,
-        joint,
-        partials,
-        vector_digest=aggregate.digest,
-    )
+    timings.seconds["decryption shares"] /= threshold  # the members work in parallel
+    key_id, length = joint.key_id, layout.size
+    timings.bytes["aggregate"] = _frames(context, PolynomialRole.C1, key_id, length, c1) * threshold
+    timings.bytes["decryption shares"] = sum(
+        _frames(context, PolynomialRole.SHARE, key_id, length, share) for share in shares)
+    fused = timings.timed("blind fusion", th.blind_fusion, c0, shares, moduli)
+    timings.bytes["blind fusion"] = _frames(context, PolynomialRole.FUSED, key_id, length,
+                                            fused) * args.clients
+    decrypted = timings.timed("unpad and decode", lambda: decode_sums(
+        context, th.unpad(fused, group, dset, 0, moduli), length))
     restore_state(global_model, decrypted, layout)
 
     plaintext = np.sum([w * v for w, v in zip(weights, local_vectors, strict=True)], axis=0)
@@ -171,8 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sent = timings.bytes.get(step)
         print(f"{step:<20}{seconds:>10.3f}{_kib(sent) if sent else '-':>20}")
     print(
-        "\n(bytes: encrypt = all uploads; aggregate = global model to every client; "
-        "partial decryption = every share to every other client)"
+        f"\n(bytes: encrypt = all uploads; aggregate = the c1 parts to each of the "
+        f"{threshold} members of the decryption set; decryption shares = their shares to "
+        "the aggregator; blind fusion = the padded result to every client)"
     )
     print(f"\ndecrypted global model vs plaintext FedAvg over {layout.size:,} values:")
     print(

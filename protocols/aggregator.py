@@ -1,7 +1,8 @@
 """The aggregator's state machine: it coordinates, relays and sums, and never decrypts.
 
-It holds no secret key share, no Shamir share, no group key and no partial
-decryption it could open: messages between clients pass through it sealed.  It
+It holds no secret key share, no Shamir share and no group key: key deliveries pass
+through it sealed, and the decryption shares it fuses are masked and padded, so the
+fused result is still unreadable to it.  It
 sees the plaintext part of each update (the coordinates the mask leaves clear)
 and the FedAvg weights; each client is told only its own weight, and applies it
 before encrypting, so the aggregator's sum is additions only.
@@ -9,8 +10,10 @@ before encrypting, so the aggregator's sum is additions only.
 Dropouts are found at deadlines (or when a client says it is leaving): the
 culprits are dropped and the stage goes on without them: key agreement restarts,
 uploads are redone by the survivors (so the weights stay exact), missing partial
-decryptions are recovered from Shamir shares, and keys are rotated before the next
-round.  Below ``t`` survivors the session aborts and says so.
+decryptions are retried by another set of t key holders (blind fusion,
+:mod:`protocols.fusion`; nobody's key is rebuilt), and keys are rotated before the
+decryption budget of the noise flooding runs out.  Below ``t`` survivors the session
+aborts and says so.
 """
 
 from __future__ import annotations
@@ -31,12 +34,16 @@ from protocols.events import (
     RoundCompleted,
     Step,
 )
+from protocols.fusion import BlindDecryption, QueryBudget, c1_digest, choose_set
 from protocols.ledger import StepLedger
 from protocols.machine import Handler, Machine, Randomness
 from protocols.manifest import Manifest, Mode, Role
 from protocols.messages import (
     Abort,
     Aggregate,
+    DecryptionShare,
+    DecryptRequest,
+    Fused,
     Hello,
     KeyConfirm,
     KeyDelivery,
@@ -44,10 +51,7 @@ from protocols.messages import (
     MaskConfirm,
     MaskStart,
     Message,
-    PartialShare,
     PublicShare,
-    RecoveryRequest,
-    RecoveryShare,
     RoundDone,
     RoundStart,
     SensitivityUpload,
@@ -61,12 +65,18 @@ from protocols.protection import (
     decode_plain,
     encode_plain,
 )
-from protocols.relay import DecryptionRelay
 from protocols.session import plaintext_key_id
 from protocols.states import AGGREGATOR_OTHER_TARGETS, AGGREGATOR_TARGETS, AggregatorState
 from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.keys import PublicKey, combine_public_shares
-from threshold_fl.crypto.wire import decode_public_key
+from threshold_fl.crypto.threshold import blind_fusion
+from threshold_fl.crypto.vectors import ciphertext_count
+from threshold_fl.crypto.wire import (
+    PolynomialRole,
+    decode_polynomials,
+    decode_public_key,
+    encode_polynomials,
+)
 from threshold_fl.errors import ForgedMessage, MalformedMessage, ParameterError, UnexpectedMessage
 from threshold_fl.identity import Identity, PartyId
 from threshold_fl.ml.mask import EncryptionMask
@@ -132,7 +142,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._expected: tuple[PartyId, ...] = ()  # who must upload in this attempt
         self._sum: ProtectedSum | None = None
         self._plain_sum: FloatArray | None = None
-        self._decryption = DecryptionRelay()
+        self._decryption: BlindDecryption | None = None  # the joint decryption running
+        self._budget = QueryBudget(manifest.params.decryption_queries)  # this key epoch's
 
     # -- the step being worked on ------------------------------------------------------
     @property
@@ -190,6 +201,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         )
         self._group_check = None
         self._needs_rekey = False
+        self._budget = QueryBudget(self.manifest.params.decryption_queries)
         self._reset_step(now, self.manifest.timeouts.keys_s)
         body = KeygenStart(self._holders, self.manifest.threshold)
         recipients = list(self._holders)
@@ -279,7 +291,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._round = round_
         self._expected = tuple(self.alive)
         self._uploaders = []
-        self._decryption = DecryptionRelay()
+        self._decryption = None
         self._reset_step(now, self.manifest.timeouts.upload_s)
         length = self._protected_length()
         self._sum = ProtectedSum(self.manifest.mode, self.context, self._key_id, length)
@@ -333,44 +345,75 @@ class AggregatorMachine(Machine[AggregatorState]):
 
     def _broadcast_aggregate(self, now: float) -> Step:
         assert self._sum is not None and self._plain_sum is not None
-        protected, digest = self._sum.result()
         self.state = A.MASK_DECRYPTION if self.state is A.MASK_UPLOAD else A.ROUND_DECRYPTION
-        joint = self.manifest.mode is Mode.THRESHOLD and self._protected_length() > 0
-        self._decryption = DecryptionRelay(digest, running=joint)
+        if self.manifest.mode is Mode.THRESHOLD and self._protected_length() > 0:
+            c0, c1 = self._sum.ring_parts()
+            self._sum = None
+            self._decryption = BlindDecryption(c0, c1, c1_digest(c1))
+            return self._start_decryption(now, retry=False)
+        protected, _ = self._sum.result()
         self._reset_step(now, self.manifest.timeouts.decrypt_s)
         body = Aggregate(protected, encode_plain(self._plain_sum))
         self._sum = None
         step = Step(sends=[self._send(self.alive, body, self.step, addressed="*")])
         return step.extend(self._progress(now))
 
-    # -- joint decryption (relayed) and confirmations ------------------------------------
-    def _on_partial_share(self, message: Message, now: float) -> Step:
-        assert isinstance(message.body, PartialShare)
-        sender, owner = message.header.sender, message.body.on_behalf_of
-        if not self._decryption.running:
-            raise UnexpectedMessage("no joint decryption is running in this step; discarded")
-        # A dropped holder's late partial would race its recovered one: refuse it.
-        self._require_sender(message, self.alive, "an active client")
-        self._require_relay(message, broadcast=True)
-        if not self._decryption.may_send(sender, owner, self._holders):
-            raise ForgedMessage(f"{sender!r} may not send a partial decryption for {owner!r}")
-        self._require_new(self._decryption.relayed, owner, message)
-        if message.body.vector_digest != self._decryption.digest:
-            raise MalformedMessage("the partial decryption is for another aggregate")
-        self._decryption.relayed.add(owner)
-        return self._relay(message, now)
+    # -- joint decryption by blind fusion, and confirmations ------------------------------
+    def _start_decryption(self, now: float, *, retry: bool) -> Step:
+        """Ask a set of t live holders for their shares (again, with another set, after a
+        member dropped: attempt + 1)."""
+        decryption = self._decryption
+        assert decryption is not None and self._key_id is not None
+        members = choose_set(self._holders, self.alive, self.manifest.threshold, self._round)
+        if members is None:
+            return self._abort(self._too_few(self.state.value))
+        count = decryption.c1.shape[0]
+        if not self._budget.allows(count):
+            return self._abort(f"key epoch {self._epoch} has no decryption budget left "
+                               f"({self._budget.used} of {self._budget.limit} shares used)")
+        self._budget.spend(count)
+        if retry:
+            self._attempt += 1
+        decryption.members, decryption.shares = members, {}
+        self._reset_step(now, self.manifest.timeouts.decrypt_s)
+        c1 = tuple(encode_polynomials(self.context, PolynomialRole.C1, self._key_id,
+                                      self._protected_length(), decryption.c1))
+        return Step(sends=self._sends(list(members), DecryptRequest(members, c1), self.step))
 
-    def _on_recovery_share(self, message: Message, now: float) -> Step:
-        assert isinstance(message.body, RecoveryShare)
-        dropped = message.body.dropped
-        self._require_sender(message, self.alive, "an active client")
-        if self._decryption.recovering.get(dropped) != message.header.recipient:
-            raise UnexpectedMessage(f"no recovery of {dropped!r} by {message.header.recipient!r}")
-        self._require_relay(message, broadcast=False)
-        recovery = (message.header.sender, dropped)
-        self._require_new(self._ledger.recoveries, recovery, message)
-        self._ledger.recoveries.add(recovery)
-        return self._relay(message, now)
+    def _on_decryption_share(self, message: Message, now: float) -> Step:
+        assert isinstance(message.body, DecryptionShare)
+        decryption, body, sender = self._decryption, message.body, message.header.sender
+        if decryption is None or decryption.fused:
+            raise UnexpectedMessage("no decryption set is waiting for shares; discarded")
+        self._require_sender(message, [m for m in decryption.members if m in self.alive],
+                             "a live member of this attempt's decryption set")
+        self._require_step(message, self.step)
+        if message.header.recipient != self.me:
+            raise ForgedMessage("a decryption share must be addressed to the aggregator")
+        self._require_new(decryption.shares, sender, message)
+        if body.members != decryption.members or body.c1_digest != decryption.digest:
+            raise MalformedMessage("the decryption share is for another set or aggregate")
+        assert self._key_id is not None
+        decryption.shares[sender] = decode_polynomials(
+            self.context, body.shares, PolynomialRole.SHARE, key_id=self._key_id,
+            length=self._protected_length())
+        if decryption.missing():
+            return self._progress(now)
+        return self._broadcast_fused(now).extend(self._progress(now))
+
+    def _broadcast_fused(self, now: float) -> Step:
+        decryption = self._decryption
+        assert decryption is not None and self._plain_sum is not None
+        assert self._key_id is not None
+        moduli = self.context.ring.moduli[: decryption.c0.shape[1]]
+        fused = blind_fusion(decryption.c0, list(decryption.shares.values()), moduli)
+        decryption.fused = True
+        frames = tuple(encode_polynomials(self.context, PolynomialRole.FUSED, self._key_id,
+                                          self._protected_length(), fused))
+        body = Fused(decryption.members, decryption.digest, frames,
+                     encode_plain(self._plain_sum))
+        self._deadline = now + self.manifest.timeouts.decrypt_s
+        return Step(sends=[self._send(self.alive, body, self.step, addressed="*")])
 
     def _on_mask_confirm(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, MaskConfirm)
@@ -400,6 +443,9 @@ class AggregatorMachine(Machine[AggregatorState]):
 
     def _require_confirmation(self, message: Message) -> None:
         self._require_sender(message, self.alive, "an active client")
+        if self._decryption is not None and not self._decryption.fused and (
+                self.state in _DECRYPTIONS):
+            raise UnexpectedMessage(f"{message.kind} before the fused result went out")
         self._require_step(message, self.step)
         if message.header.recipient != self.me:
             raise ForgedMessage("a confirmation must be addressed to the aggregator")
@@ -421,29 +467,23 @@ class AggregatorMachine(Machine[AggregatorState]):
             if set(self._uploaders) >= set(self._expected):
                 return self._broadcast_aggregate(now)
         elif self.state in _DECRYPTIONS:
-            step = self._request_recoveries()
-            if set(self._done) >= set(self.alive):
-                return step.extend(self._decryption_done(now))
-            return step
+            decryption = self._decryption
+            if decryption is not None and decryption.failed(self.dropped):
+                return self._start_decryption(now, retry=True)
+            if (decryption is None or decryption.fused) and set(self._done) >= set(self.alive):
+                return self._decryption_done(now)
         return Step()
-
-    def _request_recoveries(self) -> Step:
-        step = Step()
-        for holder in self._decryption.assign_recoveries(self._holders, self.dropped,
-                                                         self.alive[0]):
-            self._needs_rekey = True
-            body = RecoveryRequest(holder, self.alive[0])
-            step.sends.extend(self._sends(self.alive, body, self.step))
-        return step
 
     def _decryption_done(self, now: float) -> Step:
         if self.state is A.MASK_DECRYPTION:
             assert self.mask is not None
             step = self._events(MaskAgreed(self.mask))
+            self._needs_rekey = self._needs_rekey or not self._budget_for_a_round()
             if self._needs_rekey:
                 return step.extend(self._start_keys(now))
             return step.extend(self._start_upload(now, A.ROUND_UPLOAD, 1))
         step = self._events(RoundCompleted(self._round, tuple(sorted(self._uploaders)), None))
+        self._needs_rekey = self._needs_rekey or not self._budget_for_a_round()
         if self._round >= self.manifest.rounds:
             self.state = A.FINISHED
             body = FinishedBody(self._round)
@@ -452,6 +492,13 @@ class AggregatorMachine(Machine[AggregatorState]):
         if self._needs_rekey and self.manifest.mode is Mode.THRESHOLD:
             return step.extend(self._start_keys(now))
         return step.extend(self._start_upload(now, A.ROUND_UPLOAD, self._round + 1))
+
+    def _budget_for_a_round(self) -> bool:
+        """Whether this key epoch can decrypt another round's aggregate twice (a retry
+        after a dropout included); if not, keys are rotated first."""
+        if self.manifest.mode is not Mode.THRESHOLD or self.mask is None:
+            return True
+        return self._budget.allows(2 * ciphertext_count(self.context, self.mask.count))
 
     def _deadline_passed(self, now: float) -> Step:
         if self.state is A.JOINING:
@@ -484,7 +531,10 @@ class AggregatorMachine(Machine[AggregatorState]):
                                           self._done)
         if self.state in _UPLOADS:
             return upload_culprits(self._expected, self._uploaders)
-        return self._decryption.culprits(self._holders, self.alive, self._done)
+        decryption = self._decryption
+        if decryption is not None and not decryption.fused:
+            return [member for member in decryption.missing() if member in self.alive]
+        return [party for party in self.alive if party not in self._done]
 
     def _after_drop(self, now: float) -> Step:
         if len(self.alive) < self.manifest.threshold:
@@ -505,14 +555,12 @@ class AggregatorMachine(Machine[AggregatorState]):
             self.dropped[party] = reason
             if party in self.alive:
                 self.alive.remove(party)
-            # What a dropped client confirmed no longer counts: after a recovery the
-            # survivors fuse a fresh partial, whose noise differs in the last bits.
+            # What a dropped client confirmed no longer counts: if another set decrypts,
+            # the survivors' result has other noise, which differs in the last bits.
             self._done.pop(party, None)
             self._pending_confirms.pop(party, None)
             if self.state is A.MASK_DECRYPTION and not self._done:
                 self.mask = None
-            if self.manifest.mode is Mode.THRESHOLD and party in self._holders:
-                self._needs_rekey = True  # its share of the joint key is gone
             step.sends.extend(self._sends([party], Abort(f"dropped: {reason}"), self.step))
             step.events.append(PartyDropped(party, reason))
         return step
@@ -593,14 +641,12 @@ class AggregatorMachine(Machine[AggregatorState]):
         },
         A.MASK_UPLOAD: {SensitivityUpload: _on_upload},
         A.MASK_DECRYPTION: {
-            PartialShare: _on_partial_share,
-            RecoveryShare: _on_recovery_share,
+            DecryptionShare: _on_decryption_share,
             MaskConfirm: _on_mask_confirm,
         },
         A.ROUND_UPLOAD: {UpdateUpload: _on_upload},
         A.ROUND_DECRYPTION: {
-            PartialShare: _on_partial_share,
-            RecoveryShare: _on_recovery_share,
+            DecryptionShare: _on_decryption_share,
             RoundDone: _on_round_done,
         },
     }

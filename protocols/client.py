@@ -5,7 +5,9 @@ The application is asked for work through events (:class:`SensitivityNeeded`,
 :meth:`ClientMachine.submit_update`.  Key material, the group key and the Shamir
 shares this client holds live only here, in one :class:`EpochKeys` per key epoch
 (:mod:`protocols.client_keys`: how its pieces are checked and what they lead to).
-Joint decryption is in :mod:`protocols.decryption`.
+Joint decryption is by blind fusion (:mod:`protocols.fusion`): a member of the
+decryption set sends one masked share, and every client removes the pad from the
+fused result the aggregator broadcasts.
 """
 
 from __future__ import annotations
@@ -16,11 +18,9 @@ from typing import ClassVar
 import numpy as np
 
 from protocols.client_keys import DELIVERY_FIELDS, EpochKeys, Mismatch
-from protocols.decryption import JointDecryption
 from protocols.events import (
     Aborted,
     KeyAgreed,
-    KeyRecovered,
     MaskAgreed,
     Outgoing,
     RoundCompleted,
@@ -29,12 +29,16 @@ from protocols.events import (
     UpdateNeeded,
 )
 from protocols.events import Finished as FinishedEvent
+from protocols.fusion import QueryBudget, c1_digest, decryption_set, pair_key
 from protocols.machine import Handler, Machine, Randomness
 from protocols.manifest import Manifest, Mode, Role
 from protocols.messages import (
     Abort,
     Aggregate,
+    DecryptionShare,
+    DecryptRequest,
     Finished,
+    Fused,
     Hello,
     KeyConfirm,
     KeyDelivery,
@@ -42,10 +46,7 @@ from protocols.messages import (
     MaskConfirm,
     MaskStart,
     Message,
-    PartialShare,
     PublicShare,
-    RecoveryRequest,
-    RecoveryShare,
     RoundDone,
     RoundStart,
     SensitivityUpload,
@@ -55,9 +56,7 @@ from protocols.messages import (
 from protocols.protection import (
     check_bound,
     checked_vector,
-    decode_frames,
     decode_plain,
-    encode_frames,
     encode_plain,
     open_protected,
     protect,
@@ -65,14 +64,18 @@ from protocols.protection import (
 from protocols.session import model_check, open_mapping, pack_mapping, seal_context
 from protocols.states import CLIENT_OTHER_TARGETS, CLIENT_TARGETS, CLIENT_WAITING, ClientState
 from threshold_fl.arrays import FloatArray
-from threshold_fl.crypto.keys import PartyKeys, ShamirShare
-from threshold_fl.crypto.vectors import EncryptedVector, PartialDecryption, decrypt_vector
+from threshold_fl.crypto.keys import PartyKeys
+from threshold_fl.crypto.shares import decode_sums
+from threshold_fl.crypto.threshold import decryption_shares, threshold_kit, unpad
+from threshold_fl.crypto.vectors import decrypt_vector
 from threshold_fl.crypto.wire import (
-    encode_partial_decryption,
+    PolynomialRole,
+    decode_polynomials,
+    encode_polynomials,
     encode_public_key,
-    encode_shamir_share,
 )
 from threshold_fl.errors import (
+    DuplicateMessage,
     ForgedMessage,
     MalformedMessage,
     ParameterError,
@@ -82,7 +85,7 @@ from threshold_fl.errors import (
 )
 from threshold_fl.identity import Identity, PartyId
 from threshold_fl.ml.mask import EncryptionMask, select_top_fraction
-from threshold_fl.sealing import open_from, open_group, seal_for, seal_group
+from threshold_fl.sealing import open_from, seal_for
 
 __all__ = ["ClientMachine", "ClientState"]
 
@@ -116,8 +119,8 @@ class ClientMachine(Machine[ClientState]):
         self._upload_values: tuple[FloatArray, FloatArray | None] | None = None
         self._weight = 1.0  # this attempt's FedAvg weight, announced by the aggregator
         self._plain_part: FloatArray | None = None
-        self._decryption: JointDecryption | None = None
-        self._early: list[Message] = []  # decryption messages that overtook the aggregate
+        self._shared_attempts: set[int] = set()  # attempts of this step I sent a share for
+        self._budget = QueryBudget(manifest.params.decryption_queries)  # this key epoch's
 
     # -- the application's side --------------------------------------------------------
     def start(self, now: float) -> Step:
@@ -212,7 +215,10 @@ class ClientMachine(Machine[ClientState]):
             return self._abort_locally("excluded from the new key epoch", notify=False)
         self.state = C.KEY_AGREEMENT
         self._step = message.header.step
+        if self._keys.threshold_key is not None:
+            self._keys.threshold_key.wipe()  # the old epoch's key share is done with
         self._keys = EpochKeys(self.manifest, self.me, self._step[1], message.body.participants)
+        self._budget = QueryBudget(self.manifest.params.decryption_queries)
         own = self._keys.start(self.context, self._randomness)
         return self._maybe_confirm() if own is None else self._deal(own)
 
@@ -345,141 +351,128 @@ class ClientMachine(Machine[ClientState]):
 
     # -- the aggregate and its decryption -------------------------------------------------------
     def _on_aggregate(self, message: Message, now: float) -> Step:
+        """Single-key and plaintext modes (and nothing encrypted): decrypt locally."""
         assert isinstance(message.body, Aggregate)
         self._require_from_aggregator(message)
         self._require_step(message, self._step)
-        in_mask = self.state is C.MASK_UPLOADED
-        length = self.manifest.model_length if in_mask else self._protected_count()
-        plain_length = 0 if in_mask else self.manifest.model_length - length
-        plain = decode_plain(message.body.plain, plain_length, "the aggregate's plain part")
+        length = self._protected_length()
+        if self.manifest.mode is Mode.THRESHOLD and length:
+            raise UnexpectedMessage("threshold mode decrypts jointly: no Aggregate is sent")
+        plain = self._plain_of(message.body.plain, length, "the aggregate's plain part")
         assert self._keys.key_id is not None
         opened = open_protected(self.manifest.mode, self.context, self._keys.key_id,
                                 message.body.protected, length)
         self._heard(now)
         self._plain_part = plain
-        self.state = C.MASK_DECRYPTING if in_mask else C.ROUND_DECRYPTING
         if isinstance(opened, np.ndarray):
             return self._decrypted(opened)
         if self.manifest.mode is Mode.SINGLE_KEY:
             assert self._keys.secret is not None
             return self._decrypted(decrypt_vector(self.context, self._keys.secret, opened))
-        if length == 0:
-            return self._decrypted(np.zeros(0))
-        return self._start_joint_decryption(opened, now)
+        return self._decrypted(np.zeros(0))
 
-    def _protected_count(self) -> int:
+    def _in_mask(self) -> bool:
+        return self.state in (C.MASK_UPLOADED, C.MASK_DECRYPTING)
+
+    def _protected_length(self) -> int:
+        if self._in_mask():
+            return self.manifest.model_length
         assert self._mask is not None
         return self._mask.count
 
-    def _start_joint_decryption(self, vector: EncryptedVector, now: float) -> Step:
-        joint, own = self._keys.joint, self._keys.own
-        assert joint is not None and own is not None
-        self._decryption = JointDecryption(self.context, joint, vector, self.manifest.threshold)
-        partial = self._decryption.own(joint.bind(own))
-        step = Step(sends=[self._partial_share(self.me, partial)])
-        return self._replay(self._early, step, now)
+    def _plain_of(self, data: bytes, length: int, what: str) -> FloatArray:
+        plain_length = 0 if self._in_mask() else self.manifest.model_length - length
+        return decode_plain(data, plain_length, what)
 
-    def _partial_share(self, owner: PartyId, partial: PartialDecryption) -> Outgoing:
-        """My (or a recovered party's) partial decryption, sealed under the group key."""
-        assert self._keys.group_key is not None and self._decryption is not None
-        digest = self._decryption.digest
-        header = self._header("*", self._step)
-        frames = encode_frames(list(encode_partial_decryption(self.context, partial)))
-        sealed = seal_group(self._keys.group_key, self._randomness(12), frames,
-                            seal_context(header, owner, digest))
-        body = PartialShare(owner, digest, sealed)
-        return self._send([self._aggregator], body, self._step, addressed="*")
-
-    def _on_early(self, message: Message, now: float) -> Step:
-        """Keep a decryption message that overtook the aggregate it belongs to."""
-        self._require_step(message, self._step)
-        holders = self._keys.holders
-        self._require_sender(message, (*holders, self._aggregator), "a key holder")
-        return self._keep_early(self._early, message, 4 * len(holders), "the aggregate")
-
-    def _on_partial_share(self, message: Message, now: float) -> Step:
-        assert isinstance(message.body, PartialShare) and self._decryption is not None
-        body, sender = message.body, message.header.sender
-        self._require_from_holder(message)
-        if body.on_behalf_of not in self._keys.holders:
-            raise ForgedMessage(f"{body.on_behalf_of!r} holds no share of the joint key")
-        index = self._keys.index_of(body.on_behalf_of)
-        self._decryption.check_new(index)
-        if body.vector_digest != self._decryption.digest:
-            raise MalformedMessage("the partial decryption is for another aggregate")
-        assert self._keys.group_key is not None
-        frames = open_group(self._keys.group_key, body.sealed,
-                            seal_context(message.header, body.on_behalf_of, body.vector_digest),
-                            f"the partial decryption from {sender!r}")
-        self._decryption.add(index, decode_frames(frames, "the partial decryption"))
-        self._heard(now)
-        return self._maybe_fuse()
-
-    def _on_recovery_request(self, message: Message, now: float) -> Step:
-        assert isinstance(message.body, RecoveryRequest) and self._decryption is not None
+    def _require_decryption_step(self, message: Message,
+                                 members: tuple[PartyId, ...]) -> tuple[int, ...]:
+        """A joint-decryption message of my stage, epoch and round, no older than my step,
+        for a set of t or more holders; the members' indices."""
+        if self.manifest.mode is not Mode.THRESHOLD:
+            raise UnexpectedMessage(f"{message.kind}: only threshold mode decrypts jointly")
         self._require_from_aggregator(message)
-        self._require_step(message, self._step)
-        dropped, recoverer = message.body.dropped, message.body.recoverer
-        if not {dropped, recoverer} <= set(self._keys.holders) or dropped == self.me:
-            raise MalformedMessage("the recovery request names parties outside the key")
-        self._require_new(self._keys.requests, (dropped, recoverer), message)
-        held = self._keys.take_request(dropped, recoverer)
+        header, (stage, epoch, round_, attempt) = message.header, self._step
+        if (header.stage, header.epoch, header.round) != (stage, epoch, round_) or (
+                header.attempt < attempt):
+            raise StaleMessage(f"{message.kind} for step {header.step} does not follow this "
+                               f"client's step {self._step}; discarded")
+        if not set(members) <= set(self._keys.holders) or len(members) < (
+                self.manifest.threshold):
+            raise MalformedMessage(f"the decryption set {list(members)} is not t holders of "
+                                   "the key")
+        return tuple(self._keys.index_of(member) for member in members)
+
+    def _on_decrypt_request(self, message: Message, now: float) -> Step:
+        """A member of the decryption set: decrypt c1 for the set, masked and padded."""
+        assert isinstance(message.body, DecryptRequest)
+        body = message.body
+        self._require_decryption_step(message, body.members)
+        if self.me not in body.members:
+            raise MalformedMessage("a decryption request for a set I am not in")
+        if message.header.attempt in self._shared_attempts:
+            raise DuplicateMessage("a second decryption request for this attempt; discarded")
+        assert self._keys.key_id is not None and self._keys.threshold_key is not None
+        length = self._protected_length()
+        c1 = decode_polynomials(self.context, body.c1, PolynomialRole.C1,
+                                key_id=self._keys.key_id, length=length)
+        if not self._budget.allows(c1.shape[0]):
+            return self._abort_locally(
+                f"this key epoch has given {self._budget.used} decryption shares of the "
+                f"{self._budget.limit} its noise flooding allows; the aggregator must rotate "
+                "keys first")
+        digest = c1_digest(c1)
+        dset = decryption_set(self.manifest.session, self._keys.holders, body.members,
+                              self.manifest.threshold, message.header.step, digest)
+        pad = self._keys.group_key if dset.pad_holder == self._keys.index else None
+        shares = decryption_shares(
+            c1, self.context.ring.moduli[: c1.shape[1]], self._keys.threshold_key, dset,
+            sigma=threshold_kit(self.context).sigma, noise_seed=self._noise_seed(),
+            pair_keys=self._pair_keys(body.members), group_key=pad,
+            attempt=message.header.attempt)
+        self._budget.spend(c1.shape[0])
+        self._shared_attempts.add(message.header.attempt)
+        self._step = message.header.step
+        self.state = C.MASK_DECRYPTING if self._in_mask() else C.ROUND_DECRYPTING
         self._heard(now)
-        if recoverer != self.me:
-            header = self._header(recoverer, self._step)
-            sealed = seal_for(self._identity, self._directory[recoverer],
-                              encode_shamir_share(self.context, held),
-                              context=seal_context(header, "recovery", dropped),
-                              nonce=self._randomness(12))
-            body = RecoveryShare(dropped, sealed)
-            return Step(sends=[self._send([self._aggregator], body, self._step,
-                                          addressed=recoverer)])
-        self._decryption.recovering.add(held.dealer_index)
-        return self._recover_with(dropped, held, now)
+        frames = tuple(encode_polynomials(self.context, PolynomialRole.SHARE, self._keys.key_id,
+                                          length, shares))
+        body_out = DecryptionShare(body.members, digest, frames)
+        return Step(sends=self._sends([self._aggregator], body_out, self._step))
 
-    def _on_recovery_share(self, message: Message, now: float) -> Step:
-        assert isinstance(message.body, RecoveryShare) and self._decryption is not None
-        sender, dropped = message.header.sender, message.body.dropped
-        self._require_from_holder(message)
-        if dropped not in self._keys.holders or dropped in (self.me, sender):
-            raise MalformedMessage("the recovery share is for a party outside the key")
-        plaintext = open_from(self._identity, self._directory[sender], message.body.sealed,
-                              context=seal_context(message.header, "recovery", dropped))
-        share = self._keys.recovery_share(self.context, sender, dropped, plaintext)
-        return self._recover_with(dropped, share, now)
+    def _noise_seed(self) -> bytes:
+        assert self._keys.noise_seed is not None
+        return self._keys.noise_seed
 
-    def _require_from_holder(self, message: Message) -> None:
-        """A message of this step from another holder of the joint key."""
-        self._require_step(message, self._step)
-        others = [h for h in self._keys.holders if h != self.me]
-        self._require_sender(message, others, "a key holder")
+    def _pair_keys(self, members: tuple[PartyId, ...]) -> dict[int, bytes]:
+        return {self._keys.index_of(member): pair_key(
+                    self._identity, self._directory[member], self.manifest.session,
+                    self._step[1])
+                for member in members if member != self.me}
 
-    def _recover_with(self, dropped: PartyId, share: ShamirShare, now: float) -> Step:
-        """Add a Shamir share of ``dropped``'s key; with ``t`` of them, decrypt for it.
-
-        The share is kept only if recovery succeeds or still waits for more shares, so
-        a bad share is rejected without spoiling the good ones."""
-        assert self._decryption is not None
-        dealer = self._keys.index_of(dropped)
-        partial = self._decryption.try_recover(dealer, self._keys.public_shares, share)
+    def _on_fused(self, message: Message, now: float) -> Step:
+        """The set's fused polynomials: remove the pad, decode, finish the step."""
+        assert isinstance(message.body, Fused)
+        body = message.body
+        self._require_decryption_step(message, body.members)
+        assert self._keys.key_id is not None and self._keys.group_key is not None
+        length = self._protected_length()
+        plain = self._plain_of(body.plain, length, "the fused aggregate's plain part")
+        fused = decode_polynomials(self.context, body.fused, PolynomialRole.FUSED,
+                                   key_id=self._keys.key_id, length=length)
+        dset = decryption_set(self.manifest.session, self._keys.holders, body.members,
+                              self.manifest.threshold, message.header.step, body.c1_digest)
+        moduli = self.context.ring.moduli[: fused.shape[1]]
+        values = decode_sums(self.context, unpad(fused, self._keys.group_key, dset,
+                                                 message.header.attempt, moduli), length)
+        self._step = message.header.step
+        self._plain_part = plain
         self._heard(now)
-        if partial is None:
-            return Step()
-        step = Step(sends=[self._partial_share(dropped, partial)],
-                    events=[KeyRecovered(dropped)])
-        return step.extend(self._maybe_fuse())
-
-    def _maybe_fuse(self) -> Step:
-        assert self._decryption is not None
-        if not self._decryption.complete:
-            return Step()
-        values = self._decryption.fuse()
-        self._decryption = None
         return self._decrypted(values)
 
     def _decrypted(self, values: FloatArray) -> Step:
         """The protected part is in the clear (for this client only): finish the step."""
-        if self.state is C.MASK_DECRYPTING:
+        self._shared_attempts = set()
+        if self._in_mask():
             return self._select_mask(values)
         assert self._mask is not None and self._plain_part is not None
         model = self._mask.scatter(values, self._plain_part)
@@ -550,15 +543,9 @@ class ClientMachine(Machine[ClientState]):
         PublicShare: _on_early_key,
         KeyDelivery: _on_early_key,
     }
-    _DECRYPTING: ClassVar[Mapping[type, Handler]] = {
-        PartialShare: _on_partial_share,
-        RecoveryRequest: _on_recovery_request,
-        RecoveryShare: _on_recovery_share,
-    }
-    _EARLY: ClassVar[Mapping[type, Handler]] = {
-        PartialShare: _on_early,
-        RecoveryRequest: _on_early,
-        RecoveryShare: _on_early,
+    _DECRYPTION: ClassVar[Mapping[type, Handler]] = {
+        DecryptRequest: _on_decrypt_request,
+        Fused: _on_fused,
     }
     TRANSITIONS: ClassVar[Mapping[ClientState, Mapping[type, Handler]]] = {
         C.JOINING: {KeygenStart: _on_keygen_start, **_EARLY_KEYS},
@@ -574,16 +561,17 @@ class ClientMachine(Machine[ClientState]):
             RoundStart: _on_round_start,
         },
         C.MASK_COMPUTING: {MaskStart: _on_mask_start},
-        C.MASK_UPLOADED: {MaskStart: _on_mask_start, Aggregate: _on_aggregate, **_EARLY},
-        C.MASK_DECRYPTING: _DECRYPTING,
+        C.MASK_UPLOADED: {MaskStart: _on_mask_start, Aggregate: _on_aggregate, **_DECRYPTION},
+        C.MASK_DECRYPTING: _DECRYPTION,
         C.MASK_CONFIRMED: {
             **_EARLY_KEYS,
             KeygenStart: _on_keygen_start,
             RoundStart: _on_round_start,
         },
         C.TRAINING: {RoundStart: _on_round_start},
-        C.UPDATE_UPLOADED: {RoundStart: _on_round_start, Aggregate: _on_aggregate, **_EARLY},
-        C.ROUND_DECRYPTING: _DECRYPTING,
+        C.UPDATE_UPLOADED: {RoundStart: _on_round_start, Aggregate: _on_aggregate,
+                            **_DECRYPTION},
+        C.ROUND_DECRYPTING: _DECRYPTION,
         C.ROUND_DONE: {
             **_EARLY_KEYS,
             KeygenStart: _on_keygen_start,

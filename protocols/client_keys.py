@@ -1,8 +1,10 @@
 """One key epoch's material at one client, and what each piece of it leads to.
 
 Threshold mode: the lead makes its key pair and the group key, every other holder
-makes its share over the lead's public key; each deals Shamir shares of its secret to
-the other holders.  Single-key mode: the key authority's public key and secret key
+makes its share over the lead's public key; each deals t-of-N Shamir shares of its
+secret (on ring arrays, :func:`threshold_fl.crypto.threshold.deal`) to the other
+holders and keeps its own; the shares a holder keeps add up to its threshold key.
+Single-key mode: the key authority's public key and secret key
 arrive.  Plaintext mode: nothing to agree but a roll call.  Once all parts are in,
 the key id follows.  These are pure helpers: they check and keep decoded pieces and
 say what follows; the client machine (:mod:`protocols.client`) checks headers, opens
@@ -16,23 +18,25 @@ from dataclasses import dataclass
 from protocols.machine import Randomness
 from protocols.manifest import Manifest, Mode
 from protocols.session import PLAINTEXT_GROUP_KEY, group_check, plaintext_key_id
+from threshold_fl.arrays import U64Array
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import (
     JointPublicKey,
     PartyKeys,
     PublicKey,
     SecretKey,
-    ShamirShare,
     combine_public_shares,
     lead_keygen,
     member_keygen,
-    shamir_shares,
 )
+from threshold_fl.crypto.noise import wipe
+from threshold_fl.crypto.shares import KeyLimbs
+from threshold_fl.crypto.threshold import ThresholdKey, deal, threshold_key
 from threshold_fl.crypto.wire import (
+    decode_key_share,
     decode_public_key,
     decode_secret_key,
-    decode_shamir_share,
-    encode_shamir_share,
+    encode_key_share,
 )
 from threshold_fl.errors import MalformedMessage
 from threshold_fl.identity import PartyId
@@ -68,7 +72,10 @@ class EpochKeys:
         self.contributors = (authority.party_id,) if authority is not None else holders
         self.own: PartyKeys | None = None  # threshold: this client's key pair, once dealt
         self.public_shares: dict[int, PublicKey] = {}
-        self.held_shares: dict[int, ShamirShare] = {}  # dealer index -> my share of its key
+        # dealer index -> (its public share's id, my Shamir share of its key), mine included
+        self.held_shares: dict[int, tuple[str, dict[int, U64Array]]] = {}
+        self.threshold_key: ThresholdKey | None = None  # the sum of held_shares, once in
+        self.noise_seed: bytes | None = None  # threshold: keys this epoch's share noise
         self.joint: JointPublicKey | None = None
         self.public_key: PublicKey | None = None  # what updates are encrypted under
         self.secret: SecretKey | None = None  # single-key mode only
@@ -77,7 +84,6 @@ class EpochKeys:
         # What was taken, so that a second copy is refused (one set per kind).
         self.shares_from: set[PartyId] = set()  # senders of a PublicShare
         self.deliveries_from: set[PartyId] = set()  # senders of a KeyDelivery
-        self.requests: set[tuple[PartyId, PartyId]] = set()  # (dropped, recoverer)
 
     # -- who is who ------------------------------------------------------------------------
     @property
@@ -102,22 +108,33 @@ class EpochKeys:
         if self._mode is Mode.PLAINTEXT:
             self.group_key = PLAINTEXT_GROUP_KEY
             self.key_id = plaintext_key_id(self._session, self.epoch)
-        elif self._mode is Mode.THRESHOLD and self.index == 1:
-            self.group_key = randomness(GROUP_KEY_SIZE)
-            return lead_keygen(context, 1)
+            return None
+        if self._mode is Mode.THRESHOLD:
+            self.noise_seed = randomness(32)
+            if self.index == 1:
+                self.group_key = randomness(GROUP_KEY_SIZE)
+                return lead_keygen(context, 1)
         return None
 
     def deal(self, context: CkksContext, own: PartyKeys) -> dict[PartyId, dict[str, bytes]]:
         """Take my own key pair; the delivery for each other holder: its Shamir share of
-        my secret and, from the lead, the group key."""
+        my secret and, from the lead, the group key.  I keep my own share."""
         self.own = own
         self.public_shares[own.index] = own.public_share
-        shares = shamir_shares(context, own, len(self.holders), self._threshold)
+        with KeyLimbs(context, own.secret.native) as secret:
+            dealt = deal(secret, len(self.holders), self._threshold)
+        self.held_shares[own.index] = (own.public_share.key_id, dealt.pop(own.index))
         deliveries: dict[PartyId, dict[str, bytes]] = {}
         for holder in self.holders:
             if holder == self.me:
                 continue
-            fields = {"shamir": encode_shamir_share(context, shares[self.index_of(holder)])}
+            limbs = dealt[self.index_of(holder)]
+            fields = {"shamir": encode_key_share(
+                context, dealer_index=own.index, holder_index=self.index_of(holder),
+                parties=len(self.holders), threshold=self._threshold,
+                dealer_public_id=own.public_share.key_id, limbs=limbs)}
+            for limb in limbs.values():
+                wipe(limb)
             if own.index == 1:
                 assert self.group_key is not None
                 fields["group_key"] = self.group_key
@@ -154,22 +171,23 @@ class EpochKeys:
             _check_group_key(group_key)
             self.secret = secret
         else:
-            share = self._held_share(context, sender, fields.get("shamir", b""))
+            dealer_id, limbs = self._held_share(context, sender, fields.get("shamir", b""))
             if (self.index_of(sender) == 1) != (group_key is not None):
                 raise MalformedMessage("only the lead's key delivery carries the group key")
             _check_group_key(group_key)
-            self.held_shares[share.dealer_index] = share
+            self.held_shares[self.index_of(sender)] = (dealer_id, limbs)
         self.deliveries_from.add(sender)
         if group_key is not None:
             self.group_key = group_key
 
-    def _held_share(self, context: CkksContext, sender: PartyId, frame: bytes) -> ShamirShare:
-        share = decode_shamir_share(context, frame)
-        if (share.dealer_index, share.holder_index, share.parties, share.threshold) != (
+    def _held_share(self, context: CkksContext, sender: PartyId, frame: bytes
+                    ) -> tuple[str, dict[int, U64Array]]:
+        meta, limbs = decode_key_share(context, frame)
+        if (meta["dealer_index"], meta["holder_index"], meta["parties"], meta["threshold"]) != (
             self.index_of(sender), self.index, len(self.holders), self._threshold
         ):
             raise MalformedMessage(f"{sender!r}'s Shamir share is for another sharing")
-        return share
+        return meta["dealer_public_id"], limbs
 
     def outcome(self, context: CkksContext) -> str | Mismatch | None:
         """The key id to confirm once all of its parts are in (threshold: shares and
@@ -189,32 +207,20 @@ class EpochKeys:
     def _joint_key(self, context: CkksContext) -> str | Mismatch | None:
         if self.own is None or len(self.public_shares) < len(self.holders) or len(
             self.held_shares
-        ) < len(self.holders) - 1:
+        ) < len(self.holders):
             return None
-        for dealer, share in self.held_shares.items():
-            if share.dealer_public_id != self.public_shares[dealer].key_id:
+        for dealer, (dealer_id, _) in self.held_shares.items():
+            if dealer_id != self.public_shares[dealer].key_id:
                 return Mismatch(f"party {dealer}'s Shamir share is not of its key")
         self.joint = combine_public_shares(context, self.public_shares, 1)
         self.public_key, self.key_id = self.joint.key, self.joint.key_id
+        held = [limbs for _, limbs in self.held_shares.values()]
+        self.threshold_key = threshold_key(self.index, held)
+        for limbs in held:  # only their sum is kept
+            for limb in limbs.values():
+                wipe(limb)
+        self.held_shares = {}
         return self.key_id
-
-    # -- recovery of a dropped holder's key ------------------------------------------------
-    def take_request(self, dropped: PartyId, recoverer: PartyId) -> ShamirShare:
-        """My Shamir share of ``dropped``'s key, asked for to rebuild it at ``recoverer``."""
-        held = self.held_shares[self.index_of(dropped)]
-        self.requests.add((dropped, recoverer))
-        return held
-
-    def recovery_share(
-        self, context: CkksContext, sender: PartyId, dropped: PartyId, plaintext: bytes
-    ) -> ShamirShare:
-        """Check an opened RecoveryShare: ``sender``'s Shamir share of ``dropped``'s key."""
-        share = decode_shamir_share(context, plaintext)
-        if (share.dealer_index, share.holder_index) != (
-            self.index_of(dropped), self.index_of(sender)
-        ):
-            raise MalformedMessage(f"{sender!r}'s recovery share is of another key or holder")
-        return share
 
 
 def _check_group_key(group_key: bytes | None) -> None:

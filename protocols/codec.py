@@ -33,7 +33,7 @@ from threshold_fl.identity import Identity, PartyId, PublicIdentity
 
 __all__ = ["CODEC_VERSION", "MAX_MESSAGE_BYTES", "decode_message", "encode_message"]
 
-CODEC_VERSION = 2  # 2: MaskStart and RoundStart carry the FedAvg weight
+CODEC_VERSION = 3  # 2: FedAvg weights in MaskStart/RoundStart; 3: blind fusion
 MAGIC = b"TFLM"
 #: Largest message accepted (a 2.5 * 10^8-value upload is about 4 GB).
 MAX_MESSAGE_BYTES = 8 * 2**30

@@ -14,7 +14,6 @@ __all__ = [
     "Event",
     "Finished",
     "KeyAgreed",
-    "KeyRecovered",
     "MaskAgreed",
     "Outgoing",
     "PartyDropped",
@@ -78,13 +77,6 @@ class PartyDropped:
 
 
 @dataclass(frozen=True)
-class KeyRecovered:
-    """A dropped party's key was rebuilt from Shamir shares; keys will be rotated."""
-
-    party: PartyId
-
-
-@dataclass(frozen=True)
 class Finished:
     rounds: int
 
@@ -101,7 +93,6 @@ Event = Union[  # noqa: UP007 - runtime alias
     UpdateNeeded,
     RoundCompleted,
     PartyDropped,
-    KeyRecovered,
     Finished,
     Aborted,
 ]

@@ -1,8 +1,8 @@
 """What the aggregator has accepted, by kind, so that a second copy is refused.
 
 Each set names what it holds, so a check or a filter says what it means; the joint
-decryption's partials have their own record in :mod:`protocols.relay`, and the
-confirmations theirs in the aggregator.
+decryption's shares have their own record (:class:`protocols.fusion.BlindDecryption`),
+and the confirmations theirs in the aggregator.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ class StepLedger:
     #: (sender, recipient) of each KeyDelivery relayed: who still owes whom a delivery.
     deliveries: set[tuple[PartyId, PartyId]] = field(default_factory=set)
     uploads: set[PartyId] = field(default_factory=set)  # senders of the step's upload
-    #: (sender, dropped holder) of each RecoveryShare relayed.
-    recoveries: set[tuple[PartyId, PartyId]] = field(default_factory=set)
 
     def next_step(self) -> StepLedger:
         """A ledger for the next step: a hello is sent once per session, so it stays."""

@@ -41,7 +41,7 @@ _MAX_SEED = 2**31 - 1
 class Mode(str, Enum):
     """How the protected coordinates are protected."""
 
-    THRESHOLD = "threshold"  # joint key, t-of-N recovery, joint decryption (default)
+    THRESHOLD = "threshold"  # joint key, t-of-N joint decryption by blind fusion (default)
     SINGLE_KEY = "single-key"  # a key authority hands one secret key to every client
     PLAINTEXT = "plaintext"  # no encryption: the baseline
 
@@ -60,7 +60,7 @@ class Timeouts:
     join_s: float = 60.0  # clients say hello
     keys_s: float = 60.0  # one key agreement
     upload_s: float = 600.0  # train and upload (mask stage: compute and upload the map)
-    decrypt_s: float = 120.0  # partial decryptions, key recovery, confirmations
+    decrypt_s: float = 120.0  # decryption shares (per attempt), confirmations
 
     def __post_init__(self) -> None:
         for name in ("join_s", "keys_s", "upload_s", "decrypt_s"):
@@ -189,7 +189,7 @@ class Manifest:
             if not count / 2 < self.threshold <= count:
                 raise ManifestError(
                     f"threshold t={self.threshold} must satisfy N/2 < t <= N for N={count} "
-                    "clients (OpenFHE's Shamir recovery needs an honest majority)"
+                    "clients (t-of-N decryption assumes an honest majority of key holders)"
                 )
         elif not 1 <= self.threshold <= count:
             raise ManifestError(

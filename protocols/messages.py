@@ -22,7 +22,10 @@ __all__ = [
     "Abort",
     "Aggregate",
     "Body",
+    "DecryptRequest",
+    "DecryptionShare",
     "Finished",
+    "Fused",
     "Header",
     "Hello",
     "KeyConfirm",
@@ -31,10 +34,7 @@ __all__ = [
     "MaskConfirm",
     "MaskStart",
     "Message",
-    "PartialShare",
     "PublicShare",
-    "RecoveryRequest",
-    "RecoveryShare",
     "RoundDone",
     "RoundStart",
     "SensitivityUpload",
@@ -258,46 +258,61 @@ class SensitivityUpload(_Body):
 
 @dataclass(frozen=True)
 class Aggregate(_Body):
-    """Aggregator -> clients: the weighted sum, protected part as frames and plain part."""
+    """Aggregator -> clients: the weighted sum, protected part as frames and plain part
+    (single-key and plaintext modes, and threshold mode when nothing is encrypted)."""
 
     protected: tuple[bytes, ...]
     plain: bytes
     STAGES = frozenset({Stage.MASK, Stage.ROUND})
 
 
-@dataclass(frozen=True)
-class PartialShare(_Body):
-    """Client -> clients: a partial decryption, sealed under the client group key."""
+def _check_members(members: tuple[PartyId, ...]) -> None:
+    if not members or list(members) != sorted(set(members)):
+        raise _reject("the decryption set must be a non-empty, sorted list without repeats")
 
-    on_behalf_of: PartyId
-    vector_digest: str
-    sealed: bytes
+
+@dataclass(frozen=True)
+class DecryptRequest(_Body):
+    """Aggregator -> each member of a decryption set: the aggregate's c1 parts as
+    frames; decrypt them for the set ``members`` (this attempt's)."""
+
+    members: tuple[PartyId, ...]
+    c1: tuple[bytes, ...]
     STAGES = frozenset({Stage.MASK, Stage.ROUND})
 
     def _validate(self) -> None:
-        _check_digest("vector_digest", self.vector_digest)
+        _check_members(self.members)
 
 
 @dataclass(frozen=True)
-class RecoveryRequest(_Body):
-    """Aggregator -> clients: ``dropped`` vanished; send your share of its key to ``recoverer``."""
+class DecryptionShare(_Body):
+    """Member -> aggregator: my decryption shares for the set ``members``, masked so
+    that only the whole set's sum means anything; ``c1_digest`` names what they decrypt."""
 
-    dropped: PartyId
-    recoverer: PartyId
+    members: tuple[PartyId, ...]
+    c1_digest: str
+    shares: tuple[bytes, ...]
     STAGES = frozenset({Stage.MASK, Stage.ROUND})
 
     def _validate(self) -> None:
-        if self.dropped == self.recoverer:
-            raise _reject("a dropped party cannot recover its own key")
+        _check_members(self.members)
+        _check_digest("c1_digest", self.c1_digest)
 
 
 @dataclass(frozen=True)
-class RecoveryShare(_Body):
-    """Client -> recoverer: my Shamir share of ``dropped``'s key, sealed for the recoverer."""
+class Fused(_Body):
+    """Aggregator -> clients: c0 plus the set's shares, still under the pad (which only
+    clients can remove), and the plain part of the aggregate."""
 
-    dropped: PartyId
-    sealed: bytes
+    members: tuple[PartyId, ...]
+    c1_digest: str
+    fused: tuple[bytes, ...]
+    plain: bytes
     STAGES = frozenset({Stage.MASK, Stage.ROUND})
+
+    def _validate(self) -> None:
+        _check_members(self.members)
+        _check_digest("c1_digest", self.c1_digest)
 
 
 @dataclass(frozen=True)
@@ -380,9 +395,9 @@ Body = Union[  # noqa: UP007 - a runtime alias; X | Y would need every name defi
     MaskStart,
     SensitivityUpload,
     Aggregate,
-    PartialShare,
-    RecoveryRequest,
-    RecoveryShare,
+    DecryptRequest,
+    DecryptionShare,
+    Fused,
     MaskConfirm,
     RoundStart,
     UpdateUpload,

@@ -13,9 +13,10 @@ import msgpack
 import numpy as np
 
 from protocols.manifest import Mode
-from threshold_fl.arrays import FloatArray
+from threshold_fl.arrays import FloatArray, U64Array
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import PublicKey
+from threshold_fl.crypto.threshold import ring_parts
 from threshold_fl.crypto.vectors import EncryptedSum, EncryptedVector, encrypt_vector
 from threshold_fl.crypto.wire import decode_vector, encode_vector, stream_vector
 from threshold_fl.errors import MalformedMessage, ParameterError
@@ -126,6 +127,14 @@ class ProtectedSum:
             return (frame,), hashlib.sha256(frame).hexdigest()
         vector = self._encrypted.result()
         return tuple(encode_vector(self._context, vector)), vector.digest
+
+    def ring_parts(self) -> tuple[U64Array, U64Array]:
+        """The encrypted aggregate's c0 and c1 parts, each (count, limbs, n): what blind
+        fusion works on (threshold mode)."""
+        if self._encrypted is None:
+            raise ParameterError("a plaintext-mode sum has no ring parts")
+        c0, c1, _ = ring_parts(self._context, self._encrypted.result())
+        return c0, c1
 
 
 def encode_frames(frames: Sequence[bytes]) -> bytes:

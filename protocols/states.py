@@ -17,17 +17,17 @@ from collections.abc import Mapping
 
 from protocols.messages import (
     Aggregate,
+    DecryptionShare,
+    DecryptRequest,
     Finished,
+    Fused,
     Hello,
     KeyConfirm,
     KeyDelivery,
     KeygenStart,
     MaskConfirm,
     MaskStart,
-    PartialShare,
     PublicShare,
-    RecoveryRequest,
-    RecoveryShare,
     RoundDone,
     RoundStart,
     SensitivityUpload,
@@ -96,7 +96,6 @@ _NEW_EPOCH = _to(C.KEY_AGREEMENT, C.KEYS_CONFIRMED, C.ABORTED)
 _KEY_PART = _to(C.KEYS_CONFIRMED, C.ABORTED)
 _Row = dict[type, frozenset[enum.Enum]]
 _EARLY_KEYS: _Row = {PublicShare: _NONE, KeyDelivery: _NONE}  # kept until their KeygenStart
-_EARLY: _Row = {PartialShare: _NONE, RecoveryRequest: _NONE, RecoveryShare: _NONE}  # buffered
 _TRAIN = _to(C.TRAINING, C.ABORTED)  # a foreign key or mask in the announcement aborts
 
 CLIENT_TARGETS: Targets = {
@@ -111,18 +110,20 @@ CLIENT_TARGETS: Targets = {
     C.MASK_COMPUTING: {MaskStart: _to(C.ABORTED)},  # a retry: still computing
     C.MASK_UPLOADED: {
         MaskStart: _to(C.ABORTED),  # a retry: uploads again
-        Aggregate: _to(C.MASK_DECRYPTING, C.MASK_CONFIRMED),
-        **_EARLY,
+        Aggregate: _to(C.MASK_CONFIRMED),  # decrypted locally (not threshold mode)
+        DecryptRequest: _to(C.MASK_DECRYPTING, C.ABORTED),  # a member; budget spent: aborts
+        Fused: _to(C.MASK_CONFIRMED),  # not a member of the set
     },
-    C.MASK_DECRYPTING: dict.fromkeys(_EARLY, _to(C.MASK_CONFIRMED)),
+    C.MASK_DECRYPTING: {DecryptRequest: _to(C.ABORTED), Fused: _to(C.MASK_CONFIRMED)},
     C.MASK_CONFIRMED: {**_EARLY_KEYS, KeygenStart: _NEW_EPOCH, RoundStart: _TRAIN},
     C.TRAINING: {RoundStart: _to(C.ABORTED)},
     C.UPDATE_UPLOADED: {
         RoundStart: _to(C.ABORTED),
-        Aggregate: _to(C.ROUND_DECRYPTING, C.ROUND_DONE),
-        **_EARLY,
+        Aggregate: _to(C.ROUND_DONE),
+        DecryptRequest: _to(C.ROUND_DECRYPTING, C.ABORTED),
+        Fused: _to(C.ROUND_DONE),
     },
-    C.ROUND_DECRYPTING: dict.fromkeys(_EARLY, _to(C.ROUND_DONE)),
+    C.ROUND_DECRYPTING: {DecryptRequest: _to(C.ABORTED), Fused: _to(C.ROUND_DONE)},
     C.ROUND_DONE: {
         **_EARLY_KEYS,
         KeygenStart: _NEW_EPOCH,
@@ -146,13 +147,15 @@ CLIENT_WAITING = {
     C.KEY_AGREEMENT: "key agreement: waiting for the other clients' key shares",
     C.KEYS_CONFIRMED: "keys agreed; waiting for the aggregator to start the next stage",
     C.MASK_COMPUTING: "computing the sensitivity map",
-    C.MASK_UPLOADED: "sensitivity map uploaded; waiting for the other clients' maps",
-    C.MASK_DECRYPTING: "decrypting the summed sensitivity: waiting for the other clients' "
-                       "partial decryptions",
+    C.MASK_UPLOADED: "sensitivity map uploaded; waiting for the other clients' maps and "
+                     "the joint decryption",
+    C.MASK_DECRYPTING: "decryption share sent; waiting for the aggregator's fused "
+                       "sensitivity sum",
     C.MASK_CONFIRMED: "mask agreed; waiting for round 1 to start",
     C.TRAINING: "round {round}: training",
     C.UPDATE_UPLOADED: "round {round}: update uploaded; waiting for the other clients' updates",
-    C.ROUND_DECRYPTING: "round {round}: waiting for the other clients' partial decryptions",
+    C.ROUND_DECRYPTING: "round {round}: decryption share sent; waiting for the aggregator's "
+                        "fused global model",
     C.ROUND_DONE: "round {round} done; waiting for round {next} to start",
 }
 
@@ -160,7 +163,8 @@ CLIENT_WAITING = {
 # fewer than t clients are left.
 _KEYS_AGREED = _to(A.MASK_UPLOAD, A.ROUND_UPLOAD, A.ABORTED)
 _DECRYPTED = _to(A.ROUND_UPLOAD, A.KEY_AGREEMENT, A.ABORTED)
-_RELAYED: _Row = {PartialShare: _NONE, RecoveryShare: _NONE}
+# A share completes the set (the fused result goes out) or not; the step stays.
+_SHARE: _Row = {DecryptionShare: _NONE}
 # A dropout (deadline, Abort, offline) can finish the step the others already finished,
 # restart key agreement, retry an upload (same state) or abort.
 _AFTER_DROP = _to(A.KEY_AGREEMENT, A.MASK_UPLOAD, A.MASK_DECRYPTION, A.ROUND_UPLOAD,
@@ -173,10 +177,11 @@ AGGREGATOR_TARGETS: Targets = {
         KeyDelivery: _NONE,
         KeyConfirm: _KEYS_AGREED,
     },
-    A.MASK_UPLOAD: {SensitivityUpload: _to(A.MASK_DECRYPTION)},
-    A.MASK_DECRYPTION: {**_RELAYED, MaskConfirm: _DECRYPTED},
-    A.ROUND_UPLOAD: {UpdateUpload: _to(A.ROUND_DECRYPTION)},
-    A.ROUND_DECRYPTION: {**_RELAYED, RoundDone: _DECRYPTED | {A.FINISHED}},
+    # the last upload starts the decryption; no decryption budget left aborts
+    A.MASK_UPLOAD: {SensitivityUpload: _to(A.MASK_DECRYPTION, A.ABORTED)},
+    A.MASK_DECRYPTION: {**_SHARE, MaskConfirm: _DECRYPTED},
+    A.ROUND_UPLOAD: {UpdateUpload: _to(A.ROUND_DECRYPTION, A.ABORTED)},
+    A.ROUND_DECRYPTION: {**_SHARE, RoundDone: _DECRYPTED | {A.FINISHED}},
 }
 AGGREGATOR_OTHER_TARGETS: OtherTargets = {
     "start": _to(A.JOINING),

@@ -20,7 +20,6 @@ from threshold_fl.crypto import (
     encrypt_vector,
     lead_keygen,
     member_keygen,
-    shamir_shares,
     wire,
 )
 from threshold_fl.crypto.context import sha256_hex
@@ -63,6 +62,8 @@ def encrypted_inputs(
 
 
 # -- real OpenFHE blobs of every kind that crosses the wire (for the ring tests) ----------
+# KEY_SHARE and POLYNOMIALS frames carry raw limbs, no OpenFHE blob: their decoders
+# check each value below its modulus, and test_frames.py fuzzes them.
 @dataclass(frozen=True)
 class RingSample:
     """One real blob: its ring kind, the frame kind that carries it, and its bytes."""
@@ -71,7 +72,6 @@ class RingSample:
     frame_kind: FrameKind
     blob: bytes
     metadata: dict[str, Any]  # a valid frame's metadata for this blob
-    headroom: int = 1  # coefficients below headroom x modulus (Shamir shares: t - 1)
 
 
 def ring_samples(context: CkksContext) -> dict[str, RingSample]:
@@ -94,10 +94,7 @@ def ring_samples(context: CkksContext) -> dict[str, RingSample]:
                   "vector_digest": "0" * 64, "party_index": 2, "lead": False,
                   "first": 0, "count": 1}
     pk_loaded = context.deserialize_public_key(save(member.public_share.native))
-    # 3-of-5: OpenFHE leaves these coefficients unreduced, below 2q (t - 1 = 2 moduli).
-    shamir = shamir_shares(context, lead, 5, 3)[2]
-    blobs: dict[str, tuple[BlobKind, FrameKind, bytes, dict[str, Any]]
-                | tuple[BlobKind, FrameKind, bytes, dict[str, Any], int]] = {
+    blobs: dict[str, tuple[BlobKind, FrameKind, bytes, dict[str, Any]]] = {
         "ciphertext upload": (BlobKind.CIPHERTEXT, FrameKind.CIPHERTEXTS, save(uploads[0]),
                               vector_meta),
         "ciphertext resaved": (BlobKind.CIPHERTEXT, FrameKind.CIPHERTEXTS, save(received[0]),
@@ -124,10 +121,6 @@ def ring_samples(context: CkksContext) -> dict[str, RingSample]:
                                save(context.deserialize_private_key(
                                    save(member.secret.native))),
                                {"public_key_id": member.public_share.key_id}),
-        "shamir share": (BlobKind.POLYNOMIAL, FrameKind.SHAMIR_SHARE,
-                         context.wrap_polynomial(shamir.polynomial),
-                         {"dealer_index": 1, "holder_index": 2, "parties": 5, "threshold": 3,
-                          "dealer_public_id": lead.public_share.key_id}, 2),
     }
     return {name: RingSample(*entry) for name, entry in blobs.items()}
 
@@ -148,5 +141,4 @@ def ring_receivers(context: CkksContext) -> dict[FrameKind, Callable[[bytes], ob
             context, [frame]),
         FrameKind.PUBLIC_KEY: lambda frame: wire.decode_public_key(context, frame),
         FrameKind.SECRET_KEY: lambda frame: wire.decode_secret_key(context, frame),
-        FrameKind.SHAMIR_SHARE: lambda frame: wire.decode_shamir_share(context, frame),
     }

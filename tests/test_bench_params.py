@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-import threshold_fl.bench.crypto as bench_crypto
 from threshold_fl.app.cli import main as cli_main
 from threshold_fl.bench.params import LocalModels, he_average, measure_cell, train_models
-from threshold_fl.crypto import context_for, fuse_partial_decryptions, threshold_params
+from threshold_fl.crypto import context_for, threshold_params
 
 WORD = 8  # bytes per RNS coefficient
 
@@ -53,8 +52,8 @@ def test_he_average_returns_the_decrypted_average(models: LocalModels) -> None:
     result, decrypted = he_average(context, models)
     error = float(np.abs(decrypted - models.plain_average).max())
     assert error == pytest.approx(result.max_error) and error < result.error_bound
-    # the fusion is caught only during the round
-    assert getattr(bench_crypto, "fuse_partial_decryptions") is fuse_partial_decryptions  # noqa: B009
+    # decrypted as the protocol does: blind fusion by t = 2 of the 3 parties
+    assert result.decryption == "blind fusion" and result.decryptors == 2
 
 
 def test_suite_writes_markdown_json_png_and_the_skipped_cells(suite: tuple[Path, str]) -> None:

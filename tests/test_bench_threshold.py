@@ -1,5 +1,6 @@
-"""``threshold-fl bench threshold``: single-key vs threshold step by step, fixed vs flooded
-decryption noise (real OpenFHE, small vectors)."""
+"""``threshold-fl bench threshold``: single-key vs threshold step by step (blind fusion, and
+OpenFHE's N-of-N threshold decryption as the reference), fixed vs flooded decryption noise
+(real OpenFHE, small vectors)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from threshold_fl.app.cli import main as cli_main
 from threshold_fl.bench.threshold import (
     CONFIGURATIONS,
     FLOODING,
+    FLOODING_OPENFHE,
     SINGLE_KEY,
     StepRow,
     measure,
@@ -52,7 +54,13 @@ def test_threshold_suite_writes_markdown_json_and_png(tmp_path: Path,
     assert (tmp_path / "threshold.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert f"N=3: {len(CONFIGURATIONS)} rounds of 3,000 values" in out
-    assert "flooding makes partial decryption" in out and "Our ring kernels make" in out
+    assert "flooding makes the round's decryption work" in out
+    assert "Blind fusion's decryption work (t = 2 members' shares" in out
+    # t = N // 2 + 1 of the N parties decrypt; the reference uses all N
+    for row in data["rows"]:
+        expected = {SINGLE_KEY: 1, FLOODING_OPENFHE: row["clients"]}.get(
+            row["configuration"], row["clients"] // 2 + 1)
+        assert row["decryptors"] == expected, row
 
 
 def test_every_round_decrypts_the_average_within_its_bound(rows: list[StepRow]) -> None:
@@ -60,13 +68,23 @@ def test_every_round_decrypts_the_average_within_its_bound(rows: list[StepRow]) 
     for row in rows:
         assert 0 < row.max_error < row.error_bound, row
         assert row.encrypt_per_client_s > 0 and row.aggregate_s > 0 and row.decrypt_s > 0
+        assert row.decode_per_client_s > 0 or row.configuration == FLOODING_OPENFHE
         steps = (row.keygen_s + row.encrypt_per_client_s + row.aggregate_s
-                 + row.partial_decrypt_per_client_s + row.decrypt_s)
+                 + row.share_per_member_s + row.fuse_s + row.decode_per_client_s)
         assert row.latency_s == pytest.approx(steps)
-        # HE compute counts every client's encryption and partial decryption
+        # decryption: t members' shares, one fusion, every client's decoding (the
+        # reference: all N partial decryptions and one fusion; single-key: one decryption)
+        decoders = 1 if row.configuration == SINGLE_KEY else 3
+        assert row.decrypt_s == pytest.approx(
+            row.decryptors * row.share_per_member_s + row.fuse_s
+            + decoders * row.decode_per_client_s)
         assert row.he_compute_s == pytest.approx(
-            3 * row.encrypt_per_client_s + row.aggregate_s
-            + 3 * row.partial_decrypt_per_client_s + row.decrypt_s)
+            3 * row.encrypt_per_client_s + row.aggregate_s + row.decrypt_s)
+        if row.configuration == SINGLE_KEY:
+            assert row.decryptors == 1 and row.share_per_member_s == row.fuse_s == 0
+        else:
+            assert row.decryptors == (3 if row.configuration == FLOODING_OPENFHE else 2)
+            assert row.share_per_member_s >= row.share_only_s > 0 and row.fuse_s > 0
 
 
 def test_bytes_match_the_ciphertext_layout(rows: list[StepRow]) -> None:
@@ -75,18 +93,21 @@ def test_bytes_match_the_ciphertext_layout(rows: list[StepRow]) -> None:
         limbs = round(row.upload_bytes_per_client / layout_bytes(row, 2, 1))
         assert limbs in (1, 2), row
         assert_framed(row.upload_bytes_per_client, layout_bytes(row, 2, limbs))
-        # the aggregate is rescaled to one limb before it is sent for decryption
-        assert_framed(row.download_bytes, layout_bytes(row, 2, 1))
+        # the aggregate is rescaled to one limb before it is decrypted: single-key
+        # downloads it (2 polynomials); a member of the set its c1 and the fused result
+        # (1 + 1, whatever N); the reference the aggregate and N - 1 = 2 partials
+        polynomials = 4 if row.configuration == FLOODING_OPENFHE else 2
+        assert_framed(row.download_bytes_per_client, layout_bytes(row, polynomials, 1))
         if row.configuration == SINGLE_KEY:
-            assert row.partial_bytes_per_client == 0 and row.partial_decrypt_per_client_s == 0
-        else:  # a partial decryption is one polynomial of one limb per ciphertext
-            assert_framed(row.partial_bytes_per_client, layout_bytes(row, 1, 1))
+            assert row.share_bytes_per_member == 0 and row.share_per_member_s == 0
+        else:  # a share (or partial decryption) is one polynomial of one limb per ciphertext
+            assert_framed(row.share_bytes_per_member, layout_bytes(row, 1, 1))
 
 
 def test_the_noise_table_compares_fixed_and_flooded_decryption(rows: list[StepRow]) -> None:
     table = noise_rows(rows)
     assert [(line[0], line[1]) for line in table] == [
-        (3, "fixed"), (3, "flooding"), (3, "flooding, OpenFHE kernels")]
+        (3, "fixed"), (3, "flooding"), (3, "flooding, OpenFHE N-of-N")]
     flooded = next(row for row in rows if row.configuration == FLOODING)
     # the reported scale is the one OpenFHE chose, not necessarily the requested one
     assert table[1][2] == f"{flooded.scale_bits:.0f}"

@@ -1,4 +1,5 @@
-"""Threshold key agreement, dropout recovery and refusal to mix keys or parameters."""
+"""Threshold key agreement and refusal to mix keys or parameters (t-of-N decryption on
+ring arrays is tested in test_threshold_shares.py)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,9 @@ from threshold_fl.crypto import (
     lead_keygen,
     member_keygen,
     partial_decrypt,
-    recover_secret,
-    shamir_shares,
 )
-from threshold_fl.crypto.keys import ThresholdSecret
 from threshold_fl.crypto.wire import encode_vector
 from threshold_fl.errors import (
-    InsufficientSharesError,
     KeyMismatchError,
     ParameterError,
     ThresholdFLError,
@@ -33,7 +30,7 @@ from threshold_fl.errors import (
 
 CONTEXT = context_for(CkksParams())
 OTHER_CONTEXT = context_for(CkksParams(scaling_mod_size=50))
-N, T = 5, 3
+N = 5
 
 
 @pytest.fixture(scope="module")
@@ -50,83 +47,6 @@ def round_data(federation: Federation) -> tuple[EncryptedVector, np.ndarray]:
         CONTEXT, federation.joint.key_id, encrypted_inputs(federation, inputs, weights)
     )
     return total, np.sum([w * x for w, x in zip(weights, inputs, strict=True)], axis=0)
-
-
-@pytest.fixture(scope="module")
-def shares(federation: Federation) -> dict[int, dict]:
-    return {p.index: shamir_shares(CONTEXT, p, N, T) for p in federation.parties}
-
-
-@pytest.mark.parametrize("dropped", [(2,), (4,), (2, 5), (1, 3)])
-def test_dropped_keys_are_recovered_and_decrypt_correctly(
-    federation: Federation,
-    round_data: tuple[EncryptedVector, np.ndarray],
-    shares: dict[int, dict],
-    dropped: tuple[int, ...],
-) -> None:
-    total, expected = round_data
-    survivors = [i for i in range(1, N + 1) if i not in dropped]
-    lead = survivors[0]
-    partials = [
-        partial_decrypt(CONTEXT, federation.secrets[i], total, lead=i == lead) for i in survivors
-    ]
-    for index in dropped:
-        holders = survivors[:T]
-        secret = recover_secret(
-            CONTEXT, [shares[index][h] for h in holders], federation.parties[index - 1].public_share
-        )
-        bound = ThresholdSecret(index, federation.joint.key_id, secret)
-        partials.append(partial_decrypt(CONTEXT, bound, total, lead=False))
-    result = fuse_partial_decryptions(CONTEXT, federation.joint, partials)
-    np.testing.assert_allclose(result, expected, rtol=0, atol=CONTEXT.error_bound(N))
-
-
-def test_fewer_than_t_shares_is_a_clear_error(federation: Federation, shares: dict) -> None:
-    with pytest.raises(InsufficientSharesError, match="needs 3 shares, got 2"):
-        recover_secret(CONTEXT, [shares[2][1], shares[2][3]], federation.parties[1].public_share)
-
-
-def test_shares_of_another_dealer_are_refused(federation: Federation, shares: dict) -> None:
-    mixed = [shares[2][1], shares[3][4], shares[2][5]]
-    with pytest.raises(KeyMismatchError, match="another key or sharing"):
-        recover_secret(CONTEXT, mixed, federation.parties[1].public_share)
-
-
-def test_shares_from_another_federation_fail_the_key_check(
-    federation: Federation, shares: dict
-) -> None:
-    other = make_federation(CONTEXT, N)
-    foreign = shamir_shares(CONTEXT, other.parties[1], N, T)
-    # Relabel the foreign shares as if they were party 2's: only the probe catches this.
-    forged = [
-        type(share)(
-            2,
-            share.holder_index,
-            N,
-            T,
-            federation.parties[1].public_share.key_id,
-            CONTEXT.fingerprint,
-            share.polynomial,
-        )
-        for share in (foreign[1], foreign[3], foreign[4])
-    ]
-    with pytest.raises(KeyMismatchError, match="do not reconstruct"):
-        recover_secret(CONTEXT, forged, federation.parties[1].public_share)
-
-
-def test_duplicate_holders_are_refused(federation: Federation, shares: dict) -> None:
-    with pytest.raises(KeyMismatchError, match="duplicate"):
-        recover_secret(
-            CONTEXT, [shares[2][1], shares[2][1], shares[2][3]], federation.parties[1].public_share
-        )
-
-
-@pytest.mark.parametrize(("parties", "threshold"), [(5, 2), (4, 2), (3, 4), (1, 1)])
-def test_thresholds_without_honest_majority_are_refused(
-    federation: Federation, parties: int, threshold: int
-) -> None:
-    with pytest.raises(ParameterError):
-        shamir_shares(CONTEXT, federation.parties[0], parties, threshold)
 
 
 def test_vectors_under_different_keys_cannot_be_aggregated(federation: Federation) -> None:

@@ -74,7 +74,7 @@ def test_demo_survives_a_client_killed_after_its_upload(tmp_path: Path,
     (run,) = report(out)["runs"]
     assert "client-3" not in run["parties"]  # it died before reporting anything
     contributors = [row["contributors"] for row in run["parties"]["server"]]
-    assert contributors == [3, 2]  # its round-1 upload counts (key recovery), then gone
+    assert contributors == [3, 2]  # its round-1 upload counts (another set decrypts), then gone
     assert "client 3 vanished at after-upload" in capsys.readouterr().out
 
 

@@ -18,31 +18,35 @@ from threshold_fl.crypto import (
     context_for,
     fuse_partial_decryptions,
     partial_decrypt,
-    recover_secret,
-    shamir_shares,
 )
+from threshold_fl.crypto import threshold as th
 from threshold_fl.crypto.frames import (
     FrameKind,
+    decode_frame,
     decode_params,
     encode_frame,
     encode_params,
+    max_part_bytes,
 )
+from threshold_fl.crypto.shares import KeyLimbs
 from threshold_fl.crypto.wire import (
+    PolynomialRole,
     decode_joint_public_key,
+    decode_key_share,
     decode_partial_decryption,
+    decode_polynomials,
     decode_public_key,
     decode_secret_key,
-    decode_shamir_share,
     decode_vector,
     encode_joint_public_key,
+    encode_key_share,
     encode_partial_decryption,
     encode_public_key,
     encode_secret_key,
-    encode_shamir_share,
     encode_vector,
     stream_vector,
 )
-from threshold_fl.errors import FrameError
+from threshold_fl.errors import FrameError, ParameterError
 
 CONTEXT = context_for(CkksParams())
 OTHER = context_for(CkksParams(scaling_mod_size=50))
@@ -108,12 +112,56 @@ def test_keys_and_shares_round_trip(federation) -> None:  # type: ignore[no-unty
     )
     secret = decode_secret_key(CONTEXT, encode_secret_key(CONTEXT, party.secret))
     assert secret.public_key_id == party.public_share.key_id
-    shares = shamir_shares(CONTEXT, party, 3, 2)
-    received = [
-        decode_shamir_share(CONTEXT, encode_shamir_share(CONTEXT, s)) for s in shares.values()
+
+
+def _key_share(federation, limbs) -> bytes:  # type: ignore[no-untyped-def]
+    return encode_key_share(CONTEXT, dealer_index=2, holder_index=3, parties=3, threshold=2,
+                            dealer_public_id=federation.parties[1].public_share.key_id,
+                            limbs=limbs)
+
+
+def test_key_shares_round_trip_as_raw_limbs_below_their_moduli(federation) -> None:  # type: ignore[no-untyped-def]
+    with KeyLimbs(CONTEXT, federation.parties[1].secret.native) as secret:
+        dealt = th.deal(secret, 3, 2)
+    meta, limbs = decode_key_share(CONTEXT, _key_share(federation, dealt[3]))
+    assert meta == {"parties": 3, "threshold": 2, "dealer_index": 2, "holder_index": 3,
+                    "dealer_public_id": federation.parties[1].public_share.key_id}
+    assert list(limbs) == list(CONTEXT.ring.moduli)
+    for q, limb in limbs.items():
+        np.testing.assert_array_equal(limb, dealt[3][q])
+    q = CONTEXT.ring.moduli[-1]
+    unreduced = {m: limb.copy() for m, limb in dealt[3].items()}
+    unreduced[q][7] = q
+    with pytest.raises(FrameError, match=f"key share value is not reduced modulo its prime {q}"):
+        decode_key_share(CONTEXT, _key_share(federation, unreduced))
+    with pytest.raises(FrameError, match="every modulus of the key"):
+        _key_share(federation, {m: dealt[3][m] for m in reversed(CONTEXT.ring.moduli)})
+
+
+def test_retired_shamir_share_frames_are_refused_by_every_decoder(federation) -> None:  # type: ignore[no-untyped-def]
+    """Kind 5 (OpenFHE Shamir shares, retired) stays reserved and is never decoded."""
+    assert FrameKind(5) is FrameKind.RETIRED_SHAMIR_SHARE
+    frame = _with_header(encode_secret_key(CONTEXT, federation.parties[1].secret), kind=5)
+    decoders = [
+        lambda: decode_params(frame),
+        lambda: decode_public_key(CONTEXT, frame),
+        lambda: decode_joint_public_key(CONTEXT, frame),
+        lambda: decode_secret_key(CONTEXT, frame),
+        lambda: decode_vector(CONTEXT, [frame]),
+        lambda: list(stream_vector(CONTEXT, [frame], key_id="0" * 64, length=1)),
+        lambda: decode_partial_decryption(CONTEXT, [frame]),
+        lambda: decode_polynomials(CONTEXT, [frame], PolynomialRole.SHARE, key_id="0" * 64,
+                                   length=1),
+        lambda: decode_key_share(CONTEXT, frame),
     ]
-    recovered = recover_secret(CONTEXT, received, party.public_share)
-    assert recovered.public_key_id == party.public_share.key_id
+    for decode in decoders:
+        with pytest.raises(FrameError, match=r"frame kind 5 \(RETIRED_SHAMIR_SHARE\) is retired"):
+            decode()
+    with pytest.raises(FrameError, match="is retired"):
+        decode_frame(frame, FrameKind.RETIRED_SHAMIR_SHARE, CONTEXT.fingerprint,
+                     max_part_bytes=max_part_bytes(CONTEXT))
+    with pytest.raises(ParameterError, match="is retired"):
+        encode_frame(FrameKind.RETIRED_SHAMIR_SHARE, CONTEXT.fingerprint, {}, [])
 
 
 def test_a_frame_under_other_parameters_is_refused(federation) -> None:  # type: ignore[no-untyped-def]
@@ -221,21 +269,34 @@ FUZZ_SCRIPT = textwrap.dedent("""
     ctx = context_for(CkksParams())
     keys = generate_keypair(ctx)
     vector = encrypt_vector(ctx, keys.public, np.ones(5))
+    rng = np.random.default_rng(5)
+    n, moduli = ctx.ring.ring_dimension, ctx.ring.moduli
+    limbs = {q: rng.integers(0, q, n, dtype=np.uint64) for q in moduli}
+    upload = moduli[:len(moduli) - ctx.upload_level]
+    arrays = np.stack([rng.integers(0, q, n, dtype=np.uint64) for q in upload])[None]
+    role, key_id = wire.PolynomialRole.SHARE, keys.public.key_id
     VALID = {
         "vector": b"".join(wire.encode_vector(ctx, vector)),
         "public": wire.encode_public_key(ctx, keys.public),
         "secret": wire.encode_secret_key(ctx, keys.secret),
         "params": frames.encode_params(ctx.params),
+        "key share": wire.encode_key_share(ctx, dealer_index=1, holder_index=2, parties=3,
+                                           threshold=2, dealer_public_id=key_id, limbs=limbs),
+        "polynomials": b"".join(wire.encode_polynomials(ctx, role, key_id, 5, arrays)),
     }
     DECODERS = {
         "vector": lambda b: wire.decode_vector(ctx, [b]),
         "public": lambda b: wire.decode_public_key(ctx, b),
         "secret": lambda b: wire.decode_secret_key(ctx, b),
         "params": frames.decode_params,
-        "share": lambda b: wire.decode_shamir_share(ctx, b),
+        "key share": lambda b: wire.decode_key_share(ctx, b),
+        "polynomials": lambda b: wire.decode_polynomials(ctx, [b], role, key_id=key_id,
+                                                         length=5),
         "partial": lambda b: wire.decode_partial_decryption(ctx, [b]),
         "joint": lambda b: wire.decode_joint_public_key(ctx, b),
     }
+    for name in ("key share", "polynomials"):  # the valid frames pass
+        DECODERS[name](VALID[name])
 
     def check(decoder, data):
         try:

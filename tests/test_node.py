@@ -151,7 +151,7 @@ async def test_duplicated_delayed_and_reordered_messages_change_nothing() -> Non
     assert aggregator.summary.rejected > 0  # the duplicates were seen and discarded
 
 
-async def test_a_client_that_vanishes_after_uploading_is_recovered() -> None:
+async def test_a_client_that_vanishes_after_uploading_still_counts_in_that_round() -> None:
     federation = Federation(manifest_for(Mode.THRESHOLD), MemoryHub())
     federation.after_upload["client2"] = 1
     aggregator = await federation.run()

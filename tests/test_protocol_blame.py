@@ -1,10 +1,15 @@
-"""Who the aggregator blames at a deadline, and its bookkeeping of a relayed joint
-decryption (pure logic: no crypto, no network)."""
+"""Who the aggregator blames at a deadline, and its bookkeeping of a joint decryption
+by blind fusion: pure logic (no crypto, no network), then the aggregator itself at a
+decryption deadline on a simulated network."""
 
 from __future__ import annotations
 
+import numpy as np
+from protocol_harness import Network, build_manifest, run_until
+
+from protocols.aggregator import AggregatorState
 from protocols.deadlines import key_agreement_culprits, upload_culprits
-from protocols.relay import DecryptionRelay
+from protocols.fusion import BlindDecryption, choose_set
 from threshold_fl.identity import PartyId
 
 A, B, C = PartyId("a"), PartyId("b"), PartyId("c")
@@ -35,39 +40,84 @@ def test_uploads_blame_whoever_was_expected_and_did_not_upload() -> None:
     assert upload_culprits(ALL, ALL) == []
 
 
-def test_only_the_holder_or_its_recoverer_may_send_its_partial() -> None:
-    relay = DecryptionRelay("digest", running=True, recovering={C: A})
-    assert relay.may_send(A, A, ALL)
-    assert relay.may_send(A, C, ALL)
-    assert not relay.may_send(B, C, ALL)
-    assert not relay.may_send(B, A, ALL)
-    assert not relay.may_send(A, PartyId("stranger"), ALL)
+def _decryption(members: tuple[PartyId, ...]) -> BlindDecryption:
+    zeros = np.zeros((1, 1, 4), dtype=np.uint64)  # c0, c1 and shares: shapes only
+    return BlindDecryption(zeros, zeros, "digest", members)
 
 
-def test_recoveries_go_to_dropped_holders_without_a_live_recoverer() -> None:
-    relay = DecryptionRelay("digest", running=True, relayed={B})
-    assert relay.assign_recoveries(ALL, {C}, A) == [C]
-    assert relay.recovering == {C: A}
-    assert relay.assign_recoveries(ALL, {C}, A) == []  # A is still on it
-    # A dropped too: its own partial and C's go to B; B's partial already went out.
-    assert relay.assign_recoveries(ALL, {A, C}, B) == [A, C]
-    assert relay.recovering == {A: B, C: B}
+def test_a_decryption_set_is_t_live_holders_rotating_with_the_round() -> None:
+    assert choose_set(ALL, ALL, 2, 0) == (A, B)
+    assert choose_set(ALL, ALL, 2, 1) == (B, C)
+    assert choose_set(ALL, ALL, 2, 2) == (A, C)  # sorted, whatever the offset
+    assert choose_set(ALL, ALL, 3, 5) == ALL
+    # Dropped holders are skipped; live parties that hold no key are never asked.
+    assert choose_set(ALL, {A, C}, 2, 1) == (A, C)
+    assert choose_set((A, B), {A, B, C}, 2, 0) == (A, B)
+    assert choose_set(ALL, {B}, 2, 0) is None  # fewer than t: nobody can decrypt
 
 
-def test_no_recovery_without_a_joint_decryption() -> None:
-    relay = DecryptionRelay("digest", running=False)
-    assert relay.assign_recoveries(ALL, {C}, A) == []
+def test_the_missing_shares_are_the_members_not_heard_from() -> None:
+    decryption = _decryption((A, B))
+    assert decryption.missing() == [A, B]
+    decryption.shares[B] = decryption.c0
+    assert decryption.missing() == [A]
+    decryption.shares[A] = decryption.c0
+    assert decryption.missing() == []
 
 
-def test_decryption_blames_missing_partials_then_missing_confirmations() -> None:
-    relay = DecryptionRelay("digest", running=True, relayed={A}, recovering={C: B})
-    # B owes its own partial and C's (as recoverer); C is gone already.
-    assert relay.culprits(ALL, (A, B), []) == [B]
-    relay.relayed |= {B, C}
-    assert relay.culprits(ALL, (A, B), [A]) == [B]
-    assert relay.culprits(ALL, (A, B), [A, B]) == []
+def test_a_set_fails_only_when_a_member_drops_before_its_share() -> None:
+    decryption = _decryption((A, B))
+    decryption.shares[A] = decryption.c0
+    assert not decryption.failed({C})  # not a member: the set can still complete
+    assert not decryption.failed({A})  # its share is in already
+    assert decryption.failed({B})
+    decryption.shares[B] = decryption.c0
+    decryption.fused = True  # the result went out: nothing left to fail
+    assert not decryption.failed({A, B})
 
 
-def test_without_a_joint_decryption_only_confirmations_count() -> None:
-    relay = DecryptionRelay("digest", running=False)
-    assert relay.culprits(ALL, ALL, [A]) == [B, C]
+# -- the aggregator at a decryption deadline ------------------------------------------------
+def test_a_decryption_deadline_blames_missing_shares_then_missing_confirmations() -> None:
+    """N = 5, t = 3, one round.  Round 1's set is (client2, client3, client4); client3's
+    share and client1's confirmation are lost.  Before the fused result goes out only
+    client3 is to blame: client1 and client5 (not members) and client2 and client4
+    (members that shared) wait for the result and owe nothing yet.  Then another set,
+    (client2, client4, client5), decrypts, and once the result is out, whoever has not
+    confirmed it is to blame: client1."""
+    net = Network(build_manifest(5, threshold=3, length=12, rounds=1))
+    aggregator = net.aggregator
+
+    def lose(sender: str, recipient: str, kind: str, now: float) -> list[float]:
+        lost = {("client3", "DecryptionShare"), ("client1", "RoundDone")}
+        in_round_1 = sender in net.clients and net.clients[sender]._round == 1
+        return [] if in_round_1 and (sender, kind) in lost else [0.0]
+
+    net.faults = lose
+    net.start()
+
+    def quiet_in_decryption() -> bool:  # everything delivered, the deadline still ahead
+        return aggregator.state is AggregatorState.ROUND_DECRYPTION and not net._queue
+
+    assert run_until(net, quiet_in_decryption)
+    decryption = aggregator._decryption
+    assert decryption is not None and decryption.members == ("client2", "client3", "client4")
+    assert not decryption.fused and sorted(decryption.shares) == ["client2", "client4"]
+    assert aggregator._culprits() == ["client3"]
+    assert aggregator.waiting_for().endswith("waiting for 1 of 5 clients: 'client3'")
+
+    assert run_until(net, lambda: bool(aggregator.dropped))
+    assert set(aggregator.dropped) == {"client3"}
+    assert "missed the round decryption deadline" in aggregator.dropped["client3"]
+    assert aggregator.step[3] == 2  # the next set is asked in attempt 2
+
+    assert run_until(net, quiet_in_decryption)
+    decryption = aggregator._decryption
+    assert decryption is not None and decryption.members == ("client2", "client4", "client5")
+    assert decryption.fused and decryption.missing() == []
+    assert aggregator._culprits() == ["client1"]  # the others confirmed
+
+    net.run()
+    assert set(aggregator.dropped) == {"client1", "client3"}
+    assert all(net.finished(name) for name in ("client2", "client4", "client5"))
+    (completed,) = net.completed_rounds("aggregator")  # every upload counts
+    assert completed.contributors == ("client1", "client2", "client3", "client4", "client5")

@@ -4,6 +4,7 @@ MessageRejected (ForgedMessage or MalformedMessage) and nothing else."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import struct
@@ -30,7 +31,10 @@ from protocols.messages import (
     BROADCAST,
     Abort,
     Aggregate,
+    DecryptionShare,
+    DecryptRequest,
     Finished,
+    Fused,
     Header,
     Hello,
     KeyConfirm,
@@ -39,10 +43,7 @@ from protocols.messages import (
     MaskConfirm,
     MaskStart,
     Message,
-    PartialShare,
     PublicShare,
-    RecoveryRequest,
-    RecoveryShare,
     RoundDone,
     RoundStart,
     SensitivityUpload,
@@ -71,6 +72,7 @@ def _digest(label: str) -> str:
 
 
 D1, D2, D3 = _digest("one"), _digest("two"), _digest("three")
+SET = ("client-1", "client-2")  # a decryption set: sorted party ids, no repeats
 
 #: One valid instance of every body type (with non-trivial field values).
 SAMPLES: dict[type, Any] = {
@@ -82,9 +84,10 @@ SAMPLES: dict[type, Any] = {
     MaskStart: MaskStart(key_id=D1, group_check=D2, weight=0.25),
     SensitivityUpload: SensitivityUpload(protected=(b"first", b"", b"\x00" * 100)),
     Aggregate: Aggregate(protected=(b"ct-1", b"ct-2"), plain=b"\x01\x02\x03\x04"),
-    PartialShare: PartialShare(on_behalf_of="client-2", vector_digest=D3, sealed=b"sealed"),
-    RecoveryRequest: RecoveryRequest(dropped="client-2", recoverer="client-1"),
-    RecoveryShare: RecoveryShare(dropped="client-2", sealed=b"\xaa" * 48),
+    DecryptRequest: DecryptRequest(members=SET, c1=(b"c1-first", b"\x00c1\xff" * 40)),
+    DecryptionShare: DecryptionShare(members=SET, c1_digest=D3, shares=(b"\xaa" * 48, b"")),
+    Fused: Fused(members=("client-1", "client-2", "outsider"), c1_digest=D1,
+                 fused=(b"\x01fused" * 30,), plain=b"\x00\x00\x80\x3f" * 3),
     MaskConfirm: MaskConfirm(mask_bits=b"\xf0\x0f\x01", digest=D1),
     RoundStart: RoundStart(key_id=D1, mask_digest=D2, group_check=D3, weight=1.0),
     UpdateUpload: UpdateUpload(protected=(b"\x10" * 300,), plain=b"\x00\x00\x80\x3f" * 25),
@@ -161,9 +164,21 @@ def test_body_type_codes_are_pinned() -> None:
     # The index in BODY_TYPES is the wire type code: reordering breaks compatibility.
     assert [kind.__name__ for kind in BODY_TYPES] == [
         "Hello", "KeygenStart", "PublicShare", "KeyDelivery", "KeyConfirm", "MaskStart",
-        "SensitivityUpload", "Aggregate", "PartialShare", "RecoveryRequest", "RecoveryShare",
+        "SensitivityUpload", "Aggregate", "DecryptRequest", "DecryptionShare", "Fused",
         "MaskConfirm", "RoundStart", "UpdateUpload", "RoundDone", "Finished", "Abort",
     ]
+    # Blind fusion replaced PartialShare, RecoveryRequest and RecoveryShare at codes 8-10
+    # (and added Fused at 10): a peer of version 2 would misread them, so the version moved.
+    assert CODEC_VERSION == 3
+
+
+def test_a_removed_type_code_is_not_read_as_its_successor() -> None:
+    # A version-2 PartialShare body [on_behalf_of, vector_digest, sealed] under code 8,
+    # now DecryptRequest (two fields): refused, not mistaken for a request.
+    header = ["s", "client-1", "aggregator", int(Stage.ROUND), 1, 1, 1]
+    payload = _packed([header, BODY_TYPES.index(DecryptRequest), ["client-2", D1, b"sealed"]])
+    with pytest.raises(MalformedMessage, match="a DecryptRequest has the wrong number of fields"):
+        decode_message(_envelope(CLIENT1, payload), DIRECTORY)
 
 
 @pytest.mark.parametrize(("body_type", "stage"), CASES)
@@ -282,9 +297,45 @@ BAD_BODIES: list[Any] = [
                  "field 'model_check' must be a lowercase hex", id="space-digest"),
     pytest.param(lambda: MaskConfirm(mask_bits=b"", digest="x"),
                  "field 'digest' must be a lowercase hex", id="mask-digest"),
-    pytest.param(lambda: PartialShare(on_behalf_of="client-1", vector_digest=D1[:63] + "G",
-                                      sealed=b""),
-                 "field 'vector_digest' must be a lowercase hex", id="vector-digest"),
+    pytest.param(lambda: DecryptionShare(members=SET, c1_digest=D1[:63] + "G", shares=()),
+                 "field 'c1_digest' must be a lowercase hex", id="share-c1-digest"),
+    pytest.param(lambda: DecryptionShare(members=SET, c1_digest=D1.upper(), shares=()),
+                 "field 'c1_digest' must be a lowercase hex", id="share-upper-digest"),
+    pytest.param(lambda: DecryptionShare(members=SET, c1_digest="", shares=()),
+                 "field 'c1_digest' must be a lowercase hex", id="share-empty-digest"),
+    pytest.param(lambda: Fused(members=SET, c1_digest=D1 + "0", fused=(), plain=b""),
+                 "field 'c1_digest' must be a lowercase hex", id="fused-long-digest"),
+    pytest.param(lambda: Fused(members=SET, c1_digest=bytes.fromhex(D1), fused=(), plain=b""),
+                 "field 'c1_digest' must be str, got bytes", id="fused-bytes-digest"),
+    pytest.param(lambda: DecryptRequest(members=SET, c1=[b"c1"]),
+                 "field 'c1' must be a sequence, got list", id="c1-list"),
+    pytest.param(lambda: DecryptRequest(members=SET, c1=(b"c1", "c1")),
+                 "field 'c1' must be bytes, got str", id="c1-item"),
+    pytest.param(lambda: DecryptionShare(members=SET, c1_digest=D1, shares=(None,)),
+                 "field 'shares' must be bytes, got NoneType", id="shares-item"),
+    pytest.param(lambda: Fused(members=SET, c1_digest=D1, fused=(), plain=None),
+                 "field 'plain' must be bytes, got NoneType", id="fused-plain"),
+    pytest.param(lambda: DecryptRequest(members=list(SET), c1=()),
+                 "field 'members' must be a sequence, got list", id="members-list"),
+    pytest.param(lambda: DecryptRequest(members="client-1", c1=()),
+                 "field 'members' must be a sequence, got str", id="members-str"),
+    *(
+        pytest.param(build, "the decryption set must be a non-empty, sorted list without "
+                            "repeats", id=f"{name}-{case}")
+        for name, make in (
+            ("request", lambda members: DecryptRequest(members=members, c1=(b"c1",))),
+            ("share", lambda members: DecryptionShare(members=members, c1_digest=D1,
+                                                      shares=(b"share",))),
+            ("fused", lambda members: Fused(members=members, c1_digest=D1, fused=(b"f",),
+                                            plain=b"")),
+        )
+        for case, members in (
+            ("unsorted", ("client-2", "client-1")),
+            ("repeat", ("client-1", "client-1", "client-2")),
+            ("empty", ()),
+        )
+        for build in [functools.partial(make, members)]
+    ),
     pytest.param(lambda: KeygenStart(participants=("client-2", "client-1"), threshold=2),
                  "participants must be a non-empty, sorted list without repeats", id="unsorted"),
     pytest.param(lambda: KeygenStart(participants=("client-1", "client-1"), threshold=2),
@@ -299,8 +350,6 @@ BAD_BODIES: list[Any] = [
                  id="long-reason"),
     pytest.param(lambda: Abort(reason=None), "field 'reason' must be str, got NoneType",
                  id="none-reason"),
-    pytest.param(lambda: RecoveryRequest(dropped="client-1", recoverer="client-1"),
-                 "a dropped party cannot recover its own key", id="self-recovery"),
     pytest.param(lambda: Finished(rounds=-3), "field 'rounds' must be a non-negative",
                  id="neg-rounds"),
 ]
@@ -361,11 +410,12 @@ BAD_PARTY_IDS = ["", "bad id", "-leading-dash", "a" * 65, "ünï", "a/b", "a\n"]
 BAD_PARTY_FIELDS: list[Any] = [
     pytest.param(lambda bad: _header(sender=bad), id="sender"),
     pytest.param(lambda bad: _header(recipient=bad), id="recipient"),
-    pytest.param(lambda bad: RecoveryRequest(dropped=bad, recoverer="client-1"), id="dropped"),
-    pytest.param(lambda bad: RecoveryRequest(dropped="client-1", recoverer=bad), id="recoverer"),
-    pytest.param(lambda bad: RecoveryShare(dropped=bad, sealed=b""), id="share-dropped"),
-    pytest.param(lambda bad: PartialShare(on_behalf_of=bad, vector_digest=D1, sealed=b""),
-                 id="on_behalf_of"),
+    # A bad id anywhere in a decryption set, first, middle or alone, is refused.
+    pytest.param(lambda bad: DecryptRequest(members=(bad,), c1=()), id="request-members"),
+    pytest.param(lambda bad: DecryptionShare(members=("0", bad, "zz"), c1_digest=D1,
+                                             shares=()), id="share-members"),
+    pytest.param(lambda bad: Fused(members=("0", bad), c1_digest=D1, fused=(), plain=b""),
+                 id="fused-members"),
     pytest.param(lambda bad: KeygenStart(participants=(bad,), threshold=1), id="participants"),
 ]
 
@@ -495,7 +545,7 @@ def test_wrong_magic_is_malformed(magic: bytes) -> None:
         decode_message(data, DIRECTORY)
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, CODEC_VERSION + 1, 255])
 def test_wrong_version_is_malformed(version: int) -> None:
     data = _envelope(CLIENT1, _payload_of(ENCODED), version=version)
     with pytest.raises(MalformedMessage, match=f"message codec version {version}, this build "
@@ -555,6 +605,7 @@ def _packed(value: Any) -> bytes:
 
 
 HELLO_HEADER = ["s", "client-1", "aggregator", int(Stage.SETUP), 0, 0, 0]
+ROUND_HEADER = ["s", "client-1", "aggregator", int(Stage.ROUND), 1, 1, 1]
 
 BAD_PAYLOADS: list[Any] = [
     pytest.param(b"", "does not parse", id="empty"),
@@ -617,6 +668,25 @@ BAD_PAYLOADS: list[Any] = [
     pytest.param(_packed([["s", "client-1", "*", 1, 0, 0, 0], BODY_TYPES.index(KeyConfirm),
                           [D1.upper(), D2]]),
                  "field 'key_id' must be a lowercase hex SHA-256 digest", id="bad-digest"),
+    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(DecryptRequest),
+                          [["client-2", "client-1"], [b"c1"]]]),
+                 "the decryption set must be a non-empty, sorted list", id="unsorted-members"),
+    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(DecryptionShare),
+                          [["client-1", "client-1"], D1, [b"s"]]]),
+                 "the decryption set must be a non-empty, sorted list", id="repeated-member"),
+    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(Fused), [[], D1, [b"f"], b""]]),
+                 "the decryption set must be a non-empty, sorted list", id="empty-members"),
+    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(Fused),
+                          [["client-1", "bad id"], D1, [b"f"], b""]]),
+                 "field 'members': invalid party id", id="bad-member"),
+    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(DecryptionShare),
+                          [["client-1"], D1[:-1], [b"s"]]]),
+                 "field 'c1_digest' must be a lowercase hex SHA-256 digest", id="short-c1-digest"),
+    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(DecryptRequest), ["client-1", [b"c"]]]),
+                 "field 'members' must be a sequence, got str", id="members-str"),
+    pytest.param(_packed([HELLO_HEADER, BODY_TYPES.index(DecryptionShare),
+                          [["client-1"], D1, [b"s"]]]),
+                 "a DecryptionShare cannot belong to stage SETUP", id="share-in-setup"),
 ]
 
 
@@ -656,6 +726,8 @@ def test_signed_payload_with_bad_header_field(field: int, value: Any, problem: s
     (BODY_TYPES.index(Hello), "a Hello has the wrong number of fields"),  # 2 fields sent
     (BODY_TYPES.index(KeyConfirm), "field 'key_id' must be str, got list"),  # wrong types
     (BODY_TYPES.index(Finished), "a Finished has the wrong number of fields"),
+    (BODY_TYPES.index(DecryptRequest), "field 'members': invalid party id"),  # bytes, not ids
+    (BODY_TYPES.index(Fused), "a Fused has the wrong number of fields"),
     (BODY_TYPES.index(Abort), "Abort has the wrong number of fields"),
 ])
 def test_signed_payload_with_wrong_type_code(code: int, problem: str) -> None:

@@ -24,10 +24,10 @@ A second property, :func:`test_benign_faults_cost_nobody_their_place`, allows on
 duplicates and sub-second reordering, which no timeout should notice: then nobody may
 be dropped and every round must complete everywhere.
 
-A client dropped at a decryption deadline may still fuse the round with its own
-partial decryption while the survivors fuse a recovered one (fresh noise): both are
-FedAvg within the crypto bound, so bit-for-bit agreement is required only among the
-clients the aggregator kept.
+A client dropped at a decryption deadline may still decode a fused result of the set it
+was in while the survivors decode another set's (other noise): both are FedAvg within
+the crypto bound, so bit-for-bit agreement is required only among the clients the
+aggregator kept.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ LENGTH = 16
 MAX_DELAY = 25.0  # longer than every stage timeout (10 s): a delay can cause a dropout
 KINDS = (
     "Hello", "KeygenStart", "PublicShare", "KeyDelivery", "KeyConfirm", "MaskStart",
-    "SensitivityUpload", "Aggregate", "PartialShare", "RecoveryRequest", "RecoveryShare",
+    "SensitivityUpload", "Aggregate", "DecryptRequest", "DecryptionShare", "Fused",
     "MaskConfirm", "RoundStart", "UpdateUpload", "RoundDone", "Finished", "Abort",
 )
 ACTIONS = ("drop", "duplicate", "delay", "reorder", "duplicate-late")
@@ -76,8 +76,9 @@ def time_bound(manifest: Manifest) -> float:
     """Latest virtual time at which anything can still happen.
 
     The aggregator ends a stage within one stage timeout unless a deadline drops
-    someone; each drop costs at most one more stage timeout (the stage is redone or
-    recovered) and one more key agreement (threshold keys are rotated).  At most
+    someone; each drop costs at most one more stage timeout (the stage is redone, or
+    another set decrypts) and one more key agreement (when it happens during key
+    agreement).  At most
     N - t + 1 clients can be dropped before too few are left and the session aborts.
     So the aggregator is terminal by
 
@@ -149,10 +150,14 @@ class RecordingNetwork(Network):
 
     def _apply(self, name: str, step: Step) -> None:
         aggregator = self.aggregator
-        if (name == AGGREGATOR and name not in self.dead and aggregator._round >= 1
-                and any(outgoing.kind == "Aggregate" for outgoing in step.sends)):
-            assert aggregator._round not in self.summed, "two aggregates for one round"
-            self.summed[aggregator._round] = tuple(sorted(aggregator._uploaders))
+        kinds = {outgoing.kind for outgoing in step.sends}
+        if name == AGGREGATOR and name not in self.dead and aggregator._round >= 1 and (
+                kinds & {"Aggregate", "DecryptRequest"}):
+            uploaders = tuple(sorted(aggregator._uploaders))
+            # a decryption retried by another set decrypts the same sum
+            assert self.summed.get(aggregator._round, uploaders) == uploaders, (
+                "two different sums for one round")
+            self.summed[aggregator._round] = uploaders
         super()._apply(name, step)
 
 
@@ -232,7 +237,7 @@ class FaultyFederation(RuleBasedStateMachine):
 
     @rule(victim=st.sampled_from(CLIENTS),
           kind=st.sampled_from(("PublicShare", "KeyDelivery", "KeyConfirm",
-                                "SensitivityUpload", "PartialShare", "RecoveryShare",
+                                "SensitivityUpload", "DecryptionShare",
                                 "MaskConfirm", "UpdateUpload", "RoundDone")))
     def kill_when_sending(self, victim: str, kind: str) -> None:
         if self.killed is None and self.kill_on is None:

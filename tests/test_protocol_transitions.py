@@ -3,17 +3,20 @@
 Each state of each role is reached on a real network, stopped as soon as the machine
 is in it (threshold mode for the client and the aggregator, single-key mode for the
 key authority; single-key and plaintext clients and aggregators as extras, and a few
-later visits reached through a dropout: recovery under way, a retried upload, a
-rotated key).  The other parties are then run on, without the target, to collect what
-would reach it next.  Every body type of the protocol is fed to the machine as an
-authentic, well-formed message aimed at its current step, from a plausible sender:
+later visits: a joint decryption retried by another set after a member vanished,
+before and after the receiver answered it, the confirmations of a fused result, a
+retried upload, a restarted key agreement).  The other parties are then run on,
+without the target, to collect what would reach it next.  Every body type of the
+protocol is fed to the machine as an authentic, well-formed message aimed at its
+current step, from a plausible sender:
 
 * ``bogus``: random frames, fake digests;
 * ``replay-first`` / ``replay-last``: the first and last real body of that type this
   network has sent (same keys), re-signed for the current step;
 * ``next`` / ``retry`` / ``consistent``: the header of the step that would follow, or
-  the contents the aggregator really holds (key id, group check, mask);
-* ``recover-me`` (RecoveryRequest): the receiver named as the recoverer;
+  the contents the aggregator really holds (key id, group check, mask, the decryption
+  set and the aggregate's digest), with well-formed polynomial frames (all zero) for
+  the joint decryption; a share comes from a member that still owes one;
 * ``in-flight-from-...`` (later visits only): the real bytes about to arrive, unchanged.
 
 Whatever the content, ``receive`` must return a Step or raise a MessageRejected; a
@@ -58,7 +61,10 @@ from protocols.messages import (
     BODY_TYPES,
     Abort,
     Aggregate,
+    DecryptionShare,
+    DecryptRequest,
     Finished,
+    Fused,
     Header,
     Hello,
     KeyConfirm,
@@ -67,10 +73,7 @@ from protocols.messages import (
     MaskConfirm,
     MaskStart,
     Message,
-    PartialShare,
     PublicShare,
-    RecoveryRequest,
-    RecoveryShare,
     RoundDone,
     RoundStart,
     SensitivityUpload,
@@ -78,6 +81,8 @@ from protocols.messages import (
     UpdateUpload,
 )
 from protocols.protection import encode_plain
+from threshold_fl.crypto.vectors import ciphertext_count
+from threshold_fl.crypto.wire import PolynomialRole, encode_polynomials
 from threshold_fl.errors import MessageRejected
 from threshold_fl.ml.mask import EncryptionMask
 
@@ -87,9 +92,11 @@ TARGET_CLIENT = "client2"  # not the key-agreement lead, so every dealer is some
 OTHER_CLIENT = "client1"
 
 # Only the aggregator sends these (the plausible sender of a probe of that type).
-ANNOUNCEMENTS = (KeygenStart, MaskStart, RoundStart, Aggregate, RecoveryRequest, Finished)
-BROADCASTS = (PublicShare, Aggregate, PartialShare)  # header recipient "*"
-CLIENT_TO_CLIENT = (KeyDelivery, RecoveryShare)  # relayed by the aggregator
+ANNOUNCEMENTS = (KeygenStart, MaskStart, RoundStart, Aggregate, DecryptRequest, Fused,
+                 Finished)
+BROADCASTS = (PublicShare, Aggregate, Fused)  # header recipient "*"
+CLIENT_TO_CLIENT = (KeyDelivery,)  # relayed by the aggregator
+DECRYPTIONS = (A.MASK_DECRYPTION, A.ROUND_DECRYPTION)
 
 Machine = AggregatorMachine | ClientMachine | KeyAuthorityMachine
 
@@ -162,14 +169,25 @@ class Scenario:
     when: str | None = None  # a further condition (see WHEN) on top of the state
 
 
-#: Conditions that pick a later visit of a state than the first one (reached through a
-#: dropout): recovery under way, a retried upload, a rotated key.
+def _asked_again(net: Network, party: str) -> bool:
+    """The aggregator has just asked a second set (a member vanished), and ``party`` has
+    not answered that request yet."""
+    aggregator = net.aggregator
+    return (aggregator.state in DECRYPTIONS and aggregator.step[3] == 2
+            and (party == AGGREGATOR or current_step(net, party)[3] == 1))
+
+
+def _fused(net: Network, party: str) -> bool:
+    decryption = net.aggregator._decryption
+    return decryption is not None and decryption.fused
+
+
+#: Conditions that pick a later visit of a state than the first one: a retried
+#: decryption or upload, the result out, a restarted key agreement.
 WHEN: dict[str, Callable[[Network, str], bool]] = {
-    "recovering": lambda net, party: bool(
-        net.aggregator._decryption.recovering if party == AGGREGATOR
-        else net.clients[party]._keys.requests
-    ),
+    "asked-again": _asked_again,
     "retry": lambda net, party: current_step(net, party)[3] == 2,
+    "fused": _fused,
     "epoch2": lambda net, party: current_step(net, party)[1] == 2,
 }
 
@@ -247,21 +265,39 @@ SCENARIOS = [
     Scenario(Mode.SINGLE_KEY, AUTHORITY, K.ABORTED, kill=ALL_CLIENTS),
     *_role_scenarios(Mode.SINGLE_KEY, INSTANT_WITHOUT_JOINT_DECRYPTION),
     *_role_scenarios(Mode.PLAINTEXT, INSTANT_IN_PLAINTEXT),
-    # Later visits, after a dropout (threshold mode): client1 (the lead) or client3
-    # vanishes; client2 becomes the recoverer when client1 is gone.
+    # Later visits (threshold mode, N = 3, t = 2).  The decryption sets are (client1,
+    # client2) for the mask, (client2, client3) in round 1 and (client1, client3) in
+    # round 2; a member that vanishes instead of sending its share makes the aggregator
+    # ask the two survivors in attempt 2 at the decryption deadline.
     *(
         Scenario(Mode.THRESHOLD, party, state, vanish=vanish, when=when)
         for party, state, vanish, when in (
-            (AGGREGATOR, A.MASK_DECRYPTION, ("client3", "PartialShare", 0), "recovering"),
-            (AGGREGATOR, A.ROUND_DECRYPTION, ("client1", "PartialShare", 1), "recovering"),
-            (TARGET_CLIENT, C.MASK_DECRYPTING, ("client1", "PartialShare", 0), "recovering"),
-            (TARGET_CLIENT, C.ROUND_DECRYPTING, ("client1", "PartialShare", 1), "recovering"),
-            (TARGET_CLIENT, C.ROUND_DECRYPTING, ("client3", "PartialShare", 1), "recovering"),
+            # the retry requested: the shares of attempt 2 are on their way
+            (AGGREGATOR, A.MASK_DECRYPTION, ("client1", "DecryptionShare", 0), "asked-again"),
+            (AGGREGATOR, A.ROUND_DECRYPTION, ("client3", "DecryptionShare", 1),
+             "asked-again"),
+            # client2 shared in attempt 1; the request of attempt 2 is on its way
+            (TARGET_CLIENT, C.MASK_DECRYPTING, ("client1", "DecryptionShare", 0),
+             "asked-again"),
+            (TARGET_CLIENT, C.ROUND_DECRYPTING, ("client3", "DecryptionShare", 1),
+             "asked-again"),
+            # client2 shared in attempt 2 too; the retry set's fused result is on its way
+            (TARGET_CLIENT, C.MASK_DECRYPTING, ("client1", "DecryptionShare", 0), "retry"),
+            (TARGET_CLIENT, C.ROUND_DECRYPTING, ("client3", "DecryptionShare", 1), "retry"),
+            # client2, not in round 2's first set, is asked in the retry
+            (TARGET_CLIENT, C.UPDATE_UPLOADED, ("client3", "DecryptionShare", 2),
+             "asked-again"),
+            # the fused result is out: the confirmations are on their way
+            (AGGREGATOR, A.MASK_DECRYPTION, None, "fused"),
+            (AGGREGATOR, A.ROUND_DECRYPTION, None, "fused"),
+            # an upload retried without client3
             (AGGREGATOR, A.ROUND_UPLOAD, ("client3", "UpdateUpload", 1), "retry"),
             (TARGET_CLIENT, C.UPDATE_UPLOADED, ("client3", "UpdateUpload", 1), "retry"),
-            (AGGREGATOR, A.KEY_AGREEMENT, ("client3", "UpdateUpload", 1), "epoch2"),
-            (TARGET_CLIENT, C.KEY_AGREEMENT, ("client3", "UpdateUpload", 1), "epoch2"),
-            (TARGET_CLIENT, C.KEYS_CONFIRMED, ("client3", "UpdateUpload", 1), "epoch2"),
+            # key agreement restarted without client3 (the only way to a new epoch here:
+            # a dropout after key agreement no longer rotates the key)
+            (AGGREGATOR, A.KEY_AGREEMENT, ("client3", "KeyConfirm", 0), "epoch2"),
+            (TARGET_CLIENT, C.KEY_AGREEMENT, ("client3", "KeyConfirm", 0), "epoch2"),
+            (TARGET_CLIENT, C.KEYS_CONFIRMED, ("client3", "KeyConfirm", 0), "epoch2"),
         )
     ),
 ]
@@ -349,6 +385,7 @@ def _bogus_body(body_type: type, net: Network) -> Any:
     plain = encode_plain(np.zeros(plain_length))
     frames = (_random(body_type.__name__, 96),)
     fake = _fake_digest(body_type.__name__)
+    pair = (OTHER_CLIENT, TARGET_CLIENT)  # sorted: t = 2 holders
     bodies: dict[type, Callable[[], Any]] = {
         Hello: lambda: Hello(7),
         KeygenStart: lambda: KeygenStart(manifest.client_ids, manifest.threshold),
@@ -358,9 +395,9 @@ def _bogus_body(body_type: type, net: Network) -> Any:
         MaskStart: lambda: MaskStart(fake, fake, 0.5),
         SensitivityUpload: lambda: SensitivityUpload(frames),
         Aggregate: lambda: Aggregate(frames, plain),
-        PartialShare: lambda: PartialShare(OTHER_CLIENT, fake, frames[0]),
-        RecoveryRequest: lambda: RecoveryRequest("client3", OTHER_CLIENT),
-        RecoveryShare: lambda: RecoveryShare("client3", frames[0]),
+        DecryptRequest: lambda: DecryptRequest(pair, frames),
+        DecryptionShare: lambda: DecryptionShare(pair, fake, frames),
+        Fused: lambda: Fused(pair, fake, frames, plain),
         MaskConfirm: lambda: MaskConfirm(_random("bits", (LENGTH + 7) // 8), fake),
         RoundStart: lambda: RoundStart(fake, fake, fake, 0.5),
         UpdateUpload: lambda: UpdateUpload(frames, plain),
@@ -372,10 +409,70 @@ def _bogus_body(body_type: type, net: Network) -> Any:
     return bodies[body_type]()
 
 
-def _consistent(net: Network, body_type: type, step: tuple[Stage, int, int, int]) -> list[
+Variant = tuple[str, tuple[Stage, int, int, int], Any, str | None]  # name, step, body, sender
+
+
+def _zeros(net: Network, party: str, role: PolynomialRole, stage: Stage) -> tuple[bytes, ...]:
+    """Well-formed polynomial frames (all zero) of the receiver's key and length."""
+    aggregator = net.aggregator
+    assert aggregator._key_id is not None
+    mask = net.clients[party]._mask if party != AGGREGATOR else aggregator.mask
+    length = mask.count if stage is Stage.ROUND and mask is not None else LENGTH
+    context = aggregator.context
+    limbs = context.ring.limbs - context.upload_level
+    shape = (ciphertext_count(context, length), limbs, context.ring.ring_dimension)
+    return tuple(encode_polynomials(context, role, aggregator._key_id, length,
+                                    np.zeros(shape, dtype=np.uint64)))
+
+
+def _decryption_variants(net: Network, party: str, body_type: type,
+                         step: tuple[Stage, int, int, int]) -> list[Variant]:
+    """Joint-decryption messages with real keys, lengths, sets and digests: a request
+    and a fused result for the receiver's step (and the next attempt), a share from a
+    member of the aggregator's set that still owes one."""
+    aggregator, manifest = net.aggregator, net.manifest
+    stage, _, _, attempt = step
+    if manifest.mode is not Mode.THRESHOLD or aggregator._key_id is None or (
+            stage not in (Stage.MASK, Stage.ROUND)):
+        return []
+    decryption = aggregator._decryption
+    if party == AGGREGATOR:
+        if body_type is not DecryptionShare or decryption is None or decryption.fused:
+            return []
+        owing = [m for m in decryption.missing() if m in aggregator.alive]
+        if not owing:
+            return []
+        body = DecryptionShare(decryption.members, decryption.digest,
+                               _zeros(net, party, PolynomialRole.SHARE, stage))
+        return [("consistent", step, body, owing[0])]
+    members = (decryption.members if decryption is not None and party in decryption.members
+               else tuple(sorted({party, OTHER_CLIENT if party != OTHER_CLIENT
+                                  else TARGET_CLIENT})))
+    if body_type is DecryptRequest:
+        body = DecryptRequest(members, _zeros(net, party, PolynomialRole.C1, stage))
+    elif body_type is Fused:
+        client = net.clients[party]
+        plain_length = LENGTH - client._mask.count if (
+            stage is Stage.ROUND and client._mask is not None) else 0
+        digest = decryption.digest if decryption is not None else _fake_digest("c1")
+        body = Fused(members, digest, _zeros(net, party, PolynomialRole.FUSED, stage),
+                     encode_plain(np.zeros(plain_length)))
+    else:
+        return []
+    retry = (stage, step[1], step[2], attempt + 1)
+    return [("consistent", step, body, None), ("retry", retry, body, None)]
+
+
+def _consistent(net: Network, party: str, body_type: type,
+                step: tuple[Stage, int, int, int]) -> list[Variant]:
+    """Variants with the contents the aggregator really holds, for the steps to come."""
+    return [*((*variant, None) for variant in _announcements(net, body_type, step)),
+            *_decryption_variants(net, party, body_type, step)]
+
+
+def _announcements(net: Network, body_type: type, step: tuple[Stage, int, int, int]) -> list[
     tuple[str, tuple[Stage, int, int, int], Any]
 ]:
-    """Variants with the contents the aggregator really holds, for the steps to come."""
     aggregator = net.aggregator
     _, epoch, round_, attempt = step
     key_id = aggregator._key_id or _fake_digest("key")
@@ -396,8 +493,6 @@ def _consistent(net: Network, body_type: type, step: tuple[Stage, int, int, int]
         return [("consistent", step, KeyConfirm(key_id, check))]
     if body_type is MaskConfirm:
         return [("consistent", step, MaskConfirm(mask.bits(), mask.digest()))]
-    if body_type is RecoveryRequest:
-        return [("recover-me", step, RecoveryRequest("client3", TARGET_CLIENT))]
     return []
 
 
@@ -411,21 +506,19 @@ def build_probes(net: ProbeNetwork, party: str, *, in_flight: bool) -> dict[str,
     for body_type in BODY_TYPES:
         sender = _sender_of(body_type, party, mode)
         recipient = _recipient_of(body_type, party, sender)
-        variants: list[tuple[str, tuple[Stage, int, int, int], Any]] = [
-            ("bogus", step, _bogus_body(body_type, net))
-        ]
+        variants: list[Variant] = [("bogus", step, _bogus_body(body_type, net), None)]
         # Real bodies of this network (same keys): sent before, or by the others since.
         real = net.sent_bodies(body_type, sender)
         if real:
-            variants.append(("replay-first", step, real[0]))
+            variants.append(("replay-first", step, real[0], None))
         if len(real) > 1 and real[-1] != real[0]:
-            variants.append(("replay-last", step, real[-1]))
-        variants += _consistent(net, body_type, step)
-        for name, (stage, epoch, round_, attempt), body in variants:
-            header = Header(net.manifest.session, sender, recipient,
+            variants.append(("replay-last", step, real[-1], None))
+        variants += _consistent(net, party, body_type, step)
+        for name, (stage, epoch, round_, attempt), body, by in variants:
+            header = Header(net.manifest.session, by or sender, recipient,
                             _stage_for(body_type, stage), epoch, round_, attempt)
             label = f"{body_type.__name__}/{name}"
-            probes[label] = Probe(label, sender, Message(header, body))
+            probes[label] = Probe(label, by or sender, Message(header, body))
     # What would really arrive next, as it is (its own sender, header and signature):
     # the normal path on a first visit (the end-to-end tests cover it), so only after a
     # dropout.
@@ -461,8 +554,10 @@ def _check_sends(step: Step, machine: Machine, data: bytes, net: Network) -> str
 
 def _id(scenario: Scenario) -> str:
     out = f"{scenario.mode.value}-{scenario.party}-{scenario.state.name}"
+    if scenario.when is not None:
+        out += f"-{scenario.when}"
     if scenario.vanish is not None:
-        out += f"-{scenario.when}-{scenario.vanish[0]}-gone"
+        out += f"-{scenario.vanish[0]}-gone"
     return out
 
 
@@ -507,6 +602,46 @@ def test_every_message_type_in_state(scenario: Scenario) -> None:
         f"{_id(scenario)}: {len(failures)} probes failed:\n" + "\n".join(failures)
     )
     assert outcomes["rejected"] > 0 and sum(outcomes.values()) >= len(BODY_TYPES)
+
+
+@pytest.mark.parametrize("mode", [Mode.SINGLE_KEY, Mode.PLAINTEXT], ids=lambda m: m.value)
+def test_joint_decryption_is_refused_outside_threshold_mode(mode: Mode) -> None:
+    """Only threshold mode decrypts jointly: elsewhere a client decrypts the Aggregate
+    itself, so a DecryptRequest or a Fused (well formed, from the aggregator, for the
+    client's step and a set of t holders with the client in it) must be refused as
+    unexpected and change nothing, as an Aggregate is in threshold mode."""
+    problems: list[str] = []
+    for state in (C.MASK_UPLOADED, C.UPDATE_UPLOADED):
+        scenario = Scenario(mode, TARGET_CLIENT, state)
+        net = reach(scenario)
+        client = net.clients[TARGET_CLIENT]
+        stage = client._step[0]
+        plain_length = LENGTH - client._mask.count if client._mask is not None else 0
+        members = tuple(sorted((OTHER_CLIENT, TARGET_CLIENT)))
+        bodies = [
+            DecryptRequest(members, _zeros(net, TARGET_CLIENT, PolynomialRole.C1, stage)),
+            Fused(members, _fake_digest("c1"),
+                  _zeros(net, TARGET_CLIENT, PolynomialRole.FUSED, stage),
+                  encode_plain(np.zeros(plain_length))),
+        ]
+        for body in bodies:
+            header = Header(net.manifest.session, AGGREGATOR, TARGET_CLIENT, *client._step)
+            data = encode_message(identity(AGGREGATOR), Message(header, body))
+            before = snapshot(client)
+            where = f"{state.name}: {type(body).__name__}"
+            try:
+                client.receive(data, net.now)
+            except MessageRejected as exc:
+                if changed(before, snapshot(client)):
+                    problems.append(f"{where}: rejected ({exc}) but changed the client")
+            except Exception as exc:  # the bug shows as an AssertionError
+                problems.append(f"{where}: raised {type(exc).__name__}: {exc}")
+            else:
+                problems.append(f"{where}: accepted, now {client.state.name}")
+            if changed(before, snapshot(client)):
+                net = reach(scenario)
+                client = net.clients[TARGET_CLIENT]
+    assert not problems, "\n".join(problems)
 
 
 # ---------------------------------------------------- the transport says a client is gone

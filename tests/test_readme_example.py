@@ -37,8 +37,8 @@ def _embedding_block() -> str:
 
 
 def test_readme_python_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    """The crypto layer's example (the block that fuses partial decryptions)."""
-    blocks = [block for block in _python_blocks() if "fuse_partial_decryptions" in block]
+    """The crypto layer's example (the block that fuses decryption shares blind)."""
+    blocks = [block for block in _python_blocks() if "blind_fusion" in block]
     assert len(blocks) == 1, "README should have one crypto example"
     exec(compile(blocks[0], "README.md", "exec"), {})
     printed = capsys.readouterr().out

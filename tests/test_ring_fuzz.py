@@ -5,9 +5,7 @@ authenticated but malicious sender would send it, to the real receiver
 (``wire.decode_*``: frame checks, the ring check, then OpenFHE).  Every mutation's
 expected outcome is computed from what it did: a structural defect must be refused
 with the ring check's FrameError; a change that keeps the structure (a coefficient
-still below its bound, a key tag still hex, a scale within tolerance) must pass.  A
-coefficient's bound is its modulus, or t-1 moduli in a t-of-N Shamir share (OpenFHE
-leaves those unreduced).
+still below its modulus, a key tag still hex, a scale within tolerance) must pass.
 
 ``python tests/test_ring_fuzz.py COUNT [SEED]`` runs the fuzzer and prints a JSON
 summary; the tests run it in a subprocess, so a crash shows up as a signal.
@@ -49,7 +47,7 @@ class Target:
     name: str
     sample: RingSample
     fields: list[tuple[str, int, int]]  # (field, offset, size), in order
-    regions: list[tuple[int, int]]  # (offset, bound) of coefficient runs: headroom x modulus
+    regions: list[tuple[int, int]]  # (offset, bound) of coefficient runs: their modulus
     n: int
 
     def named(self, suffix: str) -> list[tuple[int, int]]:
@@ -157,7 +155,7 @@ def edit_element_count(target: Target, rng: np.random.Generator) -> Mutation:
 def wrong_modulus(target: Target, rng: np.random.Generator) -> Mutation:
     offset, _ = _pick(rng, target.named(" modulus"))
     old = struct.unpack_from("<Q", target.sample.blob, offset)[0]
-    moduli = [m // target.sample.headroom for _, m in target.regions]
+    moduli = [m for _, m in target.regions]
     value = _other(rng, old, [*moduli, old + 2, old - 2, 1, 0, 2**61 - 1])
     return Mutation(_u64(target.sample.blob, offset, value), True)
 
@@ -232,8 +230,8 @@ def targets(context: CkksContext) -> list[Target]:
         walk = Walker(context.ring, sample.blob, sample.kind, trace=True)
         walk.run()
         assert walk.trace is not None
-        regions = [(offset, sample.headroom * q) for offset, q in walk.regions]
-        found.append(Target(name, sample, walk.trace, regions, context.ring.ring_dimension))
+        found.append(Target(name, sample, walk.trace, list(walk.regions),
+                            context.ring.ring_dimension))
     return found
 
 
@@ -265,8 +263,7 @@ def fuzz(count: int, seed: int) -> dict[str, object]:
         expected = "refused" if mutation.refuse else "passed"
         # The ring check alone too: the frame layer refuses oversized blobs before it.
         try:
-            context.ring.check(mutation.blob, target.sample.kind,
-                               headroom=target.sample.headroom)
+            context.ring.check(mutation.blob, target.sample.kind)
             alone = "passed"
         except FrameError:
             alone = "refused"

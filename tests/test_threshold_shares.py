@@ -160,6 +160,14 @@ def test_dealing_wipes_its_random_coefficients(federation: Federation,
     assert all(not array.any() for array in made)
 
 
+@pytest.mark.parametrize(("parties", "threshold"),
+                         [(5, 2), (4, 2), (3, 4), (1, 1), (5, 0), (5, True)])
+def test_sharings_without_an_honest_majority_are_refused(parties: int, threshold: int) -> None:
+    key = th.ThresholdKey(1, {CONTEXT.ring.moduli[0]: np.zeros(N, dtype=np.uint64)})
+    with pytest.raises(ParameterError, match=r"t-of-N sharing needs|must be an integer"):
+        th.deal(key, parties, threshold)
+
+
 # -- decryption -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("members", [(2, 4, 5), (1, 3, 5), (1, 2, 3, 4, 5)])
 def test_a_set_of_t_or_more_decrypts_a_real_aggregate_blindly(

@@ -22,7 +22,6 @@ __all__ = [
     "ParameterError",
     "CryptoError",
     "KeyMismatchError",
-    "InsufficientSharesError",
     "FrameError",
     "IdentityError",
     "AuthenticationError",
@@ -50,10 +49,6 @@ class CryptoError(ThresholdFLError):
 
 class KeyMismatchError(CryptoError):
     """Objects made under different keys or parameter sets were combined."""
-
-
-class InsufficientSharesError(CryptoError):
-    """Too few secret-key shares to recover a key (fewer than the threshold t)."""
 
 
 class FrameError(ThresholdFLError):

@@ -163,8 +163,9 @@ class SessionSummary:
     dropped: dict[str, str] = field(default_factory=dict)
     rejected: int = 0  # messages discarded (duplicates, late, forged...)
     #: Seconds the state machine spent on each kind of work: "receive" (checking and
-    #: handling peers' messages: aggregation at the aggregator, partial decryption and
-    #: fusion at clients), "update" and "sensitivity" (encrypting the client's own).
+    #: handling peers' messages: aggregation and blind fusion at the aggregator, decryption
+    #: shares and decoding at clients), "update" and "sensitivity" (encrypting the client's
+    #: own).
     compute_s: dict[str, float] = field(default_factory=dict)
     bytes_sent: int = 0
     events: list[Event] = field(default_factory=list, repr=False)

@@ -11,7 +11,7 @@ in time and bytes) and writes ``report.json`` and ``report.png`` to ``--out``.
 
     threshold-fl demo                                  # CNN, 3 clients, 3 rounds
     threshold-fl demo --model mlp --rounds 2           # a quick one
-    threshold-fl demo --drop-client 3 --at after-upload   # key recovery, live
+    threshold-fl demo --drop-client 3 --at after-upload   # another set decrypts, live
 
 Exit codes: 0 the runs finished; 1 a run failed (the logs say why); 2 bad options.
 """

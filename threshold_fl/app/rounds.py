@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["STAGES", "RoundRow", "RunReport", "combine_rows", "header", "read_rows"]
 
 #: Stage times a row may carry: local training, encrypting the own update, the
-#: aggregator's homomorphic sum, partial decryption and fusion of the global model.
+#: aggregator's homomorphic sum (and blind fusion), a client's decryption share and
+#: decoding of the global model.
 STAGES = ("train", "encrypt", "aggregate", "decrypt")
 
 

@@ -10,11 +10,14 @@ library's default parameters for N), every role in its own OS process
   files into the sum.  Encrypting 200 distinct vectors would dominate the run, so only a
   pool of ``--pool`` distinct uploads is encrypted per N and the aggregator is fed them
   round-robin: its work per upload (structural check, modular sum) does not depend on the values;
-- **partial decryption is real for every one of the N parties and fusion is real**, on the
-  first ``--decrypt-ciphertexts`` ciphertexts of the aggregate (0: all of them); every
-  fused value is checked against the exact weighted average.  Per-ciphertext work is
-  independent, so the per-client and fusion seconds are scaled to the whole aggregate
-  (the table says by how much).
+- **decryption is real**, by blind fusion as the protocol does it: the t = N // 2 + 1
+  members of the decryption set each make their masked shares, the aggregator fuses
+  them with c0 and one client removes the pad and decodes (every client does the
+  same), on the first ``--decrypt-ciphertexts`` ciphertexts of the aggregate (0: all of
+  them); every decoded value is checked against the exact weighted average.
+  Per-ciphertext work is independent, so the share, fusion and decoding seconds are
+  scaled to the whole aggregate (the table says by how much).  The aggregator's split
+  of the aggregate into c0 and the members' c1 frames always covers all of it.
 """
 
 from __future__ import annotations
@@ -63,8 +66,10 @@ class ClientsRow:
     encrypt_per_client_s: float  # mean over the distinct uploads
     aggregate_s: float  # all N uploads, at the server
     aggregate_per_upload_s: float
-    partial_decrypt_per_client_s: float  # mean over the N parties, whole aggregate
-    fuse_s: float  # whole aggregate
+    members: int  # t, the decryption set's size
+    share_per_member_s: float  # mean over the t members, whole aggregate
+    fuse_s: float  # the aggregator's split and fusion, whole aggregate
+    decode_per_client_s: float  # whole aggregate
     decrypted_fraction: float  # of the aggregate's ciphertexts really decrypted
     aggregator_mib: float
     baseline_mib: float
@@ -75,13 +80,14 @@ class ClientsRow:
     def cells(self) -> list[object]:
         return [str(self.clients), f"{self.encrypt_per_client_s:.2f}",
                 f"{self.aggregate_s:.2f}", f"{self.aggregate_per_upload_s:.3f}",
-                f"{self.partial_decrypt_per_client_s:.2f}", f"{self.fuse_s:.2f}",
+                str(self.members), f"{self.share_per_member_s:.2f}", f"{self.fuse_s:.2f}",
+                f"{self.decode_per_client_s:.2f}",
                 f"{self.decrypted_fraction:.0%}", f"{self.aggregator_mib:,.0f}",
                 f"{self.max_error:.1e}", f"{self.error_bound:.1e}"]
 
 
-COLUMNS = ("clients", "encrypt/client s", "aggregate s", "aggregate/upload s",
-           "partial decrypt/client s", "fuse s", "decrypted", "aggregator MiB",
+COLUMNS = ("clients", "encrypt/client s", "aggregate s", "aggregate/upload s", "t",
+           "share/member s", "fuse s", "decode/client s", "decrypted", "aggregator MiB",
            "max error", "error bound")
 
 
@@ -89,8 +95,9 @@ def _row(he: HeRound, baseline_mib: float) -> ClientsRow:
     scale = he.ciphertexts / he.decrypted_ciphertexts
     return ClientsRow(
         he.parties, he.length, he.distinct_uploads, sum(he.encrypt_s) / len(he.encrypt_s),
-        he.aggregate_s, he.aggregate_s / he.parties,
-        scale * sum(he.partial_decrypt_s) / he.parties, scale * he.fuse_s,
+        he.aggregate_s, he.aggregate_s / he.parties, he.members,
+        scale * sum(he.share_s) / len(he.share_s), he.split_s + scale * he.fuse_s,
+        scale * he.decode_s,
         he.decrypted_ciphertexts / he.ciphertexts, he.peak_mib["aggregate"], baseline_mib,
         he.max_error, he.error_bound, he.wall_s)
 
@@ -118,8 +125,9 @@ def _plot(rows: Sequence[ClientsRow], path: Path) -> None:
     for label, seconds in (
             ("encrypt, per client", [row.encrypt_per_client_s for row in rows]),
             ("aggregate, at the server", [row.aggregate_s for row in rows]),
-            ("partial decrypt, per client", [row.partial_decrypt_per_client_s for row in rows]),
-            ("fuse", [row.fuse_s for row in rows])):
+            ("share, per member", [row.share_per_member_s for row in rows]),
+            ("fuse, at the server", [row.fuse_s for row in rows]),
+            ("decode, per client", [row.decode_per_client_s for row in rows])):
         steps.plot(counts, seconds, "o-", label=label)
     steps.set_yscale("log")
     steps.set_title(f"seconds per step, {rows[0].values:,} values")
@@ -151,11 +159,14 @@ def _notes(rows: Sequence[ClientsRow], pool: int, threads: int, wall_s: float) -
     return "\n\n".join([
         headline,
         f"Measured: the aggregation of all N uploads (the aggregator's process streams N "
-        f"upload files into the running sum); every one of the N clients' partial "
-        f"decryptions and the fusion, on {fraction} of the aggregate's ciphertexts, with "
-        f"the per-client and fusion seconds scaled linearly to the whole aggregate; every "
-        f"fused value checked against the exact weighted average (within the error bound "
-        f"in {sum(row.max_error <= row.error_bound for row in rows)} of {len(rows)} rounds).",
+        f"upload files into the running sum); decryption by blind fusion: the shares of "
+        f"the t = N // 2 + 1 members of the decryption set, the aggregator's fusion and "
+        f"one client's decoding (every client does the same), on {fraction} of the "
+        f"aggregate's ciphertexts, with their seconds scaled linearly to the whole "
+        f"aggregate (fuse s adds the aggregator's split of the whole aggregate into c0 "
+        f"and c1); every decoded value checked against the exact weighted average "
+        f"(within the error bound in {sum(row.max_error <= row.error_bound for row in rows)}"
+        f" of {len(rows)} rounds).",
         f"Reused: only min(N, {pool}) distinct uploads are encrypted per N (encrypt/client "
         f"is their mean) and fed to the aggregator round-robin; its work per upload "
         f"(structural check, modular sum) does not depend on the values.",
@@ -176,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="distinct uploads encrypted per N (default %(default)s)")
     parser.add_argument("--decrypt-ciphertexts", type=bounded(int, 0),
                         default=DEFAULT_DECRYPT_CIPHERTEXTS,
-                        help="aggregate ciphertexts every party decrypts (0: all; "
-                             "default %(default)s)")
+                        help="aggregate ciphertexts every member of the decryption set "
+                             "decrypts (0: all; default %(default)s)")
     add_role_options(parser, "clients", "the client values")
     args = parser.parse_args(argv)
     counts = sorted(set(args.clients_list))

@@ -16,7 +16,9 @@ Per mode and round, from the demo's federation rows (:func:`threshold_fl.app.rou
 - **stage s** (train, encrypt, aggregate, decrypt): the slowest party's seconds of
   that stage in the round, measured inside the parties (train: local training;
   encrypt: a client encoding its update; aggregate: the aggregator handling uploads;
-  decrypt: a client handling what it receives, i.e. partial decryption and fusion);
+  decrypt: a client handling what it receives; in threshold mode, its masked decryption
+  share when it is in the round's decryption set, then removing the pad from the fused
+  aggregate and decoding it);
   round 1's also hold set-up work;
 - **MB sent / received**: payload bytes of protocol messages as the parties' MQTT
   transports count them (``MqttStats.bytes_sent`` / ``bytes_received``), once per
@@ -72,8 +74,10 @@ COLUMN_NOTES = (
     "included, process start-up not).\n"
     "- train/encrypt/aggregate/decrypt s: the slowest party's seconds of the stage, "
     "measured inside the parties (encrypt: a client encoding its update; aggregate: the "
-    "aggregator handling uploads; decrypt: a client handling what it receives, partial "
-    "decryption and fusion); round 1's include set-up work.\n"
+    "aggregator handling uploads; decrypt: a client handling what it receives: in "
+    "threshold mode its masked decryption share when it is in the decryption set, then "
+    "removing the pad from the fused aggregate and decoding it); round 1's include "
+    "set-up work.\n"
     "- accuracy: the global model's test accuracy after the round.")
 
 

@@ -4,16 +4,19 @@
 For each vector length, one threshold round of N clients (default 3; noise flooding on,
 the library's default parameters for N parties), every role in its own OS process
 (:mod:`threshold_fl.bench.roles`): each client encrypts its upload streamed, the
-aggregator streams the N uploads into the weighted sum, each client partially decrypts
-the aggregate, and the shares are fused and checked against the exact weighted average.
+aggregator streams the N uploads into the weighted sum, and the round decrypts by blind
+fusion as the protocol does: t = N // 2 + 1 members each turn the aggregate's c1 parts
+into one masked share, the aggregator adds c0 and the shares, and a client removes the
+pad, decodes and checks the result against the exact weighted average.
 
-- **HE time**: every client's encryption (with serialisation), the aggregation, every
-  client's partial decryption and the fusion;
+- **HE time**: every client's encryption (with serialisation), the aggregation, the t
+  members' shares, the aggregator's split and fusion, and every client's decoding (one
+  client's, times N);
 - **plaintext time**: the same FedAvg round on float32 vectors (serialisation and the
   same streamed weighted sum);
 - **bytes**: one client's upload, ciphertext frames vs 4 bytes per float32 value;
 - **memory**: peak resident memory of the aggregator's process and of a client's (the
-  larger of its encryption and partial-decryption processes), next to the baseline of a
+  largest of its encryption, share and decoding processes), next to the baseline of a
   process that only imports NumPy, OpenFHE and the crypto layer.
 
 ``--large`` adds ViT-sized 86,389,248 and BERT-base's 109,482,240 values (minutes each,
@@ -84,8 +87,9 @@ class ModelRow:
     time_ratio: float
     encrypt_s: float  # all clients
     aggregate_s: float
-    partial_decrypt_s: float  # all clients
-    fuse_s: float
+    share_s: float  # all t members
+    fuse_s: float  # the aggregator's split and fusion
+    decode_s: float  # all N clients
     upload_bytes: int  # one client
     plain_bytes: int
     bytes_ratio: float
@@ -110,12 +114,13 @@ COLUMNS = ("values", "HE s", "plain s", "HE/plain time", "upload", "plain upload
 
 
 def _row(he: HeRound, plain: PlainRound, baseline_mib: float) -> ModelRow:
-    encrypt, decrypt = sum(he.encrypt_s), sum(he.partial_decrypt_s)
-    he_s = encrypt + he.aggregate_s + decrypt + he.fuse_s
+    encrypt, share = sum(he.encrypt_s), sum(he.share_s)
+    fuse, decode = he.split_s + he.fuse_s, he.decode_s * he.parties
+    he_s = encrypt + he.aggregate_s + share + fuse + decode
     plain_s = sum(plain.serialise_s) + plain.aggregate_s
-    client_mib = max(he.peak_mib["encrypt"], he.peak_mib["partial_decrypt"])
+    client_mib = max(he.peak_mib["encrypt"], he.peak_mib["share"], he.peak_mib["decode"])
     return ModelRow(he.length, he.parties, he_s, plain_s, he_s / plain_s, encrypt,
-                    he.aggregate_s, decrypt, he.fuse_s, he.upload_bytes, plain.upload_bytes,
+                    he.aggregate_s, share, fuse, decode, he.upload_bytes, plain.upload_bytes,
                     he.upload_bytes / plain.upload_bytes, he.peak_mib["aggregate"], client_mib,
                     baseline_mib, he.max_error, he.error_bound, plain.max_error, he.wall_s)
 
@@ -174,13 +179,14 @@ def _notes(rows: Sequence[ModelRow], clients: int, threads: int, wall_s: float) 
     return "\n\n".join([
         headline,
         f"Each row is one round of {clients} clients with threshold keys (noise flooding on). "
-        "HE s: all clients' encryptions (with serialisation) + aggregation + all clients' "
-        "partial decryptions + fusion; plain s: all clients' float32 serialisations + the "
+        "HE s: all clients' encryptions (with serialisation) + aggregation + decryption by "
+        "blind fusion (the t = N // 2 + 1 members' shares, the aggregator's split and "
+        "fusion, every client's decoding); plain s: all clients' float32 serialisations + the "
         "same streamed weighted sum. Seconds leave out file I/O and drawing the test values.",
         f"Every role ran in its own process, one at a time, with {threads_note(threads)}; "
         "memory is each process's peak resident set (VmHWM). A process that only "
         f"imports NumPy, OpenFHE and the crypto layer peaks at {rows[0].baseline_mib:,.0f} "
-        "MiB. Client MiB is the larger of a client's encryption and partial-decryption "
+        "MiB. Client MiB is the largest of a client's encryption, share and decoding "
         "processes.",
         f"{sum(row.max_error <= row.error_bound for row in rows)} of {len(rows)} decrypted "
         f"averages are within their parameters' error bound (largest max error "

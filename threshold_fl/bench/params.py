@@ -11,8 +11,9 @@ scaling bits, a context is built from ``threshold_params(N, batch_size=...,
 scaling_mod_size=..., ring_dimension=...)`` and the N real model vectors go through one
 timed threshold round (:func:`threshold_fl.bench.crypto.run_round`).  Per cell:
 
-- **HE compute**: every client's encryption, the aggregation, every client's partial
-  decryption and the fusion, in seconds;
+- **HE compute**: every client's encryption, the aggregation and the round's
+  decryption by blind fusion (t = N // 2 + 1 members' shares, the aggregator's fusion,
+  every client's decoding), in seconds;
 - **upload bytes per value** of one client's encrypted model;
 - **max error** of the decrypted average against the plaintext one, and its bound;
 - **accuracy delta**: test accuracy of the decrypted average minus that of the
@@ -29,15 +30,13 @@ per cell instead, and cells the parameters refuse are listed as skipped.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import threshold_fl.bench.crypto as bench_crypto
 from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.arrays import FloatArray
 from threshold_fl.bench.crypto import HeRound, run_round, warm_up
@@ -99,34 +98,13 @@ def train_models(model: str, clients: int, epochs: int, seed: int) -> LocalModel
     return LocalModels(model, vectors, weights, average, accuracy_of(average), accuracy_of)
 
 
-_FUSION = "fuse_partial_decryptions"  # the name run_round calls the fusion by
-
-
-@contextmanager
-def _catching_fusion() -> Iterator[list[FloatArray]]:
-    """run_round reports times, bytes and error but not the vector it decrypts, which
-    the accuracy needs: catch the fusion's result on its way out (if HeRound ever
-    carries the decrypted vector, this goes)."""
-    caught: list[FloatArray] = []
-    fuse: Callable[..., FloatArray] = getattr(bench_crypto, _FUSION)
-
-    def catching(*args: Any, **kwargs: Any) -> FloatArray:
-        result = fuse(*args, **kwargs)
-        caught.append(result)
-        return result
-
-    setattr(bench_crypto, _FUSION, catching)
-    try:
-        yield caught
-    finally:
-        setattr(bench_crypto, _FUSION, fuse)
-
-
 def he_average(context: CkksContext, models: LocalModels) -> tuple[HeRound, FloatArray]:
-    """One timed threshold round on the models' vectors, and the average it decrypted."""
-    with _catching_fusion() as caught:
-        result = run_round(context, "threshold", models.vectors, models.weights)
-    return result, caught[-1]
+    """One timed threshold round on the models' vectors (blind fusion, as the protocol
+    decrypts), and the average it decrypted."""
+    decrypted: list[FloatArray] = []
+    result = run_round(context, "threshold", models.vectors, models.weights,
+                       decrypted=decrypted)
+    return result, decrypted[-1]
 
 
 @dataclass(frozen=True)

@@ -2,18 +2,25 @@
 seconds and peak memory (``VmHWM`` of that process) are its own.
 
 The parent draws the threshold keys of the N clients (noise flooding on, the
-library's default) and writes them to files with the wire encoders; then, one
-process at a time (timings stay undistorted on a small machine):
+library's default), deals each party's key share t-of-N (t = N // 2 + 1) and writes the
+joint key, every member's threshold key and the decryption set's keys (pairwise mask
+keys, the group key of the pad, noise seeds) to files; then, one process at a time
+(timings stay undistorted on a small machine), the protocol's round with blind fusion:
 
 - **client** (``encrypt``): draws its values chunk by chunk from a seeded
   generator (uniform in [-0.1, 0.1]), encrypts them a few ciphertexts at a time
   and writes the upload frames to a file: the vector is never held whole;
 - **aggregator** (``aggregate``): streams every upload file into the running sum,
-  so it holds one running aggregate and one staged input, whatever N is, and
-  writes the aggregate;
-- **client** (``partial_decrypt``): streams the aggregate and writes its share;
-- **fusion** (``fuse``): fuses the N shares group by group, decodes, and checks
-  the result against the weighted average recomputed from the same seeds.
+  so it holds one running aggregate and one staged input, whatever N is; then cuts
+  the aggregate into c0 (kept) and c1, framed for the members of the set (its
+  "split" seconds);
+- **member** (``share``): each of the t members of the decryption set streams the c1
+  frames and writes its masked decryption shares;
+- **aggregator** (``fuse``): adds c0 and the t shares group by group (blind fusion)
+  and writes the fused frames every client downloads;
+- **client** (``decode``): streams the fused frames, removes the pad, decodes, and
+  checks the result against the weighted average recomputed from the same seeds
+  (one client's process: every client does the same).
 
 A process that only imports this module (NumPy, OpenFHE, the crypto layer) gives
 the baseline memory every role starts from.  The plaintext round (``plain``:
@@ -21,8 +28,8 @@ float32 serialisation and the same streamed weighted sum) runs in one process.
 
 Vectors longer than the library's largest vector (MAX_VECTOR_LENGTH) travel as
 consecutive segments, each its own vector.  Files hold length-prefixed records:
-upload files one frame per record, aggregate and share files one run of frames
-per group of ciphertexts.  A role's seconds leave out file I/O (a network would
+upload files one frame per record, c1, c0, share and fused files one run of frames
+(c0: raw arrays) per group of ciphertexts.  A role's seconds leave out file I/O (a network would
 replace the files) and drawing the test values; they include serialisation.
 """
 
@@ -45,6 +52,7 @@ from typing import IO, Any, TypeVar
 import numpy as np
 
 from threshold_fl.arrays import FloatArray
+from threshold_fl.bench.crypto import decryption_threshold
 from threshold_fl.bench.output import peak_mib
 from threshold_fl.crypto import (
     MAX_VECTOR_LENGTH,
@@ -53,31 +61,35 @@ from threshold_fl.crypto import (
     EncryptedSum,
     EncryptedVector,
     JointPublicKey,
-    PartyKeys,
     PublicKey,
-    ThresholdSecret,
     ciphertext_count,
     combine_public_shares,
     context_for,
     encrypt_chunks,
-    fuse_partial_decryptions,
     lead_keygen,
     member_keygen,
-    partial_decrypt,
 )
 from threshold_fl.crypto.frames import FrameKind, encode_frame
+from threshold_fl.crypto.noise import wipe
 from threshold_fl.crypto.ring import RingBlob, build
+from threshold_fl.crypto.shares import KeyLimbs, decode_sums
+from threshold_fl.crypto.threshold import (
+    DecryptionSet,
+    ThresholdKey,
+    blind_fusion,
+    deal,
+    decryption_shares,
+    ring_parts,
+    threshold_key,
+    threshold_kit,
+    unpad,
+)
 from threshold_fl.crypto.wire import (
+    PolynomialRole,
     decode_joint_public_key,
-    decode_partial_decryption,
-    decode_public_key,
-    decode_secret_key,
-    decode_vector,
+    decode_polynomials,
     encode_joint_public_key,
-    encode_partial_decryption,
-    encode_public_key,
-    encode_secret_key,
-    encode_vector,
+    encode_polynomials,
     stream_vector,
 )
 from threshold_fl.errors import ParameterError, ThresholdFLError
@@ -88,7 +100,7 @@ __all__ = ["HeRound", "Layout", "PlainRound", "RoleFailed", "Upload", "baseline_
 Job = dict[str, Any]
 T = TypeVar("T")
 
-GROUP_CIPHERTEXTS = 8  # ciphertexts per upload frame, per aggregate run and per share run
+GROUP_CIPHERTEXTS = 8  # ciphertexts per upload frame and per c1, share and fused run
 VALUE_RANGE = 0.1  # client values are uniform in [-VALUE_RANGE, VALUE_RANGE]
 _MODULE = "threshold_fl.bench.roles"
 _RECORD_LENGTH = struct.Struct(">Q")
@@ -216,17 +228,35 @@ class Overhead:
 
 # -- keys on files ---------------------------------------------------------------------
 def write_keys(context: CkksContext, folder: Path, parties: int) -> JointPublicKey:
-    """Threshold key generation for ``parties`` clients, written as wire frames."""
+    """Threshold key generation for ``parties`` clients, t-of-N dealing and the
+    decryption set 1..t's keys, written to files (the joint key as its wire frame)."""
     lead = lead_keygen(context, 1)
     members = [lead] + [member_keygen(context, index, lead.public_share)
                         for index in range(2, parties + 1)]
     joint = combine_public_shares(context, {m.index: m.public_share for m in members},
                                   lead.index)
     (folder / "joint.key").write_bytes(encode_joint_public_key(context, joint))
+    threshold = decryption_threshold(parties)
+    dealt = []
     for member in members:
-        frames = [encode_public_key(context, member.public_share, party_index=member.index),
-                  encode_secret_key(context, member.secret)]
-        (folder / f"party-{member.index}.key").write_bytes(pack_frames(frames))
+        with KeyLimbs(context, member.secret.native) as limbs:
+            dealt.append(deal(limbs, parties, threshold))
+    moduli: list[int] = []
+    for index in range(1, threshold + 1):  # the set: parties 1..t
+        with threshold_key(index, [shares[index] for shares in dealt]) as key:
+            moduli = list(key.limbs)
+            np.save(folder / f"threshold-{index}.npy", np.stack(list(key.limbs.values())))
+    for shares in dealt:
+        for held in shares.values():
+            for limb in held.values():
+                wipe(limb)
+    members_of_set = list(range(1, threshold + 1))
+    keys = {"members": members_of_set, "moduli": moduli,
+            "binding": os.urandom(32).hex(), "group_key": os.urandom(32).hex(),
+            "noise_seeds": {str(m): os.urandom(32).hex() for m in members_of_set},
+            "pair_keys": {f"{a}-{b}": os.urandom(32).hex()
+                          for a in members_of_set for b in members_of_set if a < b}}
+    (folder / "set.json").write_text(json.dumps(keys))
     return joint
 
 
@@ -234,11 +264,22 @@ def _load_joint(context: CkksContext, folder: Path) -> JointPublicKey:
     return decode_joint_public_key(context, (folder / "joint.key").read_bytes())
 
 
-def _load_party(context: CkksContext, folder: Path, joint: JointPublicKey,
-                index: int) -> ThresholdSecret:
-    public_frame, secret_frame = unpack_frames((folder / f"party-{index}.key").read_bytes())
-    party_index, public = decode_public_key(context, public_frame)
-    return joint.bind(PartyKeys(party_index, public, decode_secret_key(context, secret_frame)))
+def _load_set(folder: Path) -> dict[str, Any]:
+    keys: dict[str, Any] = json.loads((folder / "set.json").read_text())
+    return keys
+
+
+def _decryption_set(keys: dict[str, Any], group: int) -> DecryptionSet:
+    """The set's binding for one group of ciphertexts (its masks, noise and pad differ
+    from every other group's)."""
+    members = tuple(int(m) for m in keys["members"])
+    return DecryptionSet(members, len(members),
+                         bytes.fromhex(keys["binding"]) + group.to_bytes(8, "big"))
+
+
+def _load_threshold_key(folder: Path, keys: dict[str, Any], index: int) -> ThresholdKey:
+    limbs = np.load(folder / f"threshold-{index}.npy")
+    return ThresholdKey(index, {int(q): limbs[i] for i, q in enumerate(keys["moduli"])})
 
 
 # -- roles (each runs in its own process) ---------------------------------------------
@@ -294,28 +335,32 @@ def encrypt_role(job: Job) -> Job:
     return {"uploads": results}
 
 
-def _write_aggregate(context: CkksContext, vector: EncryptedVector, out: IO[bytes],
-                     overhead: Overhead) -> int:
-    """The aggregate as one run per group of ciphertexts (what clients stream back)."""
-    sent, step = 0, context.values_per_ciphertext
-    for first in range(0, len(vector.ciphertexts), GROUP_CIPHERTEXTS):
-        group = vector.ciphertexts[first:first + GROUP_CIPHERTEXTS]
-        length = min(len(group) * step, vector.length - first * step)
-        part = EncryptedVector(context.fingerprint, vector.key_id, length, group,
-                               aggregated=True)
-        frames = list(encode_vector(context, part))
+def _split_aggregate(context: CkksContext, vector: EncryptedVector, c1_out: IO[bytes],
+                     c0_out: IO[bytes], overhead: Overhead) -> tuple[int, list[int]]:
+    """The aggregate cut into c0 (the aggregator keeps it) and c1, framed for the members
+    of the set: one run per group of ciphertexts.  The c1 bytes and each group's length."""
+    sent, lengths, step = 0, [], context.values_per_ciphertext
+    c0, c1, _ = ring_parts(context, vector)
+    for first in range(0, c1.shape[0], GROUP_CIPHERTEXTS):
+        count = min(GROUP_CIPHERTEXTS, c1.shape[0] - first)
+        length = min(count * step, vector.length - first * step)
+        frames = list(encode_polynomials(context, PolynomialRole.C1, vector.key_id, length,
+                                         c1[first:first + count]))
         sent += sum(len(frame) for frame in frames)
-        overhead.write(out, pack_frames(frames))
-    return sent
+        lengths.append(length)
+        overhead.write(c1_out, pack_frames(frames))
+        overhead.write(c0_out, np.ascontiguousarray(c0[first:first + count]).tobytes())
+    return sent, lengths
 
 
 def aggregate_role(job: Job) -> Job:
-    """Aggregator: every upload streamed into one running sum per segment."""
+    """Aggregator: every upload streamed into one running sum per segment, then the sum
+    cut into c0 and the members' c1 frames (timed apart: "split")."""
     context, layout, folder = _context(job), _layout(job), Path(job["folder"])
     key_id = _load_joint(context, folder).key_id
-    overhead, sent = Overhead(), 0
+    overhead, sent, split, groups = Overhead(), 0, 0.0, []
     started = time.perf_counter()
-    with (folder / "aggregate.bin").open("wb") as out:
+    with (folder / "c1.bin").open("wb") as c1_out, (folder / "c0.bin").open("wb") as c0_out:
         for index, (start, stop) in enumerate(layout.segments):
             total = EncryptedSum(context, key_id, stop - start)
             for item in job["inputs"]:
@@ -323,56 +368,109 @@ def aggregate_role(job: Job) -> Job:
                 add_upload(total,
                            stream_vector(context, frames, key_id=key_id, length=stop - start))
             aggregate = total.result()
-            del total  # only the aggregate is written
-            sent += _write_aggregate(context, aggregate, out, overhead)
-    return {"seconds": time.perf_counter() - started - overhead.seconds, "bytes": sent}
+            del total  # only the aggregate is split
+            cut = time.perf_counter()
+            before = overhead.seconds
+            bytes_, lengths = _split_aggregate(context, aggregate, c1_out, c0_out, overhead)
+            split += time.perf_counter() - cut - (overhead.seconds - before)
+            sent += bytes_
+            groups += lengths
+    return {"seconds": time.perf_counter() - started - overhead.seconds - split,
+            "split_seconds": split, "bytes": sent, "groups": groups}
 
 
-def partial_decrypt_role(job: Job) -> Job:
-    """Clients: each listed party's share of the aggregate, streamed group by group."""
+def share_role(job: Job) -> Job:
+    """Members of the decryption set: each listed member's masked shares of the c1
+    parts, streamed group by group."""
     context, folder = _context(job), Path(job["folder"])
-    joint = _load_joint(context, folder)
-    limit = job["ciphertexts"]
+    key_id, keys = _load_joint(context, folder).key_id, _load_set(folder)
+    limit, groups = job["ciphertexts"], [int(length) for length in job["groups"]]
+    sigma, members = threshold_kit(context).sigma, [int(m) for m in keys["members"]]
+    group_key = bytes.fromhex(keys["group_key"])
     results = []
-    for index in job["parties"]:
-        secret = _load_party(context, folder, joint, int(index))
+    for index in (int(i) for i in job["members"]):
+        pair_keys = {other: bytes.fromhex(keys["pair_keys"][
+            f"{min(index, other)}-{max(index, other)}"]) for other in members if other != index}
+        noise_seed = bytes.fromhex(keys["noise_seeds"][str(index)])
         overhead, sent, done = Overhead(), 0, 0
-        started = time.perf_counter()
-        with (folder / f"partial-{index}.bin").open("wb") as out:
-            for record in overhead.iterate(read_records(folder / "aggregate.bin")):
-                vector = decode_vector(context, unpack_frames(record))
-                share = partial_decrypt(context, secret, vector,
-                                        lead=secret.index == joint.lead_index)
-                frames = list(encode_partial_decryption(context, share))
-                sent += sum(len(frame) for frame in frames)
-                overhead.write(out, pack_frames(frames))
-                done += len(vector.ciphertexts)
-                if limit is not None and done >= limit:
-                    break
-        results.append({"seconds": time.perf_counter() - started - overhead.seconds,
-                        "bytes": sent, "ciphertexts": done})
-    return {"parties": results}
+        with _load_threshold_key(folder, keys, index) as key:
+            started = time.perf_counter()
+            with (folder / f"share-{index}.bin").open("wb") as out:
+                records = overhead.iterate(read_records(folder / "c1.bin"))
+                for group, (record, length) in enumerate(zip(records, groups, strict=False)):
+                    c1 = decode_polynomials(context, unpack_frames(record), PolynomialRole.C1,
+                                            key_id=key_id, length=length)
+                    dset = _decryption_set(keys, group)
+                    shares = decryption_shares(
+                        c1, context.ring.moduli[:c1.shape[1]], key, dset, sigma=sigma,
+                        noise_seed=noise_seed, pair_keys=pair_keys,
+                        group_key=group_key if index == dset.pad_holder else None, attempt=1)
+                    frames = list(encode_polynomials(context, PolynomialRole.SHARE, key_id,
+                                                     length, shares))
+                    sent += sum(len(frame) for frame in frames)
+                    overhead.write(out, pack_frames(frames))
+                    done += c1.shape[0]
+                    if limit is not None and done >= limit:
+                        break
+            results.append({"seconds": time.perf_counter() - started - overhead.seconds,
+                            "bytes": sent, "ciphertexts": done})
+    return {"members": results}
 
 
 def fuse_role(job: Job) -> Job:
-    """Fusion of the N shares, decoded and checked against the exact weighted average."""
-    context, layout, folder = _context(job), _layout(job), Path(job["folder"])
-    joint, uploads = _load_joint(context, folder), _uploads(job)
-    overhead, max_error, fused = Overhead(), 0.0, 0
-    shares = [overhead.iterate(read_records(folder / f"partial-{index}.bin"))
-              for index in joint.party_indices]
-    expected = expected_chunks(int(job["seed"]), uploads, layout)  # timed as overhead below
+    """Aggregator: c0 plus the t members' shares, group by group (blind fusion), framed
+    for every client."""
+    context, folder = _context(job), Path(job["folder"])
+    key_id, keys = _load_joint(context, folder).key_id, _load_set(folder)
+    groups = [int(length) for length in job["groups"]]
+    limbs, n = context.ring.limbs - context.upload_level, context.ring.ring_dimension
+    moduli = context.ring.moduli[:limbs]
+    overhead, sent, fused_groups = Overhead(), 0, 0
+    shares = [overhead.iterate(read_records(folder / f"share-{index}.bin"))
+              for index in keys["members"]]
+    c0_records = overhead.iterate(read_records(folder / "c0.bin"))
     started = time.perf_counter()
-    for records in zip(*shares, strict=True):
-        partials = [decode_partial_decryption(context, unpack_frames(r)) for r in records]
-        values = fuse_partial_decryptions(context, joint, partials)
+    with (folder / "fused.bin").open("wb") as out:
+        for records, length in zip(zip(*shares, strict=True), groups, strict=False):
+            c0 = np.frombuffer(next(c0_records), dtype=np.uint64).reshape(-1, limbs, n)
+            arrays = [decode_polynomials(context, unpack_frames(r), PolynomialRole.SHARE,
+                                         key_id=key_id, length=length) for r in records]
+            fused = blind_fusion(c0, arrays, moduli)
+            frames = list(encode_polynomials(context, PolynomialRole.FUSED, key_id, length,
+                                             fused))
+            sent += sum(len(frame) for frame in frames)
+            overhead.write(out, pack_frames(frames))
+            fused_groups += 1
+    if fused_groups == 0:
+        raise RoleFailed("no decryption share was fused")
+    return {"seconds": time.perf_counter() - started - overhead.seconds, "bytes": sent,
+            "groups": fused_groups}
+
+
+def decode_role(job: Job) -> Job:
+    """A client: the fused frames unpadded and decoded, checked against the exact
+    weighted average."""
+    context, layout, folder = _context(job), _layout(job), Path(job["folder"])
+    key_id, keys = _load_joint(context, folder).key_id, _load_set(folder)
+    uploads, groups = _uploads(job), [int(length) for length in job["groups"]]
+    group_key = bytes.fromhex(keys["group_key"])
+    overhead, max_error, decoded = Overhead(), 0.0, 0
+    expected = expected_chunks(int(job["seed"]), uploads, layout)  # timed as overhead below
+    records = overhead.iterate(read_records(folder / "fused.bin"))
+    started = time.perf_counter()
+    for group, (record, length) in enumerate(zip(records, groups, strict=False)):
+        fused = decode_polynomials(context, unpack_frames(record), PolynomialRole.FUSED,
+                                   key_id=key_id, length=length)
+        moduli = context.ring.moduli[:fused.shape[1]]
+        values = decode_sums(context, unpad(fused, group_key, _decryption_set(keys, group), 1,
+                                            moduli), length)
         check = time.perf_counter()
         max_error = max(max_error, float(np.abs(values - next(expected)).max()))
-        fused += values.size
+        decoded += values.size
         overhead.seconds += time.perf_counter() - check
-    if fused == 0:
-        raise RoleFailed("no partial decryption was fused")
-    return {"seconds": time.perf_counter() - started - overhead.seconds, "values": fused,
+    if decoded == 0:
+        raise RoleFailed("no fused polynomial was decoded")
+    return {"seconds": time.perf_counter() - started - overhead.seconds, "values": decoded,
             "max_error": max_error, "error_bound": context.error_bound(len(uploads))}
 
 
@@ -412,7 +510,7 @@ def plain_role(job: Job) -> Job:
 
 ROLES: dict[str, Callable[[Job], Job]] = {
     "baseline": lambda job: {}, "encrypt": encrypt_role, "aggregate": aggregate_role,
-    "partial_decrypt": partial_decrypt_role, "fuse": fuse_role, "plain": plain_role}
+    "share": share_role, "fuse": fuse_role, "decode": decode_role, "plain": plain_role}
 
 
 # -- the parent: one process per role, one at a time ----------------------------------
@@ -452,18 +550,23 @@ def baseline_peak_mib(threads: int = 1) -> float:
 
 @dataclass(frozen=True)
 class HeRound:
-    """One threshold round's figures; per-party lists are in party order."""
+    """One threshold round's figures (decryption by blind fusion with a set of t
+    members); per-member lists are in member order."""
 
     length: int
     parties: int
+    members: int  # t, the size of the decryption set
     distinct_uploads: int
     encrypt_s: tuple[float, ...]  # per distinct upload
     upload_bytes: int  # one client's upload
     aggregate_s: float
-    download_bytes: int  # the aggregate
-    partial_decrypt_s: tuple[float, ...]  # per party, over decrypted_ciphertexts
-    partial_bytes: int  # party 1's share
-    fuse_s: float
+    split_s: float  # the aggregator cutting c0 and c1 out of the aggregate, c1 framed
+    c1_bytes: int  # what a member downloads to make its share
+    share_s: tuple[float, ...]  # per member, over decrypted_ciphertexts
+    share_bytes: int  # member 1's share, what a member uploads
+    fuse_s: float  # the aggregator's blind fusion, over decrypted_ciphertexts
+    fused_bytes: int  # what every client downloads, over decrypted_ciphertexts
+    decode_s: float  # one client, over decrypted_ciphertexts (every client does the same)
     ciphertexts: int
     decrypted_ciphertexts: int
     max_error: float
@@ -484,12 +587,14 @@ class PlainRound:
 
 def _check_disk(context: CkksContext, folder: Path, layout: Layout, distinct: int,
                 parties: int, decrypt_ciphertexts: int | None) -> None:
-    """Refuse up front when the round's files cannot fit: the uploads, the aggregate
-    (at most as large as one) and the shares (a quarter of one, per party)."""
+    """Refuse up front when the round's files cannot fit: the uploads, the aggregate's
+    c0 and c1 (at most as large as one upload) and the t shares and the fused
+    polynomials (a quarter of an upload each)."""
     ciphertexts = sum(ciphertext_count(context, b - a) for a, b in layout.segments)
     decrypted = min(ciphertexts, decrypt_ciphertexts or ciphertexts)
     fresh = 2 * 2 * 8 * context.params.resolved_ring_dimension  # two polynomials, two limbs
-    need = fresh * (ciphertexts * (distinct + 1) + decrypted * parties / 4)
+    need = fresh * (ciphertexts * (distinct + 1)
+                    + decrypted * (decryption_threshold(parties) + 1) / 4)
     free = shutil.disk_usage(folder).free
     if free < need:
         raise ParameterError(f"this round needs about {need / 2**30:.1f} GiB of disk under "
@@ -500,7 +605,7 @@ def _which(what: str, batch: Sequence[int], total: int) -> str:
     """'upload 2 of 3' or 'uploads 1-3 of 3' for progress lines."""
     if len(batch) == 1:
         return f"{what} {batch[0]} of {total}"
-    plural = "parties" if what == "party" else f"{what}s"
+    plural = "parties" if what == "party" else f"{what}s"  # "members", "uploads"
     return f"{plural} {batch[0]}-{batch[-1]} of {total}"
 
 
@@ -508,8 +613,9 @@ def run_he_round(params: CkksParams, uploads: Sequence[Upload], length: int, see
                  folder: Path, *, process_per_client: bool = True,
                  decrypt_ciphertexts: int | None = None, threads: int = 1,
                  progress: Callable[[str], None] | None = None) -> HeRound:
-    """One threshold round: N = len(uploads) parties; each distinct upload is encrypted once
-    (the aggregator may be fed the same upload file several times)."""
+    """One threshold round: N = len(uploads) parties, t = N // 2 + 1 of them decrypt; each
+    distinct upload is encrypted once (the aggregator may be fed the same upload file
+    several times)."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
     context, parties = context_for(params), len(uploads)
@@ -534,29 +640,32 @@ def run_he_round(params: CkksParams, uploads: Sequence[Upload], length: int, see
                "spans": encrypted[distinct.index(u)]["spans"]} for u in uploads]
     aggregated = run_role("aggregate", {**common, "inputs": inputs}, folder, threads)
     for path in paths:
-        Path(path).unlink()  # frees the disk the partial decryptions need
-    indices = list(range(1, parties + 1))
+        Path(path).unlink()  # frees the disk the shares need
+    groups = aggregated["groups"]
+    members = list(range(1, decryption_threshold(parties) + 1))
     shares, share_peaks = [], []
-    for batch in ([[i] for i in indices] if process_per_client else [indices]):
-        say(f"partial decryption of {_which('party', batch, parties)}")
-        result = run_role("partial_decrypt", {**common, "parties": batch,
-                                              "ciphertexts": decrypt_ciphertexts}, folder,
-                          threads)
-        shares += result["parties"]
+    for batch in ([[i] for i in members] if process_per_client else [members]):
+        say(f"decryption shares of {_which('member', batch, len(members))}")
+        result = run_role("share", {**common, "members": batch, "groups": groups,
+                                    "ciphertexts": decrypt_ciphertexts}, folder, threads)
+        shares += result["members"]
         share_peaks.append(result["peak_mib"])
     say("fusing the shares")
-    fused = run_role("fuse", {**common, "uploads": [vars(u) for u in uploads]}, folder,
-                     threads)
-    if decrypt_ciphertexts is None and fused["values"] != length:
-        raise RoleFailed(f"fusion decoded {fused['values']} values, the round has {length}")
+    fused = run_role("fuse", {**common, "groups": groups}, folder, threads)
+    say("decoding the fused polynomials")
+    decoded = run_role("decode", {**common, "groups": groups,
+                                  "uploads": [vars(u) for u in uploads]}, folder, threads)
+    if decrypt_ciphertexts is None and decoded["values"] != length:
+        raise RoleFailed(f"decoding gave {decoded['values']} values, the round has {length}")
     return HeRound(
-        length, parties, len(distinct), tuple(e["seconds"] for e in encrypted),
-        encrypted[0]["bytes"], aggregated["seconds"], aggregated["bytes"],
-        tuple(s["seconds"] for s in shares), shares[0]["bytes"], fused["seconds"],
+        length, parties, len(members), len(distinct), tuple(e["seconds"] for e in encrypted),
+        encrypted[0]["bytes"], aggregated["seconds"], aggregated["split_seconds"],
+        aggregated["bytes"], tuple(s["seconds"] for s in shares), shares[0]["bytes"],
+        fused["seconds"], fused["bytes"], decoded["seconds"],
         sum(ciphertext_count(context, b - a) for a, b in layout.segments),
-        shares[0]["ciphertexts"], fused["max_error"], fused["error_bound"],
+        shares[0]["ciphertexts"], decoded["max_error"], decoded["error_bound"],
         {"encrypt": max(encrypt_peaks), "aggregate": aggregated["peak_mib"],
-         "partial_decrypt": max(share_peaks), "fuse": fused["peak_mib"]},
+         "share": max(share_peaks), "fuse": fused["peak_mib"], "decode": decoded["peak_mib"]},
         time.perf_counter() - started)
 
 

@@ -8,8 +8,9 @@ sample-count FedAvg weights.  For each encrypted fraction (0, 10, 30, 50, 70, 10
 - the encrypted part goes through threshold rounds
   (:func:`threshold_fl.bench.crypto.run_round`, ``threshold_params(N)``: noise
   flooding), in slices of a few million values so memory stays flat however long the
-  vector; its time is every client's encryption, the aggregation, every client's
-  partial decryption and the fusion (key generation is set-up, not counted);
+  vector; its time is every client's encryption, the aggregation and the decryption by
+  blind fusion (the t = N // 2 + 1 members' shares, the aggregator's fusion, every
+  client's decoding; key generation is set-up, not counted);
 - the clear part is summed in numpy, weighted, in float32, as plaintext FedAvg does;
 - **total time** adds the two, **upload** is one client's bytes: the encrypted part's
   wire frames plus 4 bytes per clear value;

@@ -16,14 +16,11 @@ from threshold_fl.crypto.keys import (
     PartyKeys,
     PublicKey,
     SecretKey,
-    ShamirShare,
     ThresholdSecret,
     combine_public_shares,
     generate_keypair,
     lead_keygen,
     member_keygen,
-    recover_secret,
-    shamir_shares,
 )
 from threshold_fl.crypto.params import (
     MAX_VECTOR_LENGTH,
@@ -58,7 +55,6 @@ __all__ = [
     "ScalingTechnique",
     "SecretKey",
     "SecurityLevel",
-    "ShamirShare",
     "ThresholdSecret",
     "EncryptedSum",
     "ciphertext_count",
@@ -73,8 +69,6 @@ __all__ = [
     "lead_keygen",
     "member_keygen",
     "partial_decrypt",
-    "recover_secret",
-    "shamir_shares",
     "threshold_params",
     "with_noise_flooding",
 ]

@@ -116,7 +116,6 @@ class CkksContext:
         self.weight_capacity = params.weight_capacity(scale_bits=self.scale_bits)
         self.slots = params.slots
         self.values_per_ciphertext = params.values_per_ciphertext
-        self._wrapper: Any = None
         self._ring: RingTemplate | None = None
 
     def check_fingerprint(self, fingerprint: str, what: str) -> None:
@@ -246,14 +245,12 @@ class CkksContext:
             resaved=resaved,
         )
 
-    def _deserialize(
-        self, loader: Callable[..., Any], data: bytes, kind: Kinds, *, headroom: int = 1
-    ) -> Any:
+    def _deserialize(self, loader: Callable[..., Any], data: bytes, kind: Kinds) -> Any:
         what = " or ".join(k.value for k in kind) if isinstance(kind, tuple) else kind.value
         # Callers pass only bytes from a frame whose digest and sizes were checked, but
         # an authenticated sender's malformed bytes can still crash OpenFHE (SIGFPE):
         # walk the blob's structure first; this raises FrameError naming what is wrong.
-        self.ring.check(data, kind, headroom=headroom)
+        self.ring.check(data, kind)
         try:
             obj = loader(data, openfhe.BINARY)
         except (RuntimeError, ValueError, MemoryError, TypeError) as exc:
@@ -268,39 +265,6 @@ class CkksContext:
                 f"({self.fingerprint[:16]}); all parties must use the same parameters"
             )
         return obj
-
-    # -- secret-share polynomials --------------------------------------------
-    def wrap_polynomial(self, polynomial: Any) -> bytes:
-        """Serialise a DCRTPoly (no Serialize in the binding) inside an empty ciphertext."""
-        wrapper = self._template().CloneEmpty()
-        wrapper.SetElements([polynomial])
-        return self.serialize(wrapper)
-
-    def unwrap_polynomial(self, data: bytes, *, threshold: int) -> Any:
-        """The polynomial a t-of-N Shamir share wrapped; ``threshold`` is its t.
-
-        OpenFHE's ShareKeys leaves share coefficients unreduced, below (t-1) q.
-        """
-        wrapper = self._deserialize(
-            openfhe.DeserializeCiphertextString,
-            data,
-            BlobKind.POLYNOMIAL,
-            headroom=max(threshold - 1, 1),
-        )
-        elements = wrapper.GetElements()
-        if len(elements) != 1:
-            raise FrameError(
-                f"a wrapped secret-share polynomial must hold 1 element, got {len(elements)}"
-            )
-        return elements[0]
-
-    def _template(self) -> Any:
-        if self._wrapper is None:
-            keys = self.native.KeyGen()
-            self._wrapper = self.native.Encrypt(
-                keys.publicKey, self.native.MakeCKKSPackedPlaintext([0j])
-            )
-        return self._wrapper
 
 
 def _same_native_context(first: Any, second: Any) -> bool:

@@ -52,8 +52,16 @@ class FrameKind(IntEnum):
     PUBLIC_KEY = 2
     CIPHERTEXTS = 3
     PARTIAL_DECRYPTION = 4
-    SHAMIR_SHARE = 5
+    # Retired: OpenFHE Shamir shares of a whole secret key, for rebuilding a dropped
+    # party's key.  No decoder accepts it (decode_frame refuses it by name); the code
+    # stays reserved so that an old frame is never read as something else.
+    RETIRED_SHAMIR_SHARE = 5
     SECRET_KEY = 6
+    POLYNOMIALS = 7  # one ring element per ciphertext, raw uint64 limbs (evaluation form)
+    KEY_SHARE = 8  # a t-of-N Shamir share of a key, dealt on ring arrays
+
+
+_RETIRED = frozenset({FrameKind.RETIRED_SHAMIR_SHARE})
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,8 @@ class Frame:
 def encode_frame(
     kind: FrameKind, fingerprint: str, metadata: dict[str, Any], parts: Sequence[bytes] = ()
 ) -> bytes:
+    if kind in _RETIRED:
+        raise ParameterError(f"frame kind {int(kind)} ({kind.name}) is retired; never send it")
     meta = msgpack.packb(metadata, use_bin_type=True)
     if len(meta) > MAX_METADATA_BYTES or len(parts) > MAX_PARTS:
         raise ParameterError("frame metadata or part count is over the wire limits")
@@ -139,6 +149,12 @@ def _check_header(magic: bytes, version: int, kind: int, flags: int, expected: F
             f"frame version {version} is not supported (this library speaks {FRAME_VERSION}); "
             "upgrade the older party"
         )
+    for code in (kind, int(expected)):
+        if code in _RETIRED:
+            raise FrameError(
+                f"frame kind {code} ({FrameKind(code).name}) is retired: no party sends or "
+                "accepts it any more; the sender runs an older threshold-fl, upgrade it"
+            )
     if kind != expected:
         name = FrameKind(kind).name if kind in FrameKind._value2member_map_ else str(kind)
         raise FrameError(f"expected a {expected.name} frame, got kind {name}")

@@ -1,27 +1,21 @@
-"""Key material: single-key pairs, threshold key agreement and Shamir recovery.
+"""Key material: single-key pairs and threshold key agreement.
 
 Threshold keys follow OpenFHE's star topology: the lead runs ``KeyGen``, every
 other party runs ``MultipartyKeyGen(pk_lead, False, True)`` (its own share over
 the lead's public randomness) and the joint key is ``MultiAddPubKeys`` of all
-shares.  Every object carries ids (hashes) so mixing keys fails loudly.
+shares.  Every object carries ids (hashes) so mixing keys fails loudly.  For t-of-N
+decryption each party deals t-of-N Shamir shares of its secret's ring arrays
+(:mod:`threshold_fl.crypto.threshold`); no party ever rebuilds another's secret.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import openfhe
-
 from threshold_fl.crypto.context import CkksContext, sha256_hex
-from threshold_fl.errors import (
-    CryptoError,
-    InsufficientSharesError,
-    KeyMismatchError,
-    ParameterError,
-)
+from threshold_fl.errors import KeyMismatchError, ParameterError
 
 __all__ = [
     "JointPublicKey",
@@ -29,20 +23,13 @@ __all__ = [
     "PartyKeys",
     "PublicKey",
     "SecretKey",
-    "ShamirShare",
     "ThresholdSecret",
     "combine_public_shares",
     "generate_keypair",
     "joint_key_id",
     "lead_keygen",
     "member_keygen",
-    "recover_secret",
-    "shamir_shares",
 ]
-
-# Recovered keys are checked by decrypting a probe encrypted under the dealer's
-# public share; a wrong key decodes to noise of the size of the modulus.
-_PROBE_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +48,8 @@ class PublicKey:
 @dataclass(frozen=True, eq=False)
 class SecretKey:
     """A CKKS secret key (or one party's secret share); never leaves its owner
-    except as Shamir shares or, in single-key mode, pairwise-encrypted."""
+    except as t-of-N Shamir shares of its ring arrays (threshold.deal) or, in
+    single-key mode, pairwise-encrypted."""
 
     params_fingerprint: str
     public_key_id: str  # id of the matching public key or public share
@@ -78,7 +66,7 @@ class KeyPair:
 class PartyKeys:
     """One party's threshold key material before the joint key is known."""
 
-    index: int  # 1-based, as OpenFHE's Shamir sharing numbers parties
+    index: int  # 1-based: the party's Shamir evaluation point (threshold.deal)
     public_share: PublicKey
     secret: SecretKey
 
@@ -117,19 +105,6 @@ class ThresholdSecret:
     index: int
     joint_key_id: str
     secret: SecretKey
-
-
-@dataclass(frozen=True, eq=False)
-class ShamirShare:
-    """Holder ``holder_index``'s Shamir share of dealer ``dealer_index``'s secret."""
-
-    dealer_index: int
-    holder_index: int
-    parties: int
-    threshold: int
-    dealer_public_id: str  # key_id of the dealer's public share
-    params_fingerprint: str
-    polynomial: Any = field(repr=False)
 
 
 # -- single-key mode ---------------------------------------------------------
@@ -189,111 +164,8 @@ def joint_key_id(lead_index: int, share_ids: Mapping[int, str]) -> str:
     )
 
 
-# -- dropout recovery --------------------------------------------------------
-def shamir_shares(
-    context: CkksContext, party: PartyKeys, parties: int, threshold: int
-) -> dict[int, ShamirShare]:
-    """Split a party's secret into t-of-N Shamir shares, one per other party."""
-    _check_threshold(parties, threshold)
-    if not 1 <= party.index <= parties:
-        raise ParameterError(f"party index {party.index} is outside 1..{parties}")
-    polys = context.native.ShareKeys(party.secret.native, parties, threshold, party.index, "shamir")
-    return {
-        holder: ShamirShare(
-            party.index,
-            holder,
-            parties,
-            threshold,
-            party.public_share.key_id,
-            context.fingerprint,
-            polynomial,
-        )
-        for holder, polynomial in polys.items()
-    }
-
-
-def recover_secret(
-    context: CkksContext, shares: Iterable[ShamirShare], dealer_public: PublicKey
-) -> SecretKey:
-    """Rebuild a dropped party's secret from at least t holders' shares.
-
-    The result is checked against the dealer's public share, so corrupt or
-    mixed-up shares raise instead of yielding a wrong key.
-    """
-    chosen = _validated_shares(context, list(shares), dealer_public)
-    first = chosen[0]
-    recovered = openfhe.PrivateKey(context.native)  # PrivateKey() without cc segfaults
-    try:
-        context.native.RecoverSharedKey(
-            recovered,
-            {s.holder_index: s.polynomial for s in chosen},
-            first.parties,
-            first.threshold,
-            "shamir",
-        )
-    except RuntimeError as exc:
-        raise CryptoError(
-            f"OpenFHE could not recover party {first.dealer_index}'s key: {exc}"
-        ) from None
-    secret = SecretKey(context.fingerprint, dealer_public.key_id, recovered)
-    _verify_key_pair(context, dealer_public, secret, first.dealer_index)
-    return secret
-
-
-def _validated_shares(
-    context: CkksContext, shares: list[ShamirShare], dealer_public: PublicKey
-) -> list[ShamirShare]:
-    if not shares:
-        raise InsufficientSharesError("no Shamir shares were given; collect at least t of them")
-    first = shares[0]
-    for share in shares:
-        context.check_fingerprint(share.params_fingerprint, f"holder {share.holder_index}'s share")
-        if (share.dealer_index, share.parties, share.threshold, share.dealer_public_id) != (
-            first.dealer_index,
-            first.parties,
-            first.threshold,
-            dealer_public.key_id,
-        ):
-            raise KeyMismatchError(
-                f"holder {share.holder_index}'s share belongs to another key or sharing "
-                f"(dealer {share.dealer_index}, t={share.threshold}, N={share.parties}); "
-                f"expected shares of party {first.dealer_index}'s key {dealer_public.key_id[:16]}"
-            )
-    holders = [share.holder_index for share in shares]
-    if len(set(holders)) != len(holders):
-        raise KeyMismatchError(f"duplicate Shamir share holders in {sorted(holders)}")
-    if len(shares) < first.threshold:
-        raise InsufficientSharesError(
-            f"recovering party {first.dealer_index}'s key needs {first.threshold} shares, "
-            f"got {len(shares)} (holders {sorted(holders)}); wait for more survivors or abort"
-        )
-    return sorted(shares, key=lambda share: share.holder_index)[: first.threshold]
-
-
-def _verify_key_pair(
-    context: CkksContext, public: PublicKey, secret: SecretKey, index: int
-) -> None:
-    probe = np.linspace(-0.5, 0.5, 16, dtype=np.float64)
-    ciphertext = context.native.Encrypt(public.native, context.encode(probe))
-    decoded = context.decode(context.native.Decrypt(secret.native, ciphertext), probe.size)
-    if not np.all(np.abs(decoded - probe) < _PROBE_TOLERANCE):
-        raise KeyMismatchError(
-            f"the shares do not reconstruct party {index}'s key: at least one share is corrupt "
-            "or from another key; ask other holders for their shares"
-        )
-
-
 # -- checks --------------------------------------------------------------------
 def _check_index(index: int) -> None:
     if not isinstance(index, int) or isinstance(index, bool) or index < 1:
         raise ParameterError(f"party indices are integers from 1, got {index!r}")
 
-
-def _check_threshold(parties: int, threshold: int) -> None:
-    if parties < 2:
-        raise ParameterError(f"Shamir sharing needs at least 2 parties, got {parties}")
-    if not parties / 2 < threshold <= parties:
-        raise ParameterError(
-            f"threshold t={threshold} must satisfy N/2 < t <= N (N={parties}); "
-            "OpenFHE's Shamir recovery requires an honest majority"
-        )

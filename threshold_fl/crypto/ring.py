@@ -62,8 +62,8 @@ class RingTemplate:
     constants: dict[str, int] = field(repr=False)  # class versions, trailer constants
     scales: dict[tuple[int, int], float] = field(repr=False)  # (level, degree) -> scale
     header_notes: dict[Outer, HeaderNotes] = field(repr=False)  # named header byte ranges
-    # Accepted layouts by (kind, headroom, length); filled as blobs are checked.
-    layouts: dict[tuple[Kinds, int, int], list[_Layout]] = field(
+    # Accepted layouts by (kind, length); filled as blobs are checked.
+    layouts: dict[tuple[Kinds, int], list[_Layout]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -71,22 +71,21 @@ class RingTemplate:
     def limbs(self) -> int:
         return len(self.moduli)
 
-    def check(self, data: bytes, kind: Kinds, *, headroom: int = 1) -> BlobSummary:
+    def check(self, data: bytes, kind: Kinds) -> BlobSummary:
         """Walk ``data`` as a ``kind`` blob; raise FrameError unless it is well formed.
 
         ``kind`` may be a tuple of kinds of one class told apart by element count
         (a ciphertext or a decryption share).  Coefficients must be below their
-        modulus, or ``headroom`` times it (OpenFHE's Shamir shares: t-1).  Copies
-        nothing, so a secret key checked here leaves no copy to wipe.
+        modulus.  Copies nothing, so a secret key checked here leaves no copy to wipe.
         """
-        return self._layout(data, kind, headroom).summary
+        return self._layout(data, kind).summary
 
-    def parse(self, data: bytes, kind: Kinds, *, headroom: int = 1) -> RingBlob:
+    def parse(self, data: bytes, kind: Kinds) -> RingBlob:
         """Check ``data`` and return its ring elements as (elements, limbs, n) uint64.
 
         The array is a copy: call :meth:`RingBlob.wipe` when it holds secret material.
         """
-        layout = self._layout(data, kind, headroom)
+        layout = self._layout(data, kind)
         n, limbs = self.ring_dimension, len(layout.summary.moduli)
         elements = np.empty((layout.summary.elements, limbs, n), dtype=np.uint64)
         for index, (offset, _) in enumerate(layout.regions):
@@ -94,7 +93,7 @@ class RingTemplate:
                                                            offset=offset)
         return RingBlob(layout.summary, elements, layout.skeleton)
 
-    def _layout(self, data: bytes, kind: Kinds, headroom: int) -> _Layout:
+    def _layout(self, data: bytes, kind: Kinds) -> _Layout:
         """The blob's layout: a cached one whose skeleton matches, else a full walk.
 
         The walk's verdict depends only on the bytes outside the coefficient runs
@@ -102,15 +101,13 @@ class RingTemplate:
         accepted is well formed once its coefficients are checked: about 10x faster
         than walking it again.
         """
-        if isinstance(headroom, bool) or not isinstance(headroom, int) or headroom < 1:
-            raise ParameterError(f"headroom must be an int >= 1, got {headroom!r}")
-        key = (kind, headroom, len(data) if isinstance(data, bytes) else -1)
+        key = (kind, len(data) if isinstance(data, bytes) else -1)
         for layout in self.layouts.get(key, ()):
             if layout.matches(data, self.ring_dimension):
-                check_coefficients(data, layout.regions, self.ring_dimension, headroom,
+                check_coefficients(data, layout.regions, self.ring_dimension,
                                    layout.summary.kind)
                 return layout
-        walk = Walker(self, data, kind, headroom=headroom)
+        walk = Walker(self, data, kind)
         walk.run()
         walk.check_coefficients()
         layout = _Layout.of(walk)
@@ -157,7 +154,7 @@ class RingBlob:
     """A parsed blob: its summary, coefficients, and the bytes around them."""
 
     summary: BlobSummary
-    elements: U64Array  # (elements, limbs, n), evaluation form (coefficient for POLYNOMIAL)
+    elements: U64Array  # (elements, limbs, n), evaluation form
     skeleton: tuple[bytes, ...] = field(repr=False)  # bytes between coefficient runs
 
     @property
@@ -173,8 +170,7 @@ def build(blob: RingBlob, elements: U64Array | None = None) -> bytes:
     """The OpenFHE bytes of ``blob`` with ``elements`` as its coefficients.
 
     Without ``elements`` this gives back exactly the bytes parsed.  New coefficients
-    must have the same shape and be below their limb's modulus (times the headroom
-    the blob was parsed with).
+    must have the same shape and be below their limb's modulus.
     """
     values = blob.elements if elements is None else np.asarray(elements)
     if values.shape != blob.elements.shape or values.dtype != np.uint64:
@@ -183,9 +179,8 @@ def build(blob: RingBlob, elements: U64Array | None = None) -> bytes:
             f"{values.dtype} {values.shape}"
         )
     for limb, modulus in enumerate(blob.summary.moduli):
-        bound = blob.summary.headroom * modulus
-        if bound < 1 << 64 and bool((values[:, limb] >= np.uint64(bound)).any()):
-            raise ParameterError(f"a coefficient of limb {limb} is not below {bound}")
+        if bool((values[:, limb] >= np.uint64(modulus)).any()):
+            raise ParameterError(f"a coefficient of limb {limb} is not below {modulus}")
     runs = [values[e, limb].astype("<u8", copy=False).tobytes()
             for e in range(values.shape[0]) for limb in range(values.shape[1])]
     pieces: list[bytes] = [blob.skeleton[0]]

@@ -10,8 +10,8 @@ Layout (cereal portable binary, as OpenFHE 1.6.1 writes it; see docs/crypto.md):
     header     fixed bytes per object class: the serialised crypto context
                (moduli, 2n-th roots of unity, scheme); compared byte for byte
     key tag    u64 length (0 or 32) + lowercase hex
-    count      u64 elements (ciphertexts: 2, decryption shares and wrapped
-               polynomials: 1; public keys: 2; a private key has no count: 1)
+    count      u64 elements (ciphertexts: 2, decryption shares: 1; public keys: 2;
+               a private key has no count: 1)
     element    [u32 class version, first DCRTPoly only] u64 limbs, then per limb:
                  [u32 version, first only] u32 0x40000000 u8 1 [u32 version, first only]
                  u64 n | n x u64 coefficients | u64 modulus | u32 format
@@ -53,7 +53,7 @@ __all__ = ["BlobKind", "BlobSummary", "Kinds", "Outer", "Walker", "check_coeffic
 
 _EXACT_TYPE = 0x40000000  # cereal: a polymorphic pointer of exactly its static type
 _NEW = 0x80000000  # cereal: first occurrence of a shared pointer, content follows
-_EVALUATION, _COEFFICIENT = 0, 1
+_EVALUATION = 0  # every blob that crosses the wire is in evaluation form
 _TAG_LENGTHS = (0, 32)  # joint keys have no tag; others 128 random bits in hex
 _HEX = frozenset(b"0123456789abcdef")
 _MAX_BIGINT_WORDS = 64
@@ -75,7 +75,6 @@ class BlobKind(Enum):
 
     CIPHERTEXT = "ciphertext"
     DECRYPTION_SHARE = "decryption share"
-    POLYNOMIAL = "wrapped secret-share polynomial"
     PUBLIC_KEY = "public key"
     SECRET_KEY = "secret key"
 
@@ -84,17 +83,14 @@ class BlobKind(Enum):
 class _Shape:
     outer: Outer
     elements: int
-    all_limbs: bool  # keys and Shamir shares live over the whole modulus
-    poly_format: int
+    all_limbs: bool  # keys live over the whole modulus
 
 
 _SHAPES = {
-    BlobKind.CIPHERTEXT: _Shape(Outer.CIPHERTEXT, 2, False, _EVALUATION),
-    BlobKind.DECRYPTION_SHARE: _Shape(Outer.CIPHERTEXT, 1, False, _EVALUATION),
-    # OpenFHE's ShareKeys returns Shamir shares in coefficient form.
-    BlobKind.POLYNOMIAL: _Shape(Outer.CIPHERTEXT, 1, True, _COEFFICIENT),
-    BlobKind.PUBLIC_KEY: _Shape(Outer.PUBLIC_KEY, 2, True, _EVALUATION),
-    BlobKind.SECRET_KEY: _Shape(Outer.PRIVATE_KEY, 1, True, _EVALUATION),
+    BlobKind.CIPHERTEXT: _Shape(Outer.CIPHERTEXT, 2, False),
+    BlobKind.DECRYPTION_SHARE: _Shape(Outer.CIPHERTEXT, 1, False),
+    BlobKind.PUBLIC_KEY: _Shape(Outer.PUBLIC_KEY, 2, True),
+    BlobKind.SECRET_KEY: _Shape(Outer.PRIVATE_KEY, 1, True),
 }
 
 # A registered object: ("tower", index) or ("dcrt", limb count).
@@ -114,14 +110,13 @@ class BlobSummary:
     level: int | None = None  # ciphertext kinds only
     noise_degree: int | None = None
     scaling_factor: float | None = None
-    headroom: int = 1  # coefficients are below headroom x their modulus (see Walker)
 
 
 class Walker:
     """One pass over one blob; every read is bounds-checked and every value compared."""
 
     def __init__(self, template: RingTemplate, data: bytes, kind: Kinds,
-                 *, headroom: int = 1, learning: bool = False, trace: bool = False) -> None:
+                 *, learning: bool = False, trace: bool = False) -> None:
         self.choices = kind if isinstance(kind, tuple) else (kind,)
         shapes = [_SHAPES[choice] for choice in self.choices]
         if len({shape.outer for shape in shapes}) != 1 or len(
@@ -132,12 +127,6 @@ class Walker:
         if not isinstance(data, bytes):
             raise FrameError(f"a {self.kind.value} blob must be bytes, got {type(data).__name__}")
         self.learning = learning
-        # OpenFHE reduces every coefficient below its modulus except in Shamir shares:
-        # ShareKeys adds t-1 products (each below q) without reducing, so the caller
-        # who knows t allows t-1 moduli there.
-        if isinstance(headroom, bool) or not isinstance(headroom, int) or headroom < 1:
-            raise ParameterError(f"headroom must be an int >= 1, got {headroom!r}")
-        self.headroom = headroom
         self.pos = 0
         self.objects = dict(template.objects)
         self.next_id = template.next_id
@@ -251,7 +240,7 @@ class Walker:
         self.limbs = limbs
         for limb in range(limbs):
             self.native_poly(element, limb)
-        self.expect(self.u32, f"element {element} format", self.shape.poly_format)
+        self.expect(self.u32, f"element {element} format", _EVALUATION)
         self.pointer("dcrt", limbs, f"element {element} ring parameters")
 
     def native_poly(self, element: int, limb: int) -> None:
@@ -264,7 +253,7 @@ class Walker:
         offset = self.take(8 * self.t.ring_dimension, f"{name} coefficients")
         modulus = self.expect(self.u64, f"{name} modulus", self.t.moduli[limb])
         self.regions.append((offset, modulus))
-        self.expect(self.u32, f"{name} format", self.shape.poly_format)
+        self.expect(self.u32, f"{name} format", _EVALUATION)
         self.pointer("tower", limb, f"{name} tower parameters")
 
     def pointer(self, role: str, index: int, what: str) -> None:
@@ -365,34 +354,28 @@ class Walker:
     # -- results ------------------------------------------------------------------------
     def check_coefficients(self) -> None:
         """Every coefficient below its limb's modulus: one numpy reduction per limb."""
-        check_coefficients(self.data, self.regions, self.t.ring_dimension, self.headroom,
-                           self.kind)
+        check_coefficients(self.data, self.regions, self.t.ring_dimension, self.kind)
 
     def summary(self) -> BlobSummary:
         return BlobSummary(
             self.kind, self.tag, tuple(m for _, m in self.regions[: self.limbs]),
             len(self.regions) // max(self.limbs, 1),
             self.trailer.get("level"), self.trailer.get("noise_degree"),
-            self.trailer.get("scaling_factor"), self.headroom,
+            self.trailer.get("scaling_factor"),
         )
 
 
-def check_coefficients(data: bytes, regions: Sequence[tuple[int, int]], n: int, headroom: int,
+def check_coefficients(data: bytes, regions: Sequence[tuple[int, int]], n: int,
                        kind: BlobKind) -> None:
-    """Raise FrameError unless every coefficient run holds values below headroom x modulus."""
-    what = ("coefficient (not below its modulus)" if headroom == 1 else
-            f"coefficient (not below {headroom} x its modulus)")
+    """Raise FrameError unless every coefficient run holds values below its modulus."""
     for offset, modulus in regions:
-        bound = headroom * modulus
-        if bound >= 1 << 64:
-            continue  # every u64 is below it
         view = np.frombuffer(data, dtype="<u8", count=n, offset=offset)
-        if int(view.max()) >= bound:
-            index = int(np.argmax(view >= np.uint64(bound)))
+        if int(view.max()) >= modulus:
+            index = int(np.argmax(view >= np.uint64(modulus)))
             raise FrameError(
-                f"malformed {kind.value}: {what} at byte {offset + 8 * index}: expected "
-                f"< {bound}, found {int(view[index])}; the sender's OpenFHE bytes are corrupt "
-                "or forged, discard them"
+                f"malformed {kind.value}: coefficient (not below its modulus) at byte "
+                f"{offset + 8 * index}: expected < {modulus}, found {int(view[index])}; the "
+                "sender's OpenFHE bytes are corrupt or forged, discard them"
             )
 
 

@@ -45,6 +45,7 @@ from threshold_fl.crypto import ntt
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.noise import KEY_BYTES, AesCtrStream, GaussianSampler, wipe
 from threshold_fl.crypto.shares import KeyLimbs, decode_sums, self_tested, share_limb
+from threshold_fl.crypto.vectors import EncryptedVector
 from threshold_fl.errors import CryptoError, ParameterError
 from threshold_fl.identity import length_prefixed
 
@@ -59,6 +60,7 @@ __all__ = [
     "lagrange_weights",
     "mask_limbs",
     "pad_limbs",
+    "ring_parts",
     "threshold_key",
     "threshold_kit",
     "uniform_limbs",
@@ -309,6 +311,23 @@ def decryption_shares(
         for limb_array in weighted:
             wipe(limb_array)
     return out
+
+
+def ring_parts(context: CkksContext, vector: EncryptedVector
+               ) -> tuple[U64Array, U64Array, tuple[int, ...]]:
+    """An aggregate's c0 and c1 parts, each (count, limbs, n), and their moduli: c1 is
+    what the members of a decryption set get, c0 what the aggregator keeps."""
+    from threshold_fl.crypto.ring import BlobKind
+
+    rings = vector.rings or [context.ring.parse(CkksContext.serialize(c), BlobKind.CIPHERTEXT)
+                             for c in vector.ciphertexts]
+    if not rings:
+        limbs = context.ring.limbs - context.upload_level
+        empty = np.empty((0, limbs, context.ring.ring_dimension), dtype=np.uint64)
+        return empty, empty.copy(), tuple(context.ring.moduli[:limbs])
+    c0 = np.stack([ring.elements[0] for ring in rings])
+    c1 = np.stack([ring.elements[1] for ring in rings])
+    return c0, c1, tuple(rings[0].summary.moduli)
 
 
 def blind_fusion(c0: U64Array, shares: Sequence[U64Array], moduli: Sequence[int]) -> U64Array:

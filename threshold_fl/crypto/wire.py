@@ -7,11 +7,13 @@ message; the transport layer may chunk frames further.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
+from threshold_fl.arrays import U64Array
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.frames import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -26,13 +28,7 @@ from threshold_fl.crypto.frames import (
     iter_chunked,
     max_part_bytes,
 )
-from threshold_fl.crypto.keys import (
-    JointPublicKey,
-    PublicKey,
-    SecretKey,
-    ShamirShare,
-    joint_key_id,
-)
+from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, joint_key_id
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
 from threshold_fl.crypto.shares import share_template
@@ -46,17 +42,20 @@ from threshold_fl.crypto.vectors import (
 from threshold_fl.errors import FrameError
 
 __all__ = [
+    "PolynomialRole",
     "decode_joint_public_key",
+    "decode_key_share",
+    "decode_polynomials",
     "decode_partial_decryption",
     "decode_public_key",
     "decode_secret_key",
-    "decode_shamir_share",
     "decode_vector",
     "encode_joint_public_key",
+    "encode_key_share",
+    "encode_polynomials",
     "encode_partial_decryption",
     "encode_public_key",
     "encode_secret_key",
-    "encode_shamir_share",
     "encode_vector",
     "stream_vector",
 ]
@@ -137,38 +136,6 @@ def decode_secret_key(context: CkksContext, data: bytes) -> SecretKey:
     public_key_id = hex_field(frame, "public_key_id")
     native = context.deserialize_private_key(_single_part(frame))
     return SecretKey(context.fingerprint, public_key_id, native)
-
-
-def encode_shamir_share(context: CkksContext, share: ShamirShare) -> bytes:
-    meta = {
-        "dealer_index": share.dealer_index,
-        "holder_index": share.holder_index,
-        "parties": share.parties,
-        "threshold": share.threshold,
-        "dealer_public_id": share.dealer_public_id,
-    }
-    blob = context.wrap_polynomial(share.polynomial)
-    return encode_frame(FrameKind.SHAMIR_SHARE, context.fingerprint, meta, [blob])
-
-
-def decode_shamir_share(context: CkksContext, data: bytes) -> ShamirShare:
-    frame = _decode(context, data, FrameKind.SHAMIR_SHARE)
-    parties = int_field(frame, "parties", 2, _MAX_PARTIES)
-    threshold = int_field(frame, "threshold", 1, parties)
-    dealer = int_field(frame, "dealer_index", 1, parties)
-    holder = int_field(frame, "holder_index", 1, parties)
-    if dealer == holder:
-        raise FrameError("a Shamir share frame names the dealer as its own holder")
-    polynomial = context.unwrap_polynomial(_single_part(frame), threshold=threshold)
-    return ShamirShare(
-        dealer,
-        holder,
-        parties,
-        threshold,
-        hex_field(frame, "dealer_public_id"),
-        context.fingerprint,
-        polynomial,
-    )
 
 
 # -- multi-frame objects: vectors and partial decryptions -----------------------------
@@ -311,6 +278,90 @@ def _iter_run(
         yield common, None
 
 
+class PolynomialRole(str, Enum):
+    """What a run of POLYNOMIALS frames carries, one ring element per ciphertext."""
+
+    C1 = "c1"  # the aggregate's c1 parts, for the members of a decryption set
+    SHARE = "share"  # one member's decryption shares
+    FUSED = "fused"  # the aggregator's blind fusion: c0 plus the set's shares, padded
+
+
+def encode_polynomials(
+    context: CkksContext, role: PolynomialRole, key_id: str, length: int, arrays: U64Array, *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> Iterator[bytes]:
+    """(count, limbs, n) ring elements of the aggregates' level as frames: raw
+    little-endian limbs, checked on decoding to lie below their moduli."""
+    expected = (ciphertext_count(context, length), *_polynomial_shape(context))
+    if arrays.shape != expected:
+        raise FrameError(f"{role.value} arrays of shape {arrays.shape}, expected {expected}")
+    common = {"key_id": key_id, "length": length, "role": role.value}
+    parts = [np.ascontiguousarray(array, dtype="<u8").tobytes() for array in arrays]
+    yield from _encode_run(context, FrameKind.POLYNOMIALS, common, parts, max_frame_bytes)
+
+
+def decode_polynomials(context: CkksContext, frames: Sequence[bytes], role: PolynomialRole, *,
+                       key_id: str, length: int) -> U64Array:
+    """The (count, limbs, n) arrays of a POLYNOMIALS run, which must carry *role* for
+    *key_id* and *length*; every value below its limb's modulus."""
+    common, parts = _decode_run(context, frames, FrameKind.POLYNOMIALS)
+    if (common["role"], common["key_id"], common["length"]) != (role.value, key_id, length):
+        raise FrameError(
+            f"the frames carry {common['role']} for key {common['key_id'][:16]} and "
+            f"{common['length']} values; expected {role.value} for {key_id[:16]} and {length}")
+    limbs, n = _polynomial_shape(context)
+    out = np.empty((len(parts), limbs, n), dtype=np.uint64)
+    for index, part in enumerate(parts):
+        if len(part) != 8 * limbs * n:
+            raise FrameError(f"a {role.value} polynomial of {len(part)} bytes, expected "
+                             f"{8 * limbs * n}")
+        out[index] = np.frombuffer(part, dtype="<u8").reshape(limbs, n)
+    _check_below_moduli(out, context.ring.moduli[:limbs], role.value)
+    return out
+
+
+def _polynomial_shape(context: CkksContext) -> tuple[int, int]:
+    return context.ring.limbs - context.upload_level, context.ring.ring_dimension
+
+
+def _check_below_moduli(arrays: U64Array, moduli: Sequence[int], what: str) -> None:
+    for limb, q in enumerate(moduli):
+        if arrays.size and int(arrays[..., limb, :].max()) >= q:
+            raise FrameError(f"a {what} value is not reduced modulo its prime {q}")
+
+
+def encode_key_share(context: CkksContext, *, dealer_index: int, holder_index: int,
+                     parties: int, threshold: int, dealer_public_id: str,
+                     limbs: Mapping[int, U64Array]) -> bytes:
+    """Holder ``holder_index``'s t-of-N Shamir share of dealer ``dealer_index``'s key
+    share, one limb per modulus of the key (only ever sent sealed for the holder)."""
+    if list(limbs) != list(context.ring.moduli):
+        raise FrameError("a key share must cover every modulus of the key, in order")
+    meta = {"dealer_index": dealer_index, "holder_index": holder_index, "parties": parties,
+            "threshold": threshold, "dealer_public_id": dealer_public_id}
+    parts = [np.ascontiguousarray(limb, dtype="<u8").tobytes() for limb in limbs.values()]
+    return encode_frame(FrameKind.KEY_SHARE, context.fingerprint, meta, parts)
+
+
+def decode_key_share(context: CkksContext, data: bytes) -> tuple[dict[str, Any],
+                                                                 dict[int, U64Array]]:
+    """(metadata, limbs by modulus) of a KEY_SHARE frame, every value below its prime."""
+    frame = _decode(context, data, FrameKind.KEY_SHARE)
+    parties = int_field(frame, "parties", 2, _MAX_PARTIES)
+    meta = {"parties": parties, "threshold": int_field(frame, "threshold", 1, parties),
+            "dealer_index": int_field(frame, "dealer_index", 1, parties),
+            "holder_index": int_field(frame, "holder_index", 1, parties),
+            "dealer_public_id": hex_field(frame, "dealer_public_id")}
+    if meta["dealer_index"] == meta["holder_index"]:
+        raise FrameError("a key share frame names the dealer as its own holder")
+    moduli, n = context.ring.moduli, context.ring.ring_dimension
+    if len(frame.parts) != len(moduli) or any(len(part) != 8 * n for part in frame.parts):
+        raise FrameError(f"a key share must be {len(moduli)} limbs of {8 * n} bytes")
+    arrays = np.stack([np.frombuffer(part, dtype="<u8") for part in frame.parts])
+    _check_below_moduli(arrays[None], moduli, "key share")
+    return meta, {q: arrays[limb] for limb, q in enumerate(moduli)}
+
+
 def stream_vector(
     context: CkksContext, frames: Iterable[bytes], *, key_id: str, length: int
 ) -> Iterator[RingBlob]:
@@ -339,6 +390,11 @@ def _run_common(frame: Frame, kind: FrameKind) -> dict[str, Any]:
     }
     if kind is FrameKind.CIPHERTEXTS:
         common["aggregated"] = bool(field_of(frame, "aggregated", bool))
+    elif kind is FrameKind.POLYNOMIALS:
+        role = field_of(frame, "role", str)
+        if role not in {r.value for r in PolynomialRole}:
+            raise FrameError(f"unknown polynomial role {role!r}")
+        common["role"] = role
     else:
         common["vector_digest"] = hex_field(frame, "vector_digest")
         common["party_index"] = int_field(frame, "party_index", 1, _MAX_PARTIES)

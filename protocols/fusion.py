@@ -1,0 +1,101 @@
+"""Joint decryption by blind fusion: who decrypts, what a share is bound to, and the
+aggregator's record of one decryption.
+
+The aggregator picks a decryption set S of t live key holders and sends each member
+the aggregate's c1 parts only; each member returns one masked share
+(:func:`threshold_fl.crypto.threshold.decryption_shares`); the aggregator adds c0 and
+the shares and broadcasts the fused polynomials, still under the pad only clients can
+remove.  A member that drops makes the attempt fail: the aggregator picks another set
+(attempt + 1), and the masks keep the failed set's shares meaningless.  Nobody
+rebuilds a key and no key rotation follows a dropout.
+
+Every share is bound to (session, key epoch, round, stage, the digest of the c1 it
+decrypts, the set); the pad also to the attempt.  Binding the noise and masks to the
+c1 bytes themselves matters: with the same noise for two different c1, the difference
+of two shares would give the key away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+from protocols.messages import Stage
+from threshold_fl.arrays import U64Array
+from threshold_fl.crypto.threshold import DecryptionSet, derive_key
+from threshold_fl.identity import Identity, PartyId, PublicIdentity
+
+__all__ = ["BlindDecryption", "QueryBudget", "choose_set", "c1_digest", "decryption_set",
+           "pair_key"]
+
+
+def c1_digest(c1: U64Array) -> str:
+    """SHA-256 of the c1 arrays as sent (little-endian limbs)."""
+    return hashlib.sha256(c1.astype("<u8", copy=False).tobytes()).hexdigest()
+
+
+def decryption_set(session: str, holders: Sequence[PartyId], members: Sequence[PartyId],
+                   threshold: int, step: tuple[Stage, int, int, int], digest: str
+                   ) -> DecryptionSet:
+    """The crypto layer's set for ``members`` (party indices in the key's order), bound
+    to the session, the step (without the attempt) and the c1 digest."""
+    stage, epoch, round_, _ = step
+    binding = hashlib.sha256(
+        b"threshold-fl/decryption/v1\0" + f"{session}\0{epoch}\0{round_}\0{int(stage)}\0"
+        f"{digest}".encode()).digest()
+    indices = tuple(holders.index(member) + 1 for member in members)
+    return DecryptionSet(indices, threshold, binding)
+
+
+def pair_key(identity: Identity, peer: PublicIdentity, session: str, epoch: int) -> bytes:
+    """The mask key this party shares with ``peer`` for one key epoch (from their X25519
+    keys; the aggregator cannot compute it)."""
+    return derive_key(identity.shared_secret(peer), "pair",
+                      session.encode(), epoch.to_bytes(8, "big"))
+
+
+def choose_set(holders: Sequence[PartyId], alive: Collection[PartyId], threshold: int,
+               round_: int) -> tuple[PartyId, ...] | None:
+    """t live holders, starting at an offset that moves with the round (so the work
+    rotates among the clients); None if fewer than t are alive."""
+    live = [holder for holder in holders if holder in alive]
+    if len(live) < threshold:
+        return None
+    start = round_ % len(live)
+    return tuple(sorted((live[start:] + live[:start])[:threshold]))
+
+
+@dataclass
+class BlindDecryption:
+    """The aggregator's record of one aggregate's joint decryption."""
+
+    c0: U64Array
+    c1: U64Array
+    digest: str  # of c1
+    members: tuple[PartyId, ...] = ()
+    shares: dict[PartyId, U64Array] = field(default_factory=dict)
+    fused: bool = False  # the fused polynomials went out
+
+    def missing(self) -> list[PartyId]:
+        """The members of the current set whose share has not come."""
+        return [member for member in self.members if member not in self.shares]
+
+    def failed(self, dropped: Collection[PartyId]) -> bool:
+        """Whether a member of the current set dropped before the set completed."""
+        return not self.fused and any(member in dropped for member in self.missing())
+
+
+@dataclass
+class QueryBudget:
+    """Decryption shares one key epoch has given, against the Q its flooding is sized
+    for (``CkksParams.decryption_queries``): each ciphertext of each share counts."""
+
+    limit: int
+    used: int = 0
+
+    def allows(self, count: int) -> bool:
+        return self.used + count <= self.limit
+
+    def spend(self, count: int) -> None:
+        self.used += count
