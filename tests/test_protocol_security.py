@@ -80,6 +80,14 @@ def kind_of(net: Network, data: bytes) -> Message:
     return decode_message(data, net.manifest.directory)
 
 
+def first_of_round_one(net: Network, data: bytes, kind: str, seen: object) -> Message | None:
+    """The message in *data* if it is a round-1 *kind* and nothing was *seen* yet."""
+    message = kind_of(net, data)
+    if message.kind != kind or seen or message.header.round != 1:
+        return None
+    return message
+
+
 def run_probing(probe: Probe | None = None, *, before: Probe | None = None,
                 **options: Any) -> ProbingNetwork:
     net = ProbingNetwork(build_manifest(3, rounds=2, **options))
@@ -298,8 +306,8 @@ def test_decryption_requests_the_client_must_refuse() -> None:
     after: dict[str, str] = {}
 
     def check_before(net: Network, recipient: str, data: bytes) -> None:
-        message = kind_of(net, data)
-        if message.kind != "DecryptRequest" or before or message.header.round != 1:
+        message = first_of_round_one(net, data, "DecryptRequest", before)
+        if message is None:
             return
         body = message.body
         assert isinstance(body, DecryptRequest)
@@ -325,8 +333,8 @@ def test_decryption_requests_the_client_must_refuse() -> None:
             before[label] = assert_rejected(client, forged, error, net.now)
 
     def check_after(net: Network, recipient: str, data: bytes) -> None:
-        message = kind_of(net, data)
-        if message.kind != "DecryptRequest" or after or message.header.round != 1:
+        message = first_of_round_one(net, data, "DecryptRequest", after)
+        if message is None:
             return
         client = net.clients[recipient]
         assert client.state is ClientState.ROUND_DECRYPTING
@@ -350,8 +358,8 @@ def test_fused_results_the_client_must_refuse() -> None:
     refused: dict[str, str] = {}
 
     def check_before(net: Network, recipient: str, data: bytes) -> None:
-        message = kind_of(net, data)
-        if message.kind != "Fused" or refused or message.header.round != 1:
+        message = first_of_round_one(net, data, "Fused", refused)
+        if message is None:
             return
         body = message.body
         assert isinstance(body, Fused)
