@@ -90,8 +90,11 @@ def uniform_limbs(key: bytes, moduli: Sequence[int], n: int) -> U64Array:
     out = np.empty((len(moduli), n), dtype=np.uint64)
     for limb, q in enumerate(moduli):
         bits, modulus, filled = np.uint64((1 << q.bit_length()) - 1), np.uint64(q), 0
+        # Words below q out of the cut: q / 2^bits, at least a half, nearly all for NTT
+        # primes just under a power of two; read that many (plus a margin) at a time.
+        accept = q / float(1 << q.bit_length())
         while filled < n:
-            words = stream.read_uint64(2 * (n - filled) + 16)  # accepts at least half
+            words = stream.read_uint64(int((n - filled) / accept * 1.05) + 16)
             np.bitwise_and(words, bits, out=words)
             kept = words[words < modulus][: n - filled]
             out[limb, filled : filled + kept.size] = kept
