@@ -34,7 +34,7 @@ from protocols.events import (
     RoundCompleted,
     Step,
 )
-from protocols.fusion import BlindDecryption, QueryBudget, c1_digest, choose_set
+from protocols.fusion import BlindDecryption, QueryBudget, choose_set
 from protocols.ledger import StepLedger
 from protocols.machine import Handler, Machine, Randomness
 from protocols.manifest import Manifest, Mode, Role
@@ -66,38 +66,23 @@ from protocols.protection import (
     encode_plain,
 )
 from protocols.session import plaintext_key_id
-from protocols.states import AGGREGATOR_OTHER_TARGETS, AGGREGATOR_TARGETS, AggregatorState
+from protocols.states import (
+    AGGREGATOR_OTHER_TARGETS,
+    AGGREGATOR_STAGES,
+    AGGREGATOR_TARGETS,
+    AggregatorState,
+)
 from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.keys import PublicKey, combine_public_shares
-from threshold_fl.crypto.threshold import blind_fusion
 from threshold_fl.crypto.vectors import ciphertext_count
-from threshold_fl.crypto.wire import (
-    PolynomialRole,
-    decode_polynomials,
-    decode_public_key,
-    encode_polynomials,
-)
+from threshold_fl.crypto.wire import decode_public_key
 from threshold_fl.errors import ForgedMessage, MalformedMessage, ParameterError, UnexpectedMessage
 from threshold_fl.identity import Identity, PartyId
 from threshold_fl.ml.mask import EncryptionMask
 
 __all__ = ["AggregatorMachine", "AggregatorState"]
 
-
-
-
 A = AggregatorState
-_STAGE_OF = {
-    A.IDLE: Stage.SETUP,
-    A.JOINING: Stage.SETUP,
-    A.KEY_AGREEMENT: Stage.KEYS,
-    A.MASK_UPLOAD: Stage.MASK,
-    A.MASK_DECRYPTION: Stage.MASK,
-    A.ROUND_UPLOAD: Stage.ROUND,
-    A.ROUND_DECRYPTION: Stage.ROUND,
-    A.FINISHED: Stage.END,
-    A.ABORTED: Stage.END,
-}
 _UPLOADS = (A.MASK_UPLOAD, A.ROUND_UPLOAD)
 #: At a deadline, progress within this fraction of the stage timeout earns one extension.
 _GRACE = 0.25
@@ -151,7 +136,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         """(stage, epoch, round, attempt) that current messages must carry."""
         if self.state in (A.IDLE, A.JOINING):
             return (Stage.SETUP, 0, 0, 0)  # what a Hello carries
-        return (_STAGE_OF[self.state], self._epoch, self._round, self._attempt)
+        return (AGGREGATOR_STAGES[self.state], self._epoch, self._round, self._attempt)
 
     def start(self, now: float) -> Step:
         """Open the session: wait for every client's hello until the join deadline."""
@@ -347,9 +332,11 @@ class AggregatorMachine(Machine[AggregatorState]):
         assert self._sum is not None and self._plain_sum is not None
         self.state = A.MASK_DECRYPTION if self.state is A.MASK_UPLOAD else A.ROUND_DECRYPTION
         if self.manifest.mode is Mode.THRESHOLD and self._protected_length() > 0:
+            assert self._key_id is not None
             c0, c1 = self._sum.ring_parts()
             self._sum = None
-            self._decryption = BlindDecryption(c0, c1, c1_digest(c1))
+            self._decryption = BlindDecryption(self.context, self._key_id,
+                                               self._protected_length(), c0, c1)
             return self._start_decryption(now, retry=False)
         protected, _ = self._sum.result()
         self._reset_step(now, self.manifest.timeouts.decrypt_s)
@@ -363,7 +350,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         """Ask a set of t live holders for their shares (again, with another set, after a
         member dropped: attempt + 1)."""
         decryption = self._decryption
-        assert decryption is not None and self._key_id is not None
+        assert decryption is not None
         members = choose_set(self._holders, self.alive, self.manifest.threshold, self._round)
         if members is None:
             return self._abort(self._too_few(self.state.value))
@@ -374,10 +361,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._budget.spend(count)
         if retry:
             self._attempt += 1
-        decryption.members, decryption.shares = members, {}
+        c1 = decryption.request(members)
         self._reset_step(now, self.manifest.timeouts.decrypt_s)
-        c1 = tuple(encode_polynomials(self.context, PolynomialRole.C1, self._key_id,
-                                      self._protected_length(), decryption.c1))
         return Step(sends=self._sends(list(members), DecryptRequest(members, c1), self.step))
 
     def _on_decryption_share(self, message: Message, now: float) -> Step:
@@ -393,10 +378,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._require_new(decryption.shares, sender, message)
         if body.members != decryption.members or body.c1_digest != decryption.digest:
             raise MalformedMessage("the decryption share is for another set or aggregate")
-        assert self._key_id is not None
-        decryption.shares[sender] = decode_polynomials(
-            self.context, body.shares, PolynomialRole.SHARE, key_id=self._key_id,
-            length=self._protected_length())
+        decryption.take(sender, body.shares)
         if decryption.missing():
             return self._progress(now)
         return self._broadcast_fused(now).extend(self._progress(now))
@@ -404,13 +386,7 @@ class AggregatorMachine(Machine[AggregatorState]):
     def _broadcast_fused(self, now: float) -> Step:
         decryption = self._decryption
         assert decryption is not None and self._plain_sum is not None
-        assert self._key_id is not None
-        moduli = self.context.ring.moduli[: decryption.c0.shape[1]]
-        fused = blind_fusion(decryption.c0, list(decryption.shares.values()), moduli)
-        decryption.fused = True
-        frames = tuple(encode_polynomials(self.context, PolynomialRole.FUSED, self._key_id,
-                                          self._protected_length(), fused))
-        body = Fused(decryption.members, decryption.digest, frames,
+        body = Fused(decryption.members, decryption.digest, decryption.fuse(),
                      encode_plain(self._plain_sum))
         self._deadline = now + self.manifest.timeouts.decrypt_s
         return Step(sends=[self._send(self.alive, body, self.step, addressed="*")])
@@ -494,11 +470,9 @@ class AggregatorMachine(Machine[AggregatorState]):
         return step.extend(self._start_upload(now, A.ROUND_UPLOAD, self._round + 1))
 
     def _budget_for_a_round(self) -> bool:
-        """Whether this key epoch can decrypt another round's aggregate twice (a retry
-        after a dropout included); if not, keys are rotated first."""
-        if self.manifest.mode is not Mode.THRESHOLD or self.mask is None:
-            return True
-        return self._budget.allows(2 * ciphertext_count(self.context, self.mask.count))
+        """Whether this key epoch can decrypt another round (twice: a retry included)."""
+        return self.manifest.mode is not Mode.THRESHOLD or self.mask is None or (
+            self._budget.allows(2 * ciphertext_count(self.context, self.mask.count)))
 
     def _deadline_passed(self, now: float) -> Step:
         if self.state is A.JOINING:
@@ -531,9 +505,8 @@ class AggregatorMachine(Machine[AggregatorState]):
                                           self._done)
         if self.state in _UPLOADS:
             return upload_culprits(self._expected, self._uploaders)
-        decryption = self._decryption
-        if decryption is not None and not decryption.fused:
-            return [member for member in decryption.missing() if member in self.alive]
+        if self._decryption is not None:
+            return self._decryption.culprits(self.alive, self._done)
         return [party for party in self.alive if party not in self._done]
 
     def _after_drop(self, now: float) -> Step:

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 
 from protocols.messages import Stage
 from threshold_fl.arrays import U64Array
-from threshold_fl.crypto.threshold import DecryptionSet, derive_key
+from threshold_fl.crypto.context import CkksContext
+from threshold_fl.crypto.threshold import DecryptionSet, blind_fusion, derive_key
+from threshold_fl.crypto.wire import PolynomialRole, decode_polynomials, encode_polynomials
 from threshold_fl.identity import Identity, PartyId, PublicIdentity
 
 __all__ = ["BlindDecryption", "QueryBudget", "choose_set", "c1_digest", "decryption_set",
@@ -68,14 +70,41 @@ def choose_set(holders: Sequence[PartyId], alive: Collection[PartyId], threshold
 
 @dataclass
 class BlindDecryption:
-    """The aggregator's record of one aggregate's joint decryption."""
+    """The aggregator's record of one aggregate's joint decryption, and its frames: c1 for
+    the members, their shares in, the fused result out (``length`` protected values
+    under ``key_id``)."""
 
+    context: CkksContext
+    key_id: str
+    length: int
     c0: U64Array
     c1: U64Array
-    digest: str  # of c1
     members: tuple[PartyId, ...] = ()
     shares: dict[PartyId, U64Array] = field(default_factory=dict)
     fused: bool = False  # the fused polynomials went out
+
+    @property
+    def digest(self) -> str:
+        return c1_digest(self.c1)
+
+    def request(self, members: tuple[PartyId, ...]) -> tuple[bytes, ...]:
+        """Start a set (a new attempt): forget any earlier set's shares; the c1 frames."""
+        self.members, self.shares = members, {}
+        return tuple(encode_polynomials(self.context, PolynomialRole.C1, self.key_id,
+                                        self.length, self.c1))
+
+    def take(self, member: PartyId, frames: Sequence[bytes]) -> None:
+        """Decode and keep a member's share (checked frames, values below the moduli)."""
+        self.shares[member] = decode_polynomials(self.context, frames, PolynomialRole.SHARE,
+                                                 key_id=self.key_id, length=self.length)
+
+    def fuse(self) -> tuple[bytes, ...]:
+        """c0 plus every member's share, still padded, as frames."""
+        moduli = self.context.ring.moduli[: self.c0.shape[1]]
+        fused = blind_fusion(self.c0, list(self.shares.values()), moduli)
+        self.fused = True
+        return tuple(encode_polynomials(self.context, PolynomialRole.FUSED, self.key_id,
+                                        self.length, fused))
 
     def missing(self) -> list[PartyId]:
         """The members of the current set whose share has not come."""
@@ -84,6 +113,14 @@ class BlindDecryption:
     def failed(self, dropped: Collection[PartyId]) -> bool:
         """Whether a member of the current set dropped before the set completed."""
         return not self.fused and any(member in dropped for member in self.missing())
+
+    def culprits(self, alive: Sequence[PartyId], confirmed: Collection[PartyId]
+                 ) -> list[PartyId]:
+        """At the deadline: the live members whose share is missing; once the fused
+        result went out, the live clients that have not confirmed it."""
+        if not self.fused:
+            return [member for member in self.missing() if member in alive]
+        return [party for party in alive if party not in confirmed]
 
 
 @dataclass

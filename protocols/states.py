@@ -31,12 +31,14 @@ from protocols.messages import (
     RoundDone,
     RoundStart,
     SensitivityUpload,
+    Stage,
     UpdateUpload,
 )
 
 __all__ = [
-    "AGGREGATOR_OTHER_TARGETS", "AGGREGATOR_TARGETS", "AUTHORITY_OTHER_TARGETS",
-    "AUTHORITY_TARGETS", "AggregatorState", "CLIENT_OTHER_TARGETS", "CLIENT_TARGETS",
+    "AGGREGATOR_OTHER_TARGETS", "AGGREGATOR_STAGES", "AGGREGATOR_TARGETS",
+    "AUTHORITY_OTHER_TARGETS", "AUTHORITY_TARGETS", "AggregatorState", "CLIENT_OTHER_TARGETS",
+    "CLIENT_TARGETS",
     "CLIENT_WAITING", "ClientState", "KeyAuthorityState", "OtherTargets", "Targets",
 ]
 
@@ -188,6 +190,19 @@ AGGREGATOR_OTHER_TARGETS: OtherTargets = {
     "_deadline_passed": _AFTER_DROP,
     "_on_abort": _AFTER_DROP,
     "party_offline": _AFTER_DROP,
+}
+
+#: The protocol stage of the messages the aggregator sends and expects in each state.
+AGGREGATOR_STAGES: Mapping[enum.Enum, Stage] = {
+    A.IDLE: Stage.SETUP,
+    A.JOINING: Stage.SETUP,
+    A.KEY_AGREEMENT: Stage.KEYS,
+    A.MASK_UPLOAD: Stage.MASK,
+    A.MASK_DECRYPTION: Stage.MASK,
+    A.ROUND_UPLOAD: Stage.ROUND,
+    A.ROUND_DECRYPTION: Stage.ROUND,
+    A.FINISHED: Stage.END,
+    A.ABORTED: Stage.END,
 }
 
 AUTHORITY_TARGETS: Targets = {K.WAITING: {KeygenStart: _to(K.DONE)}}

@@ -10,6 +10,7 @@ from protocol_harness import Network, build_manifest, run_until
 from protocols.aggregator import AggregatorState
 from protocols.deadlines import key_agreement_culprits, upload_culprits
 from protocols.fusion import BlindDecryption, choose_set
+from threshold_fl.crypto import context_for, threshold_params
 from threshold_fl.identity import PartyId
 
 A, B, C = PartyId("a"), PartyId("b"), PartyId("c")
@@ -40,9 +41,14 @@ def test_uploads_blame_whoever_was_expected_and_did_not_upload() -> None:
     assert upload_culprits(ALL, ALL) == []
 
 
+CONTEXT = context_for(threshold_params(3))
+
+
 def _decryption(members: tuple[PartyId, ...]) -> BlindDecryption:
     zeros = np.zeros((1, 1, 4), dtype=np.uint64)  # c0, c1 and shares: shapes only
-    return BlindDecryption(zeros, zeros, "digest", members)
+    decryption = BlindDecryption(CONTEXT, "0" * 64, 4, zeros, zeros)
+    decryption.members = members
+    return decryption
 
 
 def test_a_decryption_set_is_t_live_holders_rotating_with_the_round() -> None:
@@ -74,6 +80,15 @@ def test_a_set_fails_only_when_a_member_drops_before_its_share() -> None:
     decryption.shares[B] = decryption.c0
     decryption.fused = True  # the result went out: nothing left to fail
     assert not decryption.failed({A, B})
+
+
+def test_the_blame_moves_from_missing_shares_to_missing_confirmations() -> None:
+    decryption = _decryption((A, B))
+    decryption.shares[A] = decryption.c0
+    assert decryption.culprits([A, B, C], []) == [B]  # C is not a member
+    assert decryption.culprits([A, C], []) == []  # B is gone already
+    decryption.fused = True
+    assert decryption.culprits([A, B, C], [A]) == [B, C]
 
 
 # -- the aggregator at a decryption deadline ------------------------------------------------
