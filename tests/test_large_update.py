@@ -40,7 +40,7 @@ from protocols.manifest import Manifest
 from protocols.messages import SensitivityUpload, UpdateUpload
 from threshold_fl.app.party import mqtt_transport
 from threshold_fl.arrays import FloatArray
-from threshold_fl.crypto.context import CkksContext
+from threshold_fl.crypto.context import context_for
 from threshold_fl.identity import Identity
 from threshold_fl.node import Aggregator, FederatedClient
 from transports.broker import BrokerConfig, MosquittoBroker, topic
@@ -365,7 +365,7 @@ async def test_a_200_mb_encrypted_update_is_chunked_verified_and_aggregated(
     # Every client decrypted the weighted plaintext average, within the CKKS bound.
     total = sum(SAMPLES.values())
     expected = sum(SAMPLES[n] / total * outcome.uploads[n] for n in NAMES)
-    bound = CkksContext(manifest.params).error_bound(len(NAMES)) + 1e-7
+    bound = context_for(manifest.params).error_bound(len(NAMES)) + 1e-7
     for name in NAMES:
         error = float(np.abs(outcome.models[name] - expected).max())
         print(f"{name}: max abs error {error:.2e} (bound {bound:.2e})")

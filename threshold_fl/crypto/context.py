@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -283,10 +283,25 @@ def _same_native_context(first: Any, second: Any) -> bool:
         raise CryptoError(f"could not compare CKKS contexts: {exc}") from None
 
 
-@lru_cache(maxsize=16)
+_CONTEXTS: dict[CkksParams, CkksContext] = {}
+# OpenFHE's registry of contexts (CryptoContextFactory::AllContexts) is a global vector
+# without a lock: two threads building the same parameters at once could register two
+# contexts, and a blob deserialised later lands in the first while the second's owner
+# operates on it ("not generated with the same crypto context").
+_CONTEXTS_LOCK = threading.Lock()
+
+
 def context_for(params: CkksParams) -> CkksContext:
-    """The (cached) context for ``params``; building one takes a few milliseconds."""
-    return CkksContext(params)
+    """The (cached) context for ``params``; building one takes a few milliseconds.
+
+    Thread-safe, and never evicted: OpenFHE keeps every context it made for the life of
+    the process and deserialises a blob into the first context with equal parameters,
+    so a second context for the same parameters must never exist."""
+    with _CONTEXTS_LOCK:
+        context = _CONTEXTS.get(params)
+        if context is None:
+            context = _CONTEXTS[params] = CkksContext(params)
+        return context
 
 
 def estimate_noise_bits(params: CkksParams, parties: int) -> float:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -358,6 +359,7 @@ class RingKit:
 
 
 Kit = TypeVar("Kit")
+_SELF_TEST_LOCK = threading.RLock()  # a kit's self-test may use another kit
 KitCache = dict[str, tuple[CkksContext, Any]]  # fingerprint -> (context, kit or failure)
 
 
@@ -365,13 +367,14 @@ def self_tested(cache: KitCache, context: CkksContext,
                 build: Callable[[CkksContext], Kit]) -> Kit:
     """The context's kit from ``cache``, built (self-tested) on first use.  A failure is
     kept and raised again, so a broken path is not re-tested on every call."""
-    cached = cache.get(context.fingerprint)
-    if cached is None or cached[0] is not context:
-        try:
-            cached = (context, build(context))
-        except CryptoError as failure:
-            cached = (context, failure)
-        cache[context.fingerprint] = cached
+    with _SELF_TEST_LOCK:  # OpenFHE's global state is not thread-safe: one at a time
+        cached = cache.get(context.fingerprint)
+        if cached is None or cached[0] is not context:
+            try:
+                cached = (context, build(context))
+            except CryptoError as failure:
+                cached = (context, failure)
+            cache[context.fingerprint] = cached
     if isinstance(cached[1], CryptoError):
         raise CryptoError(str(cached[1]))
     kit: Kit = cached[1]
