@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from protocols.messages import Stage
 from threshold_fl.arrays import U64Array
@@ -83,8 +84,9 @@ class BlindDecryption:
     shares: dict[PartyId, U64Array] = field(default_factory=dict)
     fused: bool = False  # the fused polynomials went out
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """Of c1, hashed once: every share and the fused result are checked against it."""
         return c1_digest(self.c1)
 
     def request(self, members: tuple[PartyId, ...]) -> tuple[bytes, ...]:
