@@ -34,6 +34,7 @@ from threshold_fl.crypto import (
     threshold_params,
 )
 from threshold_fl.crypto import threshold as th
+from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import KeyLimbs, decode_sums
 from threshold_fl.crypto.wire import (
     PolynomialRole,
@@ -177,11 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         timings.timed("aggregate", total.add, encrypted)
     aggregate = timings.timed("aggregate", total.result)
-    c0, c1, moduli = th.ring_parts(context, aggregate)
+    c0, c1, _ = th.ring_parts(context, aggregate)
+    rounding = ShareRounding.of(context)  # shares travel rounded, in coefficient form
     dset = th.DecryptionSet(tuple(range(1, threshold + 1)), threshold, b"example")
     pair_keys, group = _pair_keys(dset.members), os.urandom(32)
     shares = [
-        timings.timed("decryption shares", th.decryption_shares, c1, moduli, keys[j], dset,
+        timings.timed("decryption shares", th.decryption_shares, c1, rounding, keys[j], dset,
                       sigma=th.threshold_kit(context).sigma, noise_seed=os.urandom(32),
                       pair_keys=pair_keys[j],
                       group_key=group if j == dset.pad_holder else None)
@@ -192,11 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings.bytes["aggregate"] = _frames(context, PolynomialRole.C1, key_id, length, c1) * threshold
     timings.bytes["decryption shares"] = sum(
         _frames(context, PolynomialRole.SHARE, key_id, length, share) for share in shares)
-    fused = timings.timed("blind fusion", th.blind_fusion, c0, shares, moduli)
+    fused = timings.timed("blind fusion", th.blind_fusion, c0, shares, rounding)
     timings.bytes["blind fusion"] = _frames(context, PolynomialRole.FUSED, key_id, length,
                                             fused) * args.clients
     decrypted = timings.timed("unpad and decode", lambda: decode_sums(
-        context, th.unpad(fused, group, dset, 0, moduli), length))
+        context, th.unpad(fused, group, dset, 0, rounding), length, coefficients=True))
     restore_state(global_model, decrypted, layout)
 
     plaintext = np.sum([w * v for w, v in zip(weights, local_vectors, strict=True)], axis=0)

@@ -65,6 +65,7 @@ from protocols.session import model_check, open_mapping, pack_mapping, seal_cont
 from protocols.states import CLIENT_OTHER_TARGETS, CLIENT_TARGETS, CLIENT_WAITING, ClientState
 from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.keys import PartyKeys
+from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import decode_sums
 from threshold_fl.crypto.threshold import decryption_shares, threshold_kit, unpad
 from threshold_fl.crypto.vectors import decrypt_vector
@@ -425,7 +426,7 @@ class ClientMachine(Machine[ClientState]):
                               self.manifest.threshold, message.header.step, digest)
         pad = self._keys.group_key if dset.pad_holder == self._keys.index else None
         shares = decryption_shares(
-            c1, self.context.ring.moduli[: c1.shape[1]], self._keys.threshold_key, dset,
+            c1, ShareRounding.of(self.context), self._keys.threshold_key, dset,
             sigma=threshold_kit(self.context).sigma, noise_seed=self._noise_seed(),
             pair_keys=self._pair_keys(body.members), group_key=pad,
             attempt=message.header.attempt)
@@ -461,9 +462,9 @@ class ClientMachine(Machine[ClientState]):
                                    key_id=self._keys.key_id, length=length)
         dset = decryption_set(self.manifest.session, self._keys.holders, body.members,
                               self.manifest.threshold, message.header.step, body.c1_digest)
-        moduli = self.context.ring.moduli[: fused.shape[1]]
-        values = decode_sums(self.context, unpad(fused, self._keys.group_key, dset,
-                                                 message.header.attempt, moduli), length)
+        clear = unpad(fused, self._keys.group_key, dset, message.header.attempt,
+                      ShareRounding.of(self.context))
+        values = decode_sums(self.context, clear, length, coefficients=True)
         self._step = message.header.step
         self._plain_part = plain
         self._heard(now)

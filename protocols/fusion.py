@@ -25,6 +25,7 @@ from functools import cached_property
 from protocols.messages import Stage
 from threshold_fl.arrays import U64Array
 from threshold_fl.crypto.context import CkksContext
+from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.threshold import DecryptionSet, blind_fusion, derive_key
 from threshold_fl.crypto.wire import PolynomialRole, decode_polynomials, encode_polynomials
 from threshold_fl.identity import Identity, PartyId, PublicIdentity
@@ -102,8 +103,8 @@ class BlindDecryption:
 
     def fuse(self) -> tuple[bytes, ...]:
         """c0 plus every member's share, still padded, as frames."""
-        moduli = self.context.ring.moduli[: self.c0.shape[1]]
-        fused = blind_fusion(self.c0, list(self.shares.values()), moduli)
+        fused = blind_fusion(self.c0, list(self.shares.values()),
+                             ShareRounding.of(self.context))
         self.fused = True
         return tuple(encode_polynomials(self.context, PolynomialRole.FUSED, self.key_id,
                                         self.length, fused))

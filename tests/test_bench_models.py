@@ -24,6 +24,7 @@ from threshold_fl.crypto import (
     threshold_params,
 )
 from threshold_fl.crypto.ring import build
+from threshold_fl.crypto.rounding import ShareRounding
 
 
 def _fresh_ciphertext_bytes(params: CkksParams) -> int:
@@ -95,11 +96,14 @@ def test_a_segmented_round_decrypts_the_exact_weighted_average(
     assert he.max_error < he.error_bound
     assert len(he.encrypt_s) == 2 and len(he.share_s) == he.members == 2  # t = 2 of 2
     # a member downloads c1 and uploads one share, every client downloads the fused
-    # result: one polynomial of one limb per ciphertext each
+    # result: one polynomial of one limb per ciphertext each, c1 at 8 bytes a value,
+    # the share and the fused result rounded to 4
     context = context_for(params)
-    polynomial = 8 * context.ring.ring_dimension * he.ciphertexts
-    for sent in (he.c1_bytes, he.share_bytes, he.fused_bytes):
-        assert polynomial <= sent <= 1.02 * polynomial + 4096, (sent, polynomial)
+    polynomial = context.ring.ring_dimension * he.ciphertexts
+    width = ShareRounding.of(context).width
+    assert width == 4
+    for sent, word in ((he.c1_bytes, 8), (he.share_bytes, width), (he.fused_bytes, width)):
+        assert word * polynomial <= sent <= 1.02 * word * polynomial + 4096, (sent, word)
     plain = run_plain_round(uploads, layout, 7, tmp_path)
     assert plain.upload_bytes == 4 * length and plain.max_error < 1e-7
 

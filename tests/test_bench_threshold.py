@@ -13,6 +13,7 @@ import pytest
 from threshold_fl.app.cli import main as cli_main
 from threshold_fl.bench.threshold import (
     CONFIGURATIONS,
+    FIXED,
     FLOODING,
     FLOODING_OPENFHE,
     SINGLE_KEY,
@@ -20,14 +21,22 @@ from threshold_fl.bench.threshold import (
     measure,
     noise_rows,
 )
+from threshold_fl.crypto import context_for, threshold_params
+from threshold_fl.crypto.rounding import ShareRounding
 
 WORD = 8  # bytes per RNS coefficient
 
 
-def layout_bytes(row: StepRow, polynomials: int, limbs: int) -> int:
+def layout_bytes(row: StepRow, polynomials: int, limbs: int, word: int = WORD) -> int:
     """Bytes of the ciphertexts (or shares) for row.values values, before framing."""
     ciphertexts = math.ceil(row.values / row.values_per_ciphertext)
-    return ciphertexts * polynomials * limbs * row.ring_dimension * WORD
+    return ciphertexts * polynomials * limbs * row.ring_dimension * word
+
+
+def rounded_width(row: StepRow) -> int:
+    """Bytes a value of our shares and fused polynomials take (rounded, coefficient form)."""
+    params = threshold_params(3, flooding=row.configuration != FIXED)
+    return ShareRounding.of(context_for(params)).width
 
 
 def assert_framed(measured: int, layout: int) -> None:
@@ -94,14 +103,23 @@ def test_bytes_match_the_ciphertext_layout(rows: list[StepRow]) -> None:
         assert limbs in (1, 2), row
         assert_framed(row.upload_bytes_per_client, layout_bytes(row, 2, limbs))
         # the aggregate is rescaled to one limb before it is decrypted: single-key
-        # downloads it (2 polynomials); a member of the set its c1 and the fused result
-        # (1 + 1, whatever N); the reference the aggregate and N - 1 = 2 partials
-        polynomials = 4 if row.configuration == FLOODING_OPENFHE else 2
-        assert_framed(row.download_bytes_per_client, layout_bytes(row, polynomials, 1))
+        # downloads it (2 polynomials); the reference the aggregate and N - 1 = 2
+        # partials; a member of our set c1 (8 bytes a value) and the fused result
+        # (rounded: 4 bytes with flooding, 6 with fixed noise), whatever N
+        if row.configuration in (SINGLE_KEY, FLOODING_OPENFHE):
+            polynomials = 4 if row.configuration == FLOODING_OPENFHE else 2
+            assert_framed(row.download_bytes_per_client, layout_bytes(row, polynomials, 1))
+        else:
+            width = rounded_width(row)
+            assert width == (4 if row.configuration == FLOODING else 6)
+            assert_framed(row.download_bytes_per_client,
+                          layout_bytes(row, 1, 1) + layout_bytes(row, 1, 1, width))
         if row.configuration == SINGLE_KEY:
             assert row.share_bytes_per_member == 0 and row.share_per_member_s == 0
-        else:  # a share (or partial decryption) is one polynomial of one limb per ciphertext
+        elif row.configuration == FLOODING_OPENFHE:  # one polynomial of one limb a ciphertext
             assert_framed(row.share_bytes_per_member, layout_bytes(row, 1, 1))
+        else:  # our share: one rounded polynomial a ciphertext
+            assert_framed(row.share_bytes_per_member, layout_bytes(row, 1, 1, rounded_width(row)))
 
 
 def test_the_noise_table_compares_fixed_and_flooded_decryption(rows: list[StepRow]) -> None:

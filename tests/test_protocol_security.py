@@ -33,6 +33,7 @@ from protocols.messages import (
     Message,
 )
 from threshold_fl.crypto.keys import PartyKeys, SecretKey, ThresholdSecret
+from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import KeyLimbs, decode_sums
 from threshold_fl.crypto.threshold import ThresholdKey, blind_fusion, unpad
 from threshold_fl.crypto.vectors import PartialDecryption
@@ -460,10 +461,10 @@ def test_the_aggregator_cannot_read_what_it_fuses() -> None:
         assert decryption is not None and decryption.fused
         context, body = aggregator.context, message.body
         assert isinstance(body, Fused)
-        moduli = context.ring.moduli[: decryption.c0.shape[1]]
+        rounding = ShareRounding.of(context)
         length = aggregator._protected_length()
         shares = list(decryption.shares.values())
-        fused = blind_fusion(decryption.c0, shares, moduli)
+        fused = blind_fusion(decryption.c0, shares, rounding)
         assert aggregator._key_id is not None
         sent = decode_polynomials(context, body.fused, PolynomialRole.FUSED,
                                   key_id=aggregator._key_id, length=length)
@@ -473,11 +474,12 @@ def test_the_aggregator_cannot_read_what_it_fuses() -> None:
         dset = decryption_set(net.manifest.session, client._keys.holders, body.members,
                               net.manifest.threshold, message.header.step, body.c1_digest)
         values = decode_sums(context, unpad(fused, client._keys.group_key, dset,
-                                            message.header.attempt, moduli), length)
+                                            message.header.attempt, rounding), length,
+                             coefficients=True)
         assert np.abs(values).max() <= 2.0  # weighted averages of values within ±1
-        for partial in (fused, *(blind_fusion(decryption.c0, [share], moduli)
+        for partial in (fused, *(blind_fusion(decryption.c0, [share], rounding)
                                  for share in shares)):
-            blind = decode_sums(context, partial, length)
+            blind = decode_sums(context, rounding.lifted(partial), length, coefficients=True)
             # Decoding a uniform ring element gives values in the thousands, not the sum.
             assert np.median(np.abs(blind - values)) > 50, "the aggregator could read it"
         checked.append(message.header.round)

@@ -157,11 +157,18 @@ def test_own_decoding_matches_openfhes_fusion(federation: Any, aggregate_vector:
                 for i, s in federation.secrets.items()]
     total = shares.sum_shares(CONTEXT, [p.shares for p in partials])
     count = CONTEXT.values_per_ciphertext
+    q = CONTEXT.ring.moduli[0]
     for index in range(total.shape[0]):
-        ours = shares._decode_own(CONTEXT, total[index], count)
+        ours = shares._decode_own(CONTEXT, total[index], count, coefficients=False)
         theirs = shares._decode_openfhe(CONTEXT, total[index], count)
         # OpenFHE's decoding adds a little noise of its own; both are far inside the bound.
         assert np.abs(ours - theirs).max() < 1e-3 * CONTEXT.error_bound(PARTIES)
+        # the same sum in coefficient form (as blind fusion delivers it) decodes alike
+        coefficients = ntt.tables_for(total.shape[2], q).inverse(total[index, 0])[None]
+        np.testing.assert_allclose(
+            shares._decode_own(CONTEXT, coefficients, count, coefficients=True), ours)
+        back = shares._evaluations(CONTEXT, coefficients, True)
+        np.testing.assert_array_equal(back, total[index])
 
 
 def test_sparse_packing_decodes_through_openfhe() -> None:

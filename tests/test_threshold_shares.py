@@ -19,13 +19,16 @@ from threshold_fl.arrays import U64Array
 from threshold_fl.crypto import context_for, ntt, threshold_params
 from threshold_fl.crypto import threshold as th
 from threshold_fl.crypto.ring import BlobKind, RingBlob
-from threshold_fl.crypto.shares import KeyLimbs, coefficients_of, decode_sums
+from threshold_fl.crypto.rounding import ShareRounding
+from threshold_fl.crypto.shares import KeyLimbs, centred, decode_sums
 from threshold_fl.errors import CryptoError, ParameterError
 
 PARTIES, T = 5, 3
 CONTEXT = context_for(threshold_params(PARTIES))
 N = CONTEXT.ring.ring_dimension
 SIGMA = 2.0 ** CONTEXT.params.decryption_noise_bits()
+ROUNDING = ShareRounding.of(CONTEXT)  # shares and fused values travel rounded
+MODULI = ROUNDING.moduli
 GROUP = bytes(range(32))
 # A chi-square statistic over 64 equiprobable bins: below 130 unless p < 1e-6 (df = 63).
 _BINS, _CHI2_LIMIT = 64, 130.0
@@ -93,7 +96,7 @@ def shares_of(keys: dict[int, th.ThresholdKey], blobs: list[RingBlob], dset: th.
     c1 = np.stack([blob.elements[1] for blob in blobs])
     pairs = pair_keys(dset.members)
     return {j: th.decryption_shares(
-        c1, blobs[0].summary.moduli, keys[j], dset, sigma=SIGMA,
+        c1, ROUNDING, keys[j], dset, sigma=SIGMA,
         noise_seed=(seeds or {}).get(j, bytes([j]) * 32), pair_keys=pairs[j],
         group_key=GROUP if j == dset.pad_holder else None, attempt=attempt)
         for j in dset.members}
@@ -101,6 +104,9 @@ def shares_of(keys: dict[int, th.ThresholdKey], blobs: list[RingBlob], dset: th.
 
 def c0_of(blobs: list[RingBlob]) -> U64Array:
     return np.stack([blob.elements[0] for blob in blobs])
+
+
+lifted = ROUNDING.lifted  # rounded shares or fused values back below q, coefficient form
 
 
 # -- interpolation ------------------------------------------------------------------------------
@@ -173,40 +179,41 @@ def test_sharings_without_an_honest_majority_are_refused(parties: int, threshold
 def test_a_set_of_t_or_more_decrypts_a_real_aggregate_blindly(
         keys: dict[int, th.ThresholdKey], aggregate_blobs: Any, members: tuple[int, ...]) -> None:
     blobs, expected = aggregate_blobs
-    moduli = blobs[0].summary.moduli
     dset = th.DecryptionSet(members, T, b"round-1")
     fused = th.blind_fusion(c0_of(blobs), list(shares_of(keys, blobs, dset, attempt=2).values()),
-                            moduli)
+                            ROUNDING)
     bound = CONTEXT.error_bound(len(members))
-    values = decode_sums(CONTEXT, th.unpad(fused, GROUP, dset, 2, moduli), expected.size)
+    values = decode_sums(CONTEXT, th.unpad(fused, GROUP, dset, 2, ROUNDING), expected.size,
+                         coefficients=True)
     assert np.abs(values - expected).max() < bound
     # the aggregator's view: the pad hides the sum; the wrong attempt's pad leaves garbage
-    for q_index, q in enumerate(moduli):
-        assert uniform_mod(fused[:, q_index], q)
-    wrong = decode_sums(CONTEXT, th.unpad(fused, GROUP, dset, 1, moduli), expected.size)
+    for q_index, q in enumerate(MODULI):
+        assert uniform_mod(lifted(fused)[:, q_index], q)
+    wrong = decode_sums(CONTEXT, th.unpad(fused, GROUP, dset, 1, ROUNDING), expected.size,
+                        coefficients=True)
     assert np.abs(wrong - expected).max() > 1e3
 
 
 def test_an_incomplete_set_sums_to_uniform_values(keys: dict[int, th.ThresholdKey],
                                                   aggregate_blobs: Any) -> None:
     blobs, _ = aggregate_blobs
-    moduli = blobs[0].summary.moduli
     dset = th.DecryptionSet((1, 2, 3), T, b"round-1")
     shares = shares_of(keys, blobs, dset)
     for missing in dset.members:
         partial = th.blind_fusion(c0_of(blobs), [s for j, s in shares.items() if j != missing],
-                                  moduli)
-        for limb, q in enumerate(moduli):
-            assert uniform_mod(partial[:, limb], q)
+                                  ROUNDING)
+        for limb, q in enumerate(MODULI):
+            assert uniform_mod(lifted(partial)[:, limb], q)
 
 
-def _unmasked(share: U64Array, dset: th.DecryptionSet, index: int, moduli: Any) -> U64Array:
-    """d_j - M_j: what a share would be without the masks (the test knows the keys)."""
-    out = share.copy()
+def _unmasked(share: U64Array, dset: th.DecryptionSet, index: int) -> U64Array:
+    """d_j - M_j in coefficient form: what a share would be without the masks (the test
+    knows the keys)."""
+    out = lifted(share)
     for ct in range(share.shape[0]):
-        mask = th.mask_limbs(dset, index, pair_keys(dset.members)[index], ct, moduli, N)
-        for limb, q in enumerate(moduli):
-            out[ct, limb] = ntt.sub_mod(share[ct, limb], mask[limb], q)
+        mask = th.mask_limbs(dset, index, pair_keys(dset.members)[index], ct, MODULI, N)
+        for limb, q in enumerate(MODULI):
+            out[ct, limb] = ntt.sub_mod(out[ct, limb], mask[limb], q)
     return out
 
 
@@ -216,19 +223,18 @@ def test_two_sets_shares_of_one_party_do_not_combine(keys: dict[int, th.Threshol
     -2, so 2 d(S) - 3 d(S') cancels its key and leaves 2 e - 3 e', small noise with a
     linear relation, without the masks; with them, values uniform modulo q."""
     blobs, _ = aggregate_blobs
-    moduli = blobs[0].summary.moduli
     first, second = (th.DecryptionSet(m, T, b"round-1") for m in ((1, 2, 3), (1, 2, 4)))
-    share_s = shares_of(keys, blobs, first)[2]
-    share_t = shares_of(keys, blobs, second)[2]
-    bare_s, bare_t = _unmasked(share_s, first, 2, moduli), _unmasked(share_t, second, 2, moduli)
-    for limb, q in enumerate(moduli):
+    share_s = lifted(shares_of(keys, blobs, first)[2])
+    share_t = lifted(shares_of(keys, blobs, second)[2])
+    bare_s, bare_t = (_unmasked(shares_of(keys, blobs, dset)[2], dset, 2)
+                      for dset in (first, second))
+    for limb, q in enumerate(MODULI):
         assert th.lagrange_weights(first.members, q)[2] == q - 3
         assert th.lagrange_weights(second.members, q)[2] == q - 2
 
         def combined(a: U64Array, b: U64Array, q: int = q) -> npt.NDArray[np.int64]:
             two, three = np.full(N, 2, np.uint64), np.full(N, 3, np.uint64)
-            return coefficients_of(ntt.sub_mod(ntt.mul_mod(a, two, q), ntt.mul_mod(b, three, q),
-                                               q), q)
+            return centred(ntt.sub_mod(ntt.mul_mod(a, two, q), ntt.mul_mod(b, three, q), q), q)
 
         bare = combined(bare_s[0, limb], bare_t[0, limb])
         assert np.std(bare.astype(np.float64)) == pytest.approx(math.sqrt(13) * SIGMA, rel=0.05)
@@ -239,16 +245,15 @@ def test_two_sets_shares_of_one_party_do_not_combine(keys: dict[int, th.Threshol
 def test_an_exact_resend_is_identical_and_another_set_is_fresh(
         keys: dict[int, th.ThresholdKey], aggregate_blobs: Any) -> None:
     blobs, _ = aggregate_blobs
-    moduli = blobs[0].summary.moduli
     dset = th.DecryptionSet((1, 2, 4), T, b"round-1")
     once, twice = shares_of(keys, blobs, dset)[2], shares_of(keys, blobs, dset)[2]
     np.testing.assert_array_equal(once, twice)
     other = th.DecryptionSet((1, 2, 4), T, b"round-2")
-    fresh = _unmasked(shares_of(keys, blobs, other)[2], other, 2, moduli)
-    same = _unmasked(once, dset, 2, moduli)
+    fresh = _unmasked(shares_of(keys, blobs, other)[2], other, 2)
+    same = _unmasked(once, dset, 2)
     # same key, c1 and weights: the difference is the noise difference, fresh per binding
-    q = moduli[0]
-    difference = coefficients_of(ntt.sub_mod(fresh[0, 0], same[0, 0], q), q)
+    q = MODULI[0]
+    difference = centred(ntt.sub_mod(fresh[0, 0], same[0, 0], q), q)
     assert np.std(difference.astype(np.float64)) == pytest.approx(math.sqrt(2) * SIGMA,
                                                                   rel=0.05)
 
@@ -256,15 +261,15 @@ def test_an_exact_resend_is_identical_and_another_set_is_fresh(
 def test_each_share_carries_full_width_noise_after_the_weighting(
         keys: dict[int, th.ThresholdKey], aggregate_blobs: Any) -> None:
     blobs, _ = aggregate_blobs
-    moduli = blobs[0].summary.moduli
     dset = th.DecryptionSet((3, 4, 5), T, b"round-1")
-    share = _unmasked(shares_of(keys, blobs, dset)[4], dset, 4, moduli)
+    share = _unmasked(shares_of(keys, blobs, dset)[4], dset, 4)
     noise = []
     for ct, blob in enumerate(blobs):
-        for limb, q in enumerate(moduli):
+        for limb, q in enumerate(MODULI):
             weight = np.full(N, th.lagrange_weights(dset.members, q)[4], np.uint64)
-            exact = ntt.mul_mod(blob.elements[1, limb], ntt.mul_mod(keys[4].limb(q), weight, q), q)
-            noise.append(coefficients_of(ntt.sub_mod(share[ct, limb], exact, q), q))
+            exact = ntt.tables_for(N, q).inverse(ntt.mul_mod(
+                blob.elements[1, limb], ntt.mul_mod(keys[4].limb(q), weight, q), q))
+            noise.append(centred(ntt.sub_mod(share[ct, limb], exact, q), q))
     width = float(np.std(np.concatenate(noise).astype(np.float64)))
     assert width == pytest.approx(SIGMA, rel=0.02)
     assert abs(float(np.mean(np.concatenate(noise)))) < 0.05 * SIGMA
@@ -305,14 +310,14 @@ def test_bad_sets_are_refused(members: Any, problem: str) -> None:
 def test_shares_refuse_a_wrong_pad_holder_or_a_missing_pair_key(
         keys: dict[int, th.ThresholdKey], aggregate_blobs: Any) -> None:
     blobs, _ = aggregate_blobs
-    c1, moduli = np.stack([b.elements[1] for b in blobs]), blobs[0].summary.moduli
+    c1, moduli = np.stack([b.elements[1] for b in blobs]), MODULI
     dset = th.DecryptionSet((1, 2, 3), T, b"x")
     pairs = pair_keys(dset.members)
     with pytest.raises(ParameterError, match="first member pads"):
-        th.decryption_shares(c1, moduli, keys[2], dset, sigma=SIGMA, noise_seed=bytes(32),
+        th.decryption_shares(c1, ROUNDING, keys[2], dset, sigma=SIGMA, noise_seed=bytes(32),
                              pair_keys=pairs[2], group_key=GROUP)
     with pytest.raises(ParameterError, match="no pairwise key with party 3"):
-        th.decryption_shares(c1, moduli, keys[2], dset, sigma=SIGMA, noise_seed=bytes(32),
+        th.decryption_shares(c1, ROUNDING, keys[2], dset, sigma=SIGMA, noise_seed=bytes(32),
                              pair_keys={1: pairs[2][1]})
     with pytest.raises(ParameterError, match="party 4 is not in the decryption set"):
         th.mask_limbs(dset, 4, pairs[1], 0, moduli, N)

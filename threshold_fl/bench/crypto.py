@@ -41,6 +41,7 @@ from threshold_fl.crypto import (
 )
 from threshold_fl.crypto.encryption import EncryptionPath
 from threshold_fl.crypto.noise import wipe
+from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import DecryptionPath, KeyLimbs, decode_sums
 from threshold_fl.crypto.threshold import (
     DecryptionSet,
@@ -281,7 +282,7 @@ def _blind_fusion(context: CkksContext, timings: Timings, key_id: str,
         return c0, list(encode_polynomials(context, PolynomialRole.C1, key_id, length, c1))
 
     c0, c1_frames = timings.timed("split", split)
-    moduli = context.ring.moduli[: c0.shape[1]]
+    rounding = ShareRounding.of(context)
     timings.bytes["c1_per_member"] = sum(map(len, c1_frames))
     sent = []
     for key in keys:
@@ -292,7 +293,7 @@ def _blind_fusion(context: CkksContext, timings: Timings, key_id: str,
             pair_keys = {other: pair[min(key.index, other), max(key.index, other)]
                          for other in members if other != key.index}
             shares = decryption_shares(
-                c1, moduli, key, dset, sigma=sigma, noise_seed=os.urandom(32),
+                c1, rounding, key, dset, sigma=sigma, noise_seed=os.urandom(32),
                 pair_keys=pair_keys,
                 group_key=group_key if key.index == dset.pad_holder else None, attempt=1)
             return list(encode_polynomials(context, PolynomialRole.SHARE, key_id, length,
@@ -304,7 +305,7 @@ def _blind_fusion(context: CkksContext, timings: Timings, key_id: str,
     def fuse() -> list[bytes]:
         shares = [decode_polynomials(context, frames, PolynomialRole.SHARE, key_id=key_id,
                                      length=length) for frames in sent]
-        fused = blind_fusion(c0, shares, moduli)
+        fused = blind_fusion(c0, shares, rounding)
         return list(encode_polynomials(context, PolynomialRole.FUSED, key_id, length, fused))
 
     fused_frames = timings.timed("fuse", fuse)
@@ -312,18 +313,18 @@ def _blind_fusion(context: CkksContext, timings: Timings, key_id: str,
     values: FloatArray = np.empty(0)
     for _ in range(parties):
         values = timings.timed("decode", client_decode, context, fused_frames, key_id, length,
-                               group_key, dset, moduli)
+                               group_key, dset)
     return values
 
 
 def client_decode(context: CkksContext, frames: Sequence[bytes], key_id: str, length: int,
-                  group_key: bytes, dset: DecryptionSet, moduli: Sequence[int]) -> FloatArray:
+                  group_key: bytes, dset: DecryptionSet) -> FloatArray:
     """What a client does with the fused frames: decode, remove the pad, decode the
     values (the weighted sum)."""
     fused = decode_polynomials(context, frames, PolynomialRole.FUSED, key_id=key_id,
                                length=length)
-    values: FloatArray = decode_sums(context, unpad(fused, group_key, dset, 1, moduli),
-                                     length)
+    clear = unpad(fused, group_key, dset, 1, ShareRounding.of(context))
+    values: FloatArray = decode_sums(context, clear, length, coefficients=True)
     return values
 
 

@@ -72,6 +72,7 @@ from threshold_fl.crypto import (
 from threshold_fl.crypto.frames import FrameKind, encode_frame
 from threshold_fl.crypto.noise import wipe
 from threshold_fl.crypto.ring import RingBlob, build
+from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import KeyLimbs, decode_sums
 from threshold_fl.crypto.threshold import (
     DecryptionSet,
@@ -402,7 +403,7 @@ def share_role(job: Job) -> Job:
                                             key_id=key_id, length=length)
                     dset = _decryption_set(keys, group)
                     shares = decryption_shares(
-                        c1, context.ring.moduli[:c1.shape[1]], key, dset, sigma=sigma,
+                        c1, ShareRounding.of(context), key, dset, sigma=sigma,
                         noise_seed=noise_seed, pair_keys=pair_keys,
                         group_key=group_key if index == dset.pad_holder else None, attempt=1)
                     frames = list(encode_polynomials(context, PolynomialRole.SHARE, key_id,
@@ -423,8 +424,8 @@ def fuse_role(job: Job) -> Job:
     context, folder = _context(job), Path(job["folder"])
     key_id, keys = _load_joint(context, folder).key_id, _load_set(folder)
     groups = [int(length) for length in job["groups"]]
-    limbs, n = context.ring.limbs - context.upload_level, context.ring.ring_dimension
-    moduli = context.ring.moduli[:limbs]
+    rounding = ShareRounding.of(context)
+    limbs, n = len(rounding.moduli), context.ring.ring_dimension
     overhead, sent, fused_groups = Overhead(), 0, 0
     shares = [overhead.iterate(read_records(folder / f"share-{index}.bin"))
               for index in keys["members"]]
@@ -435,7 +436,7 @@ def fuse_role(job: Job) -> Job:
             c0 = np.frombuffer(next(c0_records), dtype=np.uint64).reshape(-1, limbs, n)
             arrays = [decode_polynomials(context, unpack_frames(r), PolynomialRole.SHARE,
                                          key_id=key_id, length=length) for r in records]
-            fused = blind_fusion(c0, arrays, moduli)
+            fused = blind_fusion(c0, arrays, rounding)
             frames = list(encode_polynomials(context, PolynomialRole.FUSED, key_id, length,
                                              fused))
             sent += sum(len(frame) for frame in frames)
@@ -461,9 +462,9 @@ def decode_role(job: Job) -> Job:
     for group, (record, length) in enumerate(zip(records, groups, strict=False)):
         fused = decode_polynomials(context, unpack_frames(record), PolynomialRole.FUSED,
                                    key_id=key_id, length=length)
-        moduli = context.ring.moduli[:fused.shape[1]]
-        values = decode_sums(context, unpad(fused, group_key, _decryption_set(keys, group), 1,
-                                            moduli), length)
+        clear = unpad(fused, group_key, _decryption_set(keys, group), 1,
+                      ShareRounding.of(context))
+        values = decode_sums(context, clear, length, coefficients=True)
         check = time.perf_counter()
         max_error = max(max_error, float(np.abs(values - next(expected)).max()))
         decoded += values.size

@@ -45,6 +45,7 @@ __all__ = [
     "DecryptionPath",
     "KeyLimbs",
     "RingKit",
+    "centred",
     "coefficients_of",
     "decode_sums",
     "default_path",
@@ -238,25 +239,40 @@ def sum_shares(context: CkksContext, shares: Sequence[U64Array]) -> U64Array:
     return total
 
 
-def decode_sums(context: CkksContext, sums: U64Array, length: int) -> FloatArray:
-    """The values of fused shares (count, limbs, n): ``length`` reals, unnormalised."""
+def decode_sums(context: CkksContext, sums: U64Array, length: int, *,
+                coefficients: bool = False) -> FloatArray:
+    """The values of fused shares (count, limbs, n), in evaluation form or, with
+    *coefficients*, in coefficient form: ``length`` reals, unnormalised."""
     out = np.empty(length)
     step = context.values_per_ciphertext
     own = sums.shape[1] == 1 and context.slots == context.ring.ring_dimension // 2
     for index in range(sums.shape[0]):
         start = index * step
         count = min(step, length - start)
-        values = (_decode_own(context, sums[index], count) if own
-                  else _decode_openfhe(context, sums[index], count))
+        if own:
+            values = _decode_own(context, sums[index], count, coefficients=coefficients)
+        else:
+            values = _decode_openfhe(context, _evaluations(context, sums[index], coefficients),
+                                     count)
         out[start : start + count] = values
     return out * context.params.encoding_divisor
 
 
-def _decode_own(context: CkksContext, fused: U64Array, count: int) -> FloatArray:
-    """Inverse NTT, centred coefficients, then the canonical embedding (slot j at
+def _evaluations(context: CkksContext, fused: U64Array, coefficients: bool) -> U64Array:
+    if not coefficients:
+        return fused
+    n = fused.shape[1]
+    return np.stack([ntt.tables_for(n, q).forward(fused[limb])
+                     for limb, q in enumerate(context.ring.moduli[: fused.shape[0]])])
+
+
+def _decode_own(context: CkksContext, fused: U64Array, count: int, *,
+                coefficients: bool) -> FloatArray:
+    """(Inverse NTT,) centred coefficients, then the canonical embedding (slot j at
     xi^(5^j), xi = exp(i pi / n)) divided by the scale."""
     n, q = fused.shape[1], context.ring.moduli[0]
-    evaluations = np.fft.ifft(coefficients_of(fused[0], q) * twist(n)) * n
+    signed = centred(fused[0], q) if coefficients else coefficients_of(fused[0], q)
+    evaluations = np.fft.ifft(signed * twist(n)) * n
     level = context.ring.limbs - 1
     slots = evaluations[slot_indices(n)[: (count + 1) // 2]] / context.ring.scales[(level, 1)]
     values = np.empty(2 * slots.size)
@@ -272,8 +288,13 @@ def _decode_openfhe(context: CkksContext, fused: U64Array, count: int) -> FloatA
 
 def coefficients_of(evaluations: U64Array, q: int) -> npt.NDArray[np.int64]:
     """One limb in evaluation form -> its coefficients as signed integers in (-q/2, q/2]."""
-    coefficients = ntt.tables_for(evaluations.size, q).inverse(evaluations).view(np.int64)
-    return np.where(coefficients > q // 2, coefficients - np.int64(q), coefficients)
+    return centred(ntt.tables_for(evaluations.size, q).inverse(evaluations), q)
+
+
+def centred(coefficients: U64Array, q: int) -> npt.NDArray[np.int64]:
+    """Coefficients below q as signed integers in (-q/2, q/2]."""
+    signed = coefficients.view(np.int64)
+    return np.where(signed > q // 2, signed - np.int64(q), signed)
 
 
 _TWISTS: dict[int, npt.NDArray[np.complex128]] = {}

@@ -21,8 +21,10 @@ reconstruction: another set decrypts.
   set that does not complete stay pseudorandom (ePrint 2026/031, section 5);
 - P, the pad, from the epoch's group key, fresh per set, attempt and ciphertext.
 
-The aggregator adds c0 to the sum of the shares, c0 + sum d_j = m + e + P, which it
-cannot read (:func:`blind_fusion`); every client removes P (:func:`unpad`) and decodes.
+Shares travel in coefficient form with their low bits, which hold only noise, dropped
+(:mod:`threshold_fl.crypto.rounding`).  The aggregator adds c0 to the sum of the
+shares, c0 + sum d_j = m + e + P, which it cannot read (:func:`blind_fusion`); every
+client removes P (:func:`unpad`) and decodes.
 
 Uniform values modulo q come from AES-256-CTR by rejection sampling (no modular bias);
 every secret intermediate is wiped after use.  :func:`threshold_kit` checks all of this
@@ -44,7 +46,8 @@ from threshold_fl.arrays import FloatArray, U64Array
 from threshold_fl.crypto import ntt
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.noise import KEY_BYTES, AesCtrStream, GaussianSampler, wipe
-from threshold_fl.crypto.shares import KeyLimbs, decode_sums, self_tested, share_limb
+from threshold_fl.crypto.rounding import ShareRounding
+from threshold_fl.crypto.shares import KeyLimbs, decode_sums, self_tested
 from threshold_fl.crypto.vectors import EncryptedVector
 from threshold_fl.errors import CryptoError, ParameterError
 from threshold_fl.identity import length_prefixed
@@ -281,12 +284,14 @@ def pad_limbs(group_key: bytes, dset: DecryptionSet, attempt: int, ciphertext: i
 
 # -- shares, fusion ----------------------------------------------------------------------------
 def decryption_shares(
-    c1: U64Array, moduli: Sequence[int], key: ThresholdKey, dset: DecryptionSet, *,
+    c1: U64Array, rounding: ShareRounding, key: ThresholdKey, dset: DecryptionSet, *,
     sigma: float, noise_seed: bytes, pair_keys: Mapping[int, bytes],
     group_key: bytes | None = None, attempt: int = 0,
 ) -> U64Array:
-    """Party ``key.index``'s shares d_j of ciphertexts given by their c1 (count, limbs, n),
-    evaluation form.  The first member of the set must pass the *group_key* (the pad)."""
+    """Party ``key.index``'s shares d_j of ciphertexts given by their c1 (count, limbs, n,
+    evaluation form), rounded in coefficient form for the wire (:mod:`.rounding`).  The
+    first member of the set must pass the *group_key* (the pad)."""
+    moduli = rounding.moduli
     if c1.ndim != 3 or c1.shape[1] != len(moduli):
         raise ParameterError(f"c1 must be (count, {len(moduli)}, n), got {c1.shape}")
     if (key.index == dset.pad_holder) != (group_key is not None):
@@ -306,8 +311,8 @@ def decryption_shares(
             seed = derive_key(noise_seed, "noise", *_context_of(dset, index))
             noise = GaussianSampler(sigma, key=seed).sample(n)  # after the weighting
             for limb, q in enumerate(moduli):
-                out[index, limb] = share_limb(addend[limb], c1[index, limb], weighted[limb],
-                                              noise, q, add=True)
+                out[index, limb] = rounding.share(addend[limb], c1[index, limb],
+                                                  weighted[limb], noise, q)
             for secret in (noise, addend):
                 wipe(secret)
     finally:
@@ -333,26 +338,22 @@ def ring_parts(context: CkksContext, vector: EncryptedVector
     return c0, c1, tuple(rings[0].summary.moduli)
 
 
-def blind_fusion(c0: U64Array, shares: Sequence[U64Array], moduli: Sequence[int]) -> U64Array:
-    """The aggregator's c0 + sum of the set's shares (count, limbs, n): m + e + P."""
-    if not shares or any(share.shape != c0.shape for share in shares):
-        raise ParameterError("blind fusion needs the set's shares, each shaped like c0")
-    total = np.array(c0, dtype=np.uint64, copy=True)
-    for index in range(total.shape[0]):  # a ciphertext at a time: small temporaries
-        for limb, q in enumerate(moduli):
-            for share in shares:
-                ntt.add_mod_into(total[index, limb], share[index, limb], q)
-    return total
+def blind_fusion(c0: U64Array, shares: Sequence[U64Array], rounding: ShareRounding
+                 ) -> U64Array:
+    """The aggregator's c0 + sum of the set's rounded shares (count, limbs, n), rounded
+    again: m + e + P, in coefficient form."""
+    return rounding.fuse(c0, shares)
 
 
 def unpad(fused: U64Array, group_key: bytes, dset: DecryptionSet, attempt: int,
-          moduli: Sequence[int]) -> U64Array:
-    """m + e from the broadcast fused polynomials: the pad removed, ready to decode."""
+          rounding: ShareRounding) -> U64Array:
+    """m + e in coefficient form from the broadcast fused polynomials: the pad removed,
+    ready to decode (``decode_sums(..., coefficients=True)``)."""
     out = np.empty_like(fused)
     for index in range(fused.shape[0]):
-        pad = pad_limbs(group_key, dset, attempt, index, moduli, fused.shape[2])
-        for limb, q in enumerate(moduli):
-            out[index, limb] = ntt.sub_mod(fused[index, limb], pad[limb], q)
+        pad = pad_limbs(group_key, dset, attempt, index, rounding.moduli, fused.shape[2])
+        for limb, q in enumerate(rounding.moduli):
+            out[index, limb] = ntt.sub_mod(rounding.lift(fused[index, limb], q), pad[limb], q)
         wipe(pad)
     return out
 
@@ -434,21 +435,25 @@ def _check_decryption(context: CkksContext, kit: ThresholdKit, joint_key: object
     values: FloatArray = np.linspace(-0.5, 0.5, _PROBE_VALUES, dtype=np.float64)
     native = context.encrypt_upload(joint_key, values)
     blob = context.ring.parse(context.serialize(native), BlobKind.CIPHERTEXT)
-    moduli = blob.summary.moduli
+    rounding = ShareRounding.of(context)
+    if tuple(blob.summary.moduli) != rounding.moduli:
+        raise _fail(f"an upload has moduli {blob.summary.moduli}, not {rounding.moduli}")
     c0, c1 = blob.elements[0][None], blob.elements[1][None]
     dset = DecryptionSet((1, 3), 2, b"self-test")
     pair = os.urandom(KEY_BYTES)
     group = os.urandom(KEY_BYTES)
-    shares = [decryption_shares(c1, moduli, keys[j - 1], dset, sigma=kit.sigma,
+    shares = [decryption_shares(c1, rounding, keys[j - 1], dset, sigma=kit.sigma,
                                 noise_seed=os.urandom(KEY_BYTES), pair_keys={4 - j: pair},
                                 group_key=group if j == 1 else None)
               for j in (1, 3)]
-    fused = blind_fusion(c0, shares, moduli)
+    fused = blind_fusion(c0, shares, rounding)
     bound = context.error_bound(2) / context.params.encoding_divisor
-    decoded = decode_sums(context, unpad(fused, group, dset, 0, moduli), values.size)
+    decoded = decode_sums(context, unpad(fused, group, dset, 0, rounding), values.size,
+                          coefficients=True)
     error = float(np.abs(decoded / context.params.encoding_divisor - values).max())
     if not error < bound:
         raise _fail(f"two of three threshold shares decode off by {error:.3g} (bound {bound:.3g})")
-    padded = decode_sums(context, fused, values.size) / context.params.encoding_divisor
+    padded = decode_sums(context, rounding.lifted(fused), values.size, coefficients=True) / (
+        context.params.encoding_divisor)
     if float(np.abs(padded - values).max()) < 1.0:
         raise _fail("the fused polynomial decodes without removing the pad")

@@ -31,6 +31,7 @@ from threshold_fl.crypto.frames import (
 from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, joint_key_id
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
+from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import share_template
 from threshold_fl.crypto.vectors import (
     EncryptedVector,
@@ -281,29 +282,39 @@ def _iter_run(
 class PolynomialRole(str, Enum):
     """What a run of POLYNOMIALS frames carries, one ring element per ciphertext."""
 
-    C1 = "c1"  # the aggregate's c1 parts, for the members of a decryption set
-    SHARE = "share"  # one member's decryption shares
+    C1 = "c1"  # the aggregate's c1 parts (evaluation form), for the decryption set
+    SHARE = "share"  # one member's decryption shares, rounded (coefficient form)
     FUSED = "fused"  # the aggregator's blind fusion: c0 plus the set's shares, padded
+
+    @property
+    def rounded(self) -> bool:
+        """Whether the values travel rounded (:mod:`threshold_fl.crypto.rounding`)."""
+        return self is not PolynomialRole.C1
 
 
 def encode_polynomials(
     context: CkksContext, role: PolynomialRole, key_id: str, length: int, arrays: U64Array, *,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
 ) -> Iterator[bytes]:
-    """(count, limbs, n) ring elements of the aggregates' level as frames: raw
-    little-endian limbs, checked on decoding to lie below their moduli."""
+    """(count, limbs, n) ring elements of the aggregates' level as frames: c1 as raw
+    little-endian limbs, shares and fused polynomials in their rounded width; checked
+    on decoding to lie below their moduli (or rounding levels)."""
     expected = (ciphertext_count(context, length), *_polynomial_shape(context))
     if arrays.shape != expected:
         raise FrameError(f"{role.value} arrays of shape {arrays.shape}, expected {expected}")
     common = {"key_id": key_id, "length": length, "role": role.value}
-    parts = [np.ascontiguousarray(array, dtype="<u8").tobytes() for array in arrays]
+    if role.rounded:
+        rounding = ShareRounding.of(context)
+        parts = [rounding.to_bytes(array) for array in arrays]
+    else:
+        parts = [np.ascontiguousarray(array, dtype="<u8").tobytes() for array in arrays]
     yield from _encode_run(context, FrameKind.POLYNOMIALS, common, parts, max_frame_bytes)
 
 
 def decode_polynomials(context: CkksContext, frames: Sequence[bytes], role: PolynomialRole, *,
                        key_id: str, length: int) -> U64Array:
     """The (count, limbs, n) arrays of a POLYNOMIALS run, which must carry *role* for
-    *key_id* and *length*; every value below its limb's modulus."""
+    *key_id* and *length*; every value below its limb's modulus (or rounding levels)."""
     common, parts = _decode_run(context, frames, FrameKind.POLYNOMIALS)
     if (common["role"], common["key_id"], common["length"]) != (role.value, key_id, length):
         raise FrameError(
@@ -311,6 +322,11 @@ def decode_polynomials(context: CkksContext, frames: Sequence[bytes], role: Poly
             f"{common['length']} values; expected {role.value} for {key_id[:16]} and {length}")
     limbs, n = _polynomial_shape(context)
     out = np.empty((len(parts), limbs, n), dtype=np.uint64)
+    if role.rounded:
+        rounding = ShareRounding.of(context)
+        for index, part in enumerate(parts):
+            out[index] = rounding.from_bytes(part, limbs, n, role.value)
+        return out
     for index, part in enumerate(parts):
         if len(part) != 8 * limbs * n:
             raise FrameError(f"a {role.value} polynomial of {len(part)} bytes, expected "
