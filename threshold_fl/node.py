@@ -37,6 +37,7 @@ from protocols import (
     KeyAuthorityMachine,
     Manifest,
     Mode,
+    Outgoing,
     PartyDropped,
     RoundCompleted,
     SensitivityNeeded,
@@ -182,6 +183,7 @@ class Node:
         clock: Callable[[], float] = time.monotonic,
         inbox_size: int = 256,
         on_event: Callable[[Event], None] | None = None,
+        on_send: Callable[[Outgoing], None] | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         if transport.party_id != machine.me:
@@ -194,6 +196,7 @@ class Node:
         self._clock = clock
         self._inbox: asyncio.Queue[InboxItem] = asyncio.Queue(maxsize=inbox_size)
         self._on_event = on_event
+        self._on_send = on_send  # sees each message just before it goes to the transport
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[SessionSummary] | None = None
         self.summary = SessionSummary(machine.me)
@@ -331,6 +334,8 @@ class Node:
         """Send what the machine produced, then hand its events to the application."""
         for outgoing in step.sends:
             self.summary.bytes_sent += len(outgoing.data) * len(outgoing.recipients)
+            if self._on_send is not None:
+                self._on_send(outgoing)
             try:
                 await self._transport.send(outgoing.recipients, outgoing.data)
             except TransportError as exc:

@@ -13,24 +13,35 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from protocols import ClientState, Manifest, Mode, Role
-from protocols.events import Event, RoundCompleted, UpdateNeeded
+from protocols import AggregatorMachine, ClientState, Manifest, Mode, Role
+from protocols.codec import decode_message
+from protocols.events import Event, Outgoing, RoundCompleted, UpdateNeeded
+from protocols.messages import DecryptRequest, Stage
 from threshold_fl.app.rounds import RoundRow
-from threshold_fl.errors import AuthenticationError, ParameterError, ThresholdFLError
+from threshold_fl.errors import (
+    AuthenticationError,
+    MessageRejected,
+    ParameterError,
+    ThresholdFLError,
+)
 from threshold_fl.identity import Identity, PartyId
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
+from transports import Transport
 from transports.broker import BrokerConfig
 from transports.mqtt import MqttOptions, MqttTransport
 
 __all__ = ["ClientPlan", "OfflineWatch", "client_learner", "mqtt_transport", "run_aggregator",
            "run_client", "run_key_authority"]
 
-DROP_STAGES = ("keys", "mask", "before-upload", "after-upload")
+#: When ``--drop-at`` kills a client: during key agreement, before its sensitivity map,
+#: before or after its upload of round ``--drop-round``, or on receiving that round's
+#: DecryptRequest (a member of the decryption set, before its share is made).
+DROP_STAGES = ("keys", "mask", "before-upload", "after-upload", "decrypt")
 #: A client seen offline this long (its MQTT Last Will, no reconnect) is dropped at once.
 PRESENCE_GRACE_S = 2.0
 
@@ -131,6 +142,34 @@ class _RoundMeter:
         return row
 
 
+class _DecryptionMeter:
+    """The aggregator's joint decryption per round, from the messages it sends: seconds
+    from handing the first DecryptRequest to the transport to handing over the Fused
+    broadcast, and how many decryption sets (attempts) were asked in between."""
+
+    def __init__(self, attempt: Callable[[], int]) -> None:
+        self.attempt = attempt  # the machine's current attempt number
+        self.started: float | None = None
+        self.seconds: float | None = None
+        self.attempts: set[int] = set()
+
+    def sent(self, outgoing: Outgoing) -> None:
+        if outgoing.kind == "DecryptRequest":
+            if self.started is None or self.seconds is not None:  # a new decryption
+                self.started, self.seconds, self.attempts = time.perf_counter(), None, set()
+            self.attempts.add(self.attempt())
+        elif outgoing.kind == "Fused" and self.started is not None and self.seconds is None:
+            self.seconds = time.perf_counter() - self.started
+
+    def take(self) -> dict[str, Any]:
+        """The row's fields for the decryption that just ended (none if there was none)."""
+        figures: dict[str, Any] = {}
+        if self.seconds is not None:
+            figures = {"decryption_s": self.seconds, "attempts": len(self.attempts)}
+        self.started, self.seconds, self.attempts = None, None, set()
+        return figures
+
+
 async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerConfig,
                          *, options: MqttOptions | None = None, report: Path | None = None,
                          say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -149,15 +188,22 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
     async with mqtt_transport(manifest, identity, broker, options, on_presence) as link:
         meter = _RoundMeter(str(identity.party_id), link, say, report)
 
+        def attempt() -> int:
+            assert isinstance(aggregator.machine, AggregatorMachine)
+            return aggregator.machine.step[3]
+
+        decryption = _DecryptionMeter(attempt)
+
         def on_event(event: Event) -> None:
             if isinstance(event, RoundCompleted):
                 compute_s = aggregator.summary.compute_s
                 meter.row(event.round, compute_s,
                           {"aggregate": meter.spent(compute_s, "receive")},
-                          contributors=len(event.contributors))
+                          contributors=len(event.contributors), **decryption.take())
 
         say(_connected(manifest, identity, broker))
-        aggregator = Aggregator(manifest, identity, link, on_event=on_event, progress=say)
+        aggregator = Aggregator(manifest, identity, link, on_event=on_event,
+                                on_send=decryption.sent, progress=say)
 
         def drop(party: str) -> None:
             say(f"aggregator: {party} went offline")
@@ -270,6 +316,37 @@ class _ClientRun:
         _die()
 
 
+class _DyingLink:
+    """A client's link that kills the process when the DecryptRequest of *round_*
+    arrives, before the client makes its share (``--drop-at decrypt``): the aggregator
+    then hears of it only through the broker's Last Will."""
+
+    def __init__(self, link: Transport, manifest: Manifest, round_: int) -> None:
+        self._link, self._directory, self._round = link, manifest.directory, round_
+
+    @property
+    def party_id(self) -> str:
+        return self._link.party_id
+
+    async def send(self, recipients: Sequence[str], data: bytes) -> None:
+        await self._link.send(recipients, data)
+
+    async def receive(self) -> bytes:
+        data = await self._link.receive()
+        try:
+            message = decode_message(data, self._directory)
+        except MessageRejected:
+            return data  # the node refuses it as usual
+        header = message.header
+        if isinstance(message.body, DecryptRequest) and header.stage is Stage.ROUND and (
+                header.round == self._round):
+            _die()
+        return data
+
+    async def close(self) -> None:
+        await self._link.close()
+
+
 def _save_model(directory: Path, round_: int, model: Any) -> None:
     import numpy as np
 
@@ -297,7 +374,10 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
         say(_connected(manifest, identity, broker))
         run = _ClientRun(plan, link)
         meter = _RoundMeter(str(identity.party_id), link, say, report)
-        client = learner_client(manifest, identity, link, learner, on_event=run.on_event,
+        transport: Transport = link
+        if plan.drop_at == "decrypt":
+            transport = _DyingLink(link, manifest, plan.drop_round)
+        client = learner_client(manifest, identity, transport, learner, on_event=run.on_event,
                                 after_training=run.trained,
                                 before_sensitivity=run.before_sensitivity, progress=say)
         if plan.drop_at == "keys":
