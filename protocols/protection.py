@@ -26,6 +26,7 @@ __all__ = [
     "PLAIN_DTYPE",
     "FloatArray",
     "ProtectedSum",
+    "UploadRound",
     "check_bound",
     "checked_vector",
     "checked_weights",
@@ -135,6 +136,44 @@ class ProtectedSum:
             raise ParameterError("a plaintext-mode sum has no ring parts")
         c0, c1, _ = ring_parts(self._context, self._encrypted.result())
         return c0, c1
+
+
+class UploadRound:
+    """One upload attempt at the aggregator: the clients expected to upload, each one's
+    FedAvg weight normalised over them (from *raw* weights), who has uploaded, and the
+    running sums of the protected part (:class:`ProtectedSum`) and the plain part."""
+
+    def __init__(self, mode: Mode, context: CkksContext, key_id: str, length: int,
+                 model_length: int, expected: Sequence[PartyId],
+                 raw: Mapping[PartyId, float]) -> None:
+        self.expected, self.uploaders = tuple(expected), list[PartyId]()
+        self._raw = raw
+        self.protected: ProtectedSum | None = ProtectedSum(mode, context, key_id, length)
+        self.plain = np.zeros(model_length - length)
+
+    def weight(self, party: PartyId) -> float:
+        return self._raw[party] / sum(self._raw[other] for other in self.expected)
+
+    def add(self, party: PartyId, protected: Sequence[bytes], plain: bytes | None) -> None:
+        """Add *party*'s upload, all or nothing, with its weight: its ciphertexts carry it
+        already, float32 parts do not (*plain*: None in mask agreement)."""
+        values = np.zeros(0) if plain is None else decode_plain(
+            plain, self.plain.size, "the upload's plain part")
+        weight = self.weight(party)
+        assert self.protected is not None, "the sum was already taken"
+        self.protected.add(weight, protected)
+        self.plain += weight * values
+        self.uploaders.append(party)
+
+    def missing(self) -> list[PartyId]:
+        """Expected clients that have not uploaded."""
+        return [party for party in self.expected if party not in self.uploaders]
+
+    def take(self) -> ProtectedSum:
+        """The protected sum, released here (the plain sum stays for the broadcasts)."""
+        protected, self.protected = self.protected, None
+        assert protected is not None, "the sum was already taken"
+        return protected
 
 
 def encode_frames(frames: Sequence[bytes]) -> bytes:

@@ -190,6 +190,9 @@ AGGREGATOR_OTHER_TARGETS: OtherTargets = {
     "_deadline_passed": _AFTER_DROP,
     "_on_abort": _AFTER_DROP,
     "party_offline": _AFTER_DROP,
+    # a member owing its share lost its connection: another set (no decryption budget
+    # left aborts)
+    "party_unreachable": _to(A.ABORTED),
 }
 
 #: The protocol stage of the messages the aggregator sends and expects in each state.

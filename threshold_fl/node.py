@@ -117,6 +117,16 @@ class Offline:
     party: PartyId
 
 
+@dataclass(frozen=True)
+class Presence:
+    """The transport saw a party's connection end (its Last Will: not yet judged gone)
+    or come back (``Aggregator.party_unreachable`` / ``party_reachable``)."""
+
+    WORK: ClassVar[str] = "offline"
+    party: PartyId
+    online: bool
+
+
 @dataclass(frozen=True, eq=False)  # arrays have no plain equality
 class WorkDone:
     """The application's answer to a request of the client machine, as it returned it:
@@ -141,7 +151,7 @@ class UpdateReady(WorkDone):
 
 
 #: What ``_submit`` hands to the machine; each role takes its own kinds, passes the rest on.
-Submitted = Union[Leave, Offline, SensitivityReady, UpdateReady]  # noqa: UP007
+Submitted = Union[Leave, Offline, Presence, SensitivityReady, UpdateReady]  # noqa: UP007
 InboxItem = Union[Received, Closed, Failed, Submitted]  # noqa: UP007
 
 
@@ -520,9 +530,24 @@ class Aggregator(Node):
         from the event loop while the node runs."""
         self._spawn(self._inbox.put(Offline(PartyId(party))), f"offline {party}")
 
+    def party_unreachable(self, party: str) -> None:
+        """Tell the aggregator that *party*'s connection ended (e.g. its MQTT Last Will)
+        before it is judged gone: a decryption set waiting for its share is replaced at
+        once.  Call it from the event loop while the node runs."""
+        self._spawn(self._inbox.put(Presence(PartyId(party), False)), f"unreachable {party}")
+
+    def party_reachable(self, party: str) -> None:
+        """*party*'s connection is back (its presence says online again)."""
+        self._spawn(self._inbox.put(Presence(PartyId(party), True)), f"reachable {party}")
+
     async def _submit(self, item: Submitted, now: float) -> Step:
         if isinstance(item, Offline):
             return self._aggregator.party_offline(item.party, now)
+        if isinstance(item, Presence) and item.online:
+            self._aggregator.party_reachable(item.party)
+            return Step()
+        if isinstance(item, Presence):
+            return self._aggregator.party_unreachable(item.party, now)
         return await super()._submit(item, now)
 
 

@@ -64,16 +64,32 @@ class OfflineWatch:
     A blip (a reconnect, a broker restart) is forgiven. While our own link is down, or
     only just back, we cannot tell a dead client from a dead broker, so the judgement
     waits until the link has been up for *grace_s* (retained presence is replayed then).
+    Before the judgement, an offline report heard while our link has been up that long
+    is passed on at once to *unreachable* (the aggregator replaces a decryption set
+    waiting for that client), and an online one to *reachable*.
     """
 
     def __init__(self, link: PresenceView, drop: Callable[[str], None],
-                 grace_s: float = PRESENCE_GRACE_S) -> None:
+                 grace_s: float = PRESENCE_GRACE_S, *,
+                 unreachable: Callable[[str], None] | None = None,
+                 reachable: Callable[[str], None] | None = None) -> None:
         self._link, self._drop, self._grace_s = link, drop, grace_s
+        self._unreachable, self._reachable = unreachable, reachable
         self._loop = asyncio.get_running_loop()
 
     def offline(self, party: str) -> None:
-        """The transport reports *party* offline: check again after the grace time."""
+        """The transport reports *party* offline: say so now if our link is settled, and
+        check again after the grace time."""
+        link = self._link
+        if self._unreachable is not None and not link.closed and (
+                party not in link.online_peers() and link.connected_for_s >= self._grace_s):
+            self._unreachable(party)
         self._loop.call_later(self._grace_s, self._check, party)
+
+    def online(self, party: str) -> None:
+        """The transport reports *party* online (again)."""
+        if self._reachable is not None:
+            self._reachable(party)
 
     def _check(self, party: str) -> None:
         link = self._link
@@ -179,7 +195,11 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
     early: list[str] = []  # offline before the watch exists (retained presence at connect)
 
     def on_presence(party: str, online: bool) -> None:
-        if not online and party in manifest.client_ids:
+        if party not in manifest.client_ids:
+            return
+        if watch is not None and online:
+            watch.online(party)
+        elif not online:
             if watch is None:
                 early.append(party)
             else:
@@ -209,7 +229,8 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
             say(f"aggregator: {party} went offline")
             aggregator.party_offline(party)
 
-        watch = OfflineWatch(link, drop)
+        watch = OfflineWatch(link, drop, unreachable=aggregator.party_unreachable,
+                             reachable=aggregator.party_reachable)
         for party in early:
             watch.offline(party)
         summary = await aggregator.run()
