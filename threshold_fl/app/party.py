@@ -35,13 +35,17 @@ from transports import Transport
 from transports.broker import BrokerConfig
 from transports.mqtt import MqttOptions, MqttTransport
 
-__all__ = ["ClientPlan", "OfflineWatch", "client_learner", "mqtt_transport", "run_aggregator",
-           "run_client", "run_key_authority"]
+__all__ = ["CLIENT_FAULTS", "ClientPlan", "OfflineWatch", "client_learner", "mqtt_transport",
+           "run_aggregator", "run_client", "run_key_authority"]
 
 #: When ``--drop-at`` kills a client: during key agreement, before its sensitivity map,
 #: before or after its upload of round ``--drop-round``, or on receiving that round's
 #: DecryptRequest (a member of the decryption set, before its share is made).
 DROP_STAGES = ("keys", "mask", "before-upload", "after-upload", "decrypt")
+#: Client faults for tests: the drop stages, and "decrypt-frozen", which stops the process
+#: (SIGSTOP) on that DecryptRequest: its connection stays open, so the broker publishes
+#: its Last Will only after 1.5 keepalives.
+CLIENT_FAULTS = (*DROP_STAGES, "decrypt-frozen")
 #: A client seen offline this long (its MQTT Last Will, no reconnect) is dropped at once.
 PRESENCE_GRACE_S = 2.0
 
@@ -268,8 +272,9 @@ class ClientPlan:
     drop_round: int = 1
 
     def __post_init__(self) -> None:
-        if self.drop_at is not None and self.drop_at not in DROP_STAGES:
-            raise ParameterError(f"drop stage must be one of {DROP_STAGES}, got {self.drop_at!r}")
+        if self.drop_at is not None and self.drop_at not in CLIENT_FAULTS:
+            raise ParameterError(f"drop stage must be one of {CLIENT_FAULTS}, got "
+                                 f"{self.drop_at!r}")
 
 
 def client_learner(manifest: Manifest, party: PartyId, plan: ClientPlan) -> tuple[Any, Any]:
@@ -338,12 +343,15 @@ class _ClientRun:
 
 
 class _DyingLink:
-    """A client's link that kills the process when the DecryptRequest of *round_*
-    arrives, before the client makes its share (``--drop-at decrypt``): the aggregator
-    then hears of it only through the broker's Last Will."""
+    """A client's link that kills the process (or, *frozen*, stops it) when the
+    DecryptRequest of *round_* arrives, before the client makes its share (``--drop-at
+    decrypt``, ``decrypt-frozen``): the aggregator hears of it only through the broker's
+    Last Will."""
 
-    def __init__(self, link: Transport, manifest: Manifest, round_: int) -> None:
+    def __init__(self, link: Transport, manifest: Manifest, round_: int, *,
+                 frozen: bool = False) -> None:
         self._link, self._directory, self._round = link, manifest.directory, round_
+        self._frozen = frozen
 
     @property
     def party_id(self) -> str:
@@ -361,7 +369,10 @@ class _DyingLink:
         header = message.header
         if isinstance(message.body, DecryptRequest) and header.stage is Stage.ROUND and (
                 header.round == self._round):
-            _die()
+            if self._frozen:
+                os.kill(os.getpid(), signal.SIGSTOP)  # hangs like a frozen machine
+            else:
+                _die()
         return data
 
     async def close(self) -> None:
@@ -396,8 +407,9 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
         run = _ClientRun(plan, link)
         meter = _RoundMeter(str(identity.party_id), link, say, report)
         transport: Transport = link
-        if plan.drop_at == "decrypt":
-            transport = _DyingLink(link, manifest, plan.drop_round)
+        if plan.drop_at in ("decrypt", "decrypt-frozen"):
+            transport = _DyingLink(link, manifest, plan.drop_round,
+                                   frozen=plan.drop_at == "decrypt-frozen")
         client = learner_client(manifest, identity, transport, learner, on_event=run.on_event,
                                 after_training=run.trained,
                                 before_sensitivity=run.before_sensitivity, progress=say)
