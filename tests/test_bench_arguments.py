@@ -12,6 +12,8 @@ BAD_OPTIONS: dict[str, list[list[str]]] = {
     "clients": [["--clients-list", "1"], ["--clients-list", "1001"], ["--length", "0"],
                 ["--length", str(MAX_VECTOR_LENGTH + 1)], ["--pool", "0"],
                 ["--decrypt-ciphertexts", "-1"], ["--threads", "x"]],
+    "dropout": [["--clients", "2"], ["--rounds", "1"], ["--repeats", "0"], ["--fraction", "2"],
+                ["--model", "nonsense"]],
     "e2e": [["--clients", "1"], ["--rounds", "0"], ["--fraction", "2"], ["--modes", "everything"],
             ["--model", "nonsense"]],
     "models": [["--lengths", "0"], ["--lengths", "300000000"], ["--clients", "1"],

@@ -1,7 +1,7 @@
 """``threshold-fl bench SUITE``: benchmarks that print their figures and write them as
 markdown, JSON and PNG under one output folder (with the machine they ran on).
 
-``threshold-fl bench all`` runs every suite but ``crypto`` into one folder
+``threshold-fl bench all`` runs every suite but ``crypto`` and ``dropout`` into one folder
 (``make bench``).  Suites:
 
 - ``peers``: our encrypted FedAvg round next to NVIDIA FLARE's (TenSEAL, FLARE's
