@@ -51,7 +51,7 @@ def test_a_round_that_cannot_fit_on_disk_is_refused(
     def no_space(path: Any) -> SimpleNamespace:
         return SimpleNamespace(total=10**12, used=10**12 - 1000, free=1000)
 
-    monkeypatch.setattr("threshold_fl.bench.roles.shutil.disk_usage", no_space)
+    monkeypatch.setattr("threshold_fl.bench.runner.shutil.disk_usage", no_space)
     assert cli_main(["bench", "clients", "--clients-list", "2", "--length", "1000",
                      "--out", str(tmp_path)]) == 1
     error = capsys.readouterr().err

@@ -4,7 +4,8 @@ memory, which must stay flat in N (it streams every upload into one running sum)
 
 For each N, one threshold round with keys for N parties (noise flooding on, the
 library's default parameters for N), every role in its own OS process
-(:mod:`threshold_fl.bench.roles`), FedAvg weights 1/N.  What is real and what is reused:
+(:mod:`threshold_fl.bench.roles`, run by :mod:`threshold_fl.bench.runner`), FedAvg
+weights 1/N.  What is real and what is reused:
 
 - **aggregation is real for all N uploads**: the aggregator's process streams N upload
   files into the sum.  Encrypting 200 distinct vectors would dominate the run, so only a
@@ -38,13 +39,8 @@ from threshold_fl.bench.output import (
     suite_error,
 )
 from threshold_fl.bench.peers import CNN_LENGTH
-from threshold_fl.bench.roles import (
-    HeRound,
-    Upload,
-    baseline_peak_mib,
-    run_he_round,
-    threads_note,
-)
+from threshold_fl.bench.roles import Upload
+from threshold_fl.bench.runner import HeRound, baseline_peak_mib, run_he_round, threads_note
 from threshold_fl.crypto import MAX_VECTOR_LENGTH, threshold_params
 from threshold_fl.errors import ThresholdFLError
 
