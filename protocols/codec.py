@@ -31,7 +31,8 @@ from threshold_fl.errors import (
 )
 from threshold_fl.identity import Identity, PartyId, PublicIdentity
 
-__all__ = ["CODEC_VERSION", "MAX_MESSAGE_BYTES", "decode_message", "encode_message"]
+__all__ = ["CODEC_VERSION", "MAX_MESSAGE_BYTES", "decode_message", "encode_message",
+           "peek_step"]
 
 CODEC_VERSION = 3  # 2: FedAvg weights in MaskStart/RoundStart; 3: blind fusion
 MAGIC = b"TFLM"
@@ -76,6 +77,27 @@ def decode_message(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> 
             f"{message.header.sender!r}; discarded"
         )
     return message
+
+
+def peek_step(data: bytes) -> tuple[Stage, int] | None:
+    """The stage and round a message's header claims, read without checking the
+    signature and without parsing the body; None if the bytes do not look like a message.
+
+    Unauthenticated: for byte accounting and logs only, never for a decision.
+    """
+    if len(data) < _PREFIX.size + _LENGTH.size or data[:4] != MAGIC:
+        return None
+    offset = _PREFIX.size + data[5] + _LENGTH.size
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True)
+    unpacker.feed(data[offset:offset + 4096])  # the header is well within its first bytes
+    try:
+        unpacker.read_array_header()
+        header = unpacker.unpack()
+        stage, round_ = header[_HEADER_FIELDS.index("stage")], header[
+            _HEADER_FIELDS.index("round")]
+        return Stage(stage), int(round_)
+    except Exception:  # msgpack raises several unrelated types; anything else: not ours
+        return None
 
 
 def _as_bytes(data: object) -> bytes:
