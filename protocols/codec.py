@@ -32,7 +32,7 @@ from threshold_fl.errors import (
 from threshold_fl.identity import Identity, PartyId, PublicIdentity
 
 __all__ = ["CODEC_VERSION", "MAX_MESSAGE_BYTES", "decode_message", "encode_message",
-           "peek_step"]
+           "Peeked", "peek_step"]
 
 CODEC_VERSION = 3  # 2: FedAvg weights in MaskStart/RoundStart; 3: blind fusion
 MAGIC = b"TFLM"
@@ -79,8 +79,16 @@ def decode_message(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> 
     return message
 
 
-def peek_step(data: bytes) -> tuple[Stage, int] | None:
-    """The stage and round a message's header claims, read without checking the
+class Peeked(typing.NamedTuple):
+    """What a message's bytes claim it is (see :func:`peek_step`)."""
+
+    stage: Stage
+    round: int
+    kind: str  # the body type's name, as ``Message.kind``
+
+
+def peek_step(data: bytes) -> Peeked | None:
+    """The stage, round and body type a message claims, read without checking the
     signature and without parsing the body; None if the bytes do not look like a message.
 
     Unauthenticated: for byte accounting and logs only, never for a decision.
@@ -89,13 +97,15 @@ def peek_step(data: bytes) -> tuple[Stage, int] | None:
         return None
     offset = _PREFIX.size + data[5] + _LENGTH.size
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=True)
-    unpacker.feed(data[offset:offset + 4096])  # the header is well within its first bytes
+    unpacker.feed(data[offset:offset + 4096])  # header and type code lie well within
     try:
         unpacker.read_array_header()
-        header = unpacker.unpack()
-        stage, round_ = header[_HEADER_FIELDS.index("stage")], header[
-            _HEADER_FIELDS.index("round")]
-        return Stage(stage), int(round_)
+        header, code = unpacker.unpack(), unpacker.unpack()
+        stage = Stage(header[_HEADER_FIELDS.index("stage")])
+        round_ = header[_HEADER_FIELDS.index("round")]
+        if type(round_) is not int or type(code) is not int or not 0 <= code < len(BODY_TYPES):
+            return None
+        return Peeked(stage, round_, BODY_TYPES[code].__name__)
     except Exception:  # msgpack raises several unrelated types; anything else: not ours
         return None
 
