@@ -5,13 +5,21 @@ real torch training, one round; every party's bytes counted per stage and round.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from threshold_fl.app.cli import main as cli_main
 from threshold_fl.bench.clients_protocol import GOAL, ProtocolRow, growth, row_of, verdict
-from threshold_fl.bench.protocol_run import AGGREGATOR, label_message, run_protocol
+from threshold_fl.bench.protocol_run import (
+    AGGREGATOR,
+    ProtocolRunFailed,
+    _Recorder,
+    label_message,
+    run_protocol,
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +96,11 @@ def test_labels_name_stage_round_and_type() -> None:
 
 
 def _row(clients: int, member: int, other: int) -> ProtocolRow:
-    zero = dict.fromkeys(f.name for f in ProtocolRow.__dataclass_fields__.values()
-                         if f.type in ("int", "float"))
-    fields = {name: 0 for name in zero}
-    fields.update(clients=clients, member_total_max=member, other_total_max=other,
+    values: dict[str, object] = {f.name: 0 for f in fields(ProtocolRow)
+                                 if not f.name.endswith("kinds")}
+    values.update(clients=clients, member_total_max=member, other_total_max=other,
                   model="lenet")
-    return ProtocolRow(**fields)  # type: ignore[arg-type]
+    return ProtocolRow(**values)  # type: ignore[arg-type]
 
 
 def test_the_goal_is_judged_on_the_heaviest_client_of_each_group() -> None:
@@ -102,3 +109,17 @@ def test_the_goal_is_judged_on_the_heaviest_client_of_each_group() -> None:
     assert not judged.holds and judged.other_ratio == pytest.approx(1.12)
     assert growth({"A": 10.0, "B": 5.0}, {"A": 12.0, "B": 5.0, "C": 1.0}) == [
         ("A", 2.0), ("C", 1.0)]
+
+
+def test_the_fedavg_check_sees_a_wrong_global_model() -> None:
+    recorder = _Recorder(0.0)
+    recorder.samples = {"a": 1, "b": 3}
+    recorder.contributors = {1: ("a", "b")}
+    recorder.trained[1] = {"a": np.array([1.0, 0.0]), "b": np.array([5.0, 4.0])}
+    fedavg = np.array([4.0, 3.0])  # weights 1/4 and 3/4
+    recorder.results["a"][1] = fedavg
+    recorder.results["b"][1] = fedavg + np.array([0.0, 1e-3])
+    assert recorder.max_error(["a", "b"]) == pytest.approx((1e-3, 4.0))
+    del recorder.results["b"][1]
+    with pytest.raises(ProtocolRunFailed, match="b has no global model of round 1"):
+        recorder.max_error(["a", "b"])

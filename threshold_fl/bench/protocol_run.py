@@ -25,9 +25,8 @@ import itertools
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -174,24 +173,23 @@ class _Recorder:
         return worst, largest
 
 
-def _client_node(manifest: Manifest, identity: Identity, hub: MemoryHub,
-                 learner: LocalLearner, recorder: _Recorder) -> Callable[[], Any]:
+async def _client(manifest: Manifest, identity: Identity, hub: MemoryHub,
+                  learner: LocalLearner, recorder: _Recorder) -> None:
+    """One client node whose learner trains each round; records what it trained and the
+    global models it decrypted."""
     name = identity.party_id
+    recorder.samples[name] = len(learner.data)
+    async with hub.connect(name) as link:
+        def train(round_: int, model: FloatArray | None) -> FloatArray:
+            trained = learner.train(round_, model, client.mask)
+            recorder.trained[round_][name] = trained.copy()
+            return trained
 
-    async def run() -> None:
-        async with hub.connect(name) as link:
-            def train(round_: int, model: FloatArray | None) -> FloatArray:
-                trained = learner.train(round_, model, client.mask)
-                recorder.trained[round_][name] = trained.copy()
-                return trained
-
-            client = FederatedClient(manifest, identity, link, samples=len(learner.data),
-                                     train=train, sensitivity=learner.sensitivity)
-            recorder.samples[name] = len(learner.data)
-            async with client:
-                async for result in client.rounds():
-                    recorder.results[name][result.round] = result.model
-    return run
+        client = FederatedClient(manifest, identity, link, samples=len(learner.data),
+                                 train=train, sensitivity=learner.sensitivity)
+        async with client:
+            async for result in client.rounds():
+                recorder.results[name][result.round] = result.model
 
 
 async def _run(manifest: Manifest, identities: dict[str, Identity],
@@ -200,16 +198,17 @@ async def _run(manifest: Manifest, identities: dict[str, Identity],
     async with hub.connect(AGGREGATOR) as link:
         aggregator = Aggregator(manifest, identities[AGGREGATOR], link,
                                 on_event=recorder.aggregator_event)
-        tasks = [asyncio.create_task(aggregator.run())]
-        tasks += [asyncio.create_task(_client_node(manifest, identities[name], hub,
-                                                   learners[name], recorder)())
-                  for name in learners]
+        server = asyncio.create_task(aggregator.run())
+        clients = [asyncio.create_task(_client(manifest, identities[name], hub, learners[name],
+                                               recorder))
+                   for name in learners]
         try:
-            summary, *_ = await asyncio.gather(*tasks)
+            await asyncio.gather(server, *clients)
         except SessionAborted as error:
-            for task in tasks:
+            for task in [server, *clients]:
                 task.cancel()
             raise ProtocolRunFailed(f"the session aborted: {error}") from None
+    summary = server.result()
     if summary.dropped:
         raise ProtocolRunFailed(f"the aggregator dropped {summary.dropped}: the figures "
                                 "would not be those of N clients")
