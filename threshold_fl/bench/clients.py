@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     part = args.part or ("protocol" if args.quick else "both")
     if part != "roles":
         try:
-            clients_protocol.run_part(args, time.perf_counter(), time.perf_counter)
+            clients_protocol.run_part(args)
         except ThresholdFLError as error:
             return suite_error("clients", error)
     if part == "protocol":
