@@ -216,8 +216,7 @@ class ClientMachine(Machine[ClientState]):
             return self._abort_locally("excluded from the new key epoch", notify=False)
         self.state = C.KEY_AGREEMENT
         self._step = message.header.step
-        if self._keys.threshold_key is not None:
-            self._keys.threshold_key.wipe()  # the old epoch's key share is done with
+        self._keys.wipe()  # the old epoch's secrets are done with
         self._keys = EpochKeys(self.manifest, self.me, self._step[1], message.body.participants)
         self._budget = QueryBudget(self.manifest.params.decryption_queries)
         own = self._keys.start(self.context, self._randomness)
@@ -506,6 +505,7 @@ class ClientMachine(Machine[ClientState]):
         if message.body.rounds != self._round or message.header.round != self._round:
             raise StaleMessage("the end of session names another round than this client's")
         self.state = C.FINISHED
+        self._keys.wipe()
         return self._events(FinishedEvent(self._round))
 
     def _on_abort(self, message: Message, now: float) -> Step:
@@ -516,6 +516,7 @@ class ClientMachine(Machine[ClientState]):
         if message.header.epoch < self._step[1]:
             raise StaleMessage("an abort from an earlier key epoch (a replay); discarded")
         self.state = C.ABORTED
+        self._keys.wipe()
         return self._events(Aborted(message.body.reason))
 
     def _deadline_passed(self, now: float) -> Step:
@@ -530,6 +531,7 @@ class ClientMachine(Machine[ClientState]):
 
     def _abort_locally(self, reason: str, *, notify: bool = True) -> Step:
         self.state = C.ABORTED
+        self._keys.wipe()
         sends = self._sends([self._aggregator], Abort(reason), self._step) if notify else []
         return Step(sends=sends, events=[Aborted(reason)])
 
