@@ -198,12 +198,14 @@ def _share_limb(addend: U64Array, c1: U64Array, s: U64Array, signed: npt.NDArray
                 q: int, *, add: bool) -> U64Array:
     noise = reduce_mod(signed, [q])[0]
     tables = ntt.tables_for(s.size, q)
-    product = ntt.mul_mod(c1, s, q)  # c1 * s alone would give s away: wiped below
+    share = ntt.mul_mod(c1, s, q)  # c1 * s alone would give s away: flooded in place
     flood = tables.forward(noise)
-    share = ntt.add_mod(product, flood, q)
-    for temporary in (product, flood, noise):
+    ntt.add_mod_into(share, flood, q)
+    for temporary in (flood, noise):
         wipe(temporary)
-    return ntt.add_mod(share, addend, q) if add else share
+    if add:
+        ntt.add_mod_into(share, addend, q)
+    return share
 
 
 def openfhe_shares(

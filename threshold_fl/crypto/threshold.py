@@ -170,12 +170,12 @@ def _evaluate(constant: U64Array, coefficients: Sequence[U64Array], x: int, q: i
     point: U64Array = np.full(constant.size, x, dtype=np.uint64)
     value: U64Array = np.zeros(constant.size, dtype=np.uint64)
     for coefficient in reversed(coefficients):
-        product = ntt.mul_mod(ntt.add_mod(value, coefficient, q), point, q)
+        ntt.add_mod_into(value, coefficient, q)  # in place: no sum left unwiped
+        product = ntt.mul_mod(value, point, q)
         wipe(value)
         value = product
-    total = ntt.add_mod(value, constant, q)
-    wipe(value)
-    return total
+    ntt.add_mod_into(value, constant, q)
+    return value
 
 
 def threshold_key(index: int, held: Sequence[Mapping[int, U64Array]]) -> ThresholdKey:
@@ -269,7 +269,7 @@ def mask_limbs(dset: DecryptionSet, index: int, pair_keys: Mapping[int, bytes],
             if index < other:
                 ntt.add_mod_into(total[limb], stream[limb], q)
             else:
-                total[limb] = ntt.sub_mod(total[limb], stream[limb], q)
+                ntt.sub_mod_into(total[limb], stream[limb], q)
         wipe(stream)
     return total
 
@@ -349,11 +349,11 @@ def unpad(fused: U64Array, group_key: bytes, dset: DecryptionSet, attempt: int,
           rounding: ShareRounding) -> U64Array:
     """m + e in coefficient form from the broadcast fused polynomials: the pad removed,
     ready to decode (``decode_sums(..., coefficients=True)``)."""
-    out = np.empty_like(fused)
+    out = rounding.lifted(fused)
     for index in range(fused.shape[0]):
         pad = pad_limbs(group_key, dset, attempt, index, rounding.moduli, fused.shape[2])
         for limb, q in enumerate(rounding.moduli):
-            out[index, limb] = ntt.sub_mod(rounding.lift(fused[index, limb], q), pad[limb], q)
+            ntt.sub_mod_into(out[index, limb], pad[limb], q)  # no temporary of the pad left
         wipe(pad)
     return out
 
