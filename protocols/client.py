@@ -65,6 +65,7 @@ from protocols.session import model_check, open_mapping, pack_mapping, seal_cont
 from protocols.states import CLIENT_OTHER_TARGETS, CLIENT_TARGETS, CLIENT_WAITING, ClientState
 from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.keys import PartyKeys
+from threshold_fl.crypto.noise import wipe
 from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import decode_sums
 from threshold_fl.crypto.threshold import decryption_shares, threshold_kit, unpad
@@ -234,10 +235,11 @@ class ClientMachine(Machine[ClientState]):
     def _deliver(self, holder: PartyId, fields: dict[str, bytes]) -> Outgoing:
         """A KeyDelivery sealed for ``holder`` alone, relayed by the aggregator."""
         header = self._header(holder, self._step)
-        sealed = seal_for(
-            self._identity, self._directory[holder], pack_mapping(fields),
-            context=seal_context(header, "key-delivery"), nonce=self._randomness(12),
-        )
+        packed = pack_mapping(fields)
+        sealed = seal_for(self._identity, self._directory[holder], packed,
+                          context=seal_context(header, "key-delivery"), nonce=self._randomness(12))
+        for secret in (packed, fields["shamir"]):  # fresh copies of the share (not group_key)
+            wipe(secret)
         return self._send([self._aggregator], KeyDelivery(sealed), self._step, addressed=holder)
 
     def _on_public_share(self, message: Message, now: float) -> Step:
@@ -259,8 +261,15 @@ class ClientMachine(Machine[ClientState]):
         self._require_key_part(message, self._keys.deliveries_from)
         plaintext = open_from(self._identity, self._directory[sender], message.body.sealed,
                               context=seal_context(message.header, "key-delivery"))
-        fields = open_mapping(plaintext, DELIVERY_FIELDS, "the key delivery")
-        self._keys.take_delivery(self.context, sender, fields)
+        fields: dict[str, bytes] = {}
+        try:
+            fields = open_mapping(plaintext, DELIVERY_FIELDS, "the key delivery")
+            self._keys.take_delivery(self.context, sender, fields)
+        finally:  # the opened share or secret key, in bytes (the group key is kept)
+            wipe(plaintext)
+            for name in ("shamir", "secret_key"):
+                if name in fields:
+                    wipe(fields[name])
         self._heard(now)
         return self._maybe_confirm()
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ from threshold_fl.crypto import (
     EncryptedSum,
     context_for,
     fuse_partial_decryptions,
+    noise,
     partial_decrypt,
+    wire,
 )
 from threshold_fl.crypto import threshold as th
 from threshold_fl.crypto.frames import (
@@ -136,6 +139,54 @@ def test_key_shares_round_trip_as_raw_limbs_below_their_moduli(federation) -> No
         decode_key_share(CONTEXT, _key_share(federation, unreduced))
     with pytest.raises(FrameError, match="every modulus of the key"):
         _key_share(federation, {m: dealt[3][m] for m in reversed(CONTEXT.ring.moduli)})
+
+
+def _recording_wipe(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What the wire module wipes, kept to look at afterwards."""
+    wiped: list[Any] = []
+
+    def record(value: Any) -> None:
+        noise.wipe(value)
+        wiped.append(value)
+
+    monkeypatch.setattr(wire, "wipe", record)
+    return wiped
+
+
+def test_key_share_bytes_are_wiped_on_both_sides(federation, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The copies of a Shamir share in bytes (the parts encoded, the parts a decoder cuts
+    from a frame) are zeros after use; a share refused as unreduced leaves zeros too."""
+    with KeyLimbs(CONTEXT, federation.parties[1].secret.native) as secret:
+        dealt = th.deal(secret, 3, 2)
+    wiped = _recording_wipe(monkeypatch)
+    frame = _key_share(federation, dealt[3])
+    limbs_count, n = len(CONTEXT.ring.moduli), CONTEXT.ring.ring_dimension
+    assert [type(w) for w in wiped] == [bytearray] * limbs_count
+    assert all(len(w) == 8 * n and not any(w) for w in wiped)
+    wiped.clear()
+    _, limbs = decode_key_share(CONTEXT, frame)
+    assert len(wiped) == limbs_count and all(not any(w) for w in wiped)
+    assert all(limb.any() for limb in limbs.values())  # the decoded share is intact
+    q = CONTEXT.ring.moduli[-1]
+    unreduced = {m: limb.copy() for m, limb in dealt[3].items()}
+    unreduced[q][7] = q
+    bad = _key_share(federation, unreduced)
+    wiped.clear()
+    with pytest.raises(FrameError, match="not reduced"):
+        decode_key_share(CONTEXT, bad)
+    arrays = [w for w in wiped if isinstance(w, np.ndarray)]
+    assert len(arrays) == 1 and arrays[0].shape == (limbs_count, n) and not arrays[0].any()
+    assert len(wiped) == limbs_count + 1 and all(not np.any(np.frombuffer(w, np.uint8))
+                                                 for w in wiped if isinstance(w, bytes))
+
+
+def test_secret_key_bytes_are_wiped_on_both_sides(federation, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    wiped = _recording_wipe(monkeypatch)
+    frame = encode_secret_key(CONTEXT, federation.parties[1].secret)
+    assert len(wiped) == 1 and len(wiped[0]) > 1000 and not any(wiped[0])
+    secret = decode_secret_key(CONTEXT, frame)
+    assert len(wiped) == 2 and not any(wiped[1])
+    assert secret.public_key_id == federation.parties[1].public_share.key_id
 
 
 def test_retired_shamir_share_frames_are_refused_by_every_decoder(federation) -> None:  # type: ignore[no-untyped-def]

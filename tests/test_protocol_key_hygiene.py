@@ -7,11 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from protocol_harness import AGGREGATOR, Network, build_manifest, run_until
 
+from protocols import client as client_module
 from protocols.client import ClientMachine, ClientState
 from protocols.events import KeyAgreed
-from threshold_fl.crypto import threshold_params
+from threshold_fl.crypto import noise, threshold_params
 
 CLIENTS = ("client1", "client2", "client3")
 
@@ -98,3 +100,24 @@ def test_the_aggregators_abort_wipes_the_keys() -> None:
     assert net.aborted(AGGREGATOR) and reason is not None and "fewer than" in reason
     assert survivor.state is ClientState.ABORTED
     assert_wiped(arrays, survivor)
+
+
+def test_the_shamir_shares_in_bytes_are_wiped_after_sealing_and_opening(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of 3 clients seals 2 deliveries (the packed map and the share frame are
+    wiped) and opens 2 (the plaintext and the share frame): 24 zeroed byte strings, and
+    the key agreement still succeeds (the group key, kept, is not among them)."""
+    wiped: list[Any] = []
+
+    def record(value: Any) -> None:
+        noise.wipe(value)
+        wiped.append(value)
+
+    monkeypatch.setattr(client_module, "wipe", record)
+    net = Network(build_manifest(3))
+    net.start()
+    assert run_until(net, lambda: all(
+        net.clients[name].state is ClientState.KEYS_CONFIRMED for name in CLIENTS))
+    assert len(wiped) == 24 and all(isinstance(w, bytes) and len(w) > 1000 for w in wiped)
+    assert all(w == bytes(len(w)) for w in wiped)
+    assert len({net.clients[name]._keys.group_check() for name in CLIENTS}) == 1

@@ -21,7 +21,6 @@ own ``MultipartyDecryptLead/Main`` instead, for comparison or as a way out.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import threading
@@ -110,7 +109,7 @@ class KeyLimbs:
         try:
             blob = context.ring.parse(data, BlobKind.SECRET_KEY)
         finally:
-            _wipe_bytes(data)
+            wipe(data)  # a fresh object from OpenFHE's serialiser: nothing else has it
         self._blob = blob
         self.limbs = {q: blob.elements[0, index] for index, q in enumerate(blob.summary.moduli)}
 
@@ -129,17 +128,6 @@ class KeyLimbs:
         except KeyError:
             raise CryptoError(f"the secret key has no limb modulo {q}") from None
         return limb
-
-
-def _wipe_bytes(data: bytes) -> None:
-    """Zero a bytes object's buffer in place (it held a serialised secret key).
-
-    Python bytes are immutable, but this one is a fresh, private object from OpenFHE's
-    serialiser that nothing else refers to; ctypes writes over its buffer.
-    """
-    address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
-    if data and address is not None:
-        ctypes.memset(address, 0, len(data))
 
 
 # -- shares --------------------------------------------------------------------------

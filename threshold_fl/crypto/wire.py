@@ -29,6 +29,7 @@ from threshold_fl.crypto.frames import (
     max_part_bytes,
 )
 from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, joint_key_id
+from threshold_fl.crypto.noise import wipe
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
 from threshold_fl.crypto.rounding import ShareRounding
@@ -129,13 +130,20 @@ def decode_joint_public_key(context: CkksContext, data: bytes) -> JointPublicKey
 def encode_secret_key(context: CkksContext, secret: SecretKey) -> bytes:
     meta = {"public_key_id": secret.public_key_id}
     blob = context.serialize(secret.native)
-    return encode_frame(FrameKind.SECRET_KEY, context.fingerprint, meta, [blob])
+    try:
+        return encode_frame(FrameKind.SECRET_KEY, context.fingerprint, meta, [blob])
+    finally:
+        wipe(blob)  # fresh from OpenFHE's serialiser: nothing else has it
 
 
 def decode_secret_key(context: CkksContext, data: bytes) -> SecretKey:
     frame = _decode(context, data, FrameKind.SECRET_KEY)
     public_key_id = hex_field(frame, "public_key_id")
-    native = context.deserialize_private_key(_single_part(frame))
+    try:
+        native = context.deserialize_private_key(_single_part(frame))
+    finally:
+        for part in frame.parts:  # the frame's own copies, cut from the caller's bytes
+            wipe(part)
     return SecretKey(context.fingerprint, public_key_id, native)
 
 
@@ -355,8 +363,13 @@ def encode_key_share(context: CkksContext, *, dealer_index: int, holder_index: i
         raise FrameError("a key share must cover every modulus of the key, in order")
     meta = {"dealer_index": dealer_index, "holder_index": holder_index, "parties": parties,
             "threshold": threshold, "dealer_public_id": dealer_public_id}
-    parts = [np.ascontiguousarray(limb, dtype="<u8").tobytes() for limb in limbs.values()]
-    return encode_frame(FrameKind.KEY_SHARE, context.fingerprint, meta, parts)
+    # bytearrays, not bytes, so that the copies of the secret can be zeroed
+    parts = [bytearray(np.ascontiguousarray(limb, dtype="<u8").data) for limb in limbs.values()]
+    try:
+        return encode_frame(FrameKind.KEY_SHARE, context.fingerprint, meta, parts)
+    finally:
+        for part in parts:
+            wipe(part)
 
 
 def decode_key_share(context: CkksContext, data: bytes) -> tuple[dict[str, Any],
@@ -373,8 +386,16 @@ def decode_key_share(context: CkksContext, data: bytes) -> tuple[dict[str, Any],
     moduli, n = context.ring.moduli, context.ring.ring_dimension
     if len(frame.parts) != len(moduli) or any(len(part) != 8 * n for part in frame.parts):
         raise FrameError(f"a key share must be {len(moduli)} limbs of {8 * n} bytes")
-    arrays = np.stack([np.frombuffer(part, dtype="<u8") for part in frame.parts])
-    _check_below_moduli(arrays[None], moduli, "key share")
+    try:
+        arrays = np.stack([np.frombuffer(part, dtype="<u8") for part in frame.parts])
+    finally:
+        for part in frame.parts:  # the frame's own copies, cut from the caller's bytes
+            wipe(part)
+    try:
+        _check_below_moduli(arrays[None], moduli, "key share")
+    except FrameError:
+        wipe(arrays)
+        raise
     return meta, {q: arrays[limb] for limb, q in enumerate(moduli)}
 
 
