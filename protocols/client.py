@@ -58,6 +58,7 @@ from protocols.protection import (
     checked_vector,
     decode_plain,
     encode_plain,
+    implausible,
     open_protected,
     protect,
 )
@@ -473,6 +474,12 @@ class ClientMachine(Machine[ClientState]):
         clear = unpad(fused, self._keys.group_key, dset, message.header.attempt,
                       ShareRounding.of(self.context))
         values = decode_sums(self.context, clear, length, coefficients=True)
+        problem = implausible(values, sensitivities=self._in_mask(), error=self.context.error_bound(
+            len(self.manifest.clients)), value_bound=self.manifest.params.value_bound)
+        if problem is not None:  # a wrong pad or share: the garbage must not be used
+            stage = "the sensitivity sum" if self._in_mask() else f"round {self._round}'s model"
+            return self._abort_locally(f"the fused result for {stage} is implausible: {problem} "
+                                       "(a wrong share or pad: a misbehaving aggregator or client)")
         self._step = message.header.step
         self._plain_part = plain
         self._heard(now)
