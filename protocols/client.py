@@ -394,10 +394,9 @@ class ClientMachine(Machine[ClientState]):
         plain_length = 0 if self._in_mask() else self.manifest.model_length - length
         return decode_plain(data, plain_length, what)
 
-    def _require_decryption_step(self, message: Message,
-                                 members: tuple[PartyId, ...]) -> tuple[int, ...]:
+    def _require_decryption_step(self, message: Message, members: tuple[PartyId, ...]) -> None:
         """A joint-decryption message of my stage, epoch and round, no older than my step,
-        for a set of t or more holders; the members' indices."""
+        for a set of t or more holders."""
         if self.manifest.mode is not Mode.THRESHOLD:
             raise UnexpectedMessage(f"{message.kind}: only threshold mode decrypts jointly")
         self._require_from_aggregator(message)
@@ -410,7 +409,6 @@ class ClientMachine(Machine[ClientState]):
                 self.manifest.threshold):
             raise MalformedMessage(f"the decryption set {list(members)} is not t holders of "
                                    "the key")
-        return tuple(self._keys.index_of(member) for member in members)
 
     def _on_decrypt_request(self, message: Message, now: float) -> Step:
         """A member of the decryption set: decrypt c1 for the set, masked and padded."""

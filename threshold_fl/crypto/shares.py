@@ -322,13 +322,14 @@ class _Probe:
     openfhe_lead: RingBlob  # OpenFHE's lead share: also the layout our shares are written in
 
 
-_PROBES: dict[str, tuple[CkksContext, _Probe]] = {}
+#: By fingerprint: one context per fingerprint, never evicted (context_for).
+_PROBES: dict[str, _Probe] = {}
 
 
 def _probe(context: CkksContext) -> _Probe:
     cached = _PROBES.get(context.fingerprint)
-    if cached is not None and cached[0] is context:
-        return cached[1]
+    if cached is not None:
+        return cached
     # Local import: keys imports this module's neighbours.
     from threshold_fl.crypto.keys import combine_public_shares, lead_keygen, member_keygen
 
@@ -342,7 +343,7 @@ def _probe(context: CkksContext) -> _Probe:
     probe = _Probe(values, context.ring.parse(context.serialize(native), BlobKind.CIPHERTEXT),
                    (lead.secret.native, member.secret.native),
                    context.ring.parse(context.serialize(share), BlobKind.DECRYPTION_SHARE))
-    _PROBES[context.fingerprint] = (context, probe)
+    _PROBES[context.fingerprint] = probe
     return probe
 
 
@@ -371,7 +372,8 @@ class RingKit:
 
 Kit = TypeVar("Kit")
 _SELF_TEST_LOCK = threading.RLock()  # a kit's self-test may use another kit
-KitCache = dict[str, tuple[CkksContext, Any]]  # fingerprint -> (context, kit or failure)
+#: fingerprint -> kit or failure; one context per fingerprint, never evicted (context_for)
+KitCache = dict[str, Any]
 
 
 def self_tested(cache: KitCache, context: CkksContext,
@@ -380,15 +382,15 @@ def self_tested(cache: KitCache, context: CkksContext,
     kept and raised again, so a broken path is not re-tested on every call."""
     with _SELF_TEST_LOCK:  # OpenFHE's global state is not thread-safe: one at a time
         cached = cache.get(context.fingerprint)
-        if cached is None or cached[0] is not context:
+        if cached is None:
             try:
-                cached = (context, build(context))
+                cached = build(context)
             except CryptoError as failure:
-                cached = (context, failure)
+                cached = failure
             cache[context.fingerprint] = cached
-    if isinstance(cached[1], CryptoError):
-        raise CryptoError(str(cached[1]))
-    kit: Kit = cached[1]
+    if isinstance(cached, CryptoError):
+        raise CryptoError(str(cached))
+    kit: Kit = cached
     return kit
 
 

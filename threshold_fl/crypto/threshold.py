@@ -47,7 +47,7 @@ from threshold_fl.crypto import ntt
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.noise import KEY_BYTES, AesCtrStream, GaussianSampler, wipe
 from threshold_fl.crypto.rounding import ShareRounding
-from threshold_fl.crypto.shares import KeyLimbs, decode_sums, self_tested
+from threshold_fl.crypto.shares import KeyLimbs, KitCache, decode_sums, self_tested
 from threshold_fl.crypto.vectors import EncryptedVector
 from threshold_fl.errors import CryptoError, ParameterError
 from threshold_fl.identity import length_prefixed
@@ -367,7 +367,7 @@ class ThresholdKit:
     sigma: float
 
 
-_KITS: dict[str, tuple[CkksContext, object]] = {}
+_KITS: KitCache = {}
 _PROBE_VALUES = 64
 
 
