@@ -33,8 +33,6 @@ against OpenFHE's keys and encryption once per context.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import os
 from collections.abc import Mapping, Sequence
@@ -51,6 +49,7 @@ from threshold_fl.crypto.shares import KeyLimbs, KitCache, decode_sums, self_tes
 from threshold_fl.crypto.vectors import EncryptedVector
 from threshold_fl.errors import CryptoError, ParameterError
 from threshold_fl.identity import length_prefixed
+from threshold_fl.sealing import keyed_mac
 
 __all__ = [
     "DecryptionSet",
@@ -79,10 +78,7 @@ def derive_key(secret: bytes, label: str, *parts: bytes) -> bytes:
     parts under *secret*, so distinct tuples never give the same key."""
     if not isinstance(secret, bytes) or len(secret) < 16:
         raise ParameterError("a key derivation secret must be at least 16 bytes")
-    mac = hmac.new(secret, length_prefixed(f"threshold-fl/{label}".encode()), hashlib.sha256)
-    for part in parts:
-        mac.update(length_prefixed(part))
-    return mac.digest()
+    return keyed_mac(secret, length_prefixed(f"threshold-fl/{label}".encode()), parts)
 
 
 def uniform_limbs(key: bytes, moduli: Sequence[int], n: int) -> U64Array:
