@@ -135,10 +135,35 @@ def test_key_shares_round_trip_as_raw_limbs_below_their_moduli(federation) -> No
     q = CONTEXT.ring.moduli[-1]
     unreduced = {m: limb.copy() for m, limb in dealt[3].items()}
     unreduced[q][7] = q
-    with pytest.raises(FrameError, match=f"key share value is not reduced modulo its prime {q}"):
+    at = 8 * CONTEXT.ring.ring_dimension * (len(CONTEXT.ring.moduli) - 1) + 8 * 7
+    with pytest.raises(FrameError, match=rf"malformed key share: coefficient \(not below its "
+                                         rf"modulus\) at byte {at}: expected < {q}, found {q}"):
         decode_key_share(CONTEXT, _key_share(federation, unreduced))
     with pytest.raises(FrameError, match="every modulus of the key"):
         _key_share(federation, {m: dealt[3][m] for m in reversed(CONTEXT.ring.moduli)})
+
+
+def test_c1_polynomials_round_trip_and_a_value_not_below_its_modulus_is_named() -> None:
+    moduli, n = CONTEXT.aggregate_moduli, CONTEXT.ring.ring_dimension
+    length = CONTEXT.values_per_ciphertext + 1  # two ciphertexts
+    rng = np.random.default_rng(3)
+    arrays = np.stack([np.stack([rng.integers(0, q, n, dtype=np.uint64) for q in moduli])
+                       for _ in range(2)])
+    key_id = "ab" * 32
+
+    def decoded() -> np.ndarray:
+        frames = tuple(wire.encode_polynomials(CONTEXT, PolynomialRole.C1, key_id, length,
+                                               arrays))
+        return decode_polynomials(CONTEXT, frames, PolynomialRole.C1, key_id=key_id,
+                                  length=length)
+
+    np.testing.assert_array_equal(decoded(), arrays)
+    q = moduli[-1]
+    arrays[1, -1, 5] = q
+    at = 8 * n * (len(moduli) - 1) + 8 * 5
+    with pytest.raises(FrameError, match=rf"malformed c1 polynomial 1: coefficient \(not "
+                                         rf"below its modulus\) at byte {at}: expected < {q}"):
+        decoded()
 
 
 def _recording_wipe(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -172,7 +197,7 @@ def test_key_share_bytes_are_wiped_on_both_sides(federation, monkeypatch) -> Non
     unreduced[q][7] = q
     bad = _key_share(federation, unreduced)
     wiped.clear()
-    with pytest.raises(FrameError, match="not reduced"):
+    with pytest.raises(FrameError, match="not below its modulus"):
         decode_key_share(CONTEXT, bad)
     arrays = [w for w in wiped if isinstance(w, np.ndarray)]
     assert len(arrays) == 1 and arrays[0].shape == (limbs_count, n) and not arrays[0].any()

@@ -214,7 +214,7 @@ def _limbs_of(context: CkksContext, blobs: Sequence[RingBlob]) -> int:
     limbs = {len(blob.summary.moduli) for blob in blobs}
     if len(limbs) > 1:
         raise FrameError(f"the ciphertexts of one vector have different limb counts {limbs}")
-    return limbs.pop() if limbs else context.ring.limbs - context.upload_level
+    return limbs.pop() if limbs else len(context.aggregate_moduli)
 
 
 # -- fusion --------------------------------------------------------------------------

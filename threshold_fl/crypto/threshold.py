@@ -46,7 +46,7 @@ from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.noise import KEY_BYTES, AesCtrStream, GaussianSampler, wipe
 from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import KeyLimbs, KitCache, decode_sums, self_tested
-from threshold_fl.crypto.vectors import EncryptedVector
+from threshold_fl.crypto.vectors import EncryptedVector, rings_of
 from threshold_fl.errors import CryptoError, ParameterError
 from threshold_fl.identity import length_prefixed
 from threshold_fl.sealing import keyed_mac
@@ -321,14 +321,11 @@ def ring_parts(context: CkksContext, vector: EncryptedVector
                ) -> tuple[U64Array, U64Array, tuple[int, ...]]:
     """An aggregate's c0 and c1 parts, each (count, limbs, n), and their moduli: c1 is
     what the members of a decryption set get, c0 what the aggregator keeps."""
-    from threshold_fl.crypto.ring import BlobKind
-
-    rings = vector.rings or [context.ring.parse(CkksContext.serialize(c), BlobKind.CIPHERTEXT)
-                             for c in vector.ciphertexts]
+    rings = rings_of(context, vector)
     if not rings:
-        limbs = context.ring.limbs - context.upload_level
-        empty = np.empty((0, limbs, context.ring.ring_dimension), dtype=np.uint64)
-        return empty, empty.copy(), tuple(context.ring.moduli[:limbs])
+        moduli = context.aggregate_moduli
+        empty = np.empty((0, len(moduli), context.ring.ring_dimension), dtype=np.uint64)
+        return empty, empty.copy(), moduli
     c0 = np.stack([ring.elements[0] for ring in rings])
     c1 = np.stack([ring.elements[1] for ring in rings])
     return c0, c1, tuple(rings[0].summary.moduli)

@@ -32,6 +32,7 @@ from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, joint
 from threshold_fl.crypto.noise import wipe
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
+from threshold_fl.crypto.ring_layout import check_coefficients
 from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import share_template
 from threshold_fl.crypto.vectors import (
@@ -200,8 +201,7 @@ def encode_partial_decryption(
 def decode_partial_decryption(context: CkksContext, frames: Sequence[bytes]) -> PartialDecryption:
     """A peer's shares, each checked as a decryption share at the aggregates' level."""
     common, blobs = _decode_run(context, frames, FrameKind.PARTIAL_DECRYPTION)
-    limbs = context.ring.limbs - context.upload_level
-    shares = np.empty((len(blobs), limbs, context.ring.ring_dimension), dtype=np.uint64)
+    shares = np.empty((len(blobs), *_polynomial_shape(context)), dtype=np.uint64)
     for index, blob in enumerate(blobs):
         parsed = context.ring.parse(blob, BlobKind.DECRYPTION_SHARE)
         context.check_upload_summary(parsed.summary)
@@ -340,18 +340,20 @@ def decode_polynomials(context: CkksContext, frames: Sequence[bytes], role: Poly
             raise FrameError(f"a {role.value} polynomial of {len(part)} bytes, expected "
                              f"{8 * limbs * n}")
         out[index] = np.frombuffer(part, dtype="<u8").reshape(limbs, n)
-    _check_below_moduli(out, context.ring.moduli[:limbs], role.value)
+    for index, polynomial in enumerate(out):
+        _check_below_moduli(polynomial, context.aggregate_moduli,
+                            f"{role.value} polynomial {index}")
     return out
 
 
 def _polynomial_shape(context: CkksContext) -> tuple[int, int]:
-    return context.ring.limbs - context.upload_level, context.ring.ring_dimension
+    return len(context.aggregate_moduli), context.ring.ring_dimension
 
 
-def _check_below_moduli(arrays: U64Array, moduli: Sequence[int], what: str) -> None:
-    for limb, q in enumerate(moduli):
-        if arrays.size and int(arrays[..., limb, :].max()) >= q:
-            raise FrameError(f"a {what} value is not reduced modulo its prime {q}")
+def _check_below_moduli(limbs: U64Array, moduli: Sequence[int], what: str) -> None:
+    """(limbs, n) values, each limb below its modulus; byte offsets as in their part."""
+    n = limbs.shape[1]
+    check_coefficients(((limbs[limb], q, 8 * n * limb) for limb, q in enumerate(moduli)), what)
 
 
 def encode_key_share(context: CkksContext, *, dealer_index: int, holder_index: int,
@@ -392,7 +394,7 @@ def decode_key_share(context: CkksContext, data: bytes) -> tuple[dict[str, Any],
         for part in frame.parts:  # the frame's own copies, cut from the caller's bytes
             wipe(part)
     try:
-        _check_below_moduli(arrays[None], moduli, "key share")
+        _check_below_moduli(arrays, moduli, "key share")
     except FrameError:
         wipe(arrays)
         raise
