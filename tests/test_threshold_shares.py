@@ -18,7 +18,7 @@ import pytest
 from crypto_helpers import Federation, aggregate, encrypted_inputs, make_federation
 
 from threshold_fl.arrays import U64Array
-from threshold_fl.crypto import context_for, ntt, threshold_params
+from threshold_fl.crypto import context_for, lead_keygen, ntt, threshold_params
 from threshold_fl.crypto import threshold as th
 from threshold_fl.crypto.ring import BlobKind, RingBlob
 from threshold_fl.crypto.rounding import ShareRounding
@@ -167,6 +167,20 @@ def test_dealing_wipes_its_random_coefficients(federation: Federation,
         th.deal(secret, PARTIES, T)
     assert len(made) == (T - 1) * len(CONTEXT.ring.moduli)
     assert all(not array.any() for array in made)
+
+
+def test_secret_limbs_of_either_kind_name_themselves_and_are_zeros_after_use() -> None:
+    q = CONTEXT.ring.moduli[0]
+    with KeyLimbs(CONTEXT, lead_keygen(CONTEXT, 1).secret.native) as secret:
+        with pytest.raises(CryptoError, match="the secret key has no limb modulo 7"):
+            secret.limb(7)
+        assert secret.limb(q).any()
+    with th.ThresholdKey(1, {q: np.ones(N, dtype=np.uint64)}) as key:
+        assert key.limb(q).all()
+        with pytest.raises(CryptoError, match="the threshold key has no limb modulo 7"):
+            key.limb(7)
+    for limbs in (secret, key):
+        assert all(not limb.any() for limb in limbs.limbs.values())
 
 
 @pytest.mark.parametrize(("parties", "threshold"),

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,7 @@ __all__ = [
     "DecryptionPath",
     "KeyLimbs",
     "RingKit",
+    "SecretLimbs",
     "centred",
     "coefficients_of",
     "decode_sums",
@@ -97,12 +98,36 @@ def default_path() -> DecryptionPath:
 
 
 # -- key material --------------------------------------------------------------------
-class KeyLimbs:
-    """A secret key share's limbs by modulus, copied out of OpenFHE; wipe after use.
+_Limbs = TypeVar("_Limbs", bound="SecretLimbs")
 
-    Use as a context manager: the limbs and the serialised bytes they came from are
-    zeroed on exit (best effort: OpenFHE's own copy is OpenFHE's).
-    """
+
+class SecretLimbs:
+    """Secret ring limbs by modulus (evaluation form): wipe after use, or use as a context
+    manager (zeroed on exit)."""
+
+    limbs: dict[int, U64Array]
+    NAME: ClassVar[str] = "the secret key"  # what the errors call it
+
+    def __enter__(self: _Limbs) -> _Limbs:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.wipe()
+
+    def wipe(self) -> None:
+        for limb in self.limbs.values():
+            wipe(limb)
+
+    def limb(self, q: int) -> U64Array:
+        try:
+            return self.limbs[q]
+        except KeyError:
+            raise CryptoError(f"{self.NAME} has no limb modulo {q}") from None
+
+
+class KeyLimbs(SecretLimbs):
+    """A secret key share's limbs by modulus, copied out of OpenFHE; the serialised bytes
+    they came from are zeroed at once (best effort: OpenFHE's own copy is OpenFHE's)."""
 
     def __init__(self, context: CkksContext, secret_native: Any) -> None:
         data = context.serialize(secret_native)
@@ -110,24 +135,7 @@ class KeyLimbs:
             blob = context.ring.parse(data, BlobKind.SECRET_KEY)
         finally:
             wipe(data)  # a fresh object from OpenFHE's serialiser: nothing else has it
-        self._blob = blob
         self.limbs = {q: blob.elements[0, index] for index, q in enumerate(blob.summary.moduli)}
-
-    def __enter__(self) -> KeyLimbs:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.wipe()
-
-    def wipe(self) -> None:
-        self._blob.wipe()
-
-    def limb(self, q: int) -> U64Array:
-        try:
-            limb: U64Array = self.limbs[q]
-        except KeyError:
-            raise CryptoError(f"the secret key has no limb modulo {q}") from None
-        return limb
 
 
 # -- shares --------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -45,7 +46,13 @@ from threshold_fl.crypto import ntt
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.noise import KEY_BYTES, AesCtrStream, GaussianSampler, wipe
 from threshold_fl.crypto.rounding import ShareRounding
-from threshold_fl.crypto.shares import KeyLimbs, KitCache, decode_sums, self_tested
+from threshold_fl.crypto.shares import (
+    KeyLimbs,
+    KitCache,
+    SecretLimbs,
+    decode_sums,
+    self_tested,
+)
 from threshold_fl.crypto.vectors import EncryptedVector, rings_of
 from threshold_fl.errors import CryptoError, ParameterError
 from threshold_fl.identity import length_prefixed
@@ -105,28 +112,12 @@ def uniform_limbs(key: bytes, moduli: Sequence[int], n: int) -> U64Array:
 
 # -- Shamir sharing of a key, Lagrange weights -------------------------------------------------
 @dataclass(eq=False)
-class ThresholdKey:
-    """Party ``index``'s share k_j of the joint secret, by modulus (evaluation form);
-    wipe after use (or use as a context manager)."""
+class ThresholdKey(SecretLimbs):
+    """Party ``index``'s share k_j of the joint secret, by modulus (evaluation form)."""
 
     index: int
     limbs: dict[int, U64Array]
-
-    def __enter__(self) -> ThresholdKey:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.wipe()
-
-    def wipe(self) -> None:
-        for limb in self.limbs.values():
-            wipe(limb)
-
-    def limb(self, q: int) -> U64Array:
-        try:
-            return self.limbs[q]
-        except KeyError:
-            raise CryptoError(f"the threshold key has no limb modulo {q}") from None
+    NAME: ClassVar[str] = "the threshold key"
 
 
 def _check_sharing(parties: int, threshold: int) -> None:
@@ -138,7 +129,7 @@ def _check_sharing(parties: int, threshold: int) -> None:
                              f"N/2 < t <= N, got N={parties}, t={threshold}")
 
 
-def deal(key: KeyLimbs | ThresholdKey, parties: int, threshold: int, *,
+def deal(key: SecretLimbs, parties: int, threshold: int, *,
          seed: bytes | None = None) -> dict[int, dict[int, U64Array]]:
     """Shamir shares f(1), ..., f(N) of a key, limb by limb: holder -> modulus -> limb.
 
