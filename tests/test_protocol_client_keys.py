@@ -28,6 +28,28 @@ def _epoch() -> dict[PartyId, EpochKeys]:
     return {party: EpochKeys(MANIFEST, party, 1, HOLDERS) for party in HOLDERS}
 
 
+def _lead_started() -> tuple[CkksContext, dict[PartyId, EpochKeys], PartyKeys]:
+    """A fresh epoch whose lead has started: its keys, and its key pair to deal."""
+    context = context_for(MANIFEST.params)
+    keys = _epoch()
+    own = keys[HOLDERS[0]].start(context, counter_randomness(HOLDERS[0]))
+    assert own is not None
+    return context, keys, own
+
+
+def _record_deals(monkeypatch: pytest.MonkeyPatch) -> list[dict[int, dict[int, np.ndarray]]]:
+    """What each deal() of EpochKeys makes, kept (a shallow copy: deal pops its own share)."""
+    made: list[dict[int, dict[int, np.ndarray]]] = []
+
+    def recording_deal(*args: Any, **kwargs: Any) -> dict[int, dict[int, np.ndarray]]:
+        dealt = threshold.deal(*args, **kwargs)
+        made.append(dict(dealt))
+        return dealt
+
+    monkeypatch.setattr(client_keys, "deal", recording_deal)
+    return made
+
+
 def _agree(context: CkksContext, keys: dict[PartyId, EpochKeys],
            public_of: Callable[[PartyKeys], PublicKey] = lambda dealt: dealt.public_share,
            ) -> dict[PartyId, str | Mismatch | None]:
@@ -62,11 +84,8 @@ def test_the_holders_agree_on_one_key_from_the_pieces_alone() -> None:
 
 
 def test_a_share_of_another_dealer_or_key_is_refused() -> None:
-    context = context_for(MANIFEST.params)
-    keys = _epoch()
+    context, keys, own = _lead_started()
     lead, member, third = HOLDERS
-    own = keys[lead].start(context, counter_randomness(lead))
-    assert own is not None
     fields = keys[lead].deal(context, own)
     # The lead's share for member, relayed as if the third party had dealt it.
     with pytest.raises(MalformedMessage, match="Shamir share is for another sharing"):
@@ -86,11 +105,8 @@ def test_a_share_of_another_dealer_or_key_is_refused() -> None:
 
 
 def test_a_delivery_with_a_bad_group_key_is_refused_and_nothing_is_taken() -> None:
-    context = context_for(MANIFEST.params)
-    keys = _epoch()
+    context, keys, own = _lead_started()
     lead, member = HOLDERS[0], HOLDERS[1]
-    own = keys[lead].start(context, counter_randomness(lead))
-    assert own is not None
     fields = keys[lead].deal(context, own)[member]
     with pytest.raises(MalformedMessage, match="the group key has the wrong size"):
         keys[member].take_delivery(context, lead, {**fields, "group_key": b"short"})
@@ -114,19 +130,9 @@ def _all_zero(shares: dict[int, dict[int, np.ndarray]]) -> bool:
 
 
 def test_dealing_keeps_my_share_and_wipes_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
-    made: list[dict[int, dict[int, np.ndarray]]] = []
-
-    def recording_deal(*args: Any, **kwargs: Any) -> dict[int, dict[int, np.ndarray]]:
-        dealt = threshold.deal(*args, **kwargs)
-        made.append(dict(dealt))  # deal pops its own share from the dict it gets
-        return dealt
-
-    monkeypatch.setattr(client_keys, "deal", recording_deal)
-    context = context_for(MANIFEST.params)
-    keys = _epoch()
+    made = _record_deals(monkeypatch)
+    context, keys, own = _lead_started()
     lead = HOLDERS[0]
-    own = keys[lead].start(context, counter_randomness(lead))
-    assert own is not None
     keys[lead].deal(context, own)
     (dealt,) = made
     assert _all_zero({j: limbs for j, limbs in dealt.items() if j != 1})
@@ -136,26 +142,17 @@ def test_dealing_keeps_my_share_and_wipes_the_others(monkeypatch: pytest.MonkeyP
 
 
 def test_dealing_wipes_every_share_when_it_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    made: list[dict[int, dict[int, np.ndarray]]] = []
+    made = _record_deals(monkeypatch)
     calls = itertools.count()
-
-    def recording_deal(*args: Any, **kwargs: Any) -> dict[int, dict[int, np.ndarray]]:
-        dealt = threshold.deal(*args, **kwargs)
-        made.append(dict(dealt))  # deal pops its own share from the dict it gets
-        return dealt
 
     def failing_encode(*args: Any, **kwargs: Any) -> bytes:
         if next(calls) == 1:
             raise FrameError("the second share does not encode")
         return wire.encode_key_share(*args, **kwargs)
 
-    monkeypatch.setattr(client_keys, "deal", recording_deal)
     monkeypatch.setattr(client_keys, "encode_key_share", failing_encode)
-    context = context_for(MANIFEST.params)
-    keys = _epoch()
+    context, keys, own = _lead_started()
     lead = HOLDERS[0]
-    own = keys[lead].start(context, counter_randomness(lead))
-    assert own is not None
     with pytest.raises(FrameError, match="does not encode"):
         keys[lead].deal(context, own)
     (dealt,) = made
@@ -172,11 +169,8 @@ def test_a_refused_share_is_wiped(monkeypatch: pytest.MonkeyPatch) -> None:
         return meta, limbs
 
     monkeypatch.setattr(client_keys, "decode_key_share", recording_decode)
-    context = context_for(MANIFEST.params)
-    keys = _epoch()
+    context, keys, own = _lead_started()
     lead, member, third = HOLDERS
-    own = keys[lead].start(context, counter_randomness(lead))
-    assert own is not None
     fields = keys[lead].deal(context, own)
     with pytest.raises(MalformedMessage, match="Shamir share is for another sharing"):
         keys[member].take_delivery(context, lead, fields[third])
