@@ -472,8 +472,9 @@ class ClientMachine(Machine[ClientState]):
         clear = unpad(fused, self._keys.group_key, dset, message.header.attempt,
                       ShareRounding.of(self.context))
         values = decode_sums(self.context, clear, length, coefficients=True)
-        problem = implausible(values, sensitivities=self._in_mask(), error=self.context.error_bound(
-            len(self.manifest.clients)), value_bound=self.manifest.params.value_bound)
+        problem = implausible(values, sensitivities=self._in_mask(),
+                              value_bound=self.manifest.params.value_bound,
+                              error=self.context.error_bound(len(self.manifest.clients)))
         if problem is not None:  # a wrong pad or share: the garbage must not be used
             stage = "the sensitivity sum" if self._in_mask() else f"round {self._round}'s model"
             return self._abort_locally(f"the fused result for {stage} is implausible: {problem} "

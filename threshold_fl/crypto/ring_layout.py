@@ -384,7 +384,7 @@ def check_coefficients(runs: Iterable[tuple[U64Array, int, int]], what: str) -> 
 
 def coefficient_runs(data: bytes, regions: Sequence[tuple[int, int]], n: int
                      ) -> Iterator[tuple[U64Array, int, int]]:
-    """The runs of a blob's coefficients, (offset, modulus) each, for check_coefficients."""
+    """A blob's coefficient runs, from its (offset, modulus) regions, to check."""
     for offset, modulus in regions:
         yield np.frombuffer(data, dtype="<u8", count=n, offset=offset), modulus, offset
 

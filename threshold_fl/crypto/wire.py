@@ -351,7 +351,8 @@ def _polynomial_shape(context: CkksContext) -> tuple[int, int]:
 
 
 def _check_below_moduli(limbs: U64Array, moduli: Sequence[int], what: str) -> None:
-    """(limbs, n) values, each limb below its modulus; byte offsets as in their part."""
+    """(limbs, n) values, each limb below its modulus (errors count bytes from the first
+    value of the first limb)."""
     n = limbs.shape[1]
     check_coefficients(((limbs[limb], q, 8 * n * limb) for limb, q in enumerate(moduli)), what)
 
