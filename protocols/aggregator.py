@@ -114,7 +114,6 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._public_shares: dict[PartyId, PublicKey] = {}
         self._key_id: str | None = None
         self._group_check: str | None = None
-        self._needs_rekey = False
         self.mask: EncryptionMask | None = None
         self._ledger = StepLedger()  # what was accepted, to refuse duplicates and replays
         self._done: dict[PartyId, str] = {}  # confirmations of the current step
@@ -183,7 +182,6 @@ class AggregatorMachine(Machine[AggregatorState]):
             if self.manifest.mode is Mode.PLAINTEXT else None
         )
         self._group_check = None
-        self._needs_rekey = False
         self._budget = QueryBudget(self.manifest.params.decryption_queries)
         self._reset_step(now, self.manifest.timeouts.keys_s)
         body = KeygenStart(self._holders, self.manifest.threshold)
@@ -418,26 +416,26 @@ class AggregatorMachine(Machine[AggregatorState]):
         if self.state is A.MASK_DECRYPTION:
             assert self.mask is not None
             step = self._events(MaskAgreed(self.mask))
-            self._needs_rekey = self._needs_rekey or not self._budget_for_a_round()
-            if self._needs_rekey:
+            if not self._budget_for_a_round():
                 return step.extend(self._start_keys(now))
             return step.extend(self._start_upload(now, A.ROUND_UPLOAD, 1))
         assert self._uploads is not None
         uploaders = tuple(sorted(self._uploads.uploaders))
         step = self._events(RoundCompleted(self._round, uploaders, None))
-        self._needs_rekey = self._needs_rekey or not self._budget_for_a_round()
         if self._round >= self.manifest.rounds:
             self.state = A.FINISHED
             body = FinishedBody(self._round)
             return step.extend(Step(sends=self._sends(self.alive, body, self.step),
                                     events=[Finished(self._round)]))
-        if self._needs_rekey and self.manifest.mode is Mode.THRESHOLD:
+        if not self._budget_for_a_round():
             return step.extend(self._start_keys(now))
         return step.extend(self._start_upload(now, A.ROUND_UPLOAD, self._round + 1))
 
     def _budget_for_a_round(self) -> bool:
-        """Whether this key epoch can decrypt another round (twice: a retry included)."""
-        return self.manifest.mode is not Mode.THRESHOLD or self.mask is None or (
+        """Whether this key epoch can decrypt another round (twice: a retry included);
+        only threshold keys have a budget.  Asked once the mask is agreed."""
+        assert self.mask is not None
+        return self.manifest.mode is not Mode.THRESHOLD or (
             self._budget.allows(2 * ciphertext_count(self.context, self.mask.count)))
 
     def _deadline_passed(self, now: float) -> Step:

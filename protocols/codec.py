@@ -31,7 +31,8 @@ from threshold_fl.errors import (
 )
 from threshold_fl.identity import Identity, PartyId, PublicIdentity
 
-__all__ = ["CODEC_VERSION", "MAX_MESSAGE_BYTES", "decode_message", "encode_message"]
+__all__ = ["CODEC_VERSION", "MAX_MESSAGE_BYTES", "decode_message", "encode_message",
+           "Peeked", "peek_step"]
 
 CODEC_VERSION = 3  # 2: FedAvg weights in MaskStart/RoundStart; 3: blind fusion
 MAGIC = b"TFLM"
@@ -76,6 +77,37 @@ def decode_message(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> 
             f"{message.header.sender!r}; discarded"
         )
     return message
+
+
+class Peeked(typing.NamedTuple):
+    """What a message's bytes claim it is (see :func:`peek_step`)."""
+
+    stage: Stage
+    round: int
+    kind: str  # the body type's name, as ``Message.kind``
+
+
+def peek_step(data: bytes) -> Peeked | None:
+    """The stage, round and body type a message claims, read without checking the
+    signature and without parsing the body; None if the bytes do not look like a message.
+
+    Unauthenticated: for byte accounting and logs only, never for a decision.
+    """
+    if len(data) < _PREFIX.size + _LENGTH.size or data[:4] != MAGIC:
+        return None
+    offset = _PREFIX.size + data[5] + _LENGTH.size
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True)
+    unpacker.feed(data[offset:offset + 4096])  # header and type code lie well within
+    try:
+        unpacker.read_array_header()
+        header, code = unpacker.unpack(), unpacker.unpack()
+        stage = Stage(header[_HEADER_FIELDS.index("stage")])
+        round_ = header[_HEADER_FIELDS.index("round")]
+        if type(round_) is not int or type(code) is not int or not 0 <= code < len(BODY_TYPES):
+            return None
+        return Peeked(stage, round_, BODY_TYPES[code].__name__)
+    except Exception:  # msgpack raises several unrelated types; anything else: not ours
+        return None
 
 
 def _as_bytes(data: object) -> bytes:

@@ -34,6 +34,7 @@ __all__ = [
     "decode_plain",
     "encode_frames",
     "encode_plain",
+    "implausible",
     "open_protected",
     "protect",
 ]
@@ -244,3 +245,19 @@ def check_bound(values: FloatArray, bound: float) -> None:
             f"the model update's value {values[index]!r} at index {index} exceeds the "
             f"manifest's value_bound {bound:g}; clip the update to [-{bound:g}, {bound:g}] "
             "or make the manifest with a larger value_bound")
+
+
+def implausible(values: FloatArray, *, sensitivities: bool, value_bound: float,
+                error: float) -> str | None:
+    """None if a decrypted sum is plausible, else what is wrong with it: normalised
+    sensitivities lie in [0, 1] and updates within the value bound, and so do their
+    averages (the weights add up to 1), give or take the CKKS ``error``.  NaN fails both
+    comparisons, so it is caught as well."""
+    low, high = (0.0, 1.0) if sensitivities else (-value_bound, value_bound)
+    low, high = low - error, high + error
+    outside = ~((values >= low) & (values <= high))
+    if not outside.any():
+        return None
+    index = int(np.argmax(outside))
+    return (f"value {float(values[index])!r} at index {index} ({int(outside.sum())} of "
+            f"{values.size} values) is outside [{low:.6g}, {high:.6g}]")

@@ -114,18 +114,19 @@ CLIENT_TARGETS: Targets = {
         MaskStart: _to(C.ABORTED),  # a retry: uploads again
         Aggregate: _to(C.MASK_CONFIRMED),  # decrypted locally (not threshold mode)
         DecryptRequest: _to(C.MASK_DECRYPTING, C.ABORTED),  # a member; budget spent: aborts
-        Fused: _to(C.MASK_CONFIRMED),  # not a member of the set
+        Fused: _to(C.MASK_CONFIRMED, C.ABORTED),  # not a member; implausible: aborts
     },
-    C.MASK_DECRYPTING: {DecryptRequest: _to(C.ABORTED), Fused: _to(C.MASK_CONFIRMED)},
+    C.MASK_DECRYPTING: {DecryptRequest: _to(C.ABORTED),
+                        Fused: _to(C.MASK_CONFIRMED, C.ABORTED)},
     C.MASK_CONFIRMED: {**_EARLY_KEYS, KeygenStart: _NEW_EPOCH, RoundStart: _TRAIN},
     C.TRAINING: {RoundStart: _to(C.ABORTED)},
     C.UPDATE_UPLOADED: {
         RoundStart: _to(C.ABORTED),
         Aggregate: _to(C.ROUND_DONE),
         DecryptRequest: _to(C.ROUND_DECRYPTING, C.ABORTED),
-        Fused: _to(C.ROUND_DONE),
+        Fused: _to(C.ROUND_DONE, C.ABORTED),
     },
-    C.ROUND_DECRYPTING: {DecryptRequest: _to(C.ABORTED), Fused: _to(C.ROUND_DONE)},
+    C.ROUND_DECRYPTING: {DecryptRequest: _to(C.ABORTED), Fused: _to(C.ROUND_DONE, C.ABORTED)},
     C.ROUND_DONE: {
         **_EARLY_KEYS,
         KeygenStart: _NEW_EPOCH,

@@ -11,7 +11,9 @@ from threshold_fl.crypto import MAX_VECTOR_LENGTH
 BAD_OPTIONS: dict[str, list[list[str]]] = {
     "clients": [["--clients-list", "1"], ["--clients-list", "1001"], ["--length", "0"],
                 ["--length", str(MAX_VECTOR_LENGTH + 1)], ["--pool", "0"],
-                ["--decrypt-ciphertexts", "-1"], ["--threads", "x"]],
+                ["--decrypt-ciphertexts", "-1"], ["--threads", "x"], ["--part", "all"],
+                ["--protocol-clients", "1"], ["--protocol-rounds", "0"],
+                ["--protocol-model", "resnet"]],
     "dropout": [["--clients", "2"], ["--rounds", "1"], ["--repeats", "0"], ["--fraction", "2"],
                 ["--model", "nonsense"]],
     "e2e": [["--clients", "1"], ["--rounds", "0"], ["--fraction", "2"], ["--modes", "everything"],

@@ -17,7 +17,8 @@ from threshold_fl.app.cli import main as cli_main
 def test_clients_suite_writes_markdown_json_and_png(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     # 100,000 values are 13 ciphertexts; the parties decrypt the first group of 8.
-    assert cli_main(["bench", "clients", "--clients-list", "5", "2", "--length", "100000",
+    assert cli_main(["bench", "clients", "--part", "roles", "--clients-list", "5", "2",
+                     "--length", "100000",
                      "--pool", "2", "--decrypt-ciphertexts", "8", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "clients.json").read_text())
     rows = data["rows"]
@@ -51,9 +52,9 @@ def test_a_round_that_cannot_fit_on_disk_is_refused(
     def no_space(path: Any) -> SimpleNamespace:
         return SimpleNamespace(total=10**12, used=10**12 - 1000, free=1000)
 
-    monkeypatch.setattr("threshold_fl.bench.roles.shutil.disk_usage", no_space)
-    assert cli_main(["bench", "clients", "--clients-list", "2", "--length", "1000",
-                     "--out", str(tmp_path)]) == 1
+    monkeypatch.setattr("threshold_fl.bench.runner.shutil.disk_usage", no_space)
+    assert cli_main(["bench", "clients", "--part", "roles", "--clients-list", "2",
+                     "--length", "1000", "--out", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert "threshold-fl bench clients: error:" in error and "GiB of disk" in error
     assert not (tmp_path / "clients.json").exists()

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from threshold_fl.app.cli import main as cli_main
-from threshold_fl.bench import roles
+from threshold_fl.bench import roles, runner
 from threshold_fl.bench.output import peak_mib, reset_peak
-from threshold_fl.bench.roles import Upload, layout_for, run_he_round, run_plain_round
+from threshold_fl.bench.roles import Upload, layout_for
+from threshold_fl.bench.runner import run_he_round, run_plain_round
 from threshold_fl.crypto import (
     MAX_VECTOR_LENGTH,
     CkksParams,
@@ -114,7 +115,7 @@ def test_a_role_reports_its_own_peak_not_its_parents() -> None:
     ballast = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
     parent_peak = peak_mib()
     assert parent_peak >= 400
-    assert roles.baseline_peak_mib() < parent_peak - 300
+    assert runner.baseline_peak_mib() < parent_peak - 300
     del ballast
 
 

@@ -91,6 +91,7 @@ def test_bench_all_runs_the_suites_in_order_and_combines_their_reports(
             (tmp_path / f"{suite}.md").write_text(f"# {suite} title\n\n| a |\n|---|\n| 1 |\n")
             if suite == "models":
                 (tmp_path / "models.png").write_bytes(b"\x89PNG")
+                (tmp_path / "models-part.md").write_text("# models part title\n")
             return 1 if suite == "clients" else 0
         return run
 
@@ -103,5 +104,6 @@ def test_bench_all_runs_the_suites_in_order_and_combines_their_reports(
     assert dict(calls)["peers"] == ["--out", str(tmp_path)]
     combined = (tmp_path / "all.md").read_text()
     assert "## peers title" in combined and "![models](models.png)" in combined
+    assert combined.index("## models title") < combined.index("## models part title")
     assert "clients title" not in combined  # a failed suite's stale report is left out
     assert "FAILED: clients" in capsys.readouterr().out

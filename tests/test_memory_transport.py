@@ -8,7 +8,7 @@ import pytest
 
 from threshold_fl.errors import ParameterError, TransportClosed, TransportError
 from transports import Fault, FaultPlan, MemoryHub, MemoryTransport, Transport
-from transports.memory import Decision, Envelope, HubStats
+from transports.memory import Decision, Envelope, HubStats, PartyTraffic
 
 
 def script(faults: dict[int, Decision]) -> FaultPlan:
@@ -175,6 +175,41 @@ async def test_plan_sees_sender_recipient_data_and_running_index() -> None:
         Envelope("a", "a", b"m0", 1),
         Envelope("b", "a", b"m1", 2),
     ]
+
+
+# ----------------------------------------------------------------- per-party traffic
+
+
+async def test_traffic_counts_each_party_per_recipient_and_per_label() -> None:
+    # The label is the first byte of the message, standing in for a protocol stage.
+    hub = MemoryHub(label=lambda data: data[:1].decode(), faults=script({3: Fault.DROP}))
+    a, b, c = (hub.connect(p) for p in "abc")
+    await a.send(["b", "c"], b"k-key")  # envelopes 0, 1: one payload per recipient
+    await b.send(["a"], b"r-round")  # envelope 2
+    await a.send(["b", "c"], b"r-xy")  # envelope 3 to b is dropped, 4 reaches c
+    await drain(b), await drain(c), await drain(a)
+    assert hub.traffic("a") == PartyTraffic(sent=4, sent_bytes=2 * 5 + 2 * 4,
+                                            received=1, received_bytes=7)
+    assert hub.traffic("b") == PartyTraffic(sent=1, sent_bytes=7, received=1, received_bytes=5)
+    assert hub.traffic("c") == PartyTraffic(received=2, received_bytes=5 + 4)
+    assert hub.traffic("a", "k") == PartyTraffic(sent=2, sent_bytes=10)
+    assert hub.traffic("c", "r") == PartyTraffic(received=1, received_bytes=4)
+    assert hub.traffic("nobody") == PartyTraffic() and hub.labels == {"k", "r"}
+    # the per-party sums agree with the hub's totals
+    parties = [hub.traffic(p) for p in "abc"]
+    assert sum(t.sent_bytes for t in parties) == hub.stats.sent_bytes
+    assert sum(t.received_bytes for t in parties) == hub.stats.delivered_bytes
+
+
+async def test_traffic_counts_duplicates_and_delays_when_they_arrive() -> None:
+    hub = MemoryHub(faults=script({0: Fault.DUPLICATE, 1: (Fault.DELAY, 0.01)}))
+    a, b = hub.connect("a"), hub.connect("b")
+    await a.send(["b"], b"twice")
+    await a.send(["b"], b"later")
+    assert hub.traffic("b") == PartyTraffic(received=2, received_bytes=10)
+    await asyncio.sleep(0.05)
+    assert hub.traffic("b") == PartyTraffic(received=3, received_bytes=15) and b.pending == 3
+    assert hub.traffic("a") == PartyTraffic(sent=2, sent_bytes=10) and hub.labels == {""}
 
 
 # ----------------------------------------------------------------- random plans

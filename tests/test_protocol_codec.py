@@ -25,6 +25,7 @@ from protocols.codec import (
     MAGIC,
     decode_message,
     encode_message,
+    peek_step,
 )
 from protocols.messages import (
     BODY_TYPES,
@@ -199,6 +200,22 @@ def test_round_trip_every_body_type_and_stage(body_type: type, stage: Stage) -> 
     assert data[5] == len(b"client-1") and data[6:14] == b"client-1"
     wire = msgpack.unpackb(_payload_of(data), raw=False)
     assert wire[1] == BODY_TYPES.index(body_type)
+    # byte accounting reads the stage and round without the signature or the body
+    assert peek_step(data) == (stage, 2, body_type.__name__)
+
+
+def test_peek_step_reads_a_large_message_and_refuses_what_is_not_one() -> None:
+    big = Message(_header(Stage.ROUND, round=7), UpdateUpload(protected=(b"\x01" * 10**6,),
+                                                             plain=b""))
+    assert peek_step(encode_message(CLIENT1, big)) == (Stage.ROUND, 7, "UpdateUpload")
+    assert peek_step(ENCODED[:10]) is None and peek_step(b"junk" * 10) is None
+    assert peek_step(_envelope(CLIENT1, msgpack.packb([["s", 1]]))) is None  # no header
+    bad_stage = _valid_wire()
+    bad_stage[0][3] = 99
+    assert peek_step(_envelope(CLIENT1, msgpack.packb(bad_stage))) is None
+    bad_code = _valid_wire()
+    bad_code[1] = len(BODY_TYPES)
+    assert peek_step(_envelope(CLIENT1, msgpack.packb(bad_code))) is None
 
 
 def test_encoding_is_deterministic_and_matches_the_documented_layout() -> None:

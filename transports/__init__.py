@@ -30,6 +30,7 @@ from transports.memory import (
     HubStats,
     MemoryHub,
     MemoryTransport,
+    PartyTraffic,
 )
 from transports.mqtt import MqttOptions, MqttStats, MqttTransport
 
@@ -41,6 +42,7 @@ __all__ = [
     "Fault",
     "Envelope",
     "HubStats",
+    "PartyTraffic",
     "MqttTransport",
     "MqttOptions",
     "MqttStats",

@@ -8,6 +8,9 @@ misbehaviour a real network shows (see :mod:`transports.base`) and replay it.
 
 Like a broker, the hub never blocks a sender: messages to unknown or disconnected
 parties, or to a full inbox, are dropped and counted in :attr:`MemoryHub.stats`.
+:meth:`MemoryHub.traffic` gives one party's messages and bytes sent and received, as
+the MQTT transport's stats count them (one payload per recipient), optionally split by
+a label the hub's owner computes from each message's bytes (a protocol stage, say).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from threshold_fl.errors import ParameterError, TransportClosed, TransportError
 if TYPE_CHECKING:
     from transports.base import Transport
 
-__all__ = ["Envelope", "Fault", "FaultPlan", "HubStats", "MemoryHub", "MemoryTransport"]
+__all__ = ["Envelope", "Fault", "FaultPlan", "HubStats", "MemoryHub", "MemoryTransport",
+           "PartyTraffic"]
 
 
 class Fault(enum.Enum):
@@ -45,12 +49,14 @@ class Envelope:
 
     ``index`` numbers envelopes per hub from 0 in sending order (a send to three
     recipients makes three envelopes), so a test can name "the 5th message".
+    ``label`` is what the hub's ``label`` function said of ``data`` ("" without one).
     """
 
     sender: str
     recipient: str
     data: bytes
     index: int = 0
+    label: str = ""
 
 
 #: A plan's decision: a fault, or a fault with seconds (the delay for DELAY, the
@@ -147,6 +153,28 @@ class HubStats:
     duplicated: int = 0
     delayed: int = 0
     reordered: int = 0
+
+
+@dataclass(frozen=True)
+class PartyTraffic:
+    """One party's messages and bytes through a hub, counted like
+    :class:`~transports.mqtt_options.MqttStats` counts ``messages_sent``/``bytes_sent``:
+    one payload per recipient.
+
+    ``sent`` counts the envelopes this party sent (a send to three recipients counts
+    three, whatever then happens to them); ``received`` the copies put into its inbox
+    (a duplicate adds two, a dropped copy nothing).
+    """
+
+    sent: int = 0
+    sent_bytes: int = 0
+    received: int = 0
+    received_bytes: int = 0
+
+    def __add__(self, other: PartyTraffic) -> PartyTraffic:
+        return PartyTraffic(self.sent + other.sent, self.sent_bytes + other.sent_bytes,
+                            self.received + other.received,
+                            self.received_bytes + other.received_bytes)
 
 
 @dataclass(eq=False)
@@ -254,10 +282,16 @@ class MemoryHub:
     message may reach a party that reconnected meanwhile.
     """
 
-    def __init__(self, *, faults: FaultPlan | None = None, inbox_limit: int = 10_000) -> None:
+    def __init__(self, *, faults: FaultPlan | None = None, inbox_limit: int = 10_000,
+                 label: Callable[[bytes], str] | None = None) -> None:
+        """``label(data)``, if given, names each sent message (once per send, whatever
+        the recipients): :meth:`traffic` counts per label.  It must not raise."""
         if inbox_limit < 1:
             raise ParameterError(f"inbox_limit must be >= 1, got {inbox_limit!r}")
         self._plan = faults or FaultPlan()
+        self._label = label
+        # (party, label) -> [sent, sent_bytes, received, received_bytes]
+        self._traffic: dict[tuple[str, str], list[int]] = {}
         self._inbox_limit = inbox_limit
         self._parties: dict[str, MemoryTransport] = {}
         self._held: dict[str, list[_Held]] = {}
@@ -268,6 +302,20 @@ class MemoryHub:
     def stats(self) -> HubStats:
         """A snapshot of the counters; see :class:`HubStats`."""
         return HubStats(**self._counts)
+
+    def traffic(self, party_id: str, label: str | None = None) -> PartyTraffic:
+        """What ``party_id`` sent and received so far (of messages labelled ``label``
+        only, when given); a party never seen has all zeros."""
+        total = PartyTraffic()
+        for (party, named), counts in self._traffic.items():
+            if party == party_id and (label is None or named == label):
+                total += PartyTraffic(*counts)
+        return total
+
+    @property
+    def labels(self) -> frozenset[str]:
+        """Every label the hub's ``label`` function gave so far ("" without one)."""
+        return frozenset(named for _, named in self._traffic)
 
     @property
     def parties(self) -> frozenset[str]:
@@ -301,10 +349,12 @@ class MemoryHub:
 
     def _route(self, sender: str, recipients: Sequence[str], data: bytes) -> None:
         """Apply the fault plan to one envelope per recipient."""
+        label = "" if self._label is None or not recipients else self._label(data)
         for recipient in recipients:
-            envelope = Envelope(sender, recipient, data, self._next_index)
+            envelope = Envelope(sender, recipient, data, self._next_index, label)
             self._next_index += 1
             self._count("sent", len(data))
+            self._tally(sender, label, 0, len(data))
             fault, seconds = self._plan.choose(envelope)
             self._apply(fault, seconds, envelope)
 
@@ -348,12 +398,19 @@ class MemoryHub:
         transport = self._parties.get(envelope.recipient)
         if transport is not None and transport._offer(envelope.data):
             self._count("delivered", len(envelope.data))
+            self._tally(envelope.recipient, envelope.label, 2, len(envelope.data))
         else:
             self._count("dropped", len(envelope.data))
 
     def _count(self, what: str, size: int) -> None:
         self._counts[what] += 1
         self._counts[f"{what}_bytes"] += size
+
+    def _tally(self, party: str, label: str, offset: int, size: int) -> None:
+        """Per-party counts: offset 0 for sent, 2 for received (see PartyTraffic)."""
+        counts = self._traffic.setdefault((party, label), [0, 0, 0, 0])
+        counts[offset] += 1
+        counts[offset + 1] += size
 
 
 if TYPE_CHECKING:

@@ -10,7 +10,8 @@ markdown, JSON and PNG under one output folder (with the machine they ran on).
   role in its own process for its peak memory;
 - ``selective``: encrypted fraction 0-100 % (Table 7);
 - ``params``: batch size x scaling bits (Table 6);
-- ``clients``: 2 to 200 clients (Figure 14a);
+- ``clients``: a client's bytes per round against N with the whole protocol (N = 3 to
+  50), and 2 to 200 clients per role (Figure 14a);
 - ``threshold``: single-key vs threshold N = 2, 3, 5, 10 and noise flooding (Figure 12);
 - ``e2e``: the multi-process MQTT demo per mode;
 - ``dropout``: the MQTT demo's joint decryption with a member of the set killed, against
@@ -43,7 +44,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "params": ("threshold_fl.bench.params:main",
                "batch size x scaling bits: time, bytes, error, accuracy delta"),
     "clients": ("threshold_fl.bench.clients:main",
-                "2 to 200 clients: time per step and aggregator memory"),
+                "bytes per client against N (whole protocol); 2 to 200 clients per role"),
     "threshold": ("threshold_fl.bench.threshold:main",
                   "single-key vs threshold N = 2, 3, 5, 10, and noise flooding's cost"),
     "e2e": ("threshold_fl.bench.e2e:main",
@@ -101,11 +102,15 @@ def run_all(argv: Sequence[str]) -> int:
 def _combine(folder: Path, suites: Sequence[str]) -> Path:
     """One markdown file with every suite's tables and plots (for docs/benchmarks.md)."""
     parts = []
-    for suite in suites:
-        text = (folder / f"{suite}.md").read_text(encoding="utf-8").strip()
-        text = text.replace("\n# ", "\n## ").removeprefix("# ")  # suite titles become h2
-        plot = f"\n\n![{suite}]({suite}.png)" if (folder / f"{suite}.png").exists() else ""
-        parts.append(f"## {text}{plot}\n")
+    for suite in suites:  # a suite's own report, then its parts' (clients-protocol.md)
+        for report in [folder / f"{suite}.md", *sorted(folder.glob(f"{suite}-*.md"))]:
+            if not report.exists():  # a suite run for one part only
+                continue
+            text = report.read_text(encoding="utf-8").strip()
+            text = text.replace("\n# ", "\n## ").removeprefix("# ")  # titles become h2
+            name = report.stem
+            plot = f"\n\n![{name}]({name}.png)" if (folder / f"{name}.png").exists() else ""
+            parts.append(f"## {text}{plot}\n")
     combined = folder / "all.md"
     combined.write_text("\n".join(parts), encoding="utf-8")
     return combined

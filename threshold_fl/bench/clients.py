@@ -1,10 +1,19 @@
-"""``threshold-fl bench clients``: 2 to 200 clients on the paper's CNN vector (1,663,370
-values; the FedML-HE paper's Figure 14a): seconds per step and the aggregator's peak
-memory, which must stay flat in N (it streams every upload into one running sum).
+"""``threshold-fl bench clients``: two parts (``--part``, default both).
 
-For each N, one threshold round with keys for N parties (noise flooding on, the
-library's default parameters for N), every role in its own OS process
-(:mod:`threshold_fl.bench.roles`), FedAvg weights 1/N.  What is real and what is reused:
+**The whole protocol** (:mod:`threshold_fl.bench.clients_protocol`): for N = 3, 5, 10,
+20, 50, the real protocol end to end (key agreement, mask agreement, FedAvg rounds)
+with N FederatedClient nodes and the Aggregator node in one process over the in-memory
+hub, a small model trained with torch; per N, each client's bytes for set-up and per
+round (members of the decryption set and the others apart), the aggregator's bytes and
+seconds, and whether a client's bytes per round stay within 10 % across N.
+``--quick``: this part only, N = 3 and 5, one round.
+
+**Per role** on the paper's CNN vector (1,663,370 values; the FedML-HE paper's Figure
+14a), 2 to 200 clients: seconds per step and the aggregator's peak memory, which must
+stay flat in N (it streams every upload into one running sum). For each N, one threshold
+round with keys for N parties (noise flooding on, the library's default parameters for
+N), every role in its own OS process (:mod:`threshold_fl.bench.roles`, run by
+:mod:`threshold_fl.bench.runner`), FedAvg weights 1/N. What is real and what is reused:
 
 - **aggregation is real for all N uploads**: the aggregator's process streams N upload
   files into the sum.  Encrypting 200 distinct vectors would dominate the run, so only a
@@ -30,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from threshold_fl._checks import bounded
+from threshold_fl.bench import clients_protocol
 from threshold_fl.bench.output import (
     add_role_options,
     print_line,
@@ -38,13 +48,8 @@ from threshold_fl.bench.output import (
     suite_error,
 )
 from threshold_fl.bench.peers import CNN_LENGTH
-from threshold_fl.bench.roles import (
-    HeRound,
-    Upload,
-    baseline_peak_mib,
-    run_he_round,
-    threads_note,
-)
+from threshold_fl.bench.roles import Upload
+from threshold_fl.bench.runner import HeRound, baseline_peak_mib, run_he_round, threads_note
 from threshold_fl.crypto import MAX_VECTOR_LENGTH, threshold_params
 from threshold_fl.errors import ThresholdFLError
 
@@ -189,8 +194,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=DEFAULT_DECRYPT_CIPHERTEXTS,
                         help="aggregate ciphertexts every member of the decryption set "
                              "decrypts (0: all; default %(default)s)")
+    parser.add_argument("--part", choices=("both", "protocol", "roles"), default=None,
+                        help="the whole protocol, the per-role rounds or both (default both; "
+                             "protocol with --quick)")
+    clients_protocol.add_protocol_options(parser)
     add_role_options(parser, "clients", "the client values")
     args = parser.parse_args(argv)
+    part = args.part or ("protocol" if args.quick else "both")
+    if part != "roles":
+        try:
+            clients_protocol.run_part(args)
+        except ThresholdFLError as error:
+            return suite_error("clients", error)
+    if part == "protocol":
+        return 0
+    print("\nper role, one process each:", flush=True)
     counts = sorted(set(args.clients_list))
     started = time.perf_counter()
     rows: list[ClientsRow] = []

@@ -43,12 +43,11 @@ from threshold_fl.bench.output import (
     publish_suite,
     suite_error,
 )
-from threshold_fl.bench.roles import (
+from threshold_fl.bench.roles import Upload, layout_for
+from threshold_fl.bench.runner import (
     HeRound,
     PlainRound,
-    Upload,
     baseline_peak_mib,
-    layout_for,
     run_he_round,
     run_plain_round,
     threads_note,
