@@ -5,9 +5,9 @@ The aggregator picks a decryption set S of t live key holders and sends each mem
 the aggregate's c1 parts only; each member returns one masked share
 (:func:`threshold_fl.crypto.threshold.decryption_shares`); the aggregator adds c0 and
 the shares and broadcasts the fused polynomials, still under the pad only clients can
-remove.  A member that drops makes the attempt fail: the aggregator picks another set
-(attempt + 1), and the masks keep the failed set's shares meaningless.  Nobody
-rebuilds a key and no key rotation follows a dropout.
+remove.  A member that drops, or whose connection is reported lost, makes the attempt
+fail: the aggregator picks another set (attempt + 1), and the masks keep the failed
+set's shares meaningless.  Nobody rebuilds a key and no key rotation follows a dropout.
 
 Every share is bound to (session, key epoch, round, stage, the digest of the c1 it
 decrypts, the set); the pad also to the attempt.  Binding the noise and masks to the
