@@ -128,7 +128,7 @@ def test_ssim_works_on_images_smaller_than_the_window(rng: np.random.Generator) 
 
 @pytest.mark.parametrize(("a", "b", "message"), [
     (np.zeros((4, 4)), np.zeros((4, 5)), "same shape"),
-    (np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), "2-D"),
+    (np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 4, 4)), "2-D"),
     (np.zeros((4, 4)), np.full((4, 4), np.nan), "NaN"),
     (np.zeros((0, 4)), np.zeros((0, 4)), "non-empty"),
     ([[0.0]], np.zeros((1, 1)), "numpy array"),
