@@ -10,8 +10,8 @@ name            what                                           parameters (defau
 ==============  =============================================  ===========================
 ``logreg``      logistic regression (one linear layer)         650 (8x8)
 ``mlp``         two fully connected layers                     4,810 (8x8, 64 hidden)
-``lenet``       the LeNet of the DLG paper (Zhu et al. 2019):  9,466 (16x16)
-                3 conv + 1 FC, sigmoid, no pooling
+``lenet``       the LeNet of the DLG paper (Zhu et al. 2019):  9,466 (16x16); 85,036
+                3 conv + 1 FC, sigmoid, no pooling             (3x32x32, 100 classes)
 ``cnn``         the paper's CNN: 2 conv (5x5, 32 and 64        1,663,370 (28x28)
                 channels, max-pool) + 2 FC (512, 10)
 ``transformer`` a small vision transformer: 4x4 patches,       69,834 (16x16)
