@@ -24,6 +24,7 @@ from threshold_fl.app.privacy_eval import (
     Setting,
     dlg_model,
     evaluate,
+    parse_setting,
     worst_case,
 )
 from threshold_fl.app.privacy_report import write_outputs
@@ -375,8 +376,10 @@ def test_quick_evaluation_writes_all_outputs(quick_run: tuple[Evaluation, list[s
                                              tmp_path: Path) -> None:
     evaluation, lines = quick_run
     names = [s.name for s in DEFAULT_SETTINGS]
-    assert len(lines) == len(names) and all("s (total" in line for line in lines)
-    assert all("rel. loss" in line and "limit" in line for line in lines)
+    assert lines[0] == ("[attack] 2 victims, LeNet 1x16x16, 9,466 parameters, "
+                        "attackers dlg")
+    assert len(lines) == 1 + len(names) and all("s (total" in line for line in lines[1:])
+    assert all("rel. loss" in line and "limit" in line for line in lines[1:])
     table, data, figure = write_outputs(evaluation, tmp_path / "out")
     rows = [line for line in table.read_text().splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0].removeprefix("| ") for row in rows[1:]] == names
@@ -418,7 +421,7 @@ def test_colour_evaluation_reports_every_attacker_and_the_worst_case(
     assert [v.name for v in evaluation.victims] == ["astronaut #0", "chelsea #0"]
     attackers = [a.value for a in Attacker] + ["worst case"]
     assert [o.attacker for o in evaluation.outcomes] == attackers * 3
-    assert len(lines) == 4 * 3
+    assert len(lines) == 1 + 4 * 3
     for start in range(0, len(evaluation.outcomes), 4):
         rows = evaluation.outcomes[start:start + 4]
         worst = rows[3]
@@ -433,6 +436,24 @@ def test_colour_evaluation_reports_every_attacker_and_the_worst_case(
                for row in parsed["rows"] for i in row["images"])
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("none", Setting("none", "none")),
+    ("top-0.1", Setting("top-0.1", "top", 0.1)),
+    ("top-0.97", Setting("top-0.97", "top", 0.97)),
+    ("top-0.1+layers", Setting("top-0.1 + first/last layers", "top+layers", 0.1)),
+    ("random-0.425", Setting("random-0.425", "random", 0.425)),
+])
+def test_settings_parse_from_their_short_form(text: str, expected: Setting) -> None:
+    assert parse_setting(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "none-0.1", "top", "top-x", "random-0.1+layers",
+                                  "all-0.5", "random--1"])
+def test_bad_settings_are_refused(text: str) -> None:
+    with pytest.raises(ParameterError, match="is not none, top-P"):
+        parse_setting(text)
+
+
 def test_worst_case_needs_one_setting(quick_run: tuple[Evaluation, list[str]]) -> None:
     evaluation, _ = quick_run
     with pytest.raises(ParameterError, match="one setting"):
@@ -445,7 +466,7 @@ def test_cli_attack_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert code == 0
     captured = capsys.readouterr()
     assert "| top-0.1 + first/last layers | dlg |" in captured.out
-    assert captured.err.count("[attack]") == len(DEFAULT_SETTINGS)
+    assert captured.err.count("[attack]") == 1 + len(DEFAULT_SETTINGS)
     assert {p.name for p in out.iterdir()} == {"privacy.md", "privacy.json",
                                                "reconstructions.png"}
 
@@ -454,11 +475,12 @@ def test_cli_attack_photos_with_every_attacker(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["attack", "--dataset", "photos", "--image-size", "16", "--attacker",
                      "all", "--images", "1", "--restarts", "1", "--iterations", "2",
-                     "--tv-weight", "0.001", "--out", str(tmp_path)])
+                     "--tv-weight", "0.001", "--settings", "none,top-0.97,random-0.425",
+                     "--out", str(tmp_path)])
     assert code == 0
     captured = capsys.readouterr()
-    assert captured.err.count("[attack]") == 4 * len(DEFAULT_SETTINGS)
-    assert "| random-0.5 | worst case |" in captured.out
+    assert captured.err.count("[attack]") == 1 + 4 * 3
+    assert "| random-0.425 | worst case |" in captured.out
     parsed = json.loads((tmp_path / "privacy.json").read_text())
     assert parsed["config"]["tv_weight"] == 0.001 and parsed["parameters"] == 27_436
 
@@ -469,6 +491,7 @@ def test_cli_attack_photos_with_every_attacker(tmp_path: Path,
     (["--attacker", "gan"], "is not an attacker"),
     (["--dataset", "cifar"], "invalid choice"),
     (["--classes", "5"], "classes must be an int in [10, 1000]"),
+    (["--settings", "top-1.5"], "is not none, top-P"),
     (["--restarts", "two"], "is not a valid int"),
     (["--seed", "-1"], "must be in [0, "),
 ])

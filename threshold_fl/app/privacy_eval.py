@@ -34,6 +34,7 @@ Output (``privacy.md``, ``privacy.json``, ``reconstructions.png``) is written by
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -72,7 +73,8 @@ from threshold_fl.ml.sensitivity import sensitivity_map
 
 __all__ = [
     "DATASETS", "DEFAULT_SETTINGS", "EvalConfig", "Evaluation", "ImageOutcome", "Setting",
-    "SettingOutcome", "Victim", "dlg_model", "evaluate", "main", "score_image",
+    "SettingOutcome", "Victim", "dlg_model", "evaluate", "main", "parse_setting",
+    "score_image",
     "worst_case",
 ]
 
@@ -345,6 +347,37 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _report(progress: Progress | None, row: SettingOutcome, elapsed: float) -> None:
+    if progress is None:
+        return
+    losses = [o.relative_loss for o in row.images]
+    limits = sum(o.stop == "limit" for o in row.images)
+    progress(f"[attack] {row.setting.name:<28} {row.attacker:<10} mean SSIM "
+             f"{np.mean(row.ssim):.3f}  rel. loss {max(losses):.1e}  limit "
+             f"{limits}/{len(losses)}  {row.seconds:6.1f} s (total {elapsed:.1f} s)")
+
+
+def parse_setting(text: str) -> Setting:
+    """A setting from its short form: ``none``, ``top-P``, ``top-P+layers`` (the paper's
+    recipe: top P plus the first and last layers) or ``random-P``, P a fraction."""
+    kind, _, rest = text.partition("-")
+    layers = rest.endswith("+layers")
+    try:
+        fraction = float(rest.removesuffix("+layers")) if rest else 0.0
+    except ValueError:
+        fraction = math.nan
+    known = (kind == "none" and not rest) or (
+        bool(rest) and (kind == "top" or (kind == "random" and not layers)))
+    if not known or not 0.0 <= fraction <= 1.0:
+        raise ParameterError(f"setting {text!r} is not none, top-P, top-P+layers or random-P "
+                             "with P in [0, 1]")
+    if kind == "none":
+        return Setting("none", "none")
+    if layers:
+        return Setting(f"top-{fraction:g} + first/last layers", "top+layers", fraction)
+    return Setting(f"{kind}-{fraction:g}", "top" if kind == "top" else "random", fraction)
+
+
 def evaluate(config: EvalConfig | None = None, progress: Progress | None = _stderr
              ) -> Evaluation:
     """Run every attacker against every setting and victim; *progress* gets one line per
@@ -356,22 +389,27 @@ def evaluate(config: EvalConfig | None = None, progress: Progress | None = _stde
                       image_size=shape.image_size)
     with torch_threads(1):  # see AttackConfig.threads
         victims = _victims(model, config)
+    if progress is not None:
+        progress(f"[attack] {len(victims)} victims, LeNet {shape.channels}x{shape.image_size}"
+                 f"x{shape.image_size}, {parameter_count(model):,} parameters, attackers "
+                 f"{', '.join(a.value for a in config.attackers)}")
     outcomes: list[SettingOutcome] = []
     for position, setting in enumerate(config.settings):
         rows = _run_setting(position, setting, model, victims, config)
         if len(rows) > 1:
             rows.append(worst_case(rows))
         outcomes.extend(rows)
-        for row in rows if progress is not None else ():
-            assert progress is not None
-            losses = [o.relative_loss for o in row.images]
-            limits = sum(o.stop == "limit" for o in row.images)
-            progress(f"[attack] {setting.name:<28} {row.attacker:<10} mean SSIM "
-                     f"{np.mean(row.ssim):.3f}  rel. loss {max(losses):.1e}  limit "
-                     f"{limits}/{len(losses)}  {row.seconds:6.1f} s "
-                     f"(total {time.perf_counter() - start:.1f} s)")
+        for row in rows:
+            _report(progress, row, time.perf_counter() - start)
     return Evaluation(config, parameter_count(model), victims, tuple(outcomes),
                       time.perf_counter() - start)
+
+
+def _settings(text: str) -> tuple[Setting, ...]:
+    try:
+        return tuple(parse_setting(part.strip()) for part in text.split(","))
+    except ParameterError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _attackers(text: str) -> tuple[Attacker, ...]:
@@ -408,6 +446,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tv-weight", type=bounded(float, 0.0),
                         help="total-variation weight of dlg-tv and ig (default: each "
                              "attacker's own)")
+    parser.add_argument("--settings", type=_settings, default=DEFAULT_SETTINGS,
+                        metavar="S,S,...",
+                        help="comma-separated: none, top-P, top-P+layers, random-P "
+                             "(default: none, top 0.05/0.1/0.3, top-0.1+layers, random "
+                             "0.05/0.1/0.3/0.5)")
     parser.add_argument("--images", type=bounded(int, 1, DATASETS["photos"].max_images),
                         help="victim images (default 4, quick 2; digits at most 10)")
     parser.add_argument("--restarts", type=bounded(int, 1, 1000),
@@ -422,7 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = {name: value for name, value in given.items() if value is not None}
     try:
         config = (EvalConfig.quick if args.quick else EvalConfig)(
-            seed=args.seed, attackers=args.attacker, dataset=args.dataset, **options)
+            seed=args.seed, attackers=args.attacker, dataset=args.dataset,
+            settings=args.settings, **options)
     except ParameterError as error:
         parser.error(str(error))
     evaluation = evaluate(config)
