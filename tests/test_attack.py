@@ -364,6 +364,17 @@ def test_evaluation_config_is_validated() -> None:
         Setting("too much", "random", 1.5)
     with pytest.raises(ParameterError, match="kind"):
         Setting("unknown", "everything", 0.5)  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match="dataset"):
+        EvalConfig(dataset="cifar")  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match="each once"):
+        EvalConfig(attackers=(Attacker.DLG, Attacker.DLG))
+    with pytest.raises(ParameterError, match="each once"):
+        EvalConfig(attackers=())
+    with pytest.raises(ParameterError, match="image_size"):
+        EvalConfig(dataset="photos", image_size=4)
+    with pytest.raises(ParameterError, match="images"):
+        EvalConfig(dataset="photos", images=33)  # 32 patches exist
+    assert EvalConfig(dataset="photos", images=32).shape.classes == 100
 
 
 @pytest.fixture(scope="module")
