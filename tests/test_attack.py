@@ -465,6 +465,19 @@ def test_bad_settings_are_refused(text: str) -> None:
         parse_setting(text)
 
 
+def test_a_random_mask_does_not_depend_on_the_settings_order() -> None:
+    alone, listed = (EvalConfig(images=1, restarts=1, iterations=2, local_samples=2,
+                                settings=settings)
+                     for settings in ((parse_setting("random-0.3"),),
+                                      (parse_setting("none"), parse_setting("random-0.1"),
+                                       parse_setting("random-0.3"))))
+    first, second = evaluate(alone, progress=None), evaluate(listed, progress=None)
+    same = first.outcomes[0].images[0].image
+    assert np.array_equal(same, second.outcomes[2].images[0].image)
+    # Control: another fraction is another mask, and so another reconstruction.
+    assert not np.array_equal(same, second.outcomes[1].images[0].image)
+
+
 def test_worst_case_needs_one_setting(quick_run: tuple[Evaluation, list[str]]) -> None:
     evaluation, _ = quick_run
     with pytest.raises(ParameterError, match="one setting"):

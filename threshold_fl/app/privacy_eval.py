@@ -312,16 +312,17 @@ def _image_outcome(result: AttackResult, victim: Victim, mask: EncryptionMask | 
                         best.image)
 
 
-def _run_setting(position: int, setting: Setting, model: nn.Module,
+def _run_setting(setting: Setting, model: nn.Module,
                  victims: Sequence[Victim], config: EvalConfig) -> list[SettingOutcome]:
     shape = config.shape
     image_shape = (shape.channels, shape.image_size, shape.image_size)
     results: dict[Attacker, list[ImageOutcome]] = {a: [] for a in config.attackers}
     seconds = dict.fromkeys(config.attackers, 0.0)
     for number, victim in enumerate(victims):
-        # A distinct random mask per (setting, image), reproducible from the seed.
-        mask_seed = int(np.random.SeedSequence([config.seed, position, number])
-                        .generate_state(1)[0])
+        # A distinct random mask per (fraction, image), reproducible from the seed and
+        # the same wherever the setting stands in the list.
+        mask_seed = int(np.random.SeedSequence(
+            [config.seed, round(setting.fraction * 10**9), number]).generate_state(1)[0])
         mask = _mask(setting, model, victim, mask_seed)
         for attacker in config.attackers:
             result = invert_gradient(model, victim.gradient, image_shape=image_shape,
@@ -394,8 +395,8 @@ def evaluate(config: EvalConfig | None = None, progress: Progress | None = _stde
                  f"x{shape.image_size}, {parameter_count(model):,} parameters, attackers "
                  f"{', '.join(a.value for a in config.attackers)}")
     outcomes: list[SettingOutcome] = []
-    for position, setting in enumerate(config.settings):
-        rows = _run_setting(position, setting, model, victims, config)
+    for setting in config.settings:
+        rows = _run_setting(setting, model, victims, config)
         if len(rows) > 1:
             rows.append(worst_case(rows))
         outcomes.extend(rows)
