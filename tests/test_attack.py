@@ -24,20 +24,25 @@ from threshold_fl.app.privacy_eval import (
     Setting,
     dlg_model,
     evaluate,
-    write_outputs,
+    parse_setting,
+    worst_case,
 )
+from threshold_fl.app.privacy_report import write_outputs
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.attack import (
     AttackConfig,
+    Attacker,
     infer_label,
     invert_gradient,
     torch_threads,
+    total_variation,
     victim_gradient,
 )
 from threshold_fl.ml.data import Dataset, load_digits
 from threshold_fl.ml.flatten import layout_of
 from threshold_fl.ml.image_metrics import K1, K2, mse, ssim
 from threshold_fl.ml.mask import EncryptionMask, select_random_fraction
+from threshold_fl.ml.models import build_model
 
 SHAPE = (1, 16, 16)
 Image = npt.NDArray[np.float64]
@@ -58,7 +63,7 @@ def model() -> torch.nn.Module:
 def _digit(digits: Dataset, label: int) -> tuple[torch.Tensor, Image]:
     index = int(np.flatnonzero(digits.test.labels.numpy() == label)[0])
     image = digits.test.images[index]
-    return image, image[0].double().numpy()
+    return image, image.double().numpy()
 
 
 # ----------------------------------------------------------------- SSIM and MSE
@@ -128,7 +133,7 @@ def test_ssim_works_on_images_smaller_than_the_window(rng: np.random.Generator) 
 
 @pytest.mark.parametrize(("a", "b", "message"), [
     (np.zeros((4, 4)), np.zeros((4, 5)), "same shape"),
-    (np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), "2-D"),
+    (np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 4, 4)), "2-D"),
     (np.zeros((4, 4)), np.full((4, 4), np.nan), "NaN"),
     (np.zeros((0, 4)), np.zeros((0, 4)), "non-empty"),
     ([[0.0]], np.zeros((1, 1)), "numpy array"),
@@ -206,15 +211,17 @@ def test_all_hidden_is_rejected(model: torch.nn.Module, digits: Dataset) -> None
                         hidden=EncryptionMask.full(gradient.size))
 
 
+@pytest.mark.parametrize("attacker", list(Attacker))
 def test_hidden_coordinates_do_not_influence_the_reconstruction(
-        model: torch.nn.Module, digits: Dataset, rng: np.random.Generator) -> None:
+        attacker: Attacker, model: torch.nn.Module, digits: Dataset,
+        rng: np.random.Generator) -> None:
     image, truth = _digit(digits, 5)
     gradient = victim_gradient(model, image, 5)
     hidden = select_random_fraction(gradient.size, 0.3, seed=3)
     garbage = gradient.copy()
     garbage[hidden.indices] = rng.normal(0, 1e3, hidden.count)
     garbage[hidden.indices[:5]] = np.nan
-    config = AttackConfig(restarts=1, iterations=20, seed=9)
+    config = AttackConfig(attacker=attacker, restarts=1, iterations=20, seed=9)
 
     def attack(target: Image) -> tuple[Image, float]:
         result = invert_gradient(model, target, image_shape=SHAPE, hidden=hidden,
@@ -259,7 +266,11 @@ def test_infer_label_reads_the_last_layer_signs(model: torch.nn.Module,
 
 @pytest.mark.parametrize("overrides", [{"restarts": 0}, {"iterations": 0}, {"seed": -1},
                                        {"seed": 2**32}, {"threads": 0},
-                                       {"infer_label": 1}])
+                                       {"infer_label": 1}, {"attacker": "dlg"},
+                                       {"tv_weight": 1e-3},  # plain DLG has no prior
+                                       {"attacker": Attacker.IG, "tv_weight": -1.0},
+                                       {"attacker": Attacker.IG, "tv_weight": math.nan},
+                                       {"learning_rate": 0.0}])
 def test_attack_config_is_validated(overrides: dict[str, object]) -> None:
     with pytest.raises(ParameterError):
         AttackConfig(**overrides)  # type: ignore[arg-type]
@@ -269,13 +280,57 @@ def test_invert_gradient_rejects_bad_arguments(model: torch.nn.Module) -> None:
     size = sum(p.numel() for p in model.parameters())
     with pytest.raises(ParameterError, match="values, the model"):
         invert_gradient(model, np.zeros(size - 1), image_shape=SHAPE)
-    with pytest.raises(ParameterError, match="image_shape"):
+    with pytest.raises(ParameterError, match="does not accept images"):
         invert_gradient(model, np.zeros(size), image_shape=(3, 16, 16))
+    with pytest.raises(ParameterError, match="image_shape"):
+        invert_gradient(model, np.zeros(size), image_shape=(16, 16))  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match="true_image"):
+        invert_gradient(model, np.zeros(size), image_shape=SHAPE, true_image=np.zeros((16, 16)))
     with pytest.raises(ParameterError, match="EncryptionMask of length"):
         invert_gradient(model, np.zeros(size), image_shape=SHAPE,
                         hidden=EncryptionMask.empty(size + 1))
     with pytest.raises(ParameterError, match="NaN"):
         invert_gradient(model, np.full(size, np.nan), image_shape=SHAPE)
+
+
+def test_total_variation_has_its_analytic_values() -> None:
+    assert float(total_variation(torch.full((1, 3, 5, 5), 0.7))) == 0.0
+    # A 0/1 checkerboard: every neighbour differs by 1, in both directions.
+    board = (torch.arange(6).view(6, 1) + torch.arange(6).view(1, 6)) % 2
+    assert float(total_variation(board.float().view(1, 1, 6, 6))) == pytest.approx(2.0)
+    # Vertical stripes: only horizontal neighbours differ.
+    stripes = (torch.arange(4) % 2).float().expand(4, 4).reshape(1, 1, 4, 4)
+    assert float(total_variation(stripes)) == pytest.approx(1.0)
+
+
+def test_convergence_evidence_tells_tolerance_from_the_limit(digits: Dataset) -> None:
+    # Logistic regression is inverted exactly: L-BFGS stops early, by tolerance.
+    logreg = build_model("logreg")
+    image = digits.test.images[0]
+    small = torch.nn.functional.interpolate(image.unsqueeze(0), size=(8, 8), mode="area")[0]
+    gradient = victim_gradient(logreg, small, int(digits.test.labels[0]))
+    energy = float(np.dot(gradient, gradient))
+    result = invert_gradient(logreg, gradient, image_shape=(1, 8, 8),
+                             config=AttackConfig(restarts=1, iterations=200))
+    exact = result.best
+    assert exact.stop == "tolerance" and exact.iterations < 200
+    assert exact.relative_loss == pytest.approx(exact.matching_loss / energy, rel=1e-9)
+    assert exact.relative_loss < 1e-9
+    # The LeNet with a handful of iterations runs out of budget: "limit", and it says so.
+    lenet = dlg_model(0)
+    victim = digits.test.images[1]
+    gradient = victim_gradient(lenet, victim, int(digits.test.labels[1]))
+    for attacker in Attacker:
+        stalled = invert_gradient(lenet, gradient, image_shape=SHAPE, config=AttackConfig(
+            attacker=attacker, restarts=1, iterations=5)).best
+        assert stalled.stop == "limit" and stalled.relative_loss > 1e-3
+        assert stalled.iterations <= 5
+        if attacker is Attacker.IG:  # cosine: the relative loss is 1 - cos itself
+            assert stalled.relative_loss == stalled.matching_loss <= 2.0
+            assert stalled.iterations == 5
+        else:
+            energy = float(np.dot(gradient, gradient))
+            assert stalled.relative_loss == pytest.approx(stalled.matching_loss / energy)
 
 
 def test_torch_threads_restores_the_thread_count() -> None:
@@ -309,6 +364,17 @@ def test_evaluation_config_is_validated() -> None:
         Setting("too much", "random", 1.5)
     with pytest.raises(ParameterError, match="kind"):
         Setting("unknown", "everything", 0.5)  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match="dataset"):
+        EvalConfig(dataset="cifar")  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match="each once"):
+        EvalConfig(attackers=(Attacker.DLG, Attacker.DLG))
+    with pytest.raises(ParameterError, match="each once"):
+        EvalConfig(attackers=())
+    with pytest.raises(ParameterError, match="image_size"):
+        EvalConfig(dataset="photos", image_size=4)
+    with pytest.raises(ParameterError, match="images"):
+        EvalConfig(dataset="photos", images=33)  # 32 patches exist
+    assert EvalConfig(dataset="photos", images=32).shape.classes == 100
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +387,10 @@ def test_quick_evaluation_writes_all_outputs(quick_run: tuple[Evaluation, list[s
                                              tmp_path: Path) -> None:
     evaluation, lines = quick_run
     names = [s.name for s in DEFAULT_SETTINGS]
-    assert len(lines) == len(names) and all("s (total" in line for line in lines)
+    assert lines[0] == ("[attack] 2 victims, LeNet 1x16x16, 9,466 parameters, "
+                        "attackers dlg")
+    assert len(lines) == 1 + len(names) and all("s (total" in line for line in lines[1:])
+    assert all("rel. loss" in line and "limit" in line for line in lines[1:])
     table, data, figure = write_outputs(evaluation, tmp_path / "out")
     rows = [line for line in table.read_text().splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0].removeprefix("| ") for row in rows[1:]] == names
@@ -330,7 +399,7 @@ def test_quick_evaluation_writes_all_outputs(quick_run: tuple[Evaluation, list[s
     assert parsed["parameters"] == 9466 and len(parsed["victims"]) == 2
     assert len({v["label"] for v in parsed["victims"]}) == 2  # distinct classes
     assert figure.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    fractions = {row["setting"]["name"]: np.mean(row["hidden_fraction"])
+    fractions = {row["setting"]["name"]: np.mean([i["hidden_fraction"] for i in row["images"]])
                  for row in parsed["rows"]}
     assert fractions["none"] == 0.0
     assert fractions["top-0.1"] == pytest.approx(0.1, abs=1e-3)
@@ -340,6 +409,79 @@ def test_quick_evaluation_writes_all_outputs(quick_run: tuple[Evaluation, list[s
     assert layers <= fractions["top-0.1 + first/last layers"] <= 0.1 + layers
     unprotected = evaluation.outcomes[0]
     assert min(unprotected.ssim) >= SUCCESS_SSIM
+    first = parsed["rows"][0]["images"][0]
+    assert first["stop"] in ("tolerance", "limit") and 1 <= first["iterations"] <= 40
+    assert first["scores"]["vif"] is None  # 16 pixels: too small for VIF
+    assert first["scores"]["ssim"] == pytest.approx(unprotected.images[0].ssim)
+
+
+@pytest.fixture(scope="module")
+def colour_run() -> tuple[Evaluation, list[str]]:
+    lines: list[str] = []
+    config = EvalConfig.quick(dataset="photos", image_size=16, images=2, restarts=1,
+                              iterations=30, attackers=tuple(Attacker),
+                              settings=DEFAULT_SETTINGS[:3])
+    return evaluate(config, progress=lines.append), lines
+
+
+def test_colour_evaluation_reports_every_attacker_and_the_worst_case(
+        colour_run: tuple[Evaluation, list[str]], tmp_path: Path) -> None:
+    evaluation, lines = colour_run
+    assert evaluation.config.shape.channels == 3 and evaluation.config.shape.classes == 100
+    assert [v.image.shape for v in evaluation.victims] == [(3, 16, 16)] * 2
+    assert [v.name for v in evaluation.victims] == ["astronaut #0", "chelsea #0"]
+    attackers = [a.value for a in Attacker] + ["worst case"]
+    assert [o.attacker for o in evaluation.outcomes] == attackers * 3
+    assert len(lines) == 1 + 4 * 3
+    for start in range(0, len(evaluation.outcomes), 4):
+        rows = evaluation.outcomes[start:start + 4]
+        worst = rows[3]
+        for number in range(2):
+            assert worst.images[number].ssim == max(r.images[number].ssim for r in rows[:3])
+    table, data, _ = write_outputs(evaluation, tmp_path / "colour")
+    text = table.read_text()
+    assert "LeNet 3x16x16, 100 classes" in text and "| none | worst case |" in text
+    parsed = json.loads(data.read_text())
+    assert parsed["config"]["attackers"] == ["dlg", "dlg-tv", "ig"]
+    assert all(set(i["scores"]) == {"ssim", "ms_ssim", "uqi", "vif", "psnr", "mse"}
+               for row in parsed["rows"] for i in row["images"])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("none", Setting("none", "none")),
+    ("top-0.1", Setting("top-0.1", "top", 0.1)),
+    ("top-0.97", Setting("top-0.97", "top", 0.97)),
+    ("top-0.1+layers", Setting("top-0.1 + first/last layers", "top+layers", 0.1)),
+    ("random-0.425", Setting("random-0.425", "random", 0.425)),
+])
+def test_settings_parse_from_their_short_form(text: str, expected: Setting) -> None:
+    assert parse_setting(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "none-0.1", "top", "top-x", "random-0.1+layers",
+                                  "all-0.5", "random--1"])
+def test_bad_settings_are_refused(text: str) -> None:
+    with pytest.raises(ParameterError, match="is not none, top-P"):
+        parse_setting(text)
+
+
+def test_a_random_mask_does_not_depend_on_the_settings_order() -> None:
+    alone, listed = (EvalConfig(images=1, restarts=1, iterations=2, local_samples=2,
+                                settings=settings)
+                     for settings in ((parse_setting("random-0.3"),),
+                                      (parse_setting("none"), parse_setting("random-0.1"),
+                                       parse_setting("random-0.3"))))
+    first, second = evaluate(alone, progress=None), evaluate(listed, progress=None)
+    same = first.outcomes[0].images[0].image
+    assert np.array_equal(same, second.outcomes[2].images[0].image)
+    # Control: another fraction is another mask, and so another reconstruction.
+    assert not np.array_equal(same, second.outcomes[1].images[0].image)
+
+
+def test_worst_case_needs_one_setting(quick_run: tuple[Evaluation, list[str]]) -> None:
+    evaluation, _ = quick_run
+    with pytest.raises(ParameterError, match="one setting"):
+        worst_case(evaluation.outcomes[:2])
 
 
 def test_cli_attack_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -347,15 +489,33 @@ def test_cli_attack_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     code = cli.main(["attack", "--quick", "--images", "1", "--restarts", "1", "--out", str(out)])
     assert code == 0
     captured = capsys.readouterr()
-    assert "| top-0.1 + first/last layers |" in captured.out
-    assert captured.err.count("[attack]") == len(DEFAULT_SETTINGS)
+    assert "| top-0.1 + first/last layers | dlg |" in captured.out
+    assert captured.err.count("[attack]") == 1 + len(DEFAULT_SETTINGS)
     assert {p.name for p in out.iterdir()} == {"privacy.md", "privacy.json",
                                                "reconstructions.png"}
 
 
+def test_cli_attack_photos_with_every_attacker(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["attack", "--dataset", "photos", "--image-size", "16", "--attacker",
+                     "all", "--images", "1", "--restarts", "1", "--iterations", "2",
+                     "--tv-weight", "0.001", "--settings", "none,top-0.97,random-0.425",
+                     "--out", str(tmp_path)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("[attack]") == 1 + 4 * 3
+    assert "| random-0.425 | worst case |" in captured.out
+    parsed = json.loads((tmp_path / "privacy.json").read_text())
+    assert parsed["config"]["tv_weight"] == 0.001 and parsed["parameters"] == 27_436
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
-    (["--images", "0"], "must be in [1, 10]"),
-    (["--images", "11"], "must be in [1, 10]"),
+    (["--images", "0"], "must be in [1, 32]"),
+    (["--images", "11"], "images must be an int in [1, 10]"),
+    (["--attacker", "gan"], "is not an attacker"),
+    (["--dataset", "cifar"], "invalid choice"),
+    (["--classes", "5"], "classes must be an int in [10, 1000]"),
+    (["--settings", "top-1.5"], "is not none, top-P"),
     (["--restarts", "two"], "is not a valid int"),
     (["--seed", "-1"], "must be in [0, "),
 ])

@@ -1,5 +1,5 @@
 """Machine-learning glue: flat model vectors, encryption masks, sensitivity maps, local DP,
-models, the digits dataset, local training, and the gradient-inversion evaluation.
+models, the digits and colour photo patches, local training, and gradient inversion.
 
 Names are imported lazily: the mask and privacy code need only numpy, so the protocol
 layer can use them without loading torch (which the rest needs).
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from threshold_fl.ml.attack import AttackConfig as AttackConfig
+    from threshold_fl.ml.attack import Attacker as Attacker
     from threshold_fl.ml.attack import invert_gradient as invert_gradient
     from threshold_fl.ml.attack import victim_gradient as victim_gradient
     from threshold_fl.ml.data import ClientData as ClientData
@@ -25,8 +26,12 @@ if TYPE_CHECKING:
     from threshold_fl.ml.flatten import layout_of as layout_of
     from threshold_fl.ml.flatten import restore_state as restore_state
     from threshold_fl.ml.flatten import vector_to_state_dict as vector_to_state_dict
+    from threshold_fl.ml.image_metrics import ms_ssim as ms_ssim
     from threshold_fl.ml.image_metrics import mse as mse
+    from threshold_fl.ml.image_metrics import psnr as psnr
     from threshold_fl.ml.image_metrics import ssim as ssim
+    from threshold_fl.ml.image_metrics import uqi as uqi
+    from threshold_fl.ml.image_metrics import vif as vif
     from threshold_fl.ml.learner import LocalLearner as LocalLearner
     from threshold_fl.ml.mask import EncryptionMask as EncryptionMask
     from threshold_fl.ml.mask import first_and_last_layers as first_and_last_layers
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
     from threshold_fl.ml.models import MODELS as MODELS
     from threshold_fl.ml.models import build_model as build_model
     from threshold_fl.ml.models import parameter_count as parameter_count
+    from threshold_fl.ml.photos import load_photos as load_photos
     from threshold_fl.ml.privacy import LaplaceNoise as LaplaceNoise
     from threshold_fl.ml.privacy import PrivacyBudget as PrivacyBudget
     from threshold_fl.ml.privacy import privacy_budget as privacy_budget
@@ -45,15 +51,16 @@ if TYPE_CHECKING:
     from threshold_fl.ml.training import train_local as train_local
 
 _EXPORTS = {
-    "attack": ("AttackConfig", "invert_gradient", "victim_gradient"),
+    "attack": ("AttackConfig", "Attacker", "invert_gradient", "victim_gradient"),
     "data": ("ClientData", "Dataset", "load_digits", "split_dirichlet", "split_iid"),
     "flatten": ("ModelLayout", "TensorSpec", "flatten_state", "layout_of", "restore_state",
                 "vector_to_state_dict"),
-    "image_metrics": ("mse", "ssim"),
+    "image_metrics": ("ms_ssim", "mse", "psnr", "ssim", "uqi", "vif"),
     "learner": ("LocalLearner",),
     "mask": ("EncryptionMask", "first_and_last_layers", "select_random_fraction",
              "select_top_fraction"),
     "models": ("MODELS", "build_model", "parameter_count"),
+    "photos": ("load_photos",),
     "privacy": ("LaplaceNoise", "PrivacyBudget", "privacy_budget"),
     "sensitivity": ("sensitivity_map",),
     "training": ("Evaluation", "LocalTraining", "evaluate", "train_local"),

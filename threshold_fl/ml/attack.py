@@ -1,18 +1,27 @@
-"""Deep Leakage from Gradients (DLG, Zhu, Liu and Han, NeurIPS 2019) against a masked update.
+"""Gradient inversion against a masked update: three attackers behind one interface.
 
 Threat model.  A client trains on one image x with label y (batch of 1).  In FedAvg with
 one local SGD step its update is -lr * grad_W CE(f_W(x), y), so the server sees that
 gradient up to a known scale.  Under selective parameter encryption the server sees only
 the *visible* (plaintext) coordinates; the hidden (encrypted) ones are unknown to it.
-The attacker knows the weights W and the visible coordinates, nothing else.
+The attacker knows the weights W, the mask and the visible coordinates, nothing else.
 
-Attack.  Starting from a random dummy image x', L-BFGS minimises
+Attackers (:class:`Attacker`).  Each optimises a dummy image x' (C, H, W) so that its
+gradient matches the visible coordinates g of the true one:
 
-    D(x') = sum over visible coordinates i of (grad_i(x', y') - g_i)^2
+* ``dlg``: Deep Leakage from Gradients (Zhu, Liu and Han 2019) as published: L-BFGS on
+  the L2 distance D(x') = sum over visible i of (grad_i(x') - g_i)^2, no prior.
+* ``dlg-tv``: the same plus a total-variation prior, D(x') + w ||g||^2 TV(x'), where
+  TV is the mean absolute difference of neighbouring pixels and the weight w is relative
+  to the visible gradient's energy ||g||^2, so one w suits every model and image.
+* ``ig``: Inverting Gradients (Geiping, Bauermeister, Droege and Moeller 2020): cosine
+  distance 1 - cos(grad(x'), g) over the visible coordinates plus w TV(x'), Adam on
+  the *signs* of the gradients, the image projected onto the box [0, 1] after every
+  step, and the learning rate divided by 10 at 3/8, 5/8 and 7/8 of the iterations.
 
-where g is the true gradient.  Hidden coordinates never enter D: the attacker optimises
-only what it can see (:func:`invert_gradient` gathers the visible part before anything
-else, so the values of hidden coordinates cannot influence the result).
+Hidden coordinates never enter any loss: :func:`invert_gradient` gathers the visible
+part before anything else, so the values of hidden coordinates cannot influence the
+result.
 
 Label.  If the last layer's visible gradient reveals the label, it is inferred as in
 iDLG (Zhao et al. 2020): for cross-entropy on one sample, d loss / d logit_c = p_c - y_c
@@ -23,19 +32,28 @@ optimised jointly with the image, as in the original DLG.  The inference refuses
 answer when the signs are ambiguous, so a model that breaks its assumption falls back
 to DLG instead of guessing.
 
-Image.  Pixels are optimised unconstrained (as in DLG) and clamped to [0, 1] when
-reported; a sigmoid parameterisation converged markedly slower in our trials.
+Convergence evidence.  Every reconstruction carries its final matching loss relative to
+the visible gradient (L2: D / ||g||^2; cosine: 1 - cos), the iteration at which the
+optimiser stopped and why (``tolerance``: L-BFGS found no further progress; ``limit``:
+the iteration or evaluation budget ran out, so more iterations might do better).  A
+"protected" score with a large relative loss and ``limit`` says the optimiser stalled,
+not that the image is safe.
+
+Image.  DLG's pixels are optimised unconstrained (as in DLG) and clamped to [0, 1] when
+reported; IG keeps them in [0, 1] throughout.
 
 Restarts.  Each restart draws its start from a ``torch.Generator`` seeded from the
 config's seed and the restart index, so runs are reproducible and the global torch RNG
 is never touched.  Two reconstructions are reported: ``attacker_choice`` (lowest
-matching loss: what a real attacker, who lacks the true image, would pick) and
+relative matching loss: what a real attacker, who lacks the true image, would pick) and
 ``best`` (highest SSIM against the true image when it is given: the defender's worst
 case, the conservative number for a privacy evaluation).
 """
 
 from __future__ import annotations
 
+import enum
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -55,37 +73,64 @@ from threshold_fl.ml.image_metrics import mse, ssim
 from threshold_fl.ml.mask import EncryptionMask
 
 __all__ = [
-    "AttackConfig", "AttackResult", "Reconstruction", "infer_label", "invert_gradient",
-    "torch_threads", "victim_gradient",
+    "Attacker", "AttackConfig", "AttackResult", "Reconstruction", "infer_label",
+    "StopReason", "invert_gradient", "torch_threads", "total_variation", "victim_gradient",
 ]
 
 BoolVector: TypeAlias = npt.NDArray[np.bool_]
 LabelSource: TypeAlias = Literal["inferred", "optimised"]
+StopReason: TypeAlias = Literal["tolerance", "limit"]
 
 _SEED_LIMIT = 2**32
+
+
+class Attacker(str, enum.Enum):
+    """Which gradient-inversion attack runs (see the module doc)."""
+
+    DLG = "dlg"
+    DLG_TV = "dlg-tv"
+    IG = "ig"
+
+    @property
+    def default_tv_weight(self) -> float:
+        return {Attacker.DLG: 0.0, Attacker.DLG_TV: 1e-4, Attacker.IG: 1e-3}[self]
+
+    @property
+    def cosine(self) -> bool:
+        return self is Attacker.IG
 
 
 @dataclass(frozen=True)
 class AttackConfig:
     """How hard the attacker tries.
 
-    *iterations* is L-BFGS's ``max_iter`` per restart (strong-Wolfe line search, so
-    about 1.25 function evaluations each); it stops earlier only when the matching loss
-    or its gradient vanishes (changes below 1e-14, gradient below 1e-12).  *infer_label*
-    False forces DLG's joint soft-label optimisation.
-    *threads* is torch's intra-op thread count during the attack (None: leave it): one
-    thread is as fast for these tiny models and, unlike several, does not slow down
-    tenfold when other processes share the cores.
+    *iterations*: for ``dlg``/``dlg-tv`` L-BFGS's ``max_iter`` per restart (strong-Wolfe
+    line search, so about 1.25 function evaluations each; it stops earlier when the
+    loss or its gradient stops changing: changes below 1e-14, gradient below 1e-12); for
+    ``ig`` the number of Adam steps.  *tv_weight* None takes the attacker's default
+    (:attr:`Attacker.default_tv_weight`); plain ``dlg`` has none.  *learning_rate* is
+    IG's initial Adam step.  *infer_label* False forces DLG's joint soft-label
+    optimisation.  *threads* is torch's intra-op thread count during the attack (None:
+    leave it): one thread is as fast for these tiny models and, unlike several, does not
+    slow down tenfold when other processes share the cores.
     """
 
+    attacker: Attacker = Attacker.DLG
     restarts: int = 10
     iterations: int = 300
     seed: int = 0
     infer_label: bool = True
     history_size: int = 100
+    tv_weight: float | None = None
+    learning_rate: float = 0.1
     threads: int | None = 1
 
     def __post_init__(self) -> None:
+        attacker: object = self.attacker  # a caller may pass anything
+        if not isinstance(attacker, Attacker):
+            names = ", ".join(a.value for a in Attacker)
+            raise ParameterError(f"attacker must be an Attacker ({names}), "
+                                 f"got {self.attacker!r}")
         checked_int(self.restarts, "restarts", 1)
         checked_int(self.iterations, "iterations", 1)
         if checked_int(self.seed, "seed", 0) >= _SEED_LIMIT:
@@ -95,6 +140,25 @@ class AttackConfig:
             raise ParameterError(f"infer_label must be a bool, got {self.infer_label!r}")
         if self.threads is not None:
             checked_int(self.threads, "threads", 1)
+        if self.tv_weight is not None:
+            _checked_positive(self.tv_weight, "tv_weight", zero=True)
+            if self.attacker is Attacker.DLG and self.tv_weight != 0:
+                raise ParameterError("plain dlg has no prior; use attacker dlg-tv for a "
+                                     "total-variation weight")
+        _checked_positive(self.learning_rate, "learning_rate", zero=False)
+
+    @property
+    def prior_weight(self) -> float:
+        """The total-variation weight in force."""
+        return self.attacker.default_tv_weight if self.tv_weight is None else self.tv_weight
+
+
+def _checked_positive(value: object, what: str, *, zero: bool) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value < 0 or (value == 0 and not zero)):
+        bound = ">= 0" if zero else "> 0"
+        raise ParameterError(f"{what} must be a finite number {bound}, got {value!r}")
+    return float(value)
 
 
 @contextmanager
@@ -111,15 +175,21 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 @dataclass(frozen=True, eq=False)
 class Reconstruction:
-    """One restart's outcome: image (H, W) clamped to [0, 1], and its scores.
+    """One restart's outcome: image (C, H, W) clamped to [0, 1], and its evidence.
 
-    *ssim* and *mse* compare with the true image; they are None when it was not given.
+    *matching_loss* is the data term the attacker minimised (L2 or cosine distance, no
+    prior); *relative_loss* is that over the visible gradient's energy for L2, and the
+    cosine distance itself for IG.  *iterations* is where the optimiser stopped, *stop*
+    why.  *ssim* and *mse* compare with the true image; None when it was not given.
     """
 
     restart: int
     image: FloatArray
     label: int
     matching_loss: float
+    relative_loss: float
+    iterations: int
+    stop: StopReason
     ssim: float | None
     mse: float | None
 
@@ -128,6 +198,7 @@ class Reconstruction:
 class AttackResult:
     """All restarts, the attacker's pick and the defender's worst case (see module doc)."""
 
+    attacker: Attacker
     candidates: tuple[Reconstruction, ...]
     attacker_choice: Reconstruction
     best: Reconstruction
@@ -197,6 +268,7 @@ def infer_label(model: nn.Module, gradient: FloatArray, visible: BoolVector) -> 
     return negative.pop() if len(negative) == 1 else None
 
 
+
 def _cross_entropy(logits: torch.Tensor, label: int | torch.Tensor) -> torch.Tensor:
     if isinstance(label, int):
         return nn.functional.cross_entropy(logits, torch.tensor([label]))
@@ -204,43 +276,112 @@ def _cross_entropy(logits: torch.Tensor, label: int | torch.Tensor) -> torch.Ten
     return -(label.softmax(dim=-1) * logits.log_softmax(dim=-1)).sum()
 
 
-def _matching_loss(model: nn.Module, params: Sequence[nn.Parameter], dummy: torch.Tensor,
-                   label: int | torch.Tensor, target: torch.Tensor, index: torch.Tensor
-                   ) -> torch.Tensor:
-    loss = _cross_entropy(model(dummy), label)
-    # create_graph: L-BFGS differentiates the gradient distance w.r.t. the dummy input.
-    gradients = torch.autograd.grad(loss, params, create_graph=True)
-    flat = torch.cat([g.reshape(-1) for g in gradients])
-    return ((flat[index] - target) ** 2).sum()
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of vertically and of horizontally adjacent pixels, summed."""
+    vertical = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    horizontal = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    return vertical + horizontal
 
 
-def _restart(model: nn.Module, target: torch.Tensor, index: torch.Tensor,
-             shape: tuple[int, ...], label: int | None, config: AttackConfig, restart: int
-             ) -> tuple[torch.Tensor, int, float]:
-    generator = torch.Generator().manual_seed(_restart_seed(config.seed, restart))
-    dummy = torch.rand((1, *shape), generator=generator).requires_grad_(True)
-    soft = torch.randn((1, _classes(model, dummy)), generator=generator).requires_grad_(True)
-    variables = [dummy] if label is not None else [dummy, soft]
+@dataclass(frozen=True)
+class _Target:
+    """What the attacker sees: the visible gradient values and where they sit."""
+
+    values: torch.Tensor
+    index: torch.Tensor
+    energy: float  # ||values||^2
+
+
+class _Objective:
+    """The data term of one attacker, its relative form, and the full objective."""
+
+    def __init__(self, model: nn.Module, target: _Target, config: AttackConfig) -> None:
+        self.model, self.target, self.config = model, target, config
+        self.params = list(model.parameters())
+        self.weight = config.prior_weight
+        if not config.attacker.cosine:
+            self.weight *= target.energy  # relative to ||g||^2: see the module doc
+
+    def data(self, dummy: torch.Tensor, label: int | torch.Tensor) -> torch.Tensor:
+        loss = _cross_entropy(self.model(dummy), label)
+        # create_graph: the distance is differentiated again, w.r.t. the dummy input.
+        gradients = torch.autograd.grad(loss, self.params, create_graph=True)
+        seen = torch.cat([g.reshape(-1) for g in gradients])[self.target.index]
+        if self.config.attacker.cosine:
+            cosine = nn.functional.cosine_similarity(seen, self.target.values, dim=0,
+                                                     eps=1e-30)
+            return 1.0 - cosine
+        return ((seen - self.target.values) ** 2).sum()
+
+    def total(self, dummy: torch.Tensor, label: int | torch.Tensor) -> torch.Tensor:
+        value = self.data(dummy, label)
+        return value + self.weight * total_variation(dummy) if self.weight else value
+
+    def relative(self, data: float) -> float:
+        if self.config.attacker.cosine:
+            return data
+        return data / self.target.energy if self.target.energy > 0 else math.inf
+
+
+def _assign_gradients(value: torch.Tensor, variables: Sequence[torch.Tensor], *,
+                      signed: bool) -> None:
+    # autograd.grad, not backward(): the model's own .grad must stay untouched.
+    for variable, grad in zip(variables, torch.autograd.grad(value, variables), strict=True):
+        variable.grad = grad.sign() if signed else grad
+
+
+def _run_lbfgs(objective: _Objective, dummy: torch.Tensor, label: int | torch.Tensor,
+               variables: list[torch.Tensor]) -> tuple[int, StopReason]:
+    config = objective.config
     optimiser = torch.optim.LBFGS(
         variables, lr=1.0, max_iter=config.iterations, history_size=config.history_size,
         tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
-    params = list(model.parameters())
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
-        value = _matching_loss(model, params, dummy, soft if label is None else label,
-                               target, index)
-        # autograd.grad, not backward(): the model's own .grad must stay untouched.
-        for variable, grad in zip(variables, torch.autograd.grad(value, variables),
-                                  strict=True):
-            variable.grad = grad
+        value = objective.total(dummy, label)
+        _assign_gradients(value, variables, signed=False)
         return value.detach()
 
     optimiser.step(closure)  # type: ignore[no-untyped-call]
-    final = float(_matching_loss(model, params, dummy, soft if label is None else label,
-                                 target, index).detach())
+    state = optimiser.state[variables[0]]
+    steps, evaluations = int(state.get("n_iter", 0)), int(state.get("func_evals", 0))
+    # torch's L-BFGS stops at max_iter steps or max_eval (1.25 max_iter) evaluations;
+    # any earlier stop is one of its tolerances.
+    limit = max(1, config.iterations * 5 // 4)
+    return steps, "limit" if steps >= config.iterations or evaluations >= limit else "tolerance"
+
+
+def _run_ig(objective: _Objective, dummy: torch.Tensor, label: int | torch.Tensor,
+            variables: list[torch.Tensor]) -> tuple[int, StopReason]:
+    config = objective.config
+    optimiser = torch.optim.Adam(variables, lr=config.learning_rate)
+    milestones = sorted({config.iterations * k // 8 for k in (3, 5, 7)})
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones, gamma=0.1)
+    for _ in range(config.iterations):
+        optimiser.zero_grad()
+        _assign_gradients(objective.total(dummy, label), variables, signed=True)
+        optimiser.step()
+        schedule.step()
+        with torch.no_grad():
+            dummy.clamp_(0.0, 1.0)  # the box constraint
+    return config.iterations, "limit"  # IG runs a fixed budget, as published
+
+
+def _restart(objective: _Objective, shape: tuple[int, ...], label: int | None,
+             restart: int) -> tuple[torch.Tensor, int, float, int, StopReason]:
+    config = objective.config
+    generator = torch.Generator().manual_seed(_restart_seed(config.seed, restart))
+    dummy = torch.rand((1, *shape), generator=generator).requires_grad_(True)
+    soft = torch.randn((1, _classes(objective.model, dummy)),
+                       generator=generator).requires_grad_(True)
+    variables = [dummy] if label is not None else [dummy, soft]
+    run = _run_ig if config.attacker is Attacker.IG else _run_lbfgs
+    steps, stop = run(objective, dummy, soft if label is None else label, variables)
+    final = float(objective.data(dummy, soft if label is None else label).detach())
     chosen = label if label is not None else int(soft.detach().argmax())
-    return dummy.detach()[0], chosen, final if np.isfinite(final) else float("inf")
+    return (dummy.detach()[0], chosen, final if np.isfinite(final) else math.inf, steps,
+            stop)
 
 
 def _restart_seed(seed: int, restart: int) -> int:
@@ -254,23 +395,27 @@ def _classes(model: nn.Module, dummy: torch.Tensor) -> int:
         return int(model(dummy).shape[-1])
 
 
-def _scored(restart: int, image: torch.Tensor, label: int, loss: float,
-            true_image: FloatArray | None) -> Reconstruction:
-    # A diverged restart can hold NaN; report it as a flat grey image, not a crash.
-    values = torch.nan_to_num(image[0], nan=0.5).clamp(0.0, 1.0).double().numpy()
-    if true_image is None:
-        return Reconstruction(restart, values, label, loss, None, None)
-    return Reconstruction(restart, values, label, loss, ssim(values, true_image),
-                          mse(values, true_image))
-
-
 def _checked_true_image(true_image: object, shape: tuple[int, ...]) -> FloatArray | None:
     if true_image is None:
         return None
-    if not isinstance(true_image, np.ndarray) or true_image.shape != shape[1:]:
-        raise ParameterError(f"true_image must be a numpy array of shape {shape[1:]} "
-                             "(the grey image without its channel axis)")
+    if not isinstance(true_image, np.ndarray) or true_image.shape != shape:
+        raise ParameterError(f"true_image must be a numpy array of shape {shape} "
+                             "(the image_shape, channels first)")
     return true_image.astype(np.float64)
+
+
+def _checked_shape(model: nn.Module, image_shape: object) -> tuple[int, int, int]:
+    if (not isinstance(image_shape, tuple) or len(image_shape) != 3
+            or not all(isinstance(n, int) and n >= 1 for n in image_shape)):
+        raise ParameterError(f"image_shape must be (C, H, W) of positive ints, got "
+                             f"{image_shape!r}")
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *image_shape)))
+    except RuntimeError as error:
+        raise ParameterError(f"the model does not accept images of shape {image_shape}: "
+                             f"{error}") from None
+    return image_shape
 
 
 def invert_gradient(model: nn.Module, gradient: FloatArray, *,
@@ -279,9 +424,9 @@ def invert_gradient(model: nn.Module, gradient: FloatArray, *,
                     true_image: npt.NDArray[np.floating] | None = None) -> AttackResult:
     """Reconstruct the victim's image from the visible coordinates of *gradient*.
 
-    *image_shape* is (1, H, W) (grey images only); *hidden* marks the coordinates the
-    attacker cannot see (None: all visible).  *true_image* (H, W) is used only to score
-    the candidates afterwards, never during the attack.
+    *image_shape* is (C, H, W); *hidden* marks the coordinates the attacker cannot see
+    (None: all visible).  *true_image* (C, H, W) is used only to score the candidates
+    afterwards, never during the attack.
     """
     start = time.perf_counter()
     config = AttackConfig() if config is None else config
@@ -289,25 +434,29 @@ def invert_gradient(model: nn.Module, gradient: FloatArray, *,
     length = sum(p.numel() for p in model.parameters())
     values = _checked_gradient(gradient, length)
     visible = _visible_flags(hidden, length)
-    if len(image_shape) != 3 or image_shape[0] != 1 or min(image_shape) < 1:
-        raise ParameterError(f"image_shape must be (1, H, W), got {image_shape!r}")
-    truth = _checked_true_image(true_image, image_shape)
+    shape = _checked_shape(model, image_shape)
+    truth = _checked_true_image(true_image, shape)
     if not np.isfinite(values[visible]).all():
         raise ParameterError("the visible gradient coordinates hold NaN or infinity")
-    index = torch.from_numpy(np.flatnonzero(visible))
     # Gather first: from here on hidden coordinates do not exist for the attacker.
-    target = torch.from_numpy(values[visible]).float()
-    seen = np.where(visible, values, 0.0)
-    label = infer_label(model, seen, visible) if config.infer_label else None
+    seen = values[visible]
+    target = _Target(torch.from_numpy(seen).float(), torch.from_numpy(np.flatnonzero(visible)),
+                     float(np.dot(seen, seen)))
+    label = (infer_label(model, np.where(visible, values, 0.0), visible)
+             if config.infer_label else None)
+    objective = _Objective(model, target, config)
     candidates = []
     with torch_threads(config.threads):
         for restart in range(config.restarts):
-            image, chosen, loss = _restart(model, target, index, image_shape, label, config,
-                                           restart)
-            candidates.append(_scored(restart, image, chosen, loss, truth))
-    pick = min(candidates, key=lambda c: (c.matching_loss, c.restart))
+            image, chosen, loss, steps, stop = _restart(objective, shape, label, restart)
+            pixels = torch.nan_to_num(image, nan=0.5).clamp(0.0, 1.0).double().numpy()
+            candidates.append(Reconstruction(
+                restart, pixels, chosen, loss, objective.relative(loss), steps, stop,
+                None if truth is None else ssim(pixels, truth),
+                None if truth is None else mse(pixels, truth)))
+    pick = min(candidates, key=lambda c: (c.relative_loss, c.restart))
     best = pick if truth is None else max(
         candidates, key=lambda c: (-np.inf if c.ssim is None else c.ssim, -c.restart))
-    return AttackResult(tuple(candidates), pick, best,
+    return AttackResult(config.attacker, tuple(candidates), pick, best,
                         "inferred" if label is not None else "optimised",
                         int(visible.sum()), time.perf_counter() - start)

@@ -29,14 +29,16 @@ _RAW_MAX = 16.0  # the digits' grey levels are 0..16
 
 @dataclass(frozen=True)
 class ClientData:
-    """One party's images (N, 1, S, S) float32 in [0, 1] and labels (N,) int64."""
+    """One party's images (N, C, S, S) float32 in [0, 1] and labels (N,) int64; C is 1
+    for grey images (the digits), 3 for colour (:func:`threshold_fl.ml.photos.load_photos`)."""
 
     images: torch.Tensor
     labels: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.shape[1] != 1:
-            raise ParameterError(f"images must be (N, 1, S, S), got {tuple(self.images.shape)}")
+        if self.images.ndim != 4 or self.images.shape[1] not in (1, 3):
+            raise ParameterError(f"images must be (N, 1 or 3, S, S), got "
+                                 f"{tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
             raise ParameterError(
                 f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")

@@ -1,15 +1,17 @@
-"""The models we train and benchmark, all for single-channel square images and 10 classes.
+"""The models we train and benchmark, for square images; by default grey and 10 classes.
 
-``build_model(name, image_size=..., seed=...)`` gives the same weights for the same seed,
-so every client of a federation starts from the same global model.
+``build_model(name, image_size=..., seed=..., in_channels=..., classes=...)`` gives the
+same weights for the same arguments, so every client of a federation starts from the same
+global model.  ``in_channels=3, classes=100, image_size=32`` is the CIFAR-100 shape of
+DLG's and the paper's privacy evaluation (``lenet``: 85,036 parameters there).
 
 ==============  =============================================  ===========================
 name            what                                           parameters (default size)
 ==============  =============================================  ===========================
 ``logreg``      logistic regression (one linear layer)         650 (8x8)
 ``mlp``         two fully connected layers                     4,810 (8x8, 64 hidden)
-``lenet``       the LeNet of the DLG paper (Zhu et al. 2019):  9,466 (16x16)
-                3 conv + 1 FC, sigmoid, no pooling
+``lenet``       the LeNet of the DLG paper (Zhu et al. 2019):  9,466 (16x16); 85,036
+                3 conv + 1 FC, sigmoid, no pooling             (3x32x32, 100 classes)
 ``cnn``         the paper's CNN: 2 conv (5x5, 32 and 64        1,663,370 (28x28)
                 channels, max-pool) + 2 FC (512, 10)
 ``transformer`` a small vision transformer: 4x4 patches,       69,834 (16x16)
@@ -40,9 +42,9 @@ CLASSES = 10
 
 
 class LogisticRegression(nn.Module):
-    def __init__(self, image_size: int, classes: int = CLASSES) -> None:
+    def __init__(self, image_size: int, classes: int = CLASSES, in_channels: int = 1) -> None:
         super().__init__()
-        self.linear = nn.Linear(image_size * image_size, classes)
+        self.linear = nn.Linear(in_channels * image_size * image_size, classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         result: torch.Tensor = self.linear(images.flatten(1))
@@ -50,9 +52,10 @@ class LogisticRegression(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, image_size: int, classes: int = CLASSES, hidden: int = 64) -> None:
+    def __init__(self, image_size: int, classes: int = CLASSES, in_channels: int = 1,
+                 hidden: int = 64) -> None:
         super().__init__()
-        self.hidden = nn.Linear(image_size * image_size, hidden)
+        self.hidden = nn.Linear(in_channels * image_size * image_size, hidden)
         self.output = nn.Linear(hidden, classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -64,10 +67,11 @@ class LeNet(nn.Module):
     """DLG's LeNet: smooth (sigmoid) activations, so gradients are twice differentiable,
     which the gradient-matching attack needs."""
 
-    def __init__(self, image_size: int, classes: int = CLASSES, channels: int = 12) -> None:
+    def __init__(self, image_size: int, classes: int = CLASSES, in_channels: int = 1,
+                 channels: int = 12) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, channels, 5, padding=2, stride=2), nn.Sigmoid(),
+            nn.Conv2d(in_channels, channels, 5, padding=2, stride=2), nn.Sigmoid(),
             nn.Conv2d(channels, channels, 5, padding=2, stride=2), nn.Sigmoid(),
             nn.Conv2d(channels, channels, 5, padding=2, stride=1), nn.Sigmoid(),
         )
@@ -82,9 +86,9 @@ class LeNet(nn.Module):
 class PaperCnn(nn.Module):
     """2 conv (5x5, same padding, ReLU, 2x2 max-pool) + 2 FC: 1,663,370 at 28x28."""
 
-    def __init__(self, image_size: int, classes: int = CLASSES) -> None:
+    def __init__(self, image_size: int, classes: int = CLASSES, in_channels: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)
+        self.conv1 = nn.Conv2d(in_channels, 32, 5, padding=2)
         self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
         side = image_size // 4
         if side < 1:
@@ -125,14 +129,14 @@ class _Block(nn.Module):
 
 
 class SmallTransformer(nn.Module):
-    def __init__(self, image_size: int, classes: int = CLASSES, patch: int = 4,
-                 width: int = 64, depth: int = 2, heads: int = 4) -> None:
+    def __init__(self, image_size: int, classes: int = CLASSES, in_channels: int = 1,
+                 patch: int = 4, width: int = 64, depth: int = 2, heads: int = 4) -> None:
         super().__init__()
         if image_size % patch:
             raise ParameterError(
                 f"the transformer needs an image size divisible by its patch size {patch}, "
                 f"got {image_size}")
-        self.embed = nn.Conv2d(1, width, patch, stride=patch)
+        self.embed = nn.Conv2d(in_channels, width, patch, stride=patch)
         self.position = nn.Parameter(torch.zeros(1, (image_size // patch) ** 2, width))
         self.blocks = nn.Sequential(*[_Block(width, heads) for _ in range(depth)])
         self.norm = nn.LayerNorm(width)
@@ -146,12 +150,13 @@ class SmallTransformer(nn.Module):
 
 @dataclass(frozen=True)
 class Architecture:
-    """A named model: its factory and the image size it is meant for."""
+    """A named model: its factory ``(image_size, classes, in_channels)`` and the image
+    size it is meant for."""
 
     name: str
     description: str
     image_size: int
-    factory: Callable[[int], nn.Module]
+    factory: Callable[[int, int, int], nn.Module]
 
 
 MODELS: dict[str, Architecture] = {entry.name: entry for entry in (
@@ -163,18 +168,24 @@ MODELS: dict[str, Architecture] = {entry.name: entry for entry in (
 )}
 
 
-def build_model(name: str, *, image_size: int | None = None, seed: int = 0) -> nn.Module:
-    """A fresh model; the same *name*, *image_size* and *seed* give the same weights."""
+def build_model(name: str, *, image_size: int | None = None, seed: int = 0,
+                in_channels: int = 1, classes: int = CLASSES) -> nn.Module:
+    """A fresh model; the same arguments give the same weights.
+
+    *in_channels* is 1 for grey images, 3 for colour; *classes* the number of outputs.
+    """
     spec = MODELS.get(name)
     if spec is None:
         raise ParameterError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     size = spec.image_size if image_size is None else image_size
     checked_int(size, "image_size", 4)
     checked_int(seed, "seed", 0)
+    checked_int(in_channels, "in_channels", 1, 64)
+    checked_int(classes, "classes", 2, 10_000)
     # A private generator: building a model must not disturb the caller's torch RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return spec.factory(size)
+        return spec.factory(size, classes, in_channels)
 
 
 def parameter_count(model: nn.Module) -> int:
