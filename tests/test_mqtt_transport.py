@@ -23,6 +23,7 @@ import mqtt_fixtures
 import numpy as np
 import pytest
 from mqtt_fixtures import (
+    BROKERS,
     FAST,
     SESSION,
     Keyring,
@@ -36,6 +37,7 @@ import transports.broker as broker_module
 from threshold_fl.errors import ParameterError, TransportClosed, TransportError
 from transports.broker import (
     BrokerConfig,
+    BrokerProcess,
     MosquittoBroker,
     acl_rules,
     free_port,
@@ -261,8 +263,15 @@ async def spawn_party(party: str, url: str, keepalive: int) -> asyncio.subproces
     return proc
 
 
+#: Within this many seconds of its pings stopping, mosquitto reports a frozen party
+#: with keepalive 1 s offline: 1.5 keepalives, which mosquitto 2.0.11 sweeps for about
+#: every 5 s (measured: 5.2 s for keepalive 1, 2 and 3 s, 11.2 s for 5 s), plus slack.
+FROZEN_BOUND_S = 1.5 * 1 + 5.0 + 1.0
+
+
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
 async def test_last_will_reports_killed_and_frozen_parties_offline(
-    broker: MosquittoBroker,
+    broker: BrokerProcess,
 ) -> None:
     events: list[tuple[str, bool]] = []
     keys = Keyring("alice")
@@ -277,24 +286,36 @@ async def test_last_will_reports_killed_and_frozen_parties_offline(
             carol.send_signal(signal.SIGKILL)  # socket closed by the kernel, no DISCONNECT
             dave.send_signal(signal.SIGSTOP)  # socket stays open, pings stop
             killed = await wait_until(lambda: "carol" not in alice.online_peers(), 3, "carol")
-            await wait_until(lambda: "dave" not in alice.online_peers(), 10, "dave")
-            frozen = time.monotonic() - start
+            if broker.name == "amqtt":
+                # amqtt 0.12's keepalive timeout does nothing (its broker handler's
+                # handle_read_timeout is a no-op): a frozen party stays online until its
+                # socket closes.  Should amqtt start dropping it, docs/deployment.md and
+                # this test need updating.
+                await asyncio.sleep(FROZEN_BOUND_S)
+                assert "dave" in alice.online_peers()
+                dave.kill()  # now the socket closes: its Last Will fires
+                await wait_until(lambda: "dave" not in alice.online_peers(), 3, "dave")
+                frozen = None
+            else:
+                await wait_until(lambda: "dave" not in alice.online_peers(), 10, "dave")
+                frozen = time.monotonic() - start
         finally:
             for proc in (carol, dave):
                 if proc.returncode is None:
                     proc.kill()
                 await proc.wait()
-    print(f"\nkilled party offline after {killed:.2f} s, frozen one (keepalive 1 s) after "
-          f"{frozen:.2f} s")
-    # A closed socket is noticed at once.  A silent one only by the keepalive timeout
-    # (1.5 keepalives), which mosquitto 2.0.11 sweeps for about every 5 s (measured:
-    # 5.2 s for keepalive 1, 2 and 3 s, 11.2 s for 5 s).
-    assert killed < 1.5 and frozen <= 1.5 * 1 + 5.0 + 1.0
+    print(f"\n{broker.name}: killed party offline after {killed:.2f} s, frozen one "
+          "(keepalive 1 s) " + (f"after {frozen:.2f} s" if frozen is not None else
+                                f"still online after {FROZEN_BOUND_S} s"))
+    # A closed socket is noticed at once.  A silent one only by the keepalive timeout.
+    assert killed < 1.5
+    assert frozen is None or frozen <= FROZEN_BOUND_S
     assert events[-2:] in ([("carol", False), ("dave", False)],
                            [("dave", False), ("carol", False)])
 
 
-async def test_late_joiner_sees_retained_presence(broker: MosquittoBroker) -> None:
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
+async def test_late_joiner_sees_retained_presence(broker: BrokerProcess) -> None:
     keys = Keyring("alice", "bob")
     async with make_transport(broker.url, "alice", keys) as alice:
         async with make_transport(broker.url, "bob", keys) as bob:
