@@ -161,7 +161,7 @@ async def test_a_packet_above_the_brokers_bound(broker: BrokerProcess) -> None:
                 await tx.publish("t/big", b"x" * size, qos=1, timeout=10)
             else:
                 with pytest.raises(aiomqtt.MqttError):
-                    await tx.publish("t/big", b"x" * size, qos=1, timeout=3)
+                    await tx.publish("t/big", b"x" * size, qos=1, timeout=2)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(reader, 5 if broker.name == "amqtt" else 1)
         reader.cancel()
