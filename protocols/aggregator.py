@@ -2,18 +2,17 @@
 
 It holds no secret key share, no Shamir share and no group key: key deliveries pass
 through it sealed, and the decryption shares it fuses are masked and padded, so the
-fused result is still unreadable to it.  It
-sees the plaintext part of each update (the coordinates the mask leaves clear)
-and the FedAvg weights; each client is told only its own weight, and applies it
-before encrypting, so the aggregator's sum is additions only.
+fused result is still unreadable to it.  It sees the plaintext part of each update (the
+coordinates the mask leaves clear) and the FedAvg weights; each client is told only its
+own weight and applies it before encrypting, so the aggregator's sum is additions only.
 
-Dropouts are found at deadlines (or when a client says it is leaving): the
-culprits are dropped and the stage goes on without them: key agreement restarts,
-uploads are redone by the survivors (so the weights stay exact), missing partial
-decryptions are retried by another set of t key holders (blind fusion,
-:mod:`protocols.fusion`; nobody's key is rebuilt), and keys are rotated before the
-decryption budget of the noise flooding runs out.  Below ``t`` survivors the session
-aborts and says so.
+Dropouts are found at deadlines, when a client says it is leaving, or when the
+transport sees it go offline: the culprits are dropped and the stage goes on without
+them: key agreement restarts, uploads are redone by the survivors (so the weights stay
+exact), a missing decryption share is replaced by another set of t key holders (blind
+fusion, :mod:`protocols.fusion`; nobody's key is rebuilt), at once when the member's
+connection ends, and keys are rotated before the decryption budget of the noise
+flooding runs out.  Below ``t`` survivors the session aborts and says so.
 """
 
 from __future__ import annotations
@@ -21,9 +20,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-import numpy as np
-
-from protocols.deadlines import key_agreement_culprits, upload_culprits
+from protocols.deadlines import (
+    grace_deadline,
+    key_agreement_culprits,
+    stage_timeout,
+    upload_culprits,
+)
 from protocols.events import (
     Aborted,
     Finished,
@@ -35,6 +37,7 @@ from protocols.events import (
     Step,
 )
 from protocols.fusion import BlindDecryption, QueryBudget, choose_set
+from protocols.key_agreement import add_public_share, confirmation_refusal
 from protocols.ledger import StepLedger
 from protocols.machine import Handler, Machine, Randomness
 from protocols.manifest import Manifest, Mode, Role
@@ -43,7 +46,6 @@ from protocols.messages import (
     Aggregate,
     DecryptionShare,
     DecryptRequest,
-    Fused,
     Hello,
     KeyConfirm,
     KeyDelivery,
@@ -60,9 +62,8 @@ from protocols.messages import (
 )
 from protocols.messages import Finished as FinishedBody
 from protocols.protection import (
-    ProtectedSum,
+    UploadRound,
     checked_weights,
-    decode_plain,
     encode_plain,
 )
 from protocols.session import plaintext_key_id
@@ -72,10 +73,8 @@ from protocols.states import (
     AGGREGATOR_TARGETS,
     AggregatorState,
 )
-from threshold_fl.arrays import FloatArray
-from threshold_fl.crypto.keys import PublicKey, combine_public_shares
+from threshold_fl.crypto.keys import PublicKey
 from threshold_fl.crypto.vectors import ciphertext_count
-from threshold_fl.crypto.wire import decode_public_key
 from threshold_fl.errors import ForgedMessage, MalformedMessage, ParameterError, UnexpectedMessage
 from threshold_fl.identity import Identity, PartyId
 from threshold_fl.ml.mask import EncryptionMask
@@ -84,8 +83,6 @@ __all__ = ["AggregatorMachine", "AggregatorState"]
 
 A = AggregatorState
 _UPLOADS = (A.MASK_UPLOAD, A.ROUND_UPLOAD)
-#: At a deadline, progress within this fraction of the stage timeout earns one extension.
-_GRACE = 0.25
 _DECRYPTIONS = (A.MASK_DECRYPTION, A.ROUND_DECRYPTION)
 
 
@@ -117,17 +114,14 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._public_shares: dict[PartyId, PublicKey] = {}
         self._key_id: str | None = None
         self._group_check: str | None = None
-        self._needs_rekey = False
         self.mask: EncryptionMask | None = None
         self._ledger = StepLedger()  # what was accepted, to refuse duplicates and replays
         self._done: dict[PartyId, str] = {}  # confirmations of the current step
         self._pending_confirms: dict[PartyId, Message] = {}  # key confirms ahead of the key
         self._last_progress: float | None = None  # when this step last accepted a message
-        self._uploaders: list[PartyId] = []
-        self._expected: tuple[PartyId, ...] = ()  # who must upload in this attempt
-        self._sum: ProtectedSum | None = None
-        self._plain_sum: FloatArray | None = None
+        self._uploads: UploadRound | None = None  # this attempt's uploads and their sums
         self._decryption: BlindDecryption | None = None  # the joint decryption running
+        self._unreachable: set[PartyId] = set()  # connection ended (Last Will), not yet dropped
         self._budget = QueryBudget(manifest.params.decryption_queries)  # this key epoch's
 
     # -- the step being worked on ------------------------------------------------------
@@ -154,8 +148,11 @@ class AggregatorMachine(Machine[AggregatorState]):
             return super().waiting_for()
         rounds = (A.ROUND_UPLOAD, A.ROUND_DECRYPTION)
         where = f"round {self._round} " if self.state in rounds else ""
-        return f"{where}{self.state.value}: " + self._waiting(
-            "clients", self._culprits(), len(self.alive))
+        what, who, of, until = "clients", self._culprits(), len(self.alive), ""
+        if self.state in _DECRYPTIONS and self._decryption is not None:
+            what, who, of, until = self._decryption.waiting(
+                self.alive, self._done, self._unreachable, self._attempt)
+        return f"{where}{self.state.value}: " + self._waiting(what, who, of) + until
 
     # -- setup and keys -----------------------------------------------------------------
     def _on_hello(self, message: Message, now: float) -> Step:
@@ -185,7 +182,6 @@ class AggregatorMachine(Machine[AggregatorState]):
             if self.manifest.mode is Mode.PLAINTEXT else None
         )
         self._group_check = None
-        self._needs_rekey = False
         self._budget = QueryBudget(self.manifest.params.decryption_queries)
         self._reset_step(now, self.manifest.timeouts.keys_s)
         body = KeygenStart(self._holders, self.manifest.threshold)
@@ -207,17 +203,9 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._require_sender(message, self._key_contributors(), "a key contributor")
         self._require_relay(message, broadcast=True)
         self._require_new(self._ledger.broadcasts, sender, message)
-        index, share = decode_public_key(self.context, message.body.key_frame)
-        expected = self._holders.index(sender) + 1 if sender in self._holders else 0
-        if index != expected:
-            raise MalformedMessage(f"{sender!r} sent a key share for index {index}, not {expected}")
-        shares = {**self._public_shares, sender: share}
-        key_id = self._key_id
-        if self.manifest.mode is Mode.SINGLE_KEY:
-            key_id = share.key_id
-        elif len(shares) == len(self._holders):
-            by_index = {self._holders.index(party) + 1: key for party, key in shares.items()}
-            key_id = combine_public_shares(self.context, by_index, 1).key_id
+        shares, key_id = add_public_share(self.context, self.manifest.mode, self._holders,
+                                          self._public_shares, sender, message.body.key_frame)
+        key_id = key_id or self._key_id
         self._ledger.broadcasts.add(sender)
         self._public_shares, self._key_id = shares, key_id
         step = self._relay(message, now)
@@ -248,14 +236,10 @@ class AggregatorMachine(Machine[AggregatorState]):
 
     def _judge_key_confirm(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, KeyConfirm)
-        if message.body.key_id != self._key_id:
-            return self._abort(
-                f"{message.header.sender!r} confirmed key {message.body.key_id[:16]}, which is "
-                f"not the key the shares add up to ({(self._key_id or 'none')[:16]}); key "
-                "agreement failed"
-            )
-        if self._group_check not in (None, message.body.group_check):
-            return self._abort("clients hold different group keys; key agreement failed")
+        refusal = confirmation_refusal(message.header.sender, message.body.key_id,
+                                       self._key_id, message.body.group_check, self._group_check)
+        if refusal is not None:
+            return self._abort(refusal)
         self._group_check = message.body.group_check
         self._done[message.header.sender] = message.body.key_id
         return self._progress(now)
@@ -274,16 +258,14 @@ class AggregatorMachine(Machine[AggregatorState]):
         self.state = state
         self._attempt = self._attempt + 1 if retry else 1
         self._round = round_
-        self._expected = tuple(self.alive)
-        self._uploaders = []
         self._decryption = None
         self._reset_step(now, self.manifest.timeouts.upload_s)
-        length = self._protected_length()
-        self._sum = ProtectedSum(self.manifest.mode, self.context, self._key_id, length)
-        self._plain_sum = np.zeros(self.manifest.model_length - length)
+        uploads = self._uploads = UploadRound(
+            self.manifest.mode, self.context, self._key_id, self._protected_length(),
+            self.manifest.model_length, self.alive, self._weights or self._samples)
         # Each uploader is told its own FedAvg weight and applies it before encrypting,
         # so the sum needs additions only (no level spent; one-limb uploads).
-        sends = [self._send([party], self._upload_start(self._weight(party)), self.step)
+        sends = [self._send([party], self._upload_start(uploads.weight(party)), self.step)
                  for party in self.alive]
         return Step(sends=sends)
 
@@ -300,74 +282,61 @@ class AggregatorMachine(Machine[AggregatorState]):
         assert self.mask is not None
         return self.mask.count
 
-    def _weight(self, party: PartyId) -> float:
-        raw = self._weights or self._samples
-        return raw[party] / sum(raw[other] for other in self._expected)
-
     def _on_upload(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, SensitivityUpload | UpdateUpload)
-        sender = message.header.sender
-        self._require_sender(message, [p for p in self._expected if p in self.alive],
+        sender, uploads = message.header.sender, self._uploads
+        assert uploads is not None
+        self._require_sender(message, [p for p in uploads.expected if p in self.alive],
                              "an active client expected to upload in this attempt")
         self._require_step(message, self.step)
         self._require_new(self._ledger.uploads, sender, message)
         if sender == self.me or message.header.recipient != self.me:
             raise ForgedMessage("an upload must be addressed to the aggregator")
-        assert self._sum is not None and self._plain_sum is not None
-        plain = self._plain_of(message)
-        weight = self._weight(sender)  # ciphertexts carry it already; float32 parts do not
-        self._sum.add(weight, message.body.protected)  # all or nothing
-        self._plain_sum += weight * plain
+        plain = message.body.plain if isinstance(message.body, UpdateUpload) else None
+        uploads.add(sender, message.body.protected, plain)
         self._ledger.uploads.add(sender)
-        self._uploaders.append(sender)
         return self._progress(now)
 
-    def _plain_of(self, message: Message) -> FloatArray:
-        assert self._plain_sum is not None
-        if not isinstance(message.body, UpdateUpload):
-            return np.zeros(0)
-        return decode_plain(message.body.plain, self._plain_sum.size, "the upload's plain part")
-
     def _broadcast_aggregate(self, now: float) -> Step:
-        assert self._sum is not None and self._plain_sum is not None
+        assert self._uploads is not None
         self.state = A.MASK_DECRYPTION if self.state is A.MASK_UPLOAD else A.ROUND_DECRYPTION
         if self.manifest.mode is Mode.THRESHOLD and self._protected_length() > 0:
             assert self._key_id is not None
-            c0, c1 = self._sum.ring_parts()
-            self._sum = None
+            c0, c1 = self._uploads.take().ring_parts()
             self._decryption = BlindDecryption(self.context, self._key_id,
                                                self._protected_length(), c0, c1)
             return self._start_decryption(now, retry=False)
-        protected, _ = self._sum.result()
+        protected, _ = self._uploads.take().result()
         self._reset_step(now, self.manifest.timeouts.decrypt_s)
-        body = Aggregate(protected, encode_plain(self._plain_sum))
-        self._sum = None
+        body = Aggregate(protected, encode_plain(self._uploads.plain))
         step = Step(sends=[self._send(self.alive, body, self.step, addressed="*")])
         return step.extend(self._progress(now))
 
     # -- joint decryption by blind fusion, and confirmations ------------------------------
-    def _start_decryption(self, now: float, *, retry: bool) -> Step:
+    def _start_decryption(self, now: float, *, retry: bool, reachable: bool = False
+                          ) -> Step:
         """Ask a set of t live holders for their shares (again, with another set, after a
-        member dropped: attempt + 1)."""
+        member dropped or lost its connection: attempt + 1), avoiding those whose
+        connection is lost if t others are live; with *reachable*, only then."""
         decryption = self._decryption
         assert decryption is not None
-        members = choose_set(self._holders, self.alive, self.manifest.threshold, self._round)
+        members = choose_set(self._holders, self.alive, self.manifest.threshold, self._round,
+                             avoid=self._unreachable)
+        if reachable and (members is None or self._unreachable & set(members)):
+            return Step()  # too few others: wait for the share, the drop or the deadline
         if members is None:
             return self._abort(self._too_few(self.state.value))
-        count = decryption.c1.shape[0]
-        if not self._budget.allows(count):
-            return self._abort(f"key epoch {self._epoch} has no decryption budget left "
-                               f"({self._budget.used} of {self._budget.limit} shares used)")
-        self._budget.spend(count)
-        if retry:
-            self._attempt += 1
+        refusal = self._budget.refusal(decryption.c1.shape[0], self._epoch)
+        if refusal is not None:
+            return self._abort(refusal)
+        self._attempt += 1 if retry else 0
         c1 = decryption.request(members)
         self._reset_step(now, self.manifest.timeouts.decrypt_s)
         return Step(sends=self._sends(list(members), DecryptRequest(members, c1), self.step))
 
     def _on_decryption_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, DecryptionShare)
-        decryption, body, sender = self._decryption, message.body, message.header.sender
+        decryption, sender = self._decryption, message.header.sender
         if decryption is None or decryption.fused:
             raise UnexpectedMessage("no decryption set is waiting for shares; discarded")
         self._require_sender(message, [m for m in decryption.members if m in self.alive],
@@ -376,20 +345,13 @@ class AggregatorMachine(Machine[AggregatorState]):
         if message.header.recipient != self.me:
             raise ForgedMessage("a decryption share must be addressed to the aggregator")
         self._require_new(decryption.shares, sender, message)
-        if body.members != decryption.members or body.c1_digest != decryption.digest:
-            raise MalformedMessage("the decryption share is for another set or aggregate")
-        decryption.take(sender, body.shares)
-        if decryption.missing():
+        if not decryption.accept(sender, message.body):
             return self._progress(now)
-        return self._broadcast_fused(now).extend(self._progress(now))
-
-    def _broadcast_fused(self, now: float) -> Step:
-        decryption = self._decryption
-        assert decryption is not None and self._plain_sum is not None
-        body = Fused(decryption.members, decryption.digest, decryption.fuse(),
-                     encode_plain(self._plain_sum))
+        assert self._uploads is not None
+        body = decryption.fused_body(encode_plain(self._uploads.plain))
         self._deadline = now + self.manifest.timeouts.decrypt_s
-        return Step(sends=[self._send(self.alive, body, self.step, addressed="*")])
+        step = Step(sends=[self._send(self.alive, body, self.step, addressed="*")])
+        return step.extend(self._progress(now))
 
     def _on_mask_confirm(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, MaskConfirm)
@@ -437,10 +399,10 @@ class AggregatorMachine(Machine[AggregatorState]):
             if set(self._done) >= set(self.alive) and self._key_id is not None:
                 return self._keys_agreed(now)
         elif self.state in _UPLOADS:
-            if any(party in self.dropped for party in self._expected if party not in
-                   self._uploaders):
+            assert self._uploads is not None
+            if any(party in self.dropped for party in self._uploads.missing()):
                 return self._start_upload(now, self.state, self._round, retry=True)
-            if set(self._uploaders) >= set(self._expected):
+            if not self._uploads.missing():
                 return self._broadcast_aggregate(now)
         elif self.state in _DECRYPTIONS:
             decryption = self._decryption
@@ -454,24 +416,26 @@ class AggregatorMachine(Machine[AggregatorState]):
         if self.state is A.MASK_DECRYPTION:
             assert self.mask is not None
             step = self._events(MaskAgreed(self.mask))
-            self._needs_rekey = self._needs_rekey or not self._budget_for_a_round()
-            if self._needs_rekey:
+            if not self._budget_for_a_round():
                 return step.extend(self._start_keys(now))
             return step.extend(self._start_upload(now, A.ROUND_UPLOAD, 1))
-        step = self._events(RoundCompleted(self._round, tuple(sorted(self._uploaders)), None))
-        self._needs_rekey = self._needs_rekey or not self._budget_for_a_round()
+        assert self._uploads is not None
+        uploaders = tuple(sorted(self._uploads.uploaders))
+        step = self._events(RoundCompleted(self._round, uploaders, None))
         if self._round >= self.manifest.rounds:
             self.state = A.FINISHED
             body = FinishedBody(self._round)
             return step.extend(Step(sends=self._sends(self.alive, body, self.step),
                                     events=[Finished(self._round)]))
-        if self._needs_rekey and self.manifest.mode is Mode.THRESHOLD:
+        if not self._budget_for_a_round():
             return step.extend(self._start_keys(now))
         return step.extend(self._start_upload(now, A.ROUND_UPLOAD, self._round + 1))
 
     def _budget_for_a_round(self) -> bool:
-        """Whether this key epoch can decrypt another round (twice: a retry included)."""
-        return self.manifest.mode is not Mode.THRESHOLD or self.mask is None or (
+        """Whether this key epoch can decrypt another round (twice: a retry included);
+        only threshold keys have a budget.  Asked once the mask is agreed."""
+        assert self.mask is not None
+        return self.manifest.mode is not Mode.THRESHOLD or (
             self._budget.allows(2 * ciphertext_count(self.context, self.mask.count)))
 
     def _deadline_passed(self, now: float) -> Step:
@@ -480,23 +444,14 @@ class AggregatorMachine(Machine[AggregatorState]):
             late = [party for party in self.manifest.client_ids if party not in self._samples]
             return self._drop(late, "did not join in time (not started, or started with "
                                     "another manifest)").extend(self._start_keys(now))
-        grace = _GRACE * self._stage_timeout()
-        if self._last_progress is not None and now - self._last_progress < grace:
-            # Something arrived just before the deadline: the others may not have had
-            # time to answer it, so blaming them now would drop punctual clients.
-            self._deadline = self._last_progress + grace
-            self._last_progress = None
+        timeout = stage_timeout(self.state, self.manifest.timeouts)
+        extended = grace_deadline(self._last_progress, now, timeout)
+        self._deadline, self._last_progress = extended, None
+        if extended is not None:
             return Step()
-        culprits = self._culprits()
-        step = self._drop(culprits, f"missed the {self.state.value} deadline")
-        self._deadline = now + self._stage_timeout()
+        step = self._drop(self._culprits(), f"missed the {self.state.value} deadline")
+        self._deadline = now + timeout
         return step.extend(self._after_drop(now))
-
-    def _stage_timeout(self) -> float:
-        timeouts = self.manifest.timeouts
-        if self.state is A.KEY_AGREEMENT:
-            return timeouts.keys_s
-        return timeouts.upload_s if self.state in _UPLOADS else timeouts.decrypt_s
 
     def _culprits(self) -> list[PartyId]:
         if self.state is A.KEY_AGREEMENT:
@@ -504,7 +459,8 @@ class AggregatorMachine(Machine[AggregatorState]):
                                           self._holders, self._ledger.deliveries, self.alive,
                                           self._done)
         if self.state in _UPLOADS:
-            return upload_culprits(self._expected, self._uploaders)
+            assert self._uploads is not None
+            return upload_culprits(self._uploads.expected, self._uploads.uploaders)
         if self._decryption is not None:
             return self._decryption.culprits(self.alive, self._done)
         return [party for party in self.alive if party not in self._done]
@@ -526,6 +482,7 @@ class AggregatorMachine(Machine[AggregatorState]):
             if party in self.dropped:
                 continue
             self.dropped[party] = reason
+            self._unreachable.discard(party)
             if party in self.alive:
                 self.alive.remove(party)
             # What a dropped client confirmed no longer counts: if another set decrypts,
@@ -557,6 +514,24 @@ class AggregatorMachine(Machine[AggregatorState]):
             return Step()
         return self._leave(party, "went offline (its connection to the broker ended)", now)
 
+    def party_unreachable(self, party: PartyId, now: float) -> Step:
+        """The transport saw *party*'s connection end (an MQTT Last Will) but has not
+        judged it gone yet (``party_offline`` follows after a grace time, unless it comes
+        back: ``party_reachable``).  If it owes a share to the current decryption set and
+        t other live holders remain, another set without it is asked at once (attempt
+        + 1); otherwise nothing changes but that sets avoid it while it is away."""
+        if self.state in self.TERMINAL or party not in self.alive:
+            return Step()
+        self._unreachable.add(party)
+        if self.state not in _DECRYPTIONS or self._decryption is None or (
+                party not in self._decryption.missing()):
+            return Step()
+        return self._start_decryption(now, retry=True, reachable=True)
+
+    def party_reachable(self, party: PartyId) -> None:
+        """*party*'s connection is back: later decryption sets may include it again."""
+        self._unreachable.discard(party)
+
     def _leave(self, party: PartyId, reason: str, now: float) -> Step:
         return self._drop([party], reason).extend(self._after_drop(now))
 
@@ -569,10 +544,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         return Step(sends=sends, events=[Aborted(reason)])
 
     def _too_few(self, stage: str) -> str:
-        return (
-            f"only {len(self.alive)} client(s) left during {stage}, fewer than the "
-            f"{self.manifest.threshold} the manifest requires (threshold t); aborting"
-        )
+        return (f"only {len(self.alive)} client(s) left during {stage}, fewer than the "
+                f"{self.manifest.threshold} the manifest requires (threshold t); aborting")
 
     # -- relaying ----------------------------------------------------------------------------
     def _require_relay(self, message: Message, *, broadcast: bool) -> None:
@@ -600,9 +573,7 @@ class AggregatorMachine(Machine[AggregatorState]):
 
     def _reset_step(self, now: float, timeout: float) -> None:
         self._ledger = self._ledger.next_step()
-        self._done = {}
-        self._pending_confirms = {}
-        self._last_progress = None
+        self._done, self._pending_confirms, self._last_progress = {}, {}, None
         self._deadline = now + timeout
 
     TRANSITIONS: ClassVar[Mapping[AggregatorState, Mapping[type, Handler]]] = {

@@ -16,6 +16,7 @@ from protocols.messages import Abort, KeyDelivery, KeygenStart, Message, PublicS
 from protocols.session import pack_mapping, seal_context
 from protocols.states import AUTHORITY_OTHER_TARGETS, AUTHORITY_TARGETS, KeyAuthorityState
 from threshold_fl.crypto.keys import generate_keypair
+from threshold_fl.crypto.noise import wipe
 from threshold_fl.crypto.wire import encode_public_key, encode_secret_key
 from threshold_fl.errors import ProtocolError, StaleMessage, UnexpectedMessage
 from threshold_fl.identity import Identity
@@ -65,12 +66,13 @@ class KeyAuthorityMachine(Machine[KeyAuthorityState]):
         secret = encode_secret_key(self.context, pair.secret)
         for client in message.body.participants:
             header = self._header(client, step)
-            sealed = seal_for(
-                self._identity, self._directory[client],
-                pack_mapping({"secret_key": secret, "group_key": group_key}),
-                context=seal_context(header, "key-delivery"), nonce=self._randomness(12),
-            )
+            packed = pack_mapping({"secret_key": secret, "group_key": group_key})
+            sealed = seal_for(self._identity, self._directory[client], packed,
+                              context=seal_context(header, "key-delivery"),
+                              nonce=self._randomness(12))
+            wipe(packed)
             out.sends.append(self._send([aggregator], KeyDelivery(sealed), step, addressed=client))
+        wipe(secret)  # the serialised secret key: only the seals carry it on
         self.state = K.DONE
         out.events.append(KeyAgreed(1, pair.public.key_id, message.body.participants))
         return out

@@ -58,6 +58,7 @@ from protocols.protection import (
     checked_vector,
     decode_plain,
     encode_plain,
+    implausible,
     open_protected,
     protect,
 )
@@ -65,6 +66,7 @@ from protocols.session import model_check, open_mapping, pack_mapping, seal_cont
 from protocols.states import CLIENT_OTHER_TARGETS, CLIENT_TARGETS, CLIENT_WAITING, ClientState
 from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.keys import PartyKeys
+from threshold_fl.crypto.noise import wipe
 from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import decode_sums
 from threshold_fl.crypto.threshold import decryption_shares, threshold_kit, unpad
@@ -216,8 +218,7 @@ class ClientMachine(Machine[ClientState]):
             return self._abort_locally("excluded from the new key epoch", notify=False)
         self.state = C.KEY_AGREEMENT
         self._step = message.header.step
-        if self._keys.threshold_key is not None:
-            self._keys.threshold_key.wipe()  # the old epoch's key share is done with
+        self._keys.wipe()  # the old epoch's secrets are done with
         self._keys = EpochKeys(self.manifest, self.me, self._step[1], message.body.participants)
         self._budget = QueryBudget(self.manifest.params.decryption_queries)
         own = self._keys.start(self.context, self._randomness)
@@ -235,10 +236,11 @@ class ClientMachine(Machine[ClientState]):
     def _deliver(self, holder: PartyId, fields: dict[str, bytes]) -> Outgoing:
         """A KeyDelivery sealed for ``holder`` alone, relayed by the aggregator."""
         header = self._header(holder, self._step)
-        sealed = seal_for(
-            self._identity, self._directory[holder], pack_mapping(fields),
-            context=seal_context(header, "key-delivery"), nonce=self._randomness(12),
-        )
+        packed = pack_mapping(fields)
+        sealed = seal_for(self._identity, self._directory[holder], packed,
+                          context=seal_context(header, "key-delivery"), nonce=self._randomness(12))
+        for secret in (packed, fields["shamir"]):  # fresh copies of the share (not group_key)
+            wipe(secret)
         return self._send([self._aggregator], KeyDelivery(sealed), self._step, addressed=holder)
 
     def _on_public_share(self, message: Message, now: float) -> Step:
@@ -260,8 +262,15 @@ class ClientMachine(Machine[ClientState]):
         self._require_key_part(message, self._keys.deliveries_from)
         plaintext = open_from(self._identity, self._directory[sender], message.body.sealed,
                               context=seal_context(message.header, "key-delivery"))
-        fields = open_mapping(plaintext, DELIVERY_FIELDS, "the key delivery")
-        self._keys.take_delivery(self.context, sender, fields)
+        fields: dict[str, bytes] = {}
+        try:
+            fields = open_mapping(plaintext, DELIVERY_FIELDS, "the key delivery")
+            self._keys.take_delivery(self.context, sender, fields)
+        finally:  # the opened share or secret key, in bytes (the group key is kept)
+            wipe(plaintext)
+            for name in ("shamir", "secret_key"):
+                if name in fields:
+                    wipe(fields[name])
         self._heard(now)
         return self._maybe_confirm()
 
@@ -385,10 +394,9 @@ class ClientMachine(Machine[ClientState]):
         plain_length = 0 if self._in_mask() else self.manifest.model_length - length
         return decode_plain(data, plain_length, what)
 
-    def _require_decryption_step(self, message: Message,
-                                 members: tuple[PartyId, ...]) -> tuple[int, ...]:
+    def _require_decryption_step(self, message: Message, members: tuple[PartyId, ...]) -> None:
         """A joint-decryption message of my stage, epoch and round, no older than my step,
-        for a set of t or more holders; the members' indices."""
+        for a set of t or more holders."""
         if self.manifest.mode is not Mode.THRESHOLD:
             raise UnexpectedMessage(f"{message.kind}: only threshold mode decrypts jointly")
         self._require_from_aggregator(message)
@@ -401,7 +409,6 @@ class ClientMachine(Machine[ClientState]):
                 self.manifest.threshold):
             raise MalformedMessage(f"the decryption set {list(members)} is not t holders of "
                                    "the key")
-        return tuple(self._keys.index_of(member) for member in members)
 
     def _on_decrypt_request(self, message: Message, now: float) -> Step:
         """A member of the decryption set: decrypt c1 for the set, masked and padded."""
@@ -465,6 +472,13 @@ class ClientMachine(Machine[ClientState]):
         clear = unpad(fused, self._keys.group_key, dset, message.header.attempt,
                       ShareRounding.of(self.context))
         values = decode_sums(self.context, clear, length, coefficients=True)
+        problem = implausible(values, sensitivities=self._in_mask(),
+                              value_bound=self.manifest.params.value_bound,
+                              error=self.context.error_bound(len(self.manifest.clients)))
+        if problem is not None:  # a wrong pad or share: the garbage must not be used
+            stage = "the sensitivity sum" if self._in_mask() else f"round {self._round}'s model"
+            return self._abort_locally(f"the fused result for {stage} is implausible: {problem} "
+                                       "(a wrong share or pad: a misbehaving aggregator or client)")
         self._step = message.header.step
         self._plain_part = plain
         self._heard(now)
@@ -506,6 +520,7 @@ class ClientMachine(Machine[ClientState]):
         if message.body.rounds != self._round or message.header.round != self._round:
             raise StaleMessage("the end of session names another round than this client's")
         self.state = C.FINISHED
+        self._keys.wipe()
         return self._events(FinishedEvent(self._round))
 
     def _on_abort(self, message: Message, now: float) -> Step:
@@ -516,6 +531,7 @@ class ClientMachine(Machine[ClientState]):
         if message.header.epoch < self._step[1]:
             raise StaleMessage("an abort from an earlier key epoch (a replay); discarded")
         self.state = C.ABORTED
+        self._keys.wipe()
         return self._events(Aborted(message.body.reason))
 
     def _deadline_passed(self, now: float) -> Step:
@@ -530,6 +546,7 @@ class ClientMachine(Machine[ClientState]):
 
     def _abort_locally(self, reason: str, *, notify: bool = True) -> Step:
         self.state = C.ABORTED
+        self._keys.wipe()
         sends = self._sends([self._aggregator], Abort(reason), self._step) if notify else []
         return Step(sends=sends, events=[Aborted(reason)])
 

@@ -21,7 +21,6 @@ from protocols.session import PLAINTEXT_GROUP_KEY, group_check, plaintext_key_id
 from threshold_fl.arrays import U64Array
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import (
-    JointPublicKey,
     PartyKeys,
     PublicKey,
     SecretKey,
@@ -70,13 +69,12 @@ class EpochKeys:
         authority = manifest.key_authority
         #: Who sends this client parts of the key: the authority, or every holder.
         self.contributors = (authority.party_id,) if authority is not None else holders
-        self.own: PartyKeys | None = None  # threshold: this client's key pair, once dealt
+        self.dealt = False  # threshold: my key is dealt (its secret is not kept)
         self.public_shares: dict[int, PublicKey] = {}
         # dealer index -> (its public share's id, my Shamir share of its key), mine included
         self.held_shares: dict[int, tuple[str, dict[int, U64Array]]] = {}
         self.threshold_key: ThresholdKey | None = None  # the sum of held_shares, once in
         self.noise_seed: bytes | None = None  # threshold: keys this epoch's share noise
-        self.joint: JointPublicKey | None = None
         self.public_key: PublicKey | None = None  # what updates are encrypted under
         self.secret: SecretKey | None = None  # single-key mode only
         self.group_key: bytes | None = None
@@ -118,27 +116,31 @@ class EpochKeys:
 
     def deal(self, context: CkksContext, own: PartyKeys) -> dict[PartyId, dict[str, bytes]]:
         """Take my own key pair; the delivery for each other holder: its Shamir share of
-        my secret and, from the lead, the group key.  I keep my own share."""
-        self.own = own
+        my secret and, from the lead, the group key.  I keep my own share (not the secret:
+        the caller drops it)."""
+        dealt: dict[int, dict[int, U64Array]] = {}
+        try:  # the others' shares are wiped however this ends, mine too if it fails
+            with KeyLimbs(context, own.secret.native) as secret:
+                dealt = deal(secret, len(self.holders), self._threshold)
+            deliveries: dict[PartyId, dict[str, bytes]] = {}
+            for holder in self.holders:
+                if holder == self.me:
+                    continue
+                fields = {"shamir": encode_key_share(
+                    context, dealer_index=own.index, holder_index=self.index_of(holder),
+                    parties=len(self.holders), threshold=self._threshold,
+                    dealer_public_id=own.public_share.key_id,
+                    limbs=dealt[self.index_of(holder)])}
+                if own.index == 1:
+                    assert self.group_key is not None
+                    fields["group_key"] = self.group_key
+                deliveries[holder] = fields
+            mine = dealt.pop(own.index)
+        finally:
+            _wipe_limbs(*dealt.values())
+        self.dealt = True
         self.public_shares[own.index] = own.public_share
-        with KeyLimbs(context, own.secret.native) as secret:
-            dealt = deal(secret, len(self.holders), self._threshold)
-        self.held_shares[own.index] = (own.public_share.key_id, dealt.pop(own.index))
-        deliveries: dict[PartyId, dict[str, bytes]] = {}
-        for holder in self.holders:
-            if holder == self.me:
-                continue
-            limbs = dealt[self.index_of(holder)]
-            fields = {"shamir": encode_key_share(
-                context, dealer_index=own.index, holder_index=self.index_of(holder),
-                parties=len(self.holders), threshold=self._threshold,
-                dealer_public_id=own.public_share.key_id, limbs=limbs)}
-            for limb in limbs.values():
-                wipe(limb)
-            if own.index == 1:
-                assert self.group_key is not None
-                fields["group_key"] = self.group_key
-            deliveries[holder] = fields
+        self.held_shares[own.index] = (own.public_share.key_id, mine)
         return deliveries
 
     def take_public_share(self, context: CkksContext, sender: PartyId, frame: bytes) -> None:
@@ -156,7 +158,7 @@ class EpochKeys:
     def member_keys(self, context: CkksContext) -> PartyKeys | None:
         """My key pair over the lead's public share, once that is in and I have not dealt."""
         lead = self.public_shares.get(1)
-        if lead is None or self.own is not None:
+        if lead is None or self.dealt:
             return None
         return member_keygen(context, self.index, lead)
 
@@ -171,10 +173,10 @@ class EpochKeys:
             _check_group_key(group_key)
             self.secret = secret
         else:
-            dealer_id, limbs = self._held_share(context, sender, fields.get("shamir", b""))
             if (self.index_of(sender) == 1) != (group_key is not None):
                 raise MalformedMessage("only the lead's key delivery carries the group key")
             _check_group_key(group_key)
+            dealer_id, limbs = self._held_share(context, sender, fields.get("shamir", b""))
             self.held_shares[self.index_of(sender)] = (dealer_id, limbs)
         self.deliveries_from.add(sender)
         if group_key is not None:
@@ -186,6 +188,7 @@ class EpochKeys:
         if (meta["dealer_index"], meta["holder_index"], meta["parties"], meta["threshold"]) != (
             self.index_of(sender), self.index, len(self.holders), self._threshold
         ):
+            _wipe_limbs(limbs)
             raise MalformedMessage(f"{sender!r}'s Shamir share is for another sharing")
         return meta["dealer_public_id"], limbs
 
@@ -205,22 +208,41 @@ class EpochKeys:
         return self.key_id
 
     def _joint_key(self, context: CkksContext) -> str | Mismatch | None:
-        if self.own is None or len(self.public_shares) < len(self.holders) or len(
+        if not self.dealt or len(self.public_shares) < len(self.holders) or len(
             self.held_shares
         ) < len(self.holders):
             return None
         for dealer, (dealer_id, _) in self.held_shares.items():
             if dealer_id != self.public_shares[dealer].key_id:
                 return Mismatch(f"party {dealer}'s Shamir share is not of its key")
-        self.joint = combine_public_shares(context, self.public_shares, 1)
-        self.public_key, self.key_id = self.joint.key, self.joint.key_id
-        held = [limbs for _, limbs in self.held_shares.values()]
-        self.threshold_key = threshold_key(self.index, held)
-        for limbs in held:  # only their sum is kept
-            for limb in limbs.values():
-                wipe(limb)
-        self.held_shares = {}
+        joint = combine_public_shares(context, self.public_shares, 1)
+        self.public_key, self.key_id = joint.key, joint.key_id
+        self.threshold_key = threshold_key(
+            self.index, [limbs for _, limbs in self.held_shares.values()])
+        self._drop_held_shares()  # only their sum is kept
         return self.key_id
+
+    # -- the end of the epoch --------------------------------------------------------------
+    def wipe(self) -> None:
+        """Zero and drop every secret of this epoch (it is over: replaced, finished or
+        aborted); what is public stays.  OpenFHE's secret key can only be dropped."""
+        if self.threshold_key is not None:
+            self.threshold_key.wipe()
+            self.threshold_key = None
+        self._drop_held_shares()
+        self.secret = None
+        self.noise_seed = None
+        self.group_key = None
+
+    def _drop_held_shares(self) -> None:
+        _wipe_limbs(*(limbs for _, limbs in self.held_shares.values()))
+        self.held_shares = {}
+
+
+def _wipe_limbs(*shares: dict[int, U64Array]) -> None:
+    for limbs in shares:
+        for limb in limbs.values():
+            wipe(limb)
 
 
 def _check_group_key(group_key: bytes | None) -> None:

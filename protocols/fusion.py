@@ -5,9 +5,9 @@ The aggregator picks a decryption set S of t live key holders and sends each mem
 the aggregate's c1 parts only; each member returns one masked share
 (:func:`threshold_fl.crypto.threshold.decryption_shares`); the aggregator adds c0 and
 the shares and broadcasts the fused polynomials, still under the pad only clients can
-remove.  A member that drops makes the attempt fail: the aggregator picks another set
-(attempt + 1), and the masks keep the failed set's shares meaningless.  Nobody
-rebuilds a key and no key rotation follows a dropout.
+remove.  A member that drops, or whose connection is reported lost, makes the attempt
+fail: the aggregator picks another set (attempt + 1), and the masks keep the failed
+set's shares meaningless.  Nobody rebuilds a key and no key rotation follows a dropout.
 
 Every share is bound to (session, key epoch, round, stage, the digest of the c1 it
 decrypts, the set); the pad also to the attempt.  Binding the noise and masks to the
@@ -22,12 +22,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from protocols.messages import Stage
+from protocols.messages import DecryptionShare, Fused, Stage
 from threshold_fl.arrays import U64Array
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.threshold import DecryptionSet, blind_fusion, derive_key
 from threshold_fl.crypto.wire import PolynomialRole, decode_polynomials, encode_polynomials
+from threshold_fl.errors import MalformedMessage
 from threshold_fl.identity import Identity, PartyId, PublicIdentity
 
 __all__ = ["BlindDecryption", "QueryBudget", "choose_set", "c1_digest", "decryption_set",
@@ -60,14 +61,17 @@ def pair_key(identity: Identity, peer: PublicIdentity, session: str, epoch: int)
 
 
 def choose_set(holders: Sequence[PartyId], alive: Collection[PartyId], threshold: int,
-               round_: int) -> tuple[PartyId, ...] | None:
+               round_: int, *, avoid: Collection[PartyId] = ()) -> tuple[PartyId, ...] | None:
     """t live holders, starting at an offset that moves with the round (so the work
-    rotates among the clients); None if fewer than t are alive."""
+    rotates among the clients), without those in *avoid* (connection lost, not yet
+    dropped) if t others are alive; None if fewer than t are alive."""
     live = [holder for holder in holders if holder in alive]
     if len(live) < threshold:
         return None
-    start = round_ % len(live)
-    return tuple(sorted((live[start:] + live[:start])[:threshold]))
+    pool = [holder for holder in live if holder not in avoid]
+    pool = pool if len(pool) >= threshold else live
+    start = round_ % len(pool)
+    return tuple(sorted((pool[start:] + pool[:start])[:threshold]))
 
 
 @dataclass
@@ -101,6 +105,14 @@ class BlindDecryption:
         self.shares[member] = decode_polynomials(self.context, frames, PolynomialRole.SHARE,
                                                  key_id=self.key_id, length=self.length)
 
+    def accept(self, member: PartyId, body: DecryptionShare) -> bool:
+        """Keep a member's share if it is for this set and this c1; whether the set is
+        now complete."""
+        if body.members != self.members or body.c1_digest != self.digest:
+            raise MalformedMessage("the decryption share is for another set or aggregate")
+        self.take(member, body.shares)
+        return not self.missing()
+
     def fuse(self) -> tuple[bytes, ...]:
         """c0 plus every member's share, still padded, as frames."""
         fused = blind_fusion(self.c0, list(self.shares.values()),
@@ -108,6 +120,10 @@ class BlindDecryption:
         self.fused = True
         return tuple(encode_polynomials(self.context, PolynomialRole.FUSED, self.key_id,
                                         self.length, fused))
+
+    def fused_body(self, plain: bytes) -> Fused:
+        """The broadcast of the fused result, with the aggregate's *plain* part."""
+        return Fused(self.members, self.digest, self.fuse(), plain)
 
     def missing(self) -> list[PartyId]:
         """The members of the current set whose share has not come."""
@@ -125,6 +141,22 @@ class BlindDecryption:
             return [member for member in self.missing() if member in alive]
         return [party for party in alive if party not in confirmed]
 
+    def waiting(self, alive: Sequence[PartyId], confirmed: Collection[PartyId],
+                unreachable: Collection[PartyId], attempt: int
+                ) -> tuple[str, list[PartyId], int, str]:
+        """What the aggregator waits for: (what, who, of how many) for
+        ``Machine._waiting``, and what ends the wait."""
+        who = self.culprits(alive, confirmed)
+        lost = ", ".join(repr(party) for party in who if party in unreachable)
+        if self.fused:
+            until = f"; {lost} lost the connection: waiting for its drop" if lost else ""
+            return "clients to confirm the fused result", who, len(alive), until
+        until = (f"; {lost} lost the connection: another set as soon as t other holders are "
+                 "live, else at the drop or the deadline" if lost else
+                 "; another set as soon as a missing member's connection is reported lost, "
+                 "or at the deadline")
+        return f"decryption shares (attempt {attempt})", who, len(self.members), until
+
 
 @dataclass
 class QueryBudget:
@@ -136,6 +168,14 @@ class QueryBudget:
 
     def allows(self, count: int) -> bool:
         return self.used + count <= self.limit
+
+    def refusal(self, count: int, epoch: int) -> str | None:
+        """Spend *count* shares, or say why key epoch *epoch* cannot."""
+        if not self.allows(count):
+            return (f"key epoch {epoch} has no decryption budget left ({self.used} of "
+                    f"{self.limit} shares used)")
+        self.spend(count)
+        return None
 
     def spend(self, count: int) -> None:
         self.used += count

@@ -26,6 +26,7 @@ __all__ = [
     "PLAIN_DTYPE",
     "FloatArray",
     "ProtectedSum",
+    "UploadRound",
     "check_bound",
     "checked_vector",
     "checked_weights",
@@ -33,6 +34,7 @@ __all__ = [
     "decode_plain",
     "encode_frames",
     "encode_plain",
+    "implausible",
     "open_protected",
     "protect",
 ]
@@ -137,6 +139,44 @@ class ProtectedSum:
         return c0, c1
 
 
+class UploadRound:
+    """One upload attempt at the aggregator: the clients expected to upload, each one's
+    FedAvg weight normalised over them (from *raw* weights), who has uploaded, and the
+    running sums of the protected part (:class:`ProtectedSum`) and the plain part."""
+
+    def __init__(self, mode: Mode, context: CkksContext, key_id: str, length: int,
+                 model_length: int, expected: Sequence[PartyId],
+                 raw: Mapping[PartyId, float]) -> None:
+        self.expected, self.uploaders = tuple(expected), list[PartyId]()
+        self._raw = raw
+        self.protected: ProtectedSum | None = ProtectedSum(mode, context, key_id, length)
+        self.plain = np.zeros(model_length - length)
+
+    def weight(self, party: PartyId) -> float:
+        return self._raw[party] / sum(self._raw[other] for other in self.expected)
+
+    def add(self, party: PartyId, protected: Sequence[bytes], plain: bytes | None) -> None:
+        """Add *party*'s upload, all or nothing, with its weight: its ciphertexts carry it
+        already, float32 parts do not (*plain*: None in mask agreement)."""
+        values = np.zeros(0) if plain is None else decode_plain(
+            plain, self.plain.size, "the upload's plain part")
+        weight = self.weight(party)
+        assert self.protected is not None, "the sum was already taken"
+        self.protected.add(weight, protected)
+        self.plain += weight * values
+        self.uploaders.append(party)
+
+    def missing(self) -> list[PartyId]:
+        """Expected clients that have not uploaded."""
+        return [party for party in self.expected if party not in self.uploaders]
+
+    def take(self) -> ProtectedSum:
+        """The protected sum, released here (the plain sum stays for the broadcasts)."""
+        protected, self.protected = self.protected, None
+        assert protected is not None, "the sum was already taken"
+        return protected
+
+
 def encode_frames(frames: Sequence[bytes]) -> bytes:
     """Several frames as one byte string (what gets sealed for a recipient)."""
     packed: bytes = msgpack.packb(list(frames), use_bin_type=True)
@@ -205,3 +245,19 @@ def check_bound(values: FloatArray, bound: float) -> None:
             f"the model update's value {values[index]!r} at index {index} exceeds the "
             f"manifest's value_bound {bound:g}; clip the update to [-{bound:g}, {bound:g}] "
             "or make the manifest with a larger value_bound")
+
+
+def implausible(values: FloatArray, *, sensitivities: bool, value_bound: float,
+                error: float) -> str | None:
+    """None if a decrypted sum is plausible, else what is wrong with it: normalised
+    sensitivities lie in [0, 1] and updates within the value bound, and so do their
+    averages (the weights add up to 1), give or take the CKKS ``error``.  NaN fails both
+    comparisons, so it is caught as well."""
+    low, high = (0.0, 1.0) if sensitivities else (-value_bound, value_bound)
+    low, high = low - error, high + error
+    outside = ~((values >= low) & (values <= high))
+    if not outside.any():
+        return None
+    index = int(np.argmax(outside))
+    return (f"value {float(values[index])!r} at index {index} ({int(outside.sum())} of "
+            f"{values.size} values) is outside [{low:.6g}, {high:.6g}]")

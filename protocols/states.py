@@ -114,18 +114,19 @@ CLIENT_TARGETS: Targets = {
         MaskStart: _to(C.ABORTED),  # a retry: uploads again
         Aggregate: _to(C.MASK_CONFIRMED),  # decrypted locally (not threshold mode)
         DecryptRequest: _to(C.MASK_DECRYPTING, C.ABORTED),  # a member; budget spent: aborts
-        Fused: _to(C.MASK_CONFIRMED),  # not a member of the set
+        Fused: _to(C.MASK_CONFIRMED, C.ABORTED),  # not a member; implausible: aborts
     },
-    C.MASK_DECRYPTING: {DecryptRequest: _to(C.ABORTED), Fused: _to(C.MASK_CONFIRMED)},
+    C.MASK_DECRYPTING: {DecryptRequest: _to(C.ABORTED),
+                        Fused: _to(C.MASK_CONFIRMED, C.ABORTED)},
     C.MASK_CONFIRMED: {**_EARLY_KEYS, KeygenStart: _NEW_EPOCH, RoundStart: _TRAIN},
     C.TRAINING: {RoundStart: _to(C.ABORTED)},
     C.UPDATE_UPLOADED: {
         RoundStart: _to(C.ABORTED),
         Aggregate: _to(C.ROUND_DONE),
         DecryptRequest: _to(C.ROUND_DECRYPTING, C.ABORTED),
-        Fused: _to(C.ROUND_DONE),
+        Fused: _to(C.ROUND_DONE, C.ABORTED),
     },
-    C.ROUND_DECRYPTING: {DecryptRequest: _to(C.ABORTED), Fused: _to(C.ROUND_DONE)},
+    C.ROUND_DECRYPTING: {DecryptRequest: _to(C.ABORTED), Fused: _to(C.ROUND_DONE, C.ABORTED)},
     C.ROUND_DONE: {
         **_EARLY_KEYS,
         KeygenStart: _NEW_EPOCH,
@@ -190,6 +191,9 @@ AGGREGATOR_OTHER_TARGETS: OtherTargets = {
     "_deadline_passed": _AFTER_DROP,
     "_on_abort": _AFTER_DROP,
     "party_offline": _AFTER_DROP,
+    # a member owing its share lost its connection: another set (no decryption budget
+    # left aborts)
+    "party_unreachable": _to(A.ABORTED),
 }
 
 #: The protocol stage of the messages the aggregator sends and expects in each state.

@@ -14,6 +14,8 @@ BAD_OPTIONS: dict[str, list[list[str]]] = {
                 ["--decrypt-ciphertexts", "-1"], ["--threads", "x"], ["--part", "all"],
                 ["--protocol-clients", "1"], ["--protocol-rounds", "0"],
                 ["--protocol-model", "resnet"]],
+    "dropout": [["--clients", "2"], ["--rounds", "1"], ["--repeats", "0"], ["--fraction", "2"],
+                ["--model", "nonsense"]],
     "e2e": [["--clients", "1"], ["--rounds", "0"], ["--fraction", "2"], ["--modes", "everything"],
             ["--model", "nonsense"]],
     "models": [["--lengths", "0"], ["--lengths", "300000000"], ["--clients", "1"],

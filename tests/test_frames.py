@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ from threshold_fl.crypto import (
     EncryptedSum,
     context_for,
     fuse_partial_decryptions,
+    noise,
     partial_decrypt,
+    wire,
 )
 from threshold_fl.crypto import threshold as th
 from threshold_fl.crypto.frames import (
@@ -132,10 +135,83 @@ def test_key_shares_round_trip_as_raw_limbs_below_their_moduli(federation) -> No
     q = CONTEXT.ring.moduli[-1]
     unreduced = {m: limb.copy() for m, limb in dealt[3].items()}
     unreduced[q][7] = q
-    with pytest.raises(FrameError, match=f"key share value is not reduced modulo its prime {q}"):
+    at = 8 * CONTEXT.ring.ring_dimension * (len(CONTEXT.ring.moduli) - 1) + 8 * 7
+    with pytest.raises(FrameError, match=rf"malformed key share: coefficient \(not below its "
+                                         rf"modulus\) at byte {at}: expected < {q}, found {q}"):
         decode_key_share(CONTEXT, _key_share(federation, unreduced))
     with pytest.raises(FrameError, match="every modulus of the key"):
         _key_share(federation, {m: dealt[3][m] for m in reversed(CONTEXT.ring.moduli)})
+
+
+def test_c1_polynomials_round_trip_and_a_value_not_below_its_modulus_is_named() -> None:
+    moduli, n = CONTEXT.aggregate_moduli, CONTEXT.ring.ring_dimension
+    length = CONTEXT.values_per_ciphertext + 1  # two ciphertexts
+    rng = np.random.default_rng(3)
+    arrays = np.stack([np.stack([rng.integers(0, q, n, dtype=np.uint64) for q in moduli])
+                       for _ in range(2)])
+    key_id = "ab" * 32
+
+    def decoded() -> np.ndarray:
+        frames = tuple(wire.encode_polynomials(CONTEXT, PolynomialRole.C1, key_id, length,
+                                               arrays))
+        return decode_polynomials(CONTEXT, frames, PolynomialRole.C1, key_id=key_id,
+                                  length=length)
+
+    np.testing.assert_array_equal(decoded(), arrays)
+    q = moduli[-1]
+    arrays[1, -1, 5] = q
+    at = 8 * n * (len(moduli) - 1) + 8 * 5
+    with pytest.raises(FrameError, match=rf"malformed c1 polynomial 1: coefficient \(not "
+                                         rf"below its modulus\) at byte {at}: expected < {q}"):
+        decoded()
+
+
+def _recording_wipe(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What the wire module wipes, kept to look at afterwards."""
+    wiped: list[Any] = []
+
+    def record(value: Any) -> None:
+        noise.wipe(value)
+        wiped.append(value)
+
+    monkeypatch.setattr(wire, "wipe", record)
+    return wiped
+
+
+def test_key_share_bytes_are_wiped_on_both_sides(federation, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The copies of a Shamir share in bytes (the parts encoded, the parts a decoder cuts
+    from a frame) are zeros after use; a share refused as unreduced leaves zeros too."""
+    with KeyLimbs(CONTEXT, federation.parties[1].secret.native) as secret:
+        dealt = th.deal(secret, 3, 2)
+    wiped = _recording_wipe(monkeypatch)
+    frame = _key_share(federation, dealt[3])
+    limbs_count, n = len(CONTEXT.ring.moduli), CONTEXT.ring.ring_dimension
+    assert [type(w) for w in wiped] == [bytearray] * limbs_count
+    assert all(len(w) == 8 * n and not any(w) for w in wiped)
+    wiped.clear()
+    _, limbs = decode_key_share(CONTEXT, frame)
+    assert len(wiped) == limbs_count and all(not any(w) for w in wiped)
+    assert all(limb.any() for limb in limbs.values())  # the decoded share is intact
+    q = CONTEXT.ring.moduli[-1]
+    unreduced = {m: limb.copy() for m, limb in dealt[3].items()}
+    unreduced[q][7] = q
+    bad = _key_share(federation, unreduced)
+    wiped.clear()
+    with pytest.raises(FrameError, match="not below its modulus"):
+        decode_key_share(CONTEXT, bad)
+    arrays = [w for w in wiped if isinstance(w, np.ndarray)]
+    assert len(arrays) == 1 and arrays[0].shape == (limbs_count, n) and not arrays[0].any()
+    assert len(wiped) == limbs_count + 1 and all(not np.any(np.frombuffer(w, np.uint8))
+                                                 for w in wiped if isinstance(w, bytes))
+
+
+def test_secret_key_bytes_are_wiped_on_both_sides(federation, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    wiped = _recording_wipe(monkeypatch)
+    frame = encode_secret_key(CONTEXT, federation.parties[1].secret)
+    assert len(wiped) == 1 and len(wiped[0]) > 1000 and not any(wiped[0])
+    secret = decode_secret_key(CONTEXT, frame)
+    assert len(wiped) == 2 and not any(wiped[1])
+    assert secret.public_key_id == federation.parties[1].public_share.key_id
 
 
 def test_retired_shamir_share_frames_are_refused_by_every_decoder(federation) -> None:  # type: ignore[no-untyped-def]

@@ -83,3 +83,30 @@ async def test_after_the_link_gave_up_nothing_is_dropped() -> None:
     link.closed = True  # the transport failed: the run ends with the broker's error
     await settle(6)
     assert dropped == []
+
+
+async def test_a_lost_connection_is_said_at_once_and_the_drop_waits_for_the_grace() -> None:
+    link = FakeLink(online={"c2"})
+    dropped: list[str] = []
+    lost: list[str] = []
+    back: list[str] = []
+    watch = OfflineWatch(link, dropped.append, grace_s=GRACE, unreachable=lost.append,
+                         reachable=back.append)
+    watch.offline("c1")
+    assert lost == ["c1"] and dropped == []  # the decryption set is replaced now
+    watch.offline("c3")
+    link.online.add("c3")
+    watch.online("c3")  # c3 blipped: back before the grace time
+    await settle()
+    assert dropped == ["c1"] and back == ["c3"]
+
+
+async def test_no_lost_connection_is_said_while_our_own_link_is_unsettled() -> None:
+    link = FakeLink(connected_for_s=0.0)
+    lost: list[str] = []
+    watch = OfflineWatch(link, lambda party: None, grace_s=GRACE, unreachable=lost.append)
+    watch.offline("c1")  # retained presence replayed at our reconnect: maybe stale
+    assert lost == []
+    link.connected_for_s, link.closed = GRACE, True
+    watch.offline("c1")
+    assert lost == []  # the transport failed: the run ends with the broker's error

@@ -12,7 +12,16 @@ from typing import Any
 import numpy as np
 import pytest
 from mqtt_fixtures import broker  # noqa: F401  (pytest fixture)
-from party_helpers import CLIENTS, federation, output, rows, run_parties
+from party_helpers import (
+    CLIENTS,
+    TIMEOUT_S,
+    federation,
+    output,
+    rows,
+    run_parties,
+    start_parties,
+    wait_all,
+)
 
 from protocols import Manifest
 from threshold_fl.app.cli import main as cli_main
@@ -127,3 +136,31 @@ def test_a_client_refuses_a_manifest_without_a_model_it_knows(
                      "--broker", "mqtt://127.0.0.1:1"]) == 1  # refused before connecting
     err = capsys.readouterr().err
     assert problem in err and "Traceback" not in err
+
+
+def test_a_member_frozen_on_its_decrypt_request_is_replaced_when_its_will_arrives(
+        tmp_path: Path, broker: MosquittoBroker) -> None:  # noqa: F811
+    """c3, in round 1's decryption set (c2, c3), stops (SIGSTOP) on its DecryptRequest:
+    its connection stays open, so the broker publishes its Last Will only after 1.5
+    keepalives.  Until then the aggregator waits for its share and says so; then it asks
+    (c1, c2) at once, long before the decryption deadline, and drops c3 after the grace."""
+    manifest = federation(tmp_path, rounds=1, decrypt_s=120.0)
+    processes = start_parties(tmp_path, broker.url, manifest,
+                              {"c3": ["--drop-at", "decrypt-frozen", "--drop-round", "1"]},
+                              server=["--report", str(tmp_path / "server.jsonl")])
+    try:
+        hung = wait_all({name: processes[name] for name in ("server", "c1", "c2")}, TIMEOUT_S)
+    finally:
+        processes["c3"].kill()
+        processes["c3"].wait()
+    outputs = {name: output(tmp_path, name) for name in processes}
+    assert not hung and all(processes[n].returncode == 0 for n in ("server", "c1", "c2")), outputs
+    server = outputs["server"]
+    assert ("round 1 round decryption: waiting for 1 of 2 decryption shares (attempt 1): 'c3'; "
+            "another set as soon as a missing member's connection is reported lost") in server
+    assert "dropped 'c3': went offline" in server  # its Last Will, not the deadline
+    (row,) = [RoundRow.from_json(line)
+              for line in (tmp_path / "server.jsonl").read_text().splitlines()]
+    assert row.attempts == 2 and row.contributors == 3
+    survivors = [rows(tmp_path, client) for client in ("c1", "c2")]
+    assert survivors[0][-1]["loss"] == pytest.approx(survivors[1][-1]["loss"], abs=1e-9)

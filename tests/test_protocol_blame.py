@@ -62,6 +62,13 @@ def test_a_decryption_set_is_t_live_holders_rotating_with_the_round() -> None:
     assert choose_set(ALL, {B}, 2, 0) is None  # fewer than t: nobody can decrypt
 
 
+
+def test_a_set_avoids_holders_whose_connection_is_lost_while_t_others_are_live() -> None:
+    assert choose_set(ALL, ALL, 2, 2, avoid={C}) == (A, B)
+    assert choose_set(ALL, {A, C}, 2, 1, avoid={C}) == (A, C)  # no others: still asked
+    assert choose_set(ALL, {B}, 2, 0, avoid={C}) is None
+
+
 def test_the_missing_shares_are_the_members_not_heard_from() -> None:
     decryption = _decryption((A, B))
     assert decryption.missing() == [A, B]
@@ -118,7 +125,10 @@ def test_a_decryption_deadline_blames_missing_shares_then_missing_confirmations(
     assert decryption is not None and decryption.members == ("client2", "client3", "client4")
     assert not decryption.fused and sorted(decryption.shares) == ["client2", "client4"]
     assert aggregator._culprits() == ["client3"]
-    assert aggregator.waiting_for().endswith("waiting for 1 of 5 clients: 'client3'")
+    assert aggregator.waiting_for() == (
+        "round 1 round decryption: waiting for 1 of 3 decryption shares (attempt 1): "
+        "'client3'; another set as soon as a missing member's connection is reported lost, "
+        "or at the deadline")
 
     assert run_until(net, lambda: bool(aggregator.dropped))
     assert set(aggregator.dropped) == {"client3"}
@@ -130,6 +140,8 @@ def test_a_decryption_deadline_blames_missing_shares_then_missing_confirmations(
     assert decryption is not None and decryption.members == ("client2", "client4", "client5")
     assert decryption.fused and decryption.missing() == []
     assert aggregator._culprits() == ["client1"]  # the others confirmed
+    assert aggregator.waiting_for().endswith(
+        "waiting for 1 of 4 clients to confirm the fused result: 'client1'")
 
     net.run()
     assert set(aggregator.dropped) == {"client1", "client3"}

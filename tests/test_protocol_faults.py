@@ -153,7 +153,7 @@ class RecordingNetwork(Network):
         kinds = {outgoing.kind for outgoing in step.sends}
         if name == AGGREGATOR and name not in self.dead and aggregator._round >= 1 and (
                 kinds & {"Aggregate", "DecryptRequest"}):
-            uploaders = tuple(sorted(aggregator._uploaders))
+            uploaders = tuple(sorted(aggregator._uploads.uploaders))
             # a decryption retried by another set decrypts the same sum
             assert self.summed.get(aggregator._round, uploaders) == uploaders, (
                 "two different sums for one round")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from protocol_harness import (
 from protocols import make_manifest
 from protocols.client import ClientState
 from protocols.codec import decode_message, encode_message
+from protocols.events import Aborted
 from protocols.fusion import decryption_set
 from protocols.messages import (
     DecryptionShare,
@@ -32,12 +34,13 @@ from protocols.messages import (
     Header,
     Message,
 )
+from protocols.protection import implausible
 from threshold_fl.crypto.keys import PartyKeys, SecretKey, ThresholdSecret
 from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import KeyLimbs, decode_sums
 from threshold_fl.crypto.threshold import ThresholdKey, blind_fusion, unpad
 from threshold_fl.crypto.vectors import PartialDecryption
-from threshold_fl.crypto.wire import PolynomialRole, decode_polynomials
+from threshold_fl.crypto.wire import PolynomialRole, decode_polynomials, encode_polynomials
 from threshold_fl.errors import (
     AuthenticationError,
     DuplicateMessage,
@@ -380,6 +383,62 @@ def test_fused_results_the_client_must_refuse() -> None:
     net = run_probing(before=check_before)
     assert len(refused) == 4
     assert net.finished(AGGREGATOR) and not net.aggregator.dropped
+
+
+@pytest.mark.parametrize(("nth", "stage"), [(1, "the sensitivity sum"),
+                                           (2, "round 1's model")])
+def test_a_fused_result_that_decodes_to_garbage_aborts_the_client(nth: int, stage: str) -> None:
+    """A Fused whose polynomials are off by a uniform ring element (what a wrong share or
+    pad gives), properly signed by the aggregator, decodes to values far outside the
+    plausible range: the client aborts, naming the stage and the value, and tells the
+    aggregator, instead of using it (for the mask, then for round 1)."""
+    seen = itertools.count(1)
+
+    def hold(sender: str, recipient: str, kind: str, now: float) -> list[float]:
+        return [] if kind == "Fused" and recipient == "client1" and next(seen) == nth else [0.0]
+
+    net = Network(build_manifest(3, rounds=1), faults=hold)
+    client = net.clients["client1"]
+    net.start()
+
+    def fused_sent() -> list[bytes]:
+        return [data for _, kind, data in net.history if kind == "Fused"]
+
+    assert run_until(net, lambda: len(fused_sent()) == nth)
+    message = kind_of(net, fused_sent()[-1])
+    body = message.body
+    assert isinstance(body, Fused) and client.state in (
+        ClientState.MASK_UPLOADED, ClientState.MASK_DECRYPTING,
+        ClientState.UPDATE_UPLOADED, ClientState.ROUND_DECRYPTING)
+    context, rounding = client.context, ShareRounding.of(client.context)
+    key_id, length = client._keys.key_id, client._protected_length()
+    assert key_id is not None
+    fused = decode_polynomials(context, body.fused, PolynomialRole.FUSED, key_id=key_id,
+                               length=length)
+    levels = np.array([rounding.levels(q) for q in rounding.moduli], dtype=np.uint64)
+    noise = np.random.default_rng(nth).integers(0, levels[0], fused.shape, dtype=np.uint64)
+    tampered = (fused + noise % levels[None, :, None]) % levels[None, :, None]
+    frames = tuple(encode_polynomials(context, PolynomialRole.FUSED, key_id, length, tampered))
+    forged = resigned(net, message, AGGREGATOR, body=dataclasses.replace(body, fused=frames))
+    step = client.receive(forged, net.now)
+    (event,) = step.events
+    assert client.state is ClientState.ABORTED and isinstance(event, Aborted)
+    reason = event.reason
+    assert f"the fused result for {stage} is implausible: value" in reason
+    assert "is outside [" in reason and "misbehaving aggregator or client" in reason
+    assert [out.kind for out in step.sends] == ["Abort"] and client._keys.threshold_key is None
+
+
+def test_plausible_sums_pass_and_each_kind_of_garbage_is_named() -> None:
+    assert implausible(np.array([0.0, 0.5, 1.0 + 1e-9]), sensitivities=True,
+                       value_bound=16.0, error=1e-6) is None
+    assert implausible(np.array([-16.0, 16.0]), sensitivities=False, value_bound=16.0,
+                       error=0.0) is None
+    for bad, index in (([0.2, np.nan], 1), ([np.inf, 0.0], 0), ([0.0, -0.01], 1)):
+        problem = implausible(np.array(bad), sensitivities=True, value_bound=16.0, error=1e-3)
+        assert problem is not None and f"at index {index} (1 of 2 values)" in problem
+    problem = implausible(np.array([16.5]), sensitivities=False, value_bound=16.0, error=0.25)
+    assert problem == "value 16.5 at index 0 (1 of 1 values) is outside [-16.25, 16.25]"
 
 
 def walk(value: Any, seen: set[int] | None = None, depth: int = 0) -> list[Any]:

@@ -358,6 +358,29 @@ def test_mul_mod_matches_python_integers(bits: float, backend: str) -> None:
     ]
 
 
+@pytest.mark.parametrize("bits", [2, 31, 60, 61.999])
+def test_in_place_add_and_sub_match_python_integers(bits: float) -> None:
+    """add_mod_into and sub_mod_into on views of a (count, limbs, n) array, edges
+    included, give what Python's integers give and leave the operand as it was."""
+    q = ntt_prime(bits, 1) if bits > 2 else 3
+    rng = np.random.default_rng(int(bits * 1000) + 1)
+    edges = [0, 1, q - 1, q - 2 if q > 2 else 0]
+    a = rng.integers(0, q, (2, 3, 64), dtype=np.uint64)
+    b = rng.integers(0, q, (2, 3, 64), dtype=np.uint64)
+    a[0, 0, :16] = np.repeat(edges, 4)
+    b[0, 0, :16] = np.tile(edges, 4)
+    operand = b.copy()
+    for into, op in ((ntt.add_mod_into, int.__add__), (ntt.sub_mod_into, int.__sub__)):
+        total = a.copy()
+        into(total[:, 1], b[:, 1], q)  # a strided view: only that limb changes
+        expected = a.copy()
+        expected[:, 1] = np.array([op(x, y) % q for x, y in zip(
+            a[:, 1].ravel().tolist(), b[:, 1].ravel().tolist(), strict=True)],
+            dtype=np.uint64).reshape(2, 64)
+        assert np.array_equal(total, expected)
+        assert np.array_equal(b, operand)
+
+
 def test_bad_inputs_raise() -> None:
     q = ntt_prime(60, 16)
     tables = ntt.NttTables(16, q)

@@ -29,7 +29,7 @@ from threshold_fl.crypto import (
     threshold_params,
     wire,
 )
-from threshold_fl.crypto.noise import GaussianSampler
+from threshold_fl.crypto.noise import GaussianSampler, wipe
 from threshold_fl.crypto.ring import BlobKind
 from threshold_fl.crypto.shares import DecryptionPath, KeyLimbs
 from threshold_fl.errors import CryptoError, FrameError, ParameterError
@@ -299,8 +299,11 @@ def test_key_limbs_and_their_bytes_are_wiped(federation: Any) -> None:
         assert all(int(limb.max()) > 0 for limb in limbs)
     assert all(int(limb.max()) == 0 for limb in limbs)
     data = CONTEXT.serialize(federation.parties[0].secret.native)
-    shares._wipe_bytes(data)
+    wipe(data)
     assert data == bytes(len(data))
+    kept = b"x"  # a shared 1-byte object is left alone
+    wipe(kept)
+    assert kept == b"x"
 
 
 def test_single_key_decryption_reads_lazily_deserialised_ciphertexts() -> None:

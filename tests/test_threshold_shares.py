@@ -4,6 +4,8 @@ synchronised masks, a pad and deterministic full-width noise, blind fusion."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import math
 import os
@@ -16,12 +18,13 @@ import pytest
 from crypto_helpers import Federation, aggregate, encrypted_inputs, make_federation
 
 from threshold_fl.arrays import U64Array
-from threshold_fl.crypto import context_for, ntt, threshold_params
+from threshold_fl.crypto import context_for, lead_keygen, ntt, threshold_params
 from threshold_fl.crypto import threshold as th
 from threshold_fl.crypto.ring import BlobKind, RingBlob
 from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import KeyLimbs, centred, decode_sums
 from threshold_fl.errors import CryptoError, ParameterError
+from threshold_fl.sealing import keyed_check
 
 PARTIES, T = 5, 3
 CONTEXT = context_for(threshold_params(PARTIES))
@@ -166,6 +169,20 @@ def test_dealing_wipes_its_random_coefficients(federation: Federation,
     assert all(not array.any() for array in made)
 
 
+def test_secret_limbs_of_either_kind_name_themselves_and_are_zeros_after_use() -> None:
+    q = CONTEXT.ring.moduli[0]
+    with KeyLimbs(CONTEXT, lead_keygen(CONTEXT, 1).secret.native) as secret:
+        with pytest.raises(CryptoError, match="the secret key has no limb modulo 7"):
+            secret.limb(7)
+        assert secret.limb(q).any()
+    with th.ThresholdKey(1, {q: np.ones(N, dtype=np.uint64)}) as key:
+        assert key.limb(q).all()
+        with pytest.raises(CryptoError, match="the threshold key has no limb modulo 7"):
+            key.limb(7)
+    for limbs in (secret, key):
+        assert all(not limb.any() for limb in limbs.limbs.values())
+
+
 @pytest.mark.parametrize(("parties", "threshold"),
                          [(5, 2), (4, 2), (3, 4), (1, 1), (5, 0), (5, True)])
 def test_sharings_without_an_honest_majority_are_refused(parties: int, threshold: int) -> None:
@@ -293,6 +310,21 @@ def test_derived_keys_separate_labels_and_tuples() -> None:
     assert len(keys) == 4
     with pytest.raises(ParameterError, match="at least 16 bytes"):
         th.derive_key(b"short", "mask")
+
+
+def test_derived_keys_and_keyed_checks_keep_their_values() -> None:
+    """Both are sealing.keyed_mac now; the values parties derive must not change (known
+    answers from before, and the formulas spelled out with hmac)."""
+    secret, parts = bytes(range(32)), (b"ab", b"", b"c")
+    key = th.derive_key(secret, "mask", *parts)
+    assert key.hex() == "7ac83c682837d2e513998898110b6f62996cb324140104fc03422ef6b5af0ecf"
+    head = b"threshold-fl/mask"
+    assert key == hmac.new(secret, len(head).to_bytes(4, "big") + head + b"".join(
+        len(p).to_bytes(4, "big") + p for p in parts), hashlib.sha256).digest()
+    check = keyed_check(secret, "group-check", b"session", b"7")
+    assert check == "9423d78d0c530f77ef586972393fb886568f815e99489ee591a5c20037c3a520"
+    assert check == hmac.new(secret, b"group-check" + b"".join(
+        len(p).to_bytes(8, "big") + p for p in (b"session", b"7")), hashlib.sha256).hexdigest()
 
 
 @pytest.mark.parametrize(("members", "problem"), [

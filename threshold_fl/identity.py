@@ -71,9 +71,10 @@ def validate_party_id(value: object) -> PartyId:
     return PartyId(value)
 
 
-def length_prefixed(data: bytes) -> bytes:
-    """``data`` after its 4-byte length, so distinct tuples of fields never encode alike."""
-    return len(data).to_bytes(4, "big") + data
+def length_prefixed(data: bytes, width: int = 4) -> bytes:
+    """``data`` after its length (``width`` bytes, big-endian), so distinct tuples of
+    fields never encode alike."""
+    return len(data).to_bytes(width, "big") + data
 
 
 def _hkdf(ikm: bytes, *, salt: bytes | None, info: bytes) -> bytes:

@@ -37,6 +37,7 @@ from protocols import (
     KeyAuthorityMachine,
     Manifest,
     Mode,
+    Outgoing,
     PartyDropped,
     RoundCompleted,
     SensitivityNeeded,
@@ -116,6 +117,16 @@ class Offline:
     party: PartyId
 
 
+@dataclass(frozen=True)
+class Presence:
+    """The transport saw a party's connection end (its Last Will: not yet judged gone)
+    or come back (``Aggregator.party_unreachable`` / ``party_reachable``)."""
+
+    WORK: ClassVar[str] = "offline"
+    party: PartyId
+    online: bool
+
+
 @dataclass(frozen=True, eq=False)  # arrays have no plain equality
 class WorkDone:
     """The application's answer to a request of the client machine, as it returned it:
@@ -140,7 +151,7 @@ class UpdateReady(WorkDone):
 
 
 #: What ``_submit`` hands to the machine; each role takes its own kinds, passes the rest on.
-Submitted = Union[Leave, Offline, SensitivityReady, UpdateReady]  # noqa: UP007
+Submitted = Union[Leave, Offline, Presence, SensitivityReady, UpdateReady]  # noqa: UP007
 InboxItem = Union[Received, Closed, Failed, Submitted]  # noqa: UP007
 
 
@@ -182,6 +193,7 @@ class Node:
         clock: Callable[[], float] = time.monotonic,
         inbox_size: int = 256,
         on_event: Callable[[Event], None] | None = None,
+        on_send: Callable[[Outgoing], None] | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         if transport.party_id != machine.me:
@@ -194,6 +206,7 @@ class Node:
         self._clock = clock
         self._inbox: asyncio.Queue[InboxItem] = asyncio.Queue(maxsize=inbox_size)
         self._on_event = on_event
+        self._on_send = on_send  # sees each message just before it goes to the transport
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[SessionSummary] | None = None
         self.summary = SessionSummary(machine.me)
@@ -331,6 +344,8 @@ class Node:
         """Send what the machine produced, then hand its events to the application."""
         for outgoing in step.sends:
             self.summary.bytes_sent += len(outgoing.data) * len(outgoing.recipients)
+            if self._on_send is not None:
+                self._on_send(outgoing)
             try:
                 await self._transport.send(outgoing.recipients, outgoing.data)
             except TransportError as exc:
@@ -515,9 +530,24 @@ class Aggregator(Node):
         from the event loop while the node runs."""
         self._spawn(self._inbox.put(Offline(PartyId(party))), f"offline {party}")
 
+    def party_unreachable(self, party: str) -> None:
+        """Tell the aggregator that *party*'s connection ended (e.g. its MQTT Last Will)
+        before it is judged gone: a decryption set waiting for its share is replaced at
+        once.  Call it from the event loop while the node runs."""
+        self._spawn(self._inbox.put(Presence(PartyId(party), False)), f"unreachable {party}")
+
+    def party_reachable(self, party: str) -> None:
+        """*party*'s connection is back (its presence says online again)."""
+        self._spawn(self._inbox.put(Presence(PartyId(party), True)), f"reachable {party}")
+
     async def _submit(self, item: Submitted, now: float) -> Step:
         if isinstance(item, Offline):
             return self._aggregator.party_offline(item.party, now)
+        if isinstance(item, Presence) and item.online:
+            self._aggregator.party_reachable(item.party)
+            return Step()
+        if isinstance(item, Presence):
+            return self._aggregator.party_unreachable(item.party, now)
         return await super()._submit(item, now)
 
 

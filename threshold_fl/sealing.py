@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -44,7 +45,7 @@ from threshold_fl.identity import (
 
 __all__ = [
     "GROUP_KEY_SIZE", "NONCE_SIZE", "SEAL_VERSION",
-    "keyed_check", "open_from", "open_group", "random_nonce", "seal_for", "seal_group",
+    "keyed_check", "keyed_mac", "open_from", "open_group", "random_nonce", "seal_for", "seal_group",
 ]
 
 NONCE_SIZE = 12  # ChaCha20-Poly1305's nonce, for both kinds of seal
@@ -56,12 +57,20 @@ _TAG_SIZE = 16
 # ------------------------------------------------------------------ keyed checks
 
 
-def keyed_check(key: bytes, label: str, *parts: bytes) -> str:
-    """HMAC-SHA256 over length-prefixed parts: a value only key holders can compute."""
-    mac = hmac.new(key, label.encode(), hashlib.sha256)
+def keyed_mac(key: bytes, head: bytes, parts: Sequence[bytes], *, width: int = 4) -> bytes:
+    """HMAC-SHA256 under ``key`` of ``head`` then each part after its length (``width``
+    bytes), so distinct tuples of parts never give the same value.  Keyed checks and
+    threshold_fl.crypto's key derivations are both this, with their own heads."""
+    mac = hmac.new(key, head, hashlib.sha256)
     for part in parts:
-        mac.update(len(part).to_bytes(8, "big") + part)
-    return mac.hexdigest()
+        mac.update(length_prefixed(part, width))
+    return mac.digest()
+
+
+def keyed_check(key: bytes, label: str, *parts: bytes) -> str:
+    """A value only key holders can compute: :func:`keyed_mac` of the label, in hex (8-byte
+    lengths, as first deployed)."""
+    return keyed_mac(key, label.encode(), parts, width=8).hex()
 
 
 # ------------------------------------------------------------------ pairwise seals

@@ -29,6 +29,7 @@ class MqttOptions:
     inbox_limit: int = 1000  # complete messages waiting for receive(); beyond: dropped
     frame_queue_limit: int = 256  # frames read but not yet processed; beyond: dropped
     mqtt5: bool = False  # MQTT 3.1.1 by default; nothing here needs 5
+    tcp_nodelay: bool = True  # send small packets at once (no Nagle): see _new_client
     log_burst: int = 3  # refusals logged per claimed sender and reason per period; then
     log_period_s: float = 60.0  # counted, and summed up in one line per period
 

@@ -63,6 +63,7 @@ class DemoConfig:
     drop_at: str = "after-upload"
     drop_round: int = 1
     baseline: bool = True
+    save_models: bool = False  # each client saves each round's global model (models/<client>)
     broker: str | None = None
     out: Path = Path("demo-report")
 
@@ -156,6 +157,8 @@ class _Federation:
             argv += ["--report", str(self.directory / f"{party}.jsonl")]
         if role == "client":
             argv += ["--epochs", str(self.config.epochs)]
+            if self.config.save_models:
+                argv += ["--save-models", str(self.directory / "models" / party)]
             if self.clients.index(party) + 1 == self.config.drop_client:
                 argv += ["--drop-at", self.config.drop_at,
                          "--drop-round", str(self.config.drop_round)]

@@ -13,24 +13,39 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from protocols import ClientState, Manifest, Mode, Role
-from protocols.events import Event, RoundCompleted, UpdateNeeded
+from protocols import AggregatorMachine, ClientState, Manifest, Mode, Role
+from protocols.codec import decode_message
+from protocols.events import Event, Outgoing, RoundCompleted, UpdateNeeded
+from protocols.messages import DecryptRequest, Stage
 from threshold_fl.app.rounds import RoundRow
-from threshold_fl.errors import AuthenticationError, ParameterError, ThresholdFLError
+from threshold_fl.errors import (
+    AuthenticationError,
+    MessageRejected,
+    ParameterError,
+    ThresholdFLError,
+)
 from threshold_fl.identity import Identity, PartyId
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
+from transports import Transport
 from transports.broker import BrokerConfig
 from transports.mqtt import MqttOptions, MqttTransport
 
-__all__ = ["ClientPlan", "OfflineWatch", "client_learner", "mqtt_transport", "run_aggregator",
-           "run_client", "run_key_authority"]
+__all__ = ["CLIENT_FAULTS", "ClientPlan", "OfflineWatch", "client_learner", "mqtt_transport",
+           "run_aggregator", "run_client", "run_key_authority"]
 
-DROP_STAGES = ("keys", "mask", "before-upload", "after-upload")
+#: When ``--drop-at`` kills a client: during key agreement, before its sensitivity map,
+#: before or after its upload of round ``--drop-round``, or on receiving that round's
+#: DecryptRequest (a member of the decryption set, before its share is made).
+DROP_STAGES = ("keys", "mask", "before-upload", "after-upload", "decrypt")
+#: Client faults for tests: the drop stages, and "decrypt-frozen", which stops the process
+#: (SIGSTOP) on that DecryptRequest: its connection stays open, so the broker publishes
+#: its Last Will only after 1.5 keepalives.
+CLIENT_FAULTS = (*DROP_STAGES, "decrypt-frozen")
 #: A client seen offline this long (its MQTT Last Will, no reconnect) is dropped at once.
 PRESENCE_GRACE_S = 2.0
 
@@ -53,16 +68,32 @@ class OfflineWatch:
     A blip (a reconnect, a broker restart) is forgiven. While our own link is down, or
     only just back, we cannot tell a dead client from a dead broker, so the judgement
     waits until the link has been up for *grace_s* (retained presence is replayed then).
+    Before the judgement, an offline report heard while our link has been up that long
+    is passed on at once to *unreachable* (the aggregator replaces a decryption set
+    waiting for that client), and an online one to *reachable*.
     """
 
     def __init__(self, link: PresenceView, drop: Callable[[str], None],
-                 grace_s: float = PRESENCE_GRACE_S) -> None:
+                 grace_s: float = PRESENCE_GRACE_S, *,
+                 unreachable: Callable[[str], None] | None = None,
+                 reachable: Callable[[str], None] | None = None) -> None:
         self._link, self._drop, self._grace_s = link, drop, grace_s
+        self._unreachable, self._reachable = unreachable, reachable
         self._loop = asyncio.get_running_loop()
 
     def offline(self, party: str) -> None:
-        """The transport reports *party* offline: check again after the grace time."""
+        """The transport reports *party* offline: say so now if our link is settled, and
+        check again after the grace time."""
+        link = self._link
+        if self._unreachable is not None and not link.closed and (
+                party not in link.online_peers() and link.connected_for_s >= self._grace_s):
+            self._unreachable(party)
         self._loop.call_later(self._grace_s, self._check, party)
+
+    def online(self, party: str) -> None:
+        """The transport reports *party* online (again)."""
+        if self._reachable is not None:
+            self._reachable(party)
 
     def _check(self, party: str) -> None:
         link = self._link
@@ -131,6 +162,34 @@ class _RoundMeter:
         return row
 
 
+class _DecryptionMeter:
+    """The aggregator's joint decryption per round, from the messages it sends: seconds
+    from handing the first DecryptRequest to the transport to handing over the Fused
+    broadcast, and how many decryption sets (attempts) were asked in between."""
+
+    def __init__(self, attempt: Callable[[], int]) -> None:
+        self.attempt = attempt  # the machine's current attempt number
+        self.started: float | None = None
+        self.seconds: float | None = None
+        self.attempts: set[int] = set()
+
+    def sent(self, outgoing: Outgoing) -> None:
+        if outgoing.kind == "DecryptRequest":
+            if self.started is None or self.seconds is not None:  # a new decryption
+                self.started, self.seconds, self.attempts = time.perf_counter(), None, set()
+            self.attempts.add(self.attempt())
+        elif outgoing.kind == "Fused" and self.started is not None and self.seconds is None:
+            self.seconds = time.perf_counter() - self.started
+
+    def take(self) -> dict[str, Any]:
+        """The row's fields for the decryption that just ended (none if there was none)."""
+        figures: dict[str, Any] = {}
+        if self.seconds is not None:
+            figures = {"decryption_s": self.seconds, "attempts": len(self.attempts)}
+        self.started, self.seconds, self.attempts = None, None, set()
+        return figures
+
+
 async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerConfig,
                          *, options: MqttOptions | None = None, report: Path | None = None,
                          say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -140,7 +199,11 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
     early: list[str] = []  # offline before the watch exists (retained presence at connect)
 
     def on_presence(party: str, online: bool) -> None:
-        if not online and party in manifest.client_ids:
+        if party not in manifest.client_ids:
+            return
+        if watch is not None and online:
+            watch.online(party)
+        elif not online:
             if watch is None:
                 early.append(party)
             else:
@@ -149,21 +212,29 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
     async with mqtt_transport(manifest, identity, broker, options, on_presence) as link:
         meter = _RoundMeter(str(identity.party_id), link, say, report)
 
+        def attempt() -> int:
+            assert isinstance(aggregator.machine, AggregatorMachine)
+            return aggregator.machine.step[3]
+
+        decryption = _DecryptionMeter(attempt)
+
         def on_event(event: Event) -> None:
             if isinstance(event, RoundCompleted):
                 compute_s = aggregator.summary.compute_s
                 meter.row(event.round, compute_s,
                           {"aggregate": meter.spent(compute_s, "receive")},
-                          contributors=len(event.contributors))
+                          contributors=len(event.contributors), **decryption.take())
 
         say(_connected(manifest, identity, broker))
-        aggregator = Aggregator(manifest, identity, link, on_event=on_event, progress=say)
+        aggregator = Aggregator(manifest, identity, link, on_event=on_event,
+                                on_send=decryption.sent, progress=say)
 
         def drop(party: str) -> None:
             say(f"aggregator: {party} went offline")
             aggregator.party_offline(party)
 
-        watch = OfflineWatch(link, drop)
+        watch = OfflineWatch(link, drop, unreachable=aggregator.party_unreachable,
+                             reachable=aggregator.party_reachable)
         for party in early:
             watch.offline(party)
         summary = await aggregator.run()
@@ -201,8 +272,9 @@ class ClientPlan:
     drop_round: int = 1
 
     def __post_init__(self) -> None:
-        if self.drop_at is not None and self.drop_at not in DROP_STAGES:
-            raise ParameterError(f"drop stage must be one of {DROP_STAGES}, got {self.drop_at!r}")
+        if self.drop_at is not None and self.drop_at not in CLIENT_FAULTS:
+            raise ParameterError(f"drop stage must be one of {CLIENT_FAULTS}, got "
+                                 f"{self.drop_at!r}")
 
 
 def client_learner(manifest: Manifest, party: PartyId, plan: ClientPlan) -> tuple[Any, Any]:
@@ -270,6 +342,43 @@ class _ClientRun:
         _die()
 
 
+class _DyingLink:
+    """A client's link that kills the process (or, *frozen*, stops it) when the
+    DecryptRequest of *round_* arrives, before the client makes its share (``--drop-at
+    decrypt``, ``decrypt-frozen``): the aggregator hears of it only through the broker's
+    Last Will."""
+
+    def __init__(self, link: Transport, manifest: Manifest, round_: int, *,
+                 frozen: bool = False) -> None:
+        self._link, self._directory, self._round = link, manifest.directory, round_
+        self._frozen = frozen
+
+    @property
+    def party_id(self) -> str:
+        return self._link.party_id
+
+    async def send(self, recipients: Sequence[str], data: bytes) -> None:
+        await self._link.send(recipients, data)
+
+    async def receive(self) -> bytes:
+        data = await self._link.receive()
+        try:
+            message = decode_message(data, self._directory)
+        except MessageRejected:
+            return data  # the node refuses it as usual
+        header = message.header
+        if isinstance(message.body, DecryptRequest) and header.stage is Stage.ROUND and (
+                header.round == self._round):
+            if self._frozen:
+                os.kill(os.getpid(), signal.SIGSTOP)  # hangs like a frozen machine
+            else:
+                _die()
+        return data
+
+    async def close(self) -> None:
+        await self._link.close()
+
+
 def _save_model(directory: Path, round_: int, model: Any) -> None:
     import numpy as np
 
@@ -297,7 +406,11 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
         say(_connected(manifest, identity, broker))
         run = _ClientRun(plan, link)
         meter = _RoundMeter(str(identity.party_id), link, say, report)
-        client = learner_client(manifest, identity, link, learner, on_event=run.on_event,
+        transport: Transport = link
+        if plan.drop_at in ("decrypt", "decrypt-frozen"):
+            transport = _DyingLink(link, manifest, plan.drop_round,
+                                   frozen=plan.drop_at == "decrypt-frozen")
+        client = learner_client(manifest, identity, transport, learner, on_event=run.on_event,
                                 after_training=run.trained,
                                 before_sensitivity=run.before_sensitivity, progress=say)
         if plan.drop_at == "keys":

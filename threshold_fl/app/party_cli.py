@@ -30,7 +30,7 @@ from pathlib import Path
 from protocols import Manifest
 from threshold_fl._checks import bounded
 from threshold_fl.app.party import (
-    DROP_STAGES,
+    CLIENT_FAULTS,
     ClientPlan,
     load_party,
     run_aggregator,
@@ -191,8 +191,9 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     _report_option(parser)
     parser.add_argument("--save-models", type=Path, default=None, metavar="DIR",
                         help="save each round's global model in DIR as global-round-N.npy")
-    parser.add_argument("--drop-at", choices=DROP_STAGES, default=None,
-                        help="testing: kill this process (SIGKILL) at this stage")
+    parser.add_argument("--drop-at", choices=CLIENT_FAULTS, default=None,
+                        help="testing: kill this process (SIGKILL) at this stage; "
+                             "decrypt-frozen stops it (SIGSTOP) instead")
     parser.add_argument("--drop-round", type=bounded(int, 1), default=1)
     args = parser.parse_args(argv)
 

@@ -36,7 +36,10 @@ STAGES = ("train", "encrypt", "aggregate", "decrypt")
 class RoundRow:
     """One round as *party* saw it.  ``seconds`` is wall-clock since the previous row
     (round 1: since the session began, so it includes key and mask agreement);
-    ``bytes_sent``/``bytes_received`` likewise."""
+    ``bytes_sent``/``bytes_received`` likewise.  The aggregator's rows in threshold mode
+    also carry the joint decryption: ``decryption_s`` from handing the first
+    DecryptRequest to the transport to handing over the Fused broadcast, and
+    ``attempts``, how many decryption sets were asked."""
 
     party: str
     round: int
@@ -48,6 +51,8 @@ class RoundRow:
     loss: float | None = None
     encrypted_fraction: float | None = None
     contributors: int | None = None
+    decryption_s: float | None = None
+    attempts: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.party, str) or not self.party:
@@ -68,6 +73,10 @@ class RoundRow:
             _check_number(self.loss, "loss")
         if self.contributors is not None:
             _check_number(self.contributors, "contributors", integer=True)
+        if self.decryption_s is not None:
+            _check_number(self.decryption_s, "decryption_s")
+        if self.attempts is not None:
+            _check_number(self.attempts, "attempts", integer=True, minimum=1)
 
     def line(self) -> str:
         """The table row under :func:`header`."""
@@ -142,7 +151,8 @@ def read_rows(path: Path) -> list[RoundRow]:
 def combine_rows(party: str, rows: Iterable[RoundRow]) -> RoundRow:
     """One federation-wide row from the parties' rows of one round: bytes add up, each
     stage takes its slowest party (they run in parallel), accuracy and loss come from
-    the first row that has them (every client decrypts the same global model).  The
+    the first row that has them (every client decrypts the same global model), the
+    decryption step from the aggregator's.  The
     round's seconds are the shortest party's: round 1 as the last party to be ready
     saw it, which leaves out the other processes' start-up."""
     rows = list(rows)
@@ -154,12 +164,15 @@ def combine_rows(party: str, rows: Iterable[RoundRow]) -> RoundRow:
             stage_s[stage] = max(stage_s.get(stage, 0.0), seconds)
     scored = next((row for row in rows if row.accuracy is not None), None)
     contributors = [row.contributors for row in rows if row.contributors is not None]
+    decrypting = next((row for row in rows if row.attempts is not None), None)
     return RoundRow(
         party, rows[0].round, min(row.seconds for row in rows),
         sum(row.bytes_sent for row in rows), sum(row.bytes_received for row in rows), stage_s,
         accuracy=scored.accuracy if scored else None, loss=scored.loss if scored else None,
         encrypted_fraction=scored.encrypted_fraction if scored else None,
-        contributors=contributors[0] if contributors else None)
+        contributors=contributors[0] if contributors else None,
+        decryption_s=decrypting.decryption_s if decrypting else None,
+        attempts=decrypting.attempts if decrypting else None)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """``threshold-fl bench SUITE``: benchmarks that print their figures and write them as
 markdown, JSON and PNG under one output folder (with the machine they ran on).
 
-``threshold-fl bench all`` runs every suite but ``crypto`` into one folder
+``threshold-fl bench all`` runs every suite but ``crypto`` and ``dropout`` into one folder
 (``make bench``).  Suites:
 
 - ``peers``: our encrypted FedAvg round next to NVIDIA FLARE's (TenSEAL, FLARE's
@@ -14,6 +14,8 @@ markdown, JSON and PNG under one output folder (with the machine they ran on).
   50), and 2 to 200 clients per role (Figure 14a);
 - ``threshold``: single-key vs threshold N = 2, 3, 5, 10 and noise flooding (Figure 12);
 - ``e2e``: the multi-process MQTT demo per mode;
+- ``dropout``: the MQTT demo's joint decryption with a member of the set killed, against
+  none (not in ``all``);
 - ``crypto``: the older single-key vs threshold microbenchmark.
 
 Results, and how they were made, are in docs/benchmarks.md.
@@ -47,6 +49,8 @@ SUITES: dict[str, tuple[str, str]] = {
                   "single-key vs threshold N = 2, 3, 5, 10, and noise flooding's cost"),
     "e2e": ("threshold_fl.bench.e2e:main",
             "the MQTT demo per mode: wall-clock per round, bytes on the wire"),
+    "dropout": ("threshold_fl.bench.dropout:main",
+                "decryption latency with a member of the set killed vs none (MQTT demo)"),
 }
 
 

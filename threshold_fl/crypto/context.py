@@ -150,6 +150,12 @@ class CkksContext:
         """
         return 1 if self.params.scaling_technique is ScalingTechnique.FIXED_MANUAL else 0
 
+    @property
+    def aggregate_moduli(self) -> tuple[int, ...]:
+        """The moduli of an upload's (and so an aggregate's) limbs: those ``upload_level``
+        leaves."""
+        return tuple(self.ring.moduli[: self.ring.limbs - self.upload_level])
+
     def encrypt_upload(self, public_key: Any, values: FloatArray) -> Any:
         """Encrypt up to ``values_per_ciphertext`` normalised reals at ``upload_level``."""
         if self.upload_level == 0:

@@ -221,7 +221,7 @@ def _two_limbs(context: CkksContext, key: U64Array, plain: _Plaintext,
         for element, noise in enumerate((rand.e0, rand.e1)):
             term = _mod(noise, q)
             if element == 0:
-                term = ntt.add_mod(term, message, q)
+                ntt.add_mod_into(term, message, q)  # in place: the noise is not left behind
             product, spread = ntt.mul_mod(key[element, limb], v, q), tables.forward(term)
             out[element, limb] = ntt.add_mod(product, spread, q)
             for temporary in (term, product, spread):

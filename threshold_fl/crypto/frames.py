@@ -75,7 +75,8 @@ class Frame:
 
 
 def encode_frame(
-    kind: FrameKind, fingerprint: str, metadata: dict[str, Any], parts: Sequence[bytes] = ()
+    kind: FrameKind, fingerprint: str, metadata: dict[str, Any],
+    parts: Sequence[bytes | bytearray] = (),
 ) -> bytes:
     if kind in _RETIRED:
         raise ParameterError(f"frame kind {int(kind)} ({kind.name}) is retired; never send it")
@@ -162,7 +163,7 @@ def _check_header(magic: bytes, version: int, kind: int, flags: int, expected: F
         raise FrameError(f"unknown frame flags {flags:#x}")
 
 
-def _digest(head: bytes, meta: bytes, parts: Sequence[bytes]) -> bytes:
+def _digest(head: bytes, meta: bytes, parts: Sequence[bytes | bytearray]) -> bytes:
     digest = hashlib.sha256(b"threshold-fl/frame/v1\0")
     for chunk in (head, meta, *parts):
         digest.update(chunk)

@@ -19,6 +19,7 @@ still resolved to about 2^-18 of an integer, so every low bit is restored.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import warnings
@@ -65,14 +66,21 @@ _SHIFT11, _SHIFT61, _SHIFT62, _SHIFT63 = (np.uint64(k) for k in (11, 61, 62, 63)
 _ONE = np.uint64(1)
 
 
-def wipe(array: npt.NDArray[np.generic] | bytearray) -> None:
+def wipe(array: npt.NDArray[np.generic] | bytearray | bytes) -> None:
     """Overwrite a buffer holding secret values (noise before it is added) with zeros.
 
     Best effort: copies made by numpy temporaries or the garbage collector are
     out of reach, so callers should keep secret arrays few and wipe each after use.
+    Python's bytes are immutable, so a bytes object is overwritten through ctypes: pass
+    only a fresh one that nothing else refers to (what a serialiser, a decryption or a
+    parser just made), never a literal or one that is kept.
     """
     if isinstance(array, bytearray):
         array[:] = bytes(len(array))
+    elif isinstance(array, bytes):
+        address = ctypes.cast(ctypes.c_char_p(array), ctypes.c_void_p).value
+        if len(array) > 1 and address is not None:  # b"" and 1-byte objects are shared
+            ctypes.memset(address, 0, len(array))
     else:
         array.fill(0)
 

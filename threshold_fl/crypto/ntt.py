@@ -51,6 +51,7 @@ __all__ = [
     "root_of_unity",
     "shoup_precompute",
     "sub_mod",
+    "sub_mod_into",
     "tables_for",
 ]
 
@@ -553,11 +554,28 @@ def add_mod(a: U64Array, b: U64Array, q: int) -> U64Array:
 
 def add_mod_into(total: U64Array, addend: U64Array, q: int) -> None:
     """total = total + addend mod q in place, for arrays (or views) of any shape whose
-    entries are below q.  It makes one temporary of total's size: call it per limb of a
-    ciphertext, not on a whole vector (fresh large buffers cost page faults)."""
-    modulus = np.uint64(q)
+    entries are below q.  Its one temporary, of total's size, is zeroed before it is
+    freed (the values may be secret): call it per limb of a ciphertext, not on a whole
+    vector (fresh large buffers cost page faults)."""
     np.add(total, addend, out=total)  # both below q < 2^62: no overflow
-    np.minimum(total, total - modulus, out=total)  # below q, total - q wraps above total
+    _reduce_once_into(total, np.empty_like(total), np.uint64(q))
+
+
+def sub_mod_into(total: U64Array, subtrahend: U64Array, q: int) -> None:
+    """total = total - subtrahend mod q in place, as :func:`add_mod_into` (whose notes
+    apply): one temporary, zeroed before it is freed."""
+    modulus = np.uint64(q)
+    scratch = np.subtract(modulus, subtrahend)  # q - b in (0, q]
+    np.add(total, scratch, out=total)  # a + q - b in (0, 2q)
+    _reduce_once_into(total, scratch, modulus)
+
+
+def _reduce_once_into(total: U64Array, scratch: U64Array, modulus: np.uint64) -> None:
+    """Values below 2q -> below q, in place; then zero the scratch (noise.wipe, which
+    this module cannot import)."""
+    np.subtract(total, modulus, out=scratch)
+    np.minimum(total, scratch, out=total)  # below q, total - q wraps above total
+    scratch.fill(0)
 
 
 def sub_mod(a: U64Array, b: U64Array, q: int) -> U64Array:

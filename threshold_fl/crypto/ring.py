@@ -33,6 +33,7 @@ from threshold_fl.crypto.ring_layout import (
     Role,
     Walker,
     check_coefficients,
+    coefficient_runs,
 )
 from threshold_fl.errors import CryptoError, FrameError, ParameterError
 
@@ -104,8 +105,8 @@ class RingTemplate:
         key = (kind, len(data) if isinstance(data, bytes) else -1)
         for layout in self.layouts.get(key, ()):
             if layout.matches(data, self.ring_dimension):
-                check_coefficients(data, layout.regions, self.ring_dimension,
-                                   layout.summary.kind)
+                check_coefficients(coefficient_runs(data, layout.regions, self.ring_dimension),
+                                   layout.summary.kind.value)
                 return layout
         walk = Walker(self, data, kind)
         walk.run()

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
@@ -44,12 +44,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
+from threshold_fl.arrays import U64Array
 from threshold_fl.errors import FrameError, ParameterError
 
 if TYPE_CHECKING:
     from threshold_fl.crypto.ring import RingTemplate
 
-__all__ = ["BlobKind", "BlobSummary", "Kinds", "Outer", "Walker", "check_coefficients"]
+__all__ = ["BlobKind", "BlobSummary", "Kinds", "Outer", "Walker", "check_coefficients",
+           "coefficient_runs"]
 
 _EXACT_TYPE = 0x40000000  # cereal: a polymorphic pointer of exactly its static type
 _NEW = 0x80000000  # cereal: first occurrence of a shared pointer, content follows
@@ -354,7 +356,8 @@ class Walker:
     # -- results ------------------------------------------------------------------------
     def check_coefficients(self) -> None:
         """Every coefficient below its limb's modulus: one numpy reduction per limb."""
-        check_coefficients(self.data, self.regions, self.t.ring_dimension, self.kind)
+        check_coefficients(coefficient_runs(self.data, self.regions, self.t.ring_dimension),
+                           self.kind.value)
 
     def summary(self) -> BlobSummary:
         return BlobSummary(
@@ -365,18 +368,25 @@ class Walker:
         )
 
 
-def check_coefficients(data: bytes, regions: Sequence[tuple[int, int]], n: int,
-                       kind: BlobKind) -> None:
-    """Raise FrameError unless every coefficient run holds values below its modulus."""
-    for offset, modulus in regions:
-        view = np.frombuffer(data, dtype="<u8", count=n, offset=offset)
-        if int(view.max()) >= modulus:
-            index = int(np.argmax(view >= np.uint64(modulus)))
+def check_coefficients(runs: Iterable[tuple[U64Array, int, int]], what: str) -> None:
+    """Raise FrameError unless every run of coefficients lies below its modulus: one
+    numpy reduction per run.  A run is (its values, 1-D; its modulus; the byte offset of
+    its first value in the bytes the message names), for OpenFHE blobs and our frames."""
+    for values, modulus, offset in runs:
+        if values.size and int(values.max()) >= modulus:
+            index = int(np.argmax(values >= np.uint64(modulus)))
             raise FrameError(
-                f"malformed {kind.value}: coefficient (not below its modulus) at byte "
-                f"{offset + 8 * index}: expected < {modulus}, found {int(view[index])}; the "
-                "sender's OpenFHE bytes are corrupt or forged, discard them"
+                f"malformed {what}: coefficient (not below its modulus) at byte "
+                f"{offset + 8 * index}: expected < {modulus}, found {int(values[index])}; the "
+                "sender's bytes are corrupt or forged, discard them"
             )
+
+
+def coefficient_runs(data: bytes, regions: Sequence[tuple[int, int]], n: int
+                     ) -> Iterator[tuple[U64Array, int, int]]:
+    """A blob's coefficient runs, from its (offset, modulus) regions, to check."""
+    for offset, modulus in regions:
+        yield np.frombuffer(data, dtype="<u8", count=n, offset=offset), modulus, offset
 
 
 @lru_cache(maxsize=64)

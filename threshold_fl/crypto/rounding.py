@@ -48,7 +48,7 @@ class ShareRounding:
 
     @classmethod
     def of(cls, context: CkksContext) -> ShareRounding:
-        moduli = tuple(context.ring.moduli[: context.ring.limbs - context.upload_level])
+        moduli = context.aggregate_moduli
         return cls(moduli, context.params.share_rounding_bits() if len(moduli) == 1 else 0)
 
     @property

@@ -21,14 +21,13 @@ own ``MultipartyDecryptLead/Main`` instead, for comparison or as a way out.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +44,7 @@ __all__ = [
     "DecryptionPath",
     "KeyLimbs",
     "RingKit",
+    "SecretLimbs",
     "centred",
     "coefficients_of",
     "decode_sums",
@@ -98,48 +98,44 @@ def default_path() -> DecryptionPath:
 
 
 # -- key material --------------------------------------------------------------------
-class KeyLimbs:
-    """A secret key share's limbs by modulus, copied out of OpenFHE; wipe after use.
+_Limbs = TypeVar("_Limbs", bound="SecretLimbs")
 
-    Use as a context manager: the limbs and the serialised bytes they came from are
-    zeroed on exit (best effort: OpenFHE's own copy is OpenFHE's).
-    """
 
-    def __init__(self, context: CkksContext, secret_native: Any) -> None:
-        data = context.serialize(secret_native)
-        try:
-            blob = context.ring.parse(data, BlobKind.SECRET_KEY)
-        finally:
-            _wipe_bytes(data)
-        self._blob = blob
-        self.limbs = {q: blob.elements[0, index] for index, q in enumerate(blob.summary.moduli)}
+class SecretLimbs:
+    """Secret ring limbs by modulus (evaluation form): wipe after use, or use as a context
+    manager (zeroed on exit)."""
 
-    def __enter__(self) -> KeyLimbs:
+    limbs: dict[int, U64Array]
+    NAME: ClassVar[str] = "the secret key"  # what the errors call it
+
+    def __enter__(self: _Limbs) -> _Limbs:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.wipe()
 
     def wipe(self) -> None:
-        self._blob.wipe()
+        for limb in self.limbs.values():
+            wipe(limb)
 
     def limb(self, q: int) -> U64Array:
         try:
-            limb: U64Array = self.limbs[q]
+            return self.limbs[q]
         except KeyError:
-            raise CryptoError(f"the secret key has no limb modulo {q}") from None
-        return limb
+            raise CryptoError(f"{self.NAME} has no limb modulo {q}") from None
 
 
-def _wipe_bytes(data: bytes) -> None:
-    """Zero a bytes object's buffer in place (it held a serialised secret key).
+class KeyLimbs(SecretLimbs):
+    """A secret key share's limbs by modulus, copied out of OpenFHE; the serialised bytes
+    they came from are zeroed at once (best effort: OpenFHE's own copy is OpenFHE's)."""
 
-    Python bytes are immutable, but this one is a fresh, private object from OpenFHE's
-    serialiser that nothing else refers to; ctypes writes over its buffer.
-    """
-    address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
-    if data and address is not None:
-        ctypes.memset(address, 0, len(data))
+    def __init__(self, context: CkksContext, secret_native: Any) -> None:
+        data = context.serialize(secret_native)
+        try:
+            blob = context.ring.parse(data, BlobKind.SECRET_KEY)
+        finally:
+            wipe(data)  # a fresh object from OpenFHE's serialiser: nothing else has it
+        self.limbs = {q: blob.elements[0, index] for index, q in enumerate(blob.summary.moduli)}
 
 
 # -- shares --------------------------------------------------------------------------
@@ -198,12 +194,14 @@ def _share_limb(addend: U64Array, c1: U64Array, s: U64Array, signed: npt.NDArray
                 q: int, *, add: bool) -> U64Array:
     noise = reduce_mod(signed, [q])[0]
     tables = ntt.tables_for(s.size, q)
-    product = ntt.mul_mod(c1, s, q)  # c1 * s alone would give s away: wiped below
+    share = ntt.mul_mod(c1, s, q)  # c1 * s alone would give s away: flooded in place
     flood = tables.forward(noise)
-    share = ntt.add_mod(product, flood, q)
-    for temporary in (product, flood, noise):
+    ntt.add_mod_into(share, flood, q)
+    for temporary in (flood, noise):
         wipe(temporary)
-    return ntt.add_mod(share, addend, q) if add else share
+    if add:
+        ntt.add_mod_into(share, addend, q)
+    return share
 
 
 def openfhe_shares(
@@ -224,7 +222,7 @@ def _limbs_of(context: CkksContext, blobs: Sequence[RingBlob]) -> int:
     limbs = {len(blob.summary.moduli) for blob in blobs}
     if len(limbs) > 1:
         raise FrameError(f"the ciphertexts of one vector have different limb counts {limbs}")
-    return limbs.pop() if limbs else context.ring.limbs - context.upload_level
+    return limbs.pop() if limbs else len(context.aggregate_moduli)
 
 
 # -- fusion --------------------------------------------------------------------------
@@ -332,13 +330,14 @@ class _Probe:
     openfhe_lead: RingBlob  # OpenFHE's lead share: also the layout our shares are written in
 
 
-_PROBES: dict[str, tuple[CkksContext, _Probe]] = {}
+#: By fingerprint: one context per fingerprint, never evicted (context_for).
+_PROBES: dict[str, _Probe] = {}
 
 
 def _probe(context: CkksContext) -> _Probe:
     cached = _PROBES.get(context.fingerprint)
-    if cached is not None and cached[0] is context:
-        return cached[1]
+    if cached is not None:
+        return cached
     # Local import: keys imports this module's neighbours.
     from threshold_fl.crypto.keys import combine_public_shares, lead_keygen, member_keygen
 
@@ -352,7 +351,7 @@ def _probe(context: CkksContext) -> _Probe:
     probe = _Probe(values, context.ring.parse(context.serialize(native), BlobKind.CIPHERTEXT),
                    (lead.secret.native, member.secret.native),
                    context.ring.parse(context.serialize(share), BlobKind.DECRYPTION_SHARE))
-    _PROBES[context.fingerprint] = (context, probe)
+    _PROBES[context.fingerprint] = probe
     return probe
 
 
@@ -381,7 +380,8 @@ class RingKit:
 
 Kit = TypeVar("Kit")
 _SELF_TEST_LOCK = threading.RLock()  # a kit's self-test may use another kit
-KitCache = dict[str, tuple[CkksContext, Any]]  # fingerprint -> (context, kit or failure)
+#: fingerprint -> kit or failure; one context per fingerprint, never evicted (context_for)
+KitCache = dict[str, Any]
 
 
 def self_tested(cache: KitCache, context: CkksContext,
@@ -390,15 +390,15 @@ def self_tested(cache: KitCache, context: CkksContext,
     kept and raised again, so a broken path is not re-tested on every call."""
     with _SELF_TEST_LOCK:  # OpenFHE's global state is not thread-safe: one at a time
         cached = cache.get(context.fingerprint)
-        if cached is None or cached[0] is not context:
+        if cached is None:
             try:
-                cached = (context, build(context))
+                cached = build(context)
             except CryptoError as failure:
-                cached = (context, failure)
+                cached = failure
             cache[context.fingerprint] = cached
-    if isinstance(cached[1], CryptoError):
-        raise CryptoError(str(cached[1]))
-    kit: Kit = cached[1]
+    if isinstance(cached, CryptoError):
+        raise CryptoError(str(cached))
+    kit: Kit = cached
     return kit
 
 

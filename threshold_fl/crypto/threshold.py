@@ -33,12 +33,11 @@ against OpenFHE's keys and encryption once per context.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -47,10 +46,17 @@ from threshold_fl.crypto import ntt
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.noise import KEY_BYTES, AesCtrStream, GaussianSampler, wipe
 from threshold_fl.crypto.rounding import ShareRounding
-from threshold_fl.crypto.shares import KeyLimbs, decode_sums, self_tested
-from threshold_fl.crypto.vectors import EncryptedVector
+from threshold_fl.crypto.shares import (
+    KeyLimbs,
+    KitCache,
+    SecretLimbs,
+    decode_sums,
+    self_tested,
+)
+from threshold_fl.crypto.vectors import EncryptedVector, rings_of
 from threshold_fl.errors import CryptoError, ParameterError
 from threshold_fl.identity import length_prefixed
+from threshold_fl.sealing import keyed_mac
 
 __all__ = [
     "DecryptionSet",
@@ -79,10 +85,7 @@ def derive_key(secret: bytes, label: str, *parts: bytes) -> bytes:
     parts under *secret*, so distinct tuples never give the same key."""
     if not isinstance(secret, bytes) or len(secret) < 16:
         raise ParameterError("a key derivation secret must be at least 16 bytes")
-    mac = hmac.new(secret, length_prefixed(f"threshold-fl/{label}".encode()), hashlib.sha256)
-    for part in parts:
-        mac.update(length_prefixed(part))
-    return mac.digest()
+    return keyed_mac(secret, length_prefixed(f"threshold-fl/{label}".encode()), parts)
 
 
 def uniform_limbs(key: bytes, moduli: Sequence[int], n: int) -> U64Array:
@@ -109,28 +112,12 @@ def uniform_limbs(key: bytes, moduli: Sequence[int], n: int) -> U64Array:
 
 # -- Shamir sharing of a key, Lagrange weights -------------------------------------------------
 @dataclass(eq=False)
-class ThresholdKey:
-    """Party ``index``'s share k_j of the joint secret, by modulus (evaluation form);
-    wipe after use (or use as a context manager)."""
+class ThresholdKey(SecretLimbs):
+    """Party ``index``'s share k_j of the joint secret, by modulus (evaluation form)."""
 
     index: int
     limbs: dict[int, U64Array]
-
-    def __enter__(self) -> ThresholdKey:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.wipe()
-
-    def wipe(self) -> None:
-        for limb in self.limbs.values():
-            wipe(limb)
-
-    def limb(self, q: int) -> U64Array:
-        try:
-            return self.limbs[q]
-        except KeyError:
-            raise CryptoError(f"the threshold key has no limb modulo {q}") from None
+    NAME: ClassVar[str] = "the threshold key"
 
 
 def _check_sharing(parties: int, threshold: int) -> None:
@@ -142,7 +129,7 @@ def _check_sharing(parties: int, threshold: int) -> None:
                              f"N/2 < t <= N, got N={parties}, t={threshold}")
 
 
-def deal(key: KeyLimbs | ThresholdKey, parties: int, threshold: int, *,
+def deal(key: SecretLimbs, parties: int, threshold: int, *,
          seed: bytes | None = None) -> dict[int, dict[int, U64Array]]:
     """Shamir shares f(1), ..., f(N) of a key, limb by limb: holder -> modulus -> limb.
 
@@ -170,12 +157,12 @@ def _evaluate(constant: U64Array, coefficients: Sequence[U64Array], x: int, q: i
     point: U64Array = np.full(constant.size, x, dtype=np.uint64)
     value: U64Array = np.zeros(constant.size, dtype=np.uint64)
     for coefficient in reversed(coefficients):
-        product = ntt.mul_mod(ntt.add_mod(value, coefficient, q), point, q)
+        ntt.add_mod_into(value, coefficient, q)  # in place: no sum left unwiped
+        product = ntt.mul_mod(value, point, q)
         wipe(value)
         value = product
-    total = ntt.add_mod(value, constant, q)
-    wipe(value)
-    return total
+    ntt.add_mod_into(value, constant, q)
+    return value
 
 
 def threshold_key(index: int, held: Sequence[Mapping[int, U64Array]]) -> ThresholdKey:
@@ -269,7 +256,7 @@ def mask_limbs(dset: DecryptionSet, index: int, pair_keys: Mapping[int, bytes],
             if index < other:
                 ntt.add_mod_into(total[limb], stream[limb], q)
             else:
-                total[limb] = ntt.sub_mod(total[limb], stream[limb], q)
+                ntt.sub_mod_into(total[limb], stream[limb], q)
         wipe(stream)
     return total
 
@@ -325,14 +312,11 @@ def ring_parts(context: CkksContext, vector: EncryptedVector
                ) -> tuple[U64Array, U64Array, tuple[int, ...]]:
     """An aggregate's c0 and c1 parts, each (count, limbs, n), and their moduli: c1 is
     what the members of a decryption set get, c0 what the aggregator keeps."""
-    from threshold_fl.crypto.ring import BlobKind
-
-    rings = vector.rings or [context.ring.parse(CkksContext.serialize(c), BlobKind.CIPHERTEXT)
-                             for c in vector.ciphertexts]
+    rings = rings_of(context, vector)
     if not rings:
-        limbs = context.ring.limbs - context.upload_level
-        empty = np.empty((0, limbs, context.ring.ring_dimension), dtype=np.uint64)
-        return empty, empty.copy(), tuple(context.ring.moduli[:limbs])
+        moduli = context.aggregate_moduli
+        empty = np.empty((0, len(moduli), context.ring.ring_dimension), dtype=np.uint64)
+        return empty, empty.copy(), moduli
     c0 = np.stack([ring.elements[0] for ring in rings])
     c1 = np.stack([ring.elements[1] for ring in rings])
     return c0, c1, tuple(rings[0].summary.moduli)
@@ -349,11 +333,11 @@ def unpad(fused: U64Array, group_key: bytes, dset: DecryptionSet, attempt: int,
           rounding: ShareRounding) -> U64Array:
     """m + e in coefficient form from the broadcast fused polynomials: the pad removed,
     ready to decode (``decode_sums(..., coefficients=True)``)."""
-    out = np.empty_like(fused)
+    out = rounding.lifted(fused)
     for index in range(fused.shape[0]):
         pad = pad_limbs(group_key, dset, attempt, index, rounding.moduli, fused.shape[2])
         for limb, q in enumerate(rounding.moduli):
-            out[index, limb] = ntt.sub_mod(rounding.lift(fused[index, limb], q), pad[limb], q)
+            ntt.sub_mod_into(out[index, limb], pad[limb], q)  # no temporary of the pad left
         wipe(pad)
     return out
 
@@ -367,7 +351,7 @@ class ThresholdKit:
     sigma: float
 
 
-_KITS: dict[str, tuple[CkksContext, object]] = {}
+_KITS: KitCache = {}
 _PROBE_VALUES = 64
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "encrypt_vector",
     "fuse_partial_decryptions",
     "partial_decrypt",
+    "rings_of",
     "vector_digest",
 ]
 
@@ -354,14 +355,15 @@ def partial_decrypt(
     else:
         kit = ring_kit(context)
         with KeyLimbs(context, secret.secret.native) as key:
-            shares = ring_shares(context, key, _rings_of(context, vector), lead=lead,
+            shares = ring_shares(context, key, rings_of(context, vector), lead=lead,
                                  sampler=kit.sampler())
     return PartialDecryption(
         context.fingerprint, vector.key_id, vector.digest, secret.index, lead, vector.length, shares
     )
 
 
-def _rings_of(context: CkksContext, vector: EncryptedVector) -> Sequence[RingBlob]:
+def rings_of(context: CkksContext, vector: EncryptedVector) -> Sequence[RingBlob]:
+    """The vector's ciphertexts as ring blobs: those it was decoded into, else parsed."""
     if vector.rings is not None:
         return vector.rings
     return [context.ring.parse(CkksContext.serialize(c), BlobKind.CIPHERTEXT)

@@ -29,8 +29,10 @@ from threshold_fl.crypto.frames import (
     max_part_bytes,
 )
 from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, joint_key_id
+from threshold_fl.crypto.noise import wipe
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
 from threshold_fl.crypto.ring import BlobKind, RingBlob, build
+from threshold_fl.crypto.ring_layout import check_coefficients
 from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.shares import share_template
 from threshold_fl.crypto.vectors import (
@@ -129,13 +131,20 @@ def decode_joint_public_key(context: CkksContext, data: bytes) -> JointPublicKey
 def encode_secret_key(context: CkksContext, secret: SecretKey) -> bytes:
     meta = {"public_key_id": secret.public_key_id}
     blob = context.serialize(secret.native)
-    return encode_frame(FrameKind.SECRET_KEY, context.fingerprint, meta, [blob])
+    try:
+        return encode_frame(FrameKind.SECRET_KEY, context.fingerprint, meta, [blob])
+    finally:
+        wipe(blob)  # fresh from OpenFHE's serialiser: nothing else has it
 
 
 def decode_secret_key(context: CkksContext, data: bytes) -> SecretKey:
     frame = _decode(context, data, FrameKind.SECRET_KEY)
     public_key_id = hex_field(frame, "public_key_id")
-    native = context.deserialize_private_key(_single_part(frame))
+    try:
+        native = context.deserialize_private_key(_single_part(frame))
+    finally:
+        for part in frame.parts:  # the frame's own copies, cut from the caller's bytes
+            wipe(part)
     return SecretKey(context.fingerprint, public_key_id, native)
 
 
@@ -192,8 +201,7 @@ def encode_partial_decryption(
 def decode_partial_decryption(context: CkksContext, frames: Sequence[bytes]) -> PartialDecryption:
     """A peer's shares, each checked as a decryption share at the aggregates' level."""
     common, blobs = _decode_run(context, frames, FrameKind.PARTIAL_DECRYPTION)
-    limbs = context.ring.limbs - context.upload_level
-    shares = np.empty((len(blobs), limbs, context.ring.ring_dimension), dtype=np.uint64)
+    shares = np.empty((len(blobs), *_polynomial_shape(context)), dtype=np.uint64)
     for index, blob in enumerate(blobs):
         parsed = context.ring.parse(blob, BlobKind.DECRYPTION_SHARE)
         context.check_upload_summary(parsed.summary)
@@ -332,18 +340,21 @@ def decode_polynomials(context: CkksContext, frames: Sequence[bytes], role: Poly
             raise FrameError(f"a {role.value} polynomial of {len(part)} bytes, expected "
                              f"{8 * limbs * n}")
         out[index] = np.frombuffer(part, dtype="<u8").reshape(limbs, n)
-    _check_below_moduli(out, context.ring.moduli[:limbs], role.value)
+    for index, polynomial in enumerate(out):
+        _check_below_moduli(polynomial, context.aggregate_moduli,
+                            f"{role.value} polynomial {index}")
     return out
 
 
 def _polynomial_shape(context: CkksContext) -> tuple[int, int]:
-    return context.ring.limbs - context.upload_level, context.ring.ring_dimension
+    return len(context.aggregate_moduli), context.ring.ring_dimension
 
 
-def _check_below_moduli(arrays: U64Array, moduli: Sequence[int], what: str) -> None:
-    for limb, q in enumerate(moduli):
-        if arrays.size and int(arrays[..., limb, :].max()) >= q:
-            raise FrameError(f"a {what} value is not reduced modulo its prime {q}")
+def _check_below_moduli(limbs: U64Array, moduli: Sequence[int], what: str) -> None:
+    """(limbs, n) values, each limb below its modulus (errors count bytes from the first
+    value of the first limb)."""
+    n = limbs.shape[1]
+    check_coefficients(((limbs[limb], q, 8 * n * limb) for limb, q in enumerate(moduli)), what)
 
 
 def encode_key_share(context: CkksContext, *, dealer_index: int, holder_index: int,
@@ -355,8 +366,13 @@ def encode_key_share(context: CkksContext, *, dealer_index: int, holder_index: i
         raise FrameError("a key share must cover every modulus of the key, in order")
     meta = {"dealer_index": dealer_index, "holder_index": holder_index, "parties": parties,
             "threshold": threshold, "dealer_public_id": dealer_public_id}
-    parts = [np.ascontiguousarray(limb, dtype="<u8").tobytes() for limb in limbs.values()]
-    return encode_frame(FrameKind.KEY_SHARE, context.fingerprint, meta, parts)
+    # bytearrays, not bytes, so that the copies of the secret can be zeroed
+    parts = [bytearray(np.ascontiguousarray(limb, dtype="<u8").data) for limb in limbs.values()]
+    try:
+        return encode_frame(FrameKind.KEY_SHARE, context.fingerprint, meta, parts)
+    finally:
+        for part in parts:
+            wipe(part)
 
 
 def decode_key_share(context: CkksContext, data: bytes) -> tuple[dict[str, Any],
@@ -373,8 +389,16 @@ def decode_key_share(context: CkksContext, data: bytes) -> tuple[dict[str, Any],
     moduli, n = context.ring.moduli, context.ring.ring_dimension
     if len(frame.parts) != len(moduli) or any(len(part) != 8 * n for part in frame.parts):
         raise FrameError(f"a key share must be {len(moduli)} limbs of {8 * n} bytes")
-    arrays = np.stack([np.frombuffer(part, dtype="<u8") for part in frame.parts])
-    _check_below_moduli(arrays[None], moduli, "key share")
+    try:
+        arrays = np.stack([np.frombuffer(part, dtype="<u8") for part in frame.parts])
+    finally:
+        for part in frame.parts:  # the frame's own copies, cut from the caller's bytes
+            wipe(part)
+    try:
+        _check_below_moduli(arrays, moduli, "key share")
+    except FrameError:
+        wipe(arrays)
+        raise
     return meta, {q: arrays[limb] for limb, q in enumerate(moduli)}
 
 

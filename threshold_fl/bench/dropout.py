@@ -1,0 +1,191 @@
+"""``threshold-fl bench dropout``: the joint decryption when a member of the decryption
+set dies, against the same federation without a dropout.
+
+Each run is the demo's federation (:func:`threshold_fl.app.demo.run_demo`: a private
+mosquitto, the aggregator and N clients as separate OS processes) in threshold mode,
+baseline off:
+
+- **A**: no dropout;
+- **B**: the same federation and seed; in the last round (``--rounds``, default 2) one
+  member of that round's decryption set kills itself with SIGKILL on receiving its
+  DecryptRequest, before it makes its share (``threshold-fl client --drop-at decrypt``).
+  The broker publishes its Last Will; the aggregator asks another set (attempt 2).
+
+Figures of the measured round, from the aggregator's report (its round rows):
+
+- **decryption s**: from handing the first DecryptRequest (attempt 1) to the transport
+  to handing over the Fused broadcast; in B that spans the dead member's Last Will,
+  the new set's shares and the fusion;
+- **attempts**: how many decryption sets the aggregator asked;
+- **vs A**: the decryption seconds over A's (the goal is at most 2x);
+- **round s**: the aggregator's whole round, from the previous round's end to every
+  live client's confirmation (in B it includes dropping the dead client).
+
+Timing is printed and written, never asserted; ``--repeats`` runs the pair again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from protocols.fusion import choose_set
+from threshold_fl._checks import add_model_option, bounded
+from threshold_fl.app.demo import DemoConfig, run_demo
+from threshold_fl.app.rounds import RunReport
+from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
+from threshold_fl.errors import ThresholdFLError
+from threshold_fl.identity import PartyId
+
+__all__ = ["COLUMNS", "DropoutFigures", "figures_of", "main", "victim"]
+
+#: ``--quick``: the MLP, one local epoch, two rounds (model, epochs, rounds).
+QUICK = ("mlp", 1, 2)
+NOTES = (
+    "A: no dropout. B: the same federation and seed; in the measured (last) round one "
+    "member of the decryption set kills itself (SIGKILL) on receiving its DecryptRequest, "
+    "before making its share; the broker publishes its Last Will and the aggregator asks "
+    "another set.\n\n"
+    "- decryption s: from the aggregator handing the first DecryptRequest (attempt 1) to "
+    "the transport to handing over the Fused broadcast.\n"
+    "- attempts: decryption sets asked.\n"
+    "- vs A: decryption seconds over run A's (goal: at most 2x).\n"
+    "- round s: the aggregator's whole round, from the previous round's end to the last "
+    "live client's confirmation.")
+COLUMNS = ("run", "killed", "attempts", "decryption s", "vs A", "round s", "accuracy")
+
+
+@dataclass(frozen=True)
+class DropoutFigures:
+    """The measured round of one run, as the aggregator saw it."""
+
+    run: str
+    repeat: int
+    killed: str | None
+    round: int
+    attempts: int
+    decryption_s: float
+    round_s: float
+    accuracy: float | None
+    contributors: int | None
+    ratio: float | None = None  # decryption_s over the same repeat's run A
+
+    def cells(self) -> list[object]:
+        return [f"{self.run}{self.repeat}" if self.repeat > 1 else self.run,
+                self.killed or "-", self.attempts, f"{self.decryption_s:.3f}",
+                "-" if self.ratio is None else f"{self.ratio:.2f}x", f"{self.round_s:.2f}",
+                "-" if self.accuracy is None else f"{self.accuracy:.2%}"]
+
+
+def victim(config: DemoConfig, round_: int) -> int:
+    """The client (numbered from 1) to kill: the last member of *round_*'s decryption set
+    when every client is alive (the aggregator's own choice, t = N/2 + 1)."""
+    names = [PartyId(config.client_name(n)) for n in range(1, config.clients + 1)]
+    members = choose_set(names, names, config.clients // 2 + 1, round_)
+    assert members is not None
+    return names.index(members[-1]) + 1
+
+
+def figures_of(run: str, repeat: int, result: RunReport, killed: str | None
+               ) -> DropoutFigures:
+    """The last round's figures of *result*, from the aggregator's row."""
+    row = result.parties["server"][-1]
+    if row.decryption_s is None or row.attempts is None:
+        raise ThresholdFLError(f"run {run}: the aggregator's round {row.round} has no joint "
+                               "decryption (nothing encrypted?)")
+    accuracy = result.rounds[-1].accuracy
+    return DropoutFigures(run, repeat, killed, row.round, row.attempts, row.decryption_s,
+                          row.seconds, accuracy, row.contributors)
+
+
+def _run(config: DemoConfig) -> RunReport:
+    (result,) = asyncio.run(run_demo(config))
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = DemoConfig()
+    parser = argparse.ArgumentParser(prog="threshold-fl bench dropout", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=bounded(int, 3, 20), default=defaults.clients)
+    parser.add_argument("--rounds", type=bounded(int, 2, 100), default=2,
+                        help="rounds per run; the kill and the figures are in the last one")
+    add_model_option(parser, default=defaults.model)
+    parser.add_argument("--epochs", type=bounded(int, 1, 100), default=defaults.epochs)
+    parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0),
+                        default=defaults.fraction,
+                        help="share of coordinates encrypted, plus the first and last layers")
+    parser.add_argument("--seed", type=bounded(int, 0), default=defaults.seed)
+    parser.add_argument("--repeats", type=bounded(int, 1, 20), default=1,
+                        help="run the pair (A, B) this many times")
+    parser.add_argument("--quick", action="store_true",
+                        help="the MLP, 1 epoch, 2 rounds (overrides those options)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"),
+                        help="folder for dropout.md/.json; the runs go under dropout-runs/")
+    return parser
+
+
+def _write(out: Path, template: DemoConfig, rows: Sequence[DropoutFigures]) -> list[Path]:
+    settings = {"clients": template.clients, "rounds": template.rounds,
+                "model": template.model, "epochs": template.epochs,
+                "fraction": template.fraction, "seed": template.seed, "mode": template.mode}
+    headline = _headline(rows)
+    notes = f"{headline}\n\n{NOTES}"
+    data: dict[str, Any] = {"settings": settings, "rows": [asdict(row) for row in rows],
+                            "headline": headline}
+    title = (f"Decryption with a member of the set killed: {template.model}, "
+             f"{template.clients} clients, round {template.rounds}")
+    paths = write_suite(out, "dropout", title, markdown_table(COLUMNS, [r.cells() for r in rows]),
+                        data, notes=notes)
+    return list(paths)
+
+
+def _headline(rows: Sequence[DropoutFigures]) -> str:
+    ratios = [row.ratio for row in rows if row.ratio is not None]
+    if not ratios:
+        return "No run with a dropout."
+    return (f"Decryption step with one member of the set killed: {min(ratios):.2f}x to "
+            f"{max(ratios):.2f}x the no-dropout step (goal: at most 2x).")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    model, epochs, rounds = QUICK if args.quick else (args.model, int(args.epochs),
+                                                      int(args.rounds))
+    out: Path = args.out
+    rows: list[DropoutFigures] = []
+    try:
+        template = DemoConfig(clients=int(args.clients), rounds=rounds, model=model,
+                              fraction=float(args.fraction), epochs=epochs,
+                              seed=int(args.seed), mode="threshold", baseline=False,
+                              save_models=True, out=out)
+        number = victim(template, template.rounds)
+        killed = template.client_name(number)
+        print(f"dropout: {template.model}, {template.clients} clients, {template.rounds} "
+              f"rounds; B kills {killed} (in round {template.rounds}'s decryption set) on its "
+              f"DecryptRequest; party logs under {out / 'dropout-runs'}/", flush=True)
+        print_line(COLUMNS)
+        for repeat in range(1, int(args.repeats) + 1):
+            folder = out / "dropout-runs" / (f"repeat-{repeat}" if args.repeats > 1 else "")
+            plain = replace(template, out=folder / "A")
+            dropped = replace(template, out=folder / "B", drop_client=number,
+                              drop_at="decrypt", drop_round=template.rounds)
+            a = figures_of("A", repeat, _run(plain), None)
+            print_line(a.cells())
+            b = figures_of("B", repeat, _run(dropped), killed)
+            b = replace(b, ratio=b.decryption_s / a.decryption_s)
+            print_line(b.cells())
+            rows += [a, b]
+        paths = _write(out, template, rows)
+    except (ThresholdFLError, OSError) as error:
+        return suite_error("dropout", error)
+    except KeyboardInterrupt:
+        print("threshold-fl bench dropout: interrupted", file=sys.stderr)
+        return 130
+    print(f"\n{_headline(rows)}\nwrote {', '.join(str(path) for path in paths)}", flush=True)
+    return 0
