@@ -1,4 +1,4 @@
-"""Fixtures and helpers for the MQTT tests: a real mosquitto, real Ed25519 identities.
+"""Fixtures and helpers for the MQTT tests: a real broker, real Ed25519 identities.
 
 Import what a test module needs; pytest registers a fixture imported into a test
 module.  Assign fixtures to a module-level name (``broker = mqtt_fixtures.broker``)
@@ -17,7 +17,14 @@ import pytest
 
 from threshold_fl.errors import AuthenticationError
 from threshold_fl.identity import Identity
-from transports.broker import BrokerConfig, MosquittoBroker, find_mosquitto
+from transports.broker import (
+    AmqttBroker,
+    BrokerConfig,
+    BrokerProcess,
+    MosquittoBroker,
+    amqtt_available,
+    find_mosquitto,
+)
 from transports.chunks import Signer, decode_chunk
 from transports.mqtt import MqttOptions, MqttTransport
 
@@ -34,13 +41,29 @@ FAST = MqttOptions(
     close_linger_s=0.5,
 )
 
+#: The broker implementations we support, as values of the ``broker`` fixture's
+#: parameter: ``@pytest.mark.parametrize("broker", BROKERS, indirect=True)``.
+BROKERS = ("mosquitto", "amqtt")
+
+
 @pytest.fixture
-def broker() -> Iterator[MosquittoBroker]:
-    """A private anonymous mosquitto on a free loopback port, removed after the test."""
-    if find_mosquitto() is None:  # make test installs it: missing is a set-up failure
-        pytest.fail("mosquitto not installed: run 'make test' (it apt-gets mosquitto) or "
-                    "apt-get install mosquitto")
-    instance = MosquittoBroker()
+def broker(request: pytest.FixtureRequest) -> Iterator[BrokerProcess]:
+    """A private anonymous broker on a free loopback port, removed after the test: a
+    mosquitto, or the implementation named by an indirect parameter (:data:`BROKERS`),
+    each in its own process."""
+    kind = getattr(request, "param", "mosquitto")
+    instance: BrokerProcess
+    if kind == "mosquitto":
+        if find_mosquitto() is None:  # make test installs it: missing is a set-up failure
+            pytest.fail("mosquitto not installed: run 'make test' (it apt-gets mosquitto) "
+                        "or apt-get install mosquitto")
+        instance = MosquittoBroker()
+    elif kind == "amqtt":
+        if not amqtt_available():  # a dev dependency: missing is a set-up failure
+            pytest.fail("amqtt not installed: pip install -e '.[dev]'")
+        instance = AmqttBroker()
+    else:
+        raise ValueError(f"unknown broker {kind!r}; choose one of {BROKERS}")
     instance.start()
     try:
         yield instance

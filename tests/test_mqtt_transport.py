@@ -7,6 +7,7 @@ client process killed or frozen, the broker stopped and restarted).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,6 +24,7 @@ import mqtt_fixtures
 import numpy as np
 import pytest
 from mqtt_fixtures import (
+    BROKERS,
     FAST,
     SESSION,
     Keyring,
@@ -36,6 +38,7 @@ import transports.broker as broker_module
 from threshold_fl.errors import ParameterError, TransportClosed, TransportError
 from transports.broker import (
     BrokerConfig,
+    BrokerProcess,
     MosquittoBroker,
     acl_rules,
     free_port,
@@ -135,6 +138,36 @@ async def test_200_mb_payload_over_mosquitto(broker: MosquittoBroker) -> None:
 
 
 # ------------------------------------------------------------------ loss, retries, rejections
+
+
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
+async def test_a_packet_above_the_brokers_bound(broker: BrokerProcess) -> None:
+    """Our frames stay under DEFAULT_MAX_PACKET_SIZE, which our mosquitto enforces: a
+    bigger publish gets its sender disconnected.  amqtt 0.12 has no bound at all (what
+    docs/deployment.md says of both)."""
+    size = 8 * MiB  # above the 5 MiB bound
+    got: list[int] = []
+    async with aiomqtt.Client(broker.host, broker.port, identifier="rx") as rx:
+        await rx.subscribe("t/big", qos=1)
+
+        async def read() -> None:
+            async for message in rx.messages:
+                got.append(len(bytes(message.payload)))
+                return
+
+        reader = asyncio.create_task(read())
+        async with aiomqtt.Client(broker.host, broker.port, identifier="tx") as tx:
+            if broker.name == "amqtt":
+                await tx.publish("t/big", b"x" * size, qos=1, timeout=10)
+            else:
+                with pytest.raises(aiomqtt.MqttError):
+                    await tx.publish("t/big", b"x" * size, qos=1, timeout=2)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(reader, 5 if broker.name == "amqtt" else 1)
+        reader.cancel()
+    assert got == ([size] if broker.name == "amqtt" else [])
+    assert broker.name == "amqtt" or "Client tx disconnected due to oversize packet" in (
+        broker.log_text())
 
 
 async def test_frames_lost_at_the_broker_are_retransmitted(broker: MosquittoBroker) -> None:
@@ -261,40 +294,66 @@ async def spawn_party(party: str, url: str, keepalive: int) -> asyncio.subproces
     return proc
 
 
+#: Within this many seconds of its pings stopping, mosquitto reports a frozen party
+#: with keepalive 1 s offline: 1.5 keepalives, which mosquitto 2.0.11 sweeps for about
+#: every 5 s (measured: 5.2 s for keepalive 1, 2 and 3 s, 11.2 s for 5 s), plus slack.
+FROZEN_BOUND_S = 1.5 * 1 + 5.0 + 1.0
+
+
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
 async def test_last_will_reports_killed_and_frozen_parties_offline(
-    broker: MosquittoBroker,
+    broker: BrokerProcess,
 ) -> None:
     events: list[tuple[str, bool]] = []
     keys = Keyring("alice")
     alice = make_transport(broker.url, "alice", keys,
                            on_presence=lambda party, online: events.append((party, online)))
     async with alice:
-        carol, dave = await asyncio.gather(spawn_party("carol", broker.url, 2),
-                                           spawn_party("dave", broker.url, 1))
+        # One after the other: amqtt 0.12 can strand a client that connects while another
+        # subscribes (docs/deployment.md, section 5), which is not what this test is about.
+        carol = await spawn_party("carol", broker.url, 2)
+        try:
+            dave = await spawn_party("dave", broker.url, 1)
+        except BaseException:
+            carol.kill()
+            await carol.wait()
+            raise
         try:
             await wait_until(lambda: alice.online_peers() >= {"carol", "dave"}, 5, "online")
             start = time.monotonic()
             carol.send_signal(signal.SIGKILL)  # socket closed by the kernel, no DISCONNECT
             dave.send_signal(signal.SIGSTOP)  # socket stays open, pings stop
             killed = await wait_until(lambda: "carol" not in alice.online_peers(), 3, "carol")
-            await wait_until(lambda: "dave" not in alice.online_peers(), 10, "dave")
-            frozen = time.monotonic() - start
+            if broker.name == "amqtt":
+                # amqtt 0.12's keepalive timeout does nothing (its broker handler's
+                # handle_read_timeout is a no-op): a frozen party stays online until its
+                # socket closes.  Should amqtt start dropping it, docs/deployment.md and
+                # this test need updating.
+                await asyncio.sleep(FROZEN_BOUND_S)
+                assert "dave" in alice.online_peers()
+                dave.kill()  # now the socket closes: its Last Will fires
+                await wait_until(lambda: "dave" not in alice.online_peers(), 3, "dave")
+                frozen = None
+            else:
+                await wait_until(lambda: "dave" not in alice.online_peers(), 10, "dave")
+                frozen = time.monotonic() - start
         finally:
             for proc in (carol, dave):
                 if proc.returncode is None:
                     proc.kill()
                 await proc.wait()
-    print(f"\nkilled party offline after {killed:.2f} s, frozen one (keepalive 1 s) after "
-          f"{frozen:.2f} s")
-    # A closed socket is noticed at once.  A silent one only by the keepalive timeout
-    # (1.5 keepalives), which mosquitto 2.0.11 sweeps for about every 5 s (measured:
-    # 5.2 s for keepalive 1, 2 and 3 s, 11.2 s for 5 s).
-    assert killed < 1.5 and frozen <= 1.5 * 1 + 5.0 + 1.0
+    print(f"\n{broker.name}: killed party offline after {killed:.2f} s, frozen one "
+          "(keepalive 1 s) " + (f"after {frozen:.2f} s" if frozen is not None else
+                                f"still online after {FROZEN_BOUND_S} s"))
+    # A closed socket is noticed at once.  A silent one only by the keepalive timeout.
+    assert killed < 1.5
+    assert frozen is None or frozen <= FROZEN_BOUND_S
     assert events[-2:] in ([("carol", False), ("dave", False)],
                            [("dave", False), ("carol", False)])
 
 
-async def test_late_joiner_sees_retained_presence(broker: MosquittoBroker) -> None:
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
+async def test_late_joiner_sees_retained_presence(broker: BrokerProcess) -> None:
     keys = Keyring("alice", "bob")
     async with make_transport(broker.url, "alice", keys) as alice:
         async with make_transport(broker.url, "bob", keys) as bob:

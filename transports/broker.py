@@ -5,7 +5,9 @@
   it afterwards; without mosquitto it falls back, and says so, to an in-process amqtt
   broker (``pip install 'threshold-fl[broker]'``).
 - :class:`MosquittoBroker`: the same mosquitto as a synchronous object that can be
-  stopped and restarted on the same port (what tests need to cut a connection).
+  stopped and restarted on the same port (what tests need to cut a connection);
+  :class:`AmqttBroker`: amqtt likewise, in its own process (the second broker the
+  multi-process tests run against).
 - :func:`acl_rules`, :func:`mosquitto_config`, :func:`write_password_file`: the
   deployment configuration of ``deploy/mosquitto`` (password file and an ACL that
   confines each party, logged in with its party id as username, to its own topics).
@@ -18,18 +20,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import importlib.util
+import json
 import logging
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import IO, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from threshold_fl.errors import ParameterError, TransportError
@@ -39,7 +44,8 @@ __all__ = [
     "SBIN_DIRS", "DEFAULT_MAX_PACKET_SIZE", "INSTALL_HINT",
     "find_mosquitto", "find_mosquitto_passwd", "free_port",
     "acl_rules", "mosquitto_config", "write_password_file", "write_deploy_config",
-    "MosquittoBroker", "private_broker",
+    "BrokerProcess", "MosquittoBroker", "AmqttBroker", "amqtt_config", "amqtt_available",
+    "private_broker",
     "TOPIC_ROOT", "topic", "BrokerConfig",
 ]
 
@@ -279,37 +285,26 @@ def write_deploy_config(
     return conf
 
 
-# --------------------------------------------------------------------------- mosquitto
+# --------------------------------------------------------------------------- broker processes
 
 
-class MosquittoBroker:
-    """A mosquitto subprocess on a loopback port, restartable on the same port.
+class BrokerProcess:
+    """A broker subprocess on a loopback port, restartable on the same port.
 
-    ``password_file``, ``acl_file`` and ``tls`` are as for :func:`mosquitto_config`.
+    Subclasses say how to write its configuration and start it (:meth:`_argv`).
     """
 
-    def __init__(
-        self,
-        *,
-        port: int | None = None,
-        host: str = "127.0.0.1",
-        password_file: str | Path | None = None,
-        acl_file: str | Path | None = None,
-        executable: str | Path | None = None,
-        tls: tuple[str | Path, str | Path, str | Path] | None = None,
-    ) -> None:
-        exe = Path(executable) if executable else find_mosquitto()
-        if exe is None:
-            raise TransportError(f"mosquitto not found on PATH or in {SBIN_DIRS}; {INSTALL_HINT}")
-        self.executable, self.host = exe, host
+    name = "broker"
+
+    def __init__(self, *, port: int | None, host: str) -> None:
+        self.host = host
         self._fixed_port, self.port = port is not None, port or free_port(host)
-        self._password_file, self._acl_file, self._tls = password_file, acl_file, tls
-        self._dir = Path(tempfile.mkdtemp(prefix="tfl-mosquitto-"))
+        self._dir = Path(tempfile.mkdtemp(prefix=f"tfl-{self.name}-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"{'mqtts' if self._tls else 'mqtt'}://{self.host}:{self.port}"
+        return f"mqtt://{self.host}:{self.port}"
 
     @property
     def _address(self) -> tuple[str, int]:
@@ -320,11 +315,24 @@ class MosquittoBroker:
         return self._proc is not None and self._proc.poll() is None
 
     @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (to measure its CPU time, say)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def log_path(self) -> Path:
-        return self._dir / "mosquitto.log"
+        return self._dir / f"{self.name}.log"
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _argv(self) -> list[str]:
+        """Write the configuration for the current port; the command that starts it."""
+        raise NotImplementedError
+
+    def _output(self) -> int | IO[bytes]:
+        """Where the process's stdout and stderr go."""
+        return subprocess.DEVNULL
 
     def start(self, timeout: float = 10.0) -> None:
         """Start and wait until the port accepts connections.
@@ -339,18 +347,16 @@ class MosquittoBroker:
             if self._fixed_port:
                 break
             self.port = free_port(self.host)
-        raise TransportError(f"mosquitto did not start on {self.url}:\n{self.log_text()[-2000:]}")
+        raise TransportError(f"{self.name} did not start on {self.url}:\n"
+                             f"{self.log_text()[-2000:]}")
 
     def _try_start(self, timeout: float) -> bool:
-        conf = self._dir / "mosquitto.conf"
-        conf.write_text(mosquitto_config(
-            port=self.port, host=self.host, password_file=self._password_file,
-            acl_file=self._acl_file, log_file=self.log_path, tls=self._tls,
-            # A private broker runs as whoever started it: as root, mosquitto would
-            # otherwise switch to its own user and fail to read the caller's files.
-            user="root" if os.geteuid() == 0 else None), encoding="utf-8")
-        self._proc = subprocess.Popen([str(self.executable), "-c", str(conf)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        output = self._output()
+        try:
+            self._proc = subprocess.Popen(self._argv(), stdout=output, stderr=output)
+        finally:
+            if not isinstance(output, int):
+                output.close()  # the child holds its own copy
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._proc.poll() is None:
             with contextlib.suppress(OSError), socket.create_connection(self._address, 0.2):
@@ -380,7 +386,7 @@ class MosquittoBroker:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> MosquittoBroker:
+    def __enter__(self: _B) -> _B:
         self.start()
         return self
 
@@ -391,6 +397,92 @@ class MosquittoBroker:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+
+_B = TypeVar("_B", bound=BrokerProcess)
+
+
+class MosquittoBroker(BrokerProcess):
+    """A mosquitto subprocess on a loopback port, restartable on the same port.
+
+    ``password_file``, ``acl_file`` and ``tls`` are as for :func:`mosquitto_config`.
+    """
+
+    name = "mosquitto"
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        password_file: str | Path | None = None,
+        acl_file: str | Path | None = None,
+        executable: str | Path | None = None,
+        tls: tuple[str | Path, str | Path, str | Path] | None = None,
+    ) -> None:
+        exe = Path(executable) if executable else find_mosquitto()
+        if exe is None:
+            raise TransportError(f"mosquitto not found on PATH or in {SBIN_DIRS}; {INSTALL_HINT}")
+        super().__init__(port=port, host=host)
+        self.executable = exe
+        self._password_file, self._acl_file, self._tls = password_file, acl_file, tls
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self._tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def _argv(self) -> list[str]:
+        conf = self._dir / "mosquitto.conf"
+        conf.write_text(mosquitto_config(
+            port=self.port, host=self.host, password_file=self._password_file,
+            acl_file=self._acl_file, log_file=self.log_path, tls=self._tls,
+            # A private broker runs as whoever started it: as root, mosquitto would
+            # otherwise switch to its own user and fail to read the caller's files.
+            user="root" if os.geteuid() == 0 else None), encoding="utf-8")
+        return [str(self.executable), "-c", str(conf)]
+
+
+def amqtt_config(*, port: int, host: str = "127.0.0.1") -> dict[str, Any]:
+    """An amqtt broker configuration: one plain listener, anonymous clients."""
+    return {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
+                    {"allow_anonymous": True}},
+    }
+
+
+def amqtt_available() -> bool:
+    """Whether the optional amqtt broker (``threshold-fl[broker]``) is installed."""
+    return importlib.util.find_spec("amqtt") is not None
+
+
+class AmqttBroker(BrokerProcess):
+    """An amqtt broker in its own process (amqtt's own command line under this Python),
+    anonymous, on a loopback port, restartable on the same port: the second broker
+    implementation the multi-process tests run against.
+
+    Where amqtt 0.12 differs from mosquitto (measured; docs/deployment.md): it never
+    drops a client that stays connected but silent, since its keepalive timeout is a
+    no-op, so a frozen party is not seen offline (no Last Will) until it dies or a stage
+    deadline passes; and it has no packet size limit nor bounded per-client queues.
+    A killed party's Last Will fires at once, as on mosquitto.
+    """
+
+    name = "amqtt"
+
+    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+        if not amqtt_available():
+            raise TransportError(f"amqtt is not installed; {INSTALL_HINT}")
+        super().__init__(port=port, host=host)
+
+    def _argv(self) -> list[str]:
+        conf = self._dir / "amqtt.yaml"  # JSON is YAML
+        conf.write_text(json.dumps(amqtt_config(port=self.port, host=self.host), indent=1),
+                        encoding="utf-8")
+        return [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(conf)]
+
+    def _output(self) -> int | IO[bytes]:
+        return self.log_path.open("ab")
 
 
 # --------------------------------------------------------------------------- private broker
@@ -433,11 +525,7 @@ async def _amqtt_broker(host: str) -> AsyncIterator[str]:
     except ImportError:
         raise TransportError(f"no MQTT broker available: {INSTALL_HINT}") from None
     port = free_port(host)
-    broker = amqtt_broker.Broker({
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
-                    {"allow_anonymous": True}},
-    })
+    broker = amqtt_broker.Broker(amqtt_config(port=port, host=host))
     await broker.start()
     try:
         yield f"mqtt://{host}:{port}"
