@@ -41,12 +41,19 @@ def _quiet_in_decryption(net: Network) -> Callable[[], bool]:
     return lambda: net.aggregator.state is A.ROUND_DECRYPTION and not net._queue
 
 
-def test_a_member_whose_connection_ends_is_replaced_at_once() -> None:
-    net = Network(build_manifest(5, threshold=3, length=12, rounds=1))
-    aggregator, kept = net.aggregator, []
-    net.faults = _withhold(net, "client3", kept)
+def _stalled(clients: int, threshold: int, withheld: str) -> tuple[Network, list[bytes]]:
+    """A one-round federation in its decryption, *withheld*'s share kept back."""
+    net = Network(build_manifest(clients, threshold=threshold, length=12, rounds=1))
+    kept: list[bytes] = []
+    net.faults = _withhold(net, withheld, kept)
     net.start()
     assert run_until(net, _quiet_in_decryption(net))
+    return net, kept
+
+
+def test_a_member_whose_connection_ends_is_replaced_at_once() -> None:
+    net, kept = _stalled(5, 3, "client3")
+    aggregator = net.aggregator
     first = aggregator._decryption
     assert first is not None and first.members == ("client2", "client3", "client4")
     assert sorted(first.shares) == ["client2", "client4"]
@@ -84,11 +91,8 @@ def test_a_member_whose_connection_ends_is_replaced_at_once() -> None:
 
 
 def test_with_fewer_than_t_others_the_set_waits_and_says_why() -> None:
-    net = Network(build_manifest(3, threshold=2, length=12, rounds=1))
-    aggregator, kept = net.aggregator, []
-    net.faults = _withhold(net, "client2", kept)
-    net.start()
-    assert run_until(net, _quiet_in_decryption(net))
+    net, _ = _stalled(3, 2, "client2")
+    aggregator = net.aggregator
     decryption = aggregator._decryption
     assert decryption is not None and decryption.members == ("client2", "client3")
     assert decryption.missing() == ["client2"]
