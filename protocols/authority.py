@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from protocols.events import Aborted, KeyAgreed, Step
 from protocols.machine import Handler, Machine, Randomness
-from protocols.manifest import Manifest, Role
+from protocols.manifest import Manifest, Role, abort_error
 from protocols.messages import Abort, KeyDelivery, KeygenStart, Message, PublicShare
 from protocols.session import pack_mapping, seal_context
 from protocols.states import AUTHORITY_OTHER_TARGETS, AUTHORITY_TARGETS, KeyAuthorityState
@@ -58,6 +58,11 @@ class KeyAuthorityMachine(Machine[KeyAuthorityState]):
             raise StaleMessage("single-key mode has one key epoch; discarded")
         if not set(message.body.participants) <= set(self.manifest.client_ids):
             raise UnexpectedMessage("the key agreement names parties not in the manifest")
+        refusal = self.manifest.mismatch(aggregator, message.body.manifest)
+        if refusal is not None:
+            self.state = K.ABORTED
+            return Step(sends=[self._send([aggregator], Abort(refusal), message.header.step)],
+                        events=[Aborted(refusal, abort_error(refusal))])
         pair = generate_keypair(self.context)
         group_key = self._randomness(GROUP_KEY_SIZE)
         step = message.header.step
