@@ -163,7 +163,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._require_new(self._ledger.hellos, message.header.sender, message)
         if message.body.samples < 1:
             raise MalformedMessage("a client announced fewer than 1 training sample")
-        refusal = self.manifest.mismatch(message.header.sender, message.body.manifest)
+        refusal = self.manifest.mismatch(self.me, message.header.sender,
+                                        message.body.manifest)
         if refusal is not None:  # turned away at once, and told why; it may come back
             return Step(sends=[self._send([message.header.sender], Abort(refusal), self.step)],
                         events=[PartyRefused(message.header.sender, refusal)])

@@ -58,7 +58,7 @@ class KeyAuthorityMachine(Machine[KeyAuthorityState]):
             raise StaleMessage("single-key mode has one key epoch; discarded")
         if not set(message.body.participants) <= set(self.manifest.client_ids):
             raise UnexpectedMessage("the key agreement names parties not in the manifest")
-        refusal = self.manifest.mismatch(aggregator, message.body.manifest)
+        refusal = self.manifest.mismatch(self.me, aggregator, message.body.manifest)
         if refusal is not None:
             self.state = K.ABORTED
             return Step(sends=[self._send([aggregator], Abort(refusal), message.header.step)],

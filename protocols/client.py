@@ -208,7 +208,7 @@ class ClientMachine(Machine[ClientState]):
         self._require_from_aggregator(message)
         if message.header.epoch <= self._step[1]:
             raise StaleMessage(f"key epoch {message.header.epoch} is not newer than mine")
-        refusal = keygen_refusal(self.manifest, message.body)  # another manifest: leave
+        refusal = keygen_refusal(self.manifest, self.me, message.body)  # another manifest: leave
         if refusal is not None:
             return self._abort_locally(refusal)
         self._heard(now)

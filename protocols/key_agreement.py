@@ -52,11 +52,11 @@ def confirmation_refusal(sender: PartyId, confirmed: str, key_id: str | None,
     return None
 
 
-def keygen_refusal(manifest: Manifest, body: KeygenStart) -> str | None:
-    """Why a client cannot take part in the key agreement *body* starts: the aggregator
+def keygen_refusal(manifest: Manifest, me: PartyId, body: KeygenStart) -> str | None:
+    """Why client *me* cannot take part in the key agreement *body* starts: the aggregator
     runs another manifest (:meth:`Manifest.mismatch`); None if it fits.  Raises
     ForgedMessage if it names a threshold or parties that *manifest* does not."""
-    refusal = manifest.mismatch(manifest.aggregator.party_id, body.manifest)
+    refusal = manifest.mismatch(me, manifest.aggregator.party_id, body.manifest)
     if refusal is not None:
         return refusal
     if body.threshold != manifest.threshold or not set(body.participants) <= set(

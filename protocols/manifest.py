@@ -240,14 +240,14 @@ class Manifest:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(b"threshold-fl/manifest/v1\0" + canonical.encode()).hexdigest()
 
-    def mismatch(self, party: str, theirs: str) -> str | None:
+    def mismatch(self, me: str, party: str, theirs: str) -> str | None:
         """Why *party*, whose message carries manifest fingerprint *theirs*, cannot take
-        part with this party; None when both run this manifest."""
+        part with *me* (who runs this manifest); None when both run this manifest."""
         mine = self.fingerprint()
         if theirs == mine:
             return None
-        return (f"{MISMATCH}{party!r} runs manifest fingerprint {theirs[:16]}, this "
-                f"party runs {mine[:16]} (session {self.session!r}); every party must run "
+        return (f"{MISMATCH}{party!r} runs manifest fingerprint {theirs[:16]}, {me!r} "
+                f"runs {mine[:16]} (session {self.session!r}); every party must run "
                 "the same manifest file: get it again from the organiser (or regenerate and "
                 "redistribute it) and restart with it")
 

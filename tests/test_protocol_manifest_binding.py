@@ -39,9 +39,12 @@ def _manifests(mode: Mode = Mode.THRESHOLD) -> tuple[Manifest, Manifest]:
     return organisers, other
 
 
-def _names_both(reason: str, mine: Manifest, theirs: Manifest) -> None:
-    assert mine.fingerprint()[:16] in reason
-    assert theirs.fingerprint()[:16] in reason
+def _names_both(reason: str, refuser: tuple[str, Manifest], refused: tuple[str, Manifest]
+                ) -> None:
+    """The reason names who runs which fingerprint (not swapped) and what to do."""
+    (me, mine), (them, theirs) = refuser, refused
+    assert f"{them!r} runs manifest fingerprint {theirs.fingerprint()[:16]}" in reason
+    assert f"{me!r} runs {mine.fingerprint()[:16]}" in reason
     assert REMEDY in reason
 
 
@@ -73,7 +76,7 @@ def test_a_hello_from_another_manifest_is_refused_and_the_client_told() -> None:
     # Refused at once: told with an Abort, the operator with an event; it has not joined.
     (refused,) = step.events
     assert isinstance(refused, PartyRefused) and refused.party == "client1"
-    _names_both(refused.reason, organisers, other)
+    _names_both(refused.reason, (AGGREGATOR, organisers), ("client1", other))
     assert aggregator.state is AggregatorState.JOINING and "client1" in aggregator.waiting_for()
     (answer,) = step.sends
     assert answer.recipients == ("client1",) and answer.kind == "Abort"
@@ -85,7 +88,7 @@ def test_a_hello_from_another_manifest_is_refused_and_the_client_told() -> None:
     assert stale.state is ClientState.ABORTED
     assert isinstance(ended, Aborted) and ended.error is ManifestMismatch
     assert issubclass(ManifestMismatch, SessionAborted)
-    _names_both(ended.reason, organisers, other)
+    _names_both(ended.reason, (AGGREGATOR, organisers), ("client1", other))
 
     # Restarted with the organiser's manifest, it joins: the refusal was not held against it.
     others = [_client(organisers, name) for name in ("client2", "client3")]
@@ -111,7 +114,7 @@ def test_a_keygen_start_from_another_manifest_makes_the_client_leave() -> None:
     assert client.state is ClientState.ABORTED
     (ended,) = step.events
     assert isinstance(ended, Aborted) and ended.error is ManifestMismatch
-    _names_both(ended.reason, organisers, other)
+    _names_both(ended.reason, ("client1", organisers), (AGGREGATOR, other))
     (told,) = step.sends  # the aggregator hears why, rather than waiting for a deadline
     assert told.recipients == (AGGREGATOR,) and told.kind == "Abort"
     abort = decode_message(told.data, organisers.directory)
@@ -138,7 +141,7 @@ def test_the_key_authority_refuses_another_manifest() -> None:
     assert authority.state is KeyAuthorityState.ABORTED
     (ended,) = step.events
     assert isinstance(ended, Aborted) and ended.error is ManifestMismatch
-    _names_both(ended.reason, organisers, other)
+    _names_both(ended.reason, (AUTHORITY, organisers), (AGGREGATOR, other))
     (told,) = step.sends  # no key is made or sent
     assert told.recipients == (AGGREGATOR,) and told.kind == "Abort"
 
