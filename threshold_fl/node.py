@@ -361,8 +361,10 @@ class Node:
         self.summary.events.append(event)
         if isinstance(event, Aborted):
             self.summary.aborted, self.summary.abort_error = event.reason, event.error
-        elif isinstance(event, PartyRefused) and self._say is not None:
-            self._say(f"{self.machine.me}: refused {event.party!r}: {event.reason}")
+        elif isinstance(event, PartyRefused):
+            self._last_refusal[event.party] = event.reason  # named if it is dropped later
+            if self._say is not None:
+                self._say(f"{self.machine.me}: refused {event.party!r}: {event.reason}")
         elif isinstance(event, Finished):
             self.summary.finished = True
         elif isinstance(event, RoundCompleted):
