@@ -56,13 +56,13 @@ class KeyAuthorityMachine(Machine[KeyAuthorityState]):
         self._require_sender(message, [aggregator], "the aggregator")
         if message.header.epoch != 1:
             raise StaleMessage("single-key mode has one key epoch; discarded")
-        if not set(message.body.participants) <= set(self.manifest.client_ids):
-            raise UnexpectedMessage("the key agreement names parties not in the manifest")
         refusal = self.manifest.mismatch(self.me, aggregator, message.body.manifest)
-        if refusal is not None:
+        if refusal is not None:  # before the rest, which another manifest may well fail
             self.state = K.ABORTED
             return Step(sends=[self._send([aggregator], Abort(refusal), message.header.step)],
                         events=[Aborted(refusal, abort_error(refusal))])
+        if not set(message.body.participants) <= set(self.manifest.client_ids):
+            raise UnexpectedMessage("the key agreement names parties not in the manifest")
         pair = generate_keypair(self.context)
         group_key = self._randomness(GROUP_KEY_SIZE)
         step = message.header.step

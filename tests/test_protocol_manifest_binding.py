@@ -105,8 +105,19 @@ def _keygen_start(sender_manifest: Manifest, to: str, *, fingerprint: str) -> by
     return encode_message(identity(AGGREGATOR), Message(header, body))
 
 
-def test_a_keygen_start_from_another_manifest_makes_the_client_leave() -> None:
+# A changed setting, or another list of clients (whose participants this client's
+# manifest does not know): the fingerprint is named either way, not a forgery.
+OTHER = pytest.mark.parametrize("changed", ["rounds", "clients"])
+
+
+def _other(organisers: Manifest, other: Manifest, changed: str) -> Manifest:
+    return other if changed == "rounds" else build_manifest(4, mode=organisers.mode)
+
+
+@OTHER
+def test_a_keygen_start_from_another_manifest_makes_the_client_leave(changed: str) -> None:
     organisers, other = _manifests()
+    other = _other(organisers, other, changed)
     client = _client(organisers)
     client.start(0.0)
     step = client.receive(_keygen_start(other, "client1", fingerprint=other.fingerprint()), 0.1)
@@ -132,8 +143,10 @@ def test_a_keygen_start_with_the_same_manifest_starts_key_agreement() -> None:
     assert not any(isinstance(event, Aborted) for event in step.events)
 
 
-def test_the_key_authority_refuses_another_manifest() -> None:
+@OTHER
+def test_the_key_authority_refuses_another_manifest(changed: str) -> None:
     organisers, other = _manifests(Mode.SINGLE_KEY)
+    other = _other(organisers, other, changed)
     authority = KeyAuthorityMachine(organisers, identity(AUTHORITY), randomness(AUTHORITY))
     authority.start(0.0)
     step = authority.receive(_keygen_start(other, AUTHORITY, fingerprint=other.fingerprint()),
