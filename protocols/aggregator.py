@@ -33,6 +33,7 @@ from protocols.events import (
     MaskAgreed,
     Outgoing,
     PartyDropped,
+    PartyRefused,
     RoundCompleted,
     Step,
 )
@@ -162,6 +163,11 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._require_new(self._ledger.hellos, message.header.sender, message)
         if message.body.samples < 1:
             raise MalformedMessage("a client announced fewer than 1 training sample")
+        refusal = self.manifest.mismatch(self.me, message.header.sender,
+                                        message.body.manifest)
+        if refusal is not None:  # turned away at once, and told why; it may come back
+            return Step(sends=[self._send([message.header.sender], Abort(refusal), self.step)],
+                        events=[PartyRefused(message.header.sender, refusal)])
         self._ledger.hellos.add(message.header.sender)
         self._samples[message.header.sender] = message.body.samples
         if len(self._samples) == len(self.manifest.clients):
@@ -184,7 +190,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._group_check = None
         self._budget = QueryBudget(self.manifest.params.decryption_queries)
         self._reset_step(now, self.manifest.timeouts.keys_s)
-        body = KeygenStart(self._holders, self.manifest.threshold)
+        body = KeygenStart(self._holders, self.manifest.threshold, self.manifest.fingerprint())
         recipients = list(self._holders)
         if self.manifest.key_authority is not None:
             recipients.append(self.manifest.key_authority.party_id)

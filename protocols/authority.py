@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from protocols.events import Aborted, KeyAgreed, Step
 from protocols.machine import Handler, Machine, Randomness
-from protocols.manifest import Manifest, Role
+from protocols.manifest import Manifest, Role, abort_error
 from protocols.messages import Abort, KeyDelivery, KeygenStart, Message, PublicShare
 from protocols.session import pack_mapping, seal_context
 from protocols.states import AUTHORITY_OTHER_TARGETS, AUTHORITY_TARGETS, KeyAuthorityState
@@ -56,6 +56,11 @@ class KeyAuthorityMachine(Machine[KeyAuthorityState]):
         self._require_sender(message, [aggregator], "the aggregator")
         if message.header.epoch != 1:
             raise StaleMessage("single-key mode has one key epoch; discarded")
+        refusal = self.manifest.mismatch(self.me, aggregator, message.body.manifest)
+        if refusal is not None:  # before the rest, which another manifest may well fail
+            self.state = K.ABORTED
+            return Step(sends=[self._send([aggregator], Abort(refusal), message.header.step)],
+                        events=[Aborted(refusal, abort_error(refusal))])
         if not set(message.body.participants) <= set(self.manifest.client_ids):
             raise UnexpectedMessage("the key agreement names parties not in the manifest")
         pair = generate_keypair(self.context)

@@ -30,8 +30,9 @@ from protocols.events import (
 )
 from protocols.events import Finished as FinishedEvent
 from protocols.fusion import QueryBudget, c1_digest, decryption_set, pair_key
+from protocols.key_agreement import keygen_refusal
 from protocols.machine import Handler, Machine, Randomness
-from protocols.manifest import Manifest, Mode, Role
+from protocols.manifest import Manifest, Mode, Role, abort_error
 from protocols.messages import (
     Abort,
     Aggregate,
@@ -79,7 +80,6 @@ from threshold_fl.crypto.wire import (
 )
 from threshold_fl.errors import (
     DuplicateMessage,
-    ForgedMessage,
     MalformedMessage,
     ParameterError,
     ProtocolError,
@@ -132,7 +132,8 @@ class ClientMachine(Machine[ClientState]):
             raise ProtocolError("the client was already started")
         self.state = C.JOINING
         self._heard(now)
-        return Step(sends=self._sends([self._aggregator], Hello(self._samples), self._step))
+        hello = Hello(self._samples, self.manifest.fingerprint())
+        return Step(sends=self._sends([self._aggregator], hello, self._step))
 
     def waiting_for(self) -> str:
         return CLIENT_WAITING.get(self.state, self.state.value).format(
@@ -207,12 +208,9 @@ class ClientMachine(Machine[ClientState]):
         self._require_from_aggregator(message)
         if message.header.epoch <= self._step[1]:
             raise StaleMessage(f"key epoch {message.header.epoch} is not newer than mine")
-        if message.body.threshold != self.manifest.threshold or not set(
-            message.body.participants
-        ) <= set(self.manifest.client_ids):
-            raise ForgedMessage(
-                "the key agreement names parties or a threshold not in the manifest"
-            )
+        refusal = keygen_refusal(self.manifest, self.me, message.body)  # another manifest: leave
+        if refusal is not None:
+            return self._abort_locally(refusal)
         self._heard(now)
         if self.me not in message.body.participants:
             return self._abort_locally("excluded from the new key epoch", notify=False)
@@ -532,7 +530,7 @@ class ClientMachine(Machine[ClientState]):
             raise StaleMessage("an abort from an earlier key epoch (a replay); discarded")
         self.state = C.ABORTED
         self._keys.wipe()
-        return self._events(Aborted(message.body.reason))
+        return self._events(Aborted(message.body.reason, abort_error(message.body.reason)))
 
     def _deadline_passed(self, now: float) -> Step:
         patience = self.manifest.timeouts.client_patience_s
@@ -548,7 +546,7 @@ class ClientMachine(Machine[ClientState]):
         self.state = C.ABORTED
         self._keys.wipe()
         sends = self._sends([self._aggregator], Abort(reason), self._step) if notify else []
-        return Step(sends=sends, events=[Aborted(reason)])
+        return Step(sends=sends, events=[Aborted(reason, abort_error(reason))])
 
     def _require_from_aggregator(self, message: Message) -> None:
         self._require_sender(message, [self._aggregator], "the aggregator")

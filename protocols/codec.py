@@ -34,7 +34,9 @@ from threshold_fl.identity import Identity, PartyId, PublicIdentity
 __all__ = ["CODEC_VERSION", "MAX_MESSAGE_BYTES", "decode_message", "encode_message",
            "Peeked", "peek_step"]
 
-CODEC_VERSION = 3  # 2: FedAvg weights in MaskStart/RoundStart; 3: blind fusion
+#: 2: FedAvg weights in MaskStart/RoundStart; 3: blind fusion; 4: the manifest's
+#: fingerprint in Hello and KeygenStart.
+CODEC_VERSION = 4
 MAGIC = b"TFLM"
 #: Largest message accepted (a 2.5 * 10^8-value upload is about 4 GB).
 MAX_MESSAGE_BYTES = 8 * 2**30

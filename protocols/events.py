@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from threshold_fl.arrays import FloatArray
+from threshold_fl.errors import SessionAborted
 from threshold_fl.identity import PartyId
 from threshold_fl.ml.mask import EncryptionMask
 
@@ -17,6 +18,7 @@ __all__ = [
     "MaskAgreed",
     "Outgoing",
     "PartyDropped",
+    "PartyRefused",
     "RoundCompleted",
     "SensitivityNeeded",
     "Step",
@@ -77,6 +79,15 @@ class PartyDropped:
 
 
 @dataclass(frozen=True)
+class PartyRefused:
+    """Aggregator only: *party* was turned away (told with an Abort) and has not joined;
+    for example it runs another manifest.  The session waits on for the others."""
+
+    party: PartyId
+    reason: str
+
+
+@dataclass(frozen=True)
 class Finished:
     rounds: int
 
@@ -84,6 +95,8 @@ class Finished:
 @dataclass(frozen=True)
 class Aborted:
     reason: str
+    #: What a driver raises for it (a subclass such as ManifestMismatch names the cause).
+    error: type[SessionAborted] = SessionAborted
 
 
 Event = Union[  # noqa: UP007 - runtime alias
@@ -93,6 +106,7 @@ Event = Union[  # noqa: UP007 - runtime alias
     UpdateNeeded,
     RoundCompleted,
     PartyDropped,
+    PartyRefused,
     Finished,
     Aborted,
 ]

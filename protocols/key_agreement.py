@@ -1,5 +1,5 @@
-"""The aggregator's judgement in key agreement: which public shares make the key, and
-whether a client's confirmation fits it.
+"""Judgements in key agreement: which public shares make the key and whether a client's
+confirmation fits it (the aggregator's), and whether a KeygenStart fits (a client's).
 
 Pure helpers over what the aggregator relayed; :class:`protocols.aggregator.
 AggregatorMachine` checks headers, relays, keeps the results and moves between states.
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from protocols.manifest import Mode
+from protocols.manifest import Manifest, Mode
+from protocols.messages import KeygenStart
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import PublicKey, combine_public_shares
 from threshold_fl.crypto.wire import decode_public_key
-from threshold_fl.errors import MalformedMessage
+from threshold_fl.errors import ForgedMessage, MalformedMessage
 from threshold_fl.identity import PartyId
 
-__all__ = ["add_public_share", "confirmation_refusal"]
+__all__ = ["add_public_share", "confirmation_refusal", "keygen_refusal"]
 
 
 def add_public_share(context: CkksContext, mode: Mode, holders: Sequence[PartyId],
@@ -48,4 +49,17 @@ def confirmation_refusal(sender: PartyId, confirmed: str, key_id: str | None,
                 f"add up to ({(key_id or 'none')[:16]}); key agreement failed")
     if known_check not in (None, group_check):
         return "clients hold different group keys; key agreement failed"
+    return None
+
+
+def keygen_refusal(manifest: Manifest, me: PartyId, body: KeygenStart) -> str | None:
+    """Why client *me* cannot take part in the key agreement *body* starts: the aggregator
+    runs another manifest (:meth:`Manifest.mismatch`); None if it fits.  Raises
+    ForgedMessage if it names a threshold or parties that *manifest* does not."""
+    refusal = manifest.mismatch(me, manifest.aggregator.party_id, body.manifest)
+    if refusal is not None:
+        return refusal
+    if body.threshold != manifest.threshold or not set(body.participants) <= set(
+            manifest.client_ids):
+        raise ForgedMessage("the key agreement names parties or a threshold not in the manifest")
     return None

@@ -1,8 +1,9 @@
 """The federation manifest: who takes part, with which keys, settings and deadlines.
 
 Every party loads the same manifest file; compare :meth:`Manifest.fingerprint` out
-of band when distributing it (messages carry the session id, not the fingerprint, so
-a party with a different copy is caught only when its keys or mask disagree).  The
+of band when distributing it.  ``Hello`` and ``KeygenStart`` carry the sender's
+fingerprint too, so a party with a different copy is refused as soon as it joins
+(:meth:`Manifest.mismatch` says why, naming both fingerprints).  The
 manifest crosses a trust boundary (it is a file), so :meth:`Manifest.from_dict`
 validates everything before use.
 """
@@ -20,13 +21,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH, CkksParams
-from threshold_fl.errors import ManifestError, ParameterError, ThresholdFLError
+from threshold_fl.errors import (
+    ManifestError,
+    ManifestMismatch,
+    ParameterError,
+    SessionAborted,
+    ThresholdFLError,
+)
 from threshold_fl.identity import PartyId, PublicIdentity
 
 if TYPE_CHECKING:
     from threshold_fl.ml.models import ModelShape
 
-__all__ = ["Manifest", "MaskPolicy", "Mode", "ModelSpec", "Role", "Timeouts", "make_manifest"]
+__all__ = ["MISMATCH", "Manifest", "MaskPolicy", "Mode", "ModelSpec", "Role", "Timeouts",
+           "abort_error", "make_manifest"]
+
+#: How every refusal for another manifest begins (:meth:`Manifest.mismatch`).
+MISMATCH = "manifest mismatch: "
+
+
+def abort_error(reason: str) -> type[SessionAborted]:
+    """What a party raises for an abort with *reason*: ManifestMismatch for a refusal by
+    :meth:`Manifest.mismatch` (its peer runs another manifest), else SessionAborted."""
+    return ManifestMismatch if reason.startswith(MISMATCH) else SessionAborted
 
 _FORMAT = "threshold-fl-manifest"
 _VERSION = 1
@@ -222,6 +239,17 @@ class Manifest:
     def fingerprint(self) -> str:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(b"threshold-fl/manifest/v1\0" + canonical.encode()).hexdigest()
+
+    def mismatch(self, me: str, party: str, theirs: str) -> str | None:
+        """Why *party*, whose message carries manifest fingerprint *theirs*, cannot take
+        part with *me* (who runs this manifest); None when both run this manifest."""
+        mine = self.fingerprint()
+        if theirs == mine:
+            return None
+        return (f"{MISMATCH}{party!r} runs manifest fingerprint {theirs[:16]}, {me!r} "
+                f"runs {mine[:16]} (session {self.session!r}); every party must run "
+                "the same manifest file: get it again from the organiser (or regenerate and "
+                "redistribute it) and restart with it")
 
     # -- (de)serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

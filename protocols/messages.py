@@ -183,21 +183,29 @@ class _Body:
 # -- setup and key agreement -------------------------------------------------------
 @dataclass(frozen=True)
 class Hello(_Body):
-    """Client -> aggregator: I am here; ``samples`` is my local data size (FedAvg weight)."""
+    """Client -> aggregator: I am here; ``samples`` is my local data size (FedAvg weight),
+    ``manifest`` the fingerprint of the manifest I run (``Manifest.fingerprint``)."""
 
     samples: int
+    manifest: str
     STAGES = frozenset({Stage.SETUP})
+
+    def _validate(self) -> None:
+        _check_digest("manifest", self.manifest)
 
 
 @dataclass(frozen=True)
 class KeygenStart(_Body):
-    """Aggregator -> clients (and key authority): start key epoch ``header.epoch``."""
+    """Aggregator -> clients (and key authority): start key epoch ``header.epoch``;
+    ``manifest`` is the fingerprint of the aggregator's manifest."""
 
     participants: tuple[PartyId, ...]
     threshold: int
+    manifest: str
     STAGES = frozenset({Stage.KEYS})
 
     def _validate(self) -> None:
+        _check_digest("manifest", self.manifest)
         if list(self.participants) != sorted(set(self.participants)) or not self.participants:
             raise _reject("participants must be a non-empty, sorted list without repeats")
 

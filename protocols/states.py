@@ -174,7 +174,8 @@ _AFTER_DROP = _to(A.KEY_AGREEMENT, A.MASK_UPLOAD, A.MASK_DECRYPTION, A.ROUND_UPL
                   A.ROUND_DECRYPTION, A.FINISHED, A.ABORTED)
 
 AGGREGATOR_TARGETS: Targets = {
-    A.JOINING: {Hello: _to(A.KEY_AGREEMENT)},  # the last hello starts key agreement
+    # the last hello starts key agreement; one from another manifest is refused (stays)
+    A.JOINING: {Hello: _to(A.KEY_AGREEMENT)},
     A.KEY_AGREEMENT: {
         PublicShare: _KEYS_AGREED,  # may settle confirmations that overtook it
         KeyDelivery: _NONE,
@@ -209,7 +210,8 @@ AGGREGATOR_STAGES: Mapping[enum.Enum, Stage] = {
     A.ABORTED: Stage.END,
 }
 
-AUTHORITY_TARGETS: Targets = {K.WAITING: {KeygenStart: _to(K.DONE)}}
+# another manifest's KeygenStart aborts
+AUTHORITY_TARGETS: Targets = {K.WAITING: {KeygenStart: _to(K.DONE, K.ABORTED)}}
 AUTHORITY_OTHER_TARGETS: OtherTargets = {
     "start": _to(K.WAITING),
     "_on_abort": _to(K.ABORTED),

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
 from protocol_harness import identity, local_model, sensitivity_map
 
-from protocols import MaskPolicy, Mode, Timeouts, make_manifest
+from protocols import MaskPolicy, Mode, PartyRefused, Timeouts, make_manifest
 from protocols.manifest import Manifest
 from threshold_fl.crypto import context_for
-from threshold_fl.errors import SessionAborted
+from threshold_fl.errors import ManifestMismatch, SessionAborted
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority, Node
 from transports import FaultPlan, MemoryHub
 
@@ -70,6 +71,8 @@ class Federation:
         self.returns: dict[str, tuple[int, Callable[[np.ndarray], object]]] = {}
         self.plain_index = -1
         self.errors: dict[str, BaseException] = {}
+        self.error_at: dict[str, float] = {}  # loop time of each error
+        self.manifests: dict[str, Manifest] = {}  # client -> a manifest other than the organiser's
 
     async def client(self, name: str, index: int) -> None:
         transport = DyingTransport(self.hub, name)
@@ -96,7 +99,8 @@ class Federation:
         async def sensitivity() -> np.ndarray:
             return sensitivity_map(name, LENGTH)
 
-        node = FederatedClient(self.manifest, identity(name), transport, samples=10 + index,
+        manifest = self.manifests.get(name, self.manifest)
+        node = FederatedClient(manifest, identity(name), transport, samples=10 + index,
                                train=train, sensitivity=sensitivity)
         try:
             async with node:
@@ -104,6 +108,7 @@ class Federation:
                     self.results[name].append((result.round, result.model))
         except SessionAborted as exc:
             self.errors[name] = exc
+            self.error_at[name] = asyncio.get_running_loop().time()
 
     async def run(self) -> Aggregator:
         aggregator = Aggregator(self.manifest, identity("aggregator"),
@@ -168,6 +173,27 @@ async def test_a_failing_training_callback_leaves_the_session_cleanly() -> None:
     aggregator = await federation.run()
     assert "out of GPU memory" in aggregator.summary.dropped["client3"]
     assert "out of GPU memory" in str(federation.errors["client3"])
+    federation.check(aggregator, ("client1", "client2"))
+
+
+async def test_a_client_with_another_manifest_is_refused_at_once() -> None:
+    organisers = manifest_for(Mode.PLAINTEXT)
+    stale = dataclasses.replace(organisers, rounds=organisers.rounds + 1)  # same session
+    federation = Federation(organisers, MemoryHub())
+    federation.manifests["client3"] = stale
+    started = asyncio.get_running_loop().time()
+    aggregator = await federation.run()
+
+    error = federation.errors["client3"]
+    assert isinstance(error, ManifestMismatch)
+    for fingerprint in (organisers.fingerprint(), stale.fingerprint()):
+        assert fingerprint[:16] in str(error)
+    assert "every party must run the same manifest file" in str(error)
+    assert federation.error_at["client3"] - started < 1.0  # not at the 5 s join deadline
+    refused = [e for e in aggregator.summary.events if isinstance(e, PartyRefused)]
+    assert [e.party for e in refused] == ["client3"]
+    # The others go on without it once the join deadline passes.
+    assert aggregator.summary.finished and set(aggregator.summary.dropped) == {"client3"}
     federation.check(aggregator, ("client1", "client2"))
 
 

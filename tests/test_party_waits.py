@@ -11,6 +11,7 @@ from pathlib import Path
 import mqtt_fixtures
 from party_helpers import command, federation, output, wait_all
 
+from protocols import Manifest
 from transports.broker import MosquittoBroker
 
 broker = mqtt_fixtures.broker  # the fixture (see mqtt_fixtures on why not imported)
@@ -43,3 +44,37 @@ def test_a_client_with_a_stale_manifest_leaves_with_the_cause(
     assert "waiting up to 4 s" in said  # said early, before giving up
     assert "gave up after 4 s: no aggregator 'server' has been present" in said
     assert "differs from the organiser's" in said
+
+
+def test_a_client_with_an_edited_copy_of_the_manifest_is_refused_at_once(
+        tmp_path: Path, broker: MosquittoBroker) -> None:
+    # Same session (so same topics) but one setting changed: its Hello reaches the
+    # aggregator, which refuses it at once with both fingerprints, long before the join
+    # deadline; the organiser's side says so too.
+    organisers = federation(tmp_path, rounds=1, join_s=600)
+    data = json.loads(organisers.read_text())
+    data["rounds"] = 2
+    stale = tmp_path / "edited.json"
+    stale.write_text(json.dumps(data))
+    fingerprints = [Manifest.load(path).fingerprint()[:16] for path in (organisers, stale)]
+    assert fingerprints[0] != fingerprints[1]
+    processes = {}
+    for name, argv in (("server", ["aggregator", "--manifest", str(organisers),
+                                   "--identity", str(tmp_path / "server")]),
+                       ("stale", ["client", "--manifest", str(stale),
+                                  "--identity", str(tmp_path / "c1")])):
+        with (tmp_path / f"{name}.out").open("w") as out:
+            processes[name] = subprocess.Popen(command(*argv, "--broker", broker.url),
+                                               stdout=out, stderr=subprocess.STDOUT, text=True)
+    stale_client = processes["stale"]
+    try:
+        stale_client.wait(timeout=120)  # the join deadline is 600 s
+    finally:
+        processes["server"].terminate()
+        wait_all(processes, 30)
+    said = output(tmp_path, "stale")
+    assert stale_client.returncode == 1, said
+    assert "manifest mismatch" in said and "every party must run the same manifest" in said
+    assert all(fingerprint in said for fingerprint in fingerprints), said
+    server_said = output(tmp_path, "server")
+    assert "refused 'c1'" in server_said and fingerprints[1] in server_said, server_said

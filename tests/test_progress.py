@@ -6,7 +6,6 @@ ends in an Abort instead of a silent exit."""
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from test_node import LENGTH, NAMES, Federation, manifest_for
 
 from protocols import AggregatorMachine, ClientMachine, Mode, Timeouts, make_manifest
 from threshold_fl.app.party import AggregatorWatch
-from threshold_fl.errors import SessionAborted
+from threshold_fl.errors import ManifestMismatch, SessionAborted
 from threshold_fl.node import Aggregator, FederatedClient
 from threshold_fl.progress import WaitReporter
 from transports import MemoryHub
@@ -137,11 +136,11 @@ async def test_the_machine_converts_what_the_application_returns_once() -> None:
 # -- refusals say the real reason (item 2) ----------------------------------------------
 
 
-async def test_a_client_with_other_ckks_parameters_is_dropped_with_the_real_reason(
-        caplog: pytest.LogCaptureFixture) -> None:
-    """Same session, other rounds and parties: the aggregator refuses the client's frames
-    as made under other CKKS parameters, warns at the default level, and names that
-    reason when it drops the client at the deadline."""
+async def test_a_client_with_another_manifest_is_dropped_with_the_real_reason() -> None:
+    """Same session, other rounds and so other CKKS parameters: the aggregator refuses
+    the client's Hello at once for its manifest fingerprint (before any frame made under
+    other parameters is sent), and names that reason when it drops the client at the
+    join deadline; the others go on."""
     fast = Timeouts(join_s=3, keys_s=1.5, upload_s=5, decrypt_s=1.5)
     ours = make_manifest(session="node-test", aggregator=identity("aggregator").public,
                          clients=[identity(name).public for name in NAMES],
@@ -156,16 +155,15 @@ async def test_a_client_with_other_ckks_parameters_is_dropped_with_the_real_reas
                              hub.connect(name), samples=5,
                              train=lambda r, m: np.zeros(LENGTH),
                              sensitivity=lambda: np.ones(LENGTH)) for name in NAMES]
-    with caplog.at_level(logging.WARNING, logger="threshold_fl.node"):
-        results = await asyncio.wait_for(asyncio.gather(
-            aggregator.run(), *(node.run() for node in nodes), return_exceptions=True), 60)
+    results = await asyncio.wait_for(asyncio.gather(
+        aggregator.run(), *(node.run() for node in nodes), return_exceptions=True), 60)
     assert not isinstance(results[0], BaseException), results[0]
+    assert isinstance(results[1], ManifestMismatch), results[1]
     reason = aggregator.summary.dropped["client1"]
-    assert "missed the key agreement deadline" in reason
-    assert "other CKKS parameters" in reason
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("other CKKS parameters" in w and ours.fingerprint()[:16] in w
-               for w in warnings), warnings
+    assert "did not join in time" in reason
+    assert "its last message was refused: manifest mismatch" in reason
+    assert ours.fingerprint()[:16] in reason and other.fingerprint()[:16] in reason
+    assert aggregator.summary.finished
 
 
 # -- the aggregator watch (item 1) --------------------------------------------------------

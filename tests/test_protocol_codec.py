@@ -77,8 +77,9 @@ SET = ("client-1", "client-2")  # a decryption set: sorted party ids, no repeats
 
 #: One valid instance of every body type (with non-trivial field values).
 SAMPLES: dict[type, Any] = {
-    Hello: Hello(samples=1234),
-    KeygenStart: KeygenStart(participants=("client-1", "client-2"), threshold=2),
+    Hello: Hello(samples=1234, manifest=D1),
+    KeygenStart: KeygenStart(participants=("client-1", "client-2"), threshold=2,
+                             manifest=D2),
     PublicShare: PublicShare(key_frame=b"\x00frame\xff" * 10),
     KeyDelivery: KeyDelivery(sealed=bytes(range(256))),
     KeyConfirm: KeyConfirm(key_id=D1, group_check=D2),
@@ -169,8 +170,9 @@ def test_body_type_codes_are_pinned() -> None:
         "MaskConfirm", "RoundStart", "UpdateUpload", "RoundDone", "Finished", "Abort",
     ]
     # Blind fusion replaced PartialShare, RecoveryRequest and RecoveryShare at codes 8-10
-    # (and added Fused at 10): a peer of version 2 would misread them, so the version moved.
-    assert CODEC_VERSION == 3
+    # (and added Fused at 10): a peer of version 2 would misread them, so the version moved
+    # (3); the manifest's fingerprint joined Hello and KeygenStart (4).
+    assert CODEC_VERSION == 4
 
 
 def test_a_removed_type_code_is_not_read_as_its_successor() -> None:
@@ -228,7 +230,7 @@ def test_round_trip_at_field_limits() -> None:
     longest_id = "a" + "Z" * 63
     identity = Identity.from_seed(longest_id, SEED)
     header = Header("s" * 128, longest_id, "0", Stage.SETUP, 10**6, 10**6, 10**6)  # type: ignore[arg-type]
-    message = Message(header, Hello(samples=2**63))
+    message = Message(header, Hello(samples=2**63, manifest=D1))
     decoded = decode_message(encode_message(identity, message), {longest_id: identity.public})
     assert decoded == message
     abort = Message(_header(Stage.END), Abort(reason="x" * 2000))
@@ -271,12 +273,22 @@ def test_round_trip_property(
 # ----------------------------------------------------------- construction checks
 
 BAD_BODIES: list[Any] = [
-    pytest.param(lambda: Hello(samples="3"), "field 'samples' must be a non-negative",
+    pytest.param(lambda: Hello(samples="3", manifest=D1), "field 'samples' must be a non-negative",
                  id="str-int"),
-    pytest.param(lambda: Hello(samples=-1), "field 'samples' must be a non-negative", id="neg"),
-    pytest.param(lambda: Hello(samples=True), "field 'samples' must be a non-negative", id="bool"),
-    pytest.param(lambda: Hello(samples=1.0), "field 'samples' must be a non-negative", id="float"),
-    pytest.param(lambda: Hello(samples=2**63 + 1), "field 'samples'", id="int-too-big"),
+    pytest.param(lambda: Hello(samples=-1, manifest=D1), "field 'samples' must be a non-negative",
+                 id="neg"),
+    pytest.param(lambda: Hello(samples=True, manifest=D1),
+                 "field 'samples' must be a non-negative", id="bool"),
+    pytest.param(lambda: Hello(samples=1.0, manifest=D1),
+                 "field 'samples' must be a non-negative", id="float"),
+    pytest.param(lambda: Hello(samples=2**63 + 1, manifest=D1), "field 'samples'",
+                 id="int-too-big"),
+    pytest.param(lambda: Hello(samples=1, manifest=D1[:16]),
+                 "field 'manifest' must be a lowercase hex SHA-256 digest", id="short-fingerprint"),
+    pytest.param(lambda: Hello(samples=1, manifest=D1.upper()),
+                 "field 'manifest' must be a lowercase hex SHA-256 digest", id="upper-fingerprint"),
+    pytest.param(lambda: KeygenStart(participants=("a",), threshold=1, manifest=b"\x00" * 32),
+                 "field 'manifest' must be str", id="bytes-fingerprint"),
     pytest.param(lambda: PublicShare(key_frame="frame"), "field 'key_frame' must be bytes, got str",
                  id="str-bytes"),
     pytest.param(lambda: PublicShare(key_frame=bytearray(b"x")), "field 'key_frame' must be bytes",
@@ -353,13 +365,15 @@ BAD_BODIES: list[Any] = [
         )
         for build in [functools.partial(make, members)]
     ),
-    pytest.param(lambda: KeygenStart(participants=("client-2", "client-1"), threshold=2),
+    pytest.param(lambda: KeygenStart(participants=("client-2", "client-1"), threshold=2,
+                                     manifest=D1),
                  "participants must be a non-empty, sorted list without repeats", id="unsorted"),
-    pytest.param(lambda: KeygenStart(participants=("client-1", "client-1"), threshold=2),
+    pytest.param(lambda: KeygenStart(participants=("client-1", "client-1"), threshold=2,
+                                     manifest=D1),
                  "participants must be a non-empty, sorted list without repeats", id="repeat"),
-    pytest.param(lambda: KeygenStart(participants=(), threshold=1),
+    pytest.param(lambda: KeygenStart(participants=(), threshold=1, manifest=D1),
                  "participants must be a non-empty, sorted list without repeats", id="empty"),
-    pytest.param(lambda: KeygenStart(participants=("a",), threshold="1"),
+    pytest.param(lambda: KeygenStart(participants=("a",), threshold="1", manifest=D1),
                  "field 'threshold' must be a non-negative integer", id="threshold-str"),
     pytest.param(lambda: Abort(reason=""), "an abort reason must have 1 to 2000 characters",
                  id="empty-reason"),
@@ -433,7 +447,8 @@ BAD_PARTY_FIELDS: list[Any] = [
                                              shares=()), id="share-members"),
     pytest.param(lambda bad: Fused(members=("0", bad), c1_digest=D1, fused=(), plain=b""),
                  id="fused-members"),
-    pytest.param(lambda bad: KeygenStart(participants=(bad,), threshold=1), id="participants"),
+    pytest.param(lambda bad: KeygenStart(participants=(bad,), threshold=1, manifest=D1),
+                 id="participants"),
 ]
 
 
@@ -651,11 +666,14 @@ BAD_PAYLOADS: list[Any] = [
                  id="header-map"),
     pytest.param(_packed([HELLO_HEADER, 0, []]), "a Hello has the wrong number of fields",
                  id="body-short"),
-    pytest.param(_packed([HELLO_HEADER, 0, [1, 2]]), "a Hello has the wrong number of fields",
+    pytest.param(_packed([HELLO_HEADER, 0, [1, D1, 2]]), "a Hello has the wrong number of fields",
                  id="body-long"),
+    # A version-3 Hello had no manifest fingerprint (the codec version moved with it).
+    pytest.param(_packed([HELLO_HEADER, 0, [7]]), "a Hello has the wrong number of fields",
+                 id="hello-without-fingerprint"),
     pytest.param(_packed([HELLO_HEADER, 0, b"\x01"]), "a Hello has the wrong number of fields",
                  id="body-bytes"),
-    pytest.param(_packed([HELLO_HEADER, 0, ["1"]]), "field 'samples' must be a non-negative",
+    pytest.param(_packed([HELLO_HEADER, 0, ["1", D1]]), "field 'samples' must be a non-negative",
                  id="body-type"),
     pytest.param(_packed([["s", "client-1", "aggregator", 9, 0, 0, 0], 0, [1]]),
                  "unknown stage 9", id="unknown-stage"),
@@ -674,13 +692,13 @@ BAD_PAYLOADS: list[Any] = [
     pytest.param(_packed([HELLO_HEADER, BODY_TYPES.index(Abort), [b"bytes"]]),
                  "field 'reason' must be str, got bytes", id="reason-bytes"),
     pytest.param(_packed([["s", "client-1", "*", 1, 0, 0, 0], BODY_TYPES.index(KeygenStart),
-                          [["client-2", "client-1"], 2]]),
+                          [["client-2", "client-1"], 2, D1]]),
                  "participants must be a non-empty, sorted list", id="unsorted-participants"),
     pytest.param(_packed([["s", "client-1", "*", 1, 0, 0, 0], BODY_TYPES.index(KeygenStart),
-                          [["client-1", "bad id"], 2]]),
+                          [["client-1", "bad id"], 2, D1]]),
                  "field 'participants': invalid party id", id="bad-participant"),
     pytest.param(_packed([["s", "client-1", "*", 1, 0, 0, 0], BODY_TYPES.index(KeygenStart),
-                          ["client-1", 2]]),
+                          ["client-1", 2, D1]]),
                  "field 'participants' must be a sequence, got str", id="participants-str"),
     pytest.param(_packed([["s", "client-1", "*", 1, 0, 0, 0], BODY_TYPES.index(KeyConfirm),
                           [D1.upper(), D2]]),
@@ -716,10 +734,10 @@ def test_signed_but_malformed_payload(payload: bytes, problem: str) -> None:
 
 def test_valid_hand_built_payload_decodes() -> None:
     # Control for the cases above: the same construction with a good payload works.
-    data = _envelope(CLIENT1, _packed([HELLO_HEADER, 0, [7]]))
+    data = _envelope(CLIENT1, _packed([HELLO_HEADER, 0, [7, D1]]))
     message = decode_message(data, DIRECTORY)
     assert message == Message(Header("s", "client-1", "aggregator", Stage.SETUP, 0, 0, 0),  # type: ignore[arg-type]
-                              Hello(samples=7))
+                              Hello(samples=7, manifest=D1))
 
 
 @pytest.mark.parametrize(("field", "value", "problem"), [
@@ -740,7 +758,7 @@ def test_signed_payload_with_bad_header_field(field: int, value: Any, problem: s
 
 
 @pytest.mark.parametrize(("code", "problem"), [
-    (BODY_TYPES.index(Hello), "a Hello has the wrong number of fields"),  # 2 fields sent
+    (BODY_TYPES.index(Hello), "field 'samples' must be a non-negative integer"),
     (BODY_TYPES.index(KeyConfirm), "field 'key_id' must be str, got list"),  # wrong types
     (BODY_TYPES.index(Finished), "a Finished has the wrong number of fields"),
     (BODY_TYPES.index(DecryptRequest), "field 'members': invalid party id"),  # bytes, not ids

@@ -17,6 +17,7 @@ current step, from a plausible sender:
   the contents the aggregator really holds (key id, group check, mask, the decryption
   set and the aggregate's digest), with well-formed polynomial frames (all zero) for
   the joint decryption; a share comes from a member that still owes one;
+* ``other-manifest``: a Hello or KeygenStart carrying another manifest's fingerprint;
 * ``in-flight-from-...`` (later visits only): the real bytes about to arrive, unchanged.
 
 Whatever the content, ``receive`` must return a Step or raise a MessageRejected; a
@@ -387,8 +388,9 @@ def _bogus_body(body_type: type, net: Network) -> Any:
     fake = _fake_digest(body_type.__name__)
     pair = (OTHER_CLIENT, TARGET_CLIENT)  # sorted: t = 2 holders
     bodies: dict[type, Callable[[], Any]] = {
-        Hello: lambda: Hello(7),
-        KeygenStart: lambda: KeygenStart(manifest.client_ids, manifest.threshold),
+        Hello: lambda: Hello(7, manifest.fingerprint()),
+        KeygenStart: lambda: KeygenStart(manifest.client_ids, manifest.threshold,
+                                         manifest.fingerprint()),
         PublicShare: lambda: PublicShare(frames[0]),
         KeyDelivery: lambda: KeyDelivery(frames[0]),
         KeyConfirm: lambda: KeyConfirm(fake, fake),
@@ -478,9 +480,15 @@ def _announcements(net: Network, body_type: type, step: tuple[Stage, int, int, i
     key_id = aggregator._key_id or _fake_digest("key")
     check = aggregator._group_check or _fake_digest("check")
     mask = aggregator.mask or EncryptionMask.full(LENGTH)
+    other = _fake_digest("another manifest")
+    if body_type is Hello:  # from a client that runs another manifest
+        return [("other-manifest", (Stage.SETUP, 0, 0, 0), Hello(7, other))]
     if body_type is KeygenStart:
-        body = KeygenStart(net.manifest.client_ids, net.manifest.threshold)
-        return [("next", (Stage.KEYS, epoch + 1, round_, 1), body)]
+        manifest = net.manifest
+        body = KeygenStart(manifest.client_ids, manifest.threshold, manifest.fingerprint())
+        foreign = KeygenStart(manifest.client_ids, manifest.threshold, other)
+        return [("next", (Stage.KEYS, epoch + 1, round_, 1), body),
+                ("other-manifest", (Stage.KEYS, epoch + 1, round_, 1), foreign)]
     if body_type is MaskStart:
         body = MaskStart(key_id, check, 0.5)
         return [("next", (Stage.MASK, epoch, 0, 1), body),

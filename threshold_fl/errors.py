@@ -17,6 +17,7 @@ __all__ = [
     "DuplicateMessage",
     "UnexpectedMessage",
     "SessionAborted",
+    "ManifestMismatch",
     "ThresholdFLError",
     "EnvironmentError_",
     "ParameterError",
@@ -116,3 +117,8 @@ class UnexpectedMessage(MessageRejected):
 
 class SessionAborted(ProtocolError):
     """The session ended without completing; the message says why."""
+
+
+class ManifestMismatch(SessionAborted):
+    """A peer runs a different manifest (its fingerprint differs from this party's):
+    every party must run the same manifest file, so the session cannot go on with it."""

@@ -39,6 +39,7 @@ from protocols import (
     Mode,
     Outgoing,
     PartyDropped,
+    PartyRefused,
     RoundCompleted,
     SensitivityNeeded,
     Step,
@@ -170,6 +171,8 @@ class SessionSummary:
     party: str
     finished: bool = False
     aborted: str | None = None
+    #: What ``run``/``wait`` raise for the abort (ManifestMismatch: a peer's manifest differs).
+    abort_error: type[SessionAborted] = SessionAborted
     rounds: int = 0
     dropped: dict[str, str] = field(default_factory=dict)
     rejected: int = 0  # messages discarded (duplicates, late, forged...)
@@ -257,7 +260,7 @@ class Node:
             for refusals in (self._refusals, self._notices):  # counts not yet said
                 refusals.flush(self._clock(), final=True)
         if self.summary.aborted is not None:
-            raise SessionAborted(f"{self.machine.me}: {self.summary.aborted}")
+            raise self.summary.abort_error(f"{self.machine.me}: {self.summary.aborted}")
         return self.summary
 
     def _start(self, now: float) -> Step:
@@ -357,7 +360,11 @@ class Node:
     def _record(self, event: Event) -> None:
         self.summary.events.append(event)
         if isinstance(event, Aborted):
-            self.summary.aborted = event.reason
+            self.summary.aborted, self.summary.abort_error = event.reason, event.error
+        elif isinstance(event, PartyRefused):
+            self._last_refusal[event.party] = event.reason  # named if it is dropped later
+            if self._say is not None:
+                self._say(f"{self.machine.me}: refused {event.party!r}: {event.reason}")
         elif isinstance(event, Finished):
             self.summary.finished = True
         elif isinstance(event, RoundCompleted):
