@@ -17,12 +17,9 @@ from transports.broker import MosquittoBroker
 broker = mqtt_fixtures.broker  # the fixture (see mqtt_fixtures on why not imported)
 
 
-def test_a_client_with_a_stale_manifest_leaves_with_the_cause(
-        tmp_path: Path, broker: MosquittoBroker) -> None:
-    organisers = federation(tmp_path, rounds=1, join_s=30)
-    stale = federation(tmp_path, rounds=1, join_s=4, name="stale.json")  # a new session
-    session = json.loads(stale.read_text())["session"]
-    assert session != json.loads(organisers.read_text())["session"]
+def _start(tmp_path: Path, broker: MosquittoBroker, organisers: Path, stale: Path
+           ) -> dict[str, subprocess.Popen[str]]:
+    """The aggregator on the organiser's manifest and client c1 on *stale*."""
     processes = {}
     for name, argv in (("server", ["aggregator", "--manifest", str(organisers),
                                    "--identity", str(tmp_path / "server")]),
@@ -31,6 +28,16 @@ def test_a_client_with_a_stale_manifest_leaves_with_the_cause(
         with (tmp_path / f"{name}.out").open("w") as out:
             processes[name] = subprocess.Popen(command(*argv, "--broker", broker.url),
                                                stdout=out, stderr=subprocess.STDOUT, text=True)
+    return processes
+
+
+def test_a_client_with_a_stale_manifest_leaves_with_the_cause(
+        tmp_path: Path, broker: MosquittoBroker) -> None:
+    organisers = federation(tmp_path, rounds=1, join_s=30)
+    stale = federation(tmp_path, rounds=1, join_s=4, name="stale.json")  # a new session
+    session = json.loads(stale.read_text())["session"]
+    assert session != json.loads(organisers.read_text())["session"]
+    processes = _start(tmp_path, broker, organisers, stale)
     stale_client = processes["stale"]
     try:
         # Well before any stage deadline of the client (its patience is 2 x (keys +
@@ -58,14 +65,7 @@ def test_a_client_with_an_edited_copy_of_the_manifest_is_refused_at_once(
     stale.write_text(json.dumps(data))
     fingerprints = [Manifest.load(path).fingerprint()[:16] for path in (organisers, stale)]
     assert fingerprints[0] != fingerprints[1]
-    processes = {}
-    for name, argv in (("server", ["aggregator", "--manifest", str(organisers),
-                                   "--identity", str(tmp_path / "server")]),
-                       ("stale", ["client", "--manifest", str(stale),
-                                  "--identity", str(tmp_path / "c1")])):
-        with (tmp_path / f"{name}.out").open("w") as out:
-            processes[name] = subprocess.Popen(command(*argv, "--broker", broker.url),
-                                               stdout=out, stderr=subprocess.STDOUT, text=True)
+    processes = _start(tmp_path, broker, organisers, stale)
     stale_client = processes["stale"]
     try:
         stale_client.wait(timeout=120)  # the join deadline is 600 s
