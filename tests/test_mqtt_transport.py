@@ -666,3 +666,9 @@ async def test_use_before_connect_and_bad_options() -> None:
         await t.receive()
     with pytest.raises(ParameterError, match=r"window"):
         MqttOptions(window=0)
+
+
+def test_the_broker_base_names_no_broker_of_its_own() -> None:
+    # Only MosquittoBroker and AmqttBroker know how to start a broker.
+    with pytest.raises(TypeError, match="_argv"):
+        BrokerProcess(port=None, host="127.0.0.1")  # type: ignore[abstract]

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import importlib
@@ -288,10 +289,11 @@ def write_deploy_config(
 # --------------------------------------------------------------------------- broker processes
 
 
-class BrokerProcess:
+class BrokerProcess(abc.ABC):
     """A broker subprocess on a loopback port, restartable on the same port.
 
-    Subclasses say how to write its configuration and start it (:meth:`_argv`).
+    Subclasses say how to write its configuration and start it (:meth:`_argv`), so
+    this base cannot be made on its own.
     """
 
     name = "broker"
@@ -326,9 +328,9 @@ class BrokerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @abc.abstractmethod
     def _argv(self) -> list[str]:
         """Write the configuration for the current port; the command that starts it."""
-        raise NotImplementedError
 
     def _output(self) -> int | IO[bytes]:
         """Where the process's stdout and stderr go."""
