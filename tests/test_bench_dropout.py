@@ -32,7 +32,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
     out = tmp_path_factory.mktemp("dropout")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = cli_main(["bench", "dropout", "--quick", "--out", str(out)])
+        code = cli_main(["bench", "dropout", "--quick", "--probe-repeats", "2",
+                         "--out", str(out)])
     assert code == 0, printed.getvalue()[-3000:]
     return out, json.loads((out / "dropout.json").read_text()), printed.getvalue()
 
@@ -47,11 +48,18 @@ def test_the_run_with_a_dropout_took_a_second_set(
     assert a["round"] == b["round"] == ROUNDS
     assert a["contributors"] == b["contributors"] == 3  # the kill came after the uploads
     assert b["ratio"] == pytest.approx(b["decryption_s"] / a["decryption_s"])
+    # one set: the last set is the whole step; two: the first set's wait comes before it
+    assert a["last_set_s"] == pytest.approx(a["decryption_s"])
+    assert 0 < b["last_set_s"] < b["decryption_s"]
+    assert b["last_set_ratio"] == pytest.approx(b["last_set_s"] / a["decryption_s"])
+    assert 0 < data["crash_detection_s"] < 30  # the probe's Will came (its wait is 60 s)
+    assert "Last Will arrives" in data["headline"]
     assert data["settings"]["model"] == MODEL and data["machine"]["openfhe"]
     server = (out / "dropout-runs" / "B" / "threshold" / "logs" / "server.log").read_text()
     assert f"dropped '{killed}': went offline" in server  # its Last Will, not a deadline
     markdown = (out / "dropout.md").read_text()
     assert "Measured on" in markdown and "| B | client-3 | 2 |" in markdown
+    assert "last set vs A" in markdown
     assert "goal: at most 2x" in printed
 
 

@@ -16,7 +16,8 @@ from protocols import MaskPolicy, make_manifest
 from threshold_fl.app.cli import main as cli_main
 from threshold_fl.app.demo import DemoConfig
 from threshold_fl.app.demo_report import report_figure, summary_lines
-from threshold_fl.app.rounds import RoundRow, RunReport
+from threshold_fl.app.rounds import RoundRow, RunReport, combine_rows
+from threshold_fl.errors import ParameterError
 from threshold_fl.identity import Identity
 from threshold_fl.ml.mask import EncryptionMask
 from threshold_fl.ml.privacy import LaplaceNoise, privacy_budget
@@ -206,3 +207,14 @@ def test_a_run_report_reads_the_manifest_and_writes_json() -> None:
     budget = privacy_budget(LaplaceNoise(0.5, 1.0), EncryptionMask.empty(100), rounds=2)
     with_budget = RunReport.of(manifest, 9.0, rows, privacy=budget).to_dict()
     assert with_budget["privacy"]["summary"] == str(budget)
+
+
+def test_a_round_row_keeps_the_last_decryption_set_within_the_step() -> None:
+    row = RoundRow("server", 2, 3.0, 10, 10, decryption_s=0.3, attempts=2, last_set_s=0.1)
+    assert RoundRow.from_json(row.as_json()) == row
+    combined = combine_rows("federation", [row, RoundRow("client-1", 2, 3.1, 5, 5)])
+    assert (combined.decryption_s, combined.attempts, combined.last_set_s) == (0.3, 2, 0.1)
+    with pytest.raises(ParameterError, match="last_set_s needs decryption_s and is part"):
+        RoundRow("server", 2, 3.0, 10, 10, decryption_s=0.1, attempts=2, last_set_s=0.2)
+    with pytest.raises(ParameterError, match="last_set_s needs decryption_s"):
+        RoundRow("server", 2, 3.0, 10, 10, last_set_s=0.2)

@@ -165,28 +165,39 @@ class _RoundMeter:
 class _DecryptionMeter:
     """The aggregator's joint decryption per round, from the messages it sends: seconds
     from handing the first DecryptRequest to the transport to handing over the Fused
-    broadcast, and how many decryption sets (attempts) were asked in between."""
+    broadcast, how many decryption sets (attempts) were asked in between, and the
+    seconds from asking the last of them (what a replaced set cost apart from waiting
+    to hear that a member was gone)."""
 
     def __init__(self, attempt: Callable[[], int]) -> None:
         self.attempt = attempt  # the machine's current attempt number
         self.started: float | None = None
+        self.last_set: float | None = None
         self.seconds: float | None = None
+        self.last_set_s: float | None = None
         self.attempts: set[int] = set()
 
     def sent(self, outgoing: Outgoing) -> None:
+        now = time.perf_counter()
         if outgoing.kind == "DecryptRequest":
             if self.started is None or self.seconds is not None:  # a new decryption
-                self.started, self.seconds, self.attempts = time.perf_counter(), None, set()
-            self.attempts.add(self.attempt())
+                self.started, self.seconds, self.attempts = now, None, set()
+            attempt = self.attempt()
+            if attempt not in self.attempts:  # one request per member: the set's first
+                self.attempts.add(attempt)
+                self.last_set = now
         elif outgoing.kind == "Fused" and self.started is not None and self.seconds is None:
-            self.seconds = time.perf_counter() - self.started
+            assert self.last_set is not None
+            self.seconds, self.last_set_s = now - self.started, now - self.last_set
 
     def take(self) -> dict[str, Any]:
         """The row's fields for the decryption that just ended (none if there was none)."""
         figures: dict[str, Any] = {}
         if self.seconds is not None:
-            figures = {"decryption_s": self.seconds, "attempts": len(self.attempts)}
-        self.started, self.seconds, self.attempts = None, None, set()
+            figures = {"decryption_s": self.seconds, "attempts": len(self.attempts),
+                       "last_set_s": self.last_set_s}
+        self.started, self.last_set, self.seconds, self.attempts = None, None, None, set()
+        self.last_set_s = None
         return figures
 
 

@@ -38,8 +38,9 @@ class RoundRow:
     (round 1: since the session began, so it includes key and mask agreement);
     ``bytes_sent``/``bytes_received`` likewise.  The aggregator's rows in threshold mode
     also carry the joint decryption: ``decryption_s`` from handing the first
-    DecryptRequest to the transport to handing over the Fused broadcast, and
-    ``attempts``, how many decryption sets were asked."""
+    DecryptRequest to the transport to handing over the Fused broadcast,
+    ``attempts``, how many decryption sets were asked, and ``last_set_s``, the part of
+    ``decryption_s`` from asking the last of those sets (equal to it with one set)."""
 
     party: str
     round: int
@@ -53,6 +54,7 @@ class RoundRow:
     contributors: int | None = None
     decryption_s: float | None = None
     attempts: int | None = None
+    last_set_s: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.party, str) or not self.party:
@@ -77,6 +79,11 @@ class RoundRow:
             _check_number(self.decryption_s, "decryption_s")
         if self.attempts is not None:
             _check_number(self.attempts, "attempts", integer=True, minimum=1)
+        if self.last_set_s is not None:
+            _check_number(self.last_set_s, "last_set_s")
+            if self.decryption_s is None or self.last_set_s > self.decryption_s:
+                raise ParameterError("round row: last_set_s needs decryption_s and is part "
+                                     f"of it, got {self.last_set_s} of {self.decryption_s}")
 
     def line(self) -> str:
         """The table row under :func:`header`."""
@@ -172,7 +179,8 @@ def combine_rows(party: str, rows: Iterable[RoundRow]) -> RoundRow:
         encrypted_fraction=scored.encrypted_fraction if scored else None,
         contributors=contributors[0] if contributors else None,
         decryption_s=decrypting.decryption_s if decrypting else None,
-        attempts=decrypting.attempts if decrypting else None)
+        attempts=decrypting.attempts if decrypting else None,
+        last_set_s=decrypting.last_set_s if decrypting else None)
 
 
 @dataclass(frozen=True)

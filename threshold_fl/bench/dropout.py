@@ -17,9 +17,18 @@ Figures of the measured round, from the aggregator's report (its round rows):
   to handing over the Fused broadcast; in B that spans the dead member's Last Will,
   the new set's shares and the fusion;
 - **attempts**: how many decryption sets the aggregator asked;
+- **last set s**: the part of the decryption seconds from asking the last set; in B,
+  the rest is waiting to hear of the death (the request reaching the victim, the kernel
+  tearing the killed process down, the broker's Last Will, the aggregator handling it);
 - **vs A**: the decryption seconds over A's (the goal is at most 2x);
+- **last set vs A**: the last set's seconds over A's decryption seconds: what replacing
+  the set cost the protocol, apart from the wait;
 - **round s**: the aggregator's whole round, from the previous round's end to every
   live client's confirmation (in B it includes dropping the dead client).
+
+Before the runs, :func:`~threshold_fl.bench.crash_probe.crash_detection_s` times the
+wait that no protocol can shorten: SIGKILL of a process that loaded what a client loads
+to its Last Will reaching a subscriber (``--probe-repeats``, median).
 
 Timing is printed and written, never asserted; ``--repeats`` runs the pair again.
 """
@@ -38,6 +47,7 @@ from protocols.fusion import choose_set
 from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.app.demo import DemoConfig, run_demo
 from threshold_fl.app.rounds import RunReport
+from threshold_fl.bench.crash_probe import crash_detection_s
 from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
 from threshold_fl.errors import ThresholdFLError
 from threshold_fl.identity import PartyId
@@ -54,10 +64,14 @@ NOTES = (
     "- decryption s: from the aggregator handing the first DecryptRequest (attempt 1) to "
     "the transport to handing over the Fused broadcast.\n"
     "- attempts: decryption sets asked.\n"
+    "- last set s: the part of the decryption seconds from asking the last set; in B the "
+    "rest is waiting to hear of the death.\n"
     "- vs A: decryption seconds over run A's (goal: at most 2x).\n"
+    "- last set vs A: the last set's seconds over run A's decryption seconds.\n"
     "- round s: the aggregator's whole round, from the previous round's end to the last "
     "live client's confirmation.")
-COLUMNS = ("run", "killed", "attempts", "decryption s", "vs A", "round s", "accuracy")
+COLUMNS = ("run", "killed", "attempts", "decryption s", "last set s", "vs A",
+           "last set vs A", "round s", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -70,16 +84,26 @@ class DropoutFigures:
     round: int
     attempts: int
     decryption_s: float
+    last_set_s: float
     round_s: float
     accuracy: float | None
     contributors: int | None
     ratio: float | None = None  # decryption_s over the same repeat's run A
+    last_set_ratio: float | None = None  # last_set_s over the same repeat's A decryption_s
 
     def cells(self) -> list[object]:
+        def times(ratio: float | None) -> str:
+            return "-" if ratio is None else f"{ratio:.2f}x"
+
         return [f"{self.run}{self.repeat}" if self.repeat > 1 else self.run,
                 self.killed or "-", self.attempts, f"{self.decryption_s:.3f}",
-                "-" if self.ratio is None else f"{self.ratio:.2f}x", f"{self.round_s:.2f}",
-                "-" if self.accuracy is None else f"{self.accuracy:.2%}"]
+                f"{self.last_set_s:.3f}", times(self.ratio), times(self.last_set_ratio),
+                f"{self.round_s:.2f}", "-" if self.accuracy is None else f"{self.accuracy:.2%}"]
+
+    def against(self, a: DropoutFigures) -> DropoutFigures:
+        """These figures with the ratios to run *a* (the same repeat without a dropout)."""
+        return replace(self, ratio=self.decryption_s / a.decryption_s,
+                       last_set_ratio=self.last_set_s / a.decryption_s)
 
 
 def victim(config: DemoConfig, round_: int) -> int:
@@ -95,12 +119,12 @@ def figures_of(run: str, repeat: int, result: RunReport, killed: str | None
                ) -> DropoutFigures:
     """The last round's figures of *result*, from the aggregator's row."""
     row = result.parties["server"][-1]
-    if row.decryption_s is None or row.attempts is None:
+    if row.decryption_s is None or row.attempts is None or row.last_set_s is None:
         raise ThresholdFLError(f"run {run}: the aggregator's round {row.round} has no joint "
                                "decryption (nothing encrypted?)")
     accuracy = result.rounds[-1].accuracy
     return DropoutFigures(run, repeat, killed, row.round, row.attempts, row.decryption_s,
-                          row.seconds, accuracy, row.contributors)
+                          row.last_set_s, row.seconds, accuracy, row.contributors)
 
 
 def _run(config: DemoConfig) -> RunReport:
@@ -123,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=bounded(int, 0), default=defaults.seed)
     parser.add_argument("--repeats", type=bounded(int, 1, 20), default=1,
                         help="run the pair (A, B) this many times")
+    parser.add_argument("--probe-repeats", type=bounded(int, 0, 50), default=5,
+                        help="kill a client-like process this many times to time its Last "
+                             "Will (the median is reported; 0 skips the probe)")
     parser.add_argument("--quick", action="store_true",
                         help="the MLP, 1 epoch, 2 rounds (overrides those options)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"),
@@ -130,14 +157,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write(out: Path, template: DemoConfig, rows: Sequence[DropoutFigures]) -> list[Path]:
+def _write(out: Path, template: DemoConfig, rows: Sequence[DropoutFigures],
+           detection_s: float | None) -> list[Path]:
     settings = {"clients": template.clients, "rounds": template.rounds,
                 "model": template.model, "epochs": template.epochs,
                 "fraction": template.fraction, "seed": template.seed, "mode": template.mode}
-    headline = _headline(rows)
+    headline = _headline(rows, detection_s)
     notes = f"{headline}\n\n{NOTES}"
     data: dict[str, Any] = {"settings": settings, "rows": [asdict(row) for row in rows],
-                            "headline": headline}
+                            "crash_detection_s": detection_s, "headline": headline}
     title = (f"Decryption with a member of the set killed: {template.model}, "
              f"{template.clients} clients, round {template.rounds}")
     paths = write_suite(out, "dropout", title, markdown_table(COLUMNS, [r.cells() for r in rows]),
@@ -145,12 +173,22 @@ def _write(out: Path, template: DemoConfig, rows: Sequence[DropoutFigures]) -> l
     return list(paths)
 
 
-def _headline(rows: Sequence[DropoutFigures]) -> str:
-    ratios = [row.ratio for row in rows if row.ratio is not None]
-    if not ratios:
+def _headline(rows: Sequence[DropoutFigures], detection_s: float | None) -> str:
+    dropped = [row for row in rows if row.ratio is not None]
+    if not dropped:
         return "No run with a dropout."
-    return (f"Decryption step with one member of the set killed: {min(ratios):.2f}x to "
-            f"{max(ratios):.2f}x the no-dropout step (goal: at most 2x).")
+
+    def span(values: Sequence[float | None]) -> str:
+        known = [value for value in values if value is not None]
+        return f"{min(known):.2f}x to {max(known):.2f}x"
+
+    line = (f"Decryption step with one member of the set killed: "
+            f"{span([row.ratio for row in dropped])} the no-dropout step (goal: at most 2x); "
+            f"from asking the new set: {span([row.last_set_ratio for row in dropped])}.")
+    if detection_s is not None:
+        line += (f" A killed client-like process's Last Will arrives {detection_s * 1e3:.0f} ms "
+                 "after SIGKILL (median of the probe).")
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,6 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dropout: {template.model}, {template.clients} clients, {template.rounds} "
               f"rounds; B kills {killed} (in round {template.rounds}'s decryption set) on its "
               f"DecryptRequest; party logs under {out / 'dropout-runs'}/", flush=True)
+        detection_s = None
+        if args.probe_repeats:
+            detection_s = crash_detection_s(template.model, int(args.probe_repeats))
+            print(f"crash probe: a killed {template.model} client's Last Will arrives "
+                  f"{detection_s * 1e3:.0f} ms after SIGKILL (median of "
+                  f"{args.probe_repeats})", flush=True)
         print_line(COLUMNS)
         for repeat in range(1, int(args.repeats) + 1):
             folder = out / "dropout-runs" / (f"repeat-{repeat}" if args.repeats > 1 else "")
@@ -178,14 +222,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             a = figures_of("A", repeat, _run(plain), None)
             print_line(a.cells())
             b = figures_of("B", repeat, _run(dropped), killed)
-            b = replace(b, ratio=b.decryption_s / a.decryption_s)
+            b = b.against(a)
             print_line(b.cells())
             rows += [a, b]
-        paths = _write(out, template, rows)
+        paths = _write(out, template, rows, detection_s)
     except (ThresholdFLError, OSError) as error:
         return suite_error("dropout", error)
     except KeyboardInterrupt:
         print("threshold-fl bench dropout: interrupted", file=sys.stderr)
         return 130
-    print(f"\n{_headline(rows)}\nwrote {', '.join(str(path) for path in paths)}", flush=True)
+    written = ", ".join(str(path) for path in paths)
+    print(f"\n{_headline(rows, detection_s)}\nwrote {written}", flush=True)
     return 0
