@@ -15,10 +15,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,7 @@ from threshold_fl.crypto import (
     lead_keygen,
     member_keygen,
     ntt,
+    ntt_numpy,
     threshold_params,
 )
 from threshold_fl.crypto.noise import GaussianSampler, wipe
@@ -379,6 +380,41 @@ def test_in_place_add_and_sub_match_python_integers(bits: float) -> None:
             dtype=np.uint64).reshape(2, 64)
         assert np.array_equal(total, expected)
         assert np.array_equal(b, operand)
+
+
+class _Kept(ntt_numpy.Scratch):
+    """A Scratch that remembers every temporary it was given, to look at after the wipe."""
+
+    seen: ClassVar[list[npt.NDArray[Any]]] = []
+
+    def __call__(self, array: Any) -> Any:
+        _Kept.seen.append(array)
+        return super().__call__(array)
+
+
+def test_the_numpy_path_zeroes_its_temporaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secret operands leave no copies behind on the numpy path: every temporary of each
+    operation is zeroed when it returns, and the results still match numba's."""
+    n, q = 64, ntt_prime(61.99, 64)
+    tables = ntt.NttTables(n, q)
+    rng = np.random.default_rng(7)
+    a, b = (rng.integers(1, q, n, dtype=np.uint64) for _ in range(2))
+    shoup = ntt.shoup_precompute(b, q)
+    monkeypatch.setattr(ntt_numpy, "Scratch", _Kept)
+    operations: list[Callable[[str], npt.NDArray[Any]]] = [
+                      lambda name: tables.forward(a, backend=name),
+                      lambda name: tables.inverse(a, backend=name),
+                      lambda name: ntt.mul_mod(a, b, q, backend=name),
+                      lambda name: ntt.mul_mod_shoup(a, b, shoup, q, backend=name),
+                      lambda name: ntt.add_mod(a, b, q),
+                      lambda name: ntt.sub_mod(a, b, q)]
+    for operation in operations:
+        _Kept.seen = []
+        result = operation("numpy")
+        assert _Kept.seen, "the numpy path registered no temporaries"
+        assert all(not array.any() for array in _Kept.seen)
+        assert result.any() and np.array_equal(result, operation("numba"))
+    assert a.all() and b.all()  # operands are the caller's: untouched
 
 
 def test_bad_inputs_raise() -> None:

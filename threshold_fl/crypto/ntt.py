@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from threshold_fl.arrays import U64Array
+from threshold_fl.crypto import ntt_numpy as numpy_kernels
 from threshold_fl.errors import ParameterError
 
 __all__ = [
@@ -63,8 +64,8 @@ _M64 = (1 << 64) - 1
 
 # numba freezes globals as typed constants; every constant in a kernel must be
 # uint64, since mixing uint64 with int64 silently promotes to float64.
-_MASK32 = np.uint64(0xFFFFFFFF)
-_SHIFT32 = np.uint64(32)
+_MASK32 = numpy_kernels.MASK32
+_SHIFT32 = numpy_kernels.SHIFT32
 _ONE = np.uint64(1)
 _ZERO = np.uint64(0)
 
@@ -243,88 +244,6 @@ def _nb_mul_mod_shoup(
         out[j] = _nb_mul_shoup(a[j], w[j], w_shoup[j], q)
 
 
-# -- numpy implementation of the same arithmetic -------------------------------------
-def _np_mulhi(a: U64Array, b: U64Array) -> U64Array:
-    a_lo = a & _MASK32
-    a_hi = a >> _SHIFT32
-    b_lo = b & _MASK32
-    b_hi = b >> _SHIFT32
-    lo_lo = a_lo * b_lo
-    hi_lo = a_hi * b_lo
-    cross = (lo_lo >> _SHIFT32) + (hi_lo & _MASK32) + a_lo * b_hi
-    result: U64Array = (hi_lo >> _SHIFT32) + (cross >> _SHIFT32) + a_hi * b_hi
-    return result
-
-
-def _np_reduce_once(r: U64Array, q: np.uint64) -> U64Array:
-    return np.where(r >= q, r - q, r)
-
-
-def _np_mul_shoup(x: U64Array, w: U64Array, w_shoup: U64Array, q: np.uint64) -> U64Array:
-    return _np_reduce_once(x * w - _np_mulhi(x, w_shoup) * q, q)
-
-
-def _np_mul_barrett(
-    a: U64Array, b: U64Array, q: np.uint64, r0: np.uint64, r1: np.uint64
-) -> U64Array:
-    lo = a * b
-    hi = _np_mulhi(a, b)
-    t2lo = lo * r1
-    t1 = t2lo + _np_mulhi(lo, np.full_like(lo, r0))
-    t3 = _np_mulhi(lo, np.full_like(lo, r1)) + (t1 < t2lo).astype(np.uint64)
-    s = t1 + hi * r0
-    carry = _np_mulhi(hi, np.full_like(hi, r0)) + (s < t1).astype(np.uint64)
-    r = lo - (hi * r1 + t3 + carry) * q
-    return _np_reduce_once(_np_reduce_once(r, q), q)
-
-
-def _np_add(u: U64Array, v: U64Array, q: np.uint64) -> U64Array:
-    return _np_reduce_once(u + v, q)
-
-
-def _np_sub(u: U64Array, v: U64Array, q: np.uint64) -> U64Array:
-    return np.where(u >= v, u - v, u + (q - v))
-
-
-def _np_forward(a: U64Array, psi: U64Array, psi_shoup: U64Array, q: np.uint64) -> None:
-    # One vectorised stage at a time: blocks of 2t, each with its own twiddle.
-    n = a.shape[0]
-    m, t = 1, n
-    while m < n:
-        t >>= 1
-        blocks = a.reshape(m, 2, t)
-        w = psi[m : 2 * m, None]
-        ws = psi_shoup[m : 2 * m, None]
-        u = blocks[:, 0, :].copy()
-        v = _np_mul_shoup(blocks[:, 1, :], w, ws, q)
-        blocks[:, 0, :] = _np_add(u, v, q)
-        blocks[:, 1, :] = _np_sub(u, v, q)
-        m <<= 1
-
-
-def _np_inverse(
-    a: U64Array,
-    psi_inv: U64Array,
-    psi_inv_shoup: U64Array,
-    q: np.uint64,
-    n_inv: np.uint64,
-    n_inv_shoup: np.uint64,
-) -> None:
-    n = a.shape[0]
-    m, t = n >> 1, 1
-    while m >= 1:
-        blocks = a.reshape(m, 2, t)
-        w = psi_inv[m : 2 * m, None]
-        ws = psi_inv_shoup[m : 2 * m, None]
-        u = blocks[:, 0, :].copy()
-        v = blocks[:, 1, :].copy()
-        blocks[:, 0, :] = _np_add(u, v, q)
-        blocks[:, 1, :] = _np_mul_shoup(_np_sub(u, v, q), w, ws, q)
-        t <<= 1
-        m >>= 1
-    a[:] = _np_mul_shoup(a, np.full_like(a, n_inv), np.full_like(a, n_inv_shoup), q)
-
-
 # -- backend selection ---------------------------------------------------------------
 _backend: str | None = None
 
@@ -463,7 +382,7 @@ class NttTables:
         if _use_numba(backend):
             _nb_forward(out, self.psi_rev, self.psi_rev_shoup, self._q)
         else:
-            _np_forward(out, self.psi_rev, self.psi_rev_shoup, self._q)
+            numpy_kernels.forward(out, self.psi_rev, self.psi_rev_shoup, self._q)
         return out
 
     def inverse(self, evaluations: U64Array, *, backend: str | None = None) -> U64Array:
@@ -473,7 +392,7 @@ class NttTables:
         if _use_numba(backend):
             _nb_inverse(out, *args)
         else:
-            _np_inverse(out, *args)
+            numpy_kernels.inverse(out, *args)
         return out
 
     def _checked_copy(self, values: U64Array) -> U64Array:
@@ -528,7 +447,8 @@ def mul_mod(a: U64Array, b: U64Array, q: int, *, backend: str | None = None) -> 
         out = np.empty_like(a)
         _nb_mul_mod(a, b, out, qq, r0, r1)
         return out
-    return _np_mul_barrett(a, b, qq, r0, r1)
+    with numpy_kernels.Scratch() as s:
+        return numpy_kernels.mul_barrett(a, b, qq, r0, r1, s)
 
 
 def mul_mod_shoup(
@@ -543,13 +463,15 @@ def mul_mod_shoup(
         out = np.empty_like(a)
         _nb_mul_mod_shoup(a, w, w_shoup, out, qq)
         return out
-    return _np_mul_shoup(a, w, w_shoup, qq)
+    with numpy_kernels.Scratch() as s:
+        return numpy_kernels.mul_shoup(a, w, w_shoup, qq, s)
 
 
 def add_mod(a: U64Array, b: U64Array, q: int) -> U64Array:
     """a + b mod q element-wise (a, b < q)."""
     _check_pair(a, b, q)
-    return _np_add(a, b, np.uint64(q))
+    with numpy_kernels.Scratch() as s:
+        return numpy_kernels.add(a, b, np.uint64(q), s)
 
 
 def add_mod_into(total: U64Array, addend: U64Array, q: int) -> None:
@@ -581,4 +503,5 @@ def _reduce_once_into(total: U64Array, scratch: U64Array, modulus: np.uint64) ->
 def sub_mod(a: U64Array, b: U64Array, q: int) -> U64Array:
     """a - b mod q element-wise (a, b < q)."""
     _check_pair(a, b, q)
-    return _np_sub(a, b, np.uint64(q))
+    with numpy_kernels.Scratch() as s:
+        return numpy_kernels.sub(a, b, np.uint64(q), s)
