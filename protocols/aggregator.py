@@ -31,14 +31,20 @@ from protocols.events import (
     Finished,
     KeyAgreed,
     MaskAgreed,
-    Outgoing,
     PartyDropped,
     PartyRefused,
     RoundCompleted,
     Step,
 )
 from protocols.fusion import BlindDecryption, QueryBudget, choose_set
-from protocols.key_agreement import add_public_share, confirmation_refusal
+from protocols.key_agreement import (
+    add_public_share,
+    check_relay,
+    confirmation_refusal,
+    hello_refusal,
+    key_contributors,
+    relayed,
+)
 from protocols.ledger import StepLedger
 from protocols.machine import Handler, Machine, Randomness
 from protocols.manifest import Manifest, Mode, Role
@@ -161,10 +167,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._require_sender(message, self.manifest.client_ids, "a client")
         self._require_step(message, (Stage.SETUP, 0, 0, 0))
         self._require_new(self._ledger.hellos, message.header.sender, message)
-        if message.body.samples < 1:
-            raise MalformedMessage("a client announced fewer than 1 training sample")
-        refusal = self.manifest.mismatch(self.me, message.header.sender,
-                                        message.body.manifest)
+        refusal = hello_refusal(self.manifest, self.me, message.header.sender, message.body)
         if refusal is not None:  # turned away at once, and told why; it may come back
             return Step(sends=[self._send([message.header.sender], Abort(refusal), self.step)],
                         events=[PartyRefused(message.header.sender, refusal)])
@@ -197,11 +200,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         return Step(sends=self._sends(recipients, body, self.step))
 
     def _key_contributors(self) -> tuple[PartyId, ...]:
-        if self.manifest.mode is Mode.THRESHOLD:
-            return self._holders
-        if self.manifest.key_authority is not None:
-            return (self.manifest.key_authority.party_id,)
-        return ()
+        return key_contributors(self.manifest, self._holders)
 
     def _on_public_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, PublicShare)
@@ -555,13 +554,8 @@ class AggregatorMachine(Machine[AggregatorState]):
 
     # -- relaying ----------------------------------------------------------------------------
     def _require_relay(self, message: Message, *, broadcast: bool) -> None:
-        header = message.header
         self._require_step(message, self.step)
-        if broadcast and header.recipient != "*":
-            raise ForgedMessage(f"{message.kind} must be addressed to every client")
-        if not broadcast and (header.recipient not in self.alive or
-                              header.recipient == header.sender):
-            raise ForgedMessage(f"{message.kind} for {header.recipient!r}, not an active client")
+        check_relay(message, self.alive, broadcast=broadcast)
 
     def handle(self, message: Message, now: float) -> Step:
         step = super().handle(message, now)
@@ -569,13 +563,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         return step
 
     def _relay(self, message: Message, now: float) -> Step:
-        header = message.header
-        if header.recipient == "*":
-            recipients = [party for party in self.alive if party != header.sender]
-        else:
-            recipients = [PartyId(header.recipient)]
-        assert message.raw, "a relay forwards the sender's signed bytes: received ones only"
-        return Step(sends=[Outgoing(tuple(recipients), message.raw, message.kind)])
+        return Step(sends=[relayed(message, self.alive)])
 
     def _reset_step(self, now: float, timeout: float) -> None:
         self._ledger = self._ledger.next_step()

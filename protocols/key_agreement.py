@@ -1,5 +1,6 @@
-"""Judgements in key agreement: which public shares make the key and whether a client's
-confirmation fits it (the aggregator's), and whether a KeygenStart fits (a client's).
+"""Judgements in key agreement: whether a Hello may join, which public shares make the
+key, whether a client's confirmation fits it and what may be relayed (the aggregator's),
+and whether a KeygenStart fits (a client's).
 
 Pure helpers over what the aggregator relayed; :class:`protocols.aggregator.
 AggregatorMachine` checks headers, relays, keeps the results and moves between states.
@@ -9,15 +10,38 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from protocols.events import Outgoing
 from protocols.manifest import Manifest, Mode
-from protocols.messages import KeygenStart
+from protocols.messages import Hello, KeygenStart, Message
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import PublicKey, combine_public_shares
 from threshold_fl.crypto.wire import decode_public_key
 from threshold_fl.errors import ForgedMessage, MalformedMessage
 from threshold_fl.identity import PartyId
 
-__all__ = ["add_public_share", "confirmation_refusal", "keygen_refusal"]
+__all__ = ["add_public_share", "check_relay", "confirmation_refusal", "hello_refusal",
+           "key_contributors", "keygen_refusal", "relayed"]
+
+
+def hello_refusal(manifest: Manifest, me: PartyId, sender: PartyId, body: Hello
+                  ) -> str | None:
+    """Why aggregator *me* turns away *sender*'s Hello: it runs another manifest
+    (:meth:`Manifest.mismatch`); None if it may join.  Raises MalformedMessage for an
+    announcement of fewer than one training sample."""
+    if body.samples < 1:
+        raise MalformedMessage("a client announced fewer than 1 training sample")
+    return manifest.mismatch(me, sender, body.manifest)
+
+
+def key_contributors(manifest: Manifest, holders: tuple[PartyId, ...]
+                     ) -> tuple[PartyId, ...]:
+    """Who sends key shares: the holders (threshold), the key authority (single-key),
+    nobody (plaintext)."""
+    if manifest.mode is Mode.THRESHOLD:
+        return holders
+    if manifest.key_authority is not None:
+        return (manifest.key_authority.party_id,)
+    return ()
 
 
 def add_public_share(context: CkksContext, mode: Mode, holders: Sequence[PartyId],
@@ -63,3 +87,26 @@ def keygen_refusal(manifest: Manifest, me: PartyId, body: KeygenStart) -> str | 
             manifest.client_ids):
         raise ForgedMessage("the key agreement names parties or a threshold not in the manifest")
     return None
+
+
+# -- relaying: the aggregator forwards key shares and sealed deliveries as signed ------
+def check_relay(message: Message, alive: Sequence[PartyId], *, broadcast: bool) -> None:
+    """A key share must be addressed to every client (*broadcast*), a sealed delivery to
+    one active client other than its sender: ForgedMessage otherwise."""
+    header = message.header
+    if broadcast and header.recipient != "*":
+        raise ForgedMessage(f"{message.kind} must be addressed to every client")
+    if not broadcast and (header.recipient not in alive or header.recipient == header.sender):
+        raise ForgedMessage(f"{message.kind} for {header.recipient!r}, not an active client")
+
+
+def relayed(message: Message, alive: Sequence[PartyId]) -> Outgoing:
+    """*message*'s signed bytes, to its recipient or, addressed to every client, to every
+    active client but its sender."""
+    header = message.header
+    if header.recipient == "*":
+        recipients = tuple(party for party in alive if party != header.sender)
+    else:
+        recipients = (PartyId(header.recipient),)
+    assert message.raw, "a relay forwards the sender's signed bytes: received ones only"
+    return Outgoing(recipients, message.raw, message.kind)
