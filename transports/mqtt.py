@@ -141,6 +141,7 @@ class MqttTransport:
         self._connected_at = 0.0
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._client: aiomqtt.Client | None = None  # the live connection, for sever()
         self._closed = False
         self._failure: TransportError | None = None
         self._stop_queued = False
@@ -260,6 +261,24 @@ class MqttTransport:
                 await asyncio.gather(self._task, return_exceptions=True)
         self._wind_down()
 
+    def sever(self) -> None:
+        """Vanish as a crashed machine does (tests, benchmarks): the TCP connection is
+        shut without an MQTT DISCONNECT, so the broker publishes our Last Will, and
+        nothing more is sent; receivers get :class:`TransportClosed`.  Other transports
+        in the same process are untouched."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()  # no reconnect
+        client = self._client
+        sock = None if client is None else client._client.socket()  # paho's
+        if isinstance(sock, socket.socket):  # shut before any goodbye can go out
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._task is not None:
+            self._task.cancel()
+        self._wind_down()
+
     async def __aenter__(self) -> MqttTransport:
         await self.connect()
         return self
@@ -370,6 +389,7 @@ class MqttTransport:
         while not self._stop.is_set():
             try:
                 async with self._new_client() as client:
+                    self._client = client
                     await self._setup(client)
                     self._counts["reconnects"], sessions = sessions, sessions + 1
                     self._connected_at = self._now()
@@ -388,6 +408,7 @@ class MqttTransport:
                     f"party {self._party_id!r}: MQTT transport crashed: {exc!r}"))
             finally:
                 self._connected.clear()
+                self._client = None
             if self._stop.is_set():
                 return
             wait = outage.failed(last_error, self._now())

@@ -22,6 +22,7 @@ from protocols import Manifest, MaskPolicy, Mode, ModelSpec, make_manifest
 from protocols.events import Event
 from threshold_fl._checks import checked_int
 from threshold_fl.app.rounds import RoundRow, RunReport
+from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import ParameterError
 from threshold_fl.identity import Identity
 from threshold_fl.ml.data import ClientData, load_digits, split_dirichlet, split_iid
@@ -184,20 +185,20 @@ class _Observer:
 def learner_client(
     manifest: Manifest, identity: Identity, transport: Transport, learner: LocalLearner, *,
     on_event: Callable[[Event], None] | None = None,
-    after_training: Callable[[int, float], None] | None = None,
+    after_training: Callable[[int, float, FloatArray], None] | None = None,
     before_sensitivity: Callable[[], None] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> FederatedClient:
     """A protocol client whose work is done by *learner*: it trains each round from the
     decrypted global model (adding local-DP noise to the agreed mask's plaintext part)
-    and computes the sensitivity map.  ``after_training(round, seconds)`` and
+    and computes the sensitivity map.  ``after_training(round, seconds, trained)`` and
     ``before_sensitivity()`` run in the worker thread, for timing and test hooks."""
 
     def train(round_: int, model: Any) -> Any:
         started = time.perf_counter()
         trained = learner.train(round_, model, client.mask)
         if after_training is not None:
-            after_training(round_, time.perf_counter() - started)
+            after_training(round_, time.perf_counter() - started, trained)
         return trained
 
     def sensitivity() -> Any:

@@ -21,13 +21,15 @@ from typing import Any, Protocol
 from protocols import AggregatorMachine, ClientState, Manifest, Mode, Role
 from protocols.codec import decode_message
 from protocols.events import Event, Outgoing, RoundCompleted, UpdateNeeded
-from protocols.messages import DecryptRequest, Stage
+from protocols.messages import DecryptRequest, KeyDelivery, Stage
 from threshold_fl.app.rounds import RoundRow
 from threshold_fl.errors import (
     AuthenticationError,
     MessageRejected,
     ParameterError,
+    SessionAborted,
     ThresholdFLError,
+    TransportClosed,
 )
 from threshold_fl.identity import Identity, PartyId
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
@@ -203,7 +205,10 @@ class _DecryptionMeter:
 
 async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerConfig,
                          *, options: MqttOptions | None = None, report: Path | None = None,
+                         observe: Callable[[Event | Outgoing], None] | None = None,
                          say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Serve the session to its end; *observe* sees every event and every message as it
+    goes to the transport (benchmarks time the stages with it)."""
     _check_role(manifest, identity, Role.AGGREGATOR)
     started = time.perf_counter()
     watch: OfflineWatch | None = None
@@ -229,7 +234,14 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
 
         decryption = _DecryptionMeter(attempt)
 
+        def on_send(outgoing: Outgoing) -> None:
+            decryption.sent(outgoing)
+            if observe is not None:
+                observe(outgoing)
+
         def on_event(event: Event) -> None:
+            if observe is not None:
+                observe(event)
             if isinstance(event, RoundCompleted):
                 compute_s = aggregator.summary.compute_s
                 meter.row(event.round, compute_s,
@@ -238,7 +250,7 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
 
         say(_connected(manifest, identity, broker))
         aggregator = Aggregator(manifest, identity, link, on_event=on_event,
-                                on_send=decryption.sent, progress=say)
+                                on_send=on_send, progress=say)
 
         def drop(party: str) -> None:
             say(f"aggregator: {party} went offline")
@@ -281,11 +293,21 @@ class ClientPlan:
     dp_clip: float = 1.0
     drop_at: str | None = None
     drop_round: int = 1
+    #: How *drop_at* vanishes: "process" kills the process (SIGKILL); "connection" only
+    #: shuts this client's MQTT connection (:meth:`MqttTransport.sever`), for several
+    #: clients in one process.  Either way the broker publishes the Last Will.
+    vanish: str = "process"
 
     def __post_init__(self) -> None:
         if self.drop_at is not None and self.drop_at not in CLIENT_FAULTS:
             raise ParameterError(f"drop stage must be one of {CLIENT_FAULTS}, got "
                                  f"{self.drop_at!r}")
+        if self.vanish not in ("process", "connection"):
+            raise ParameterError(f"vanish must be 'process' or 'connection', got "
+                                 f"{self.vanish!r}")
+        if self.vanish == "connection" and self.drop_at == "decrypt-frozen":
+            raise ParameterError("decrypt-frozen stops the whole process: use "
+                                 "vanish='process'")
 
 
 def client_learner(manifest: Manifest, party: PartyId, plan: ClientPlan) -> tuple[Any, Any]:
@@ -322,26 +344,37 @@ def _die() -> None:
 
 
 class _ClientRun:
-    """The scripted self-kill of one client process (``--drop-at``) and its training time."""
+    """The scripted vanishing of one client (``--drop-at``) and its training time."""
 
-    def __init__(self, plan: ClientPlan, link: MqttTransport) -> None:
-        self.plan, self.link = plan, link
+    def __init__(self, plan: ClientPlan, link: MqttTransport,
+                 on_trained: Callable[[int, Any], None] | None = None) -> None:
+        self.plan, self.link, self.on_trained = plan, link, on_trained
         self.loop = asyncio.get_running_loop()
         self.train_s = 0.0
+        self.vanished = False
+
+    def die(self) -> None:
+        """Vanish as the plan says: the process, or only this client's connection."""
+        self.vanished = True
+        if self.plan.vanish == "process":
+            _die()
+        self.link.sever()
 
     def on_event(self, event: Event) -> None:
         stage = self.plan.drop_at
         if isinstance(event, UpdateNeeded) and event.round == self.plan.drop_round and (
                 stage == "before-upload"):
-            _die()
+            self.die()
 
     def before_sensitivity(self) -> None:
         if self.plan.drop_at == "mask":
-            _die()
+            self.loop.call_soon_threadsafe(self.die)
 
-    def trained(self, round_: int, seconds: float) -> None:
+    def trained(self, round_: int, seconds: float, model: Any) -> None:
         """Called from the training thread just before the update is handed back."""
         self.train_s = seconds
+        if self.on_trained is not None:
+            self.on_trained(round_, model)
         if self.plan.drop_at == "after-upload" and round_ == self.plan.drop_round:
             acked = self.link.stats.transfers_acked  # the upload is the next transfer acked
             self.loop.call_soon_threadsafe(
@@ -350,19 +383,30 @@ class _ClientRun:
     async def _die_once_acked(self, acked_before: int) -> None:
         while self.link.stats.transfers_acked <= acked_before:
             await asyncio.sleep(0.05)
-        _die()
+        self.die()
+
+    def trigger(self) -> Callable[[Any], bool] | None:
+        """Which received message makes this client vanish (before it acts on it): the
+        first KeyDelivery (``keys``: its own key share is out, key agreement is under
+        way) or round *drop_round*'s DecryptRequest (``decrypt``)."""
+        stage, round_ = self.plan.drop_at, self.plan.drop_round
+        if stage == "keys":
+            return lambda message: isinstance(message.body, KeyDelivery)
+        if stage in ("decrypt", "decrypt-frozen"):
+            return lambda message: (isinstance(message.body, DecryptRequest) and (
+                message.header.stage is Stage.ROUND and message.header.round == round_))
+        return None
 
 
 class _DyingLink:
-    """A client's link that kills the process (or, *frozen*, stops it) when the
-    DecryptRequest of *round_* arrives, before the client makes its share (``--drop-at
-    decrypt``, ``decrypt-frozen``): the aggregator hears of it only through the broker's
-    Last Will."""
+    """A client's link that makes the client vanish (*die*) or, *frozen*, stops the
+    process when a received message fits *trigger*, before the client acts on it: the
+    aggregator hears of it only through the broker's Last Will."""
 
-    def __init__(self, link: Transport, manifest: Manifest, round_: int, *,
-                 frozen: bool = False) -> None:
-        self._link, self._directory, self._round = link, manifest.directory, round_
-        self._frozen = frozen
+    def __init__(self, link: Transport, manifest: Manifest, trigger: Callable[[Any], bool],
+                 die: Callable[[], None], *, frozen: bool = False) -> None:
+        self._link, self._directory, self._trigger = link, manifest.directory, trigger
+        self._die, self._frozen = die, frozen
 
     @property
     def party_id(self) -> str:
@@ -377,13 +421,12 @@ class _DyingLink:
             message = decode_message(data, self._directory)
         except MessageRejected:
             return data  # the node refuses it as usual
-        header = message.header
-        if isinstance(message.body, DecryptRequest) and header.stage is Stage.ROUND and (
-                header.round == self._round):
+        if self._trigger(message):
             if self._frozen:
                 os.kill(os.getpid(), signal.SIGSTOP)  # hangs like a frozen machine
             else:
-                _die()
+                self._die()
+                raise TransportClosed(f"{self.party_id}: vanished (scripted drop)")
         return data
 
     async def close(self) -> None:
@@ -400,11 +443,14 @@ def _save_model(directory: Path, round_: int, model: Any) -> None:
 async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfig,
                      plan: ClientPlan, *, options: MqttOptions | None = None,
                      report: Path | None = None, save_models: Path | None = None,
+                     on_trained: Callable[[int, Any], None] | None = None,
                      say: Callable[[str], None] = print) -> list[RoundRow]:
     """Train and take part until the session ends; one row per round.  With
     *save_models*, each round's decrypted global model is saved there as a flat
     float64 vector (``global-round-N.npy``; :func:`threshold_fl.ml.restore_state`
-    turns it back into a state dict)."""
+    turns it back into a state dict); *on_trained(round, model)* sees each locally
+    trained model (from the training thread).  A client that vanished as its plan says
+    (``vanish="connection"``) returns the rows it has."""
     _check_role(manifest, identity, Role.CLIENT)
     learner, test = client_learner(manifest, identity.party_id, plan)
     if plan.drop_at in ("keys", "mask"):
@@ -415,29 +461,34 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
     watch = AggregatorWatch(manifest, broker)
     async with mqtt_transport(manifest, identity, broker, options, watch.presence) as link:
         say(_connected(manifest, identity, broker))
-        run = _ClientRun(plan, link)
+        run = _ClientRun(plan, link, on_trained)
         meter = _RoundMeter(str(identity.party_id), link, say, report)
         transport: Transport = link
-        if plan.drop_at in ("decrypt", "decrypt-frozen"):
-            transport = _DyingLink(link, manifest, plan.drop_round,
+        trigger = run.trigger()
+        if trigger is not None:
+            transport = _DyingLink(link, manifest, trigger, run.die,
                                    frozen=plan.drop_at == "decrypt-frozen")
         client = learner_client(manifest, identity, transport, learner, on_event=run.on_event,
                                 after_training=run.trained,
                                 before_sensitivity=run.before_sensitivity, progress=say)
-        if plan.drop_at == "keys":
-            asyncio.get_running_loop().call_later(0.5, _die)
-        async with client:
-            watch.start(client, say)
-            async for result in client.rounds():
-                if save_models is not None:
-                    _save_model(save_models, result.round, result.model)
-                scores = learner.evaluate(result.model, test)
-                compute_s = client.summary.compute_s
-                stage_s = {"train": run.train_s, "encrypt": meter.spent(compute_s, "update"),
-                           "decrypt": meter.spent(compute_s, "receive")}
-                rows.append(meter.row(result.round, compute_s, stage_s,
-                                      accuracy=scores.accuracy, loss=scores.loss,
-                                      encrypted_fraction=client.encrypted_fraction))
+        try:
+            async with client:
+                watch.start(client, say)
+                async for result in client.rounds():
+                    if save_models is not None:
+                        _save_model(save_models, result.round, result.model)
+                    scores = learner.evaluate(result.model, test)
+                    compute_s = client.summary.compute_s
+                    stage_s = {"train": run.train_s,
+                               "encrypt": meter.spent(compute_s, "update"),
+                               "decrypt": meter.spent(compute_s, "receive")}
+                    rows.append(meter.row(result.round, compute_s, stage_s,
+                                          accuracy=scores.accuracy, loss=scores.loss,
+                                          encrypted_fraction=client.encrypted_fraction))
+        except SessionAborted:
+            if not run.vanished:
+                raise
+            say(f"{identity.party_id}: vanished as planned ({plan.drop_at})")
     return rows
 
 

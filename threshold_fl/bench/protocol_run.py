@@ -25,7 +25,7 @@ import itertools
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +46,7 @@ from threshold_fl.node import Aggregator, FederatedClient
 from transports import MemoryHub, PartyTraffic
 
 __all__ = ["AGGREGATOR", "DECRYPT_REQUEST", "ProtocolRun", "ProtocolRunFailed", "Traffic",
-           "run_protocol"]
+           "fedavg_bound", "fedavg_deviation", "run_protocol"]
 
 AGGREGATOR = "server"
 DECRYPT_REQUEST = "DecryptRequest"  # the message that carries c1 to the decryption set
@@ -158,19 +158,35 @@ class _Recorder:
     def max_error(self, clients: Sequence[str]) -> tuple[float, float]:
         """The largest deviation of a decrypted model from plaintext FedAvg, and the
         largest |value| of those FedAvg models."""
-        worst, largest = 0.0, 0.0
-        for round_, contributors in self.contributors.items():
-            weights = np.array([self.samples[c] for c in contributors], dtype=float)
-            weights /= weights.sum()
-            expected = sum(w * self.trained[round_][c]
-                           for w, c in zip(weights, contributors, strict=True))
-            largest = max(largest, float(np.abs(expected).max()))
-            for client in clients:
-                got = self.results[client].get(round_)
-                if got is None:
-                    raise ProtocolRunFailed(f"{client} has no global model of round {round_}")
-                worst = max(worst, float(np.abs(got - expected).max()))
-        return worst, largest
+        return fedavg_deviation(self.contributors, self.samples, self.trained,
+                                {client: self.results[client] for client in clients})
+
+
+def fedavg_deviation(contributors: Mapping[int, Sequence[str]], samples: Mapping[str, int],
+                     trained: Mapping[int, Mapping[str, FloatArray]],
+                     results: Mapping[str, Mapping[int, FloatArray]]) -> tuple[float, float]:
+    """The largest deviation of a client's decrypted global model (*results*: client ->
+    round -> model) from plaintext FedAvg of the round's *contributors*' *trained*
+    models (weights: their *samples*), and the largest |value| of those FedAvg models."""
+    worst, largest = 0.0, 0.0
+    for round_, members in contributors.items():
+        weights = np.array([samples[c] for c in members], dtype=float)
+        weights /= weights.sum()
+        expected = sum(w * trained[round_][c] for w, c in zip(weights, members, strict=True))
+        largest = max(largest, float(np.abs(expected).max()))
+        for client, models in results.items():
+            got = models.get(round_)
+            if got is None:
+                raise ProtocolRunFailed(f"{client} has no global model of round {round_}")
+            worst = max(worst, float(np.abs(got - expected).max()))
+    return worst, largest
+
+
+def fedavg_bound(manifest: Manifest, contributors: int, largest: float) -> float:
+    """How far a decrypted model may be from plaintext FedAvg: CKKS's bound for
+    *contributors* summands plus float32 rounding of the plain part (uploads and
+    aggregate), for FedAvg values up to *largest*."""
+    return context_for(manifest.params).error_bound(contributors) + 2.0**-22 * max(1.0, largest)
 
 
 async def _client(manifest: Manifest, identity: Identity, hub: MemoryHub,
@@ -239,8 +255,7 @@ def run_protocol(clients: int, rounds: int, *, model: str = "logreg", fraction: 
             raise ProtocolRunFailed(f"round {round_} had contributors "
                                     f"{recorder.contributors.get(round_)}, not all {clients}")
     max_error, largest = recorder.max_error(names)
-    # CKKS's bound, plus float32 rounding of the plain part (uploads and aggregate)
-    bound = context_for(manifest.params).error_bound(clients) + 2.0**-22 * max(1.0, largest)
+    bound = fedavg_bound(manifest, clients, largest)
     if not max_error <= bound:
         raise ProtocolRunFailed(f"a decrypted model is {max_error:.2e} from plaintext FedAvg, "
                                 f"beyond the bound {bound:.2e}")
