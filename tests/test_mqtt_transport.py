@@ -212,6 +212,27 @@ async def test_a_silent_recipient_does_not_stall_the_others(broker: MosquittoBro
             task.cancel()
 
 
+async def test_a_full_inbox_holds_messages_unacked_and_loses_none(
+        broker: MosquittoBroker) -> None:
+    # An aggregator relaying key agreement at N = 50 fell behind and its inbox of 1,000
+    # messages overflowed: messages were dropped (and acked).  Now they wait, unacked,
+    # so the senders' windows stall, and arrive in order once receive() makes room.
+    keys = Keyring("alice", "bob")
+    options = dataclasses.replace(FAST, inbox_limit=2, window=4, ack_timeout_s=0.2)
+    async with make_transport(broker.url, "alice", keys, options=options) as alice, \
+            make_transport(broker.url, "bob", keys, options=options) as bob:
+        sends = asyncio.gather(*(alice.send(["bob"], b"m%d" % n) for n in range(12)))
+        await wait_until(lambda: bob.stats.held >= 1, 5, "a message held")
+        await asyncio.sleep(1.0)  # several ack timeouts: resends of held ones stay unacked
+        assert alice.stats.transfers_acked <= 2 + options.window  # back-pressure
+        assert alice.stats.retransmits > 0 and bob.stats.messages_received == 2
+        received = [await receive_within(bob) for _ in range(12)]
+        await sends
+        await wait_until(lambda: alice.stats.transfers_acked == 12, 5, "every ack")
+    assert received == [b"m%d" % n for n in range(12)]
+    assert alice.stats.transfers_failed == 0
+
+
 async def test_sends_to_a_party_seen_offline_do_not_wait(broker: MosquittoBroker) -> None:
     keys = Keyring("alice", "carol")
     options = dataclasses.replace(FAST, window=2, ack_timeout_s=30.0)

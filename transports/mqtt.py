@@ -135,6 +135,11 @@ class MqttTransport:
                                   backoff=self.options.backoff, max_tries=self.options.max_tries)
         self._senders: dict[OutgoingTransfer, asyncio.Future[None]] = {}  # waiting send()s
         self._inbox: asyncio.Queue[bytes | _Stop] = asyncio.Queue()
+        # Complete messages that found the inbox full, with their acks still unsent: the
+        # senders' windows stall (back-pressure) until receive() makes room.
+        self._held: deque[tuple[str, bytes, tuple[str, bytes]]] = deque()
+        self._held_acks: set[bytes] = set()
+        self._acks: _Acks | None = None  # the live connection's ack queue
         self._peers: dict[str, bool] = {}
         self._wake = asyncio.Event()  # new frames to send or acks that freed the window
         self._connected = asyncio.Event()
@@ -240,6 +245,7 @@ class MqttTransport:
         if self._task is None and not self._closed:
             raise TransportError(f"party {self._party_id!r}: not connected; call connect()")
         item = await self._inbox.get()
+        self._release_held()
         if isinstance(item, _Stop):
             self._inbox.put_nowait(item)  # keep waking any other receiver
             raise self._end_error()
@@ -443,6 +449,7 @@ class MqttTransport:
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Run reader and sender until the connection drops (MqttError) or we stop."""
         acks: _Acks = asyncio.Queue()
+        self._acks = acks
         tasks = [asyncio.create_task(self._read(client, acks)),
                  asyncio.create_task(self._pump(client)),
                  asyncio.create_task(self._acker(client, acks)),
@@ -451,6 +458,7 @@ class MqttTransport:
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._acks = None
             await _cancel_all([*tasks, stopper])
         for task in tasks:
             if task in done:
@@ -517,16 +525,30 @@ class MqttTransport:
                 self._counts["expired"] += 1
                 self._log(dropped.sender, dropped.kind, dropped.reason)
         self._counts["duplicates"] += got.duplicate
+        ack = (self._topic("ack", got.sender), got.ack)
         if got.payload is not None:  # deliver before acking: an ack must never lose data
+            if self._held or self._inbox.qsize() >= self.options.inbox_limit:
+                # Full: hold it unacked rather than drop it; its sender's window stalls
+                # and its resends are not acked, until receive() makes room.
+                self._held.append((got.sender, got.payload, ack))
+                self._held_acks.add(got.ack)
+                self._counts["held"] += 1
+                return
             self._deliver(got.sender, got.payload)
-        acks.put_nowait((self._topic("ack", got.sender), got.ack))
+        elif got.ack in self._held_acks:
+            return  # a resend of a held message: acked once it is delivered
+        acks.put_nowait(ack)
+
+    def _release_held(self) -> None:
+        """Deliver and ack held messages while the inbox has room, in arrival order."""
+        while self._held and self._inbox.qsize() < self.options.inbox_limit:
+            sender, payload, ack = self._held.popleft()
+            self._held_acks.discard(ack[1])
+            self._deliver(sender, payload)
+            if self._acks is not None:  # else the sender's resend is acked when it comes
+                self._acks.put_nowait(ack)
 
     def _deliver(self, sender: str, payload: bytes) -> None:
-        if self._inbox.qsize() >= self.options.inbox_limit:
-            self._counts["dropped"] += 1
-            self._log(sender, "inbox full", f"inbox full ({self.options.inbox_limit}); "
-                      f"message from {sender!r} dropped")
-            return
         self._counts["messages_received"] += 1
         self._counts["bytes_received"] += len(payload)
         self._inbox.put_nowait(payload)

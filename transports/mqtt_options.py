@@ -26,7 +26,8 @@ class MqttOptions:
     close_linger_s: float = 2.0  # close() waits this long for unacked frames
     chunk_size: int = DEFAULT_CHUNK_SIZE
     limits: ReassemblyLimits = field(default_factory=ReassemblyLimits)
-    inbox_limit: int = 1000  # complete messages waiting for receive(); beyond: dropped
+    inbox_limit: int = 1000  # complete messages waiting for receive(); beyond: held
+    # unacked, so their senders wait (back-pressure), until receive() makes room
     frame_queue_limit: int = 256  # frames read but not yet processed; beyond: dropped
     mqtt5: bool = False  # MQTT 3.1.1 by default; nothing here needs 5
     tcp_nodelay: bool = True  # send small packets at once (no Nagle): see _new_client
@@ -65,6 +66,6 @@ class MqttStats:
     duplicates: int = 0
     rejected: int = 0
     expired: int = 0
-    dropped: int = 0
+    held: int = 0  # complete messages that found the inbox full and waited, unacked
     reconnects: int = 0
     last_rejections: tuple[str, ...] = ()
