@@ -373,6 +373,31 @@ async def test_last_will_reports_killed_and_frozen_parties_offline(
                            [("dave", False), ("carol", False)])
 
 
+async def test_a_severed_transport_vanishes_by_its_last_will(broker: MosquittoBroker) -> None:
+    # Several clients share one process in the scale bench: one of them vanishes as a
+    # crashed machine would (no DISCONNECT, no offline notice of its own), the others
+    # in the process go on.
+    keys = Keyring("alice", "carol", "dave")
+    events: list[tuple[str, bool]] = []
+    async with make_transport(broker.url, "alice", keys,
+                              on_presence=lambda p, online: events.append((p, online))) as alice, \
+            make_transport(broker.url, "carol", keys) as carol, \
+            make_transport(broker.url, "dave", keys) as dave:
+        await wait_until(lambda: alice.online_peers() >= {"carol", "dave"}, 5, "online")
+        carol.sever()
+        assert carol.closed
+        with pytest.raises(TransportClosed):
+            await receive_within(carol)
+        await wait_until(lambda: "carol" not in alice.online_peers(), 3, "carol's Last Will")
+        await dave.send(["alice"], b"still here")
+        assert await receive_within(alice) == b"still here"
+        assert "dave" in alice.online_peers()
+    assert ("carol", False) in events
+    log = broker.log_text()  # mosquitto tells a lost socket from a DISCONNECT
+    assert f"tfl-{SESSION}-carol closed its connection" in log, log
+    assert f"tfl-{SESSION}-carol disconnected" not in log
+
+
 @pytest.mark.parametrize("broker", BROKERS, indirect=True)
 async def test_late_joiner_sees_retained_presence(broker: BrokerProcess) -> None:
     keys = Keyring("alice", "bob")

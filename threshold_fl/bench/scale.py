@@ -49,6 +49,7 @@ from threshold_fl.bench.scale_party import RunSpec
 from threshold_fl.errors import ParameterError, ThresholdFLError
 from threshold_fl.identity import Identity, PartyId
 from transports.broker import MosquittoBroker
+from transports.mqtt import MqttOptions
 
 __all__ = ["DROP_ORDER", "ScaleRow", "ScaleRunFailed", "main", "plan_drops", "run_scale"]
 
@@ -61,6 +62,9 @@ AGGREGATOR = "server"
 #: measured; every planned dropout is seen through its Last Will within seconds.
 TIMEOUTS = Timeouts(join_s=900.0, keys_s=1800.0, upload_s=900.0, decrypt_s=900.0)
 MIB = 2**20
+#: Messages the aggregator's transport queues for it; more wait unacked at their senders
+#: (back-pressure), so its memory does not grow with the N^2 key deliveries it relays.
+AGGREGATOR_INBOX = 64
 
 
 class ScaleRunFailed(ThresholdFLError):
@@ -223,6 +227,14 @@ def _figures(folder: Path, who: str) -> dict[str, Any]:
     return data
 
 
+def frame_queue_for(clients: int) -> int:
+    """Frames a party may have read but not yet handled: room for every sender's full
+    window (the aggregator hears from all N at once in key agreement), and their acks.
+    With the default 256, frames beyond it were dropped at N = 50 and came again only
+    after an ack timeout, costing seconds each."""
+    return max(MqttOptions().frame_queue_limit, 2 * MqttOptions().window * (clients + 1))
+
+
 def run_scale(clients: int, *, out: Path, per_process: int = DEFAULT_PER_PROCESS,
               rounds: int = 2, drop: float = 0.3, epochs: int = 1, seed: int = 0,
               deadline_s: float = 3600.0) -> ScaleRow:
@@ -234,7 +246,8 @@ def run_scale(clients: int, *, out: Path, per_process: int = DEFAULT_PER_PROCESS
     packs = [names[index:index + per_process] for index in range(0, clients, per_process)]
     started = time.time()
     with MosquittoBroker() as broker:
-        RunSpec(broker.url, drops, 1, epochs).save(folder)
+        RunSpec(broker.url, drops, 1, epochs, aggregator_inbox_limit=AGGREGATOR_INBOX,
+                frame_queue_limit=frame_queue_for(clients)).save(folder)
         processes = _Processes(folder)
         try:
             processes.start(AGGREGATOR, ["aggregator", str(folder)])
@@ -262,9 +275,10 @@ def _row(folder: Path, manifest: Manifest, names: list[str], drops: Mapping[str,
         raise ScaleRunFailed(f"the aggregator completed rounds {sorted(contributors)}, not "
                              f"1..{manifest.rounds}; see {folder / 'logs'}/")
     survivors = [name for name in names if name not in drops]
-    if set(server["dropped"]) != set(drops):
-        raise ScaleRunFailed(f"planned drops {dict(drops)}, the aggregator dropped "
-                             f"{server['dropped']}")
+    if set(server["dropped"]) != set(drops) or not all(
+            reason.startswith("went offline") for reason in server["dropped"].values()):
+        raise ScaleRunFailed(f"planned drops {dict(drops)}, each seen through its Last Will; "
+                             f"the aggregator dropped {server['dropped']}")
     max_error, bound = _check_models(folder, manifest, names, survivors, contributors)
     last = [_last_row(folder, name, manifest.rounds) for name in survivors]
     first = [read_rows(folder / "reports" / f"{name}.jsonl")[0] for name in survivors]

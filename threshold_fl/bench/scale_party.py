@@ -50,6 +50,8 @@ class RunSpec:
     drop_round: int = 1
     epochs: int = 1
     inbox_limit: int = MqttOptions().inbox_limit
+    aggregator_inbox_limit: int = MqttOptions().inbox_limit
+    frame_queue_limit: int = MqttOptions().frame_queue_limit
 
     def __post_init__(self) -> None:
         bad = {client: stage for client, stage in self.drops.items()
@@ -58,9 +60,10 @@ class RunSpec:
             raise ParameterError(f"{RUN_FILE}: unknown drop stages {bad}; stages are "
                                  f"{DROP_STAGES}")
 
-    @property
-    def options(self) -> MqttOptions:
-        return MqttOptions(inbox_limit=self.inbox_limit)
+    def options(self, *, aggregator: bool = False) -> MqttOptions:
+        return MqttOptions(
+            inbox_limit=self.aggregator_inbox_limit if aggregator else self.inbox_limit,
+            frame_queue_limit=self.frame_queue_limit)
 
     def save(self, folder: Path) -> None:
         (folder / RUN_FILE).write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
@@ -116,9 +119,9 @@ async def _aggregator(folder: Path) -> int:
     identity = Identity.load(folder / "parties" / str(manifest.aggregator.party_id))
     clock = _StageClock()
     result = await run_aggregator(
-        manifest, identity, BrokerConfig.from_url(spec.broker), options=spec.options,
-        report=folder / "reports" / "server.jsonl", observe=clock.observe,
-        say=lambda line: print(line, flush=True))
+        manifest, identity, BrokerConfig.from_url(spec.broker),
+        options=spec.options(aggregator=True), report=folder / "reports" / "server.jsonl",
+        observe=clock.observe, say=lambda line: print(line, flush=True))
     _write(folder, "server", {**result, "marks": clock.marks,
                               "contributors": clock.contributors, **_usage()})
     return 0
@@ -137,7 +140,7 @@ async def _client(folder: Path, manifest: Manifest, spec: RunSpec, name: str) ->
         np.save(models / f"trained-round-{round_}.npy", np.asarray(model, dtype=np.float64))
 
     rows = await run_client(manifest, Identity.load(folder / "parties" / name),
-                            BrokerConfig.from_url(spec.broker), plan, options=spec.options,
+                            BrokerConfig.from_url(spec.broker), plan, options=spec.options(),
                             report=folder / "reports" / f"{name}.jsonl", save_models=models,
                             on_trained=trained, say=lambda line: print(line, flush=True))
     return len(rows)
