@@ -43,6 +43,7 @@ from protocols.key_agreement import (
     confirmation_refusal,
     hello_refusal,
     key_contributors,
+    key_holders,
     relayed,
 )
 from protocols.ledger import StepLedger
@@ -184,7 +185,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self.state = A.KEY_AGREEMENT
         self._epoch += 1
         self._attempt = 1
-        self._holders = tuple(self.alive)
+        self._holders = key_holders(self.alive, self._unreachable, self.manifest.threshold)
         self._public_shares = {}
         self._key_id = (
             plaintext_key_id(self.manifest.session, self._epoch)

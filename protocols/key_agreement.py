@@ -8,7 +8,7 @@ AggregatorMachine` checks headers, relays, keeps the results and moves between s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from protocols.events import Outgoing
 from protocols.manifest import Manifest, Mode
@@ -20,7 +20,7 @@ from threshold_fl.errors import ForgedMessage, MalformedMessage
 from threshold_fl.identity import PartyId
 
 __all__ = ["add_public_share", "check_relay", "confirmation_refusal", "hello_refusal",
-           "key_contributors", "keygen_refusal", "relayed"]
+           "key_contributors", "key_holders", "keygen_refusal", "relayed"]
 
 
 def hello_refusal(manifest: Manifest, me: PartyId, sender: PartyId, body: Hello
@@ -110,3 +110,13 @@ def relayed(message: Message, alive: Sequence[PartyId]) -> Outgoing:
         recipients = (PartyId(header.recipient),)
     assert message.raw, "a relay forwards the sender's signed bytes: received ones only"
     return Outgoing(recipients, message.raw, message.kind)
+
+
+def key_holders(alive: Sequence[PartyId], unreachable: Collection[PartyId], threshold: int
+                ) -> tuple[PartyId, ...]:
+    """Who is asked to hold the next key: the live clients without those whose connection
+    was lost (a Last Will seen, not yet judged gone), if t others remain.  A holder lost
+    during key agreement restarts it; several lost at once would otherwise restart it
+    once each, N^2 sealed deliveries every time."""
+    reachable = tuple(party for party in alive if party not in unreachable)
+    return reachable if len(reachable) >= threshold else tuple(alive)

@@ -15,10 +15,13 @@ from protocol_harness import (
     Network,
     build_manifest,
     crypto_bound,
+    run_until,
 )
 
 from protocols import KeyAgreed, Mode, PartyDropped
 from protocols.codec import decode_message
+from protocols.messages import KeygenStart
+from threshold_fl.identity import PartyId
 
 
 def run_with_deaths(clients: int, victims: set[str], kind: str, round_: int | None = None, *,
@@ -122,6 +125,39 @@ def test_a_member_of_the_retry_set_vanishes_too() -> None:
                 if kind == "DecryptRequest"]
     assert sorted({m.header.attempt for m in requests if m.header.round == 1}) == [1, 2, 3]
     assert key_epochs(net) == 1
+
+
+def test_clients_lost_together_in_key_agreement_restart_it_once() -> None:
+    """client2 and client4 vanish on their first key delivery; both Last Wills arrive,
+    then client2 is judged gone: the restart leaves out client4 too, so judging it gone
+    later needs no third key agreement (at N = 50 of the scale bench, four dropouts in
+    key agreement cost five key agreements)."""
+    victims = ["client2", "client4"]
+    net = Network(build_manifest(5, threshold=3, rounds=2, length=24))
+
+    def rule(sender: str, recipient: str, kind: str, now: float) -> list[float]:
+        if sender in victims and kind == "KeyDelivery":
+            net.kill(sender)
+            return []
+        return [0.0]
+
+    net.faults = rule
+    net.start()
+    assert run_until(net, lambda: net.dead >= set(victims))
+    aggregator = net.aggregator
+    for victim in victims:  # their Last Wills: connections lost, not yet judged
+        net._apply(AGGREGATOR, aggregator.party_unreachable(PartyId(victim), net.now))
+    net._apply(AGGREGATOR, aggregator.party_offline(PartyId(victims[0]), net.now))
+    assert not run_until(net, lambda: False, until=net.now + 2.0)  # the grace time
+    net._apply(AGGREGATOR, aggregator.party_offline(PartyId(victims[1]), net.now))
+    net.run()
+    starts = [decode_message(data, net.manifest.directory) for sender, kind, data
+              in net.history if kind == "KeygenStart"]
+    by_epoch = {m.header.epoch: m.body for m in starts if isinstance(m.body, KeygenStart)}
+    assert sorted(by_epoch) == [1, 2]
+    assert by_epoch[2].participants == ("client1", "client3", "client5")
+    assert dropped(net) == set(victims)
+    assert_correct_rounds(net, {"client1", "client3", "client5"})
 
 
 def test_two_of_five_vanish_before_uploading() -> None:
