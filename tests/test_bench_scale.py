@@ -5,6 +5,7 @@ broker's Last Will tells the aggregator."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -48,6 +49,16 @@ def test_eight_parties_with_three_dropouts_complete_and_match_fedavg(tmp_path: P
     assert 0 <= row.max_error <= row.error_bound
     assert row.aggregator_peak_mib > 0 and row.broker_peak_mib > 0 and row.clients_cpu_s > 0
     assert row.client_sent_mean > 0 and row.client_received_mean > 0
+    # the figures as the suite writes them, redrawn with per-role figures beside them
+    (tmp_path / "scale.json").write_text(json.dumps({"rows": [dataclasses.asdict(row)]}))
+    roles = tmp_path / "clients.json"
+    roles.write_text(json.dumps({"rows": [{"clients": 8, "aggregate_s": 1.0, "fuse_s": 0.5,
+                                           "encrypt_per_client_s": 1.0,
+                                           "share_per_member_s": 0.2,
+                                           "decode_per_client_s": 0.3}]}))
+    assert main(["--replot", str(tmp_path / "scale.json"), "--roles", str(roles),
+                 "--out", str(tmp_path / "plot")]) == 0
+    assert (tmp_path / "plot" / "scale.png").stat().st_size > 10_000
     runs = tmp_path / "scale-runs" / "n008"
     log = (runs / "logs" / "server.log").read_text()
     assert log.count("went offline (its connection to the broker ended)") >= 3

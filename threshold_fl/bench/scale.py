@@ -401,11 +401,11 @@ def _plot(rows: Sequence[ScaleRow], path: Path, roles: Sequence[Mapping[str, Any
                 label="a client process (peak)")
     memory.set_title("peak resident memory (MiB)")
     traffic.plot(counts, [(r.client_sent_mean + r.client_received_mean) / 1024 for r in rows],
-                 "o-", label="a client, last round (KiB)")
-    traffic.plot(counts, [r.client_first_round_mean / MIB * 1024 / 1024 for r in rows], "s--",
-                 label="a client, round 1 with set-up (MiB)")
+                 "o-", label="a client, last round")
+    traffic.plot(counts, [r.client_first_round_mean / 1024 for r in rows], "s--",
+                 label="a client, round 1 with set-up")
     traffic.set_yscale("log")
-    traffic.set_title("bytes per client (sent + received)")
+    traffic.set_title("KiB per client (sent + received)")
     for axes in (times, memory, traffic):
         axes.set_xlabel("clients")
         axes.grid(True, alpha=0.3)
@@ -446,8 +446,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--roles", type=Path, default=None, metavar="CLIENTS_JSON",
                         help="plot these per-role figures (bench clients' clients.json) "
                              "beside the end-to-end ones")
+    parser.add_argument("--replot", type=Path, default=None, metavar="SCALE_JSON",
+                        help="run nothing: draw scale.png in --out from an earlier "
+                             "scale.json (with --roles, say)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     return parser
+
+
+def _replot(source: Path, out: Path, roles: Sequence[Mapping[str, Any]]) -> Path:
+    try:
+        rows = [ScaleRow(**row) for row in json.loads(source.read_text("utf-8"))["rows"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ParameterError(f"--replot {source}: not a 'bench scale' result ({error})"
+                             ) from None
+    out.mkdir(parents=True, exist_ok=True)
+    _plot(rows, out / "scale.png", roles)
+    return out / "scale.png"
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -461,6 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[ScaleRow] = []
     try:
         roles = _roles(args.roles)
+        if args.replot is not None:
+            print(f"wrote {_replot(args.replot, args.out, roles)}")
+            return 0
         print(f"scale: N = {args.clients}, {args.per_process} clients per process, "
               f"{args.drop:.0%} dropped in round 1; party logs under "
               f"{args.out / 'scale-runs'}/", flush=True)
