@@ -82,7 +82,7 @@ def test_three_client_processes_match_plaintext_fedavg(
 @pytest.mark.parametrize(("broker", "stage"), [
     ("mosquitto", "after-upload"),
     ("mosquitto", "before-upload"),
-    # on its first key delivery: its key share is out, key agreement restarts without it
+    # on the lead's public share, before making its own: key agreement restarts without it
     ("mosquitto", "keys"),
     # The second broker we support, once: the decryption goes on without c3 only once
     # its Last Will says it is gone (or at the 15 s deadline, which the test refuses).

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from protocols import AggregatorMachine, ClientState, Manifest, Mode, Role
 from protocols.codec import decode_message
 from protocols.events import Event, Outgoing, RoundCompleted, UpdateNeeded
-from protocols.messages import DecryptRequest, KeyDelivery, Stage
+from protocols.messages import DecryptRequest, PublicShare, Stage
 from threshold_fl.app.rounds import RoundRow
 from threshold_fl.errors import (
     AuthenticationError,
@@ -387,11 +387,12 @@ class _ClientRun:
 
     def trigger(self) -> Callable[[Any], bool] | None:
         """Which received message makes this client vanish (before it acts on it): the
-        first KeyDelivery (``keys``: its own key share is out, key agreement is under
-        way) or round *drop_round*'s DecryptRequest (``decrypt``)."""
+        first relayed PublicShare (``keys``: the lead's, which every other client waits
+        for, so that all such dropouts happen at once, early in key agreement) or round
+        *drop_round*'s DecryptRequest (``decrypt``)."""
         stage, round_ = self.plan.drop_at, self.plan.drop_round
         if stage == "keys":
-            return lambda message: isinstance(message.body, KeyDelivery)
+            return lambda message: isinstance(message.body, PublicShare)
         if stage in ("decrypt", "decrypt-frozen"):
             return lambda message: (isinstance(message.body, DecryptRequest) and (
                 message.header.stage is Stage.ROUND and message.header.round == round_))
