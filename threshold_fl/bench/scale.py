@@ -8,10 +8,10 @@ identity and state machine.  Threshold mode, t = N // 2 + 1, the library's CKKS
 parameters for N, logistic regression on the digits (the top 10 % of the sensitivity
 map plus the first and last layers encrypted), ``--rounds`` FedAvg rounds.  A fraction
 (``--drop``, 30 %) of the clients vanishes in round 1's stages, in turn: during key
-agreement (on the first relayed PublicShare, the lead's, before making its own), before its
-upload, on its DecryptRequest (members
-of the decryption set the aggregator will pick) and after its upload.  Each shuts its
-TCP connection without an MQTT DISCONNECT, so the broker publishes its Last Will.
+agreement (on the lead's relayed PublicShare, before making its own), before its upload,
+on its DecryptRequest (members of the decryption set the aggregator will pick) and after
+its upload.  Each shuts its TCP connection without an MQTT DISCONNECT, so the broker
+publishes its Last Will.
 
 Checked: the session completes, and every surviving client's decrypted global model of
 every round equals plaintext FedAvg of that round's contributors' trained models within
