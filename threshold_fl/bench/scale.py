@@ -387,14 +387,15 @@ def _plot(rows: Sequence[ScaleRow], path: Path, roles: Sequence[Mapping[str, Any
         a, k = power_fit(counts, [row.key_s for row in rows])
         grid = [counts[0] + (counts[-1] - counts[0]) * i / 50 for i in range(51)]
         times.plot(grid, [a * n**k for n in grid], ":", label=f"fit {a:.2g} N^{k:.2f}")
-    if roles:  # bench clients' per-role figures (CNN vector), the paper's Figure 14a
+    if roles:  # bench clients' per-role figures, one process per role
         role_counts = [int(r["clients"]) for r in roles]
         times.plot(role_counts, [float(r["aggregate_s"]) + float(r["fuse_s"]) for r in roles],
-                   "x:", label="per role: aggregator (CNN vector)")
+                   "x:", label="per role (bench clients): aggregator")
         times.plot(role_counts, [float(r["encrypt_per_client_s"])
                                  + float(r["share_per_member_s"])
                                  + float(r["decode_per_client_s"]) for r in roles],
-                   "+:", label="per role: one client (CNN vector)")
+                   "+:", label="per role (bench clients): one client")
+    times.set_yscale("log")
     times.set_title("seconds against N (Figure 14a)")
     memory.plot(counts, [row.aggregator_peak_mib for row in rows], "o-", label="aggregator")
     memory.plot(counts, [row.broker_peak_mib for row in rows], "s-", label="mosquitto")
