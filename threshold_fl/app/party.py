@@ -50,6 +50,10 @@ DROP_STAGES = ("keys", "mask", "before-upload", "after-upload", "decrypt")
 CLIENT_FAULTS = (*DROP_STAGES, "decrypt-frozen")
 #: A client seen offline this long (its MQTT Last Will, no reconnect) is dropped at once.
 PRESENCE_GRACE_S = 2.0
+#: Messages the aggregator's node takes from its transport ahead of handling them.  The
+#: transport's own inbox buffers more and then holds senders back; the Node default of
+#: 256 on top let relayed key material pile up with N.
+AGGREGATOR_INBOX = 8
 
 
 class PresenceView(Protocol):
@@ -250,7 +254,7 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
 
         say(_connected(manifest, identity, broker))
         aggregator = Aggregator(manifest, identity, link, on_event=on_event,
-                                on_send=on_send, progress=say)
+                                on_send=on_send, progress=say, inbox_size=AGGREGATOR_INBOX)
 
         def drop(party: str) -> None:
             say(f"aggregator: {party} went offline")
