@@ -298,9 +298,10 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._require_new(self._ledger.uploads, sender, message)
         if sender == self.me or message.header.recipient != self.me:
             raise ForgedMessage("an upload must be addressed to the aggregator")
-        plain = message.body.plain if isinstance(message.body, UpdateUpload) else None
-        uploads.add(sender, message.body.protected, plain)
-        self._ledger.uploads.add(sender)
+        body = message.body
+        plain = body.plain if isinstance(body, UpdateUpload) else None
+        if uploads.add(sender, body.protected, plain, body.part, body.parts):  # the last part
+            self._ledger.uploads.add(sender)
         return self._progress(now)
 
     def _broadcast_aggregate(self, now: float) -> Step:

@@ -35,8 +35,8 @@ __all__ = ["CODEC_VERSION", "MAX_MESSAGE_BYTES", "decode_message", "encode_messa
            "Peeked", "peek_step"]
 
 #: 2: FedAvg weights in MaskStart/RoundStart; 3: blind fusion; 4: the manifest's
-#: fingerprint in Hello and KeygenStart.
-CODEC_VERSION = 4
+#: fingerprint in Hello and KeygenStart; 5: uploads in parts (part, parts).
+CODEC_VERSION = 5
 MAGIC = b"TFLM"
 #: Largest message accepted (a 2.5 * 10^8-value upload is about 4 GB).
 MAX_MESSAGE_BYTES = 8 * 2**30

@@ -45,6 +45,7 @@ from protocols import (
     Step,
     UpdateNeeded,
 )
+from protocols.protection import DEFAULT_PART_BYTES
 from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import (
     ForgedMessage,
@@ -424,9 +425,11 @@ class FederatedClient(Node):
         train: TrainFn,
         sensitivity: SensitivityFn,
         randomness: Callable[[int], bytes] = os.urandom,
+        part_bytes: int = DEFAULT_PART_BYTES,
         **options: Any,
     ) -> None:
-        machine = ClientMachine(manifest, identity, randomness, samples=samples)
+        machine = ClientMachine(manifest, identity, randomness, samples=samples,
+                                part_bytes=part_bytes)
         super().__init__(machine, transport, **options)
         self._client = machine
         self._train = train
