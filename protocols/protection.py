@@ -254,6 +254,7 @@ class UploadRound:
         self.protected: ProtectedSum | None = ProtectedSum(mode, context, key_id, length)
         self.plain = np.zeros(model_length - length)
         self._parts: dict[PartyId, tuple[int, set[int]]] = {}  # party: (parts, received)
+        self.peak_staged = 0  # the sum's, once taken: most ciphertexts held besides it
 
     def weight(self, party: PartyId) -> float:
         return self._raw[party] / sum(self._raw[other] for other in self.expected)
@@ -303,6 +304,7 @@ class UploadRound:
         """The protected sum, released here (the plain sum stays for the broadcasts)."""
         protected, self.protected = self.protected, None
         assert protected is not None, "the sum was already taken"
+        self.peak_staged = protected.peak_staged
         return protected
 
 

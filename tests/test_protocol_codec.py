@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols.codec import (
-    _DOMAIN,
     _LENGTH,
     _PREFIX,
     _SIGNATURE_SIZE,
@@ -26,6 +25,7 @@ from protocols.codec import (
     decode_message,
     encode_message,
     peek_step,
+    signing_input,
 )
 from protocols.messages import (
     BODY_TYPES,
@@ -136,7 +136,7 @@ def _envelope(
     """Build a signed envelope by hand, following the layout documented in codec.py."""
     name = signer.party_id.encode() if sender is None else sender
     signed = _PREFIX.pack(magic, version, len(name)) + name + _LENGTH.pack(len(payload)) + payload
-    return signed + signer.sign(_DOMAIN + signed)
+    return signed + signer.sign(signing_input(signed))
 
 
 def _payload_of(data: bytes) -> bytes:
@@ -520,7 +520,7 @@ def test_impostor_with_a_known_name_is_forged() -> None:
 def test_signature_by_another_known_party_is_forged() -> None:
     # Envelope names client-1 but client-2 signed it.
     signed = ENCODED[:-_SIGNATURE_SIZE]
-    data = signed + CLIENT2.sign(_DOMAIN + signed)
+    data = signed + CLIENT2.sign(signing_input(signed))
     with pytest.raises(ForgedMessage, match="bad signature"):
         decode_message(data, DIRECTORY)
 

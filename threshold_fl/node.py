@@ -346,7 +346,8 @@ class Node:
 
     async def _feed(self, step: Step) -> None:
         """Send what the machine produced, then hand its events to the application."""
-        for outgoing in step.sends:
+        while step.sends:
+            outgoing = step.sends.pop(0)  # each message let go once sent: uploads are large
             self.summary.bytes_sent += len(outgoing.data) * len(outgoing.recipients)
             if self._on_send is not None:
                 self._on_send(outgoing)
