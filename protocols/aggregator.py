@@ -298,9 +298,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._require_new(self._ledger.uploads, sender, message)
         if sender == self.me or message.header.recipient != self.me:
             raise ForgedMessage("an upload must be addressed to the aggregator")
-        body = message.body
-        plain = body.plain if isinstance(body, UpdateUpload) else None
-        if uploads.add(sender, body.protected, plain, body.part, body.parts):  # the last part
+        if uploads.add(sender, message.body):  # True once its last part is in
             self._ledger.uploads.add(sender)
         return self._progress(now)
 

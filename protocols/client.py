@@ -50,9 +50,7 @@ from protocols.messages import (
     PublicShare,
     RoundDone,
     RoundStart,
-    SensitivityUpload,
     Stage,
-    UpdateUpload,
 )
 from protocols.protection import (
     DEFAULT_PART_BYTES,
@@ -179,11 +177,9 @@ class ClientMachine(Machine[ClientState]):
         of about ``part_bytes``: each part is encoded and its frames let go at once."""
         assert self._upload_values is not None
         protected, plain, sends = *self._upload_values, list[Outgoing]()
-        for p in upload_parts(self.manifest.mode, self.context, self._keys.public_key,
-                              protected, self._weight, plain, part_bytes=self.part_bytes):
-            upload = SensitivityUpload(p.protected, p.part, p.parts) if p.plain is None else \
-                UpdateUpload(p.protected, p.plain, p.part, p.parts)  # plain: weighted there
-            sends.extend(self._sends([self._aggregator], upload, self._step))
+        for part in upload_parts(self.manifest.mode, self.context, self._keys.public_key,
+                                 protected, self._weight, plain, part_bytes=self.part_bytes):
+            sends.extend(self._sends([self._aggregator], part.body(), self._step))
         return Step(sends=sends)
 
     def _require_state(self, state: ClientState, what: str) -> None:

@@ -14,6 +14,7 @@ import msgpack
 import numpy as np
 
 from protocols.manifest import Mode
+from protocols.messages import SensitivityUpload, UpdateUpload
 from threshold_fl.arrays import FloatArray, U64Array
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import PublicKey
@@ -133,6 +134,12 @@ class UploadPart:
     plain: bytes | None
     part: int
     parts: int
+
+    def body(self) -> SensitivityUpload | UpdateUpload:
+        """The message body carrying this part (float32 parts are weighted on arrival)."""
+        if self.plain is None:
+            return SensitivityUpload(self.protected, self.part, self.parts)
+        return UpdateUpload(self.protected, self.plain, self.part, self.parts)
 
 
 def _protected_items(mode: Mode, context: CkksContext, length: int) -> int:
@@ -259,15 +266,16 @@ class UploadRound:
     def weight(self, party: PartyId) -> float:
         return self._raw[party] / sum(self._raw[other] for other in self.expected)
 
-    def add(self, party: PartyId, protected: Sequence[bytes], plain: bytes | None,
-            part: int = 0, parts: int = 1) -> bool:
-        """Add part ``part`` of ``parts`` of *party*'s upload, all or nothing, with its
-        weight: its ciphertexts carry it already, float32 parts do not (*plain*: None in
-        mask agreement).  True once the party's last part is in.
+    def add(self, party: PartyId, upload: SensitivityUpload | UpdateUpload) -> bool:
+        """Add *party*'s upload part, all or nothing, with its weight: its ciphertexts
+        carry it already, float32 parts do not (a SensitivityUpload has none).  True once
+        the party's last part is in.
 
         Parts may come in any order; a repeated part, or one that disagrees with the
         party's earlier parts on how many there are, is refused and changes nothing.
         """
+        protected, part, parts = upload.protected, upload.part, upload.parts
+        plain = upload.plain if isinstance(upload, UpdateUpload) else None
         parts_seen = self._parts.get(party)
         if parts_seen is not None and parts_seen[0] != parts:
             raise MalformedMessage(

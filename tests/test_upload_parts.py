@@ -133,8 +133,8 @@ def test_parts_in_any_order_and_every_bad_part_refused_by_name() -> None:
                                                f"{count} has .* bytes, expected"):
         aggregator.receive(resigned(parts[2], part=1), net.now)  # part 2's values as part 1
     plain_1 = parts[1].body.plain  # type: ignore[union-attr]
-    with pytest.raises(MalformedMessage, match="UpdateUpload from 'client1' failed a check: "
-                                               ".*missing, duplicated or out of order"):
+    with pytest.raises(MalformedMessage, match=r"UpdateUpload from 'client1' failed a check: "
+                                               r".*missing, duplicated or out of order"):
         aggregator.receive(resigned(parts[3], part=1, plain=plain_1), net.now)
     with pytest.raises(MalformedMessage, match=f"upload part {count} is out of range: the "
                                                f"upload has {count} parts"):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import subprocess
 import sys
@@ -48,20 +47,23 @@ _STEP = 1 << 22  # values generated and checked at a time
 def synthetic_update(index: int, start: int, stop: int) -> FloatArray:
     """Values start to stop - 1 of client ``index``'s update: within (-0.9, 0.9)."""
     positions = np.arange(start, stop, dtype=np.float64)
-    return 0.9 * np.sin(positions * (1e-3 * (index + 1)) + index)
+    values: FloatArray = 0.9 * np.sin(positions * (1e-3 * (index + 1)) + index)
+    return values
 
 
 def _sensitivity(index: int, length: int) -> FloatArray:
     positions = np.arange(length, dtype=np.float64)
-    return np.abs(np.cos(positions * 7e-4 + index))
+    values: FloatArray = np.abs(np.cos(positions * 7e-4 + index))
+    return values
 
 
-def _peak_mib() -> float:
+def _memory_mib(field: str = "VmHWM") -> float:
+    """This process's peak (VmHWM) or current (VmRSS) resident memory."""
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    return float("nan")  # pragma: no cover - Linux always has VmHWM
+    return float("nan")  # pragma: no cover - Linux always has both
 
 
 # ----------------------------------------------------------------- one party (a process)
@@ -77,18 +79,21 @@ def _max_error(model: FloatArray, weights: Sequence[float], mask: Any) -> float:
     return worst
 
 
-async def _run_party(folder: Path, name: str, broker_url: str, part_bytes: int) -> dict[str, Any]:
+async def _run_party(folder: Path, name: str, broker_url: str, part_bytes: int,
+                     max_payload: int) -> dict[str, Any]:
     from protocols import Manifest
     from threshold_fl.app.party import mqtt_transport
     from threshold_fl.identity import Identity
     from threshold_fl.node import Aggregator, FederatedClient
     from transports.broker import BrokerConfig
+    from transports.chunks import ReassemblyLimits
     from transports.mqtt import MqttOptions
 
     manifest = Manifest.load(folder / "manifest.json")
     identity = Identity.from_seed(name, (folder / f"{name}.seed").read_bytes())
+    limits = ReassemblyLimits(max_payload=max_payload, max_buffered=2 * max_payload)
     options = MqttOptions(keepalive=30, ack_timeout_s=20.0, give_up_after=600.0,
-                          operation_timeout_s=120.0)
+                          operation_timeout_s=120.0, limits=limits)
     transport = mqtt_transport(manifest, identity, BrokerConfig.from_url(broker_url), options)
     started = time.monotonic()
     marks: dict[str, float] = {}
@@ -97,7 +102,8 @@ async def _run_party(folder: Path, name: str, broker_url: str, part_bytes: int) 
         marks.setdefault(type(event).__name__, round(time.monotonic() - started, 1))
 
     def say(line: str) -> None:
-        print(f"[{time.monotonic() - started:7.1f} s] {line}", flush=True)
+        print(f"[{time.monotonic() - started:7.1f} s, {_memory_mib('VmRSS'):,.0f} MiB, "
+              f"peak {_memory_mib():,.0f}] {line}", flush=True)
 
     out: dict[str, Any] = {"party": name}
     async with transport:
@@ -122,7 +128,7 @@ async def _run_party(folder: Path, name: str, broker_url: str, part_bytes: int) 
             summary = node.summary
         stats = transport.stats
     out.update(
-        peak_mib=round(_peak_mib()), seconds=round(time.monotonic() - started, 1),
+        peak_mib=round(_memory_mib()), seconds=round(time.monotonic() - started, 1),
         marks=marks, compute_s={k: round(v, 1) for k, v in summary.compute_s.items()},
         bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
         messages_sent=stats.messages_sent, messages_received=stats.messages_received,
@@ -157,7 +163,8 @@ def _prepare(folder: Path, args: argparse.Namespace) -> list[str]:
 
 def _spawn(folder: Path, name: str, url: str, args: argparse.Namespace) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "threshold_fl.bench.large", "--party", name,
-               "--folder", str(folder), "--broker", url, "--part-mib", str(args.part_mib)]
+               "--folder", str(folder), "--broker", url, "--part-mib", str(args.part_mib),
+               "--max-payload-mib", str(args.max_payload_mib)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
 
@@ -187,7 +194,8 @@ def _collect(processes: dict[str, subprocess.Popen[str]], deadline: float) -> li
 
 def _report(results: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> str:
     lines = [f"# BERT-size round over MQTT: {args.length:,} values, {args.clients} clients, "
-             f"{args.fraction:.0%} encrypted, parts of at most {args.part_mib} MiB", "",
+             f"{args.fraction:.0%} encrypted, parts of at most {args.part_mib} MiB, max_payload "
+             f"{args.max_payload_mib} MiB", "",
              "| party | peak MiB | sent MB | received MB | messages sent | compute s "
              "| keys s | mask s | round s | max error |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -212,9 +220,12 @@ def _federate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="tfl-large-") as tmp, MosquittoBroker() as broker:
         folder = Path(tmp)
         names = _prepare(folder, args)
+        encrypted = round(args.length * args.fraction)
+        upload = 16 * encrypted + 4 * (args.length - encrypted)
         print(f"{args.length:,} values, {args.fraction:.0%} encrypted, {args.clients} "
-              f"clients, broker {broker.url}; estimate: a fully encrypted upload is about "
-              f"{args.length * 16 / 1e9:.2f} GB at 16 B/value", flush=True)
+              f"clients, broker {broker.url}; estimate: a round's upload about "
+              f"{upload / 1e9:.2f} GB per client (16 B per encrypted value, 4 per plain one), "
+              f"the mask stage's {16 * args.length / 1e9:.2f} GB (all encrypted)", flush=True)
         processes = {name: _spawn(folder, name, broker.url, args) for name in names}
         results = _collect(processes, started + args.timeout * 3)
         codes = {name: process.wait(timeout=60) for name, process in processes.items()}
@@ -242,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="share of the values encrypted (1: all; 0.1: top 10 %%)")
     parser.add_argument("--part-mib", type=bounded(int, 1, 1000), default=256,
                         help="most MiB of one upload message (default 256)")
+    parser.add_argument("--max-payload-mib", type=bounded(int, 1, 4096), default=1024,
+                        help="the transports' max_payload in MiB (default 1024, the "
+                        "library's): no single message may exceed it")
     parser.add_argument("--timeout", type=bounded(int, 60, 36_000), default=3600,
                         help="upload and decryption stage timeout, seconds")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -252,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.party is not None:  # one party, in its own process
             result = asyncio.run(_run_party(args.folder, args.party, args.broker,
-                                            args.part_mib << 20))
+                                            args.part_mib << 20, args.max_payload_mib << 20))
             print(_RESULT + json.dumps(result), flush=True)
             return 0 if result["finished"] else 1
         return _federate(args)
