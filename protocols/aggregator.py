@@ -85,6 +85,7 @@ __all__ = ["AggregatorMachine", "AggregatorState"]
 A = AggregatorState
 _UPLOADS = (A.MASK_UPLOAD, A.ROUND_UPLOAD)
 _DECRYPTIONS = (A.MASK_DECRYPTION, A.ROUND_DECRYPTION)
+_ROUNDS = (A.ROUND_UPLOAD, A.ROUND_DECRYPTION)
 
 
 class AggregatorMachine(Machine[AggregatorState]):
@@ -147,9 +148,10 @@ class AggregatorMachine(Machine[AggregatorState]):
             return self._waiting("clients to join", missing, len(self.manifest.clients))
         if self.state in self.TERMINAL or self.state is A.IDLE:
             return super().waiting_for()
-        rounds = (A.ROUND_UPLOAD, A.ROUND_DECRYPTION)
-        where = f"round {self._round} " if self.state in rounds else ""
+        where = f"round {self._round} " if self.state in _ROUNDS else ""
         what, who, of, until = "clients", self._culprits(), len(self.alive), ""
+        if self.state in _UPLOADS and self._uploads is not None:
+            until = self._uploads.parts_note(who)
         if self.state in _DECRYPTIONS and self._decryption is not None:
             what, who, of, until = self._decryption.waiting(
                 self.alive, self._done, self._unreachable, self._attempt)
@@ -289,9 +291,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         return self.mask.count
 
     def _on_upload(self, message: Message, now: float) -> Step:
-        assert isinstance(message.body, SensitivityUpload | UpdateUpload)
         sender, uploads = message.header.sender, self._uploads
-        assert uploads is not None
+        assert isinstance(message.body, SensitivityUpload | UpdateUpload) and uploads is not None
         self._require_sender(message, [p for p in uploads.expected if p in self.alive],
                              "an active client expected to upload in this attempt")
         self._require_step(message, self.step)

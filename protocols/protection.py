@@ -304,9 +304,15 @@ class UploadRound:
         return [party for party in self.expected if party not in self.uploaders]
 
     def progress(self, party: PartyId) -> str:
-        """How far *party*'s upload got, for waiting lines: "parts 3/8", or ""."""
+        """How far *party*'s upload in parts got: "3/8" parts in, or "" (none yet)."""
         seen = self._parts.get(party)
-        return "" if seen is None else f"parts {len(seen[1])}/{seen[0]}"
+        return "" if seen is None else f"{len(seen[1])}/{seen[0]}"
+
+    def parts_note(self, missing: Sequence[PartyId]) -> str:
+        """For a waiting line: " (upload parts in: 'client1' 3/8)", for those of
+        *missing* whose upload is under way; "" if none is."""
+        notes = [f"{party!r} {self.progress(party)}" for party in missing if party in self._parts]
+        return f" (upload parts in: {', '.join(notes)})" if notes else ""
 
     def take(self) -> ProtectedSum:
         """The protected sum, released here (the plain sum stays for the broadcasts)."""
