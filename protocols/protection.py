@@ -25,7 +25,6 @@ from threshold_fl.crypto.vectors import (
     EncryptedVector,
     ciphertext_count,
     encrypt_chunks,
-    encrypt_vector,
 )
 from threshold_fl.crypto.wire import (
     decode_vector,
@@ -53,7 +52,6 @@ __all__ = [
     "implausible",
     "open_protected",
     "part_span",
-    "protect",
     "upload_parts",
 ]
 
@@ -82,24 +80,6 @@ def decode_plain(data: bytes, length: int, what: str) -> FloatArray:
     if not np.all(np.isfinite(values)):
         raise MalformedMessage(f"{what} holds NaN or infinite values; discarded")
     return values
-
-
-def protect(
-    mode: Mode, context: CkksContext, public_key: PublicKey | None, values: FloatArray,
-    weight: float,
-) -> tuple[bytes, ...]:
-    """``weight * values`` encrypted (threshold, single-key), or ``values`` as float32.
-
-    Ciphertexts carry the client's FedAvg weight because the aggregator can only add
-    them (see threshold_fl.crypto.vectors).  Float32 parts travel unweighted and the
-    aggregator weights them in float64, which keeps plaintext FedAvg exact.
-    """
-    if mode is Mode.PLAINTEXT:
-        return (encode_plain(values),)
-    if public_key is None:
-        raise ParameterError("no public key yet: key agreement has not finished")
-    vector = encrypt_vector(context, public_key, values, weight=weight)
-    return tuple(encode_vector(context, vector))
 
 
 def open_protected(
@@ -164,8 +144,14 @@ def upload_parts(
     mode: Mode, context: CkksContext, public_key: PublicKey | None, values: FloatArray,
     weight: float, plain: FloatArray | None, *, part_bytes: int = DEFAULT_PART_BYTES,
 ) -> Iterator[UploadPart]:
-    """An upload as parts of about ``part_bytes`` each, protected as :func:`protect`
-    does, one part at a time (only the part being made is held beyond ``values``)."""
+    """An upload as parts of about ``part_bytes`` each, one part at a time (only the
+    part being made is held beyond ``values``): ``weight * values`` encrypted
+    (threshold, single-key), or ``values`` as float32 bytes (plaintext mode).
+
+    Ciphertexts carry the client's FedAvg weight because the aggregator can only add
+    them (see threshold_fl.crypto.vectors).  Float32 parts travel unweighted and the
+    aggregator weights them in float64, which keeps plaintext FedAvg exact.
+    """
     if part_bytes < 1:
         raise ParameterError(f"part_bytes must be positive, got {part_bytes!r}")
     plain_length = 0 if plain is None else plain.size
