@@ -16,6 +16,8 @@ markdown, JSON and PNG under one output folder (with the machine they ran on).
 - ``e2e``: the multi-process MQTT demo per mode;
 - ``dropout``: the MQTT demo's joint decryption with a member of the set killed, against
   none (not in ``all``);
+- ``large``: one round with a BERT-size update over MQTT, uploads streamed in parts,
+  each party a process: peak memory, bytes, stage times (not in ``all``: long);
 - ``crypto``: the older single-key vs threshold microbenchmark.
 
 Results, and how they were made, are in docs/benchmarks.md.
@@ -51,6 +53,8 @@ SUITES: dict[str, tuple[str, str]] = {
             "the MQTT demo per mode: wall-clock per round, bytes on the wire"),
     "dropout": ("threshold_fl.bench.dropout:main",
                 "decryption latency with a member of the set killed vs none (MQTT demo)"),
+    "large": ("threshold_fl.bench.large:main",
+              "a BERT-size round over MQTT, parties as processes: peak memory, bytes"),
 }
 
 
