@@ -23,6 +23,7 @@ from protocols.codec import decode_message
 from protocols.events import Event, Outgoing, RoundCompleted, UpdateNeeded
 from protocols.messages import DecryptRequest, Stage
 from threshold_fl.app.rounds import RoundRow
+from threshold_fl.app.trace import TracingLink
 from threshold_fl.errors import (
     AuthenticationError,
     MessageRejected,
@@ -192,7 +193,10 @@ class _DecryptionMeter:
 
 async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerConfig,
                          *, options: MqttOptions | None = None, report: Path | None = None,
+                         trace: Path | None = None,
                          say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Serve the session; *trace*: write every message it moves there
+    (:mod:`threshold_fl.app.trace`)."""
     _check_role(manifest, identity, Role.AGGREGATOR)
     started = time.perf_counter()
     watch: OfflineWatch | None = None
@@ -226,8 +230,9 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
                           contributors=len(event.contributors), **decryption.take())
 
         say(_connected(manifest, identity, broker))
-        aggregator = Aggregator(manifest, identity, link, on_event=on_event,
-                                on_send=decryption.sent, progress=say)
+        traced = None if trace is None else TracingLink(link, trace)
+        aggregator = Aggregator(manifest, identity, link if traced is None else traced,
+                                on_event=on_event, on_send=decryption.sent, progress=say)
 
         def drop(party: str) -> None:
             say(f"aggregator: {party} went offline")
@@ -237,7 +242,11 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
                              reachable=aggregator.party_reachable)
         for party in early:
             watch.offline(party)
-        summary = await aggregator.run()
+        try:
+            summary = await aggregator.run()
+        finally:
+            if traced is not None:
+                traced.finish()
         stats = link.stats
     say(f"aggregator: finished {summary.rounds} round(s); dropped: "
         f"{summary.dropped or 'none'}; {stats.bytes_sent / 1e6:.1f} MB sent, "

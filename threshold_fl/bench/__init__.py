@@ -16,6 +16,9 @@ markdown, JSON and PNG under one output folder (with the machine they ran on).
 - ``e2e``: the multi-process MQTT demo per mode;
 - ``dropout``: the MQTT demo's joint decryption with a member of the set killed, against
   none (not in ``all``);
+- ``network``: each stage's time on the paper's bandwidth scenarios, predicted from a
+  run's trace, and checked on a ``tc``-shaped link between network namespaces (root;
+  not in ``all``);
 - ``crypto``: the older single-key vs threshold microbenchmark.
 
 Results, and how they were made, are in docs/benchmarks.md.
@@ -51,6 +54,8 @@ SUITES: dict[str, tuple[str, str]] = {
             "the MQTT demo per mode: wall-clock per round, bytes on the wire"),
     "dropout": ("threshold_fl.bench.dropout:main",
                 "decryption latency with a member of the set killed vs none (MQTT demo)"),
+    "network": ("threshold_fl.bench.network:main",
+                "stage times on other links: predicted from a trace, checked on a shaped one"),
 }
 
 
