@@ -7,7 +7,8 @@ federation's traffic then crosses the veth, whose two ends can be shaped with a 
 bucket (``tc qdisc ... tbf``, :meth:`NamespacePair.shape`), one per direction: the
 broker's link, carrying every party's traffic.  (``netem``, for delay, is not in every
 kernel; this one has none.)  :meth:`NamespacePair.broker` runs a private mosquitto in
-the broker's namespace.
+the broker's namespace, :meth:`NamespacePair.relay` a delaying relay in front of it
+(:mod:`threshold_fl.bench.relay`): latency without netem.
 
 Needs root, ``ip`` and ``tc``.  The pair is removed on exit, failure included, and
 :func:`remove_stale` removes pairs left by processes that are gone (a SIGKILLed run).
@@ -20,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -37,6 +39,7 @@ PREFIX = "tfl-nl-"
 BROKER_ADDRESS = "10.231.0.1"
 PARTY_ADDRESS = "10.231.0.2"
 BROKER_PORT = 1883
+RELAY_PORT = 1884
 _STALE = re.compile(rf"^{re.escape(PREFIX)}(\d+)[a-z]*-(broker|parties)$")
 
 
@@ -170,6 +173,24 @@ class NamespacePair:
         return ["ip", "netns", "exec", self.party_ns, *argv]
 
     @contextlib.contextmanager
+    def relay(self, delay_s: float) -> Iterator[str]:
+        """A delaying relay (:mod:`threshold_fl.bench.relay`) in front of the broker, in
+        its namespace: *delay_s* each way.  Yields the URL the parties then use."""
+        argv = ["ip", "netns", "exec", self.broker_ns, sys.executable, "-m",
+                "threshold_fl.bench.relay", "--listen", f"{BROKER_ADDRESS}:{RELAY_PORT}",
+                "--to", f"{BROKER_ADDRESS}:{BROKER_PORT}", "--delay-ms", f"{delay_s * 1e3:g}"]
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()  # it says so once it listens, or exits
+            if not line.startswith("relay:"):
+                raise NetworkSetupError(f"the delaying relay did not start: {line.strip()!r}")
+            yield f"mqtt://{BROKER_ADDRESS}:{RELAY_PORT}"
+        finally:
+            _stop(process)
+
+    @contextlib.contextmanager
     def broker(self, timeout_s: float = 15.0) -> Iterator[str]:
         """A private mosquitto in the broker's namespace; yields its URL."""
         executable = find_mosquitto()
@@ -192,10 +213,14 @@ class NamespacePair:
                 time.sleep(0.05)
             yield f"mqtt://{BROKER_ADDRESS}:{BROKER_PORT}"
         finally:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+            _stop(process)
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)

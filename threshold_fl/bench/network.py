@@ -8,9 +8,11 @@
 - ``check [--mbit R ...]`` (root): runs the demo federation (a private mosquitto, the
   aggregator and the clients as processes, traced) across two network namespaces of its
   own joined by a veth pair (:mod:`threshold_fl.bench.netns`), once unshaped (the
-  profile), then with the link shaped by ``tc tbf`` at each rate; predicts each shaped
-  run from the unshaped profile and prints measured against predicted, per phase, per
-  round and for the session.  Writes ``network.md`` and ``network.json``.
+  profile), then with the link shaped by ``tc tbf`` at each rate (``--rtt-ms``: and a
+  delaying relay in front of the broker, :mod:`threshold_fl.bench.relay`); predicts
+  each shaped run from the unshaped profile just before it and prints measured against
+  predicted, per phase, per round and for the session.  Writes ``network.md`` and
+  ``network.json``.
 - ``federation --broker URL ...``: one traced demo federation against a broker, with
   long stage deadlines; what ``check`` runs inside the parties' namespace.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -202,11 +205,15 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
             runs[f"profile for {mbit:g} Mbit/s"] = {"wall_s": wall, "load": _loadavg()}
             pair.shape(mbit * 1e6)
             before = pair.counters()
-            label = f"{mbit:g} Mbit/s"
-            shaped, wall, payload = _run_in(
-                pair, _federation_argv(args, url, out / f"{mbit:g}mbit"), args.mode, label)
+            label = f"{mbit:g} Mbit/s" + (f", RTT +{args.rtt_ms:g} ms" if args.rtt_ms else "")
+            with contextlib.ExitStack() as stack:
+                shaped_url = (url if not args.rtt_ms
+                              else stack.enter_context(pair.relay(args.rtt_ms / 2e3)))
+                shaped, wall, payload = _run_in(
+                    pair, _federation_argv(args, shaped_url, out / f"{mbit:g}mbit"),
+                    args.mode, label)
             after = pair.counters()
-            link = Link(f"tbf {label}", mbit * 1e6, None, 0.0)
+            link = Link(f"tbf {label}", mbit * 1e6, None, args.rtt_ms / 1e3)
             rows = compare(profile, shaped, link)
             runs[label] = {"wall_s": wall, "load": _loadavg(), "rows": rows,
                            "totals": totals(rows), "tc": _moved(before, after),
@@ -239,7 +246,7 @@ def _check_main(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     tables, data = [], {"settings": {"model": args.model, "clients": args.clients,
                                      "rounds": args.rounds, "mode": args.mode,
-                                     "mbit": args.mbit}, "runs": {}}
+                                     "mbit": args.mbit, "rtt_ms": args.rtt_ms}, "runs": {}}
     for label, run in runs.items():
         record = {key: value for key, value in run.items() if key not in ("rows", "totals")}
         if "rows" in run:
@@ -292,6 +299,9 @@ def _parser() -> argparse.ArgumentParser:
     check, federation = sub.choices["check"], sub.choices["federation"]
     check.add_argument("--mbit", type=bounded(float, 0.1, 1e5), nargs="+", default=[100.0],
                        help="shaped rates in Mbit/s (default 100)")
+    check.add_argument("--rtt-ms", type=bounded(float, 0.0, 10_000.0), default=0.0,
+                       help="added round trip, party to broker, by a delaying relay in front "
+                            "of the broker (tc netem is not in every kernel; default 0)")
     check.add_argument("--out", type=Path, default=Path("bench-results"),
                        help="folder for network.md/.json; the runs go under network-runs/")
     federation.add_argument("--broker", required=True, help="mqtt://host:port")
