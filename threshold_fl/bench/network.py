@@ -13,6 +13,8 @@
   each shaped run from the unshaped profile just before it and prints measured against
   predicted, per phase, per round and for the session.  Writes ``network.md`` and
   ``network.json``.
+- ``compare --profile TRACE --shaped TRACE --mbit R [--rtt-ms L]``: the same
+  comparison from two stored traces (what ``check`` left under ``network-runs/``).
 - ``federation --broker URL ...``: one traced demo federation against a broker, with
   long stage deadlines; what ``check`` runs inside the parties' namespace.
 """
@@ -160,11 +162,20 @@ def _predict_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_main(args: argparse.Namespace) -> int:
+    link = Link(f"{args.mbit:g} Mbit/s", args.mbit * 1e6, None, args.rtt_ms / 1e3)
+    rows = compare(phases_of(read_trace(args.profile)), phases_of(read_trace(args.shaped)),
+                   link)
+    print(f"{args.shaped} against the prediction from {args.profile} ({link.describe()}):\n")
+    print(markdown_table(COLUMNS, [row.cells() for row in [*rows, *totals(rows)]]))
+    return 0
+
+
 # -- check ----------------------------------------------------------------------------
 def _federation_argv(args: argparse.Namespace, url: str, out: Path) -> list[str]:
     return [sys.executable, "-m", "threshold_fl.bench.network", "federation", "--broker", url,
             "--clients", str(args.clients), "--rounds", str(args.rounds), "--model",
-            args.model, "--mode", args.mode, "--out", str(out)]
+            args.model, "--mode", args.mode, "--epochs", str(args.epochs), "--out", str(out)]
 
 
 def _run_in(pair: NamespacePair, argv: list[str], mode: str, label: str
@@ -246,7 +257,8 @@ def _check_main(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     tables, data = [], {"settings": {"model": args.model, "clients": args.clients,
                                      "rounds": args.rounds, "mode": args.mode,
-                                     "mbit": args.mbit, "rtt_ms": args.rtt_ms}, "runs": {}}
+                                     "epochs": args.epochs, "mbit": args.mbit,
+                                     "rtt_ms": args.rtt_ms}, "runs": {}}
     for label, run in runs.items():
         record = {key: value for key, value in run.items() if key not in ("rows", "totals")}
         if "rows" in run:
@@ -257,7 +269,7 @@ def _check_main(args: argparse.Namespace) -> int:
     notes = (f"Whole check: {seconds:.0f} s. Load (1, 5, 15 min) after each run: "
              + "; ".join(f"{label}: {run['load']}" for label, run in runs.items()))
     title = (f"Shaped link: {args.model}, {args.clients} clients, {args.rounds} rounds, "
-             f"{args.mode}")
+             f"{args.epochs} epochs, {args.mode}")
     paths = write_suite(args.out, "network", title, "\n\n".join(tables), data, notes=notes)
     print(f"\n{notes}\nwrote {paths[0]} and {paths[1]}")
     return 0
@@ -266,8 +278,8 @@ def _check_main(args: argparse.Namespace) -> int:
 # -- federation (inside the namespace) ------------------------------------------------
 def _federation_main(args: argparse.Namespace) -> int:
     config = _TracedDemo(clients=args.clients, rounds=args.rounds, mode=args.mode,
-                         model=args.model, baseline=False, trace=True, broker=args.broker,
-                         out=args.out)
+                         model=args.model, epochs=args.epochs, baseline=False, trace=True,
+                         broker=args.broker, out=args.out)
     (result,) = asyncio.run(run_demo(config))
     print(json.dumps({"seconds": result.seconds, "rounds": len(result.rounds)}))
     return 0
@@ -288,6 +300,13 @@ def _parser() -> argparse.ArgumentParser:
                       help="its round trip, party to broker (default 0)")
     pred.add_argument("--shared", action="store_true",
                       help="the parties share the broker's link (as in check)")
+    comp = sub.add_parser("compare", help="a stored shaped run's trace against the "
+                                           "prediction from a stored profile's")
+    comp.add_argument("--profile", type=Path, required=True, help="the unshaped run's trace")
+    comp.add_argument("--shaped", type=Path, required=True, help="the shaped run's trace")
+    comp.add_argument("--mbit", type=bounded(float, 1e-3, 1e7), required=True,
+                      help="the shaped link's rate (the parties share it)")
+    comp.add_argument("--rtt-ms", type=bounded(float, 0.0, 1e5), default=0.0)
     for name, helptext in (("check", "measured vs predicted on a tc-shaped link (root)"),
                            ("federation", "one traced federation against --broker")):
         run = sub.add_parser(name, help=helptext)
@@ -296,6 +315,8 @@ def _parser() -> argparse.ArgumentParser:
         add_model_option(run, default="cnn")
         run.add_argument("--mode", choices=("threshold", "single-key", "plaintext"),
                          default="threshold")
+        run.add_argument("--epochs", type=bounded(int, 1, 100), default=2,
+                         help="local epochs per round (default 2, the demo's)")
     check, federation = sub.choices["check"], sub.choices["federation"]
     check.add_argument("--mbit", type=bounded(float, 0.1, 1e5), nargs="+", default=[100.0],
                        help="shaped rates in Mbit/s (default 100)")
@@ -311,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    command = {"predict": _predict_main, "check": _check_main,
+    command = {"predict": _predict_main, "compare": _compare_main, "check": _check_main,
                "federation": _federation_main}[args.command]
     try:
         return command(args)
