@@ -16,6 +16,7 @@ from threshold_fl.bench.linkmodel import (
     SCENARIOS,
     UNLIMITED,
     Delivery,
+    Hop,
     Link,
     hop_seconds,
     phases_of,
@@ -69,6 +70,22 @@ def test_the_end_to_end_window_binds_on_a_long_round_trip() -> None:
     tail = 0.5 + MIB * 8 / 1e12
     assert hop_seconds(transfer, link) == pytest.approx(40 * 1.0 + 39 * MIB * 8 / 1e12 + tail)
     assert hop_seconds(transfer, link, window=1) == pytest.approx(80.0 + tail)
+
+
+def test_messages_ready_earlier_use_the_link_while_others_compute() -> None:
+    # two 1 MB uploads on a shared 8 Mbit/s link: each takes 1 s up and 1 s down alone
+    # (2 s), both together 2 s up and 1 s down (3 s)
+    link = Link("shared", 8e6, None, 0.0, efficiency=1.0)
+    uploads = (Delivery("c1", AGGREGATOR, 1_000_000), Delivery("c2", AGGREGATOR, 1_000_000))
+    # c2 ready 5 s after c1: c1's upload is long done, only c2's own 2 s count
+    assert Hop("UpdateUpload", uploads, (0.0, 5.0)).seconds(link) == pytest.approx(2.0)
+    # 0.5 s apart: they queue; 3 s from c1's readiness, 2.5 s from c2's
+    assert Hop("UpdateUpload", uploads, (0.0, 0.5)).seconds(link) == pytest.approx(2.5)
+    # at once (or no times): the hop as a whole
+    assert Hop("UpdateUpload", uploads, (1.0, 1.0)).seconds(link) == pytest.approx(3.0)
+    assert Hop("UpdateUpload", uploads).seconds(link) == pytest.approx(3.0)
+    with pytest.raises(ParameterError, match="1 times for 2 messages"):
+        Hop("UpdateUpload", uploads, (0.0,))
 
 
 def test_wire_efficiency_scales_the_transmission() -> None:
@@ -130,12 +147,15 @@ def test_prediction_is_profile_compute_plus_network() -> None:
     link = Link("shared", 8e6, None, 0.0, efficiency=1.0)
     upload, broadcast = predict(phases, link)
     # upload: RoundStart 600 B (and one 300 B copy's way down), then 8 MB up (8 s)
-    # and the last 1 MiB chunk's way down
+    # and the last 1 MiB chunk's way down, less the second that c1's upload had
+    # before c2 was ready
     chunk_s = MIB * 8 / 8e6
     assert upload.compute_s == pytest.approx(6.0)
-    assert upload.network_s == pytest.approx(600 * 8 / 8e6 + 300 * 8 / 8e6 + 8.0 + chunk_s)
-    assert broadcast.seconds == pytest.approx(
-        2.0 + 8.0 + chunk_s + 200 * 8 / 8e6 + 100 * 8 / 8e6)
+    assert upload.network_s == pytest.approx(
+        600 * 8 / 8e6 + 300 * 8 / 8e6 + 8.0 + chunk_s - 1.0)
+    # broadcast: 8 MB down to both (and a chunk); the RoundDones, half a second apart,
+    # do not queue: only the last one's 100 B up and down count
+    assert broadcast.seconds == pytest.approx(2.0 + 8.0 + chunk_s + 200 * 8 / 8e6)
     # a profile measured on that same link leaves compute = measured - network, >= 0
     again = predict(phases, link, profile_link=link)
     assert again[0].compute_s == 0.0

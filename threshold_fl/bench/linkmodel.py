@@ -16,7 +16,9 @@ aggregator's first send of each trigger message in a step (:data:`TRIGGERS`):
   next RoundStart or Finished (every client downloads, decodes and confirms).
 
 Each phase holds **hops**: the messages of one type going one way (clients to the
-aggregator, or back), in the order they first appear.  A phase's **compute** is its
+aggregator, or back), in the order they first appear, each with its time in the
+profile: a message ready earlier (a client that finished training sooner) uses the
+link while the others still compute (:meth:`Hop.seconds`).  A phase's **compute** is its
 measured seconds less its hops' network time on the link the profile ran on
 (:data:`UNLIMITED` by default: no network time, so compute is the whole measured
 phase, transport software included).  Predicted phase time on a link =
@@ -42,8 +44,8 @@ The hop lasts as long as its slowest bottleneck:
 at MTU 1500: 1448 of 1514 bytes).  Left out: TCP slow start and congestion control
 (a long-RTT link needs windows of bandwidth x RTT bytes), the broker's CPU, MQTT and
 frame headers and acks (under 0.1 % of a 1 MiB chunk), compute overlapping with
-transfers (a phase's compute and hops are added up, so the model leans high), and
-stragglers: compute is the profile's.
+transfers beyond that (a phase's compute and hops are otherwise added up, so the model
+leans high), and stragglers: compute and readiness are the profile's.
 """
 
 from __future__ import annotations
@@ -150,14 +152,37 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Hop:
-    """The messages of one type going one way within a phase."""
+    """The messages of one type going one way within a phase; *times*: when each one
+    was sent or arrived in the profile (empty: all at once)."""
 
     kind: str
     messages: tuple[Delivery, ...]
+    times: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.times and len(self.times) != len(self.messages):
+            raise ParameterError(f"hop {self.kind}: {len(self.times)} times for "
+                                 f"{len(self.messages)} messages")
 
     @property
     def bytes(self) -> int:
         return sum(message.bytes for message in self.messages)
+
+    def seconds(self, link: Link) -> float:
+        """The hop's network time on *link* after its last message was ready.
+
+        Messages ready earlier (a client that finished training sooner) use the link
+        while the others are still computing: a fluid queue.  The hop ends at the
+        latest, over each message k in order of readiness, of k's readiness plus the
+        time the messages from k on need together (:func:`hop_seconds`); counted from
+        the last readiness, as the profile's compute already reaches it."""
+        if not self.times:
+            return hop_seconds(self.messages, link)
+        order = sorted(range(len(self.messages)), key=self.times.__getitem__)
+        last = self.times[order[-1]]
+        return max(self.times[order[k]] - last
+                   + hop_seconds([self.messages[i] for i in order[k:]], link)
+                   for k in range(len(order)))
 
 
 def _frames(payload: int, chunk: int) -> int:
@@ -208,7 +233,7 @@ class Phase:
         return sum(hop.bytes for hop in self.hops)
 
     def network_s(self, link: Link) -> float:
-        return sum(hop_seconds(hop.messages, link) for hop in self.hops)
+        return sum(hop.seconds(link) for hop in self.hops)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "stage": self.stage, "round": self.round,
@@ -225,11 +250,13 @@ def _messages(event: TraceEvent) -> list[Delivery]:
 
 def _hops(events: Sequence[TraceEvent]) -> tuple[Hop, ...]:
     """The phase's messages grouped by type and direction, in order of appearance."""
-    grouped: dict[tuple[str, str], list[Delivery]] = {}
+    grouped: dict[tuple[str, str], list[tuple[Delivery, float]]] = {}
     for event in events:
         if event.event in ("send", "recv"):
-            grouped.setdefault((event.kind, event.event), []).extend(_messages(event))
-    return tuple(Hop(kind, tuple(messages)) for (kind, _), messages in grouped.items())
+            grouped.setdefault((event.kind, event.event), []).extend(
+                (delivery, event.t) for delivery in _messages(event))
+    return tuple(Hop(kind, tuple(d for d, _ in items), tuple(t for _, t in items))
+                 for (kind, _), items in grouped.items())
 
 
 def phases_of(trace: Sequence[TraceEvent]) -> list[Phase]:
@@ -276,6 +303,6 @@ def predict(phases: Sequence[Phase], link: Link,
     predictions = []
     for phase in phases:
         compute = max(0.0, phase.measured_s - phase.network_s(profile_link))
-        hops = tuple(hop_seconds(hop.messages, link) for hop in phase.hops)
+        hops = tuple(hop.seconds(link) for hop in phase.hops)
         predictions.append(PhasePrediction(phase, link, compute, sum(hops), hops))
     return predictions
