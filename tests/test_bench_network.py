@@ -68,6 +68,7 @@ def test_predict_reads_the_runs_trace(checked: Path, capsys: pytest.CaptureFixtu
     trace = checked / "network-runs" / "20mbit" / "threshold" / "server.trace.jsonl"
     assert main(["predict", "--trace", str(trace), "--mbit", "20", "--rtt-ms", "5"]) == 0
     printed = capsys.readouterr().out
-    assert "| phase | MB | profile s | infiniband s | region s | cross-region s |" in printed
+    assert ("| phase | MB | profile s | infiniband s (network) | region s (network) | "
+            "cross-region s (network) |") in printed
     assert "| round 1 shares |" in printed and "20 Mbit/s: broker 20 Mbit/s" in printed
 

@@ -41,6 +41,7 @@ from threshold_fl.bench.linkmodel import (
     SCENARIOS,
     Link,
     Phase,
+    PhasePrediction,
     phases_of,
     predict,
 )
@@ -133,21 +134,24 @@ def totals(rows: Sequence[Comparison]) -> list[Comparison]:
 
 # -- predict --------------------------------------------------------------------------
 def _prediction_table(phases: Sequence[Phase], links: Sequence[Link]) -> str:
+    """Per phase and link: predicted seconds, and in brackets the network's part."""
     predictions = [predict(phases, link) for link in links]
-    rows: list[list[object]] = []
-    for index, phase in enumerate(phases):
-        rows.append([phase.label, f"{phase.bytes / 1e6:.1f}", f"{phase.measured_s:.2f}",
-                     *(f"{mine[index].seconds:.2f}" for mine in predictions)])
+
+    def cell(chosen: Sequence[int], mine: Sequence[PhasePrediction], rounds: int) -> str:
+        total = sum(mine[i].seconds for i in chosen) / rounds
+        return f"{total:.2f} ({sum(mine[i].network_s for i in chosen) / rounds:.2f})"
+
+    groups = [(phase.label, [index], 1) for index, phase in enumerate(phases)]
     for label, in_rounds in (("set-up", False), ("per round (mean)", True)):
         chosen = [i for i, phase in enumerate(phases) if (phase.stage == "ROUND") == in_rounds]
-        rounds = max(1, len({phases[i].round for i in chosen}))
         if chosen:
-            rows.append([label, f"{sum(phases[i].bytes for i in chosen) / 1e6 / rounds:.1f}",
-                         f"{sum(phases[i].measured_s for i in chosen) / rounds:.2f}",
-                         *(f"{sum(mine[i].seconds for i in chosen) / rounds:.2f}"
-                           for mine in predictions)])
-    return markdown_table(["phase", "MB", "profile s", *(link.name + " s" for link in links)],
-                          rows)
+            groups.append((label, chosen, max(1, len({phases[i].round for i in chosen}))))
+    rows = [[label, f"{sum(phases[i].bytes for i in chosen) / 1e6 / rounds:.1f}",
+             f"{sum(phases[i].measured_s for i in chosen) / rounds:.2f}",
+             *(cell(chosen, mine, rounds) for mine in predictions)]
+            for label, chosen, rounds in groups]
+    return markdown_table(["phase", "MB", "profile s",
+                           *(f"{link.name} s (network)" for link in links)], rows)
 
 
 def _predict_main(args: argparse.Namespace) -> int:
