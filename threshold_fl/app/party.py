@@ -34,7 +34,7 @@ from threshold_fl.identity import Identity, PartyId
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
 from transports import Transport
 from transports.broker import BrokerConfig
-from transports.mqtt import MqttOptions, MqttTransport
+from transports.mqtt import MqttOptions, MqttStats, MqttTransport
 
 __all__ = ["CLIENT_FAULTS", "ClientPlan", "OfflineWatch", "client_learner", "mqtt_transport",
            "run_aggregator", "run_client", "run_key_authority"]
@@ -250,7 +250,7 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
         stats = link.stats
     say(f"aggregator: finished {summary.rounds} round(s); dropped: "
         f"{summary.dropped or 'none'}; {stats.bytes_sent / 1e6:.1f} MB sent, "
-        f"{stats.bytes_received / 1e6:.1f} MB received")
+        f"{stats.bytes_received / 1e6:.1f} MB received; {_resent(stats)}")
     return {"rounds": summary.rounds, "dropped": summary.dropped,
             "bytes_sent": stats.bytes_sent, "bytes_received": stats.bytes_received,
             "seconds": time.perf_counter() - started}
@@ -436,7 +436,14 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
                 rows.append(meter.row(result.round, compute_s, stage_s,
                                       accuracy=scores.accuracy, loss=scores.loss,
                                       encrypted_fraction=client.encrypted_fraction))
+        say(f"{identity.party_id}: {_resent(link.stats)}")
     return rows
+
+
+def _resent(stats: MqttStats) -> str:
+    """Frames sent again (an ack not back within the ack timeout) and their share."""
+    return (f"{stats.retransmits} of {stats.frames_sent} frames sent again "
+            f"({stats.frame_bytes_sent / 1e6:.1f} MB of frames in all)")
 
 
 def _connected(manifest: Manifest, identity: Identity, broker: BrokerConfig) -> str:
