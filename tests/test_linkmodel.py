@@ -53,6 +53,17 @@ def test_each_frame_waits_a_round_trip_for_its_puback() -> None:
     assert hop_seconds([Delivery("c1", AGGREGATOR, 10 * MIB)], link) == pytest.approx(expected)
 
 
+def test_on_a_shared_link_each_frame_still_crosses_it_before_its_puback() -> None:
+    # the aggregator sends 3 x 2 MiB over the broker's 80 Mbit/s link, which the
+    # parties share, 50 ms round trip: 9 frames (3 manifests, 6 chunks), each its
+    # transmission and a round trip: 6 MiB * 8 / 80e6 + 9 x 0.05; then half a round
+    # trip and a chunk down
+    link = Link("shared", 80e6, None, 0.05, efficiency=1.0)
+    fused = [Delivery(AGGREGATOR, f"c{i}", 2 * MIB) for i in range(3)]
+    expected = 6 * MIB * 8 / 80e6 + 9 * 0.05 + 0.025 + MIB * 8 / 80e6
+    assert hop_seconds(fused, link) == pytest.approx(expected)
+
+
 def test_a_broadcast_is_bound_by_the_senders_own_link() -> None:
     # the aggregator sends 1 MiB to each of 4 clients over its 100 Mbit/s link (the
     # broker's 1 Gbit/s is not the limit): 4 MiB * 8 / 100e6, then one chunk down

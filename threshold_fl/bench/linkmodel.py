@@ -34,7 +34,7 @@ of its own transmission; the end-to-end ack window (:mod:`transports.window`, 8
 frames per recipient) allows ``window`` frames per two round trips to one recipient.
 The hop lasts as long as its slowest bottleneck:
 
-    max( per sender: sum over its frames of (bytes / (eff * B_party) + RTT),
+    max( per sender: sum over its frames of (bytes / (eff * min(B_party, B_broker)) + RTT),
          broker in: all bytes / (eff * B_broker),  broker out: the same,
          per recipient: its bytes / (eff * B_party),
          per sender-recipient pair: ceil(frames / window) * 2 RTT )
@@ -108,8 +108,9 @@ class Link:
         return payload * 8 / (self.efficiency * bit_s)
 
     @property
-    def downlink_bit_s(self) -> float:
-        """The slower of the broker's and a party's link: what a chunk's last leg gets."""
+    def path_bit_s(self) -> float:
+        """The slower of the broker's and a party's link: what one frame gets on its way
+        to or from the broker."""
         return min(self.broker_bit_s, math.inf if self.party_bit_s is None else self.party_bit_s)
 
     def describe(self) -> str:
@@ -201,7 +202,8 @@ def hop_seconds(messages: Iterable[Delivery], link: Link, *, chunk: int = DEFAUL
     pair_frames: dict[tuple[str, str], int] = defaultdict(int)
     for message in messages:
         frames = _frames(message.bytes, chunk)
-        sender_s[message.sender] += (link.seconds(message.bytes, link.party_bit_s)
+        # each frame crosses the whole path to the broker before its PUBACK comes back
+        sender_s[message.sender] += (link.seconds(message.bytes, link.path_bit_s)
                                      + frames * link.rtt_s)
         recipient_bytes[message.recipient] += message.bytes
         pair_frames[message.sender, message.recipient] += frames
@@ -210,7 +212,7 @@ def hop_seconds(messages: Iterable[Delivery], link: Link, *, chunk: int = DEFAUL
               max(link.seconds(b, link.party_bit_s) for b in recipient_bytes.values()),
               max(math.ceil(f / window) for f in pair_frames.values()) * 2 * link.rtt_s]
     last_chunk = max(min(message.bytes, chunk) for message in messages)
-    return max(bounds) + link.rtt_s / 2 + link.seconds(last_chunk, link.downlink_bit_s)
+    return max(bounds) + link.rtt_s / 2 + link.seconds(last_chunk, link.path_bit_s)
 
 
 @dataclass(frozen=True)
