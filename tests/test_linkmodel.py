@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from threshold_fl.bench.linkmodel import (
     phases_of,
     predict,
 )
+from threshold_fl.bench.network import compare, totals
 from threshold_fl.bench.network import main as network_main
 from threshold_fl.errors import ParameterError
 from transports import MemoryHub
@@ -171,6 +173,22 @@ def test_prediction_is_profile_compute_plus_network() -> None:
     again = predict(phases, link, profile_link=link)
     assert again[0].compute_s == 0.0
     assert again[0].seconds == pytest.approx(upload.network_s)
+
+
+def test_a_shaped_run_is_compared_phase_by_phase_and_summed() -> None:
+    profile = phases_of(_round_trace())
+    slower = [replace(phase, measured_s=phase.measured_s * 2) for phase in profile]
+    link = Link("shared", 8e6, None, 0.0, efficiency=1.0)
+    rows = compare(profile, slower, link)
+    assert [row.label for row in rows] == ["round 1 upload", "round 1 broadcast"]
+    assert rows[0].measured_s == pytest.approx(12.0)
+    assert rows[0].error == pytest.approx(rows[0].predicted_s / 12.0 - 1)
+    round_1, session = totals(rows)
+    assert (round_1.label, session.label) == ("round 1", "session")
+    assert round_1.predicted_s == pytest.approx(sum(row.predicted_s for row in rows))
+    assert session.measured_s == pytest.approx(16.0)
+    with pytest.raises(ParameterError, match="phases differ from the profile's"):
+        compare(profile, slower[:1], link)
 
 
 def test_a_trace_without_a_complete_phase_is_refused() -> None:

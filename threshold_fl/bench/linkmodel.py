@@ -26,7 +26,7 @@ compute + the sum of its hops' network times (hops taken one after another).
 
 **A hop's network time** (:func:`hop_seconds`).  All traffic goes through the
 broker: every message crosses the sender's link up and the recipient's link down,
-and the broker's own link carries the sum of both directions' bytes.  The MQTT
+and the broker's own link carries every party's bytes, each way.  The MQTT
 transport cuts each message into a manifest frame and 1 MiB chunks
 (:mod:`transports.chunks`); its sender publishes one frame at a time and waits for
 the broker's PUBACK (QoS 1) before the next, so each frame costs a round trip on top
@@ -38,12 +38,13 @@ The hop lasts as long as its slowest bottleneck:
          broker in: all bytes / (eff * B_broker),  broker out: the same,
          per recipient: its bytes / (eff * B_party),
          per sender-recipient pair: ceil(frames / window) * 2 RTT )
-    + RTT / 2 + the last chunk / (eff * B_out)    (its second leg, broker to recipient)
+    + RTT / 2 + the last chunk / (eff * min(B_party, B_broker))  (its leg to the recipient)
 
 ``eff`` is the payload share of what goes on the wire (TCP/IP and Ethernet headers
 at MTU 1500: 1448 of 1514 bytes).  Left out: TCP slow start and congestion control
 (a long-RTT link needs windows of bandwidth x RTT bytes), the broker's CPU, MQTT and
-frame headers and acks (under 0.1 % of a 1 MiB chunk), compute overlapping with
+frame headers and acks (under 0.1 % of a 1 MiB chunk), losses and retransmissions
+(TCP's, and the transport's own after its ack timeout), compute overlapping with
 transfers beyond that (a phase's compute and hops are otherwise added up, so the model
 leans high), and stragglers: compute and readiness are the profile's.
 """
@@ -54,8 +55,7 @@ import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from threshold_fl.app.trace import TraceEvent
 from threshold_fl.errors import ParameterError
@@ -237,11 +237,6 @@ class Phase:
     def network_s(self, link: Link) -> float:
         return sum(hop.seconds(link) for hop in self.hops)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "stage": self.stage, "round": self.round,
-                "label": self.label, "measured_s": self.measured_s, "bytes": self.bytes,
-                "hops": [{"kind": hop.kind, "messages": len(hop.messages), "bytes": hop.bytes}
-                         for hop in self.hops]}
 
 
 def _messages(event: TraceEvent) -> list[Delivery]:
@@ -291,7 +286,6 @@ class PhasePrediction:
     link: Link
     compute_s: float
     network_s: float
-    hops_s: tuple[float, ...] = field(default=())
 
     @property
     def seconds(self) -> float:
@@ -305,6 +299,6 @@ def predict(phases: Sequence[Phase], link: Link,
     predictions = []
     for phase in phases:
         compute = max(0.0, phase.measured_s - phase.network_s(profile_link))
-        hops = tuple(hop.seconds(link) for hop in phase.hops)
-        predictions.append(PhasePrediction(phase, link, compute, sum(hops), hops))
+        network = sum(hop.seconds(link) for hop in phase.hops)
+        predictions.append(PhasePrediction(phase, link, compute, network))
     return predictions

@@ -109,11 +109,10 @@ def compare(profile: Sequence[Phase], shaped: Sequence[Phase], link: Link) -> li
             "the shaped run's phases differ from the profile's: "
             f"{[p.label for p in shaped]} vs {[p.label for p in profile]} (a party dropped "
             "or a key rotation happened in one run only); see the party logs")
-    return [Comparison(prediction.phase.label, prediction.phase.bytes / 1e6,
-                       prediction.phase.measured_s, prediction.compute_s, prediction.network_s,
-                       prediction.seconds, measured.measured_s)
-            for prediction, measured in zip(predict(profile, link), shaped,
-                                                        strict=True)]
+    predictions = predict(profile, link)
+    return [Comparison(mine.phase.label, mine.phase.bytes / 1e6, mine.phase.measured_s,
+                       mine.compute_s, mine.network_s, mine.seconds, measured.measured_s)
+            for mine, measured in zip(predictions, shaped, strict=True)]
 
 
 def totals(rows: Sequence[Comparison]) -> list[Comparison]:
