@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from threshold_fl.bench.netns import PREFIX, namespaces_usable
+from threshold_fl.bench.netns import PREFIX, namespaces_usable, remove_stale
 from threshold_fl.bench.network import main
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
@@ -72,3 +72,25 @@ def test_predict_reads_the_runs_trace(checked: Path, capsys: pytest.CaptureFixtu
             "cross-region s (network) |") in printed
     assert "| round 1 shares |" in printed and "20 Mbit/s: broker 20 Mbit/s" in printed
 
+
+
+def test_stale_namespaces_and_veths_of_dead_runs_are_removed() -> None:
+    reason = namespaces_usable()
+    if reason is not None:
+        pytest.skip(reason)
+    dead = subprocess.Popen(["true"])  # a pid nobody has any more
+    dead.wait()
+    names = [f"{PREFIX}{dead.pid}-broker", f"tnl{dead.pid}b", f"tnl{dead.pid}p"]
+    subprocess.run(["ip", "netns", "add", names[0]], check=True)
+    subprocess.run(["ip", "link", "add", names[1], "type", "veth", "peer", "name", names[2]],
+                   check=True)
+    try:
+        assert set(names) <= set(remove_stale())
+        assert names[0] not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                              text=True, check=True).stdout
+        assert names[1] not in subprocess.run(["ip", "-o", "link", "show"],
+                                              capture_output=True, text=True,
+                                              check=True).stdout
+    finally:
+        subprocess.run(["ip", "netns", "delete", names[0]], check=False, capture_output=True)
+        subprocess.run(["ip", "link", "delete", names[1]], check=False, capture_output=True)

@@ -41,6 +41,7 @@ PARTY_ADDRESS = "10.231.0.2"
 BROKER_PORT = 1883
 RELAY_PORT = 1884
 _STALE = re.compile(rf"^{re.escape(PREFIX)}(\d+)[a-z]*-(broker|parties)$")
+_STALE_DEV = re.compile(r"^\d+: (tnl(\d+)[a-z]?[bp])[@:]", re.MULTILINE)
 
 
 class NetworkSetupError(ThresholdFLError):
@@ -76,7 +77,9 @@ def namespaces_usable() -> str | None:
 
 
 def remove_stale() -> list[str]:
-    """Delete namespaces of ours whose process is gone; their names."""
+    """Delete namespaces of ours whose process is gone, and veths of ours that such a
+    process left in this namespace (killed between making and moving them); their
+    names."""
     removed = []
     for line in _run(["ip", "netns", "list"]).splitlines():
         name = line.split()[0] if line.strip() else ""
@@ -84,6 +87,10 @@ def remove_stale() -> list[str]:
         if found and not Path(f"/proc/{found.group(1)}").exists():
             _run(["ip", "netns", "delete", name], check=False)
             removed.append(name)
+    for found in _STALE_DEV.finditer(_run(["ip", "-o", "link", "show"])):
+        if not Path(f"/proc/{found.group(2)}").exists():
+            _run(["ip", "link", "delete", found.group(1)], check=False)
+            removed.append(found.group(1))
     return removed
 
 
@@ -137,9 +144,11 @@ class NamespacePair:
             _run(["ip", "-n", namespace, "link", "set", "lo", "up"])
 
     def remove(self) -> None:
-        """Delete both namespaces (the veth goes with them); idempotent."""
+        """Delete both namespaces (the veth goes with them) and the veth if it never
+        left this namespace; idempotent."""
         for namespace in (self.broker_ns, self.party_ns):
             _run(["ip", "netns", "delete", namespace], check=False)
+        _run(["ip", "link", "delete", self.broker_dev], check=False)
 
     def _ends(self) -> tuple[tuple[str, str], ...]:
         return ((self.broker_ns, self.broker_dev), (self.party_ns, self.party_dev))
