@@ -18,6 +18,9 @@ markdown, JSON and PNG under one output folder (with the machine they ran on).
   none (not in ``all``);
 - ``large``: one round with a BERT-size update over MQTT, uploads streamed in parts,
   each party a process: peak memory, bytes, stage times (not in ``all``: long);
+- ``network``: each stage's time on the paper's bandwidth scenarios, predicted from a
+  run's trace, and checked on a ``tc``-shaped link between network namespaces (root;
+  not in ``all``);
 - ``crypto``: the older single-key vs threshold microbenchmark.
 
 Results, and how they were made, are in docs/benchmarks.md.
@@ -55,6 +58,8 @@ SUITES: dict[str, tuple[str, str]] = {
                 "decryption latency with a member of the set killed vs none (MQTT demo)"),
     "large": ("threshold_fl.bench.large:main",
               "a BERT-size round over MQTT, parties as processes: peak memory, bytes"),
+    "network": ("threshold_fl.bench.network:main",
+                "stage times on other links: predicted from a trace, checked on a shaped one"),
 }
 
 
