@@ -99,7 +99,7 @@ def test_a_wrong_start_model_does_not_recover_the_image() -> None:
 def test_full_encryption_leaves_no_signal() -> None:
     data, model = load_photos(count=1), colour_lenet()
     update = real_update(model, data, LocalTraining(epochs=1))
-    with pytest.raises(ParameterError, match="no signal"):
+    with pytest.raises(ParameterError, match="nothing to match"):
         invert_upload(model, update, UploadThreat(LocalTraining(epochs=1), 1),
                       image_shape=SHAPE, hidden=EncryptionMask.full(update.size))
 

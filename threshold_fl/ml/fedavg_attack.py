@@ -54,11 +54,13 @@ from threshold_fl.ml.attack import (
     AttackConfig,
     Attacker,
     StopReason,
+    _checked_gradient,
     _Objective,
     _restart_seed,
     _run_ig,
     _run_lbfgs,
     _Target,
+    _visible_flags,
     torch_threads,
 )
 from threshold_fl.ml.flatten import layout_of
@@ -224,24 +226,6 @@ class UploadAttack:
     seconds: float
 
 
-def _visible(hidden: EncryptionMask | None, length: int) -> BoolVector:
-    if hidden is not None and (not isinstance(hidden, EncryptionMask) or hidden.length != length):
-        raise ParameterError(f"hidden must be an EncryptionMask of length {length} or None")
-    visible = np.ones(length, dtype=bool) if hidden is None else ~hidden.flags()
-    if not visible.any():
-        raise ParameterError("every coordinate of the upload is encrypted: the attacker sees "
-                             "nothing to match, so a gradient-inversion attack has no signal")
-    return visible
-
-
-def _checked_upload(update: object, length: int) -> FloatArray:
-    if not isinstance(update, np.ndarray) or update.ndim != 1 or update.dtype.kind != "f":
-        raise ParameterError("update must be a 1-D float numpy array (uploaded - start model)")
-    if update.shape[0] != length:
-        raise ParameterError(f"update has {update.shape[0]} values, the model {length}")
-    return update.astype(np.float64, copy=False)
-
-
 def _restart(objective: _UploadObjective, shape: tuple[int, ...], labels: torch.Tensor | None,
              restart: int) -> tuple[torch.Tensor, torch.Tensor, float, int, StopReason]:
     config, count = objective.config, objective.threat.count
@@ -269,8 +253,8 @@ def invert_upload(model: nn.Module, update: FloatArray, threat: UploadThreat, *,
     started = time.perf_counter()
     config = AttackConfig() if config is None else config
     length = sum(p.numel() for p in model.parameters())
-    values = _checked_upload(update, length)
-    visible = _visible(hidden, length)
+    values = _checked_gradient(update, length)  # an update is checked as a gradient is
+    visible = _visible_flags(hidden, length)
     if true_images is not None and true_images.shape != (threat.count, *image_shape):
         raise ParameterError(f"true_images must have shape {(threat.count, *image_shape)}")
     if not np.isfinite(values[visible]).all():
