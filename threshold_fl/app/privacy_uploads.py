@@ -367,6 +367,8 @@ def _line(row: UploadRow, elapsed: float) -> str:
 
 
 def _floats(text: str) -> tuple[float, ...]:
+    if text == "none":
+        return ()
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
@@ -393,7 +395,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="masks without DP (default: none, top-0.1, top-0.1+layers, "
                              "random-0.1)")
     parser.add_argument("--dp-scales", type=_floats, metavar="B,B,...",
-                        help="Laplace scales on top of top-0.1+layers (default "
+                        help="Laplace scales on top of top-0.1+layers, or none (default "
                              "1e-5,1e-4,1e-3,1e-2)")
     parser.add_argument("--dp-clip", type=bounded(float, 1e-9), help="clip bound C "
                         "(default 0.01)")
