@@ -157,3 +157,11 @@ def test_a_malformed_training_report_is_named(tmp_path: Path) -> None:
     bad.write_text(json.dumps([{"config": {}, "rounds": [{}]}]))
     with pytest.raises(ParameterError, match=r"bad.json run 0.*'final_accuracy'"):
         read_train_reports([bad])
+
+
+def test_cli_rejects_bad_noise_scales(capsys: pytest.CaptureFixture[str]) -> None:
+    from threshold_fl.app.privacy_uploads import main
+
+    with pytest.raises(SystemExit):
+        main(["--quick", "--dp-scales", "0,1e-3"])
+    assert "positive numbers" in capsys.readouterr().err
