@@ -92,6 +92,7 @@ __all__ = ["AggregatorMachine", "AggregatorState"]
 A = AggregatorState
 _UPLOADS = (A.MASK_UPLOAD, A.ROUND_UPLOAD)
 _DECRYPTIONS = (A.MASK_DECRYPTION, A.ROUND_DECRYPTION)
+_ROUNDS = (A.ROUND_UPLOAD, A.ROUND_DECRYPTION)
 
 
 class AggregatorMachine(Machine[AggregatorState]):
@@ -154,9 +155,10 @@ class AggregatorMachine(Machine[AggregatorState]):
             return self._waiting("clients to join", missing, len(self.manifest.clients))
         if self.state in self.TERMINAL or self.state is A.IDLE:
             return super().waiting_for()
-        rounds = (A.ROUND_UPLOAD, A.ROUND_DECRYPTION)
-        where = f"round {self._round} " if self.state in rounds else ""
+        where = f"round {self._round} " if self.state in _ROUNDS else ""
         what, who, of, until = "clients", self._culprits(), len(self.alive), ""
+        if self.state in _UPLOADS and self._uploads is not None:
+            until = self._uploads.parts_note(who)
         if self.state in _DECRYPTIONS and self._decryption is not None:
             what, who, of, until = self._decryption.waiting(
                 self.alive, self._done, self._unreachable, self._attempt)
@@ -289,18 +291,16 @@ class AggregatorMachine(Machine[AggregatorState]):
         return self.mask.count
 
     def _on_upload(self, message: Message, now: float) -> Step:
-        assert isinstance(message.body, SensitivityUpload | UpdateUpload)
         sender, uploads = message.header.sender, self._uploads
-        assert uploads is not None
+        assert isinstance(message.body, SensitivityUpload | UpdateUpload) and uploads is not None
         self._require_sender(message, [p for p in uploads.expected if p in self.alive],
                              "an active client expected to upload in this attempt")
         self._require_step(message, self.step)
         self._require_new(self._ledger.uploads, sender, message)
         if sender == self.me or message.header.recipient != self.me:
             raise ForgedMessage("an upload must be addressed to the aggregator")
-        plain = message.body.plain if isinstance(message.body, UpdateUpload) else None
-        uploads.add(sender, message.body.protected, plain)
-        self._ledger.uploads.add(sender)
+        if uploads.add(sender, message.body):  # True once its last part is in
+            self._ledger.uploads.add(sender)
         return self._progress(now)
 
     def _broadcast_aggregate(self, now: float) -> Step:

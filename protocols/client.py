@@ -50,18 +50,16 @@ from protocols.messages import (
     PublicShare,
     RoundDone,
     RoundStart,
-    SensitivityUpload,
     Stage,
-    UpdateUpload,
 )
 from protocols.protection import (
+    DEFAULT_PART_BYTES,
     check_bound,
     checked_vector,
     decode_plain,
-    encode_plain,
     implausible,
     open_protected,
-    protect,
+    upload_parts,
 )
 from protocols.session import model_check, open_mapping, pack_mapping, seal_context
 from protocols.states import CLIENT_OTHER_TARGETS, CLIENT_TARGETS, CLIENT_WAITING, ClientState
@@ -103,12 +101,15 @@ class ClientMachine(Machine[ClientState]):
     TARGETS, OTHER_TARGETS = CLIENT_TARGETS, CLIENT_OTHER_TARGETS
 
     def __init__(
-        self, manifest: Manifest, identity: Identity, randomness: Randomness, *, samples: int
+        self, manifest: Manifest, identity: Identity, randomness: Randomness, *, samples: int,
+        part_bytes: int = DEFAULT_PART_BYTES,
     ) -> None:
         super().__init__(manifest, identity, randomness, C.IDLE)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ParameterError(f"samples must be a positive integer, got {samples!r}")
+        for name, value in (("samples", samples), ("part_bytes", part_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ParameterError(f"{name} must be a positive integer, got {value!r}")
         self._samples = samples
+        self.part_bytes = part_bytes  # an upload larger than this streams in parts
         self._aggregator = manifest.aggregator.party_id
         self._step: tuple[Stage, int, int, int] = (Stage.SETUP, 0, 0, 0)
         self._keys = EpochKeys(manifest, self.me)  # the current key epoch's material
@@ -172,14 +173,14 @@ class ClientMachine(Machine[ClientState]):
         return step
 
     def _send_upload(self) -> Step:
-        """Weight, protect and send the stored values (again, after a dropout)."""
+        """Weight, protect and send the stored values (again, after a dropout), in parts
+        of about ``part_bytes``: each part is encoded and its frames let go at once."""
         assert self._upload_values is not None
-        protected, plain = self._upload_values
-        frames = protect(self.manifest.mode, self.context, self._keys.public_key, protected,
-                         self._weight)
-        upload = SensitivityUpload(frames) if plain is None else UpdateUpload(
-            frames, encode_plain(plain))  # the aggregator weights float32 parts itself
-        return Step(sends=self._sends([self._aggregator], upload, self._step))
+        protected, plain, sends = *self._upload_values, list[Outgoing]()
+        for part in upload_parts(self.manifest.mode, self.context, self._keys.public_key,
+                                 protected, self._weight, plain, part_bytes=self.part_bytes):
+            sends.extend(self._sends([self._aggregator], part.body(), self._step))
+        return Step(sends=sends)
 
     def _require_state(self, state: ClientState, what: str) -> None:
         if self.state is not state:

@@ -5,7 +5,8 @@ Layout (all lengths big-endian)::
     b"TFLM" | version u8 | sender length u8 | sender (utf-8) | payload length u64 |
     payload (msgpack) | Ed25519 signature (64 bytes)
 
-The signature covers a domain label and everything before it.  The sender is
+The signature covers a domain label and the SHA-256 of everything before it (hashed
+first, so a message of gigabytes is not copied to be signed or checked).  The sender is
 read from the fixed header, its key looked up in the manifest's directory and the
 signature checked *before* the payload is parsed, so forged or corrupted bytes
 never reach msgpack, let alone OpenFHE.
@@ -14,6 +15,7 @@ never reach msgpack, let alone OpenFHE.
 from __future__ import annotations
 
 import enum
+import hashlib
 import struct
 import typing
 from collections.abc import Mapping
@@ -32,16 +34,17 @@ from threshold_fl.errors import (
 from threshold_fl.identity import Identity, PartyId, PublicIdentity
 
 __all__ = ["CODEC_VERSION", "MAX_MESSAGE_BYTES", "decode_message", "encode_message",
-           "Peeked", "peek_step"]
+           "Peeked", "peek_step", "signing_input"]
 
 #: 2: FedAvg weights in MaskStart/RoundStart; 3: blind fusion; 4: the manifest's
-#: fingerprint in Hello and KeygenStart.
-CODEC_VERSION = 4
+#: fingerprint in Hello and KeygenStart; 5: uploads in parts (part, parts), and the
+#: signature over the envelope's SHA-256.
+CODEC_VERSION = 5
 MAGIC = b"TFLM"
 #: Largest message accepted (a 2.5 * 10^8-value upload is about 4 GB).
 MAX_MESSAGE_BYTES = 8 * 2**30
 _SIGNATURE_SIZE = 64
-_DOMAIN = b"threshold-fl/message/v1\0"
+_DOMAIN = b"threshold-fl/message/v5\0"
 _PREFIX = struct.Struct(">4sBB")
 _LENGTH = struct.Struct(">Q")
 _HEADER_FIELDS = tuple(spec.name for spec in fields(Header))
@@ -59,9 +62,15 @@ def encode_message(identity: Identity, message: Message) -> bytes:
     body = [_to_wire(getattr(message.body, spec.name)) for spec in fields(message.body)]
     payload: bytes = msgpack.packb([header, code, body], use_bin_type=True)
     sender = message.header.sender.encode()
-    signed = _PREFIX.pack(MAGIC, CODEC_VERSION, len(sender)) + sender + _LENGTH.pack(len(payload))
-    signed += payload
-    return signed + identity.sign(_DOMAIN + signed)
+    head = _PREFIX.pack(MAGIC, CODEC_VERSION, len(sender)) + sender + _LENGTH.pack(len(payload))
+    digest = hashlib.sha256(head)
+    digest.update(payload)
+    return b"".join((head, payload, identity.sign(_DOMAIN + digest.digest())))
+
+
+def signing_input(signed: bytes | memoryview) -> bytes:
+    """What the envelope's signature signs, given the envelope's bytes before it."""
+    return _DOMAIN + hashlib.sha256(signed).digest()
 
 
 def decode_message(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> Message:
@@ -118,7 +127,8 @@ def _as_bytes(data: object) -> bytes:
     return bytes(data)  # no copy for bytes; the message keeps it (``Message.raw``)
 
 
-def _open_envelope(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> tuple[str, bytes]:
+def _open_envelope(data: bytes, directory: Mapping[PartyId, PublicIdentity]
+                   ) -> tuple[str, memoryview]:
     if len(data) > MAX_MESSAGE_BYTES:
         raise MalformedMessage(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     if len(data) < _PREFIX.size + _LENGTH.size + _SIGNATURE_SIZE:
@@ -143,9 +153,10 @@ def _open_envelope(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> 
     identity = directory.get(PartyId(sender))
     if identity is None:
         raise ForgedMessage(f"message from {sender!r}, who is not in the manifest; discarded")
-    signed, signature = data[:-_SIGNATURE_SIZE], data[-_SIGNATURE_SIZE:]
+    view = memoryview(data)  # slices of it copy nothing
+    signed, signature = view[:-_SIGNATURE_SIZE], data[-_SIGNATURE_SIZE:]
     try:
-        identity.verify(_DOMAIN + signed, signature)
+        identity.verify(signing_input(signed), signature)
     except AuthenticationError:
         raise ForgedMessage(
             f"bad signature on a message claiming to be from {sender!r}: forged or "
@@ -154,7 +165,7 @@ def _open_envelope(data: bytes, directory: Mapping[PartyId, PublicIdentity]) -> 
     return sender, signed[offset:]
 
 
-def _parse_payload(payload: bytes, raw: bytes) -> Message:
+def _parse_payload(payload: memoryview, raw: bytes) -> Message:
     try:
         decoded = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types

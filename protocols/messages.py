@@ -19,6 +19,7 @@ from threshold_fl.identity import PartyId, validate_party_id
 
 __all__ = [
     "BROADCAST",
+    "MAX_UPLOAD_PARTS",
     "Abort",
     "Aggregate",
     "Body",
@@ -49,6 +50,8 @@ BROADCAST = "*"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_REASON = 2000
 _MAX_ROUND = 1_000_000
+#: Most parts one upload may come in (a part holds at least one ciphertext or value).
+MAX_UPLOAD_PARTS = 100_000
 
 
 class Stage(enum.IntEnum):
@@ -256,12 +259,27 @@ class MaskStart(_Body):
         _check_weight(self.weight)
 
 
+def _check_part(part: int, parts: int) -> None:
+    if not 1 <= parts <= MAX_UPLOAD_PARTS:
+        raise _reject(f"an upload must come in 1 to {MAX_UPLOAD_PARTS} parts, got {parts}")
+    if part >= parts:
+        raise _reject(f"upload part {part} is out of range: the upload has {parts} parts "
+                      f"(0 to {parts - 1})")
+
+
 @dataclass(frozen=True)
 class SensitivityUpload(_Body):
-    """Client -> aggregator: the (encrypted) sensitivity map as frames."""
+    """Client -> aggregator: the (encrypted) sensitivity map as frames; part ``part`` of
+    ``parts`` (an upload too large for one message streams as several, each signed and
+    bound to the step by its header; see protocols.protection.part_span)."""
 
     protected: tuple[bytes, ...]
+    part: int = 0
+    parts: int = 1
     STAGES = frozenset({Stage.MASK})
+
+    def _validate(self) -> None:
+        _check_part(self.part, self.parts)
 
 
 @dataclass(frozen=True)
@@ -355,11 +373,17 @@ class RoundStart(_Body):
 
 @dataclass(frozen=True)
 class UpdateUpload(_Body):
-    """Client -> aggregator: masked coordinates as frames, the rest as float32 bytes."""
+    """Client -> aggregator: masked coordinates as frames, the rest as float32 bytes;
+    part ``part`` of ``parts``, as :class:`SensitivityUpload`."""
 
     protected: tuple[bytes, ...]
     plain: bytes
+    part: int = 0
+    parts: int = 1
     STAGES = frozenset({Stage.ROUND})
+
+    def _validate(self) -> None:
+        _check_part(self.part, self.parts)
 
 
 @dataclass(frozen=True)

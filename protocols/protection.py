@@ -7,23 +7,38 @@ be compared like for like: a plaintext-mode "protected" part is simply float32 b
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import msgpack
 import numpy as np
 
 from protocols.manifest import Mode
+from protocols.messages import SensitivityUpload, UpdateUpload
 from threshold_fl.arrays import FloatArray, U64Array
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import PublicKey
+from threshold_fl.crypto.ring import build
 from threshold_fl.crypto.threshold import ring_parts
-from threshold_fl.crypto.vectors import EncryptedSum, EncryptedVector, encrypt_vector
-from threshold_fl.crypto.wire import decode_vector, encode_vector, stream_vector
-from threshold_fl.errors import MalformedMessage, ParameterError
+from threshold_fl.crypto.vectors import (
+    EncryptedSum,
+    EncryptedVector,
+    ciphertext_count,
+    encrypt_chunks,
+)
+from threshold_fl.crypto.wire import (
+    decode_vector,
+    encode_vector,
+    encode_vector_part,
+    stream_vector,
+)
+from threshold_fl.errors import DuplicateMessage, MalformedMessage, ParameterError
 from threshold_fl.identity import PartyId
 
 __all__ = [
+    "DEFAULT_PART_BYTES",
     "PLAIN_DTYPE",
+    "UploadPart",
     "FloatArray",
     "ProtectedSum",
     "UploadRound",
@@ -36,12 +51,18 @@ __all__ = [
     "encode_plain",
     "implausible",
     "open_protected",
-    "protect",
+    "part_span",
+    "upload_parts",
 ]
 
 #: Coordinates sent in the clear travel as float32: the precision of the models trained.
 PLAIN_DTYPE = np.dtype("<f4")
 _MAX_FRAMES = 1_000_000
+#: Most bytes of one upload message by default: an upload larger than this streams as
+#: several parts, well under the transport's max_payload (1 GiB by default), so that no
+#: party holds a whole large upload as one message.
+DEFAULT_PART_BYTES = 256 * 2**20
+_FRAME_OVERHEAD = 1024  # a ciphertext's serialisation header, frame and msgpack bytes
 
 
 def encode_plain(values: FloatArray) -> bytes:
@@ -61,24 +82,6 @@ def decode_plain(data: bytes, length: int, what: str) -> FloatArray:
     return values
 
 
-def protect(
-    mode: Mode, context: CkksContext, public_key: PublicKey | None, values: FloatArray,
-    weight: float,
-) -> tuple[bytes, ...]:
-    """``weight * values`` encrypted (threshold, single-key), or ``values`` as float32.
-
-    Ciphertexts carry the client's FedAvg weight because the aggregator can only add
-    them (see threshold_fl.crypto.vectors).  Float32 parts travel unweighted and the
-    aggregator weights them in float64, which keeps plaintext FedAvg exact.
-    """
-    if mode is Mode.PLAINTEXT:
-        return (encode_plain(values),)
-    if public_key is None:
-        raise ParameterError("no public key yet: key agreement has not finished")
-    vector = encrypt_vector(context, public_key, values, weight=weight)
-    return tuple(encode_vector(context, vector))
-
-
 def open_protected(
     mode: Mode, context: CkksContext, key_id: str, frames: Sequence[bytes], length: int
 ) -> EncryptedVector | FloatArray:
@@ -95,10 +98,89 @@ def open_protected(
     return vector
 
 
+def part_span(total: int, parts: int, part: int) -> tuple[int, int]:
+    """Items ``start`` to ``stop - 1`` of ``total`` (ciphertexts, or values) that part
+    ``part`` of ``parts`` carries: an even split both ends compute alike, so a part needs
+    no offsets of its own and a part that carries other items is refused."""
+    return part * total // parts, (part + 1) * total // parts
+
+
+@dataclass(frozen=True)
+class UploadPart:
+    """One message's worth of an upload: protected frames and float32 plain bytes
+    (None in mask agreement), part ``part`` of ``parts``."""
+
+    protected: tuple[bytes, ...]
+    plain: bytes | None
+    part: int
+    parts: int
+
+    def body(self) -> SensitivityUpload | UpdateUpload:
+        """The message body carrying this part (float32 parts are weighted on arrival)."""
+        if self.plain is None:
+            return SensitivityUpload(self.protected, self.part, self.parts)
+        return UpdateUpload(self.protected, self.plain, self.part, self.parts)
+
+
+def _protected_items(mode: Mode, context: CkksContext, length: int) -> int:
+    """What the protected part is split into: ciphertexts, or float32 values."""
+    return length if mode is Mode.PLAINTEXT else ciphertext_count(context, length)
+
+
+def _part_count(mode: Mode, context: CkksContext, length: int, plain_length: int,
+                part_bytes: int) -> int:
+    if mode is Mode.PLAINTEXT:
+        size = length * PLAIN_DTYPE.itemsize
+    else:
+        limbs = len(context.aggregate_moduli)
+        per = 2 * context.params.resolved_ring_dimension * 8 * limbs + _FRAME_OVERHEAD
+        size = ciphertext_count(context, length) * per
+    size += plain_length * PLAIN_DTYPE.itemsize
+    items = max(_protected_items(mode, context, length), plain_length, 1)
+    return max(1, min(-(-size // part_bytes), items))
+
+
+def upload_parts(
+    mode: Mode, context: CkksContext, public_key: PublicKey | None, values: FloatArray,
+    weight: float, plain: FloatArray | None, *, part_bytes: int = DEFAULT_PART_BYTES,
+) -> Iterator[UploadPart]:
+    """An upload as parts of about ``part_bytes`` each, one part at a time (only the
+    part being made is held beyond ``values``): ``weight * values`` encrypted
+    (threshold, single-key), or ``values`` as float32 bytes (plaintext mode).
+
+    Ciphertexts carry the client's FedAvg weight because the aggregator can only add
+    them (see threshold_fl.crypto.vectors).  Float32 parts travel unweighted and the
+    aggregator weights them in float64, which keeps plaintext FedAvg exact.
+    """
+    if part_bytes < 1:
+        raise ParameterError(f"part_bytes must be positive, got {part_bytes!r}")
+    plain_length = 0 if plain is None else plain.size
+    parts = _part_count(mode, context, values.size, plain_length, part_bytes)
+    items = _protected_items(mode, context, values.size)
+    if mode is not Mode.PLAINTEXT and public_key is None:
+        raise ParameterError("no public key yet: key agreement has not finished")
+    for part in range(parts):
+        start, stop = part_span(items, parts, part)
+        if mode is Mode.PLAINTEXT:
+            protected: tuple[bytes, ...] = (encode_plain(values[start:stop]),)
+        else:
+            assert public_key is not None
+            step = context.values_per_ciphertext
+            chunk = values[start * step : stop * step]
+            blobs = [build(ring) for ring in encrypt_chunks(context, public_key, chunk,
+                                                             weight=weight)]
+            protected = tuple(encode_vector_part(context, public_key.key_id, values.size,
+                                                 blobs, first=start)) if blobs else ()
+        low, high = part_span(plain_length, parts, part)
+        plain_part = None if plain is None else encode_plain(plain[low:high])
+        yield UploadPart(protected, plain_part, part, parts)
+
+
 class ProtectedSum:
     """The aggregator's running sum of pre-weighted protected parts, for any mode.
 
-    Each input joins all at once or not at all (see EncryptedSum.add_chunks).
+    Each input, or each part of one, joins all at once or not at all (see
+    EncryptedSum.add_part).
     """
 
     def __init__(self, mode: Mode, context: CkksContext, key_id: str, length: int) -> None:
@@ -111,15 +193,29 @@ class ProtectedSum:
             None if mode is Mode.PLAINTEXT else EncryptedSum(context, key_id, length)
         )
 
-    def add(self, weight: float, frames: Sequence[bytes]) -> None:
-        """Add one upload: float32 parts times ``weight``; ciphertexts come pre-weighted."""
+    @property
+    def peak_staged(self) -> int:
+        """Most ciphertexts (or values) held at once besides the running sum."""
+        return self._encrypted.peak_staged if self._encrypted is not None else self._peak_plain
+
+    _peak_plain = 0
+
+    def add(self, weight: float, frames: Sequence[bytes], part: int = 0, parts: int = 1) -> None:
+        """Add part ``part`` of ``parts`` of one upload: float32 parts times ``weight``;
+        ciphertexts come pre-weighted."""
+        start, stop = part_span(_protected_items(self._mode, self._context, self._length),
+                                parts, part)
         if self._encrypted is None:
             assert self._plain is not None
-            values = decode_plain(_single(frames), self._length, "an upload's protected part")
-            self._plain += weight * values
+            values = decode_plain(_single(frames), stop - start, "an upload's protected part")
+            self._peak_plain = max(self._peak_plain, values.size)
+            self._plain[start:stop] += weight * values
             return
-        chunks = stream_vector(self._context, frames, key_id=self._key_id, length=self._length)
-        self._encrypted.add_chunks(chunks)
+        if not frames and start == stop:
+            return  # a part with no ciphertexts (more parts than ciphertexts)
+        chunks = stream_vector(self._context, frames, key_id=self._key_id, length=self._length,
+                               span=(start, stop))
+        self._encrypted.add_part(start, stop, chunks)
 
     def result(self) -> tuple[tuple[bytes, ...], str]:
         """The aggregate's frames and the digest partial decryptions will refer to."""
@@ -138,7 +234,6 @@ class ProtectedSum:
         c0, c1, _ = ring_parts(self._context, self._encrypted.result())
         return c0, c1
 
-
 class UploadRound:
     """One upload attempt at the aggregator: the clients expected to upload, each one's
     FedAvg weight normalised over them (from *raw* weights), who has uploaded, and the
@@ -151,29 +246,65 @@ class UploadRound:
         self._raw = raw
         self.protected: ProtectedSum | None = ProtectedSum(mode, context, key_id, length)
         self.plain = np.zeros(model_length - length)
+        self._parts: dict[PartyId, tuple[int, set[int]]] = {}  # party: (parts, received)
+        self.peak_staged = 0  # the sum's, once taken: most ciphertexts held besides it
 
     def weight(self, party: PartyId) -> float:
         return self._raw[party] / sum(self._raw[other] for other in self.expected)
 
-    def add(self, party: PartyId, protected: Sequence[bytes], plain: bytes | None) -> None:
-        """Add *party*'s upload, all or nothing, with its weight: its ciphertexts carry it
-        already, float32 parts do not (*plain*: None in mask agreement)."""
+    def add(self, party: PartyId, upload: SensitivityUpload | UpdateUpload) -> bool:
+        """Add *party*'s upload part, all or nothing, with its weight: its ciphertexts
+        carry it already, float32 parts do not (a SensitivityUpload has none).  True once
+        the party's last part is in.
+
+        Parts may come in any order; a repeated part, or one that disagrees with the
+        party's earlier parts on how many there are, is refused and changes nothing.
+        """
+        protected, part, parts = upload.protected, upload.part, upload.parts
+        plain = upload.plain if isinstance(upload, UpdateUpload) else None
+        parts_seen = self._parts.get(party)
+        if parts_seen is not None and parts_seen[0] != parts:
+            raise MalformedMessage(
+                f"upload part {part} from {party!r} says the upload has {parts} parts, its "
+                f"earlier parts said {parts_seen[0]}; discarded")
+        if parts_seen is not None and part in parts_seen[1]:
+            raise DuplicateMessage(
+                f"upload part {part} of {parts} from {party!r} arrived again (replayed or "
+                "resent); discarded")
+        low, high = part_span(self.plain.size, parts, part)
         values = np.zeros(0) if plain is None else decode_plain(
-            plain, self.plain.size, "the upload's plain part")
+            plain, high - low, f"the plain part of upload part {part} of {parts}")
         weight = self.weight(party)
         assert self.protected is not None, "the sum was already taken"
-        self.protected.add(weight, protected)
-        self.plain += weight * values
+        self.protected.add(weight, protected, part, parts)
+        self.plain[low:high] += weight * values
+        received = self._parts.setdefault(party, (parts, set()))[1]
+        received.add(part)
+        if len(received) < parts:
+            return False
         self.uploaders.append(party)
+        return True
 
     def missing(self) -> list[PartyId]:
         """Expected clients that have not uploaded."""
         return [party for party in self.expected if party not in self.uploaders]
 
+    def progress(self, party: PartyId) -> str:
+        """How far *party*'s upload in parts got: "3/8" parts in, or "" (none yet)."""
+        seen = self._parts.get(party)
+        return "" if seen is None else f"{len(seen[1])}/{seen[0]}"
+
+    def parts_note(self, missing: Sequence[PartyId]) -> str:
+        """For a waiting line: " (upload parts in: 'client1' 3/8)", for those of
+        *missing* whose upload is under way; "" if none is."""
+        notes = [f"{party!r} {self.progress(party)}" for party in missing if party in self._parts]
+        return f" (upload parts in: {', '.join(notes)})" if notes else ""
+
     def take(self) -> ProtectedSum:
         """The protected sum, released here (the plain sum stays for the broadcasts)."""
         protected, self.protected = self.protected, None
         assert protected is not None, "the sum was already taken"
+        self.peak_staged = protected.peak_staged
         return protected
 
 

@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols.codec import (
-    _DOMAIN,
     _LENGTH,
     _PREFIX,
     _SIGNATURE_SIZE,
@@ -26,6 +25,7 @@ from protocols.codec import (
     decode_message,
     encode_message,
     peek_step,
+    signing_input,
 )
 from protocols.messages import (
     BODY_TYPES,
@@ -92,7 +92,8 @@ SAMPLES: dict[type, Any] = {
                  fused=(b"\x01fused" * 30,), plain=b"\x00\x00\x80\x3f" * 3),
     MaskConfirm: MaskConfirm(mask_bits=b"\xf0\x0f\x01", digest=D1),
     RoundStart: RoundStart(key_id=D1, mask_digest=D2, group_check=D3, weight=1.0),
-    UpdateUpload: UpdateUpload(protected=(b"\x10" * 300,), plain=b"\x00\x00\x80\x3f" * 25),
+    UpdateUpload: UpdateUpload(protected=(b"\x10" * 300,), plain=b"\x00\x00\x80\x3f" * 25,
+                               part=2, parts=3),
     RoundDone: RoundDone(model_check=D2),
     Finished: Finished(rounds=3),
     Abort: Abort(reason="timed out waiting for client-2 (ünïcödé ✓)"),
@@ -135,7 +136,7 @@ def _envelope(
     """Build a signed envelope by hand, following the layout documented in codec.py."""
     name = signer.party_id.encode() if sender is None else sender
     signed = _PREFIX.pack(magic, version, len(name)) + name + _LENGTH.pack(len(payload)) + payload
-    return signed + signer.sign(_DOMAIN + signed)
+    return signed + signer.sign(signing_input(signed))
 
 
 def _payload_of(data: bytes) -> bytes:
@@ -171,8 +172,9 @@ def test_body_type_codes_are_pinned() -> None:
     ]
     # Blind fusion replaced PartialShare, RecoveryRequest and RecoveryShare at codes 8-10
     # (and added Fused at 10): a peer of version 2 would misread them, so the version moved
-    # (3); the manifest's fingerprint joined Hello and KeygenStart (4).
-    assert CODEC_VERSION == 4
+    # (3); the manifest's fingerprint joined Hello and KeygenStart (4); uploads gained
+    # part and parts, to stream over several messages (5).
+    assert CODEC_VERSION == 5
 
 
 def test_a_removed_type_code_is_not_read_as_its_successor() -> None:
@@ -518,7 +520,7 @@ def test_impostor_with_a_known_name_is_forged() -> None:
 def test_signature_by_another_known_party_is_forged() -> None:
     # Envelope names client-1 but client-2 signed it.
     signed = ENCODED[:-_SIGNATURE_SIZE]
-    data = signed + CLIENT2.sign(_DOMAIN + signed)
+    data = signed + CLIENT2.sign(signing_input(signed))
     with pytest.raises(ForgedMessage, match="bad signature"):
         decode_message(data, DIRECTORY)
 
@@ -577,7 +579,7 @@ def test_wrong_magic_is_malformed(magic: bytes) -> None:
         decode_message(data, DIRECTORY)
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, CODEC_VERSION + 1, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, CODEC_VERSION + 1, 255])
 def test_wrong_version_is_malformed(version: int) -> None:
     data = _envelope(CLIENT1, _payload_of(ENCODED), version=version)
     with pytest.raises(MalformedMessage, match=f"message codec version {version}, this build "
@@ -758,26 +760,28 @@ def test_signed_payload_with_bad_header_field(field: int, value: Any, problem: s
 
 
 @pytest.mark.parametrize(("code", "problem"), [
-    (BODY_TYPES.index(Hello), "field 'samples' must be a non-negative integer"),
-    (BODY_TYPES.index(KeyConfirm), "field 'key_id' must be str, got list"),  # wrong types
+    (BODY_TYPES.index(Hello), "a Hello has the wrong number of fields"),
+    (BODY_TYPES.index(RoundStart), "field 'key_id' must be str, got list"),  # wrong types
     (BODY_TYPES.index(Finished), "a Finished has the wrong number of fields"),
-    (BODY_TYPES.index(DecryptRequest), "field 'members': invalid party id"),  # bytes, not ids
-    (BODY_TYPES.index(Fused), "a Fused has the wrong number of fields"),
+    (BODY_TYPES.index(Fused), "field 'members': invalid party id"),  # bytes, not ids
+    (BODY_TYPES.index(DecryptRequest), "a DecryptRequest has the wrong number of fields"),
     (BODY_TYPES.index(Abort), "Abort has the wrong number of fields"),
 ])
 def test_signed_payload_with_wrong_type_code(code: int, problem: str) -> None:
-    # The UpdateUpload body [protected, plain] under another type code.
+    # The UpdateUpload body [protected, plain, part, parts] under another type code.
     data = _envelope(CLIENT1, _packed(_with(1, code)))
     with pytest.raises(MalformedMessage, match=re.escape(problem)):
         decode_message(data, DIRECTORY)
 
 
 def test_type_code_alone_decides_the_body_type() -> None:
-    # Aggregate and UpdateUpload share a shape; the signed type code tells them apart.
-    data = _envelope(CLIENT1, _packed(_with(1, BODY_TYPES.index(Aggregate))))
-    decoded = decode_message(data, DIRECTORY)
-    assert decoded.body == Aggregate(protected=MESSAGE.body.protected, plain=MESSAGE.body.plain)
-    assert decoded.header == MESSAGE.header
+    # PublicShare and KeyDelivery share a shape; the signed type code tells them apart.
+    shared = _message(PublicShare(key_frame=b"frame"), stage=Stage.KEYS)
+    wire = msgpack.unpackb(_payload_of(encode_message(CLIENT1, shared)), raw=False)
+    wire[1] = BODY_TYPES.index(KeyDelivery)
+    decoded = decode_message(_envelope(CLIENT1, _packed(wire)), DIRECTORY)
+    assert decoded.body == KeyDelivery(sealed=b"frame")
+    assert decoded.header == shared.header
 
 
 # ------------------------------------------------------------------- properties

@@ -45,6 +45,7 @@ from protocols import (
     Step,
     UpdateNeeded,
 )
+from protocols.protection import DEFAULT_PART_BYTES
 from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import (
     ForgedMessage,
@@ -345,7 +346,8 @@ class Node:
 
     async def _feed(self, step: Step) -> None:
         """Send what the machine produced, then hand its events to the application."""
-        for outgoing in step.sends:
+        while step.sends:
+            outgoing = step.sends.pop(0)  # each message let go once sent: uploads are large
             self.summary.bytes_sent += len(outgoing.data) * len(outgoing.recipients)
             if self._on_send is not None:
                 self._on_send(outgoing)
@@ -424,9 +426,11 @@ class FederatedClient(Node):
         train: TrainFn,
         sensitivity: SensitivityFn,
         randomness: Callable[[int], bytes] = os.urandom,
+        part_bytes: int = DEFAULT_PART_BYTES,
         **options: Any,
     ) -> None:
-        machine = ClientMachine(manifest, identity, randomness, samples=samples)
+        machine = ClientMachine(manifest, identity, randomness, samples=samples,
+                                part_bytes=part_bytes)
         super().__init__(machine, transport, **options)
         self._client = machine
         self._train = train

@@ -10,6 +10,8 @@ are slow to load), and parses the rest of the command line itself:
 - ``train``: federated training on the digits through the whole protocol
   (:mod:`threshold_fl.app.train`);
 - ``attack``: the gradient-inversion privacy evaluation (:mod:`threshold_fl.app.privacy_eval`);
+- ``attack-upload``: the attack on what a client really uploads, and the defences
+  compared (:mod:`threshold_fl.app.privacy_uploads`);
 - ``bench SUITE``: benchmarks (:mod:`threshold_fl.bench`).
 
 ``threshold-fl --version`` prints the version.
@@ -41,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("threshold_fl.app.train:main", "federated training on the digits, one row per round"),
     "attack": ("threshold_fl.app.privacy_eval:main",
                "DLG gradient-inversion attack vs selective encryption"),
+    "attack-upload": ("threshold_fl.app.privacy_uploads:main",
+                      "FedAvg-aware inversion of real uploads; defences compared"),
     "bench": ("threshold_fl.bench:main", "benchmarks: bench crypto, bench peers"),
 }
 

@@ -65,6 +65,7 @@ class DemoConfig:
     baseline: bool = True
     save_models: bool = False  # each client saves each round's global model (models/<client>)
     broker: str | None = None
+    trace: bool = False  # the aggregator writes server.trace.jsonl (threshold_fl.app.trace)
     out: Path = Path("demo-report")
 
     def __post_init__(self) -> None:
@@ -155,6 +156,8 @@ class _Federation:
                 "--broker", self.broker_url]
         if role != "key-authority":
             argv += ["--report", str(self.directory / f"{party}.jsonl")]
+        if role == "aggregator" and self.config.trace:
+            argv += ["--trace", str(self.directory / f"{party}.trace.jsonl")]
         if role == "client":
             argv += ["--epochs", str(self.config.epochs)]
             if self.config.save_models:

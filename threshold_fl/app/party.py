@@ -23,6 +23,7 @@ from protocols.codec import decode_message
 from protocols.events import Event, Outgoing, RoundCompleted, UpdateNeeded
 from protocols.messages import DecryptRequest, PublicShare, Stage
 from threshold_fl.app.rounds import RoundRow
+from threshold_fl.app.trace import TracingLink
 from threshold_fl.errors import (
     AuthenticationError,
     MessageRejected,
@@ -35,7 +36,7 @@ from threshold_fl.identity import Identity, PartyId
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority
 from transports import Transport
 from transports.broker import BrokerConfig
-from transports.mqtt import MqttOptions, MqttTransport
+from transports.mqtt import MqttOptions, MqttStats, MqttTransport
 
 __all__ = ["CLIENT_FAULTS", "ClientPlan", "OfflineWatch", "client_learner", "mqtt_transport",
            "run_aggregator", "run_client", "run_key_authority"]
@@ -209,9 +210,11 @@ class _DecryptionMeter:
 
 async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerConfig,
                          *, options: MqttOptions | None = None, report: Path | None = None,
+                         trace: Path | None = None,
                          observe: Callable[[Event | Outgoing], None] | None = None,
                          say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Serve the session to its end; *observe* sees every event and every message as it
+    """Serve the session to its end; *trace*: write every message it moves there
+    (:mod:`threshold_fl.app.trace`); *observe* sees every event and every message as it
     goes to the transport (benchmarks time the stages with it)."""
     _check_role(manifest, identity, Role.AGGREGATOR)
     started = time.perf_counter()
@@ -253,8 +256,10 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
                           contributors=len(event.contributors), **decryption.take())
 
         say(_connected(manifest, identity, broker))
-        aggregator = Aggregator(manifest, identity, link, on_event=on_event,
-                                on_send=on_send, progress=say, inbox_size=AGGREGATOR_INBOX)
+        traced = None if trace is None else TracingLink(link, trace)
+        aggregator = Aggregator(manifest, identity, link if traced is None else traced,
+                                on_event=on_event, on_send=on_send, progress=say,
+                                inbox_size=AGGREGATOR_INBOX)
 
         def drop(party: str) -> None:
             say(f"aggregator: {party} went offline")
@@ -264,11 +269,15 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
                              reachable=aggregator.party_reachable)
         for party in early:
             watch.offline(party)
-        summary = await aggregator.run()
+        try:
+            summary = await aggregator.run()
+        finally:
+            if traced is not None:
+                traced.finish()
         stats = link.stats
     say(f"aggregator: finished {summary.rounds} round(s); dropped: "
         f"{summary.dropped or 'none'}; {stats.bytes_sent / 1e6:.1f} MB sent, "
-        f"{stats.bytes_received / 1e6:.1f} MB received")
+        f"{stats.bytes_received / 1e6:.1f} MB received; {_resent(stats)}")
     return {"rounds": summary.rounds, "dropped": summary.dropped,
             "bytes_sent": stats.bytes_sent, "bytes_received": stats.bytes_received,
             "seconds": time.perf_counter() - started}
@@ -494,7 +503,14 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
             if not run.vanished:
                 raise
             say(f"{identity.party_id}: vanished as planned ({plan.drop_at})")
+        say(f"{identity.party_id}: {_resent(link.stats)}")
     return rows
+
+
+def _resent(stats: MqttStats) -> str:
+    """Frames sent again (an ack not back within the ack timeout) and their share."""
+    return (f"{stats.retransmits} of {stats.frames_sent} frames sent again "
+            f"({stats.frame_bytes_sent / 1e6:.1f} MB of frames in all)")
 
 
 def _connected(manifest: Manifest, identity: Identity, broker: BrokerConfig) -> str:

@@ -163,9 +163,13 @@ def _serve(prog: str, args: argparse.Namespace, runner: Runner) -> int:
 def aggregator_main(argv: Sequence[str] | None = None) -> int:
     parser = party_parser("aggregator", "Run the aggregation server.")
     _report_option(parser)
+    parser.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                        help="write every message moved (time, type, peer, bytes) to FILE "
+                             "as JSON lines, for threshold-fl bench network")
     args = parser.parse_args(argv)
     return _serve("aggregator", args, lambda manifest, identity, broker, options: (
-        run_aggregator(manifest, identity, broker, options=options, report=args.report)))
+        run_aggregator(manifest, identity, broker, options=options, report=args.report,
+                       trace=args.trace)))
 
 
 def key_authority_main(argv: Sequence[str] | None = None) -> int:

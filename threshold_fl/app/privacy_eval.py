@@ -74,7 +74,7 @@ from threshold_fl.ml.sensitivity import sensitivity_map
 __all__ = [
     "DATASETS", "DEFAULT_SETTINGS", "EvalConfig", "Evaluation", "ImageOutcome", "Setting",
     "SettingOutcome", "Victim", "dlg_model", "evaluate", "main", "parse_setting",
-    "score_image",
+    "score_image", "setting_mask",
     "worst_case",
 ]
 
@@ -294,12 +294,19 @@ def _victims(model: nn.Module, config: EvalConfig) -> tuple[Victim, ...]:
 
 def _mask(setting: Setting, model: nn.Module, victim: Victim, seed: int
           ) -> EncryptionMask | None:
+    return setting_mask(setting, model, victim.sensitivity, seed)
+
+
+def setting_mask(setting: Setting, model: nn.Module, sensitivity: FloatArray, seed: int
+                 ) -> EncryptionMask | None:
+    """The mask *setting* hides on *model* (None: nothing hidden); top-p masks from the
+    *sensitivity* map, random ones from *seed*."""
     if setting.kind == "none":
         return None
     if setting.kind == "random":
-        return select_random_fraction(victim.gradient.size, setting.fraction, seed=seed)
+        return select_random_fraction(sensitivity.size, setting.fraction, seed=seed)
     layers = first_and_last_layers(layout_of(model)) if setting.kind == "top+layers" else ()
-    return select_top_fraction(victim.sensitivity, setting.fraction, always_include=layers)
+    return select_top_fraction(sensitivity, setting.fraction, always_include=layers)
 
 
 def _image_outcome(result: AttackResult, victim: Victim, mask: EncryptionMask | None

@@ -19,6 +19,11 @@ markdown, JSON and PNG under one output folder (with the machine they ran on).
 - ``scale``: 10 to 100 real parties (clients packed several per process) over a private
   mosquitto, 30 % vanishing across the stages; set-up and round time (Figure 14a end to
   end), bytes, CPU and memory per N (not in ``all``);
+- ``large``: one round with a BERT-size update over MQTT, uploads streamed in parts,
+  each party a process: peak memory, bytes, stage times (not in ``all``: long);
+- ``network``: each stage's time on the paper's bandwidth scenarios, predicted from a
+  run's trace, and checked on a ``tc``-shaped link between network namespaces (root;
+  not in ``all``);
 - ``crypto``: the older single-key vs threshold microbenchmark.
 
 Results, and how they were made, are in docs/benchmarks.md.
@@ -56,6 +61,10 @@ SUITES: dict[str, tuple[str, str]] = {
                 "decryption latency with a member of the set killed vs none (MQTT demo)"),
     "scale": ("threshold_fl.bench.scale:main",
               "10 to 100 real parties over mosquitto, 30 % dropped; Figure 14a end to end"),
+    "large": ("threshold_fl.bench.large:main",
+              "a BERT-size round over MQTT, parties as processes: peak memory, bytes"),
+    "network": ("threshold_fl.bench.network:main",
+                "stage times on other links: predicted from a trace, checked on a shaped one"),
 }
 
 

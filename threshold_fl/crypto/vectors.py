@@ -30,7 +30,7 @@ from threshold_fl.crypto.encryption import (
 )
 from threshold_fl.crypto.keys import JointPublicKey, PublicKey, SecretKey, ThresholdSecret
 from threshold_fl.crypto.params import MAX_VECTOR_LENGTH
-from threshold_fl.crypto.ring import BlobKind, RingBlob, build
+from threshold_fl.crypto.ring import BlobKind, BlobSummary, RingBlob, build
 from threshold_fl.crypto.shares import (
     DecryptionPath,
     KeyLimbs,
@@ -228,14 +228,19 @@ class EncryptedSum:
         self._key_id = key_id
         self._length = length
         self._count = ciphertext_count(context, length)
-        # (ciphertexts, 2, limbs, n), and the first input's blobs, whose layout the sum
-        # is written in.  Their summary (OpenFHE's key tag, level, scale) is what every
-        # other input must match; joint keys all have the empty tag, so the tag only
-        # backs up the key_id checks.
+        # (ciphertexts, 2, limbs, n), allocated at the first input (zeroed pages cost no
+        # memory until written), and per ciphertext the layout the sum is written in: the
+        # first input's summary and skeleton around a view of the running total.  The
+        # summary (OpenFHE's key tag, level, scale) is what every other input must match;
+        # joint keys all have the empty tag, so the tag only backs up the key_id checks.
         self._total: U64Array | None = None
-        self._first: tuple[RingBlob, ...] = ()
+        self._layout: list[RingBlob | None] = []
+        self._reference: BlobSummary | None = None
         self._taken = False
         self.inputs = 0
+        #: Most ciphertexts staged at once (one input, or one part of one): what the sum
+        #: holds beyond its running total.
+        self.peak_staged = 0
 
     def add(self, vector: EncryptedVector) -> None:
         """Add one encrypted vector (checked against key, parameters and length)."""
@@ -259,27 +264,43 @@ class EncryptedSum:
         joins the sum only once complete and checked, so an upload that breaks off or
         fails a check leaves the sum exactly as it was.
         """
-        if self._taken:
-            raise ParameterError("the sum was already taken with result(); start a new one")
-        staged = self._staged(ciphertexts)
-        if self._total is None:
-            self._first = tuple(staged)
-            self._total = np.stack([blob.elements for blob in staged]) if staged else None
-        else:
-            for total, blob in zip(self._total, staged, strict=True):
-                for limb, q in enumerate(blob.summary.moduli):
-                    ntt.add_mod_into(total[:, limb], blob.elements[:, limb], q)
+        self.add_part(0, self._count, ciphertexts)
         self.inputs += 1
 
-    def _staged(self, ciphertexts: Iterable[RingBlob | Any]) -> list[RingBlob]:
+    def add_part(self, start: int, stop: int, ciphertexts: Iterable[RingBlob | Any]) -> None:
+        """Add ciphertexts ``start`` to ``stop - 1`` of one input (a part of an upload
+        streamed in several messages), all or nothing for the part: only the part is
+        staged.  Which inputs' parts make up whole inputs is the caller's bookkeeping."""
+        if self._taken:
+            raise ParameterError("the sum was already taken with result(); start a new one")
+        if not 0 <= start <= stop <= self._count:
+            raise ParameterError(f"ciphertexts {start} to {stop} are outside the sum's "
+                                 f"{self._count}")
+        staged = self._staged(ciphertexts, stop - start)
+        self.peak_staged = max(self.peak_staged, len(staged))
+        if not staged:
+            return
+        if self._total is None:
+            self._total = np.zeros((self._count, *staged[0].elements.shape), dtype=np.uint64)
+            self._layout = [None] * self._count
+        self._reference = staged[0].summary
+        for index, blob in enumerate(staged, start):
+            total = self._total[index]
+            if self._layout[index] is None:
+                total[...] = blob.elements
+                self._layout[index] = RingBlob(blob.summary, total, blob.skeleton)
+                continue
+            for limb, q in enumerate(blob.summary.moduli):
+                ntt.add_mod_into(total[:, limb], blob.elements[:, limb], q)
+
+    def _staged(self, ciphertexts: Iterable[RingBlob | Any], count: int) -> list[RingBlob]:
         staged: list[RingBlob] = []
         for ciphertext in ciphertexts:
-            if len(staged) == self._count:
-                raise ParameterError(f"input has more than {self._count} ciphertexts")
+            if len(staged) == count:
+                raise ParameterError(f"input has more than {count} ciphertexts")
             blob = self._ring_of(ciphertext)
             self._context.check_upload_summary(blob.summary, ParameterError)
-            first = self._first[:1] or staged[:1]
-            expected = first[0].summary if first else blob.summary
+            expected = self._reference or (staged[0].summary if staged else blob.summary)
             if blob.summary.key_tag != expected.key_tag:
                 raise KeyMismatchError(
                     "an input ciphertext was encrypted under another key than the others; "
@@ -292,8 +313,8 @@ class EncryptedSum:
                     f"{expected.scaling_factor}: it cannot be combined"
                 )
             staged.append(blob)
-        if len(staged) != self._count:
-            raise ParameterError(f"input has {len(staged)} ciphertexts, expected {self._count}")
+        if len(staged) != count:
+            raise ParameterError(f"input has {len(staged)} ciphertexts, expected {count}")
         return staged
 
     def _ring_of(self, ciphertext: RingBlob | Any) -> RingBlob:
@@ -306,19 +327,16 @@ class EncryptedSum:
 
     def result(self) -> EncryptedVector:
         """The aggregate (what is jointly decrypted)."""
-        if self._total is None and self._count:
-            raise ParameterError("nothing was added to the sum")
+        if self._count and (self._total is None or any(r is None for r in self._layout)):
+            raise ParameterError("nothing was added to some of the sum's ciphertexts")
         self._taken = True  # the returned vector shares the running sum's arrays
-        totals = () if self._total is None else self._total
-        rings = tuple(RingBlob(first.summary, elements, first.skeleton)
-                      for first, elements in zip(self._first, totals, strict=True))
+        rings = tuple(ring for ring in self._layout if ring is not None)
         return EncryptedVector(
             self._context.fingerprint, self._key_id, self._length,
             LazyCiphertexts(self._context, rings), aggregated=True, rings=rings,
         )
 
 
-# -- decryption ------------------------------------------------------------------
 def decrypt_vector(context: CkksContext, secret: SecretKey, vector: EncryptedVector) -> FloatArray:
     """Single-key decryption back to exactly ``vector.length`` reals."""
     _check_vector(context, vector)

@@ -60,6 +60,7 @@ __all__ = [
     "encode_public_key",
     "encode_secret_key",
     "encode_vector",
+    "encode_vector_part",
     "stream_vector",
 ]
 
@@ -152,9 +153,20 @@ def decode_secret_key(context: CkksContext, data: bytes) -> SecretKey:
 def encode_vector(
     context: CkksContext, vector: EncryptedVector, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> Iterator[bytes]:
-    common = {"key_id": vector.key_id, "length": vector.length, "aggregated": vector.aggregated}
     blobs = vector.blobs()
-    yield from _encode_run(context, FrameKind.CIPHERTEXTS, common, blobs, max_frame_bytes)
+    yield from encode_vector_part(context, vector.key_id, vector.length, blobs, first=0,
+                                  aggregated=vector.aggregated, max_frame_bytes=max_frame_bytes)
+
+
+def encode_vector_part(
+    context: CkksContext, key_id: str, length: int, blobs: Sequence[bytes], *, first: int,
+    aggregated: bool = False, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> Iterator[bytes]:
+    """Frames of ciphertexts ``first`` to ``first + len(blobs) - 1`` of a vector of
+    ``length`` values (all of it from 0: :func:`encode_vector`)."""
+    common = {"key_id": key_id, "length": length, "aggregated": aggregated}
+    yield from _encode_run(context, FrameKind.CIPHERTEXTS, common, blobs, max_frame_bytes,
+                           first)
 
 
 def decode_vector(context: CkksContext, frames: Sequence[bytes]) -> EncryptedVector:
@@ -223,9 +235,13 @@ def _encode_run(
     common: dict[str, Any],
     blobs: Sequence[bytes],
     max_frame_bytes: int,
+    offset: int = 0,
 ) -> Iterator[bytes]:
+    """Frames of the run's blobs ``offset`` onwards (a vector's: of all its ciphertexts)."""
+    whole = kind is FrameKind.CIPHERTEXTS
+    count = ciphertext_count(context, common["length"]) if whole else len(blobs)
     for first, run in iter_chunked(blobs, max_frame_bytes):
-        meta = dict(common, first=first, count=len(blobs))
+        meta = dict(common, first=offset + first, count=count)
         yield encode_frame(kind, context.fingerprint, meta, run)
 
 
@@ -243,19 +259,24 @@ def _decode_run(
 
 
 def _iter_run(
-    context: CkksContext, frames: Iterable[bytes], kind: FrameKind
+    context: CkksContext, frames: Iterable[bytes], kind: FrameKind,
+    span: tuple[int, int | None] = (0, None),
 ) -> Iterator[tuple[dict[str, Any], bytes | None]]:
     """Yield (common metadata, blob) frame by frame; raise as soon as the run is broken.
 
+    ``span`` = (start, stop): the frames must cover exactly ciphertexts start to
+    stop - 1 of the run (stop None: to its end), one part of a run sent in several.
     An empty vector yields its metadata once, with no blob (None).
     """
     common: dict[str, Any] | None = None
-    expected_count = seen = 0
+    start, stop = span
+    expected_count, seen = 0, start
     for data in frames:
         frame = _decode(context, data, kind)
         if common is None:
             common = _run_common(frame, kind)
             expected_count = ciphertext_count(context, common["length"])
+            stop = expected_count if stop is None else stop
         elif _run_common(frame, kind) != common:
             raise FrameError(f"{kind.name} frames of one run disagree on what they carry")
         if int_field(frame, "count", 0, MAX_VECTOR_LENGTH) != expected_count:
@@ -268,20 +289,21 @@ def _iter_run(
                 f"{kind.name} frames are missing, duplicated or out of order "
                 f"(expected one starting at {seen})"
             )
-        if seen + len(frame.parts) > expected_count:
+        assert stop is not None
+        if seen + len(frame.parts) > stop:
             raise FrameError(
-                f"{kind.name} frame carries more ciphertexts than its run declares "
-                f"({expected_count})"
+                f"{kind.name} frame carries more ciphertexts than its run (or part) declares "
+                f"({stop - start})"
             )
         for blob in frame.parts:
             seen += 1
             yield common, blob
-    if common is None:
+    if common is None or stop is None:
         raise FrameError(f"no {kind.name} frames were given")
-    if seen != expected_count:
+    if seen != stop:
         raise FrameError(
-            f"{kind.name} run holds {seen} ciphertexts, expected {expected_count}: "
-            "frames are missing"
+            f"{kind.name} run holds ciphertexts {start} to {seen - 1}, expected {start} to "
+            f"{stop - 1}: frames are missing"
         )
     if expected_count == 0:
         yield common, None
@@ -403,15 +425,18 @@ def decode_key_share(context: CkksContext, data: bytes) -> tuple[dict[str, Any],
 
 
 def stream_vector(
-    context: CkksContext, frames: Iterable[bytes], *, key_id: str, length: int
+    context: CkksContext, frames: Iterable[bytes], *, key_id: str, length: int,
+    span: tuple[int, int | None] = (0, None),
 ) -> Iterator[RingBlob]:
     """Ciphertexts of one vector as checked ring blobs, decoded frame by frame as the
     frames arrive (OpenFHE deserialises nothing).
 
     Feed it to :meth:`EncryptedSum.add_chunks` to aggregate an upload without
-    ever holding it whole.  The frames must carry ``key_id`` and ``length``.
+    ever holding it whole.  The frames must carry ``key_id`` and ``length``; with
+    ``span`` (start, stop) they are ciphertexts start to stop - 1 only, one part of an
+    upload (feed those to :meth:`EncryptedSum.add_part`).
     """
-    for common, blob in _iter_run(context, frames, FrameKind.CIPHERTEXTS):
+    for common, blob in _iter_run(context, frames, FrameKind.CIPHERTEXTS, span):
         if common["key_id"] != key_id or common["length"] != length or common["aggregated"]:
             raise FrameError(
                 f"the upload is for key {common['key_id'][:16]} and {common['length']} values; "

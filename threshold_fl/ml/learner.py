@@ -27,13 +27,18 @@ from threshold_fl.ml.privacy import LaplaceNoise
 from threshold_fl.ml.sensitivity import sensitivity_map
 from threshold_fl.ml.training import Evaluation, LocalTraining, evaluate, train_local
 
-__all__ = ["LocalLearner"]
+__all__ = ["LocalLearner", "round_seed"]
 
 
 # Learners in one process take turns: torch CPU kernels run by several threads at once
 # share one intra-op pool and then split reductions differently, so the same seed would
 # not give the same bits (seen here), and runs of one federation could not be compared.
 _TORCH_TURN = threading.Lock()
+
+
+def round_seed(seed: int, round_: int) -> int:
+    """The shuffle seed of :func:`train_local` for a learner's *seed* in round *round_*."""
+    return seed * 1_000_003 + round_
 
 
 @dataclass(eq=False)
@@ -70,7 +75,7 @@ class LocalLearner:
         start = self.initial if global_model is None else global_model
         with _TORCH_TURN:
             self.load(start)
-            train_local(self.model, self.data, self.plan, seed=self.seed * 1_000_003 + round_)
+            train_local(self.model, self.data, self.plan, seed=round_seed(self.seed, round_))
             trained, _ = flatten_state(self.model, self.layout)
         if self.noise is None:
             return trained

@@ -16,7 +16,7 @@ from threshold_fl._checks import checked_int
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.data import ClientData
 
-__all__ = ["Evaluation", "LocalTraining", "evaluate", "train_local"]
+__all__ = ["Evaluation", "LocalTraining", "batch_order", "evaluate", "train_local"]
 
 
 @dataclass(frozen=True)
@@ -48,20 +48,32 @@ class Evaluation:
     samples: int
 
 
+def batch_order(count: int, plan: LocalTraining, *, seed: int) -> list[list[torch.Tensor]]:
+    """The sample indices of every batch of every epoch that :func:`train_local` visits.
+
+    A pure function of its arguments: an attacker who knows the seed (see
+    :mod:`threshold_fl.ml.fedavg_attack`) replays the same order."""
+    checked_int(count, "count", 1)
+    generator = torch.Generator().manual_seed(seed)
+    epochs = []
+    for _ in range(plan.epochs):
+        order = torch.randperm(count, generator=generator)
+        epochs.append([order[start:start + plan.batch_size]
+                       for start in range(0, count, plan.batch_size)])
+    return epochs
+
+
 def train_local(model: nn.Module, data: ClientData, plan: LocalTraining, *, seed: int) -> float:
     """Train *model* in place on *data*; returns the mean training loss of the last epoch."""
     if len(data) == 0:
         raise ParameterError("cannot train on an empty dataset")
-    generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.SGD(model.parameters(), lr=plan.learning_rate,
                                 momentum=plan.momentum)
     model.train()
     epoch_loss = 0.0
-    for _ in range(plan.epochs):
-        order = torch.randperm(len(data), generator=generator)
+    for epoch in batch_order(len(data), plan, seed=seed):
         epoch_loss = 0.0
-        for start in range(0, len(data), plan.batch_size):
-            batch = order[start:start + plan.batch_size]
+        for batch in epoch:
             optimiser.zero_grad()
             loss = nn.functional.cross_entropy(model(data.images[batch]), data.labels[batch])
             loss.backward()  # type: ignore[no-untyped-call]

@@ -1,0 +1,142 @@
+"""A message trace: every message a party sends and receives, timed, as JSON lines.
+
+``threshold-fl aggregator --trace FILE`` wraps the aggregator's transport in a
+:class:`TracingLink`.  The federation is a star through the aggregator (relayed
+messages included), so its trace holds every protocol message of the session: when
+it was handed to the transport and when the transport let go of it (every frame
+published), when one arrived, its type, stage and round (from the unauthenticated
+header, :func:`protocols.codec.peek_step`: for accounting only), the peer and the
+payload bytes.  :mod:`threshold_fl.bench.linkmodel` turns it into a profile.
+
+Times are ``time.monotonic()``: one clock for every process on the machine.
+
+Each line: ``{"t": seconds, "event": "send" | "sent" | "recv", "kind": str,
+"stage": str, "round": int, "peers": [party, ...], "bytes": payload bytes}`` (a
+send's peers are its recipients, a receipt's its envelope's sender).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from protocols.codec import MAGIC, peek_step
+from threshold_fl.errors import ParameterError
+from transports import Transport
+
+__all__ = ["EVENTS", "TraceEvent", "TracingLink", "read_trace"]
+
+EVENTS = ("send", "sent", "recv")
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One line of a trace (see the module docstring)."""
+
+    t: float
+    event: str
+    kind: str
+    stage: str
+    round: int
+    peers: tuple[str, ...]
+    bytes: int
+
+    def __post_init__(self) -> None:
+        if self.event not in EVENTS:
+            raise ParameterError(f"trace event must be one of {EVENTS}, got {self.event!r}")
+        for name in ("kind", "stage"):
+            if not isinstance(getattr(self, name), str):
+                raise ParameterError(f"trace {name} must be a string")
+        if not all(isinstance(peer, str) for peer in self.peers):
+            raise ParameterError("trace peers must be strings")
+        numbers = {"t": self.t, "round": self.round, "bytes": self.bytes}
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ParameterError(f"trace {name} must be a number >= 0, got {value!r}")
+
+    def as_json(self) -> str:
+        return json.dumps({"t": self.t, "event": self.event, "kind": self.kind,
+                           "stage": self.stage, "round": self.round,
+                           "peers": list(self.peers), "bytes": self.bytes})
+
+    @classmethod
+    def from_json(cls, text: str) -> TraceEvent:
+        try:
+            data: Any = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ParameterError(f"trace line is not JSON: {error}") from None
+        fields = ("t", "event", "kind", "stage", "round", "peers", "bytes")
+        if not isinstance(data, dict) or set(data) != set(fields):
+            raise ParameterError(f"trace line must be an object with the fields {fields}")
+        if not isinstance(data["peers"], list):
+            raise ParameterError("trace peers must be a list")
+        return cls(data["t"], data["event"], data["kind"], data["stage"], data["round"],
+                   tuple(data["peers"]), data["bytes"])
+
+
+def read_trace(path: Path) -> list[TraceEvent]:
+    """Every event of a trace file; :class:`ParameterError` names the bad line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ParameterError(f"cannot read the trace {path}: {error}") from None
+    events = []
+    for number, text in enumerate(lines, 1):
+        if text.strip():
+            try:
+                events.append(TraceEvent.from_json(text))
+            except ParameterError as error:
+                raise ParameterError(f"{path}, line {number}: {error}") from None
+    return events
+
+
+def _sender(data: bytes) -> str:
+    """The sender an envelope claims (unauthenticated), '?' if it is not one."""
+    if len(data) < 6 or data[:4] != MAGIC:
+        return "?"
+    return data[6:6 + data[5]].decode("utf-8", errors="replace")
+
+
+class TracingLink:
+    """A transport that writes a :class:`TraceEvent` for each message it moves."""
+
+    def __init__(self, link: Transport, path: Path,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._link, self._clock = link, clock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = path.open("w", encoding="utf-8", buffering=1)  # line-buffered
+
+    @property
+    def party_id(self) -> str:
+        return self._link.party_id
+
+    async def send(self, recipients: Sequence[str], data: bytes) -> None:
+        self._write("send", data, tuple(recipients))
+        await self._link.send(recipients, data)
+        self._write("sent", data, tuple(recipients))
+
+    async def receive(self) -> bytes:
+        data = await self._link.receive()
+        self._write("recv", data, (_sender(data),))
+        return data
+
+    async def close(self) -> None:
+        await self._link.close()
+        self.finish()
+
+    def finish(self) -> None:
+        """Close the trace file (the wrapped link's owner closes the link)."""
+        self._file.close()
+
+    def _write(self, event: str, data: bytes, peers: tuple[str, ...]) -> None:
+        if self._file.closed:
+            return
+        peeked = peek_step(data)
+        kind, stage, round_ = (("?", "?", 0) if peeked is None
+                               else (peeked.kind, peeked.stage.name, peeked.round))
+        self._file.write(TraceEvent(self._clock(), event, kind, stage, round_, peers,
+                                    len(data)).as_json() + "\n")
