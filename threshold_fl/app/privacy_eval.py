@@ -74,8 +74,7 @@ from threshold_fl.ml.sensitivity import sensitivity_map
 __all__ = [
     "DATASETS", "DEFAULT_SETTINGS", "EvalConfig", "Evaluation", "ImageOutcome", "Setting",
     "SettingOutcome", "Victim", "dlg_model", "evaluate", "main", "parse_setting",
-    "score_image",
-    "worst_case",
+    "score_image", "setting_mask", "worst_case",
 ]
 
 Progress: TypeAlias = Callable[[str], None]
@@ -292,12 +291,17 @@ def _victims(model: nn.Module, config: EvalConfig) -> tuple[Victim, ...]:
     return tuple(victims)
 
 
-def _mask(setting: Setting, model: nn.Module, victim: Victim, seed: int
-          ) -> EncryptionMask | None:
+def setting_mask(setting: Setting, model: nn.Module, victim: Victim, number: int, seed: int
+                 ) -> EncryptionMask | None:
+    """The coordinates *setting* hides of victim *number*'s update (None: nothing)."""
     if setting.kind == "none":
         return None
     if setting.kind == "random":
-        return select_random_fraction(victim.gradient.size, setting.fraction, seed=seed)
+        # A distinct random mask per (fraction, image), reproducible from the seed and
+        # the same wherever the setting stands in the list.
+        mask_seed = int(np.random.SeedSequence(
+            [seed, round(setting.fraction * 10**9), number]).generate_state(1)[0])
+        return select_random_fraction(victim.gradient.size, setting.fraction, seed=mask_seed)
     layers = first_and_last_layers(layout_of(model)) if setting.kind == "top+layers" else ()
     return select_top_fraction(victim.sensitivity, setting.fraction, always_include=layers)
 
@@ -319,11 +323,7 @@ def _run_setting(setting: Setting, model: nn.Module,
     results: dict[Attacker, list[ImageOutcome]] = {a: [] for a in config.attackers}
     seconds = dict.fromkeys(config.attackers, 0.0)
     for number, victim in enumerate(victims):
-        # A distinct random mask per (fraction, image), reproducible from the seed and
-        # the same wherever the setting stands in the list.
-        mask_seed = int(np.random.SeedSequence(
-            [config.seed, round(setting.fraction * 10**9), number]).generate_state(1)[0])
-        mask = _mask(setting, model, victim, mask_seed)
+        mask = setting_mask(setting, model, victim, number, config.seed)
         for attacker in config.attackers:
             result = invert_gradient(model, victim.gradient, image_shape=image_shape,
                                      hidden=mask, config=config.attack(attacker),
@@ -425,8 +425,15 @@ def _attackers(text: str) -> tuple[Attacker, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``threshold-fl attack``: run the evaluation, print the table, write the files."""
+    """``threshold-fl attack``: run the evaluation, print the table, write the files;
+    ``threshold-fl attack sweep ...``: the Figure-9 sweep (:mod:`privacy_sweep`)."""
     from threshold_fl.app.privacy_report import markdown_table, write_outputs
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["sweep"]:
+        from threshold_fl.app.privacy_sweep import main as sweep_main
+
+        return sweep_main(arguments[1:])
 
     parser = argparse.ArgumentParser(
         prog="threshold-fl attack",
@@ -460,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="optimiser iterations per restart (default 200, quick 40)")
     parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     given = {name: getattr(args, name) for name in
              ("images", "restarts", "iterations", "image_size", "classes", "tv_weight")}
     options = {name: value for name, value in given.items() if value is not None}
