@@ -61,7 +61,7 @@ Progress = Callable[[str], None]
 
 PARAMETERS = "parameters.json"
 RESULTS = "results.jsonl"
-FORMAT = 1
+FORMAT = 1  # bump when the attacks or the lines change: old folders are then refused
 
 #: Issue 17's Figure 9: top-s sensitivity, random fractions and the paper's recipe,
 #: with no protection as the baseline.
@@ -286,6 +286,8 @@ def run_sweep(config: SweepConfig, out: Path, progress: Progress | None = None) 
         f"{evaluation.restarts} restarts done, {len(todo)} to run")
     if not todo:
         return 0
+    say(f"[sweep] {evaluation.images} victims: their updates and their clients' "
+        f"sensitivity maps ({evaluation.local_samples} images each)")
     with torch_threads(1):
         victims = _victims(model, evaluation)
     start = time.perf_counter()
