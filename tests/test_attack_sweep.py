@@ -220,3 +220,17 @@ def test_the_full_sweep_has_issue_17s_settings() -> None:
     assert names == ["none", "top-0.01", "top-0.05", "top-0.1", "top-0.2", "top-0.3",
                      "top-0.5", "top-0.1 + first/last layers", "random-0.1", "random-0.2",
                      "random-0.425", "random-0.5", "random-0.7", "random-0.9"]
+
+
+def test_a_partial_sweep_reports_only_what_ran(quick_sweep: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "parameters.json").write_bytes((quick_sweep / "parameters.json").read_bytes())
+    lines = (quick_sweep / RESULTS).read_text().splitlines()
+    kept = [line for line in lines if '"attacker": "dlg"' in line and '"image": 0' in line]
+    (tmp_path / RESULTS).write_text("".join(line + "\n" for line in kept))
+    assert cli.main(["attack", "sweep", "--report-only", "--out", str(tmp_path)]) == 0
+    assert "reconstructions.png" in capsys.readouterr().out
+    table = (tmp_path / "figure9.md").read_text()
+    assert f"done: {len(kept)} of 36" in table
+    assert "| none | dlg | 1/2 |" in table and "| none | dlg-tv | 0/2 | - |" in table
+    assert "| none | worst case | 0/2 | - |" in table  # not every attacker has run

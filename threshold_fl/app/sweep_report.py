@@ -126,6 +126,9 @@ def _table(rows: Sequence[Row], images: int) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         done = sorted(row.best)
+        if not done:
+            lines.append(f"| {row.setting} | {row.attacker} | 0/{images} |" + " - |" * 12)
+            continue
         every = [_score(r, "ssim") for n in done for r in row.restarts[n]]
         picks = [_score(r, "ssim") for n in done for r in row.restarts[n]
                  if r["attacker_pick"]]
@@ -134,13 +137,13 @@ def _table(rows: Sequence[Row], images: int) -> list[str]:
         losses = [float(str(r["relative_loss"])) for r in best]
         lines.append(
             f"| {row.setting} | {row.attacker} | {len(done)}/{images} "
-            f"| {np.mean(hidden) if hidden else math.nan:.3f} "
+            f"| {np.mean(hidden):.3f} "
             f"| {_stat(row.values('ssim'), '.3f')} | {_range(row.values('ssim'))} "
             f"| {_stat(row.values('ms_ssim'), '.3f')} | {_stat(row.values('uqi'), '.3f')} "
             f"| {_stat(row.values('vif'), '.3f')} | {_stat(row.values('psnr'), '.1f')} "
             f"| {_stat(row.values('mse'), '.1e')} "
             f"| {_mean(every)} | {_mean(picks)} "
-            f"| {max(losses) if losses else math.nan:.1e} "
+            f"| {max(losses):.1e} "
             f"| {sum(r['stop'] == 'limit' for r in best)}/{len(best)} |")
     return lines
 
@@ -160,6 +163,8 @@ def _worst_attackers(rows: Sequence[Row]) -> list[str]:
 
 def _per_image(rows: Sequence[Row], victims: dict[int, str]) -> list[str]:
     numbers = sorted(victims)
+    if not numbers:
+        return ["(no image done yet)"]
     lines = ["| setting | " + " | ".join(victims[n] for n in numbers) + " |",
              "|---|" + "---:|" * len(numbers)]
     for row in rows:
@@ -240,19 +245,23 @@ def _plot(parameters: dict[str, object], rows: Sequence[Row], path: Path) -> Non
         ax.set_ylim(-0.1, 1.05)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("SSIM of the best restart (mean ± sd over images)")
-    axes[1].legend(fontsize=7)
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
 
-def _grid(rows: Sequence[Row], side: int, path: Path) -> None:
+def _grid(rows: Sequence[Row], side: int, path: Path) -> bool:
+    """Draw the worst-case reconstructions; False when there is none yet."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    shown = [r for r in rows if r.attacker == WORST] or list(rows)
+    # Worst-case rows where every attacker has an image done, else each attacker's.
+    shown = ([r for r in rows if r.attacker == WORST and r.best]
+             or [r for r in rows if r.best])
     numbers = sorted({n for r in shown for n in r.best})
     if not numbers:
-        return
+        return False
     figure = Figure(figsize=(1.1 * len(numbers) + 2.4, 1.1 * len(shown)))
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(shown), len(numbers), squeeze=False)
@@ -268,14 +277,16 @@ def _grid(rows: Sequence[Row], side: int, path: Path) -> None:
         axes[i][0].set_ylabel(row.setting, rotation=0, ha="right", va="center", fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+    return True
 
 
-def write_report(out: Path) -> tuple[Path, Path, Path]:
-    """Write figure9.md, figure9.png and reconstructions.png into sweep folder *out*."""
+def write_report(out: Path) -> tuple[Path, ...]:
+    """Write figure9.md, figure9.png and (once an image is done) reconstructions.png
+    into sweep folder *out*; returns the paths written."""
     parameters, records = read_sweep(out)
     rows = rows_of(parameters, records)
     table, plot, grid = out / "figure9.md", out / "figure9.png", out / "reconstructions.png"
     table.write_text(markdown(parameters, records))
     _plot(parameters, rows, plot)
-    _grid(rows, int(str(parameters["image_size"])), grid)
-    return table, plot, grid
+    drawn = _grid(rows, int(str(parameters["image_size"])), grid)
+    return (table, plot, grid) if drawn else (table, plot)
