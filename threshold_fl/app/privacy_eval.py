@@ -438,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="threshold-fl attack",
         description="Gradient-inversion attacks (DLG, DLG with a TV prior, Inverting "
-                    "Gradients) against selective parameter encryption.")
+                    "Gradients) against selective parameter encryption. 'threshold-fl "
+                    "attack sweep --help': the resumable Figure-9 sweep.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     parser.add_argument("--attacker", type=_attackers, default=(Attacker.DLG,),
                         metavar="{dlg,dlg-tv,ig,all}",
