@@ -74,7 +74,9 @@ from threshold_fl.ml.sensitivity import sensitivity_map
 __all__ = [
     "DATASETS", "DEFAULT_SETTINGS", "EvalConfig", "Evaluation", "ImageOutcome", "Setting",
     "SettingOutcome", "Victim", "dlg_model", "evaluate", "main", "parse_setting",
-    "score_image", "setting_mask", "worst_case",
+    "score_image", "setting_mask",
+    "worst_case",
+    "mask_seed",
 ]
 
 Progress: TypeAlias = Callable[[str], None]
@@ -291,19 +293,29 @@ def _victims(model: nn.Module, config: EvalConfig) -> tuple[Victim, ...]:
     return tuple(victims)
 
 
-def setting_mask(setting: Setting, model: nn.Module, victim: Victim, number: int, seed: int
+def _mask(setting: Setting, model: nn.Module, victim: Victim, seed: int
+          ) -> EncryptionMask | None:
+    return setting_mask(setting, model, victim.sensitivity, seed)
+
+
+def setting_mask(setting: Setting, model: nn.Module, sensitivity: FloatArray, seed: int
                  ) -> EncryptionMask | None:
-    """The coordinates *setting* hides of victim *number*'s update (None: nothing)."""
+    """The mask *setting* hides on *model* (None: nothing hidden); top-p masks from the
+    *sensitivity* map, random ones from *seed*."""
     if setting.kind == "none":
         return None
     if setting.kind == "random":
-        # A distinct random mask per (fraction, image), reproducible from the seed and
-        # the same wherever the setting stands in the list.
-        mask_seed = int(np.random.SeedSequence(
-            [seed, round(setting.fraction * 10**9), number]).generate_state(1)[0])
-        return select_random_fraction(victim.gradient.size, setting.fraction, seed=mask_seed)
+        return select_random_fraction(sensitivity.size, setting.fraction, seed=seed)
     layers = first_and_last_layers(layout_of(model)) if setting.kind == "top+layers" else ()
-    return select_top_fraction(victim.sensitivity, setting.fraction, always_include=layers)
+    return select_top_fraction(sensitivity, setting.fraction, always_include=layers)
+
+
+def mask_seed(seed: int, setting: Setting, number: int) -> int:
+    """The random-mask seed of victim *number* under *setting*: a distinct mask per
+    (fraction, image), reproducible from *seed* and the same wherever the setting stands
+    in the list."""
+    return int(np.random.SeedSequence(
+        [seed, round(setting.fraction * 10**9), number]).generate_state(1)[0])
 
 
 def _image_outcome(result: AttackResult, victim: Victim, mask: EncryptionMask | None
@@ -323,7 +335,7 @@ def _run_setting(setting: Setting, model: nn.Module,
     results: dict[Attacker, list[ImageOutcome]] = {a: [] for a in config.attackers}
     seconds = dict.fromkeys(config.attackers, 0.0)
     for number, victim in enumerate(victims):
-        mask = setting_mask(setting, model, victim, number, config.seed)
+        mask = _mask(setting, model, victim, mask_seed(config.seed, setting, number))
         for attacker in config.attackers:
             result = invert_gradient(model, victim.gradient, image_shape=image_shape,
                                      hidden=mask, config=config.attack(attacker),

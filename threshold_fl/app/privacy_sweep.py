@@ -46,6 +46,7 @@ from threshold_fl.app.privacy_eval import (
     _settings,
     _victims,
     dlg_model,
+    mask_seed,
     parse_setting,
     score_image,
     setting_mask,
@@ -261,7 +262,8 @@ def _eta(seconds: float) -> str:
 def _run_group(group: _Group, model: nn.Module, victim: Victim, config: SweepConfig
                ) -> tuple[list[dict[str, object]], AttackResult]:
     shape = config.evaluation.shape
-    mask = setting_mask(group.setting, model, victim, group.number, config.evaluation.seed)
+    seed = mask_seed(config.evaluation.seed, group.setting, group.number)
+    mask = setting_mask(group.setting, model, victim.sensitivity, seed)
     result = invert_gradient_batched(
         model, victim.gradient, image_shape=(shape.channels, shape.image_size,
                                              shape.image_size),
