@@ -293,6 +293,14 @@ def _victims(model: nn.Module, config: EvalConfig) -> tuple[Victim, ...]:
     return tuple(victims)
 
 
+def mask_seed(seed: int, setting: Setting, number: int) -> int:
+    """The random-mask seed of victim *number* under *setting*: a distinct mask per
+    (fraction, image), reproducible from *seed* and the same wherever the setting stands
+    in the list."""
+    return int(np.random.SeedSequence(
+        [seed, round(setting.fraction * 10**9), number]).generate_state(1)[0])
+
+
 def _mask(setting: Setting, model: nn.Module, victim: Victim, seed: int
           ) -> EncryptionMask | None:
     return setting_mask(setting, model, victim.sensitivity, seed)
@@ -308,14 +316,6 @@ def setting_mask(setting: Setting, model: nn.Module, sensitivity: FloatArray, se
         return select_random_fraction(sensitivity.size, setting.fraction, seed=seed)
     layers = first_and_last_layers(layout_of(model)) if setting.kind == "top+layers" else ()
     return select_top_fraction(sensitivity, setting.fraction, always_include=layers)
-
-
-def mask_seed(seed: int, setting: Setting, number: int) -> int:
-    """The random-mask seed of victim *number* under *setting*: a distinct mask per
-    (fraction, image), reproducible from *seed* and the same wherever the setting stands
-    in the list."""
-    return int(np.random.SeedSequence(
-        [seed, round(setting.fraction * 10**9), number]).generate_state(1)[0])
 
 
 def _image_outcome(result: AttackResult, victim: Victim, mask: EncryptionMask | None
