@@ -10,7 +10,6 @@ are slow to load), and parses the rest of the command line itself:
 - ``train``: federated training on the digits through the whole protocol
   (:mod:`threshold_fl.app.train`);
 - ``attack``: the gradient-inversion privacy evaluation (:mod:`threshold_fl.app.privacy_eval`);
-  ``attack sweep``: the resumable Figure-9 sweep (:mod:`threshold_fl.app.privacy_sweep`);
 - ``bench SUITE``: benchmarks (:mod:`threshold_fl.bench`).
 
 ``threshold-fl --version`` prints the version.
@@ -41,8 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "a federation as separate processes over MQTT, with a plaintext baseline"),
     "train": ("threshold_fl.app.train:main", "federated training on the digits, one row per round"),
     "attack": ("threshold_fl.app.privacy_eval:main",
-               "gradient-inversion attacks vs selective encryption ('attack sweep': "
-               "the resumable Figure-9 sweep)"),
+               "DLG gradient-inversion attack vs selective encryption"),
     "bench": ("threshold_fl.bench:main", "benchmarks: bench crypto, bench peers"),
 }
 
