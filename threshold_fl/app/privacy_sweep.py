@@ -76,15 +76,14 @@ FIGURE9_SETTINGS: tuple[Setting, ...] = tuple(parse_setting(text) for text in (
 class SweepConfig:
     """A sweep: the evaluation's sizes plus per-attacker iterations and IG's step.
 
-    *lbfgs_iterations* is for ``dlg`` and ``dlg-tv``, *ig_iterations* for ``ig``;
-    *ig_tv_weight* None takes IG's default.
+    *lbfgs_iterations* is for ``dlg`` and ``dlg-tv``, *ig_iterations* and
+    *ig_learning_rate* for ``ig``; TV weights come from the evaluation's ``tv_weight``.
     """
 
     evaluation: EvalConfig
     lbfgs_iterations: int = 1000
     ig_iterations: int = 2000
     ig_learning_rate: float = 0.1
-    ig_tv_weight: float | None = None
 
     def __post_init__(self) -> None:
         checked_int(self.lbfgs_iterations, "lbfgs_iterations", 1, 100_000)
@@ -95,9 +94,8 @@ class SweepConfig:
     def attack(self, attacker: Attacker) -> AttackConfig:
         base = self.evaluation.attack(attacker)
         if attacker is Attacker.IG:
-            weight = base.tv_weight if self.ig_tv_weight is None else self.ig_tv_weight
             return AttackConfig(attacker=attacker, restarts=base.restarts, seed=base.seed,
-                                iterations=self.ig_iterations, tv_weight=weight,
+                                iterations=self.ig_iterations, tv_weight=base.tv_weight,
                                 learning_rate=self.ig_learning_rate)
         return AttackConfig(attacker=attacker, restarts=base.restarts, seed=base.seed,
                             iterations=self.lbfgs_iterations, tv_weight=base.tv_weight)
