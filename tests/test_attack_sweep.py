@@ -187,6 +187,9 @@ def test_a_line_cut_short_is_redone(quick_sweep: Path, tmp_path: Path,
         (out / name).write_bytes((quick_sweep / name).read_bytes())
     text = (out / RESULTS).read_text()
     (out / RESULTS).write_text(text[:-40])  # a kill in the middle of the last line
+    # Reading (as a report does while the sweep runs) leaves the file alone.
+    assert len(load_results(out)) == text.count("\n") - 1
+    assert (out / RESULTS).read_text() == text[:-40]
     assert cli.main(["attack", "sweep", "--quick", "--out", str(out)]) == 0
     assert "17/18" in capsys.readouterr().err
     assert sorted(_keys(out)) == sorted(_keys(quick_sweep))  # redone once, no duplicate

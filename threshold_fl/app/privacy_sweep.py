@@ -170,8 +170,9 @@ def _check_parameters(out: Path, wanted: dict[str, object]) -> None:
 
 
 def load_results(out: Path) -> list[dict[str, object]]:
-    """The result lines of *out*; a last line cut short (a kill mid-write) is dropped
-    from the file, any other unreadable line is an error naming it."""
+    """The result lines of *out*; a last line cut short (a kill, or a write under way) is
+    left out, any other unreadable line is an error naming it.  Reads only, so a report
+    can be made while the sweep runs."""
     path = out / RESULTS
     if not path.exists():
         return []
@@ -185,7 +186,6 @@ def load_results(out: Path) -> list[dict[str, object]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):  # no newline after it: the write was interrupted
-                path.write_text(text[:len(text) - len(line)])
                 break
             raise ParameterError(f"{path} line {number} is not JSON; the file was edited or "
                                  "damaged: remove that line to redo its cell") from None
@@ -212,10 +212,12 @@ def _done(records: Sequence[dict[str, object]], restarts: int) -> set[tuple[str,
 
 def _drop_partial(out: Path, records: Sequence[dict[str, object]],
                   done: set[tuple[str, str, int]]) -> None:
-    """Remove the lines of groups that a kill left incomplete: they are redone whole."""
-    keep = [r for r in records if _key(r) in done]
-    if len(keep) < len(records):
-        (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in keep))
+    """Remove the lines of groups a kill left incomplete (and a line it cut short): those
+    groups are redone whole."""
+    path = out / RESULTS
+    kept = "".join(json.dumps(r) + "\n" for r in records if _key(r) in done)
+    if path.exists() and path.read_text() != kept:
+        path.write_text(kept)
 
 
 def _pixels(image: FloatArray) -> str:
