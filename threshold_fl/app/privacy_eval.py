@@ -76,6 +76,7 @@ __all__ = [
     "SettingOutcome", "Victim", "dlg_model", "evaluate", "main", "parse_setting",
     "score_image", "setting_mask",
     "worst_case",
+    "mask_seed",
 ]
 
 Progress: TypeAlias = Callable[[str], None]
@@ -292,6 +293,14 @@ def _victims(model: nn.Module, config: EvalConfig) -> tuple[Victim, ...]:
     return tuple(victims)
 
 
+def mask_seed(seed: int, setting: Setting, number: int) -> int:
+    """The random-mask seed of victim *number* under *setting*: a distinct mask per
+    (fraction, image), reproducible from *seed* and the same wherever the setting stands
+    in the list."""
+    return int(np.random.SeedSequence(
+        [seed, round(setting.fraction * 10**9), number]).generate_state(1)[0])
+
+
 def _mask(setting: Setting, model: nn.Module, victim: Victim, seed: int
           ) -> EncryptionMask | None:
     return setting_mask(setting, model, victim.sensitivity, seed)
@@ -326,11 +335,7 @@ def _run_setting(setting: Setting, model: nn.Module,
     results: dict[Attacker, list[ImageOutcome]] = {a: [] for a in config.attackers}
     seconds = dict.fromkeys(config.attackers, 0.0)
     for number, victim in enumerate(victims):
-        # A distinct random mask per (fraction, image), reproducible from the seed and
-        # the same wherever the setting stands in the list.
-        mask_seed = int(np.random.SeedSequence(
-            [config.seed, round(setting.fraction * 10**9), number]).generate_state(1)[0])
-        mask = _mask(setting, model, victim, mask_seed)
+        mask = _mask(setting, model, victim, mask_seed(config.seed, setting, number))
         for attacker in config.attackers:
             result = invert_gradient(model, victim.gradient, image_shape=image_shape,
                                      hidden=mask, config=config.attack(attacker),
@@ -432,13 +437,21 @@ def _attackers(text: str) -> tuple[Attacker, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``threshold-fl attack``: run the evaluation, print the table, write the files."""
+    """``threshold-fl attack``: run the evaluation, print the table, write the files;
+    ``threshold-fl attack sweep ...``: the Figure-9 sweep (:mod:`privacy_sweep`)."""
     from threshold_fl.app.privacy_report import markdown_table, write_outputs
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["sweep"]:
+        from threshold_fl.app.privacy_sweep import main as sweep_main
+
+        return sweep_main(arguments[1:])
 
     parser = argparse.ArgumentParser(
         prog="threshold-fl attack",
         description="Gradient-inversion attacks (DLG, DLG with a TV prior, Inverting "
-                    "Gradients) against selective parameter encryption.")
+                    "Gradients) against selective parameter encryption. 'threshold-fl "
+                    "attack sweep --help': the resumable Figure-9 sweep.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     parser.add_argument("--attacker", type=_attackers, default=(Attacker.DLG,),
                         metavar="{dlg,dlg-tv,ig,all}",
@@ -467,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="optimiser iterations per restart (default 200, quick 40)")
     parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     given = {name: getattr(args, name) for name in
              ("images", "restarts", "iterations", "image_size", "classes", "tv_weight")}
     options = {name: value for name, value in given.items() if value is not None}

@@ -418,18 +418,20 @@ def _checked_shape(model: nn.Module, image_shape: object) -> tuple[int, int, int
     return image_shape
 
 
-def invert_gradient(model: nn.Module, gradient: FloatArray, *,
-                    image_shape: tuple[int, int, int], hidden: EncryptionMask | None = None,
-                    config: AttackConfig | None = None,
-                    true_image: npt.NDArray[np.floating] | None = None) -> AttackResult:
-    """Reconstruct the victim's image from the visible coordinates of *gradient*.
+@dataclass(frozen=True, eq=False)
+class _Prepared:
+    """An attack's checked inputs: what the attacker sees, and the truth for scoring."""
 
-    *image_shape* is (C, H, W); *hidden* marks the coordinates the attacker cannot see
-    (None: all visible).  *true_image* (C, H, W) is used only to score the candidates
-    afterwards, never during the attack.
-    """
-    start = time.perf_counter()
-    config = AttackConfig() if config is None else config
+    objective: _Objective
+    shape: tuple[int, int, int]
+    label: int | None
+    visible: int
+    truth: FloatArray | None
+
+
+def _prepare(model: nn.Module, gradient: FloatArray, image_shape: tuple[int, int, int],
+             hidden: EncryptionMask | None, config: AttackConfig,
+             true_image: npt.NDArray[np.floating] | None) -> _Prepared:
     model = _checked_model(model)
     length = sum(p.numel() for p in model.parameters())
     values = _checked_gradient(gradient, length)
@@ -444,19 +446,46 @@ def invert_gradient(model: nn.Module, gradient: FloatArray, *,
                      float(np.dot(seen, seen)))
     label = (infer_label(model, np.where(visible, values, 0.0), visible)
              if config.infer_label else None)
-    objective = _Objective(model, target, config)
+    return _Prepared(_Objective(model, target, config), shape, label, int(visible.sum()), truth)
+
+
+def _scored(prepared: _Prepared, restart: int, image: torch.Tensor, chosen: int, loss: float,
+            steps: int, stop: StopReason) -> Reconstruction:
+    """One restart's reconstruction, clamped to [0, 1] and scored against the truth."""
+    truth = prepared.truth
+    pixels = torch.nan_to_num(image, nan=0.5).clamp(0.0, 1.0).double().numpy()
+    return Reconstruction(restart, pixels, chosen, loss, prepared.objective.relative(loss),
+                          steps, stop, None if truth is None else ssim(pixels, truth),
+                          None if truth is None else mse(pixels, truth))
+
+
+def _result(prepared: _Prepared, candidates: Sequence[Reconstruction], seconds: float
+            ) -> AttackResult:
+    pick = min(candidates, key=lambda c: (c.relative_loss, c.restart))
+    best = pick if prepared.truth is None else max(
+        candidates, key=lambda c: (-np.inf if c.ssim is None else c.ssim, -c.restart))
+    return AttackResult(prepared.objective.config.attacker, tuple(candidates), pick, best,
+                        "inferred" if prepared.label is not None else "optimised",
+                        prepared.visible, seconds)
+
+
+def invert_gradient(model: nn.Module, gradient: FloatArray, *,
+                    image_shape: tuple[int, int, int], hidden: EncryptionMask | None = None,
+                    config: AttackConfig | None = None,
+                    true_image: npt.NDArray[np.floating] | None = None) -> AttackResult:
+    """Reconstruct the victim's image from the visible coordinates of *gradient*.
+
+    *image_shape* is (C, H, W); *hidden* marks the coordinates the attacker cannot see
+    (None: all visible).  *true_image* (C, H, W) is used only to score the candidates
+    afterwards, never during the attack.
+    """
+    start = time.perf_counter()
+    config = AttackConfig() if config is None else config
+    prepared = _prepare(model, gradient, image_shape, hidden, config, true_image)
     candidates = []
     with torch_threads(config.threads):
         for restart in range(config.restarts):
-            image, chosen, loss, steps, stop = _restart(objective, shape, label, restart)
-            pixels = torch.nan_to_num(image, nan=0.5).clamp(0.0, 1.0).double().numpy()
-            candidates.append(Reconstruction(
-                restart, pixels, chosen, loss, objective.relative(loss), steps, stop,
-                None if truth is None else ssim(pixels, truth),
-                None if truth is None else mse(pixels, truth)))
-    pick = min(candidates, key=lambda c: (c.relative_loss, c.restart))
-    best = pick if truth is None else max(
-        candidates, key=lambda c: (-np.inf if c.ssim is None else c.ssim, -c.restart))
-    return AttackResult(config.attacker, tuple(candidates), pick, best,
-                        "inferred" if label is not None else "optimised",
-                        int(visible.sum()), time.perf_counter() - start)
+            image, chosen, loss, steps, stop = _restart(prepared.objective, prepared.shape,
+                                                        prepared.label, restart)
+            candidates.append(_scored(prepared, restart, image, chosen, loss, steps, stop))
+    return _result(prepared, candidates, time.perf_counter() - start)
