@@ -19,8 +19,8 @@ from threshold_fl.ml import batched_attack
 from threshold_fl.ml.attack import (
     AttackConfig,
     Attacker,
-    _prepare,
     invert_gradient,
+    prepare_attack,
     victim_gradient,
 )
 from threshold_fl.ml.batched_attack import invert_gradient_batched
@@ -70,7 +70,7 @@ def test_batched_ig_follows_the_unbatched_attack_exactly(lenet: torch.nn.Module,
 
 def _rows(lenet: torch.nn.Module, gradient: np.ndarray, config: AttackConfig,
           hidden: EncryptionMask | None = None) -> torch.Tensor:
-    prepared = _prepare(lenet, gradient, SHAPE, hidden, config, None)
+    prepared = prepare_attack(lenet, gradient, SHAPE, hidden, config, None)
     objective = batched_attack._BatchedObjective(prepared)
     starts = batched_attack._starts(prepared, config.restarts)
     together = batched_attack._run_lbfgs(objective, starts, config)[0]

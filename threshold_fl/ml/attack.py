@@ -72,9 +72,14 @@ from threshold_fl.ml.flatten import layout_of
 from threshold_fl.ml.image_metrics import mse, ssim
 from threshold_fl.ml.mask import EncryptionMask
 
+# The second group are the building blocks that the batched and the FedAvg-aware attacks
+# (threshold_fl.ml.batched_attack, threshold_fl.ml.fedavg_attack) share with this one.
 __all__ = [
     "Attacker", "AttackConfig", "AttackResult", "Reconstruction", "infer_label",
     "StopReason", "invert_gradient", "torch_threads", "total_variation", "victim_gradient",
+    "GradientTarget", "MatchingObjective", "PreparedAttack", "attack_result", "checked_gradient",
+    "cross_entropy", "output_classes", "prepare_attack", "restart_seed", "run_ig", "run_lbfgs",
+    "scored_reconstruction", "visible_flags",
 ]
 
 BoolVector: TypeAlias = npt.NDArray[np.bool_]
@@ -233,7 +238,8 @@ def victim_gradient(model: nn.Module, image: torch.Tensor, label: int) -> FloatA
     return torch.cat([g.reshape(-1) for g in gradients]).double().numpy()
 
 
-def _checked_gradient(gradient: object, length: int) -> FloatArray:
+def checked_gradient(gradient: object, length: int) -> FloatArray:
+    """*gradient* as a finite 1-D float array of *length* values, or a clear error."""
     if not isinstance(gradient, np.ndarray) or gradient.ndim != 1 or gradient.dtype.kind != "f":
         raise ParameterError("gradient must be a 1-D float numpy array (victim_gradient output)")
     if gradient.shape[0] != length:
@@ -241,7 +247,8 @@ def _checked_gradient(gradient: object, length: int) -> FloatArray:
     return gradient.astype(np.float64, copy=False)
 
 
-def _visible_flags(hidden: EncryptionMask | None, length: int) -> BoolVector:
+def visible_flags(hidden: EncryptionMask | None, length: int) -> BoolVector:
+    """True where the attacker sees a coordinate: everything but *hidden* (None: all)."""
     if hidden is None:
         return np.ones(length, dtype=bool)
     if not isinstance(hidden, EncryptionMask) or hidden.length != length:
@@ -269,7 +276,8 @@ def infer_label(model: nn.Module, gradient: FloatArray, visible: BoolVector) -> 
 
 
 
-def _cross_entropy(logits: torch.Tensor, label: int | torch.Tensor) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, label: int | torch.Tensor) -> torch.Tensor:
+    """The loss the victim trained with: a known class, or DLG's optimised soft label."""
     if isinstance(label, int):
         return nn.functional.cross_entropy(logits, torch.tensor([label]))
     # DLG's soft label: a free vector, turned into a distribution by softmax.
@@ -284,7 +292,7 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _Target:
+class GradientTarget:
     """What the attacker sees: the visible gradient values and where they sit."""
 
     values: torch.Tensor
@@ -292,10 +300,10 @@ class _Target:
     energy: float  # ||values||^2
 
 
-class _Objective:
+class MatchingObjective:
     """The data term of one attacker, its relative form, and the full objective."""
 
-    def __init__(self, model: nn.Module, target: _Target, config: AttackConfig) -> None:
+    def __init__(self, model: nn.Module, target: GradientTarget, config: AttackConfig) -> None:
         self.model, self.target, self.config = model, target, config
         self.params = list(model.parameters())
         self.weight = config.prior_weight
@@ -303,7 +311,7 @@ class _Objective:
             self.weight *= target.energy  # relative to ||g||^2: see the module doc
 
     def data(self, dummy: torch.Tensor, label: int | torch.Tensor) -> torch.Tensor:
-        loss = _cross_entropy(self.model(dummy), label)
+        loss = cross_entropy(self.model(dummy), label)
         # create_graph: the distance is differentiated again, w.r.t. the dummy input.
         gradients = torch.autograd.grad(loss, self.params, create_graph=True)
         seen = torch.cat([g.reshape(-1) for g in gradients])[self.target.index]
@@ -330,8 +338,9 @@ def _assign_gradients(value: torch.Tensor, variables: Sequence[torch.Tensor], *,
         variable.grad = grad.sign() if signed else grad
 
 
-def _run_lbfgs(objective: _Objective, dummy: torch.Tensor, label: int | torch.Tensor,
-               variables: list[torch.Tensor]) -> tuple[int, StopReason]:
+def run_lbfgs(objective: MatchingObjective, dummy: torch.Tensor, label: int | torch.Tensor,
+              variables: list[torch.Tensor]) -> tuple[int, StopReason]:
+    """DLG's optimiser on *variables*: L-BFGS; returns the steps taken and why it stopped."""
     config = objective.config
     optimiser = torch.optim.LBFGS(
         variables, lr=1.0, max_iter=config.iterations, history_size=config.history_size,
@@ -352,8 +361,10 @@ def _run_lbfgs(objective: _Objective, dummy: torch.Tensor, label: int | torch.Te
     return steps, "limit" if steps >= config.iterations or evaluations >= limit else "tolerance"
 
 
-def _run_ig(objective: _Objective, dummy: torch.Tensor, label: int | torch.Tensor,
-            variables: list[torch.Tensor]) -> tuple[int, StopReason]:
+def run_ig(objective: MatchingObjective, dummy: torch.Tensor, label: int | torch.Tensor,
+           variables: list[torch.Tensor]) -> tuple[int, StopReason]:
+    """Inverting Gradients' optimiser on *variables*: Adam with a step schedule; returns the
+    steps taken and why it stopped."""
     config = objective.config
     optimiser = torch.optim.Adam(variables, lr=config.learning_rate)
     milestones = sorted({config.iterations * k // 8 for k in (3, 5, 7)})
@@ -368,15 +379,15 @@ def _run_ig(objective: _Objective, dummy: torch.Tensor, label: int | torch.Tenso
     return config.iterations, "limit"  # IG runs a fixed budget, as published
 
 
-def _restart(objective: _Objective, shape: tuple[int, ...], label: int | None,
+def _restart(objective: MatchingObjective, shape: tuple[int, ...], label: int | None,
              restart: int) -> tuple[torch.Tensor, int, float, int, StopReason]:
     config = objective.config
-    generator = torch.Generator().manual_seed(_restart_seed(config.seed, restart))
+    generator = torch.Generator().manual_seed(restart_seed(config.seed, restart))
     dummy = torch.rand((1, *shape), generator=generator).requires_grad_(True)
-    soft = torch.randn((1, _classes(objective.model, dummy)),
+    soft = torch.randn((1, output_classes(objective.model, dummy)),
                        generator=generator).requires_grad_(True)
     variables = [dummy] if label is not None else [dummy, soft]
-    run = _run_ig if config.attacker is Attacker.IG else _run_lbfgs
+    run = run_ig if config.attacker is Attacker.IG else run_lbfgs
     steps, stop = run(objective, dummy, soft if label is None else label, variables)
     final = float(objective.data(dummy, soft if label is None else label).detach())
     chosen = label if label is not None else int(soft.detach().argmax())
@@ -384,13 +395,15 @@ def _restart(objective: _Objective, shape: tuple[int, ...], label: int | None,
             stop)
 
 
-def _restart_seed(seed: int, restart: int) -> int:
+def restart_seed(seed: int, restart: int) -> int:
+    """The torch seed of restart *restart* of an attack seeded with *seed*."""
     # torch's CPU generator keeps only the low 32 bits of a seed (2**32 + 1 seeds like 1),
     # so (seed, restart) is hashed into 32 bits rather than packed into one integer.
     return int(np.random.SeedSequence([seed, restart]).generate_state(1, np.uint32)[0])
 
 
-def _classes(model: nn.Module, dummy: torch.Tensor) -> int:
+def output_classes(model: nn.Module, dummy: torch.Tensor) -> int:
+    """How many classes *model* predicts, from one forward pass on *dummy*."""
     with torch.no_grad():
         return int(model(dummy).shape[-1])
 
@@ -419,38 +432,42 @@ def _checked_shape(model: nn.Module, image_shape: object) -> tuple[int, int, int
 
 
 @dataclass(frozen=True, eq=False)
-class _Prepared:
+class PreparedAttack:
     """An attack's checked inputs: what the attacker sees, and the truth for scoring."""
 
-    objective: _Objective
+    objective: MatchingObjective
     shape: tuple[int, int, int]
     label: int | None
     visible: int
     truth: FloatArray | None
 
 
-def _prepare(model: nn.Module, gradient: FloatArray, image_shape: tuple[int, int, int],
-             hidden: EncryptionMask | None, config: AttackConfig,
-             true_image: npt.NDArray[np.floating] | None) -> _Prepared:
+def prepare_attack(model: nn.Module, gradient: FloatArray, image_shape: tuple[int, int, int],
+                   hidden: EncryptionMask | None, config: AttackConfig,
+                   true_image: npt.NDArray[np.floating] | None) -> PreparedAttack:
+    """Check the inputs and build what every restart shares: the objective on the visible
+    coordinates only, the label (inferred when the config asks), the truth for scoring."""
     model = _checked_model(model)
     length = sum(p.numel() for p in model.parameters())
-    values = _checked_gradient(gradient, length)
-    visible = _visible_flags(hidden, length)
+    values = checked_gradient(gradient, length)
+    visible = visible_flags(hidden, length)
     shape = _checked_shape(model, image_shape)
     truth = _checked_true_image(true_image, shape)
     if not np.isfinite(values[visible]).all():
         raise ParameterError("the visible gradient coordinates hold NaN or infinity")
     # Gather first: from here on hidden coordinates do not exist for the attacker.
     seen = values[visible]
-    target = _Target(torch.from_numpy(seen).float(), torch.from_numpy(np.flatnonzero(visible)),
-                     float(np.dot(seen, seen)))
+    target = GradientTarget(torch.from_numpy(seen).float(),
+                            torch.from_numpy(np.flatnonzero(visible)), float(np.dot(seen, seen)))
     label = (infer_label(model, np.where(visible, values, 0.0), visible)
              if config.infer_label else None)
-    return _Prepared(_Objective(model, target, config), shape, label, int(visible.sum()), truth)
+    return PreparedAttack(MatchingObjective(model, target, config), shape, label,
+                          int(visible.sum()), truth)
 
 
-def _scored(prepared: _Prepared, restart: int, image: torch.Tensor, chosen: int, loss: float,
-            steps: int, stop: StopReason) -> Reconstruction:
+def scored_reconstruction(prepared: PreparedAttack, restart: int, image: torch.Tensor,
+                          chosen: int, loss: float, steps: int, stop: StopReason
+                          ) -> Reconstruction:
     """One restart's reconstruction, clamped to [0, 1] and scored against the truth."""
     truth = prepared.truth
     pixels = torch.nan_to_num(image, nan=0.5).clamp(0.0, 1.0).double().numpy()
@@ -459,8 +476,10 @@ def _scored(prepared: _Prepared, restart: int, image: torch.Tensor, chosen: int,
                           None if truth is None else mse(pixels, truth))
 
 
-def _result(prepared: _Prepared, candidates: Sequence[Reconstruction], seconds: float
-            ) -> AttackResult:
+def attack_result(prepared: PreparedAttack, candidates: Sequence[Reconstruction],
+                  seconds: float) -> AttackResult:
+    """The attack's result: the attacker's pick (lowest matching loss) and the defender's
+    worst case (highest SSIM) among the restarts' *candidates*."""
     pick = min(candidates, key=lambda c: (c.relative_loss, c.restart))
     best = pick if prepared.truth is None else max(
         candidates, key=lambda c: (-np.inf if c.ssim is None else c.ssim, -c.restart))
@@ -481,11 +500,12 @@ def invert_gradient(model: nn.Module, gradient: FloatArray, *,
     """
     start = time.perf_counter()
     config = AttackConfig() if config is None else config
-    prepared = _prepare(model, gradient, image_shape, hidden, config, true_image)
+    prepared = prepare_attack(model, gradient, image_shape, hidden, config, true_image)
     candidates = []
     with torch_threads(config.threads):
         for restart in range(config.restarts):
             image, chosen, loss, steps, stop = _restart(prepared.objective, prepared.shape,
                                                         prepared.label, restart)
-            candidates.append(_scored(prepared, restart, image, chosen, loss, steps, stop))
-    return _result(prepared, candidates, time.perf_counter() - start)
+            candidates.append(scored_reconstruction(prepared, restart, image, chosen, loss,
+                                                    steps, stop))
+    return attack_result(prepared, candidates, time.perf_counter() - start)

@@ -42,14 +42,14 @@ from threshold_fl.ml.attack import (
     AttackConfig,
     Attacker,
     AttackResult,
+    PreparedAttack,
     StopReason,
-    _classes,
-    _cross_entropy,
-    _prepare,
-    _Prepared,
-    _restart_seed,
-    _result,
-    _scored,
+    attack_result,
+    cross_entropy,
+    output_classes,
+    prepare_attack,
+    restart_seed,
+    scored_reconstruction,
     torch_threads,
     total_variation,
 )
@@ -67,7 +67,7 @@ _HALVINGS = 30  # a step of 2**-30 that still fails means no progress: stop the 
 class _BatchedObjective:
     """The attacker's objective on rows (image, then the soft label if it is optimised)."""
 
-    def __init__(self, prepared: _Prepared) -> None:
+    def __init__(self, prepared: PreparedAttack) -> None:
         objective = prepared.objective
         self.model, self.target, self.label = objective.model, objective.target, prepared.label
         # The known label; unused (-1) when a soft label is optimised with the image.
@@ -87,7 +87,7 @@ class _BatchedObjective:
 
         def loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
             logits = functional_call(self.model, params, (image.unsqueeze(0),))
-            return _cross_entropy(logits, label)
+            return cross_entropy(logits, label)
 
         gradients = grad(loss)(self.params)
         seen = torch.cat([g.reshape(-1) for g in gradients.values()])[self.target.index]
@@ -110,14 +110,14 @@ class _BatchedObjective:
         return total.detach(), data.clone(), gradient.detach()
 
 
-def _starts(prepared: _Prepared, restarts: int) -> torch.Tensor:
+def _starts(prepared: PreparedAttack, restarts: int) -> torch.Tensor:
     """Row r: invert_gradient's restart r start (image, then soft label if optimised)."""
     config, model = prepared.objective.config, prepared.objective.model
     rows = []
     for restart in range(restarts):
-        generator = torch.Generator().manual_seed(_restart_seed(config.seed, restart))
+        generator = torch.Generator().manual_seed(restart_seed(config.seed, restart))
         image = torch.rand((1, *prepared.shape), generator=generator)
-        soft = torch.randn((1, _classes(model, image)), generator=generator)
+        soft = torch.randn((1, output_classes(model, image)), generator=generator)
         parts = [image.reshape(-1)] + ([soft.reshape(-1)] if prepared.label is None else [])
         rows.append(torch.cat(parts))
     return torch.stack(rows)
@@ -273,7 +273,7 @@ def invert_gradient_batched(model: nn.Module, gradient: FloatArray, *,
     module doc); same arguments, same result type."""
     start = time.perf_counter()
     config = AttackConfig() if config is None else config
-    prepared = _prepare(model, gradient, image_shape, hidden, config, true_image)
+    prepared = prepare_attack(model, gradient, image_shape, hidden, config, true_image)
     with torch_threads(config.threads):
         objective = _BatchedObjective(prepared)
         rows = _starts(prepared, config.restarts)
@@ -284,7 +284,7 @@ def invert_gradient_batched(model: nn.Module, gradient: FloatArray, *,
     for restart in range(config.restarts):
         chosen = objective.fixed if softs is None else int(softs[restart].argmax())
         loss = float(data[restart])
-        candidates.append(_scored(prepared, restart, images[restart], chosen,
+        candidates.append(scored_reconstruction(prepared, restart, images[restart], chosen,
                                   loss if math.isfinite(loss) else math.inf,
                                   int(steps[restart]), stop[restart]))
-    return _result(prepared, candidates, time.perf_counter() - start)
+    return attack_result(prepared, candidates, time.perf_counter() - start)

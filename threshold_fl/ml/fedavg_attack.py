@@ -53,15 +53,15 @@ from threshold_fl.errors import ParameterError
 from threshold_fl.ml.attack import (
     AttackConfig,
     Attacker,
+    GradientTarget,
+    MatchingObjective,
     StopReason,
-    _checked_gradient,
-    _Objective,
-    _restart_seed,
-    _run_ig,
-    _run_lbfgs,
-    _Target,
-    _visible_flags,
+    checked_gradient,
+    restart_seed,
+    run_ig,
+    run_lbfgs,
     torch_threads,
+    visible_flags,
 )
 from threshold_fl.ml.flatten import layout_of
 from threshold_fl.ml.image_metrics import ssim
@@ -161,10 +161,10 @@ def infer_labels(model: nn.Module, update: FloatArray, visible: BoolVector, coun
     return torch.from_numpy(np.sort(chosen).astype(np.int64))
 
 
-class _UploadObjective(_Objective):
+class _UploadObjective(MatchingObjective):
     """The visible-coordinate distance between the simulated and the observed update."""
 
-    def __init__(self, model: nn.Module, target: _Target, config: AttackConfig,
+    def __init__(self, model: nn.Module, target: GradientTarget, config: AttackConfig,
                  threat: UploadThreat) -> None:
         super().__init__(model, target, config)
         self.threat = threat
@@ -229,14 +229,14 @@ class UploadAttack:
 def _restart(objective: _UploadObjective, shape: tuple[int, ...], labels: torch.Tensor | None,
              restart: int) -> tuple[torch.Tensor, torch.Tensor, float, int, StopReason]:
     config, count = objective.config, objective.threat.count
-    generator = torch.Generator().manual_seed(_restart_seed(config.seed, restart))
+    generator = torch.Generator().manual_seed(restart_seed(config.seed, restart))
     dummy = torch.rand((count, *shape), generator=generator).requires_grad_(True)
     with torch.no_grad():
         classes = int(objective.model(dummy[:1]).shape[-1])
     soft = torch.randn((count, classes), generator=generator).requires_grad_(True)
     target = soft if labels is None else labels
     variables = [dummy] if labels is not None else [dummy, soft]
-    run = _run_ig if config.attacker is Attacker.IG else _run_lbfgs
+    run = run_ig if config.attacker is Attacker.IG else run_lbfgs
     steps, stop = run(objective, dummy, target, variables)
     final = float(objective.data(dummy, target).detach())
     chosen = labels if labels is not None else soft.detach().argmax(dim=-1)
@@ -253,8 +253,8 @@ def invert_upload(model: nn.Module, update: FloatArray, threat: UploadThreat, *,
     started = time.perf_counter()
     config = AttackConfig() if config is None else config
     length = sum(p.numel() for p in model.parameters())
-    values = _checked_gradient(update, length)  # an update is checked as a gradient is
-    visible = _visible_flags(hidden, length)
+    values = checked_gradient(update, length)  # an update is checked as a gradient is
+    visible = visible_flags(hidden, length)
     if true_images is not None and true_images.shape != (threat.count, *image_shape):
         raise ParameterError(f"true_images must have shape {(threat.count, *image_shape)}")
     if not np.isfinite(values[visible]).all():
@@ -263,8 +263,8 @@ def invert_upload(model: nn.Module, update: FloatArray, threat: UploadThreat, *,
     # rate, the update is in gradient units (one step: exactly the gradient), where L-BFGS's
     # absolute tolerances (1e-12, 1e-14) suit it; raw, it stopped after one step.
     seen = values[visible] / threat.plan.learning_rate
-    target = _Target(torch.from_numpy(seen).float(), torch.from_numpy(np.flatnonzero(visible)),
-                     float(np.dot(seen, seen)))
+    target = GradientTarget(torch.from_numpy(seen).float(),
+                            torch.from_numpy(np.flatnonzero(visible)), float(np.dot(seen, seen)))
     labels = infer_labels(model, values, visible, threat.count) if config.infer_label else None
     objective = _UploadObjective(model, target, config, threat)
     candidates = []
