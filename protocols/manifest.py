@@ -95,10 +95,12 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class MaskPolicy:
-    """Selective encryption: encrypt the top ``fraction`` of the aggregated
-    sensitivity map, plus the model's first and last layers if asked."""
+    """Which coordinates are encrypted: the top ``fraction`` of the aggregated
+    sensitivity map, plus the model's first and last layers if asked.  The default
+    encrypts everything: selective encryption (fraction below 1) left training images
+    recoverable from the plaintext part in the measurements of docs/privacy.md."""
 
-    fraction: float = 0.1
+    fraction: float = 1.0
     first_and_last: bool = True
 
     def __post_init__(self) -> None:

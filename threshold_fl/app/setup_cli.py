@@ -9,7 +9,7 @@ each party checks the printed fingerprint out of band before running::
 
     threshold-fl manifest --session lab-2026-11 --aggregator parties/server \\
         --client parties/alice --client parties/bob --client parties/carol \\
-        --model cnn --mode threshold --rounds 5 --fraction 0.1 --out manifest.json
+        --model cnn --mode threshold --rounds 5 --out manifest.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protocols import Manifest, MaskPolicy, Mode, ModelSpec, Timeouts, make_manifest
-from threshold_fl._checks import add_model_option, bounded
+from threshold_fl._checks import add_mask_options, add_model_option, bounded, selective_warning
 from threshold_fl.errors import ManifestError, ThresholdFLError
 from threshold_fl.identity import PUBLIC_FILENAME, SECRET_FILENAME, Identity, PublicIdentity
 
@@ -107,8 +107,7 @@ def _manifest_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-seed", type=bounded(int, 0, 2**31 - 1), default=None,
                         help="with --model: seeds the initial weights and the data split "
                              "(default 0)")
-    parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0), default=0.1)
-    parser.add_argument("--no-first-last", action="store_true")
+    add_mask_options(parser)
     for name, default in vars(Timeouts()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=bounded(float, 0.001, 604_800),
                             default=default, help=f"timeout in seconds (default {default})")
@@ -145,6 +144,9 @@ def manifest_main(argv: Sequence[str] | None = None) -> int:
     try:
         manifest = _build_manifest(args)
         manifest.save(args.out)
+        warning = selective_warning(manifest.mask.fraction, manifest.mode.value)
+        if warning is not None:
+            print(warning, file=sys.stderr, flush=True)
     except (ThresholdFLError, OSError) as error:
         return _fail("manifest", error)
     print(f"wrote {args.out}: session {manifest.session}, {manifest.mode.value}, "
