@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protocols import Manifest, ModelSpec
+from protocols import LocalPrivacy, Manifest, ModelSpec
 from threshold_fl._checks import selective_warning
 from threshold_fl.app.cli import main as cli_main
 from threshold_fl.identity import Identity
@@ -126,3 +126,18 @@ def test_selective_warning_only_when_something_is_left_clear(
     if warning is not None:
         assert "\n" not in warning and "docs/privacy.md" in warning
         assert f"--fraction {fraction:g}" in warning
+
+
+
+def test_manifest_binds_local_dp_for_every_client(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    server, alice, bob = (init(tmp_path, name) for name in ["server", "alice", "bob"])
+    out = tmp_path / "m.json"
+    base = ["manifest", "--aggregator", str(server), "--client", str(alice), "--client",
+            str(bob), "--model", "mlp", "--fraction", "0.1", "--out", str(out)]
+    assert cli_main([*base, "--dp-scale", "1e-4", "--dp-clip", "0.01"]) == 0
+    manifest = Manifest.load(out)
+    assert manifest.privacy == LocalPrivacy(1e-4, 0.01)
+    assert "local DP: Laplace b = 0.0001, clip C = 0.01" in capsys.readouterr().out
+    assert cli_main([*base, "--dp-clip", "0.01"]) == 1
+    assert "--dp-clip goes with --dp-scale" in capsys.readouterr().err
