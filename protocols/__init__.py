@@ -31,6 +31,7 @@ from protocols.events import (
     UpdateNeeded,
 )
 from protocols.manifest import (
+    LocalPrivacy,
     Manifest,
     MaskPolicy,
     Mode,
@@ -53,6 +54,7 @@ __all__ = [
     "KeyAuthorityState",
     "Manifest",
     "MaskAgreed",
+    "LocalPrivacy",
     "MaskPolicy",
     "ModelSpec",
     "Mode",

@@ -95,10 +95,12 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class MaskPolicy:
-    """Selective encryption: encrypt the top ``fraction`` of the aggregated
-    sensitivity map, plus the model's first and last layers if asked."""
+    """Which coordinates are encrypted: the top ``fraction`` of the aggregated
+    sensitivity map, plus the model's first and last layers if asked.  The default
+    encrypts everything: selective encryption (fraction below 1) left training images
+    recoverable from the plaintext part in the measurements of docs/privacy.md."""
 
-    fraction: float = 0.1
+    fraction: float = 1.0
     first_and_last: bool = True
 
     def __post_init__(self) -> None:
@@ -108,6 +110,28 @@ class MaskPolicy:
             raise ManifestError(f"mask fraction must be in [0, 1], got {self.fraction}")
         if not isinstance(self.first_and_last, bool):
             raise ManifestError("mask first_and_last must be true or false")
+
+
+@dataclass(frozen=True)
+class LocalPrivacy:
+    """Local DP every client applies to the plaintext coordinates of its upload: clip
+    each to the round's start model +- ``clip``, add Laplace(``laplace_scale``) noise
+    (:class:`threshold_fl.ml.privacy.LaplaceNoise`).  In the manifest, so it is bound into
+    the fingerprint and every client applies the same mechanism."""
+
+    laplace_scale: float
+    clip: float
+
+    def __post_init__(self) -> None:
+        for name in ("laplace_scale", "clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    math.isfinite(value) and value > 0):
+                raise ManifestError(f"privacy {name} must be a finite number > 0, "
+                                    f"got {value!r}")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"laplace_scale": self.laplace_scale, "clip": self.clip}
 
 
 @dataclass(frozen=True)
@@ -162,6 +186,7 @@ class Manifest:
     mask: MaskPolicy = field(default_factory=MaskPolicy)
     timeouts: Timeouts = field(default_factory=Timeouts)
     model: ModelSpec | None = None  # None: an embedding application's own model
+    privacy: LocalPrivacy | None = None  # None: no local DP
 
     def __post_init__(self) -> None:
         try:
@@ -190,6 +215,8 @@ class Manifest:
             raise ManifestError(f"model_length must be in 1..{MAX_VECTOR_LENGTH}")
         if self.model is not None and not isinstance(self.model, ModelSpec):
             raise ManifestError(f"model must be a ModelSpec or None, got {self.model!r}")
+        if self.privacy is not None and not isinstance(self.privacy, LocalPrivacy):
+            raise ManifestError(f"privacy must be a LocalPrivacy or None, got {self.privacy!r}")
         for start, stop in self.always_encrypt:
             if not (_is_int(start) and _is_int(stop)) or not (
                 0 <= start <= stop <= self.model_length
@@ -255,6 +282,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         # "model" is left out when there is none, so such manifests keep their fingerprint.
         named = {} if self.model is None else {"model": self.model.to_dict()}
+        if self.privacy is not None:  # likewise left out when there is none
+            named["privacy"] = self.privacy.to_dict()
         return {
             **named,
             "format": _FORMAT,
@@ -327,7 +356,7 @@ def _fields_from(data: Mapping[str, Any]) -> dict[str, Any]:
     known = {
         "format", "version", "session", "mode", "aggregator", "clients", "key_authority",
         "threshold", "rounds", "params", "model_length", "always_encrypt", "mask", "timeouts",
-        "model",
+        "model", "privacy",
     }
     unknown = set(data) - known
     if unknown:
@@ -347,7 +376,17 @@ def _fields_from(data: Mapping[str, Any]) -> dict[str, Any]:
         "mask": MaskPolicy(**data.get("mask", {})),
         "timeouts": Timeouts(**data.get("timeouts", {})),
         "model": None if data.get("model") is None else ModelSpec.from_dict(data["model"]),
+        "privacy": _privacy(data.get("privacy")),
     }
+
+
+def _privacy(item: object) -> LocalPrivacy | None:
+    if item is None:
+        return None
+    if not isinstance(item, dict) or set(item) != {"laplace_scale", "clip"}:
+        raise ManifestError("privacy must be {\"laplace_scale\": b, \"clip\": C}, "
+                            f"got {item!r}")
+    return LocalPrivacy(item["laplace_scale"], item["clip"])
 
 
 def _pair(item: object) -> tuple[int, int]:
@@ -371,6 +410,7 @@ def make_manifest(
     always_encrypt: Sequence[tuple[int, int]] = (),
     mask: MaskPolicy | None = None,
     timeouts: Timeouts | None = None,
+    privacy: LocalPrivacy | None = None,
 ) -> Manifest:
     """A manifest with sensible defaults: t = floor(N/2) + 1 in threshold mode (the
     smallest honest majority), noise-flooded CKKS parameters sized for N parties.
@@ -404,6 +444,7 @@ def make_manifest(
         mask=mask or MaskPolicy(),
         timeouts=timeouts or Timeouts(),
         model=model,
+        privacy=privacy,
     )
 
 

@@ -30,7 +30,8 @@ def federate(config: FederationConfig) -> RunReport:
 
 @pytest.fixture(scope="module")
 def cnn_runs() -> dict[str, RunReport]:
-    return {mode: federate(FederationConfig(model="cnn", mode=mode, rounds=3,
+    # Selective (top 10 %) on purpose: the test checks the encrypted share and stays fast.
+    return {mode: federate(FederationConfig(model="cnn", mode=mode, rounds=3, fraction=0.1,
                                             training=CNN_PLAN, seed=0))
             for mode in MODES}
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import stats
 
 import threshold_fl.ml as ml_package
 import threshold_fl.ml.privacy as privacy_module
@@ -20,6 +21,7 @@ from threshold_fl.ml import (
     privacy_budget,
     select_random_fraction,
 )
+from threshold_fl.ml.privacy import SeededRandomness, laplace_samples
 
 
 def _mask(length: int, indices: list[int]) -> EncryptionMask:
@@ -41,10 +43,11 @@ def test_lazy_export_is_the_module_object() -> None:
     assert {"LaplaceNoise", "PrivacyBudget", "privacy_budget"} <= set(ml_package.__all__)
 
 
-def test_noise_has_laplace_mean_and_scale(rng: np.random.Generator) -> None:
+def test_noise_has_laplace_mean_and_scale() -> None:
     length, b = 200_000, 0.5
     zeros = np.zeros(length)
-    noise = LaplaceNoise(scale=b, clip=1.0).apply(zeros, zeros, EncryptionMask.empty(length), rng)
+    noise = LaplaceNoise(scale=b, clip=1.0).apply(zeros, zeros, EncryptionMask.empty(length),
+                                                  SeededRandomness(1))
     # Standard errors at n = 200k: mean 0.0016, mean |x| 0.0011, variance 0.005 (for b=0.5).
     assert abs(noise.mean()) < 0.01
     assert np.abs(noise).mean() == pytest.approx(b, rel=0.01)
@@ -54,11 +57,58 @@ def test_noise_has_laplace_mean_and_scale(rng: np.random.Generator) -> None:
     assert (np.abs(noise) > b).mean() == pytest.approx(math.exp(-1), abs=0.005)
 
 
+def test_sampler_passes_a_ks_test_against_scipy_laplace() -> None:
+    b = 0.25
+    draws = laplace_samples(200_000, b, SeededRandomness(7))
+    assert stats.kstest(draws, stats.laplace(scale=b).cdf).pvalue > 0.01
+    # A wrong scale is rejected: the test can fail.
+    assert stats.kstest(draws, stats.laplace(scale=1.05 * b).cdf).pvalue < 1e-6
+
+
+def test_sampler_from_os_urandom_has_laplace_moments() -> None:
+    b = 2.0
+    draws = laplace_samples(50_000, b)  # the default source: os.urandom
+    # Loose bounds (about 6 standard errors): mean se 0.013, variance se 0.18.
+    assert abs(draws.mean()) < 0.08
+    assert draws.var() == pytest.approx(2 * b * b, abs=1.2)
+    assert len(np.unique(draws)) == draws.size
+
+
+def test_sampler_maps_extreme_words_to_finite_values() -> None:
+    # All-zero words: the smallest uniform 2**-53, i.e. the largest magnitude 53 ln 2 b,
+    # no log(0); all-one words: uniform 1, magnitude 0, sign negative.
+    low = laplace_samples(3, 1.0, lambda n: bytes(n))
+    high = laplace_samples(3, 1.0, lambda n: b"\xff" * n)
+    np.testing.assert_array_equal(low, np.full(3, 53 * math.log(2)))
+    np.testing.assert_array_equal(np.abs(high), np.zeros(3))
+    assert np.isfinite(low).all() and np.isfinite(high).all()
+
+
+def test_sampler_uses_the_injected_bytes_deterministically() -> None:
+    first = laplace_samples(1_000, 0.1, SeededRandomness(3))
+    again = laplace_samples(1_000, 0.1, SeededRandomness(3))
+    other = laplace_samples(1_000, 0.1, SeededRandomness(4))
+    assert first.tobytes() == again.tobytes()
+    assert not np.array_equal(first, other)
+    source = SeededRandomness(3)
+    assert not np.array_equal(laplace_samples(10, 0.1, source), laplace_samples(10, 0.1, source))
+
+
+@pytest.mark.parametrize(("randomness", "words"), [
+    (lambda n: bytes(n - 1), "exactly 16 bytes"),
+    (lambda n: "x" * n, "str"),
+    (42, "os.urandom"),
+])
+def test_sampler_rejects_a_bad_byte_source(randomness: Any, words: str) -> None:
+    with pytest.raises(ParameterError, match=words):
+        laplace_samples(2, 1.0, randomness)
+
+
 def test_noise_only_on_plaintext_coordinates(rng: np.random.Generator) -> None:
     length = 10_000
     mask = select_random_fraction(length, 0.3, seed=7)
     update, base = _models(rng, length, spread=0.5)
-    released = LaplaceNoise(scale=1.0, clip=1.0).apply(update, base, mask, rng)
+    released = LaplaceNoise(scale=1.0, clip=1.0).apply(update, base, mask)
     changed = released != update
     assert not changed[mask.indices].any()
     assert changed[mask.plain_indices()].mean() > 0.999  # a Laplace draw is never exactly 0
@@ -71,7 +121,7 @@ def test_encrypted_coordinates_untouched_bit_for_bit(rng: np.random.Generator) -
     update[mask.indices[:3]] = np.array([-0.0, 5e-324, np.finfo(np.float64).max])
     base = np.zeros(length)
     update_before, base_before = update.copy(), base.copy()
-    released = LaplaceNoise(scale=0.1, clip=0.01).apply(update, base, mask, rng)
+    released = LaplaceNoise(scale=0.1, clip=0.01).apply(update, base, mask)
     assert released[mask.indices].tobytes() == update[mask.indices].tobytes()
     assert np.signbit(released[mask.indices[0]])  # -0.0 stays -0.0
     assert released is not update
@@ -84,7 +134,7 @@ def test_clipping_bounds_plaintext_step(rng: np.random.Generator) -> None:
     mask = select_random_fraction(length, 0.2, seed=11)
     update, base = _models(rng, length, spread=1.0)
     tiny = 1e-12  # noise negligible next to the tolerance below
-    released = LaplaceNoise(scale=tiny, clip=clip).apply(update, base, mask, rng)
+    released = LaplaceNoise(scale=tiny, clip=clip).apply(update, base, mask)
     plain = mask.plain_indices()
     step, delta = released[plain] - base[plain], update[plain] - base[plain]
     np.testing.assert_allclose(step, np.clip(delta, -clip, clip), rtol=0, atol=1e-9)
@@ -97,9 +147,9 @@ def test_same_seed_same_output() -> None:
     mask = select_random_fraction(length, 0.4, seed=5)
     update, base = _models(np.random.default_rng(1), length, spread=2.0)
     noise = LaplaceNoise(scale=0.3, clip=1.0)
-    first = noise.apply(update, base, mask, np.random.default_rng(42))
-    again = noise.apply(update, base, mask, np.random.default_rng(42))
-    other = noise.apply(update, base, mask, np.random.default_rng(43))
+    first = noise.apply(update, base, mask, SeededRandomness(42))
+    again = noise.apply(update, base, mask, SeededRandomness(42))
+    other = noise.apply(update, base, mask, SeededRandomness(43))
     assert first.tobytes() == again.tobytes()
     assert not np.array_equal(first, other)
 
@@ -171,7 +221,7 @@ def test_parameters_are_normalised_to_float() -> None:
 
 def _apply_with(**changes: Any) -> None:
     args: dict[str, Any] = {"update": np.zeros(4), "global_model": np.zeros(4),
-                            "mask": _mask(4, [1]), "rng": np.random.default_rng(0)}
+                            "mask": _mask(4, [1]), "randomness": SeededRandomness(0)}
     args.update(changes)
     LaplaceNoise(1.0, 1.0).apply(**args)
 
@@ -185,7 +235,7 @@ def _apply_with(**changes: Any) -> None:
     ({"update": [0.0] * 4}, "flatten it"),
     ({"update": np.zeros(4, dtype=np.int64)}, "astype"),
     ({"mask": np.ones(4, dtype=bool)}, "mask must be an EncryptionMask"),
-    ({"rng": 42}, "numpy.random.Generator"),
+    ({"randomness": 42}, "os.urandom"),
 ])
 def test_invalid_apply_arguments(changes: dict[str, Any], words: str) -> None:
     with pytest.raises(ParameterError, match=words):

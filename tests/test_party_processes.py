@@ -4,6 +4,7 @@ a client killed runs over amqtt as well, so nothing depends on one broker's quir
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +24,14 @@ from party_helpers import (
     wait_all,
 )
 
-from protocols import Manifest
+from protocols import LocalPrivacy, Manifest
 from threshold_fl.app.cli import main as cli_main
 from threshold_fl.app.party import ClientPlan, client_learner
 from threshold_fl.app.rounds import RoundRow
 from threshold_fl.crypto import context_for
+from threshold_fl.errors import ParameterError
 from threshold_fl.identity import PartyId
+from threshold_fl.ml.privacy import LaplaceNoise
 from transports.broker import BrokerProcess, MosquittoBroker
 
 
@@ -166,3 +169,14 @@ def test_a_member_frozen_on_its_decrypt_request_is_replaced_when_its_will_arrive
     assert row.attempts == 2 and row.contributors == 3
     survivors = [rows(tmp_path, client) for client in ("c1", "c2")]
     assert survivors[0][-1]["loss"] == pytest.approx(survivors[1][-1]["loss"], abs=1e-9)
+
+
+def test_a_client_applies_the_manifests_local_dp_and_refuses_its_own_on_top(
+        tmp_path: Path) -> None:
+    manifest = Manifest.load(federation(tmp_path, rounds=1))
+    noised = dataclasses.replace(manifest, privacy=LocalPrivacy(1e-4, 0.01))
+    learner, _ = client_learner(noised, PartyId("c1"), ClientPlan())
+    assert learner.noise == LaplaceNoise(1e-4, 0.01)
+    assert client_learner(manifest, PartyId("c1"), ClientPlan())[0].noise is None
+    with pytest.raises(ParameterError, match="the manifest sets local DP"):
+        client_learner(noised, PartyId("c1"), ClientPlan(dp_scale=1e-3))

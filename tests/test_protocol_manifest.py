@@ -15,6 +15,7 @@ import pytest
 
 import protocols.manifest as manifest_module
 from protocols.manifest import (
+    LocalPrivacy,
     Manifest,
     MaskPolicy,
     Mode,
@@ -213,6 +214,8 @@ CHANGES: list[Any] = [
     pytest.param({"mode": Mode.SINGLE_KEY, "key_authority": AUTHORITY}, id="authority"),
     pytest.param({"model": ModelSpec("mlp")}, id="model"),
     pytest.param({"model": ModelSpec("mlp", data_seed=1)}, id="model-seed"),
+    pytest.param({"privacy": LocalPrivacy(1e-4, 0.01)}, id="privacy"),
+    pytest.param({"privacy": LocalPrivacy(1e-4, 0.02)}, id="privacy-clip"),
 ]
 
 
@@ -577,3 +580,26 @@ def test_manifest_error_is_a_parameter_error() -> None:
     # Callers may catch ParameterError (or ValueError) for any configuration problem.
     assert issubclass(ManifestError, ParameterError)
     assert issubclass(ManifestError, ValueError)
+
+
+
+def test_local_privacy_round_trips_and_is_absent_by_default(threshold: Manifest) -> None:
+    assert threshold.privacy is None and "privacy" not in threshold.to_dict()
+    noised = dataclasses.replace(threshold, privacy=LocalPrivacy(1e-4, 0.01))
+    assert noised.to_dict()["privacy"] == {"laplace_scale": 1e-4, "clip": 0.01}
+    assert Manifest.from_json(noised.to_json()).privacy == LocalPrivacy(1e-4, 0.01)
+
+
+@pytest.mark.parametrize(("privacy", "problem"), [
+    ({"laplace_scale": 0, "clip": 0.01}, "privacy laplace_scale must be a finite number > 0"),
+    ({"laplace_scale": 1e-4, "clip": math.inf}, "privacy clip must be a finite number > 0"),
+    ({"laplace_scale": True, "clip": 0.01}, "privacy laplace_scale"),
+    ({"laplace_scale": 1e-4}, "privacy must be"),
+    ([1e-4, 0.01], "privacy must be"),
+])
+def test_invalid_local_privacy_is_refused(threshold: Manifest, privacy: object,
+                                          problem: str) -> None:
+    data = threshold.to_dict()
+    data["privacy"] = privacy
+    with pytest.raises(ManifestError, match=_match(problem)):
+        Manifest.from_dict(data)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from protocols import Manifest, ModelSpec
+from protocols import LocalPrivacy, Manifest, ModelSpec
+from threshold_fl._checks import selective_warning
 from threshold_fl.app.cli import main as cli_main
 from threshold_fl.identity import Identity
 
@@ -57,9 +58,23 @@ def test_manifest_from_public_files(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert manifest.always_encrypt == ((0, 4_160), (4_160, 4_810))  # hidden, output layers
     assert manifest.timeouts.upload_s == 30
     assert manifest.model == ModelSpec("mlp", 0)  # the clients read the model from here
-    out_text = capsys.readouterr().out
-    assert manifest.fingerprint() in out_text
-    assert "model mlp (4,810 parameters, data seed 0)" in out_text
+    printed = capsys.readouterr()
+    assert manifest.fingerprint() in printed.out
+    assert "model mlp (4,810 parameters, data seed 0)" in printed.out
+    warnings = [line for line in printed.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "--fraction 0.2" in warnings[0]
+    assert "docs/privacy.md" in warnings[0]
+
+
+def test_manifest_encrypts_everything_by_default(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    server, alice, bob = (init(tmp_path, name) for name in ["server", "alice", "bob"])
+    out = tmp_path / "m.json"
+    capsys.readouterr()
+    assert cli_main(["manifest", "--aggregator", str(server), "--client", str(alice),
+                     "--client", str(bob), "--model", "mlp", "--out", str(out)]) == 0
+    assert Manifest.load(out).mask.fraction == 1.0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_manifest_carries_the_data_seed(tmp_path: Path) -> None:
@@ -98,3 +113,31 @@ def test_manifest_rejects_a_tampered_public_file(tmp_path: Path,
             str(bob), "--model-length", "10", "--out", str(tmp_path / "m.json")]
     assert cli_main(argv) == 1
     assert str(public) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("fraction", "mode", "warned"), [
+    (1.0, "threshold", False), (0.1, "plaintext", False),
+    (0.1, "threshold", True), (0.999, "single-key", True),
+])
+def test_selective_warning_only_when_something_is_left_clear(
+        fraction: float, mode: str, warned: bool) -> None:
+    warning = selective_warning(fraction, mode)
+    assert (warning is not None) == warned
+    if warning is not None:
+        assert "\n" not in warning and "docs/privacy.md" in warning
+        assert f"--fraction {fraction:g}" in warning
+
+
+
+def test_manifest_binds_local_dp_for_every_client(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    server, alice, bob = (init(tmp_path, name) for name in ["server", "alice", "bob"])
+    out = tmp_path / "m.json"
+    base = ["manifest", "--aggregator", str(server), "--client", str(alice), "--client",
+            str(bob), "--model", "mlp", "--fraction", "0.1", "--out", str(out)]
+    assert cli_main([*base, "--dp-scale", "1e-4", "--dp-clip", "0.01"]) == 0
+    manifest = Manifest.load(out)
+    assert manifest.privacy == LocalPrivacy(1e-4, 0.01)
+    assert "local DP: Laplace b = 0.0001, clip C = 0.01" in capsys.readouterr().out
+    assert cli_main([*base, "--dp-clip", "0.01"]) == 1
+    assert "--dp-clip goes with --dp-scale" in capsys.readouterr().err

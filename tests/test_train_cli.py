@@ -15,8 +15,10 @@ def test_train_prints_one_row_per_round_and_writes_json(
     report = tmp_path / "report.json"
     code = cli_main(["train", "--model", "logreg", "--mode", "threshold", "--rounds", "2",
                      "--epochs", "2", "--lr", "0.1", "--baseline", "--json", str(report)])
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
+    out = printed.out
     assert code == 0
+    assert "warning" not in printed.err  # the default encrypts everything
     rows = [line.split() for line in out.splitlines() if line.startswith("federation ")]
     assert [row[1] for row in rows] == ["1", "2", "1", "2"]  # threshold, then the baseline
     assert "plaintext FedAvg, same seed" in out and "gap" in out
@@ -27,6 +29,8 @@ def test_train_prints_one_row_per_round_and_writes_json(
     assert threshold["final_accuracy"] > 0.8
     assert abs(threshold["final_accuracy"] - plain["final_accuracy"]) <= 0.01
     assert threshold["bytes_sent"] > plain["bytes_sent"]
+    assert threshold["config"]["fraction"] == 1.0
+    assert threshold["rounds"][-1]["encrypted_fraction"] == 1.0
 
 
 @pytest.mark.parametrize(("argv", "message"), [

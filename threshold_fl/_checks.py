@@ -87,3 +87,31 @@ def add_model_option(parser: _ArgumentContainer, *, default: str | None = "cnn",
     return parser.add_argument("--model", choices=MODEL_NAMES, default=default,
                                metavar="MODEL",
                                help=f"{what}: one of %(choices)s{default_text}")
+
+
+# Evidence in docs/privacy.md: selective encryption at the paper's fractions did not stop
+# gradient inversion of a real upload, so the commands encrypt everything unless told.
+SELECTIVE_WARNING = (
+    "warning: --fraction {fraction:g} encrypts only part of each update; the aggregator sees "
+    "the rest in the clear, and at the paper's fractions that did not stop reconstruction "
+    "of training images (docs/privacy.md); the default --fraction 1.0 encrypts everything")
+
+
+def add_mask_options(parser: _ArgumentContainer) -> None:
+    """``--fraction`` (default 1.0: encrypt everything) and ``--no-first-last``."""
+    parser.add_argument(
+        "--fraction", type=bounded(float, 0.0, 1.0), default=1.0,
+        help="share of coordinates encrypted, the top of the sensitivity map (default 1.0: "
+             "all; below 1 is selective encryption, which docs/privacy.md shows did not "
+             "protect the plaintext part against gradient inversion)")
+    parser.add_argument("--no-first-last", action="store_true",
+                        help="with --fraction below 1: do not add the first and last layers "
+                             "to the mask")
+
+
+def selective_warning(fraction: float, mode: str) -> str | None:
+    """The one-line warning for selective encryption, or None when nothing is left clear
+    by choice (everything encrypted, or plaintext mode, which encrypts nothing anyway)."""
+    if fraction >= 1.0 or mode == "plaintext":
+        return None
+    return SELECTIVE_WARNING.format(fraction=fraction)

@@ -9,7 +9,8 @@ same federation then runs as plaintext FedAvg with the same seed, the baseline. 
 prints one row per round, a summary (final accuracy against the baseline, HE overhead
 in time and bytes) and writes ``report.json`` and ``report.png`` to ``--out``.
 
-    threshold-fl demo                                  # CNN, 3 clients, 3 rounds
+    threshold-fl demo                                  # CNN, 3 clients, 3 rounds, all encrypted
+    threshold-fl demo --fraction 0.1                   # selective encryption (warns)
     threshold-fl demo --model mlp --rounds 2           # a quick one
     threshold-fl demo --drop-client 3 --at after-upload   # another set decrypts, live
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from protocols import Manifest, MaskPolicy, Mode, ModelSpec, Timeouts, make_manifest
-from threshold_fl._checks import add_model_option, bounded
+from threshold_fl._checks import add_mask_options, add_model_option, bounded, selective_warning
 from threshold_fl.app.demo_report import collect_run, print_summary, write_report
 from threshold_fl.app.party import DROP_STAGES
 from threshold_fl.app.rounds import RunReport, header
@@ -55,7 +56,7 @@ class DemoConfig:
     rounds: int = 3
     mode: str = "threshold"
     model: str = "cnn"
-    fraction: float = 0.1
+    fraction: float = 1.0  # everything encrypted; below 1 is selective (docs/privacy.md)
     first_and_last: bool = True
     epochs: int = 2
     seed: int = 0
@@ -289,10 +290,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=bounded(int, 1, 100), default=3)
     parser.add_argument("--mode", choices=[mode.value for mode in Mode], default="threshold")
     add_model_option(parser)
-    parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0), default=0.1,
-                        help="share of coordinates encrypted (top of the sensitivity map)")
-    parser.add_argument("--no-first-last", action="store_true",
-                        help="do not add the first and last layers to the mask")
+    add_mask_options(parser)
     parser.add_argument("--epochs", type=bounded(int, 1, 100), default=2)
     parser.add_argument("--seed", type=bounded(int, 0), default=0)
     parser.add_argument("--drop-client", type=bounded(int, 1), default=None, metavar="K",
@@ -318,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             epochs=int(args.epochs), seed=int(args.seed), drop_client=args.drop_client,
             drop_at=args.at, drop_round=int(args.drop_round), baseline=not args.no_baseline,
             broker=args.broker, out=args.out)
+        warning = selective_warning(config.fraction, config.mode)
+        if warning is not None:
+            print(warning, file=sys.stderr, flush=True)
         results = asyncio.run(run_demo(config))
         paths = write_report(config, results)
     except (ThresholdFLError, OSError) as error:

@@ -48,7 +48,7 @@ class FederationConfig:
     clients: int = 3
     rounds: int = 3
     mode: str = "threshold"
-    fraction: float = 0.1
+    fraction: float = 1.0  # everything encrypted; below 1 is selective (docs/privacy.md)
     first_and_last: bool = True
     split: str = "iid"
     alpha: float = 0.5  # Dirichlet concentration, for split="dirichlet"

@@ -323,6 +323,19 @@ class ClientPlan:
                                  "vanish='process'")
 
 
+def _noise(manifest: Manifest, plan: ClientPlan, kind: Any) -> Any:
+    """The local-DP mechanism: the manifest's (every client the same), or this client's
+    own --dp-scale when the manifest sets none; both at once is refused."""
+    if manifest.privacy is not None:
+        if plan.dp_scale is not None:
+            raise ParameterError(
+                "the manifest sets local DP (privacy: laplace_scale "
+                f"{manifest.privacy.laplace_scale:g}, clip {manifest.privacy.clip:g}); "
+                "drop --dp-scale/--dp-clip: every client applies the manifest's")
+        return kind(manifest.privacy.laplace_scale, manifest.privacy.clip)
+    return None if plan.dp_scale is None else kind(plan.dp_scale, plan.dp_clip)
+
+
 def client_learner(manifest: Manifest, party: PartyId, plan: ClientPlan) -> tuple[Any, Any]:
     """Client *party*'s :class:`~threshold_fl.ml.LocalLearner` for the manifest's model,
     under *plan*, and the test split: every process derives the same split and initial
@@ -337,7 +350,7 @@ def client_learner(manifest: Manifest, party: PartyId, plan: ClientPlan) -> tupl
             "the manifest names no model (it was made with --model-length, for a model of "
             "your own); a threshold-fl client trains a named model: make the manifest with "
             "--model")
-    noise = None if plan.dp_scale is None else LaplaceNoise(plan.dp_scale, plan.dp_clip)
+    noise = _noise(manifest, plan, LaplaceNoise)
     training = LocalTraining(epochs=plan.epochs, batch_size=plan.batch_size,
                              learning_rate=plan.learning_rate)
     (learner,), test = client_learners(

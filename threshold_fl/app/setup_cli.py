@@ -9,7 +9,7 @@ each party checks the printed fingerprint out of band before running::
 
     threshold-fl manifest --session lab-2026-11 --aggregator parties/server \\
         --client parties/alice --client parties/bob --client parties/carol \\
-        --model cnn --mode threshold --rounds 5 --fraction 0.1 --out manifest.json
+        --model cnn --mode threshold --rounds 5 --out manifest.json
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from protocols import Manifest, MaskPolicy, Mode, ModelSpec, Timeouts, make_manifest
-from threshold_fl._checks import add_model_option, bounded
+from protocols import LocalPrivacy, Manifest, MaskPolicy, Mode, ModelSpec, Timeouts, make_manifest
+from threshold_fl._checks import add_mask_options, add_model_option, bounded, selective_warning
 from threshold_fl.errors import ManifestError, ThresholdFLError
 from threshold_fl.identity import PUBLIC_FILENAME, SECRET_FILENAME, Identity, PublicIdentity
 
@@ -107,8 +107,13 @@ def _manifest_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-seed", type=bounded(int, 0, 2**31 - 1), default=None,
                         help="with --model: seeds the initial weights and the data split "
                              "(default 0)")
-    parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0), default=0.1)
-    parser.add_argument("--no-first-last", action="store_true")
+    add_mask_options(parser)
+    parser.add_argument("--dp-scale", type=bounded(float, 1e-12), default=None, metavar="B",
+                        help="local DP every client applies to its plaintext coordinates "
+                             "(with --fraction below 1): Laplace scale b")
+    parser.add_argument("--dp-clip", type=bounded(float, 1e-12), default=None, metavar="C",
+                        help="with --dp-scale: clip each plaintext update coordinate to "
+                             "[-C, C] (default 1.0)")
     for name, default in vars(Timeouts()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=bounded(float, 0.001, 604_800),
                             default=default, help=f"timeout in seconds (default {default})")
@@ -124,13 +129,18 @@ def _build_manifest(args: argparse.Namespace) -> Manifest:
     length = None if args.model_length is None else int(args.model_length)
     authority = None if args.key_authority is None else read_public_identity(args.key_authority)
     timeouts = Timeouts(**{name: getattr(args, name) for name in vars(Timeouts())})
+    if args.dp_scale is None and args.dp_clip is not None:
+        raise ManifestError("--dp-clip goes with --dp-scale (the Laplace scale b)")
+    privacy = None if args.dp_scale is None else LocalPrivacy(
+        args.dp_scale, 1.0 if args.dp_clip is None else args.dp_clip)
     return make_manifest(
         session=args.session or f"session-{secrets.token_hex(8)}",
         aggregator=read_public_identity(args.aggregator),
         clients=[read_public_identity(path) for path in args.client],
         key_authority=authority, model=model, model_length=length, mode=args.mode,
         threshold=args.threshold, rounds=int(args.rounds),
-        mask=MaskPolicy(args.fraction, not args.no_first_last), timeouts=timeouts)
+        mask=MaskPolicy(args.fraction, not args.no_first_last), timeouts=timeouts,
+        privacy=privacy)
 
 
 def _model_text(manifest: Manifest) -> str:
@@ -145,10 +155,16 @@ def manifest_main(argv: Sequence[str] | None = None) -> int:
     try:
         manifest = _build_manifest(args)
         manifest.save(args.out)
+        warning = selective_warning(manifest.mask.fraction, manifest.mode.value)
+        if warning is not None:
+            print(warning, file=sys.stderr, flush=True)
     except (ThresholdFLError, OSError) as error:
         return _fail("manifest", error)
     print(f"wrote {args.out}: session {manifest.session}, {manifest.mode.value}, "
           f"{len(manifest.clients)} clients, t={manifest.threshold}, "
           f"{_model_text(manifest)}")
+    if manifest.privacy is not None:
+        print(f"local DP: Laplace b = {manifest.privacy.laplace_scale:g}, clip C = "
+              f"{manifest.privacy.clip:g} on the plaintext coordinates, at every client")
     print(f"fingerprint: {manifest.fingerprint()}  (every party must see this same value)")
     return 0

@@ -1,7 +1,7 @@
 """``threshold-fl train``: federated training on the digits through the full protocol, in
 one process (real OpenFHE, real torch), one table row per round.
 
-    threshold-fl train --model cnn --mode threshold --rounds 3 --fraction 0.1 --baseline
+    threshold-fl train --model cnn --mode threshold --rounds 3 --baseline
 
 ``--baseline`` also runs plaintext FedAvg with the same seed and prints the accuracy gap;
 ``--json FILE`` writes the report.  The parties here share one process; the MQTT
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protocols import Mode
-from threshold_fl._checks import add_model_option, bounded
+from threshold_fl._checks import add_mask_options, add_model_option, bounded, selective_warning
 from threshold_fl.app.federation import (
     SPLITS,
     FederationConfig,
@@ -40,10 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=[m.value for m in Mode], default="threshold")
     parser.add_argument("--clients", type=bounded(int, 2, 50), default=3)
     parser.add_argument("--rounds", type=bounded(int, 1, 1000), default=3)
-    parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0), default=0.1,
-                        help="share of coordinates encrypted (top of the sensitivity map)")
-    parser.add_argument("--no-first-last", action="store_true",
-                        help="do not add the first and last layers to the mask")
+    add_mask_options(parser)
     parser.add_argument("--split", choices=SPLITS, default="iid")
     parser.add_argument("--alpha", type=bounded(float, 1e-3), default=0.5,
                         help="Dirichlet concentration for --split dirichlet")
@@ -89,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = [args.mode]
     if args.baseline and args.mode != Mode.PLAINTEXT.value:
         modes.append(Mode.PLAINTEXT.value)
+    warning = selective_warning(args.fraction, args.mode)
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
     try:
         configs = [_config(args, mode) for mode in modes]
         reports = [_run(config) for config in configs]

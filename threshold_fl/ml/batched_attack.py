@@ -19,7 +19,7 @@ The restarts stay independent.  Every row has its own optimiser state and its ow
   torch's L-BFGS (first step min(1, 1/||g||_1), curvature pairs kept when y.s > 1e-10,
   H0 = y.s / y.y, the same stop tests) except that torch uses a strong-Wolfe line
   search; a row run alone gives the same result as in a batch (tests), and results
-  are compared with torch's L-BFGS in docs/privacy/privacy.md ("Figure-9 sweep").
+  are compared with torch's L-BFGS in docs/privacy.md ("Figure-9 sweep").
 
 Restart r starts where ``invert_gradient``'s restart r starts (same seeds, same order
 of draws), and the result is the same :class:`~threshold_fl.ml.attack.AttackResult`.

@@ -11,10 +11,10 @@ coordinates if asked; ``sensitivity`` returns the map over the first
 from __future__ import annotations
 
 import copy
+import os
 import threading
 from dataclasses import dataclass
 
-import numpy as np
 from torch import nn
 
 from threshold_fl._checks import checked_int
@@ -23,7 +23,7 @@ from threshold_fl.errors import ParameterError
 from threshold_fl.ml.data import ClientData
 from threshold_fl.ml.flatten import flatten_state, restore_state
 from threshold_fl.ml.mask import EncryptionMask
-from threshold_fl.ml.privacy import LaplaceNoise
+from threshold_fl.ml.privacy import LaplaceNoise, Randomness, SeededRandomness
 from threshold_fl.ml.sensitivity import sensitivity_map
 from threshold_fl.ml.training import Evaluation, LocalTraining, evaluate, train_local
 
@@ -51,13 +51,14 @@ class LocalLearner:
     seed: int
     sensitivity_samples: int = 64
     noise: LaplaceNoise | None = None
-    noise_seed: int | None = None  # None: fresh OS entropy (seed only for experiments)
+    noise_seed: int | None = None  # None: os.urandom; a seed (SHAKE-256): experiments only
 
     def __post_init__(self) -> None:
         checked_int(self.seed, "seed", 0)
         checked_int(self.sensitivity_samples, "sensitivity_samples", 1)
         self.initial, self.layout = flatten_state(self.model)
-        self._rng = np.random.default_rng(self.noise_seed)
+        self._randomness: Randomness = (os.urandom if self.noise_seed is None
+                                        else SeededRandomness(self.noise_seed))
         # Evaluation gets its own copy: the next round may already train in a thread.
         self._evaluation_model = copy.deepcopy(self.model)
 
@@ -82,7 +83,7 @@ class LocalLearner:
         if mask is None:
             raise ParameterError("local DP needs the agreed encryption mask; train after "
                                  "mask agreement")
-        return self.noise.apply(trained, start, mask, self._rng)
+        return self.noise.apply(trained, start, mask, self._randomness)
 
     def sensitivity(self) -> FloatArray:
         """The sensitivity map of the initial model over the first local samples."""

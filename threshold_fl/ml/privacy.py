@@ -30,14 +30,20 @@ Limits, stated plainly:
 - Encrypting everything gives epsilon 0 for the plaintext part.  Encrypted coordinates
   are protected computationally (CKKS threshold encryption), not by DP: the aggregate
   of encrypted coordinates is decrypted without noise and is not covered here.
-- Noise comes from numpy's floating-point Laplace sampler, which is not hardened
-  against floating-point attacks on DP (Mironov, CCS 2012).
+- Noise comes from :func:`laplace_samples`: 64-bit words from ``os.urandom`` (never a
+  numpy generator), a sign bit and a 53-bit uniform fed through the inverse CDF in
+  float64.  That is still a floating-point Laplace sampler, not one hardened against
+  floating-point attacks on DP (Mironov, CCS 2012: the set of reachable outputs can
+  reveal the input); a hardened release would need snapping or discrete noise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,9 +51,13 @@ from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml.mask import EncryptionMask
 
-__all__ = ["LaplaceNoise", "PrivacyBudget", "privacy_budget"]
+__all__ = ["LaplaceNoise", "PrivacyBudget", "Randomness", "SeededRandomness", "laplace_samples",
+           "privacy_budget"]
 
+Randomness = Callable[[int], bytes]
+"""A source of random bytes, called with a byte count: ``os.urandom`` in use."""
 
+_WORD = 8  # bytes per draw: 53 bits of uniform, 1 bit of sign
 
 def _real(value: object, what: str, requirement: str) -> float:
     """*value* as a float, or ParameterError naming *requirement* (NaN is returned as is)."""
@@ -92,6 +102,55 @@ def _finite_vector(value: object, length: int, what: str, kinds: str = "f") -> F
     return checked
 
 
+def laplace_samples(count: int, scale: float, randomness: Randomness = os.urandom
+                    ) -> FloatArray:
+    """*count* draws of Laplace(0, *scale*) from the bytes of *randomness*.
+
+    Each draw takes one little-endian 64-bit word: its top 53 bits k give the uniform
+    ``v = (k + 1) / 2**53`` in (0, 1] (exact in float64, never 0, so no log(0)), its
+    lowest bit the sign; ``sign * scale * -log(v)`` is Laplace by the inverse CDF of
+    the exponential.  The word buffers are zeroed after use.
+    """
+    count = _count(count, "count", 0)
+    scale = _positive_finite(scale, "noise scale b")
+    if not callable(randomness):
+        raise ParameterError("randomness must be a function of a byte count returning "
+                             f"bytes, e.g. os.urandom; got {type(randomness).__name__}")
+    raw = randomness(_WORD * count)
+    if not isinstance(raw, bytes | bytearray) or len(raw) != _WORD * count:
+        raise ParameterError(f"randomness returned {type(raw).__name__} of length "
+                             f"{len(raw) if hasattr(raw, '__len__') else '?'}; it must return "
+                             f"exactly {_WORD * count} bytes")
+    buffer = bytearray(raw)  # writable, so it can be zeroed; *raw* itself is immutable
+    words = np.frombuffer(buffer, dtype="<u8")
+    top = words >> np.uint64(11)
+    sign = 1.0 - 2.0 * (words & np.uint64(1)).astype(np.float64)
+    magnitude = (top.astype(np.float64) + 1.0) * (1.0 / 2.0 ** 53)
+    samples: FloatArray = sign * (-scale * np.log(magnitude))
+    for secret in (top, sign, magnitude):
+        secret.fill(0)
+    buffer[:] = bytes(len(buffer))  # also zeroes *words*, a view of it
+    return samples
+
+
+@dataclass(eq=False)
+class SeededRandomness:
+    """A reproducible byte source for experiments and tests: SHAKE-256 of the seed and a
+    call counter.  Never use it for real uploads (anyone with the seed can remove the
+    noise); :class:`LaplaceNoise` uses ``os.urandom`` unless told otherwise."""
+
+    seed: int
+    _calls: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _count(self.seed, "seed", 0)
+
+    def __call__(self, count: int) -> bytes:
+        self._calls += 1
+        stream = hashlib.shake_256(f"threshold-fl laplace {self.seed} {self._calls}".encode())
+        return stream.digest(count)
+
+
 def _checked_mask(mask: object) -> EncryptionMask:
     if not isinstance(mask, EncryptionMask):
         raise ParameterError(f"mask must be an EncryptionMask, got {type(mask).__name__}")
@@ -114,23 +173,24 @@ class LaplaceNoise:
         object.__setattr__(self, "clip", _positive_finite(self.clip, "clip bound C"))
 
     def apply(self, update: FloatArray, global_model: FloatArray, mask: EncryptionMask,
-              rng: np.random.Generator) -> FloatArray:
+              randomness: Randomness = os.urandom) -> FloatArray:
         """The vector to upload: *update* with its plaintext coordinates clipped and noised.
 
         Plaintext coordinate i becomes ``global_i + clip(update_i - global_i) + noise``;
         encrypted coordinates are copied from *update* bit for bit.  The inputs are left
-        unchanged; all randomness comes from *rng*.
+        unchanged; the noise comes from :func:`laplace_samples` fed by *randomness*
+        (``os.urandom``; a :class:`SeededRandomness` only for experiments) and is zeroed
+        once added.
         """
         mask = _checked_mask(mask)
-        if not isinstance(rng, np.random.Generator):
-            raise ParameterError("rng must be a numpy.random.Generator, e.g. "
-                                 f"numpy.random.default_rng(seed); got {type(rng).__name__}")
         local = _finite_vector(update, mask.length, "update")
         base = _finite_vector(global_model, mask.length, "global_model")
         plain = mask.plain_indices()
         step = np.clip(local[plain] - base[plain], -self.clip, self.clip)
+        noise = laplace_samples(int(plain.size), self.scale, randomness)
         released = np.array(local, dtype=np.float64, copy=True)
-        released[plain] = base[plain] + step + rng.laplace(0.0, self.scale, size=plain.size)
+        released[plain] = base[plain] + step + noise
+        noise.fill(0)
         return released
 
 
