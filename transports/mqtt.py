@@ -82,7 +82,8 @@ _PLAN_IN_THREAD = 8 << 20  # hash payloads above this off the event loop
 _Acks: TypeAlias = "asyncio.Queue[tuple[str, bytes]]"
 
 
-_COUNTERS = tuple(f for f in MqttStats.__dataclass_fields__ if f != "last_rejections")
+_COUNTERS = tuple(f for f in MqttStats.__dataclass_fields__
+                  if f not in ("last_rejections", "ack_timeouts"))
 
 
 # --------------------------------------------------------------------------- transport
