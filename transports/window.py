@@ -38,7 +38,8 @@ The rules:
   deadline was), and the sample is the time from a timer's latest (re)start to the
   ack: about one frame's transmission on a saturated link, plus the round trip.  A
   frame overtaken by later ones is not restarted by their acks: a frame lost on a fast
-  link is resent ``ack_timeout_s`` after its predecessor's ack, as before.  Per
+  link is resent ``ack_timeout_s`` after its predecessor's ack (on a fast link, about
+  ``ack_timeout_s`` after its own send, as before).  Per
   recipient, so a slow party's long timeout never delays resends to a fast one.
 - **Give-up.**  A frame whose deadline passes after ``max_tries`` sends gives up its whole
   transfer: its frames are forgotten and it is reported by ``take_given_up``.  Delivery
