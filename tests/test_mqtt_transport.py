@@ -85,6 +85,9 @@ async def test_parties_exchange_broadcast_and_close(broker: MosquittoBroker) -> 
         await wait_until(lambda: alice.stats.transfers_acked == alice.stats.messages_sent, 5,
                          "every transfer acked")
         assert alice.stats.retransmits == 0 and bob.stats.rejected == 0
+        timeouts = dict(alice.stats.ack_timeouts)  # from measured acks, floored
+        assert set(timeouts) <= {"alice", "bob", "carol"}
+        assert FAST.ack_timeout_s <= timeouts["bob"] <= FAST.max_ack_timeout_s
         assert bob.stats.messages_received == 22 and bob.stats.bytes_received == sum(
             map(len, sent)) + len(b"a->b") + len(b"to all")
 

@@ -24,9 +24,10 @@ def transfer(recipient: str = "bob", plan: ChunkPlan = SMALL) -> Transfer:
 
 def window(**options: float) -> SendWindow:
     settings: dict[str, float] = {"window": 8, "ack_timeout_s": 1.0, "backoff": 2.0,
-                                  "max_tries": 3, **options}
+                                  "max_tries": 3, "max_ack_timeout_s": 60.0, **options}
     return SendWindow(window=int(settings["window"]), ack_timeout_s=settings["ack_timeout_s"],
-                      backoff=settings["backoff"], max_tries=int(settings["max_tries"]))
+                      backoff=settings["backoff"], max_tries=int(settings["max_tries"]),
+                      max_ack_timeout_s=settings["max_ack_timeout_s"])
 
 
 def send_next(w: SendWindow, now: float = 0.0) -> InFlightFrame:
@@ -37,8 +38,8 @@ def send_next(w: SendWindow, now: float = 0.0) -> InFlightFrame:
     return frame
 
 
-def ack(w: SendWindow, frame: InFlightFrame) -> bool:
-    return w.ack(frame.transfer.transfer.transfer_id, frame.seq)
+def ack(w: SendWindow, frame: InFlightFrame, now: float = 0.0) -> bool:
+    return w.ack(frame.transfer.transfer.transfer_id, frame.seq, now)
 
 
 # ------------------------------------------------------------------ order and release
@@ -104,8 +105,8 @@ def test_duplicate_and_unknown_acks_are_ignored() -> None:
     manifest = send_next(w)
     assert ack(w, manifest)
     assert not ack(w, manifest)  # duplicate (a retransmission acked twice)
-    assert not w.ack(bytes(16), MANIFEST_SEQ)  # a transfer we never sent
-    assert not w.ack(out.transfer.transfer_id, 7)  # a chunk it does not have
+    assert not w.ack(bytes(16), MANIFEST_SEQ, 0.0)  # a transfer we never sent
+    assert not w.ack(out.transfer.transfer_id, 7, 0.0)  # a chunk it does not have
     assert out.unacked == 1 and w.transfers_acked == 0
 
 
@@ -154,7 +155,7 @@ def test_a_transfer_is_given_up_after_max_tries() -> None:
     assert out.failure == "manifest unacked after 2 tries" and w.transfers_failed == 1
     assert w.take_released() == [out]  # its sender must not wait any longer
     assert w.idle  # its unsent chunks are dropped too
-    assert not w.ack(out.transfer.transfer_id, MANIFEST_SEQ)  # a late ack changes nothing
+    assert not w.ack(out.transfer.transfer_id, MANIFEST_SEQ, 9.0)  # a late ack changes nothing
 
 
 # ------------------------------------------------------------------ presence and outages
@@ -207,7 +208,8 @@ def test_abort_forgets_everything_and_releases_every_sender() -> None:
 
 
 def test_invalid_settings_are_refused() -> None:
-    for bad in ({"window": 0}, {"max_tries": 0}, {"ack_timeout_s": 0.0}, {"backoff": 0.5}):
+    for bad in ({"window": 0}, {"max_tries": 0}, {"ack_timeout_s": 0.0}, {"backoff": 0.5},
+                {"max_ack_timeout_s": 0.0}):
         with pytest.raises(ParameterError, match="invalid send window"):
             window(**bad)
 

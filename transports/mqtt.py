@@ -14,7 +14,8 @@ frames carry all metadata, so plain MQTT 3.1.1 suffices.  Each frame is acked by
 receiver: aiomqtt ignores PUBACK reason codes and a broker may silently drop a message
 (mosquitto does for oversized ones on 3.1.1), so only an end-to-end ack proves arrival.
 The sender keeps at most ``window`` frames per recipient unacked, retransmits after
-``ack_timeout_s`` (times ``backoff`` per try) and gives up on a transfer after
+an adaptive timeout (at least ``ack_timeout_s``, raised per recipient from measured
+round trips, times ``backoff`` per try) and gives up on a transfer after
 ``max_tries`` (logged and counted: delivery stays best effort, as :mod:`transports.base`
 promises); that bookkeeping is the sans-I/O :class:`~transports.window.SendWindow`.
 
@@ -81,7 +82,8 @@ _PLAN_IN_THREAD = 8 << 20  # hash payloads above this off the event loop
 _Acks: TypeAlias = "asyncio.Queue[tuple[str, bytes]]"
 
 
-_COUNTERS = tuple(f for f in MqttStats.__dataclass_fields__ if f != "last_rejections")
+_COUNTERS = tuple(f for f in MqttStats.__dataclass_fields__
+                  if f not in ("last_rejections", "ack_timeouts"))
 
 
 # --------------------------------------------------------------------------- transport
@@ -132,7 +134,8 @@ class MqttTransport:
                                         prefix=f"party {party_id!r}: ")
         self._window = SendWindow(window=self.options.window,
                                   ack_timeout_s=self.options.ack_timeout_s,
-                                  backoff=self.options.backoff, max_tries=self.options.max_tries)
+                                  backoff=self.options.backoff, max_tries=self.options.max_tries,
+                                  max_ack_timeout_s=self.options.max_ack_timeout_s)
         self._senders: dict[OutgoingTransfer, asyncio.Future[None]] = {}  # waiting send()s
         self._inbox: asyncio.Queue[bytes | _Stop] = asyncio.Queue()
         # Complete messages that found the inbox full, with their acks still unsent: the
@@ -183,7 +186,8 @@ class MqttTransport:
         window = self._window  # it counts what it decides: retransmits, acks, give-ups
         counts.update(retransmits=window.retransmits, transfers_acked=window.transfers_acked,
                       transfers_failed=window.transfers_failed)
-        return MqttStats(**counts, last_rejections=tuple(self._rejections))
+        return MqttStats(**counts, last_rejections=tuple(self._rejections),
+                         ack_timeouts=tuple(window.ack_timeouts().items()))
 
     def online_peers(self) -> frozenset[str]:
         """Other parties whose latest presence says online.
@@ -558,7 +562,7 @@ class MqttTransport:
             transfer_id, seq = decode_ack(frame)
         except FrameError as exc:
             return self._reject(None, exc, "on the ack topic: ")
-        if self._window.ack(transfer_id, seq):
+        if self._window.ack(transfer_id, seq, self._now()):
             self._wake.set()
 
     def _reject(self, sender: str | None, error: Exception, where: str = "") -> None:

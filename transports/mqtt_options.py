@@ -16,7 +16,8 @@ class MqttOptions:
 
     keepalive: int = 5  # seconds; a frozen peer is seen offline after 1.5 times this
     window: int = 8  # frames sent but not yet acked
-    ack_timeout_s: float = 5.0  # first retransmission; times `backoff` per further try
+    ack_timeout_s: float = 5.0  # first retransmission at least; times `backoff` per try
+    max_ack_timeout_s: float = 60.0  # measured round trips raise the timeout up to this
     backoff: float = 2.0
     max_tries: int = 5  # sends of one frame before its transfer is given up
     reconnect_initial_s: float = 0.2
@@ -35,7 +36,7 @@ class MqttOptions:
     log_period_s: float = 60.0  # counted, and summed up in one line per period
 
     def __post_init__(self) -> None:
-        positive = ("ack_timeout_s", "reconnect_initial_s", "reconnect_max_s",
+        positive = ("ack_timeout_s", "max_ack_timeout_s", "reconnect_initial_s", "reconnect_max_s",
                     "give_up_after", "operation_timeout_s", "log_period_s")
         bad = [n for n in positive if not getattr(self, n) > 0]
         bad += [n for n in ("keepalive", "window", "max_tries", "inbox_limit",
@@ -69,3 +70,4 @@ class MqttStats:
     held: int = 0  # complete messages that found the inbox full and waited, unacked
     reconnects: int = 0
     last_rejections: tuple[str, ...] = ()
+    ack_timeouts: tuple[tuple[str, float], ...] = ()  # per recipient with RTT samples, now

@@ -9,7 +9,7 @@ The MQTT transport drives it roughly so::
     out = window.add(transfer)           # a sender then waits until `out` is released
     frame = window.next_frame(now)       # None: sleep until next_deadline() or new work
     publish(frame.transfer.frame(frame.seq)); window.sent(frame, now)
-    window.ack(transfer_id, seq)         # an ack came back from the recipient
+    window.ack(transfer_id, seq, now)    # an ack came back from the recipient
 
 The rules:
 
@@ -18,10 +18,29 @@ The rules:
 - **Window per recipient.**  At most ``window`` frames per recipient are out and unacked.
   Per recipient, not in total: frames waiting for the acks of a dead party must not hold
   back messages to live ones (a dropped client would otherwise stall an aggregator).
-- **Retransmission.**  A frame not acked ``ack_timeout_s * backoff ** (tries - 1)`` after
-  its latest send is due again; due frames go out before any new frame, oldest first.
+- **Retransmission.**  A frame not acked ``timeout * backoff ** (tries - 1)`` after its
+  timer started is due again; due frames go out before any new frame, oldest first.
   While a frame is being published its deadline is infinite: the timer starts in
   :meth:`SendWindow.sent`, so a slow publish is not mistaken for a lost ack.
+- **Adaptive timeout** (RFC 6298's, per recipient).  ``timeout`` is
+  ``max(ack_timeout_s, min(max_ack_timeout_s, SRTT + 4 * RTTVAR))``, where SRTT and
+  RTTVAR are the smoothed round trip and its mean deviation (gains 1/8 and 1/4) over
+  samples from that recipient's acks; before the first sample it is ``ack_timeout_s``.
+  After backoff a timeout exceeds ``max_ack_timeout_s`` only where the fixed schedule
+  ``ack_timeout_s * backoff ** (tries - 1)`` already does.  Karn's rule: only a frame
+  acked after exactly one send gives a sample (an ack of a resent frame may answer
+  either send), and so does no frame made due by :meth:`kick` or :meth:`resume`.
+- **The timer runs from the head of the line.**  On a slow link the window's frames
+  queue (in the broker, in the tbf queue) behind one another: the eighth frame's ack
+  comes back after the seven ahead of it were carried, however healthy the path.  So,
+  as TCP restarts its timer on every ack of new data, an ack restarts the timer of
+  every frame to the same recipient sent after the acked one (never earlier than its
+  deadline was), and the sample is the time from a timer's latest (re)start to the
+  ack: about one frame's transmission on a saturated link, plus the round trip.  A
+  frame overtaken by later ones is not restarted by their acks: a frame lost on a fast
+  link is resent ``ack_timeout_s`` after its predecessor's ack (on a fast link, about
+  ``ack_timeout_s`` after its own send, as before).  Per
+  recipient, so a slow party's long timeout never delays resends to a fast one.
 - **Give-up.**  A frame whose deadline passes after ``max_tries`` sends gives up its whole
   transfer: its frames are forgotten and it is reported by ``take_given_up``.  Delivery
   stays best effort, as :mod:`transports.base` promises.
@@ -44,7 +63,9 @@ from dataclasses import dataclass, field
 from threshold_fl.errors import ParameterError
 from transports.chunks import MANIFEST_SEQ, Transfer
 
-__all__ = ["InFlightFrame", "OutgoingTransfer", "SendWindow"]
+__all__ = ["InFlightFrame", "OutgoingTransfer", "RttEstimator", "SendWindow"]
+
+_ALPHA, _BETA, _K = 1 / 8, 1 / 4, 4  # RFC 6298's gains and variance factor
 
 
 @dataclass(eq=False)
@@ -87,23 +108,55 @@ class InFlightFrame:
     last: bool  # the last frame of its transfer to be handed out
     tries: int = 1  # sends so far, this one included
     deadline: float = math.inf  # when it is due again; inf while being published
+    started: float | None = None  # when its ack timer last (re)started; None: not running
+    sent_no: int = 0  # order of its latest send among all sends (0: not sent yet)
+    timed: bool = True  # its ack may give an RTT sample (Karn's rule)
 
     @property
     def key(self) -> tuple[bytes, int]:
         return self.transfer.transfer.transfer_id, self.seq
 
 
+@dataclass
+class RttEstimator:
+    """RFC 6298's smoothed round-trip time and its mean deviation, for one recipient."""
+
+    srtt: float | None = None  # None until the first sample
+    rttvar: float = 0.0
+    samples: int = 0
+    largest: float = 0.0  # the largest sample seen, for reports
+
+    def add(self, rtt: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:  # RTTVAR first: it compares the sample with the old SRTT
+            self.rttvar = (1 - _BETA) * self.rttvar + _BETA * abs(self.srtt - rtt)
+            self.srtt = (1 - _ALPHA) * self.srtt + _ALPHA * rtt
+        self.samples += 1
+        self.largest = max(self.largest, rtt)
+
+    @property
+    def rto(self) -> float:
+        """SRTT + 4 RTTVAR, uncapped; 0 before any sample."""
+        return 0.0 if self.srtt is None else self.srtt + _K * self.rttvar
+
+
 class SendWindow:
     """The transfers one party is sending; see the module docstring for the rules."""
 
     def __init__(self, *, window: int = 8, ack_timeout_s: float = 5.0, backoff: float = 2.0,
-                 max_tries: int = 5) -> None:
-        if window < 1 or max_tries < 1 or not ack_timeout_s > 0 or backoff < 1:
+                 max_tries: int = 5, max_ack_timeout_s: float = 60.0) -> None:
+        if (window < 1 or max_tries < 1 or not ack_timeout_s > 0 or backoff < 1
+                or not max_ack_timeout_s > 0):
             raise ParameterError(
                 f"invalid send window: window={window}, ack_timeout_s={ack_timeout_s}, "
-                f"backoff={backoff}, max_tries={max_tries}")
+                f"backoff={backoff}, max_tries={max_tries}, "
+                f"max_ack_timeout_s={max_ack_timeout_s}")
         self.window, self.max_tries = window, max_tries
         self.ack_timeout_s, self.backoff = ack_timeout_s, backoff
+        self.max_ack_timeout_s = max_ack_timeout_s
+        self._rtt: dict[str, RttEstimator] = {}  # per recipient, once it gave a sample
+        self._sends = 0
         self._queue: deque[OutgoingTransfer] = deque()  # with frames not handed out yet
         self._in_flight: OrderedDict[tuple[bytes, int], InFlightFrame] = OrderedDict()
         self._released: list[OutgoingTransfer] = []
@@ -126,6 +179,18 @@ class SendWindow:
             return len(frames)
         return sum(f.transfer.recipient == recipient for f in frames)
 
+    def ack_timeout(self, recipient: str) -> float:
+        """The first-try timeout a frame to ``recipient`` gets now (module docstring)."""
+        return max(self.ack_timeout_s, min(self.max_ack_timeout_s, self._rto(recipient)))
+
+    def rtt(self, recipient: str) -> RttEstimator | None:
+        """The round-trip estimate for ``recipient``; None before its first sample."""
+        return self._rtt.get(recipient)
+
+    def ack_timeouts(self) -> dict[str, float]:
+        """The current timeout per recipient that gave samples, for reports."""
+        return {r: self.ack_timeout(r) for r in sorted(self._rtt)}
+
     def next_deadline(self) -> float | None:
         """When the earliest retransmission falls due; None if no timer runs."""
         deadlines = [f.deadline for f in self._in_flight.values() if f.deadline < math.inf]
@@ -147,16 +212,24 @@ class SendWindow:
     def sent(self, frame: InFlightFrame, now: float) -> None:
         """``frame`` went out: start its ack timer.  A frame whose ack overtook the
         publish (or that abort() dropped meanwhile) is no longer held: its timer is moot."""
-        frame.deadline = now + self.ack_timeout_s * self.backoff ** (frame.tries - 1)
+        self._sends += 1
+        frame.started, frame.sent_no = now, self._sends
+        frame.deadline = now + self._timeout(frame)
         if frame.last:
             self._release(frame.transfer)
 
-    def ack(self, transfer_id: bytes, seq: int) -> bool:
-        """Forget an acked frame; False for an ack of nothing awaited (duplicate, late,
-        of a given-up transfer, or unknown)."""
+    def ack(self, transfer_id: bytes, seq: int, now: float) -> bool:
+        """Forget an acked frame, take its RTT sample and restart the timers of the frames
+        sent after it to the same recipient; False for an ack of nothing awaited
+        (duplicate, late, of a given-up transfer, or unknown)."""
         frame = self._in_flight.pop((transfer_id, seq), None)
         if frame is None:
             return False
+        if frame.started is not None:  # else the ack overtook its publish: no timer ran
+            if frame.timed and frame.tries == 1:
+                self._rtt.setdefault(frame.transfer.recipient, RttEstimator()).add(
+                    max(0.0, now - frame.started))
+            self._restart_behind(frame, now)
         frame.transfer.unacked -= 1
         if frame.transfer.acked:
             self.transfers_acked += 1
@@ -176,14 +249,15 @@ class SendWindow:
         since what it missed while away says nothing about the path now.  True if any."""
         frames = [f for f in self._in_flight.values() if f.transfer.recipient == recipient]
         for frame in frames:
-            frame.deadline, frame.tries = now, 1
+            _make_due(frame, now)
+            frame.tries = 1
         return bool(frames)
 
     def resume(self, now: float) -> None:
         """After a reconnect: every unacked frame is due now (the old connection may have
         lost it, and one cut mid-publish never started its timer)."""
         for frame in self._in_flight.values():
-            frame.deadline = now
+            _make_due(frame, now)
 
     def abort(self) -> None:
         """Forget everything (transport closed or failed) and release every sender."""
@@ -205,6 +279,26 @@ class SendWindow:
 
     # ----------------------------------------------------------------- internals
 
+    def _rto(self, recipient: str) -> float:
+        estimate = self._rtt.get(recipient)
+        return 0.0 if estimate is None else estimate.rto
+
+    def _timeout(self, frame: InFlightFrame) -> float:
+        """Seconds from the timer's start until ``frame`` is due again."""
+        backoff = self.backoff ** (frame.tries - 1)
+        adaptive = min(self._rto(frame.transfer.recipient) * backoff, self.max_ack_timeout_s)
+        return max(self.ack_timeout_s * backoff, adaptive)
+
+    def _restart_behind(self, acked: InFlightFrame, now: float) -> None:
+        """The recipient got ``acked``: frames sent after it to the same recipient were
+        queued behind it, so their timers start now (TCP's restart on new data)."""
+        recipient = acked.transfer.recipient
+        for frame in self._in_flight.values():
+            if (frame.transfer.recipient == recipient and frame.sent_no > acked.sent_no
+                    and frame.started is not None):  # running: not due nor being published
+                frame.started = now
+                frame.deadline = max(frame.deadline, now + self._timeout(frame))
+
     def _transfers(self) -> list[OutgoingTransfer]:
         """Every transfer held, once each, oldest first."""
         outs = {id(f.transfer): f.transfer for f in self._in_flight.values()}
@@ -220,7 +314,7 @@ class SendWindow:
                 self._give_up(frame.transfer, f"{what} unacked after {frame.tries} tries")
                 continue
             frame.tries += 1
-            frame.deadline = math.inf
+            frame.deadline, frame.started, frame.timed = math.inf, None, False
             self.retransmits += 1
             return frame
         return None
@@ -254,3 +348,8 @@ class SendWindow:
         if out in self._queue:
             self._queue.remove(out)
         self._release(out)
+
+
+def _make_due(frame: InFlightFrame, now: float) -> None:
+    """Due at once; its timer stops and its ack will time nothing (Karn's rule)."""
+    frame.deadline, frame.started, frame.timed = now, None, False

@@ -521,9 +521,12 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
 
 
 def _resent(stats: MqttStats) -> str:
-    """Frames sent again (an ack not back within the ack timeout) and their share."""
+    """Frames sent again (an ack not back within the ack timeout), their bytes, and the
+    adaptive ack timeout each recipient ended with."""
+    timeouts = ", ".join(f"{party} {seconds:.1f} s" for party, seconds in stats.ack_timeouts)
     return (f"{stats.retransmits} of {stats.frames_sent} frames sent again "
-            f"({stats.frame_bytes_sent / 1e6:.1f} MB of frames in all)")
+            f"({stats.frame_bytes_sent / 1e6:.1f} MB of frames in all); "
+            f"ack timeouts now: {timeouts or 'none measured'}")
 
 
 def _connected(manifest: Manifest, identity: Identity, broker: BrokerConfig) -> str:
