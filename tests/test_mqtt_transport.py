@@ -215,13 +215,16 @@ async def test_a_silent_recipient_does_not_stall_the_others(broker: MosquittoBro
             task.cancel()
 
 
+@pytest.mark.parametrize("held_memory", [MqttOptions().held_memory_bytes, 0])
 async def test_a_full_inbox_holds_messages_unacked_and_loses_none(
-        broker: MosquittoBroker) -> None:
+        broker: MosquittoBroker, held_memory: int) -> None:
     # An aggregator relaying key agreement at N = 50 fell behind and its inbox of 1,000
     # messages overflowed: messages were dropped (and acked).  Now they wait, unacked,
-    # so the senders' windows stall, and arrive in order once receive() makes room.
+    # so the senders' windows stall, and arrive in order once receive() makes room;
+    # beyond held_memory_bytes they wait in a temporary file (memory bounded whatever N).
     keys = Keyring("alice", "bob")
-    options = dataclasses.replace(FAST, inbox_limit=2, window=4, ack_timeout_s=0.2)
+    options = dataclasses.replace(FAST, inbox_limit=2, window=4, ack_timeout_s=0.2,
+                                  held_memory_bytes=held_memory)
     async with make_transport(broker.url, "alice", keys, options=options) as alice, \
             make_transport(broker.url, "bob", keys, options=options) as bob:
         sends = asyncio.gather(*(alice.send(["bob"], b"m%d" % n) for n in range(12)))
@@ -234,6 +237,8 @@ async def test_a_full_inbox_holds_messages_unacked_and_loses_none(
         await wait_until(lambda: alice.stats.transfers_acked == 12, 5, "every ack")
     assert received == [b"m%d" % n for n in range(12)]
     assert alice.stats.transfers_failed == 0
+    assert (bob.stats.spilled == bob.stats.held) if held_memory == 0 else (
+        bob.stats.spilled == 0)
 
 
 async def test_sends_to_a_party_seen_offline_do_not_wait(broker: MosquittoBroker) -> None:

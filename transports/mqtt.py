@@ -65,6 +65,7 @@ from transports.chunks import (
     rejection_reason,
     validate_id,
 )
+from transports.held import HeldMessage, HeldMessages
 from transports.lograte import Outage, RateLimitedLog, printable
 from transports.mqtt_options import MqttOptions, MqttStats
 from transports.window import OutgoingTransfer, SendWindow
@@ -140,8 +141,7 @@ class MqttTransport:
         self._inbox: asyncio.Queue[bytes | _Stop] = asyncio.Queue()
         # Complete messages that found the inbox full, with their acks still unsent: the
         # senders' windows stall (back-pressure) until receive() makes room.
-        self._held: deque[tuple[str, bytes, tuple[str, bytes]]] = deque()
-        self._held_acks: set[bytes] = set()
+        self._held = HeldMessages(self.options.held_memory_bytes)
         self._acks: _Acks | None = None  # the live connection's ack queue
         self._peers: dict[str, bool] = {}
         self._wake = asyncio.Event()  # new frames to send or acks that freed the window
@@ -185,7 +185,7 @@ class MqttTransport:
         counts = {name: self._counts[name] for name in _COUNTERS}
         window = self._window  # it counts what it decides: retransmits, acks, give-ups
         counts.update(retransmits=window.retransmits, transfers_acked=window.transfers_acked,
-                      transfers_failed=window.transfers_failed)
+                      transfers_failed=window.transfers_failed, spilled=self._held.spilled)
         return MqttStats(**counts, last_rejections=tuple(self._rejections),
                          ack_timeouts=tuple(window.ack_timeouts().items()))
 
@@ -534,23 +534,24 @@ class MqttTransport:
             if self._held or self._inbox.qsize() >= self.options.inbox_limit:
                 # Full: hold it unacked rather than drop it; its sender's window stalls
                 # and its resends are not acked, until receive() makes room.
-                self._held.append((got.sender, got.payload, ack))
-                self._held_acks.add(got.ack)
+                # Beyond held_memory_bytes it waits in a temporary file (transports.held).
+                failure = self._held.hold(HeldMessage(got.sender, got.payload, *ack))
                 self._counts["held"] += 1
+                if failure is not None:  # the file failed: kept in memory, so not lost
+                    self._log(got.sender, "spill failed", failure)
                 return
             self._deliver(got.sender, got.payload)
-        elif got.ack in self._held_acks:
+        elif self._held.holds(got.ack):
             return  # a resend of a held message: acked once it is delivered
         acks.put_nowait(ack)
 
     def _release_held(self) -> None:
         """Deliver and ack held messages while the inbox has room, in arrival order."""
         while self._held and self._inbox.qsize() < self.options.inbox_limit:
-            sender, payload, ack = self._held.popleft()
-            self._held_acks.discard(ack[1])
-            self._deliver(sender, payload)
+            held = self._held.pop()
+            self._deliver(held.sender, held.payload)
             if self._acks is not None:  # else the sender's resend is acked when it comes
-                self._acks.put_nowait(ack)
+                self._acks.put_nowait((held.ack_topic, held.ack))
 
     def _deliver(self, sender: str, payload: bytes) -> None:
         self._counts["messages_received"] += 1

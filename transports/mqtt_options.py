@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from threshold_fl.errors import ParameterError
 from transports.chunks import DEFAULT_CHUNK_SIZE, ReassemblyLimits
+from transports.held import DEFAULT_HELD_MEMORY
 
 __all__ = ["MqttOptions", "MqttStats"]
 
@@ -29,6 +30,8 @@ class MqttOptions:
     limits: ReassemblyLimits = field(default_factory=ReassemblyLimits)
     inbox_limit: int = 1000  # complete messages waiting for receive(); beyond: held
     # unacked, so their senders wait (back-pressure), until receive() makes room
+    held_memory_bytes: int = DEFAULT_HELD_MEMORY  # held payloads kept in memory; beyond:
+    # in temporary files (transports.held), so memory does not grow with the senders
     frame_queue_limit: int = 256  # frames read but not yet processed; beyond: dropped
     mqtt5: bool = False  # MQTT 3.1.1 by default; nothing here needs 5
     tcp_nodelay: bool = True  # send small packets at once (no Nagle): see _new_client
@@ -41,6 +44,7 @@ class MqttOptions:
         bad = [n for n in positive if not getattr(self, n) > 0]
         bad += [n for n in ("keepalive", "window", "max_tries", "inbox_limit",
                             "frame_queue_limit", "log_burst") if getattr(self, n) < 1]
+        bad += ["held_memory_bytes"] if self.held_memory_bytes < 0 else []
         if bad or self.backoff < 1 or self.close_linger_s < 0:
             raise ParameterError(f"invalid MqttOptions: {bad or 'backoff/close_linger_s'}")
 
@@ -68,6 +72,7 @@ class MqttStats:
     rejected: int = 0
     expired: int = 0
     held: int = 0  # complete messages that found the inbox full and waited, unacked
+    spilled: int = 0  # of those, held in a temporary file (beyond held_memory_bytes)
     reconnects: int = 0
     last_rejections: tuple[str, ...] = ()
     ack_timeouts: tuple[tuple[str, float], ...] = ()  # per recipient with RTT samples, now
