@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -68,6 +67,7 @@ from transports.chunks import (
 from transports.held import HeldMessage, HeldMessages
 from transports.lograte import Outage, RateLimitedLog, printable
 from transports.mqtt_options import MqttOptions, MqttStats
+from transports.presence import parse_presence, presence_payload
 from transports.window import OutgoingTransfer, SendWindow
 
 if TYPE_CHECKING:
@@ -366,7 +366,7 @@ class MqttTransport:
             await asyncio.sleep(0.02)
 
     def _presence_payload(self, online: bool) -> bytes:
-        return json.dumps({"party": self._party_id, "online": online, "ts": time.time()}).encode()
+        return presence_payload(self._party_id, online, time.time())
 
     # ----------------------------------------------------------------- connection
 
@@ -577,13 +577,8 @@ class MqttTransport:
         self._refusals.log(sender, kind, message, self._now())
 
     def _on_presence(self, party: str, payload: bytes) -> None:
-        try:
-            info = json.loads(payload) if payload else {"party": party, "online": False}
-            online = info["online"] is True
-            valid = info["party"] == party and validate_id("party id", party) == party
-        except (ValueError, KeyError, TypeError, ParameterError):
-            valid = False
-        if not valid:
+        online = parse_presence(party, payload)
+        if online is None:
             return self._log(party, "malformed presence",
                              f"ignoring malformed presence for {printable(party)}")
         if party == self._party_id:
