@@ -18,8 +18,8 @@ import pytest
 
 from protocols import Manifest
 from threshold_fl.app.cli import main as cli_main
+from threshold_fl.app.client_plan import ClientPlan, client_learner
 from threshold_fl.app.demo import DemoConfig
-from threshold_fl.app.party import ClientPlan, client_learner
 from threshold_fl.bench.dropout import QUICK, victim
 from threshold_fl.crypto import context_for
 from threshold_fl.identity import PartyId

@@ -26,7 +26,7 @@ from party_helpers import (
 
 from protocols import LocalPrivacy, Manifest
 from threshold_fl.app.cli import main as cli_main
-from threshold_fl.app.party import ClientPlan, client_learner
+from threshold_fl.app.client_plan import ClientPlan, client_learner
 from threshold_fl.app.rounds import RoundRow
 from threshold_fl.crypto import context_for
 from threshold_fl.errors import ParameterError

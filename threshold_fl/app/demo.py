@@ -31,8 +31,8 @@ from pathlib import Path
 
 from protocols import Manifest, MaskPolicy, Mode, ModelSpec, Timeouts, make_manifest
 from threshold_fl._checks import add_mask_options, add_model_option, bounded, selective_warning
+from threshold_fl.app.client_plan import DROP_STAGES
 from threshold_fl.app.demo_report import collect_run, print_summary, write_report
-from threshold_fl.app.party import DROP_STAGES
 from threshold_fl.app.rounds import RunReport, header
 from threshold_fl.errors import ParameterError, ThresholdFLError
 from threshold_fl.identity import Identity

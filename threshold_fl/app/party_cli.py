@@ -29,9 +29,8 @@ from pathlib import Path
 
 from protocols import Manifest
 from threshold_fl._checks import bounded
+from threshold_fl.app.client_plan import CLIENT_FAULTS, ClientPlan
 from threshold_fl.app.party import (
-    CLIENT_FAULTS,
-    ClientPlan,
     load_party,
     run_aggregator,
     run_client,

@@ -28,7 +28,8 @@ from typing import Any
 
 from protocols import Manifest
 from protocols.events import Event, KeyAgreed, MaskAgreed, Outgoing, RoundCompleted
-from threshold_fl.app.party import DROP_STAGES, ClientPlan, run_aggregator, run_client
+from threshold_fl.app.client_plan import DROP_STAGES, ClientPlan
+from threshold_fl.app.party import run_aggregator, run_client
 from threshold_fl.bench.output import peak_mib
 from threshold_fl.errors import ParameterError, ThresholdFLError
 from threshold_fl.identity import Identity
