@@ -20,6 +20,8 @@ import pytest
 from threshold_fl.bench.netns import PREFIX, namespaces_usable, remove_stale
 from threshold_fl.bench.network import main
 
+# Justified: creating network namespaces, veth pairs and tc qdiscs needs root; CI runs
+# as root, so there these tests always run.
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
 

@@ -48,7 +48,13 @@ from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.app.demo import DemoConfig, run_demo
 from threshold_fl.app.rounds import RunReport
 from threshold_fl.bench.crash_probe import crash_detection_s
-from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
+from threshold_fl.bench.output import (
+    BENCH_FRACTION,
+    markdown_table,
+    print_line,
+    suite_error,
+    write_suite,
+)
 from threshold_fl.errors import ThresholdFLError
 from threshold_fl.identity import PartyId
 
@@ -132,9 +138,6 @@ def _run(config: DemoConfig) -> RunReport:
     return result
 
 
-# The benchmarks' figures (docs/benchmarks.md) are for the paper's selective 10 %, not
-# the demo's default (everything encrypted); --fraction 1 measures that.
-BENCH_FRACTION = 0.1
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -45,7 +45,13 @@ from typing import Any
 from threshold_fl._checks import add_model_option, bounded
 from threshold_fl.app.demo import DemoConfig, run_demo
 from threshold_fl.app.rounds import RoundRow, RunReport
-from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
+from threshold_fl.bench.output import (
+    BENCH_FRACTION,
+    markdown_table,
+    print_line,
+    suite_error,
+    write_suite,
+)
 from threshold_fl.errors import ThresholdFLError
 
 __all__ = ["MODES", "ModeTotals", "RoundFigures", "main", "run_mode", "totals_of"]
@@ -239,9 +245,6 @@ def _write(out: Path, template: DemoConfig, results: Sequence[RunReport],
     return [markdown, json_path, out / "e2e.png"]
 
 
-# The benchmarks' figures (docs/benchmarks.md) are for the paper's selective 10 %, not
-# the demo's default (everything encrypted); --fraction 1 measures that.
-BENCH_FRACTION = 0.1
 
 
 def _parser() -> argparse.ArgumentParser:
