@@ -33,7 +33,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = cli_main(["bench", "dropout", "--quick", "--probe-repeats", "2",
-                         "--out", str(out)])
+                         "--fraction", "0.1", "--out", str(out)])
     assert code == 0, printed.getvalue()[-3000:]
     return out, json.loads((out / "dropout.json").read_text()), printed.getvalue()
 
@@ -52,13 +52,18 @@ def test_the_run_with_a_dropout_took_a_second_set(
     assert a["last_set_s"] == pytest.approx(a["decryption_s"])
     assert 0 < b["last_set_s"] < b["decryption_s"]
     assert b["last_set_ratio"] == pytest.approx(b["last_set_s"] / a["decryption_s"])
+    # from the aggregator's trace: the victim's request went, then its Will came
+    assert a["to_victim_s"] is not None and a["heard_s"] is None
+    assert 0 <= b["to_victim_s"] < b["heard_s"] < b["decryption_s"] - b["last_set_s"] + 1
+    assert (a["fraction"], b["fraction"]) == (0.1, 0.1)
+    assert "to its Last Will at the aggregator" in data["headline"]
     assert 0 < data["crash_detection_s"] < 30  # the probe's Will came (its wait is 60 s)
     assert "Last Will arrives" in data["headline"]
     assert data["settings"]["model"] == MODEL and data["machine"]["openfhe"]
     server = (out / "dropout-runs" / "B" / "threshold" / "logs" / "server.log").read_text()
     assert f"dropped '{killed}': went offline" in server  # its Last Will, not a deadline
     markdown = (out / "dropout.md").read_text()
-    assert "Measured on" in markdown and "| B | client-3 | 2 |" in markdown
+    assert "Measured on" in markdown and "| 10% | B | client-3 | 2 |" in markdown
     assert "last set vs A" in markdown
     assert "goal: at most 2x" in printed
 

@@ -11,7 +11,7 @@ import pytest
 from protocols.codec import encode_message
 from protocols.messages import Header, Hello, Message, Stage
 from tests.protocol_harness import identity
-from threshold_fl.app.trace import TraceEvent, TracingLink, read_trace
+from threshold_fl.app.trace import PRESENCE, TraceEvent, TracingLink, read_trace
 from threshold_fl.bench.linkmodel import (
     AGGREGATOR,
     SCENARIOS,
@@ -234,3 +234,21 @@ async def test_a_tracing_link_records_what_it_moves(tmp_path: Path) -> None:
     (got,) = read_trace(tmp_path / "server.jsonl")
     assert (got.event, got.kind, got.peers, got.bytes) == ("recv", "Hello", ("c1",), len(data))
     assert sent[0].t <= sent[1].t <= got.t
+
+
+async def test_a_tracing_link_records_presence_news_and_the_model_ignores_it(
+        tmp_path: Path) -> None:
+    hub = MemoryHub()
+    async with hub.connect("server") as raw:
+        server = TracingLink(raw, tmp_path / "server.jsonl", clock=iter([5.0, 6.5]).__next__)
+        server.presence("client-3", False)
+        server.presence("client-3", True)
+        server.finish()
+        server.presence("client-2", False)  # after finish: nothing written, no error
+    events = read_trace(tmp_path / "server.jsonl")
+    assert [(e.t, e.event, e.kind, e.peers, e.bytes) for e in events] == [
+        (5.0, "offline", PRESENCE, ("client-3",), 0), (6.5, "online", PRESENCE, ("client-3",), 0)]
+    # the link model reads messages only: presence news in a trace changes no phase
+    trace = _round_trace()
+    news = [replace(event, t=trace[1].t) for event in events]
+    assert phases_of(trace[:1] + news + trace[1:]) == phases_of(trace)

@@ -212,10 +212,13 @@ async def run_aggregator(manifest: Manifest, identity: Identity, broker: BrokerC
     started = time.perf_counter()
     watch: OfflineWatch | None = None
     early: list[str] = []  # offline before the watch exists (retained presence at connect)
+    traced: TracingLink | None = None
 
     def on_presence(party: str, online: bool) -> None:
         if party not in manifest.client_ids:
             return
+        if traced is not None:
+            traced.presence(party, online)
         if watch is not None and online:
             watch.online(party)
         elif not online:

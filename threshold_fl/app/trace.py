@@ -12,7 +12,10 @@ Times are ``time.monotonic()``: one clock for every process on the machine.
 
 Each line: ``{"t": seconds, "event": "send" | "sent" | "recv", "kind": str,
 "stage": str, "round": int, "peers": [party, ...], "bytes": payload bytes}`` (a
-send's peers are its recipients, a receipt's its envelope's sender).
+send's peers are its recipients, a receipt's its envelope's sender).  The broker's news
+of a client's connection is traced too: event ``"offline"`` or ``"online"``, kind
+``"presence"``, the client as the one peer, stage ``"-"``, round 0 and no bytes (it is
+how ``bench dropout`` times hearing of a killed client).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from protocols.codec import MAGIC, peek_step
 from threshold_fl.errors import ParameterError
 from transports import Transport
 
-__all__ = ["EVENTS", "TraceEvent", "TracingLink", "read_trace"]
+__all__ = ["EVENTS", "PRESENCE", "TraceEvent", "TracingLink", "read_trace"]
 
-EVENTS = ("send", "sent", "recv")
+EVENTS = ("send", "sent", "recv", "offline", "online")
+PRESENCE = "presence"  # the kind of the offline/online events
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,13 @@ class TracingLink:
     async def close(self) -> None:
         await self._link.close()
         self.finish()
+
+    def presence(self, party: str, online: bool) -> None:
+        """Note that the broker says *party* is online or offline (its Last Will)."""
+        if not self._file.closed:
+            event = TraceEvent(self._clock(), "online" if online else "offline", PRESENCE,
+                               "-", 0, (party,), 0)
+            self._file.write(event.as_json() + "\n")
 
     def finish(self) -> None:
         """Close the trace file (the wrapped link's owner closes the link)."""
