@@ -336,9 +336,9 @@ class AggregatorMachine(Machine[AggregatorState]):
         if refusal is not None:
             return self._abort(refusal)
         self._attempt += 1 if retry else 0
-        c1 = decryption.request(members)
+        order, c1 = decryption.request(members)
         self._reset_step(now, self.manifest.timeouts.decrypt_s)
-        return Step(sends=self._sends(list(members), DecryptRequest(members, c1), self.step))
+        return Step(sends=self._sends(order, DecryptRequest(members, c1), self.step))
 
     def _on_decryption_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, DecryptionShare)

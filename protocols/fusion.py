@@ -88,17 +88,24 @@ class BlindDecryption:
     members: tuple[PartyId, ...] = ()
     shares: dict[PartyId, U64Array] = field(default_factory=dict)
     fused: bool = False  # the fused polynomials went out
+    asked: set[PartyId] = field(default_factory=set)  # members of any set asked so far
 
     @cached_property
     def digest(self) -> str:
         """Of c1, hashed once: every share and the fused result are checked against it."""
         return c1_digest(self.c1)
 
-    def request(self, members: tuple[PartyId, ...]) -> tuple[bytes, ...]:
-        """Start a set (a new attempt): forget any earlier set's shares; the c1 frames."""
+    def request(self, members: tuple[PartyId, ...]
+                ) -> tuple[list[PartyId], tuple[bytes, ...]]:
+        """Start a set (a new attempt): forget any earlier set's shares.  The members in
+        the order to send them c1, those asked for the first time first (a member of an
+        earlier set may still be making its share for it, while a new one's c1 would
+        otherwise queue behind that member's upload), and the c1 frames."""
+        order = sorted(members, key=lambda member: member in self.asked)  # stable
         self.members, self.shares = members, {}
-        return tuple(encode_polynomials(self.context, PolynomialRole.C1, self.key_id,
-                                        self.length, self.c1))
+        self.asked.update(members)
+        return order, tuple(encode_polynomials(self.context, PolynomialRole.C1, self.key_id,
+                                               self.length, self.c1))
 
     def take(self, member: PartyId, frames: Sequence[bytes]) -> None:
         """Decode and keep a member's share (checked frames, values below the moduli)."""
