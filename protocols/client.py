@@ -174,13 +174,16 @@ class ClientMachine(Machine[ClientState]):
 
     def _send_upload(self) -> Step:
         """Weight, protect and send the stored values (again, after a dropout), in parts
-        of about ``part_bytes``: each part is encoded and its frames let go at once."""
+        of about ``part_bytes``, each made only when the previous one has been taken
+        (:attr:`Step.later`): the whole encrypted upload is never held."""
         assert self._upload_values is not None
-        protected, plain, sends = *self._upload_values, list[Outgoing]()
-        for part in upload_parts(self.manifest.mode, self.context, self._keys.public_key,
-                                 protected, self._weight, plain, part_bytes=self.part_bytes):
-            sends.extend(self._sends([self._aggregator], part.body(), self._step))
-        return Step(sends=sends)
+        protected, plain = self._upload_values
+        if self.manifest.mode is not Mode.PLAINTEXT and self._keys.public_key is None:
+            raise ParameterError("no public key yet: key agreement has not finished")
+        parts = upload_parts(self.manifest.mode, self.context, self._keys.public_key,
+                             protected, self._weight, plain, part_bytes=self.part_bytes)
+        step, to = self._step, [self._aggregator]
+        return Step(later=[(self._send(to, part.body(), step) for part in parts)])
 
     def _require_state(self, state: ClientState, what: str) -> None:
         if self.state is not state:

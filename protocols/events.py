@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -114,12 +115,30 @@ Event = Union[  # noqa: UP007 - runtime alias
 
 @dataclass
 class Step:
-    """The result of feeding a machine: messages to send and events for the app."""
+    """The result of feeding a machine: messages to send and events for the app.
+
+    ``later`` holds messages made one at a time as they are taken, after ``sends``: a
+    large upload's parts, each encrypted only once the previous one has gone, so that a
+    client never holds its whole encrypted upload.  Take them with :meth:`outgoing`.
+    """
 
     sends: list[Outgoing] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    later: list[Iterator[Outgoing]] = field(default_factory=list)
 
     def extend(self, other: Step) -> Step:
-        self.sends.extend(other.sends)
+        if self.later and other.sends:  # keep the order: after what is still to be made
+            self.later.append(iter(other.sends))
+        else:
+            self.sends.extend(other.sends)
+        self.later.extend(other.later)
         self.events.extend(other.events)
         return self
+
+    def outgoing(self) -> Iterator[Outgoing]:
+        """Every message to send, in order, each let go of by the step as it is taken
+        (a sent upload part is not kept); the ones in ``later`` made only then."""
+        while self.sends:
+            yield self.sends.pop(0)
+        while self.later:
+            yield from self.later.pop(0)

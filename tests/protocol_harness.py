@@ -207,7 +207,7 @@ class Network:
     def _apply(self, name: str, step: Step) -> None:
         if name in self.dead:
             return
-        for outgoing in step.sends:
+        for outgoing in step.outgoing():
             self.history.append((name, outgoing.kind, outgoing.data))
             self.bytes_sent[outgoing.kind] = self.bytes_sent.get(outgoing.kind, 0) + len(
                 outgoing.data

@@ -549,7 +549,7 @@ def prepare(scenario: Scenario) -> tuple[ProbeNetwork, Machine, dict[str, Probe]
 # ------------------------------------------------------------------------------- the test
 def _check_sends(step: Step, machine: Machine, data: bytes, net: Network) -> str | None:
     """Every outgoing message is signed by the machine (or relays the probe unchanged)."""
-    for outgoing in step.sends:
+    for outgoing in step.outgoing():
         if outgoing.data == data:
             continue
         message = decode_message(outgoing.data, net.manifest.directory)

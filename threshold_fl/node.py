@@ -346,8 +346,7 @@ class Node:
 
     async def _feed(self, step: Step) -> None:
         """Send what the machine produced, then hand its events to the application."""
-        while step.sends:
-            outgoing = step.sends.pop(0)  # each message let go once sent: uploads are large
+        for outgoing in step.outgoing():  # each let go once sent, made late: uploads are large
             self.summary.bytes_sent += len(outgoing.data) * len(outgoing.recipients)
             if self._on_send is not None:
                 self._on_send(outgoing)
