@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from protocols.messages import BODY_TYPES, Body, Header, Message, Stage
+from protocols.messages import BODY_TYPES, Body, Header, Message, Stage, field_hints
 from threshold_fl.errors import (
     AuthenticationError,
     ForgedMessage,
@@ -188,7 +188,7 @@ def _build(cls: type[_T], values: object) -> _T:
     specs = fields(cls)  # type: ignore[arg-type]
     if not isinstance(values, list) or len(values) != len(specs):
         raise MalformedMessage(f"a {cls.__name__} has the wrong number of fields; discarded")
-    hints = typing.get_type_hints(cls)
+    hints = field_hints(cls)
     arguments = {
         spec.name: _from_wire(value, hints[spec.name])
         for spec, value in zip(specs, values, strict=True)

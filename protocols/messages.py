@@ -42,6 +42,7 @@ __all__ = [
     "Stage",
     "UpdateUpload",
     "BODY_TYPES",
+    "field_hints",
 ]
 
 #: Recipient meaning "every client of the session" (relayed by the aggregator).
@@ -114,15 +115,16 @@ def _encodable(text: object) -> bool:
 _HINTS: dict[type, dict[str, Any]] = {}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    """Field annotations per class, computed once (get_type_hints is costly)."""
+def field_hints(cls: type) -> dict[str, Any]:
+    """Field annotations per class, computed once (get_type_hints is costly); the codec
+    rebuilds messages with them too."""
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
 
 
 def _check_fields(instance: object) -> None:
-    hints = _hints(type(instance))
+    hints = field_hints(type(instance))
     for spec in fields(instance):  # type: ignore[arg-type]
         _check_value(spec.name, getattr(instance, spec.name), hints[spec.name])
 

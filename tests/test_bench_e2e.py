@@ -65,6 +65,8 @@ def test_rows_hold_every_stage_and_plausible_accuracy(
     finals = {total["mode"]: total["final_accuracy"] for total in data["totals"]}
     for mode in ("threshold", "single-key"):  # CKKS error is far below what moves accuracy
         assert abs(finals[mode] - finals["plaintext"]) <= 0.02, finals
+    # the demo's own test leaves single-key mode to this run (the one with its authority)
+    assert finals["single-key"] > 0.8, finals
 
 
 def test_encrypted_modes_cost_more_bytes_than_plaintext(

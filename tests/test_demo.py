@@ -82,20 +82,13 @@ def test_demo_survives_a_client_killed_after_its_upload(tmp_path: Path,
     assert "client 3 vanished at after-upload" in capsys.readouterr().out
 
 
-def test_demo_in_single_key_mode_runs_the_key_authority_process(tmp_path: Path) -> None:
-    out = tmp_path / "report"
-    assert cli_main(["demo", *SMALL, "--mode", "single-key", "--no-baseline",
-                     "--out", str(out)]) == 0
-    (run,) = report(out)["runs"]
-    assert run["mode"] == "single-key" and run["final_accuracy"] > 0.8
-    assert [row["contributors"] for row in run["parties"]["server"]] == [3, 3]
-    assert (out / "single-key" / "logs" / "authority.log").exists()
-
-
 @pytest.mark.parametrize(("argv", "message"), [
     (["--drop-client", "4"], "--drop-client must be in 1..3"),
     (["--clients", "2", "--drop-client", "1"], "cannot reach the decryption threshold"),
     (["--drop-round", "3"], "after the last round"),
+    # the demo takes --mode single-key; its run (key authority process included) is
+    # tests/test_bench_e2e.py's, which runs the demo in every mode
+    (["--mode", "single-key", "--drop-round", "3"], "after the last round"),
 ])
 def test_demo_refuses_impossible_dropouts(argv: list[str], message: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,6 @@
 """Real FedAvg training on the digits through the full protocol (real OpenFHE, real torch).
 
-The paper's CNN (1,663,370 parameters), 3 clients, IID split, 3 rounds of 2 local epochs,
+The paper's CNN (1,663,370 parameters), 3 clients, IID split, 2 rounds of 2 local epochs,
 10 % of the coordinates (top of the sensitivity map) plus the first and last layers
 encrypted.  Plaintext mode must reach 90 % test accuracy; with the same seed the
 encrypted modes must land within 1.4 points of it (the only difference is the CKKS
@@ -22,6 +22,10 @@ from threshold_fl.ml.training import LocalTraining
 
 MODES = ("plaintext", "threshold", "single-key")
 CNN_PLAN = LocalTraining(epochs=2, learning_rate=0.05)
+#: Sensitivity maps over 8 samples per client instead of the default 32: the map only
+#: picks which coordinates are encrypted (their count, checked here, is fixed by the
+#: fraction), not how the model trains; the CNN's maps were most of the set-up time.
+SENSITIVITY_SAMPLES = 8
 
 
 def federate(config: FederationConfig) -> RunReport:
@@ -31,8 +35,11 @@ def federate(config: FederationConfig) -> RunReport:
 @pytest.fixture(scope="module")
 def cnn_runs() -> dict[str, RunReport]:
     # Selective (top 10 %) on purpose: the test checks the encrypted share and stays fast.
-    return {mode: federate(FederationConfig(model="cnn", mode=mode, rounds=3, fraction=0.1,
-                                            training=CNN_PLAN, seed=0))
+    # Two rounds: plaintext is at about 93 % after round 2 (96 % after 3), past the 90 %
+    # asked for, and round 2 already carries round 1's CKKS error through SGD.
+    return {mode: federate(FederationConfig(model="cnn", mode=mode, rounds=2, fraction=0.1,
+                                            training=CNN_PLAN, seed=0,
+                                            sensitivity_samples=SENSITIVITY_SAMPLES))
             for mode in MODES}
 
 
@@ -40,7 +47,7 @@ def test_plaintext_fedavg_cnn_reaches_90_percent(cnn_runs: dict[str, RunReport]
                                                  ) -> None:
     report = cnn_runs["plaintext"]
     assert report.parameters == 1_663_370
-    assert [record.round for record in report.rounds] == [1, 2, 3]
+    assert [record.round for record in report.rounds] == [1, 2]
     assert report.final_accuracy >= 0.90, [r.accuracy for r in report.rounds]
     assert report.rounds[-1].loss < report.rounds[0].loss
 
