@@ -74,7 +74,7 @@ from protocols.protection import (
     checked_weights,
     encode_plain,
 )
-from protocols.session import plaintext_key_id
+from protocols.session import known_mask, plaintext_key_id
 from protocols.states import (
     AGGREGATOR_OTHER_TARGETS,
     AGGREGATOR_STAGES,
@@ -123,7 +123,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._public_shares: dict[PartyId, PublicKey] = {}
         self._key_id: str | None = None
         self._group_check: str | None = None
-        self.mask: EncryptionMask | None = None
+        self.mask: EncryptionMask | None = known_mask(manifest)  # None: agreed at run time
         self._ledger = StepLedger()  # what was accepted, to refuse duplicates and replays
         self._done: dict[PartyId, str] = {}  # confirmations of the current step
         self._pending_confirms: dict[PartyId, Message] = {}  # key confirms ahead of the key
@@ -257,6 +257,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         step = self._events(KeyAgreed(self._epoch, self._key_id, tuple(self.alive)))
         if self.mask is None:
             return step.extend(self._start_upload(now, A.MASK_UPLOAD, 0))
+        if self._round == 0 and self.manifest.mask.everything:  # no mask agreement
+            step.events.append(MaskAgreed(self.mask))
         return step.extend(self._start_upload(now, A.ROUND_UPLOAD, self._round + 1))
 
     # -- uploads --------------------------------------------------------------------------

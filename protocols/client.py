@@ -61,7 +61,7 @@ from protocols.protection import (
     open_protected,
     upload_parts,
 )
-from protocols.session import model_check, open_mapping, pack_mapping, seal_context
+from protocols.session import known_mask, model_check, open_mapping, pack_mapping, seal_context
 from protocols.states import CLIENT_OTHER_TARGETS, CLIENT_TARGETS, CLIENT_WAITING, ClientState
 from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.keys import PartyKeys
@@ -114,7 +114,7 @@ class ClientMachine(Machine[ClientState]):
         self._step: tuple[Stage, int, int, int] = (Stage.SETUP, 0, 0, 0)
         self._keys = EpochKeys(manifest, self.me)  # the current key epoch's material
         self._early_keys: list[Message] = []  # key messages that overtook their KeygenStart
-        self._mask: EncryptionMask | None = None
+        self._mask = known_mask(manifest)  # None: agreed at run time
         self._mask_announced = False
         self._round = 0
         self.model: FloatArray | None = None  # the latest global model
@@ -142,7 +142,8 @@ class ClientMachine(Machine[ClientState]):
 
     @property
     def mask(self) -> EncryptionMask | None:
-        """The agreed encryption mask, once mask agreement is done (None before)."""
+        """The encryption mask: the manifest's when it encrypts everything (fraction 1),
+        else the agreed one once mask agreement is done (None before)."""
         return self._mask
 
     def submit_sensitivity(self, sensitivity: FloatArray, now: float) -> Step:

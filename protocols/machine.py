@@ -19,6 +19,7 @@ from protocols.codec import decode_message, encode_message
 from protocols.events import Event, Outgoing, Step
 from protocols.manifest import Manifest, Role
 from protocols.messages import Abort, Body, Header, Message, Stage
+from protocols.session import refuse_mask_stage
 from threshold_fl.crypto.context import CkksContext, context_for
 from threshold_fl.errors import (
     DuplicateMessage,
@@ -107,6 +108,7 @@ class Machine(abc.ABC, Generic[S]):
         if isinstance(message.body, Abort):
             targets = self.OTHER_TARGETS["_on_abort"]
             return self._checked(targets, message.kind, lambda: self._on_abort(message, now))
+        refuse_mask_stage(self.manifest, message)  # at mask fraction 1 there is no such stage
         handlers = self.TRANSITIONS.get(self.state, {})
         handler = handlers.get(type(message.body))
         if handler is None:

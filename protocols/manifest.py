@@ -111,6 +111,12 @@ class MaskPolicy:
         if not isinstance(self.first_and_last, bool):
             raise ManifestError("mask first_and_last must be true or false")
 
+    @property
+    def everything(self) -> bool:
+        """Fraction 1: every coordinate is encrypted, so every party knows the mask (all
+        ones) from the manifest and the session has no mask agreement."""
+        return self.fraction == 1.0
+
 
 @dataclass(frozen=True)
 class LocalPrivacy:

@@ -1,4 +1,5 @@
-"""Values the parties derive alike: key ids, check values and what seals bind to.
+"""Values the parties derive alike: key ids, check values, what seals bind to, and the
+mask the manifest fixes (fraction 1: all ones, with no mask agreement).
 
 Every sealed payload binds the session, the protocol step and both parties, so a
 sealed blob lifted from one place is useless in any other.  The seals and the keyed
@@ -11,18 +12,22 @@ import hashlib
 
 import msgpack
 
-from protocols.messages import Header
-from threshold_fl.errors import MalformedMessage
+from protocols.manifest import Manifest
+from protocols.messages import Header, MaskConfirm, MaskStart, Message, SensitivityUpload
+from threshold_fl.errors import MalformedMessage, UnexpectedMessage
+from threshold_fl.ml.mask import EncryptionMask
 from threshold_fl.sealing import GROUP_KEY_SIZE, keyed_check
 
 __all__ = [
     "PLAINTEXT_GROUP_KEY",
     "group_check",
+    "known_mask",
     "model_check",
     "open_mapping",
-    "plaintext_key_id",
-    "seal_context",
     "pack_mapping",
+    "plaintext_key_id",
+    "refuse_mask_stage",
+    "seal_context",
 ]
 
 #: Plaintext mode has no group key; checks still run, under a key everyone knows.
@@ -32,6 +37,26 @@ PLAINTEXT_GROUP_KEY = bytes(GROUP_KEY_SIZE)
 def plaintext_key_id(session: str, epoch: int) -> str:
     """Stands in for a key id in plaintext mode, so the message flow is the same."""
     return hashlib.sha256(f"threshold-fl/plaintext/{session}/{epoch}".encode()).hexdigest()
+
+
+def known_mask(manifest: Manifest) -> EncryptionMask | None:
+    """The mask every party takes from the manifest alone, with no mask agreement: all
+    ones when the manifest encrypts everything (mask fraction 1, the default).  None: a
+    fraction below 1, whose mask is selected from the jointly decrypted sensitivity sum."""
+    if manifest.mask.everything:
+        return EncryptionMask.full(manifest.model_length)
+    return None
+
+
+def refuse_mask_stage(manifest: Manifest, message: Message) -> None:
+    """Raise for a mask-agreement message in a session that has no mask agreement."""
+    if isinstance(message.body, MaskStart | SensitivityUpload | MaskConfirm) and (
+            manifest.mask.everything):
+        raise UnexpectedMessage(
+            f"{message.kind} from {message.header.sender!r} cannot occur in this session: "
+            "its manifest encrypts every coordinate (mask fraction 1), so the mask is "
+            "all ones and never agreed; discarded (the sender runs another manifest or "
+            "misbehaves)")
 
 
 def group_check(group_key: bytes, session: str, epoch: int) -> str:

@@ -70,7 +70,7 @@ def build_manifest(
     mode: Mode = Mode.THRESHOLD,
     length: int = 40,
     rounds: int = 2,
-    fraction: float = 0.25,
+    fraction: float = 0.25,  # below 1, so the mask stage runs (at 1 there is none)
     threshold: int | None = None,
     first_and_last: bool = True,
     params: CkksParams | None = None,

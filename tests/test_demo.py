@@ -89,6 +89,8 @@ def test_demo_survives_a_client_killed_after_its_upload(tmp_path: Path,
     # the demo takes --mode single-key; its run (key authority process included) is
     # tests/test_bench_e2e.py's, which runs the demo in every mode
     (["--mode", "single-key", "--drop-round", "3"], "after the last round"),
+    # the default encrypts everything: no mask agreement to drop out of
+    (["--drop-client", "1", "--at", "mask"], "--at mask: at mask fraction 1"),
 ])
 def test_demo_refuses_impossible_dropouts(argv: list[str], message: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,6 +131,10 @@ def test_the_summary_gives_the_steady_state_time_ratio_beside_the_whole_run() ->
            "(5.0 s vs 2.5 s)" in text
     text = summary([run_result("threshold", [10.0, 2.0]), run_result("plaintext", [2.0, 4.0])])
     assert "x2.00 time, whole run" in text and "x0.50 time, round 2 only" in text
+    # everything encrypted (the default): round 1 holds key agreement only
+    text = summary([run_result("threshold", [10.0, 2.0, 3.0], fraction=1.0, requested=1.0),
+                    run_result("plaintext", [5.0, 1.0, 1.5], requested=1.0)])
+    assert "rounds 2-3 only, without round 1's key agreement (5.0 s vs 2.5 s)" in text
 
 
 def test_one_round_has_no_steady_state_ratio() -> None:

@@ -1,15 +1,16 @@
 """A 200 MB encrypted model update end to end, over a real mosquitto.
 
-One threshold-mode session (an aggregator and two clients as asyncio tasks in this
-process, real OpenFHE, real MQTT transports signing and checking transfers against the
-manifest): every coordinate is encrypted (mask fraction 1), and the model is long enough
-that ONE client's encrypted update is over 200 MB of ciphertext on the wire.  It must be
-chunked, transferred, reassembled byte for byte and verified by the aggregator,
-aggregated, and jointly decrypted to the weighted plaintext average.
+One threshold-mode session of two rounds (an aggregator and two clients as asyncio tasks
+in this process, real OpenFHE, real MQTT transports signing and checking transfers
+against the manifest): every coordinate is encrypted (mask fraction 1, so there is no
+mask agreement), and the model is long enough that ONE client's encrypted update is over
+200 MB of ciphertext on the wire.  It must be chunked, transferred, reassembled byte for
+byte and verified by the aggregator, aggregated, and jointly decrypted to the weighted
+plaintext average.
 
 Meanwhile a raw MQTT client, playing the untrusted broker, reads the aggregator's inbox
-and injects into it, while that update is in flight: one of its chunks with a bit flipped
-(and the unsigned header digest fixed up), a chunk of the same client's previous transfer
+and injects into it, while round 2's update is in flight: one of its chunks with a bit flipped
+(and the unsigned header digest fixed up), a chunk of the same client's round-1 update
 spliced into it, and a transfer manifest claiming to be that client but signed with
 another key.  All three are rejected and reported by the aggregator's transport, and the
 round completes correctly all the same.
@@ -164,10 +165,10 @@ def chunk_frame(prefix: bytes, transfer_id: bytes, seq: int, count: int, total: 
 class Attacker:
     """A raw MQTT client reading and writing the aggregator's inbox, as the broker can.
 
-    It keeps a chunk of the victim's first large transfer (its sensitivity map), then
-    lies low until the victim is about to send its update, every earlier transfer of the
-    victim acked (so the next large transfer it sees from the victim is the update); once
-    the update is in flight it injects a tampered chunk of it, that old chunk spliced
+    It keeps a chunk of the victim's first large transfer (its round-1 update), then
+    lies low until the victim is about to send its round-2 update, every earlier transfer
+    of the victim acked (so the next large transfer it sees from the victim is that
+    update); once the update is in flight it injects a tampered chunk of it, that old chunk spliced
     into it, and a forged manifest.
     """
 
@@ -267,7 +268,8 @@ async def run_session(broker: MosquittoBroker, manifest: Manifest,
     models: dict[str, FloatArray] = {}
 
     async def before_victim_sends(kind: str) -> None:
-        if kind == "UpdateUpload":  # the attacker listens before the update starts
+        updates = [s for s in links[VICTIM].sent if s.kind == "UpdateUpload"]
+        if kind == "UpdateUpload" and updates:  # the attacker listens before round 2's
             victim = links[VICTIM].inner
             await mqtt_fixtures.wait_until(
                 lambda: victim.stats.transfers_acked == victim.stats.messages_sent, 60,
@@ -323,17 +325,20 @@ async def test_a_200_mb_encrypted_update_is_chunked_verified_and_aggregated(
     manifest = make_manifest(
         session=SESSION, aggregator=identity(AGGREGATOR).public,
         clients=[identity(name).public for name in NAMES], model_length=LENGTH,
-        mode=Mode.THRESHOLD, rounds=1, mask=MaskPolicy(fraction=1.0, first_and_last=False),
+        mode=Mode.THRESHOLD, rounds=2, mask=MaskPolicy(fraction=1.0, first_and_last=False),
         timeouts=TIMEOUTS,
     )
     attacker = Attacker(broker, manifest.session)
     outcome = await run_session(broker, manifest, attacker)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    # The victim's update: one signed message of over 200 MB of ciphertext, many chunks.
+    # The victim's updates: each one signed message of over 200 MB of ciphertext, many
+    # chunks; no sensitivity map went before them (fraction 1: no mask agreement).
+    kinds = [s.kind for name in NAMES for s in outcome.links[name].sent]
+    assert "SensitivityUpload" not in kinds
     updates = [s for s in outcome.links[VICTIM].sent if s.kind == "UpdateUpload"]
-    assert len(updates) == 1
-    update = updates[0]
+    assert len(updates) == 2
+    update = updates[1]
     chunks = math.ceil(update.size / OPTIONS.chunk_size)
     agg, victim = outcome.aggregator_stats, outcome.client_stats[VICTIM]
     large = [(s.kind, round(s.size / MB, 1)) for s in outcome.links[VICTIM].sent]
@@ -360,7 +365,8 @@ async def test_a_200_mb_encrypted_update_is_chunked_verified_and_aggregated(
                 assert sent.digest in outcome.links[AGGREGATOR].received, (name, sent.kind)
     assert outcome.aggregator_rejected == 0  # no forged or stale message reached the protocol
     completed = [e for e in outcome.aggregator_events if isinstance(e, RoundCompleted)]
-    assert [(e.round, sorted(e.contributors)) for e in completed] == [(1, list(NAMES))]
+    assert [(e.round, sorted(e.contributors)) for e in completed] == [(1, list(NAMES)),
+                                                                      (2, list(NAMES))]
 
     # Every client decrypted the weighted plaintext average, within the CKKS bound.
     total = sum(SAMPLES.values())

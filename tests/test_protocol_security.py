@@ -459,7 +459,9 @@ def walk(value: Any, seen: set[int] | None = None, depth: int = 0) -> list[Any]:
     return found
 
 
-def test_aggregator_never_holds_secrets_or_anything_it_could_fuse() -> None:
+# 0.25: the mask stage (a full-length sensitivity sum decrypted); 1: none, all encrypted.
+@pytest.mark.parametrize("fraction", [0.25, 1.0])
+def test_aggregator_never_holds_secrets_or_anything_it_could_fuse(fraction: float) -> None:
     snapshots: list[list[Any]] = []
     group_keys: set[bytes] = set()
 
@@ -469,7 +471,7 @@ def test_aggregator_never_holds_secrets_or_anything_it_could_fuse() -> None:
             if client._keys.group_key:
                 group_keys.add(client._keys.group_key)
 
-    net = run_probing(probe, fraction=1.0)
+    net = run_probing(probe, fraction=fraction)
     forbidden = (SecretKey, ThresholdSecret, PartialDecryption, PartyKeys,
                  ThresholdKey, KeyLimbs)
     for objects in snapshots:

@@ -168,6 +168,7 @@ class Scenario:
     kill: tuple[str, ...] = ()  # parties dead from the start
     vanish: tuple[str, str, int] | None = None  # (client, kind, round): dies sending it
     when: str | None = None  # a further condition (see WHEN) on top of the state
+    fraction: float = 0.25  # below 1: the mask stage runs (at 1 there is none)
 
 
 def _asked_again(net: Network, party: str) -> bool:
@@ -194,14 +195,14 @@ WHEN: dict[str, Callable[[Network, str], bool]] = {
 
 
 @functools.cache
-def manifest_for(mode: Mode) -> Manifest:
-    return build_manifest(3, mode=mode, length=LENGTH, rounds=2)
+def manifest_for(mode: Mode, fraction: float) -> Manifest:
+    return build_manifest(3, mode=mode, length=LENGTH, rounds=2, fraction=fraction)
 
 
 def reach(scenario: Scenario) -> ProbeNetwork:
     """A fresh network stopped as soon as the scenario's machine is in its state."""
     hold = (scenario.party, scenario.hold) if scenario.hold is not None else None
-    net = ProbeNetwork(manifest_for(scenario.mode), hold=hold)
+    net = ProbeNetwork(manifest_for(scenario.mode, scenario.fraction), hold=hold)
     for name in scenario.kill:
         net.kill(name)
     machine = net.machines[scenario.party]
@@ -301,6 +302,17 @@ SCENARIOS = [
             (TARGET_CLIENT, C.KEYS_CONFIRMED, ("client3", "KeyConfirm", 0), "epoch2"),
         )
     ),
+    # Mask fraction 1 (everything encrypted): no mask agreement.  A client with keys
+    # confirmed takes round 1's RoundStart; mask-stage messages are refused everywhere.
+    *(Scenario(Mode.THRESHOLD, party, state, fraction=1.0, **extra)
+      for party, state, extra in (
+          (TARGET_CLIENT, C.KEYS_CONFIRMED, {}),
+          (TARGET_CLIENT, C.TRAINING, {"hold": UpdateNeeded}),
+          (TARGET_CLIENT, C.ROUND_DONE, {}),
+          (AGGREGATOR, A.KEY_AGREEMENT, {}),
+          (AGGREGATOR, A.ROUND_UPLOAD, {}),
+          (AGGREGATOR, A.ROUND_DECRYPTION, {}),
+      )),
 ]
 
 
@@ -566,6 +578,8 @@ def _id(scenario: Scenario) -> str:
         out += f"-{scenario.when}"
     if scenario.vanish is not None:
         out += f"-{scenario.vanish[0]}-gone"
+    if scenario.fraction == 1.0:
+        out += "-fraction1"
     return out
 
 

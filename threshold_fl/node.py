@@ -411,7 +411,9 @@ class FederatedClient(Node):
     """A federated-learning client: give it a training and a sensitivity callback.
 
     ``train(round, global_model_or_None)`` returns the locally trained flat model;
-    ``sensitivity()`` returns the local sensitivity map (one value per parameter).
+    ``sensitivity()`` returns the local sensitivity map (one value per parameter); it
+    is never called when the manifest encrypts everything (mask fraction 1: no mask
+    agreement).
     Either may be a coroutine function; plain functions run in a worker thread.
     """
 
@@ -438,14 +440,16 @@ class FederatedClient(Node):
 
     @property
     def mask(self) -> EncryptionMask | None:
-        """The agreed encryption mask (True = encrypted), or None before mask agreement.
+        """The encryption mask: all ones from the start when the manifest encrypts
+        everything (fraction 1), else the agreed mask, None before mask agreement.
         Training callbacks use it, e.g. to add local-DP noise to the plaintext part."""
         return self._client.mask
 
     @property
     def encrypted_fraction(self) -> float:
         """Share of the coordinates this client sends encrypted: 0 before mask agreement
-        and in plaintext mode (which agrees on a mask but encrypts nothing)."""
+        (at fraction 1 there is none: 1 from the start) and in plaintext mode (which
+        agrees on a mask but encrypts nothing)."""
         mask = self._client.mask
         if mask is None or self._client.manifest.mode is Mode.PLAINTEXT:
             return 0.0

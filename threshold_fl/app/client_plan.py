@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protocols.manifest import Manifest
+from protocols.manifest import Manifest, MaskPolicy
 from threshold_fl.errors import ParameterError
 from threshold_fl.identity import PartyId
 
-__all__ = ["CLIENT_FAULTS", "DROP_STAGES", "ClientPlan", "client_learner", "local_dp"]
+__all__ = ["CLIENT_FAULTS", "DROP_STAGES", "ClientPlan", "check_drop_stage", "client_learner",
+           "local_dp"]
 
-#: When ``--drop-at`` kills a client: during key agreement, before its sensitivity map,
+#: When ``--drop-at`` kills a client: during key agreement, before its sensitivity map
+#: (only below mask fraction 1: at 1 there is no mask agreement, see check_drop_stage),
 #: before or after its upload of round ``--drop-round``, or on receiving that round's
 #: DecryptRequest (a member of the decryption set, before its share is made).
 DROP_STAGES = ("keys", "mask", "before-upload", "after-upload", "decrypt")
@@ -54,6 +56,15 @@ class ClientPlan:
         if self.vanish == "connection" and self.drop_at == "decrypt-frozen":
             raise ParameterError("decrypt-frozen stops the whole process: use "
                                  "vanish='process'")
+
+
+def check_drop_stage(stage: str | None, fraction: float, option: str = "--drop-at") -> None:
+    """Refuse a drop at the mask stage of a session that has none (mask fraction 1)."""
+    if stage == "mask" and MaskPolicy(fraction).everything:
+        raise ParameterError(
+            f"{option} mask: at mask fraction 1 (everything encrypted, the default) there "
+            "is no mask agreement to drop out of; set a fraction below 1 (--fraction) or "
+            "pick another stage")
 
 
 def local_dp(manifest: Manifest, plan: ClientPlan, kind: Any) -> Any:

@@ -4,7 +4,8 @@ It starts an MQTT broker (a private mosquitto on a free loopback port unless
 ``--broker`` names one), creates an identity for every party and a manifest, and runs
 the aggregator and N clients as ``threshold-fl aggregator`` / ``client`` processes (and
 single-key mode's key authority): threshold key agreement, mask agreement from the
-clients' sensitivity maps, then FedAvg rounds training a real model on the digits.  The
+clients' sensitivity maps below ``--fraction`` 1 (none by default: everything is
+encrypted, the mask is all ones), then FedAvg rounds training a real model on the digits.  The
 same federation then runs as plaintext FedAvg with the same seed, the baseline.  It
 prints one row per round, a summary (final accuracy against the baseline, HE overhead
 in time and bytes) and writes ``report.json`` and ``report.png`` to ``--out``.
@@ -31,9 +32,9 @@ from pathlib import Path
 
 from protocols import Manifest, MaskPolicy, Mode, ModelSpec, Timeouts, make_manifest
 from threshold_fl._checks import add_mask_options, add_model_option, bounded, selective_warning
-from threshold_fl.app.client_plan import DROP_STAGES
+from threshold_fl.app.client_plan import DROP_STAGES, check_drop_stage
 from threshold_fl.app.demo_report import collect_run, print_summary, write_report
-from threshold_fl.app.rounds import RunReport, header
+from threshold_fl.app.rounds import RunReport, header, setup_words
 from threshold_fl.errors import ParameterError, ThresholdFLError
 from threshold_fl.identity import Identity
 from transports.broker import private_broker
@@ -79,6 +80,8 @@ class DemoConfig:
                                  f"{[mode.value for mode in Mode]}")
         if self.drop_at not in DROP_STAGES:
             raise ParameterError(f"--at must be one of {DROP_STAGES}, got {self.drop_at!r}")
+        if self.drop_client is not None:
+            check_drop_stage(self.drop_at, self.fraction, "--at")
         if self.drop_client is not None and not 1 <= self.drop_client <= self.clients:
             raise ParameterError(f"--drop-client must be in 1..{self.clients} "
                                  f"(clients are numbered from 1), got {self.drop_client}")
@@ -213,16 +216,15 @@ class _Progress:
     """Round-by-round progress from the aggregator's report: a bar on a terminal, a
     line per round otherwise (CI logs)."""
 
-    def __init__(self, label: str, rounds: int) -> None:
+    def __init__(self, label: str, rounds: int, setup: str) -> None:
         self.label, self.rounds = label, rounds
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=rounds, desc=f"{label}: keys and mask", unit="round",
-                            leave=False)
+            self.bar = tqdm(total=rounds, desc=f"{label}: {setup}", unit="round", leave=False)
         else:
-            print(f"{label}: starting the parties; key and mask agreement first", flush=True)
+            print(f"{label}: starting the parties; {setup} first", flush=True)
 
     async def watch(self, report: Path) -> None:
         from threshold_fl.app.rounds import read_rows
@@ -269,7 +271,7 @@ async def run_demo(config: DemoConfig) -> list[RunReport]:
         print(f"broker: {url}" + (" (private, stopped at the end)" if config.broker is None
                                   else ""), flush=True)
         for run in runs:
-            progress = _Progress(run.mode, run.rounds)
+            progress = _Progress(run.mode, run.rounds, setup_words(run.fraction))
             try:
                 result = await _Federation(run, config.out / run.mode, url).run(progress)
             finally:

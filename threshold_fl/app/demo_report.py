@@ -97,7 +97,7 @@ def report_figure(results: Sequence[RunReport]) -> Figure:
     for axes, title in ((accuracy, "test accuracy (%)"), (traffic, "MB sent by all parties"),
                         (seconds, "seconds per round")):
         axes.set_title(title)
-        axes.set_xlabel("round (1 includes key and mask agreement)")
+        axes.set_xlabel(f"round (1 includes {results[0].setup})" if results else "round")
         axes.set_xticks(ticks)  # whole rounds only; matplotlib would add 1.5, 2.5, ...
         axes.set_xlim(min(ticks, default=1) - 0.5, max(ticks, default=1) + 0.5)
         axes.legend()
@@ -150,7 +150,7 @@ def _overhead_lines(main: RunReport, baseline: RunReport) -> list[str]:
         last = main.rounds[-1].round
         span = "round 2" if last == 2 else f"rounds 2-{last}"
         lines.append(f"               x{mine / theirs:.2f} time, {span} only, without round "
-                     f"1's key and mask agreement ({mine:.1f} s vs {theirs:.1f} s)")
+                     f"1's {main.setup} ({mine:.1f} s vs {theirs:.1f} s)")
     lines.append(f"               x{main.bytes_sent / max(baseline.bytes_sent, 1):.2f} bytes "
                  f"({main.bytes_sent / 1e6:.1f} MB vs {baseline.bytes_sent / 1e6:.1f} MB sent)")
     return lines

@@ -21,7 +21,7 @@ from protocols import AggregatorMachine, ClientState, Manifest, Mode, Role
 from protocols.codec import decode_message
 from protocols.events import Event, Outgoing, RoundCompleted, UpdateNeeded
 from protocols.messages import DecryptRequest, PublicShare, Stage
-from threshold_fl.app.client_plan import ClientPlan, client_learner
+from threshold_fl.app.client_plan import ClientPlan, check_drop_stage, client_learner
 from threshold_fl.app.rounds import RoundRow
 from threshold_fl.app.trace import TracingLink
 from threshold_fl.errors import (
@@ -402,6 +402,7 @@ async def run_client(manifest: Manifest, identity: Identity, broker: BrokerConfi
     trained model (from the training thread).  A client that vanished as its plan says
     (``vanish="connection"``) returns the rows it has."""
     _check_role(manifest, identity, Role.CLIENT)
+    check_drop_stage(plan.drop_at, manifest.mask.fraction)
     learner, test = client_learner(manifest, identity.party_id, plan)
     if plan.drop_at in ("keys", "mask"):
         say(f"{identity.party_id}: will vanish during the {plan.drop_at} stage (--drop)")

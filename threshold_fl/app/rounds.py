@@ -18,13 +18,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from protocols.manifest import MaskPolicy
 from threshold_fl.errors import ParameterError
 
 if TYPE_CHECKING:
     from protocols import Manifest
     from threshold_fl.ml.privacy import PrivacyBudget
 
-__all__ = ["STAGES", "RoundRow", "RunReport", "combine_rows", "header", "read_rows"]
+__all__ = ["STAGES", "RoundRow", "RunReport", "combine_rows", "header", "read_rows",
+           "setup_words"]
 
 #: Stage times a row may carry: local training, encrypting the own update, the
 #: aggregator's homomorphic sum (and blind fusion), a client's decryption share and
@@ -32,10 +34,18 @@ __all__ = ["STAGES", "RoundRow", "RunReport", "combine_rows", "header", "read_ro
 STAGES = ("train", "encrypt", "aggregate", "decrypt")
 
 
+def setup_words(fraction: float | None) -> str:
+    """What a session does before round 1's training, in words: key agreement, and mask
+    agreement below mask fraction 1 (at 1, the default, every party knows the mask)."""
+    everything = fraction is None or MaskPolicy(fraction).everything
+    return "key agreement" if everything else "key and mask agreement"
+
+
 @dataclass(frozen=True)
 class RoundRow:
     """One round as *party* saw it.  ``seconds`` is wall-clock since the previous row
-    (round 1: since the session began, so it includes key and mask agreement);
+    (round 1: since the session began, so it includes key agreement and, below mask
+    fraction 1, mask agreement);
     ``bytes_sent``/``bytes_received`` likewise.  The aggregator's rows in threshold mode
     also carry the joint decryption: ``decryption_s`` from handing the first
     DecryptRequest to the transport to handing over the Fused broadcast,
@@ -217,10 +227,15 @@ class RunReport:
 
     @property
     def steady_seconds(self) -> float | None:
-        """The seconds of the rounds after the first (round 1 also holds key and mask
-        agreement); None with a single round."""
+        """The seconds of the rounds after the first (round 1 also holds the set-up:
+        :attr:`setup`); None with a single round."""
         later = [row.seconds for row in self.rounds if row.round > 1]
         return sum(later) if later else None
+
+    @property
+    def setup(self) -> str:
+        """What round 1 holds besides a round, in words (:func:`setup_words`)."""
+        return setup_words(self.requested_fraction)
 
     @property
     def encrypted_fraction(self) -> float | None:

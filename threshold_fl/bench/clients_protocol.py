@@ -4,8 +4,9 @@ against N, the issue's goal being that they stay constant (within 10 %) from N =
 For each N, :func:`threshold_fl.bench.protocol_run.run_protocol` runs the real protocol
 end to end in one process over the in-memory hub (not MQTT): N FederatedClient nodes
 and the Aggregator node, threshold mode with the library's default t = N // 2 + 1 and
-parameters for N, key agreement, mask agreement (the demo's default selective
-encryption: top 10 % plus the first and last layers), then FedAvg rounds, every client
+parameters for N, key agreement, mask agreement (the benchmarks' selective encryption:
+top 10 % plus the first and last layers; the demo's default, fraction 1,
+has no mask agreement), then FedAvg rounds, every client
 training a small model (LeNet on 16x16 digits by default) with torch.  Bytes are the
 encoded messages, once per recipient (as the MQTT transport's stats count payloads).
 Per round, the decryption set's members (they download c1 and upload a share) and the

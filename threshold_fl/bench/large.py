@@ -3,10 +3,11 @@
 A private mosquitto, the aggregator and N clients (default 2) as separate OS processes,
 real OpenFHE and the real MQTT transport: each client uploads a synthetic update of
 ``--length`` values (default BERT-base's 109,482,240), encrypted whole
-(``--fraction 1``) or selectively (``--fraction 0.1``: the top 10 % by sensitivity,
-after the protocol's full mask agreement).  Uploads larger than ``--part-mib`` stream
-as several signed messages, which the aggregator adds into its running sum as they
-arrive.
+(``--fraction 1``: the mask is all ones, so there is no mask agreement) or selectively
+(``--fraction 0.1``: the top 10 % by sensitivity, after the protocol's mask agreement,
+which encrypts every client's full-length sensitivity map).  Uploads larger than
+``--part-mib`` stream as several signed messages, which the aggregator adds into its
+running sum as they arrive.
 
 The synthetic vectors are closed-form functions of the index (a sine per client), so
 every client checks its decrypted global model against the exact weighted average
@@ -214,6 +215,7 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace, seconds: fl
 
 
 def _federate(args: argparse.Namespace) -> int:
+    from protocols import MaskPolicy
     from transports.broker import MosquittoBroker
 
     started = time.monotonic()
@@ -222,10 +224,12 @@ def _federate(args: argparse.Namespace) -> int:
         names = _prepare(folder, args)
         encrypted = round(args.length * args.fraction)
         upload = 16 * encrypted + 4 * (args.length - encrypted)
+        mask_stage = ("no mask stage (fraction 1)" if MaskPolicy(args.fraction).everything
+                      else f"the mask stage's {16 * args.length / 1e9:.2f} GB (all encrypted)")
         print(f"{args.length:,} values, {args.fraction:.0%} encrypted, {args.clients} "
               f"clients, broker {broker.url}; estimate: a round's upload about "
               f"{upload / 1e9:.2f} GB per client (16 B per encrypted value, 4 per plain one), "
-              f"the mask stage's {16 * args.length / 1e9:.2f} GB (all encrypted)", flush=True)
+              f"{mask_stage}", flush=True)
         processes = {name: _spawn(folder, name, broker.url, args) for name in names}
         results = _collect(processes, started + args.timeout * 3)
         codes = {name: process.wait(timeout=60) for name, process in processes.items()}

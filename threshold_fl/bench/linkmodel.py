@@ -5,9 +5,11 @@
 that trace holds every message, timed.  The session is cut into **phases** at the
 aggregator's first send of each trigger message in a step (:data:`TRIGGERS`):
 
-- ``keys``: KeygenStart to MaskStart (public shares up and relayed, the sealed key
-  deliveries up and relayed, key confirmations);
-- ``mask upload``, ``mask shares``, ``mask broadcast``: mask agreement, as a round;
+- ``keys``: KeygenStart to MaskStart, or to round 1's RoundStart at mask fraction 1
+  (public shares up and relayed, the sealed key deliveries up and relayed, key
+  confirmations);
+- ``mask upload``, ``mask shares``, ``mask broadcast``: mask agreement, as a round; absent
+  at mask fraction 1 (the default: everything encrypted, no mask agreement);
 - ``upload``: RoundStart to DecryptRequest (clients train, encrypt and upload; the
   aggregator adds the uploads up);
 - ``shares``: DecryptRequest to Fused (the decryption set downloads the c1 parts,

@@ -116,11 +116,13 @@ def compare(profile: Sequence[Phase], shaped: Sequence[Phase], link: Link) -> li
 
 
 def totals(rows: Sequence[Comparison]) -> list[Comparison]:
-    """Set-up (keys and mask agreement), each round, and the session."""
+    """Set-up (keys, and mask agreement below mask fraction 1), each round, and the
+    session."""
     groups: dict[str, list[Comparison]] = {}
+    masked = any(row.label.startswith("mask ") for row in rows)
     for row in rows:
-        key = "set-up (keys, mask)" if not row.label.startswith("round ") else (
-            " ".join(row.label.split()[:2]))
+        key = f"set-up (keys{', mask' if masked else ''})" if not row.label.startswith(
+            "round ") else " ".join(row.label.split()[:2])
         groups.setdefault(key, []).append(row)
     groups["session"] = list(rows)
 
