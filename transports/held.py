@@ -16,6 +16,7 @@ memory then stays bounded whatever N is; only the disk use grows with N.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections import deque
 from collections.abc import Callable
@@ -45,10 +46,20 @@ class _Segment:
 
     def __init__(self, file: IO[bytes]) -> None:
         self.file, self.end, self.live = file, 0, 0
+        self.broken = False  # a write failed: none goes here any more
 
     def write(self, payload: bytes) -> int:
+        """Append *payload*; OSError if it is not all on disk.  Flushed here: a buffered
+        file reports a full disk only at its next flush, when the message would already
+        count as spilled, and then read back as garbage."""
         self.file.seek(self.end)
-        self.file.write(payload)
+        view = memoryview(payload)
+        while view:  # a raw file may take part of it (a disk filling up)
+            written = self.file.write(view)
+            if not written:
+                raise OSError(f"the spill file took none of {len(view)} bytes")
+            view = view[written:]
+        self.file.flush()
         offset, self.end, self.live = self.end, self.end + len(payload), self.live + 1
         return offset
 
@@ -62,7 +73,6 @@ class _Segment:
         if len(data) != length:
             raise TransportError(f"a held message's spill file returned {len(data)} of "
                                  f"{length} bytes; its temporary directory was tampered with")
-        self.live -= 1
         return data
 
 
@@ -77,18 +87,23 @@ class _Entry:
     length: int = 0
 
 
+def _unbuffered_temporary_file() -> IO[bytes]:
+    # Unbuffered: a write reaches the disk (or fails) at once, and leaves no buffer behind.
+    return tempfile.TemporaryFile(buffering=0)
+
+
 class HeldMessages:
     """Held messages, oldest first; see the module docstring.
 
     Spilled payloads go to files of about ``segment_bytes`` each, and a file is deleted
     once none of its messages is held, so the disk holds what is spilled and one or two
     files' worth more.  ``spill_file`` makes a file (tests); by default an unlinked
-    :func:`tempfile.TemporaryFile` (put ``TMPDIR`` on a disk, not a tmpfs).
+    unbuffered :func:`tempfile.TemporaryFile` (put ``TMPDIR`` on a disk, not a tmpfs).
     """
 
     def __init__(self, memory_bytes: int = DEFAULT_HELD_MEMORY, *,
                  segment_bytes: int = 64 << 20,
-                 spill_file: Callable[[], IO[bytes]] = tempfile.TemporaryFile) -> None:
+                 spill_file: Callable[[], IO[bytes]] = _unbuffered_temporary_file) -> None:
         if memory_bytes < 0 or segment_bytes < 1:
             raise ParameterError(f"held memory must be >= 0 bytes and spill segments >= 1 "
                                  f"byte, got {memory_bytes!r} and {segment_bytes!r}")
@@ -126,6 +141,7 @@ class HeldMessages:
                 entry.payload, entry.segment, entry.length = None, segment, size
                 self.spilled += 1
             except OSError as exc:
+                self._abandon()
                 failure = (f"could not spill a held message of {size} bytes to a temporary "
                            f"file ({exc}); kept in memory; free disk space in TMPDIR")
         if entry.segment is None:
@@ -135,37 +151,57 @@ class HeldMessages:
         return failure
 
     def pop(self) -> HeldMessage:
-        """The oldest held message (IndexError if none)."""
-        entry = self._entries.popleft()
-        self._acks.discard(entry.ack)
+        """The oldest held message (IndexError if none); TransportError if its file cannot
+        be read back, and then it stays held (its ack unsent)."""
+        entry = self._entries[0]  # removed only once read: a failed read loses nothing
         if entry.segment is None:
             assert entry.payload is not None
             payload = entry.payload
             self.in_memory -= len(payload)
         else:
             payload = entry.segment.read(entry.offset, entry.length)
+            entry.segment.live -= 1
             self._retire(entry.segment)
+        self._entries.popleft()
+        self._acks.discard(entry.ack)
         return HeldMessage(entry.sender, payload, entry.ack_topic, entry.ack)
 
     def close(self) -> None:
-        """Forget everything and delete the files."""
+        """Forget everything and delete the files; idempotent."""
         self._entries.clear()
         self._acks.clear()
         self.in_memory = 0
         while self._segments:
-            self._segments.popleft().file.close()
+            _close(self._segments.popleft())
 
     def _writable(self) -> _Segment:
-        if not self._segments or self._segments[-1].end >= self.segment_bytes:
+        last = self._segments[-1] if self._segments else None
+        if last is None or last.broken or last.end >= self.segment_bytes:
             self._segments.append(_Segment(self._open()))
         return self._segments[-1]
+
+    def _abandon(self) -> None:
+        """A write to the last file failed (what it buffered may be garbage): write no
+        more there, and delete it if it holds nothing."""
+        if self._segments:
+            segment = self._segments[-1]
+            segment.broken = True
+            if not segment.live:
+                self._segments.pop()
+                _close(segment)
 
     def _retire(self, segment: _Segment) -> None:
         """A file none of whose messages is held: delete it, or reuse the last one."""
         if segment.live:
             return
-        if segment is self._segments[-1]:
+        if segment is self._segments[-1] and not segment.broken:
             segment.end = 0
         else:
             self._segments.remove(segment)
-            segment.file.close()
+            _close(segment)
+
+
+def _close(segment: _Segment) -> None:
+    # Closing flushes what a failed write left buffered: a full disk must not stop it.
+    with contextlib.suppress(OSError):
+        segment.file.close()
