@@ -149,6 +149,19 @@ def test_close_deletes_everything_and_can_be_repeated() -> None:
         assert not held.holds(sent[0].ack)
 
 
+def test_what_is_held_is_counted_per_sender_and_in_bytes_memory_and_files_together() -> None:
+    held = HeldMessages(memory_bytes=1_000, spill_file=Files())
+    sent = [message(n, 600) for n in (0, 7, 1)]  # client-0 twice, then client-1
+    for item in sent:
+        held.hold(item)
+    assert held.bytes == 1_800 and held.in_memory == 600  # two of them in a file
+    assert (held.count("client-0"), held.count("client-1"), held.count("client-2")) == (2, 1, 0)
+    held.pop()
+    assert held.bytes == 1_200 and held.count("client-0") == 1
+    held.close()
+    assert held.bytes == 0 and held.count("client-1") == 0
+
+
 def test_invalid_budgets_are_refused() -> None:
     with pytest.raises(ParameterError, match="held memory"):
         HeldMessages(memory_bytes=-1)

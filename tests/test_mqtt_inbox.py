@@ -77,3 +77,43 @@ async def test_a_spill_file_that_fails_loses_no_delivered_message_and_acks_none(
         assert bob.closed
         await asyncio.sleep(1.0)  # alice resends m1's last frame: nobody may ack it now
         assert alice.stats.transfers_acked == 1
+
+
+#: A sender that gives up a frame after 0.1 + 0.2 s unanswered, and probes a busy
+#: recipient every 0.5 s.
+IMPATIENT = dataclasses.replace(FAST, ack_timeout_s=0.1, max_tries=2, max_ack_timeout_s=0.5)
+
+
+async def test_a_sender_never_gives_up_on_a_busy_recipient(broker: MosquittoBroker) -> None:
+    # Before, the resends of a held message counted as tries: the sender gave it up
+    # (a failed transfer, its window slot freed) though it was delivered later.
+    keys = Keyring("alice", "bob")
+    receiver = dataclasses.replace(FAST, inbox_limit=1)
+    async with make_transport(broker.url, "alice", keys, options=IMPATIENT) as alice, \
+            make_transport(broker.url, "bob", keys, options=receiver) as bob:
+        await asyncio.gather(*(alice.send(["bob"], b"m%d" % n) for n in range(3)))
+        await wait_until(lambda: bob.stats.held == 2, 5, "two messages held")
+        await asyncio.sleep(2.0)  # several times alice's whole retry schedule
+        assert alice.stats.transfers_failed == 0
+        assert [await receive_within(bob) for _ in range(3)] == [b"m0", b"m1", b"m2"]
+        await wait_until(lambda: alice.stats.transfers_acked == 3, 5, "every ack")
+        assert alice.stats.transfers_failed == 0 and alice.stats.busy >= 2
+
+
+@pytest.mark.parametrize("bound", [{"held_per_sender": 1}, {"held_max_bytes": 1}],
+                         ids=["per sender", "in bytes"])
+async def test_frames_beyond_the_held_bounds_wait_with_their_sender(
+        broker: MosquittoBroker, bound: dict[str, int]) -> None:
+    keys = Keyring("alice", "bob")
+    receiver = dataclasses.replace(FAST, inbox_limit=1, **bound)
+    async with make_transport(broker.url, "alice", keys, options=IMPATIENT) as alice, \
+            make_transport(broker.url, "bob", keys, options=receiver) as bob:
+        await asyncio.gather(*(alice.send(["bob"], b"m%d" % n) for n in range(5)))
+        await wait_until(lambda: bob.stats.deferred >= 1, 5, "a frame deferred")
+        await asyncio.sleep(1.0)  # probes of the deferred frames: answered busy again
+        assert bob.stats.held == 1 and bob.stats.messages_received == 1  # bounded
+        assert alice.stats.transfers_failed == 0
+        got = [await receive_within(bob) for _ in range(5)]
+        assert sorted(got) == [b"m%d" % n for n in range(5)]  # probes may reorder them
+        await wait_until(lambda: alice.stats.transfers_acked == 5, 5, "every ack")
+        assert alice.stats.transfers_failed == 0

@@ -2,23 +2,26 @@
 
 A receiver that falls behind (an aggregator relaying the N^2 sealed key deliveries of
 key agreement) holds each complete message that finds its inbox full, with its ack
-unsent, so that the sender's window stalls (back-pressure) and nothing is lost.  Each
-sender can have a whole window of messages held that way, so what is held grows with
-the number of senders (an aggregator at N = 50 held 368 messages, 47 MiB).  Dropping
-them unacked instead would leave them to the senders' retransmissions, which give up
-after ``max_tries``: a lost key delivery.
+unsent, so that the sender's window stalls (back-pressure) and nothing is lost
+(:mod:`transports.inbox`: it answers busy meanwhile, and bounds what is held per sender
+and in bytes).  Each sender can have a whole window of messages held that way, so what
+is held grows with the number of senders (an aggregator at N = 50 held 368 messages,
+47 MiB).  Dropping them unacked instead would leave them to the senders'
+retransmissions, which give up after ``max_tries``: a lost key delivery.
 
 :class:`HeldMessages` keeps them all, in arrival order, but at most ``memory_bytes`` of
 their payloads in memory; the rest goes to unlinked temporary files (gone with the
 process, whatever happens to it), read back when the inbox has room.  The receiver's
-memory then stays bounded whatever N is; only the disk use grows with N.
+memory then stays bounded whatever N is; only the disk use grows with N, up to the
+inbox's ``max_bytes``.  A spill is flushed at once, so a full disk shows when the
+message is written (it then stays in memory), not when it is read back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
@@ -113,10 +116,16 @@ class HeldMessages:
         self._entries: deque[_Entry] = deque()
         self._acks: set[bytes] = set()
         self.in_memory = 0  # payload bytes held in memory now
+        self.bytes = 0  # payload bytes held now, in memory and in files
+        self._senders: Counter[str] = Counter()  # messages held now, per sender
         self.spilled = 0  # messages ever spilled (a counter for the stats)
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def count(self, sender: str) -> int:
+        """Messages from ``sender`` held now."""
+        return self._senders[sender]
 
     @property
     def files(self) -> int:
@@ -148,6 +157,8 @@ class HeldMessages:
             self.in_memory += size
         self._entries.append(entry)
         self._acks.add(message.ack)
+        self._senders[message.sender] += 1
+        self.bytes += size
         return failure
 
     def pop(self) -> HeldMessage:
@@ -164,13 +175,16 @@ class HeldMessages:
             self._retire(entry.segment)
         self._entries.popleft()
         self._acks.discard(entry.ack)
+        self._senders[entry.sender] -= 1
+        self.bytes -= len(payload)
         return HeldMessage(entry.sender, payload, entry.ack_topic, entry.ack)
 
     def close(self) -> None:
         """Forget everything and delete the files; idempotent."""
         self._entries.clear()
         self._acks.clear()
-        self.in_memory = 0
+        self._senders.clear()
+        self.in_memory = self.bytes = 0
         while self._segments:
             _close(self._segments.popleft())
 

@@ -18,6 +18,8 @@ an adaptive timeout (at least ``ack_timeout_s``, raised per recipient from measu
 round trips, times ``backoff`` per try) and gives up on a transfer after
 ``max_tries`` (logged and counted: delivery stays best effort, as :mod:`transports.base`
 promises); that bookkeeping is the sans-I/O :class:`~transports.window.SendWindow`.
+A receiver whose inbox is full holds a complete message unacked and answers *busy*
+(:mod:`transports.inbox`): its sender waits without counting tries, however long.
 
 A lost broker connection is retried with capped exponential backoff (one warning per
 outage); subscriptions are renewed and unacked frames resent.  If the broker stays away
@@ -64,7 +66,7 @@ from transports.chunks import (
     rejection_reason,
     validate_id,
 )
-from transports.held import HeldMessage
+from transports.held import HeldMessages
 from transports.inbox import Inbox
 from transports.lograte import Outage, RateLimitedLog, printable
 from transports.mqtt_options import MqttOptions, MqttStats
@@ -133,8 +135,10 @@ class MqttTransport:
                                   max_ack_timeout_s=self.options.max_ack_timeout_s)
         self._senders: dict[OutgoingTransfer, asyncio.Future[None]] = {}  # waiting send()s
         # Complete messages; those that find it full are held unacked (back-pressure).
-        self._inbox = Inbox(self.options.inbox_limit, self.options.held_memory_bytes,
-                            self._counts)
+        opt = self.options
+        self._inbox = Inbox(opt.inbox_limit, HeldMessages(opt.held_memory_bytes), self._counts,
+                            ack_topic=lambda sender: self._topic("ack", sender),
+                            per_sender=opt.held_per_sender, max_bytes=opt.held_max_bytes)
         self._acks: _Acks | None = None  # the live connection's ack queue
         self._peers: dict[str, bool] = {}
         self._wake = asyncio.Event()  # new frames to send or acks that freed the window
@@ -177,7 +181,8 @@ class MqttTransport:
         counts = {name: self._counts[name] for name in _COUNTERS}
         window = self._window  # it counts what it decides: retransmits, acks, give-ups
         counts.update(retransmits=window.retransmits, transfers_acked=window.transfers_acked,
-                      transfers_failed=window.transfers_failed, spilled=self._inbox.held.spilled)
+                      transfers_failed=window.transfers_failed, busy=window.busy_answers,
+                      spilled=self._inbox.held.spilled)
         return MqttStats(**counts, last_rejections=tuple(self._rejections),
                          ack_timeouts=tuple(window.ack_timeouts().items()))
 
@@ -512,6 +517,8 @@ class MqttTransport:
             return
         self._counts["frames_received"] += 1
         self._counts["frame_bytes_received"] += len(frame)
+        if deferral := self._inbox.deferral(self._reassembler, frame):
+            return self._send_ack(*deferral)  # its sender is at a held bound: it waits
         try:
             got = self._reassembler.accept(frame, self._now())
         except (FrameError, AuthenticationError) as exc:
@@ -521,14 +528,9 @@ class MqttTransport:
                 self._counts["expired"] += 1
                 self._log(dropped.sender, dropped.kind, dropped.reason)
         self._counts["duplicates"] += got.duplicate
-        ack = (self._topic("ack", got.sender), got.ack)
-        if got.payload is not None:  # delivered (or held unacked), then acked
-            failure = self._inbox.offer(HeldMessage(got.sender, got.payload, *ack),
-                                        self._send_ack)
-            if failure is not None:  # the file failed: kept in memory, so not lost
-                self._log(got.sender, "spill failed", failure)
-        elif not self._inbox.holds(got.ack):  # a held one's resend: acked once delivered
-            self._send_ack(*ack)
+        failure = self._inbox.take(got, self._send_ack)  # acked once delivered, else busy
+        if failure is not None:  # the file failed: kept in memory, so not lost
+            self._log(got.sender, "spill failed", failure)
 
     def _send_ack(self, name: str, frame: bytes) -> None:
         if self._acks is not None:  # else the sender's resend is acked when it comes
@@ -544,10 +546,12 @@ class MqttTransport:
 
     def _on_ack(self, frame: bytes) -> None:
         try:
-            transfer_id, seq = decode_ack(frame)
+            transfer_id, seq, busy = decode_ack(frame)
         except FrameError as exc:
             return self._reject(None, exc, "on the ack topic: ")
-        if self._window.ack(transfer_id, seq, self._now()):
+        if busy:  # held by a busy recipient: resent only as a probe, tries not counted
+            self._window.busy(transfer_id, seq, self._now())
+        elif self._window.ack(transfer_id, seq, self._now()):
             self._wake.set()
 
     def _reject(self, sender: str | None, error: Exception, where: str = "") -> None:

@@ -49,6 +49,13 @@ The rules:
 - **Give-up.**  A frame whose deadline passes after ``max_tries`` sends gives up its whole
   transfer: its frames are forgotten and it is reported by ``take_given_up``.  Delivery
   stays best effort, as :mod:`transports.base` promises.
+- **Busy.**  A recipient whose inbox is full answers *busy* (:mod:`transports.inbox`):
+  it has the frame but cannot take it yet.  :meth:`SendWindow.busy` keeps the frame
+  unacked (its window slot stays taken: back-pressure), forgets its tries and makes it
+  due only ``max_ack_timeout_s`` later, as a probe that is no loss (no backoff) and
+  draws another busy, or the ack once delivered.  A busy recipient thus never makes a
+  transfer give up, however long it stays busy; a dead one leaves the probe unanswered,
+  and the frame gives up after ``max_tries`` more sends.
 - **Release.**  A sender waits until every frame of its transfer went out at least once
   (not until they are acked): the transfer is then *released*.  A transfer is also
   released when given up, aborted, or when its recipient goes offline
@@ -111,13 +118,14 @@ class InFlightFrame:
     transfer: OutgoingTransfer
     seq: int  # MANIFEST_SEQ or a chunk number
     last: bool  # the last frame of its transfer to be handed out
-    tries: int = 1  # sends so far, this one included
+    tries: int = 1  # sends since the last busy answer (or ever), this one included
     exponent: int = 0  # its timeout is the base one times backoff ** exponent
     deadline: float = math.inf  # when it is due again; inf while being published
     started: float | None = None  # when its ack timer last (re)started; None: not running
     sent_at: float = 0.0  # when it was last sent: an RTT sample runs from there
     sent_no: int = 0  # order of its latest send among all sends (0: not sent yet)
     timed: bool = True  # its ack may give an RTT sample (Karn's rule)
+    probe: bool = False  # the recipient said busy: its next resend is no loss
 
     @property
     def key(self) -> tuple[bytes, int]:
@@ -170,6 +178,7 @@ class SendWindow:
         self._released: list[OutgoingTransfer] = []
         self._given_up: list[OutgoingTransfer] = []
         self.retransmits = 0
+        self.busy_answers = 0
         self.transfers_acked = 0
         self.transfers_failed = 0
 
@@ -243,6 +252,20 @@ class SendWindow:
         frame.transfer.unacked -= 1
         if frame.transfer.acked:
             self.transfers_acked += 1
+        return True
+
+    def busy(self, transfer_id: bytes, seq: int, now: float) -> bool:
+        """The recipient holds the frame, not delivered yet: it stays unacked with its
+        tries forgotten, due again (a probe) ``max_ack_timeout_s`` from now, and the
+        frames behind it restart their timers as on an ack.  False if not awaited."""
+        frame = self._in_flight.get((transfer_id, seq))
+        if frame is None:
+            return False
+        self.busy_answers += 1
+        frame.tries, frame.timed, frame.probe = 0, False, True
+        if frame.deadline < math.inf:  # else being published: sent() starts its timer
+            frame.started, frame.deadline = now, now + self.max_ack_timeout_s
+            self._restart_behind(frame, now)
         return True
 
     # ----------------------------------------------------------------- events
@@ -330,10 +353,12 @@ class SendWindow:
                 self._give_up(frame.transfer, f"{what} unacked after {frame.tries} tries")
                 continue
             frame.tries += 1
-            frame.exponent = min(frame.exponent + 1, self.max_tries - 1)
-            recipient = frame.transfer.recipient  # new frames to it start this far (Karn)
-            self._backed_off[recipient] = max(self._backed_off.get(recipient, 0), frame.exponent)
-            frame.deadline, frame.started, frame.timed = math.inf, None, False
+            if not frame.probe:  # a timeout: back off, and new frames to it start there
+                frame.exponent = min(frame.exponent + 1, self.max_tries - 1)
+                recipient = frame.transfer.recipient
+                self._backed_off[recipient] = max(self._backed_off.get(recipient, 0),
+                                                  frame.exponent)
+            frame.deadline, frame.started, frame.timed, frame.probe = math.inf, None, False, False
             self.retransmits += 1
             return frame
         return None
