@@ -10,20 +10,22 @@ for it meanwhile, so a sender that outpaces the application stalls (back-pressur
 **Busy.**  Instead of the ack, the receiver answers a held message's last frame, and
 every resend of it, with a *busy* frame (:mod:`transports.chunks`): "I have it, I cannot
 take it yet".  The sender keeps the frame unacked, forgets its tries and resends it only
-as a probe, after ``max_ack_timeout_s``
-(:meth:`~transports.window.SendWindow.busy`): a busy receiver never makes its senders
-give up a message it holds, while a receiver that died does (its probes go unanswered).
+as a probe, every ``max_ack_timeout_s`` (:meth:`~transports.window.SendWindow.busy`):
+a busy receiver never makes its senders give up a message it holds, while the probes
+to a receiver that died go unanswered, and its senders give up as before.  A probe is
+the whole frame again (up to a chunk): no more than the resends it replaces.
 
 **Bounds.**  What is held is bounded per sender (``per_sender`` messages) and in all
 (``max_bytes`` of payload, memory and files together).  While a sender is at either
 bound, every chunk from it is answered busy *unread* (:meth:`Inbox.deferral`): it stays
-with its sender, unacked and uncounted, until the application makes room.  Manifests
-are still read: only a chunk completes a message, and a chunk names no sender, so its
-transfer must be known.  Nothing is lost; what is held exceeds ``max_bytes`` by at most
-one message.  (An honest sender's window keeps its open transfers within the
-reassembler's per-sender slots, so none is evicted meanwhile; one deferred for longer
-than the reassembler's ``expiry_s``, 120 s, is dropped and its sender gives it up, as
-any stalled transfer.)
+with its sender, unacked and uncounted, until the application makes room (and its
+sender's next probe comes, within ``max_ack_timeout_s``).  Manifests are still read:
+only a chunk completes a message, and a chunk names no sender, so its transfer must
+be known.  Nothing is lost; what is held exceeds ``max_bytes`` by at most one
+message; deferred messages may arrive out of order, as resent ones may.  (An honest
+sender's window keeps its open transfers within the reassembler's per-sender slots,
+so none is evicted meanwhile; one deferred for longer than the reassembler's
+``expiry_s``, 120 s, is dropped and its sender gives it up, as any stalled transfer.)
 
 This module does no network I/O: the acks to send go to the caller's ``send_ack``.
 """

@@ -41,11 +41,11 @@ The rules:
   every frame to the same recipient sent after the acked one (never earlier than its
   deadline was).  The sample still runs from the frame's send: its queueing is part of
   the round trip the timeout must cover (a sample from the restart would run low, and
-  so would the timeout, on a pipelined link).  A
-  frame overtaken by later ones is not restarted by their acks: a frame lost on a fast
-  link is resent ``ack_timeout_s`` after its predecessor's ack (on a fast link, about
-  ``ack_timeout_s`` after its own send, as before).  Per
-  recipient, so a slow party's long timeout never delays resends to a fast one.
+  so would the timeout, on a pipelined link).  A frame overtaken by later ones is not
+  restarted by their acks: a frame lost on a fast link is resent ``ack_timeout_s``
+  after its predecessor's ack (on a fast link, about ``ack_timeout_s`` after its own
+  send, as before).  Per recipient, so a slow party's long timeout never delays
+  resends to a fast one.
 - **Give-up.**  A frame whose deadline passes after ``max_tries`` sends gives up its whole
   transfer: its frames are forgotten and it is reported by ``take_given_up``.  Delivery
   stays best effort, as :mod:`transports.base` promises.
