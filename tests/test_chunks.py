@@ -65,10 +65,10 @@ def test_round_trip(size: int) -> None:
     r = receiver()
     got = r.accept(t.manifest, 0.0)
     assert (got.sender, got.seq, got.payload) == ("alice", MANIFEST_SEQ, None)
-    assert decode_ack(got.ack) == (tid(1), MANIFEST_SEQ)
+    assert decode_ack(got.ack) == (tid(1), MANIFEST_SEQ, False)
     for seq in range(t.count):
         got = r.accept(t.chunk(seq), 0.0)
-        assert decode_ack(got.ack) == (tid(1), seq)
+        assert decode_ack(got.ack) == (tid(1), seq, False)
     assert got.payload == payload
     assert r.in_progress == 0 and r.buffered_bytes == 0
 
@@ -224,7 +224,8 @@ def test_chunk_with_wrong_length_or_header_is_rejected() -> None:
 
 
 def test_ack_frames() -> None:
-    assert decode_ack(encode_ack(tid(3), 7)) == (tid(3), 7)
+    assert decode_ack(encode_ack(tid(3), 7)) == (tid(3), 7, False)
+    assert decode_ack(encode_ack(tid(3), 7, busy=True)) == (tid(3), 7, True)
     with pytest.raises(FrameError, match=r"truncated"):
         decode_ack(encode_ack(tid(3), 7)[:-1])
     with pytest.raises(FrameError, match=r"wrong kind"):

@@ -158,6 +158,55 @@ def test_a_transfer_is_given_up_after_max_tries() -> None:
     assert not w.ack(out.transfer.transfer_id, MANIFEST_SEQ, 9.0)  # a late ack changes nothing
 
 
+# ------------------------------------------------------------------ busy recipients
+
+
+def busy(w: SendWindow, frame: InFlightFrame, now: float) -> bool:
+    return w.busy(frame.transfer.transfer.transfer_id, frame.seq, now)
+
+
+def test_a_busy_recipient_is_probed_without_tries_counted_for_as_long_as_it_is_busy() -> None:
+    w = window(ack_timeout_s=1.0, max_tries=2, max_ack_timeout_s=30.0, window=2)
+    out = w.add(transfer())
+    manifest, chunk = send_next(w, 0.0), send_next(w, 0.0)
+    assert ack(w, manifest, 0.1)
+    now = 0.1
+    for _ in range(10):  # 300 s busy; without busy answers it gave up after 3 s
+        assert busy(w, chunk, now)
+        assert chunk.tries == 0 and chunk.deadline == now + 30.0
+        assert w.next_frame(now + 29.0) is None
+        now += 30.0
+        w.sent(w.next_frame(now) or pytest.fail("no probe"), now)  # the probe
+    assert w.take_given_up() == [] and w.in_flight("bob") == 1  # its slot stays taken
+    assert w.ack_timeout("bob") == 1.0  # probes are no losses: no backoff
+    assert ack(w, chunk, now + 0.5)  # delivered at last
+    assert out.acked and w.transfers_acked == 1 and w.transfers_failed == 0
+    assert w.busy_answers == 10 and w.retransmits == 10
+
+
+def test_a_busy_recipient_that_dies_is_given_up_after_max_tries_more_sends() -> None:
+    w = window(ack_timeout_s=1.0, max_tries=3, max_ack_timeout_s=30.0)
+    w.add(transfer())
+    manifest, chunk = send_next(w, 0.0), send_next(w, 0.0)
+    assert ack(w, chunk, 0.1) and busy(w, manifest, 0.1)
+    for now in (30.1, 31.1, 33.1):  # the probe, then the usual 1 s and 2 s timeouts (4 s next)
+        assert w.next_frame(now - 0.01) is None
+        w.sent(w.next_frame(now) or pytest.fail("no resend"), now)
+    assert manifest.tries == 3 and w.next_frame(37.0) is None and w.next_frame(37.1) is None
+    assert [out.failure for out in w.take_given_up()] == ["manifest unacked after 3 tries"]
+
+
+def test_busy_for_nothing_awaited_is_ignored_and_one_during_publish_starts_no_timer() -> None:
+    w = window()
+    w.add(transfer())
+    manifest = w.next_frame(0.0) or pytest.fail("no frame")
+    assert not w.busy(b"\0" * 16, 0, 0.0)
+    assert busy(w, manifest, 0.0)  # it overtook the publish
+    assert manifest.deadline == float("inf")
+    w.sent(manifest, 0.5)
+    assert manifest.deadline == 1.5 and manifest.tries == 0
+
+
 # ------------------------------------------------------------------ presence and outages
 
 

@@ -44,7 +44,7 @@ def test_karns_rule_a_resent_frame_gives_no_sample() -> None:
     assert again is manifest
     w.sent(again, 1.0)
     assert ack(w, manifest, 30.0)  # which send does it answer? neither counts
-    assert w.rtt("bob") is None and w.ack_timeout("bob") == 1.0
+    assert w.rtt("bob") is None and w.ack_timeout("bob") == 2.0  # still backed off
 
 
 def test_karns_rule_a_frame_made_due_by_kick_gives_no_sample() -> None:
@@ -80,13 +80,14 @@ def run_link(w: SendWindow, recipient: str, frames_per_s: float, transfers: int)
 
 def test_a_saturated_slow_link_triggers_no_resends() -> None:
     # 0.5 frames/s: the eighth frame of a window waits 16 s for the seven ahead of it,
-    # far beyond the 5 s floor, yet nothing was lost.
+    # far beyond the 5 s floor, yet nothing was lost: the timers restart on each ack.
     w = window(ack_timeout_s=5.0, max_tries=5)
     longest = run_link(w, "bob", frames_per_s=0.5, transfers=8)
     assert longest >= 15.0  # a fixed 5 s timer from each send would have resent
     assert w.retransmits == 0 and w.transfers_acked == 8 and w.transfers_failed == 0
     estimate = w.rtt("bob")
-    assert estimate is not None and estimate.srtt == pytest.approx(2.0, rel=0.05)
+    # Samples run from each send: a full window queues 8 frames of 2 s each.
+    assert estimate is not None and estimate.srtt == pytest.approx(16.0, rel=0.05)
 
 
 def test_a_lost_frame_on_a_fast_link_is_resent_after_about_ack_timeout_s() -> None:
@@ -159,3 +160,61 @@ def test_kick_and_resume_still_make_frames_due_at_once_with_a_long_timeout() -> 
     assert manifest.deadline > 30.0
     assert kicked.kick("carol", 4.0) and manifest.deadline == chunk.deadline == 4.0
     assert kicked.next_frame(4.0) is manifest
+
+
+# ------------------------------------------------------------------ Karn's algorithm
+
+
+def test_a_sample_runs_from_the_frames_send_not_from_its_timer_restart() -> None:
+    w = window(ack_timeout_s=10.0)
+    w.add(transfer())
+    manifest, chunk = send_next(w, 0.0), send_next(w, 0.0)
+    assert ack(w, manifest, 5.0)  # restarts the chunk's timer at 5.0
+    assert chunk.started == 5.0
+    assert ack(w, chunk, 6.0)  # 6 s after its send, though 1 s after the restart
+    estimate = w.rtt("bob")
+    assert estimate is not None and estimate.samples == 2 and estimate.largest == 6.0
+    assert estimate.srtt == pytest.approx(5.0 + (6.0 - 5.0) / 8)
+
+
+def test_the_backed_off_timeout_stays_for_new_frames_until_a_valid_sample() -> None:
+    w = window(ack_timeout_s=1.0, max_tries=4)
+    w.add(transfer())
+    manifest = send_next(w, 0.0)
+    for now in (1.0, 3.0):  # two timeouts: 1 s, then 2 s
+        w.sent(w.next_frame(now) or pytest.fail("no retransmission"), now)
+    assert manifest.deadline == 3.0 + 4.0
+    assert ack(w, manifest, 3.5)  # a resent frame's ack: no sample, so no reset
+    assert w.ack_timeout("bob") == 4.0
+    chunk = send_next(w, 4.0)  # a new frame, never resent: starts backed off
+    assert chunk.tries == 1 and chunk.deadline == 4.0 + 4.0
+    w.add(transfer("carol"))
+    to_carol = send_next(w, 4.0)
+    assert to_carol.deadline == 5.0  # other recipients are not backed off
+    assert ack(w, to_carol, 4.1)
+    assert ack(w, chunk, 4.2)  # a valid sample (0.2 s): the adaptive timeout is back
+    assert w.ack_timeout("bob") == 1.0
+    w.add(transfer())
+    assert send_next(w, 5.0).deadline == 6.0
+
+
+def test_the_kept_backoff_is_capped_at_the_last_try_of_the_fixed_schedule() -> None:
+    w = window(ack_timeout_s=1.0, max_tries=3)
+    for _ in range(3):  # each transfer's manifest times out as often as it may
+        w.add(transfer())
+        frame = send_next(w, 0.0)
+        while frame.tries < 3:
+            now = frame.deadline
+            w.sent(w.next_frame(now) or pytest.fail("no retransmission"), now)
+        assert ack(w, frame, frame.deadline - 0.1)
+    assert w.ack_timeout("bob") == 4.0  # 1 s * 2 ** (max_tries - 1), not beyond
+
+
+def test_kick_ends_the_kept_backoff() -> None:
+    w = window(ack_timeout_s=1.0)
+    w.add(transfer(plan=LARGE))
+    first = send_next(w, 0.0)
+    w.sent(w.next_frame(1.0) or pytest.fail("no retransmission"), 1.0)
+    assert w.ack_timeout("bob") == 2.0
+    assert w.kick("bob", 2.0)  # back after an absence: the old path says nothing
+    assert w.ack_timeout("bob") == 1.0 and first.exponent == 0

@@ -17,7 +17,9 @@ Frame layout (big-endian), common prefix ``magic(4) version(1) kind(1) transfer_
   digests, then ``sig_len(u16) + signature``.  The signature covers a domain tag and
   everything before ``sig_len``, so it binds sender, recipient, channel and transfer id:
   a manifest cannot be replayed to another party, session or transfer;
-- ack:      ``seq(u32)``; :data:`MANIFEST_SEQ` acknowledges the manifest.
+- ack:      ``seq(u32)``; :data:`MANIFEST_SEQ` acknowledges the manifest;
+- busy:     as an ack: the receiver has the frame but cannot take it yet (a full inbox):
+  it stays unacked, and the sender resends it only to check the receiver is there.
 
 A transfer is only as authentic as its manifest: a chunk is accepted only after the
 manifest's signature verified, and only if its SHA-256 equals the digest the manifest
@@ -46,7 +48,7 @@ from typing import NamedTuple
 from threshold_fl.errors import AuthenticationError, FrameError, ParameterError
 
 __all__ = [
-    "MAGIC", "VERSION", "KIND_MANIFEST", "KIND_CHUNK", "KIND_ACK",
+    "MAGIC", "VERSION", "KIND_MANIFEST", "KIND_CHUNK", "KIND_ACK", "KIND_BUSY",
     "MIN_CHUNK_SIZE", "MAX_CHUNK_SIZE", "DEFAULT_CHUNK_SIZE", "DEFAULT_MAX_PAYLOAD",
     "TRANSFER_ID_SIZE", "MANIFEST_SEQ", "CHUNK_HEADER_SIZE",
     "Signer", "Verifier", "validate_id",
@@ -61,6 +63,7 @@ VERSION = 1
 KIND_MANIFEST = 1
 KIND_CHUNK = 2
 KIND_ACK = 3
+KIND_BUSY = 4
 MIN_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 4 << 20
 DEFAULT_CHUNK_SIZE = MIN_CHUNK_SIZE
@@ -76,7 +79,7 @@ _CHUNK = struct.Struct(">IIQ32s")
 _MANIFEST = struct.Struct(">IQI32s")
 _ACK = struct.Struct(">I")
 CHUNK_HEADER_SIZE = _PREFIX.size + _CHUNK.size
-_KIND_NAMES = {KIND_MANIFEST: "manifest", KIND_CHUNK: "chunk", KIND_ACK: "ack"}
+_KIND_NAMES = {KIND_MANIFEST: "manifest", KIND_CHUNK: "chunk", KIND_ACK: "ack", KIND_BUSY: "busy"}
 
 #: Signs the manifest bytes for the sending party (Ed25519 in practice).
 Signer = Callable[[bytes], bytes]
@@ -217,9 +220,10 @@ def split(payload: bytes, *, sender: str, recipient: str, channel: str, transfer
         sender=sender, recipient=recipient, channel=channel, transfer_id=transfer_id, sign=sign)
 
 
-def encode_ack(transfer_id: bytes, seq: int) -> bytes:
-    """The ack frame for frame ``seq`` (or :data:`MANIFEST_SEQ`) of a transfer."""
-    return _PREFIX.pack(MAGIC, VERSION, KIND_ACK, transfer_id) + _ACK.pack(seq)
+def encode_ack(transfer_id: bytes, seq: int, *, busy: bool = False) -> bytes:
+    """The ack (or busy) frame for frame ``seq`` (or :data:`MANIFEST_SEQ`) of a transfer."""
+    kind = KIND_BUSY if busy else KIND_ACK
+    return _PREFIX.pack(MAGIC, VERSION, kind, transfer_id) + _ACK.pack(seq)
 
 
 # ----------------------------------------------------------------------- decoding
@@ -251,13 +255,14 @@ def _expect(frame: bytes, kind: int, size: int) -> bytes:
     return bytes(frame[6 : _PREFIX.size])
 
 
-def decode_ack(frame: bytes) -> tuple[bytes, int]:
-    """``(transfer_id, seq)`` of an ack frame."""
-    transfer_id = _expect(frame, KIND_ACK, _PREFIX.size + _ACK.size)
+def decode_ack(frame: bytes) -> tuple[bytes, int, bool]:
+    """``(transfer_id, seq, busy)`` of an ack or busy frame."""
+    busy = frame_kind(frame) == KIND_BUSY
+    transfer_id = _expect(frame, KIND_BUSY if busy else KIND_ACK, _PREFIX.size + _ACK.size)
     if len(frame) != _PREFIX.size + _ACK.size:
         raise _reject("bad length", f"an ack has {_PREFIX.size + _ACK.size} bytes")
     (seq,) = _ACK.unpack_from(frame, _PREFIX.size)
-    return transfer_id, int(seq)
+    return transfer_id, int(seq), busy
 
 
 @dataclass(frozen=True)

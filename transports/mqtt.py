@@ -18,6 +18,8 @@ an adaptive timeout (at least ``ack_timeout_s``, raised per recipient from measu
 round trips, times ``backoff`` per try) and gives up on a transfer after
 ``max_tries`` (logged and counted: delivery stays best effort, as :mod:`transports.base`
 promises); that bookkeeping is the sans-I/O :class:`~transports.window.SendWindow`.
+A receiver whose inbox is full holds a complete message unacked and answers *busy*
+(:mod:`transports.inbox`): its sender waits without counting tries, however long.
 
 A lost broker connection is retried with capped exponential backoff (one warning per
 outage); subscriptions are renewed and unacked frames resent.  If the broker stays away
@@ -64,7 +66,8 @@ from transports.chunks import (
     rejection_reason,
     validate_id,
 )
-from transports.held import HeldMessage, HeldMessages
+from transports.held import HeldMessages
+from transports.inbox import Inbox
 from transports.lograte import Outage, RateLimitedLog, printable
 from transports.mqtt_options import MqttOptions, MqttStats
 from transports.presence import parse_presence, presence_payload
@@ -102,13 +105,6 @@ async def _cancel_all(tasks: list[asyncio.Task[None] | asyncio.Task[bool]]) -> N
             task.exception()  # retrieved: the caller re-raises what matters
 
 
-class _Stop:
-    """Inbox sentinel: wakes receivers once the transport closed or failed."""
-
-
-_STOP = _Stop()
-
-
 class MqttTransport:
     """One party's connection to a federation over an MQTT broker.
 
@@ -138,10 +134,11 @@ class MqttTransport:
                                   backoff=self.options.backoff, max_tries=self.options.max_tries,
                                   max_ack_timeout_s=self.options.max_ack_timeout_s)
         self._senders: dict[OutgoingTransfer, asyncio.Future[None]] = {}  # waiting send()s
-        self._inbox: asyncio.Queue[bytes | _Stop] = asyncio.Queue()
-        # Complete messages that found the inbox full, with their acks still unsent: the
-        # senders' windows stall (back-pressure) until receive() makes room.
-        self._held = HeldMessages(self.options.held_memory_bytes)
+        # Complete messages; those that find it full are held unacked (back-pressure).
+        opt = self.options
+        self._inbox = Inbox(opt.inbox_limit, HeldMessages(opt.held_memory_bytes), self._counts,
+                            ack_topic=lambda sender: self._topic("ack", sender),
+                            per_sender=opt.held_per_sender, max_bytes=opt.held_max_bytes)
         self._acks: _Acks | None = None  # the live connection's ack queue
         self._peers: dict[str, bool] = {}
         self._wake = asyncio.Event()  # new frames to send or acks that freed the window
@@ -152,7 +149,6 @@ class MqttTransport:
         self._client: aiomqtt.Client | None = None  # the live connection, for sever()
         self._closed = False
         self._failure: TransportError | None = None
-        self._stop_queued = False
 
     # ----------------------------------------------------------------- public API
 
@@ -185,7 +181,8 @@ class MqttTransport:
         counts = {name: self._counts[name] for name in _COUNTERS}
         window = self._window  # it counts what it decides: retransmits, acks, give-ups
         counts.update(retransmits=window.retransmits, transfers_acked=window.transfers_acked,
-                      transfers_failed=window.transfers_failed, spilled=self._held.spilled)
+                      transfers_failed=window.transfers_failed, busy=window.busy_answers,
+                      spilled=self._inbox.held.spilled)
         return MqttStats(**counts, last_rejections=tuple(self._rejections),
                          ack_timeouts=tuple(window.ack_timeouts().items()))
 
@@ -250,8 +247,7 @@ class MqttTransport:
             raise TransportError(f"party {self._party_id!r}: not connected; call connect()")
         item = await self._inbox.get()
         self._release_held()
-        if isinstance(item, _Stop):
-            self._inbox.put_nowait(item)  # keep waking any other receiver
+        if item is None:
             raise self._end_error()
         return item
 
@@ -323,12 +319,11 @@ class MqttTransport:
         return self._failure
 
     def _wind_down(self) -> None:
-        """Closed or failed: release senders, wake receivers, log pending counts."""
+        """Closed or failed: release senders, wake receivers, drop what is held (its
+        files too), log pending counts."""
         self._window.abort()
         self._settle()
-        if not self._stop_queued:
-            self._stop_queued = True
-            self._inbox.put_nowait(_STOP)
+        self._inbox.stop()
         self._refusals.flush(self._now(), final=True)
 
     async def _plan(self, data: bytes) -> ChunkPlan:
@@ -454,7 +449,7 @@ class MqttTransport:
         """Run reader and sender until the connection drops (MqttError) or we stop."""
         acks: _Acks = asyncio.Queue()
         self._acks = acks
-        tasks = [asyncio.create_task(self._read(client, acks)),
+        tasks = [asyncio.create_task(self._read(client)),
                  asyncio.create_task(self._pump(client)),
                  asyncio.create_task(self._acker(client, acks)),
                  asyncio.create_task(self._flusher())]
@@ -505,21 +500,25 @@ class MqttTransport:
             name, frame = await acks.get()
             await client.publish(name, frame, qos=0)
 
-    async def _read(self, client: aiomqtt.Client, acks: _Acks) -> None:
+    async def _read(self, client: aiomqtt.Client) -> None:
         inbox, my_acks = self._topic("to", self._party_id), self._topic("ack", self._party_id)
         presence = self._presence_prefix
         async for message in client.messages:
             name, payload = message.topic.value, bytes(message.payload)
             if name == inbox:
-                self._on_frame(acks, payload)
+                self._on_frame(payload)
             elif name == my_acks:
                 self._on_ack(payload)
             elif name.startswith(presence):
                 self._on_presence(name[len(presence):], payload)
 
-    def _on_frame(self, acks: _Acks, frame: bytes) -> None:
+    def _on_frame(self, frame: bytes) -> None:
+        if self.closed:  # failed while the reader runs: nothing is delivered or acked
+            return
         self._counts["frames_received"] += 1
         self._counts["frame_bytes_received"] += len(frame)
+        if deferral := self._inbox.deferral(self._reassembler, frame):
+            return self._send_ack(*deferral)  # its sender is at a held bound: it waits
         try:
             got = self._reassembler.accept(frame, self._now())
         except (FrameError, AuthenticationError) as exc:
@@ -529,41 +528,30 @@ class MqttTransport:
                 self._counts["expired"] += 1
                 self._log(dropped.sender, dropped.kind, dropped.reason)
         self._counts["duplicates"] += got.duplicate
-        ack = (self._topic("ack", got.sender), got.ack)
-        if got.payload is not None:  # deliver before acking: an ack must never lose data
-            if self._held or self._inbox.qsize() >= self.options.inbox_limit:
-                # Full: hold it unacked rather than drop it; its sender's window stalls
-                # and its resends are not acked, until receive() makes room.
-                # Beyond held_memory_bytes it waits in a temporary file (transports.held).
-                failure = self._held.hold(HeldMessage(got.sender, got.payload, *ack))
-                self._counts["held"] += 1
-                if failure is not None:  # the file failed: kept in memory, so not lost
-                    self._log(got.sender, "spill failed", failure)
-                return
-            self._deliver(got.sender, got.payload)
-        elif self._held.holds(got.ack):
-            return  # a resend of a held message: acked once it is delivered
-        acks.put_nowait(ack)
+        failure = self._inbox.take(got, self._send_ack)  # acked once delivered, else busy
+        if failure is not None:  # the file failed: kept in memory, so not lost
+            self._log(got.sender, "spill failed", failure)
+
+    def _send_ack(self, name: str, frame: bytes) -> None:
+        if self._acks is not None:  # else the sender's resend is acked when it comes
+            self._acks.put_nowait((name, frame))
 
     def _release_held(self) -> None:
-        """Deliver and ack held messages while the inbox has room, in arrival order."""
-        while self._held and self._inbox.qsize() < self.options.inbox_limit:
-            held = self._held.pop()
-            self._deliver(held.sender, held.payload)
-            if self._acks is not None:  # else the sender's resend is acked when it comes
-                self._acks.put_nowait((held.ack_topic, held.ack))
-
-    def _deliver(self, sender: str, payload: bytes) -> None:
-        self._counts["messages_received"] += 1
-        self._counts["bytes_received"] += len(payload)
-        self._inbox.put_nowait(payload)
+        try:
+            self._inbox.release(self._send_ack)
+        except TransportError as exc:  # it stays held, unacked: its sender knows
+            self._stop.set()  # the connection ends; receive() drains the inbox, then raises
+            self._fail(TransportError(f"party {self._party_id!r}: {exc}; the transport "
+                                      "stopped (check TMPDIR's disk)"))
 
     def _on_ack(self, frame: bytes) -> None:
         try:
-            transfer_id, seq = decode_ack(frame)
+            transfer_id, seq, busy = decode_ack(frame)
         except FrameError as exc:
             return self._reject(None, exc, "on the ack topic: ")
-        if self._window.ack(transfer_id, seq, self._now()):
+        if busy:  # held by a busy recipient: resent only as a probe, tries not counted
+            self._window.busy(transfer_id, seq, self._now())
+        elif self._window.ack(transfer_id, seq, self._now()):
             self._wake.set()
 
     def _reject(self, sender: str | None, error: Exception, where: str = "") -> None:

@@ -29,9 +29,12 @@ class MqttOptions:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     limits: ReassemblyLimits = field(default_factory=ReassemblyLimits)
     inbox_limit: int = 1000  # complete messages waiting for receive(); beyond: held
-    # unacked, so their senders wait (back-pressure), until receive() makes room
+    # unacked, answered busy, so their senders wait (back-pressure) (transports.inbox)
     held_memory_bytes: int = DEFAULT_HELD_MEMORY  # held payloads kept in memory; beyond:
     # in temporary files (transports.held), so memory does not grow with the senders
+    held_per_sender: int = 16  # messages held per sender (its window's worth and more);
+    held_max_bytes: int = 1 << 30  # held payload bytes, memory and files; at either
+    # bound a sender's frames are answered busy unread, and wait with it
     frame_queue_limit: int = 256  # frames read but not yet processed; beyond: dropped
     mqtt5: bool = False  # MQTT 3.1.1 by default; nothing here needs 5
     tcp_nodelay: bool = True  # send small packets at once (no Nagle): see _new_client
@@ -43,7 +46,8 @@ class MqttOptions:
                     "give_up_after", "operation_timeout_s", "log_period_s")
         bad = [n for n in positive if not getattr(self, n) > 0]
         bad += [n for n in ("keepalive", "window", "max_tries", "inbox_limit",
-                            "frame_queue_limit", "log_burst") if getattr(self, n) < 1]
+                            "frame_queue_limit", "log_burst", "held_per_sender",
+                            "held_max_bytes") if getattr(self, n) < 1]
         bad += ["held_memory_bytes"] if self.held_memory_bytes < 0 else []
         if bad or self.backoff < 1 or self.close_linger_s < 0:
             raise ParameterError(f"invalid MqttOptions: {bad or 'backoff/close_linger_s'}")
@@ -73,6 +77,8 @@ class MqttStats:
     expired: int = 0
     held: int = 0  # complete messages that found the inbox full and waited, unacked
     spilled: int = 0  # of those, held in a temporary file (beyond held_memory_bytes)
+    deferred: int = 0  # frames answered busy unread: their sender was at a held bound
+    busy: int = 0  # busy answers received: a recipient held our frame, not yet delivered
     reconnects: int = 0
     last_rejections: tuple[str, ...] = ()
     ack_timeouts: tuple[tuple[str, float], ...] = ()  # per recipient with RTT samples, now

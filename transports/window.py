@@ -18,8 +18,9 @@ The rules:
 - **Window per recipient.**  At most ``window`` frames per recipient are out and unacked.
   Per recipient, not in total: frames waiting for the acks of a dead party must not hold
   back messages to live ones (a dropped client would otherwise stall an aggregator).
-- **Retransmission.**  A frame not acked ``timeout * backoff ** (tries - 1)`` after its
+- **Retransmission.**  A frame not acked ``timeout * backoff ** exponent`` after its
   timer started is due again; due frames go out before any new frame, oldest first.
+  Each timeout raises the frame's exponent by one (up to ``max_tries - 1``).
   While a frame is being published its deadline is infinite: the timer starts in
   :meth:`SendWindow.sent`, so a slow publish is not mistaken for a lost ack.
 - **Adaptive timeout** (RFC 6298's, per recipient).  ``timeout`` is
@@ -27,23 +28,34 @@ The rules:
   RTTVAR are the smoothed round trip and its mean deviation (gains 1/8 and 1/4) over
   samples from that recipient's acks; before the first sample it is ``ack_timeout_s``.
   After backoff a timeout exceeds ``max_ack_timeout_s`` only where the fixed schedule
-  ``ack_timeout_s * backoff ** (tries - 1)`` already does.  Karn's rule: only a frame
-  acked after exactly one send gives a sample (an ack of a resent frame may answer
-  either send), and so does no frame made due by :meth:`kick` or :meth:`resume`.
+  ``ack_timeout_s * backoff ** exponent`` already does.  Karn's algorithm, both halves
+  (RFC 6298 5.5 to 5.7): only a frame acked after exactly one send gives a sample (an
+  ack of a resent frame may answer either send), and so does no frame made due by
+  :meth:`kick` or :meth:`resume`; and the backed-off timeout stays: a new frame to a
+  recipient starts at the highest exponent a timeout reached there, until a sample
+  comes (or :meth:`kick`).  A sample runs from the frame's send to its ack.
 - **The timer runs from the head of the line.**  On a slow link the window's frames
   queue (in the broker, in the tbf queue) behind one another: the eighth frame's ack
   comes back after the seven ahead of it were carried, however healthy the path.  So,
   as TCP restarts its timer on every ack of new data, an ack restarts the timer of
   every frame to the same recipient sent after the acked one (never earlier than its
-  deadline was), and the sample is the time from a timer's latest (re)start to the
-  ack: about one frame's transmission on a saturated link, plus the round trip.  A
-  frame overtaken by later ones is not restarted by their acks: a frame lost on a fast
-  link is resent ``ack_timeout_s`` after its predecessor's ack (on a fast link, about
-  ``ack_timeout_s`` after its own send, as before).  Per
-  recipient, so a slow party's long timeout never delays resends to a fast one.
+  deadline was).  The sample still runs from the frame's send: its queueing is part of
+  the round trip the timeout must cover (a sample from the restart would run low, and
+  so would the timeout, on a pipelined link).  A frame overtaken by later ones is not
+  restarted by their acks: a frame lost on a fast link is resent ``ack_timeout_s``
+  after its predecessor's ack (on a fast link, about ``ack_timeout_s`` after its own
+  send, as before).  Per recipient, so a slow party's long timeout never delays
+  resends to a fast one.
 - **Give-up.**  A frame whose deadline passes after ``max_tries`` sends gives up its whole
   transfer: its frames are forgotten and it is reported by ``take_given_up``.  Delivery
   stays best effort, as :mod:`transports.base` promises.
+- **Busy.**  A recipient whose inbox is full answers *busy* (:mod:`transports.inbox`):
+  it has the frame but cannot take it yet.  :meth:`SendWindow.busy` keeps the frame
+  unacked (its window slot stays taken: back-pressure), forgets its tries and makes it
+  due only ``max_ack_timeout_s`` later, as a probe that is no loss (no backoff) and
+  draws another busy, or the ack once delivered.  A busy recipient thus never makes a
+  transfer give up, however long it stays busy; a dead one leaves the probe unanswered,
+  and the frame gives up after ``max_tries`` more sends.
 - **Release.**  A sender waits until every frame of its transfer went out at least once
   (not until they are acked): the transfer is then *released*.  A transfer is also
   released when given up, aborted, or when its recipient goes offline
@@ -106,11 +118,14 @@ class InFlightFrame:
     transfer: OutgoingTransfer
     seq: int  # MANIFEST_SEQ or a chunk number
     last: bool  # the last frame of its transfer to be handed out
-    tries: int = 1  # sends so far, this one included
+    tries: int = 1  # sends since the last busy answer (or ever), this one included
+    exponent: int = 0  # its timeout is the base one times backoff ** exponent
     deadline: float = math.inf  # when it is due again; inf while being published
     started: float | None = None  # when its ack timer last (re)started; None: not running
+    sent_at: float = 0.0  # when it was last sent: an RTT sample runs from there
     sent_no: int = 0  # order of its latest send among all sends (0: not sent yet)
     timed: bool = True  # its ack may give an RTT sample (Karn's rule)
+    probe: bool = False  # the recipient said busy: its next resend is no loss
 
     @property
     def key(self) -> tuple[bytes, int]:
@@ -156,12 +171,14 @@ class SendWindow:
         self.ack_timeout_s, self.backoff = ack_timeout_s, backoff
         self.max_ack_timeout_s = max_ack_timeout_s
         self._rtt: dict[str, RttEstimator] = {}  # per recipient, once it gave a sample
+        self._backed_off: dict[str, int] = {}  # per recipient: exponent kept (Karn)
         self._sends = 0
         self._queue: deque[OutgoingTransfer] = deque()  # with frames not handed out yet
         self._in_flight: OrderedDict[tuple[bytes, int], InFlightFrame] = OrderedDict()
         self._released: list[OutgoingTransfer] = []
         self._given_up: list[OutgoingTransfer] = []
         self.retransmits = 0
+        self.busy_answers = 0
         self.transfers_acked = 0
         self.transfers_failed = 0
 
@@ -181,7 +198,7 @@ class SendWindow:
 
     def ack_timeout(self, recipient: str) -> float:
         """The first-try timeout a frame to ``recipient`` gets now (module docstring)."""
-        return max(self.ack_timeout_s, min(self.max_ack_timeout_s, self._rto(recipient)))
+        return self._scaled(recipient, self._backed_off.get(recipient, 0))
 
     def rtt(self, recipient: str) -> RttEstimator | None:
         """The round-trip estimate for ``recipient``; None before its first sample."""
@@ -213,7 +230,7 @@ class SendWindow:
         """``frame`` went out: start its ack timer.  A frame whose ack overtook the
         publish (or that abort() dropped meanwhile) is no longer held: its timer is moot."""
         self._sends += 1
-        frame.started, frame.sent_no = now, self._sends
+        frame.started, frame.sent_at, frame.sent_no = now, now, self._sends
         frame.deadline = now + self._timeout(frame)
         if frame.last:
             self._release(frame.transfer)
@@ -226,13 +243,29 @@ class SendWindow:
         if frame is None:
             return False
         if frame.started is not None:  # else the ack overtook its publish: no timer ran
-            if frame.timed and frame.tries == 1:
-                self._rtt.setdefault(frame.transfer.recipient, RttEstimator()).add(
-                    max(0.0, now - frame.started))
+            if frame.timed and frame.tries == 1:  # Karn: only a frame sent once is timed
+                recipient = frame.transfer.recipient
+                self._rtt.setdefault(recipient, RttEstimator()).add(
+                    max(0.0, now - frame.sent_at))
+                self._backed_off.pop(recipient, None)  # a valid sample ends the backoff
             self._restart_behind(frame, now)
         frame.transfer.unacked -= 1
         if frame.transfer.acked:
             self.transfers_acked += 1
+        return True
+
+    def busy(self, transfer_id: bytes, seq: int, now: float) -> bool:
+        """The recipient holds the frame, not delivered yet: it stays unacked with its
+        tries forgotten, due again (a probe) ``max_ack_timeout_s`` from now, and the
+        frames behind it restart their timers as on an ack.  False if not awaited."""
+        frame = self._in_flight.get((transfer_id, seq))
+        if frame is None:
+            return False
+        self.busy_answers += 1
+        frame.tries, frame.timed, frame.probe = 0, False, True
+        if frame.deadline < math.inf:  # else being published: sent() starts its timer
+            frame.started, frame.deadline = now, now + self.max_ack_timeout_s
+            self._restart_behind(frame, now)
         return True
 
     # ----------------------------------------------------------------- events
@@ -250,7 +283,8 @@ class SendWindow:
         frames = [f for f in self._in_flight.values() if f.transfer.recipient == recipient]
         for frame in frames:
             _make_due(frame, now)
-            frame.tries = 1
+            frame.tries, frame.exponent = 1, 0
+        self._backed_off.pop(recipient, None)
         return bool(frames)
 
     def resume(self, now: float) -> None:
@@ -285,8 +319,13 @@ class SendWindow:
 
     def _timeout(self, frame: InFlightFrame) -> float:
         """Seconds from the timer's start until ``frame`` is due again."""
-        backoff = self.backoff ** (frame.tries - 1)
-        adaptive = min(self._rto(frame.transfer.recipient) * backoff, self.max_ack_timeout_s)
+        return self._scaled(frame.transfer.recipient, frame.exponent)
+
+    def _scaled(self, recipient: str, exponent: int) -> float:
+        """The timeout after ``exponent`` backoffs: the adaptive one capped, but never
+        below the fixed schedule."""
+        backoff = self.backoff ** exponent
+        adaptive = min(self._rto(recipient) * backoff, self.max_ack_timeout_s)
         return max(self.ack_timeout_s * backoff, adaptive)
 
     def _restart_behind(self, acked: InFlightFrame, now: float) -> None:
@@ -314,7 +353,12 @@ class SendWindow:
                 self._give_up(frame.transfer, f"{what} unacked after {frame.tries} tries")
                 continue
             frame.tries += 1
-            frame.deadline, frame.started, frame.timed = math.inf, None, False
+            if not frame.probe:  # a timeout: back off, and new frames to it start there
+                frame.exponent = min(frame.exponent + 1, self.max_tries - 1)
+                recipient = frame.transfer.recipient
+                self._backed_off[recipient] = max(self._backed_off.get(recipient, 0),
+                                                  frame.exponent)
+            frame.deadline, frame.started, frame.timed, frame.probe = math.inf, None, False, False
             self.retransmits += 1
             return frame
         return None
@@ -329,7 +373,8 @@ class SendWindow:
             if out.all_handed_out:
                 self._queue.remove(out)  # we return at once: no iteration goes on
             frame = InFlightFrame(out, MANIFEST_SEQ if index == 0 else index - 1,
-                                  last=out.all_handed_out)
+                                  last=out.all_handed_out,
+                                  exponent=self._backed_off.get(out.recipient, 0))
             self._in_flight[frame.key] = frame
             return frame
         return None
