@@ -555,8 +555,7 @@ class Aggregator(Node):
         if isinstance(item, Offline):
             return self._aggregator.party_offline(item.party, now)
         if isinstance(item, Presence) and item.online:
-            self._aggregator.party_reachable(item.party)
-            return Step()
+            return self._aggregator.party_reachable(item.party, now)
         if isinstance(item, Presence):
             return self._aggregator.party_unreachable(item.party, now)
         return await super()._submit(item, now)
