@@ -174,7 +174,7 @@ class ClientMachine(Machine[ClientState]):
 
     def _send_upload(self) -> Step:
         """Weight, protect and send the stored values (again, after a dropout), in parts
-        of about ``part_bytes``: each part is encoded and its frames let go at once."""
+        of at most ``part_bytes``: each part is encoded and its frames let go at once."""
         assert self._upload_values is not None
         protected, plain, sends = *self._upload_values, list[Outgoing]()
         for part in upload_parts(self.manifest.mode, self.context, self._keys.public_key,

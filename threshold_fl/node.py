@@ -45,7 +45,7 @@ from protocols import (
     Step,
     UpdateNeeded,
 )
-from protocols.protection import DEFAULT_PART_BYTES
+from protocols.protection import DEFAULT_PART_BYTES, require_part_room
 from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import (
     ForgedMessage,
@@ -431,6 +431,7 @@ class FederatedClient(Node):
     ) -> None:
         machine = ClientMachine(manifest, identity, randomness, samples=samples,
                                 part_bytes=part_bytes)
+        require_part_room(manifest.mode, machine.context, part_bytes)  # now, not mid-session
         super().__init__(machine, transport, **options)
         self._client = machine
         self._train = train

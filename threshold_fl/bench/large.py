@@ -35,7 +35,7 @@ import numpy as np
 
 from threshold_fl._checks import bounded
 from threshold_fl.arrays import FloatArray
-from threshold_fl.errors import ThresholdFLError
+from threshold_fl.errors import ParameterError, ThresholdFLError
 
 __all__ = ["main", "synthetic_update"]
 
@@ -252,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0), default=1.0,
                         help="share of the values encrypted (1: all; 0.1: top 10 %%)")
     parser.add_argument("--part-mib", type=bounded(int, 1, 1000), default=256,
-                        help="most MiB of one upload message (default 256)")
+                        help="most MiB of one upload message, all its bytes counted; at "
+                        "most --max-payload-mib (default 256)")
     parser.add_argument("--max-payload-mib", type=bounded(int, 1, 4096), default=1024,
                         help="the transports' max_payload in MiB (default 1024, the "
                         "library's): no single message may exceed it")
@@ -263,6 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--broker", help=argparse.SUPPRESS)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    from protocols.protection import check_part_bytes
+    try:
+        check_part_bytes(args.part_mib << 20, args.max_payload_mib << 20)
+    except ParameterError as exc:
+        parser.error(f"--part-mib {args.part_mib} over --max-payload-mib "
+                     f"{args.max_payload_mib}: {exc}")
     try:
         if args.party is not None:  # one party, in its own process
             result = asyncio.run(_run_party(args.folder, args.party, args.broker,
