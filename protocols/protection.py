@@ -51,6 +51,7 @@ __all__ = [
     "encode_frames",
     "encode_plain",
     "implausible",
+    "most_parts",
     "open_protected",
     "part_span",
     "require_part_room",
@@ -130,6 +131,12 @@ def _protected_items(mode: Mode, context: CkksContext, length: int) -> int:
     return length if mode is Mode.PLAINTEXT else ciphertext_count(context, length)
 
 
+def most_parts(mode: Mode, context: CkksContext, length: int, plain_length: int) -> int:
+    """The most parts an upload of *length* protected and *plain_length* plain values
+    can come in: one protected item (ciphertext or value) and one plain value each."""
+    return max(_protected_items(mode, context, length), plain_length, 1)
+
+
 def _item_bytes(mode: Mode, context: CkksContext) -> int:
     """Most bytes one protected item (a ciphertext, or a float32 value) adds to a part."""
     if mode is Mode.PLAINTEXT:
@@ -174,7 +181,7 @@ def _part_count(mode: Mode, context: CkksContext, length: int, plain_length: int
         return (-(-items // parts) * per_item
                 + -(-plain_length // parts) * PLAIN_DTYPE.itemsize) <= room
 
-    low, high = 1, max(items, plain_length, 1)  # at *high*, one item and one value a part
+    low, high = 1, most_parts(mode, context, length, plain_length)  # 1 item, 1 value each
     while low < high:  # the fewest parts that fit: fits() only grows with parts
         middle = (low + high) // 2
         low, high = (low, middle) if fits(middle) else (middle + 1, high)
@@ -291,6 +298,7 @@ class UploadRound:
         self.protected: ProtectedSum | None = ProtectedSum(mode, context, key_id, length)
         self.plain = np.zeros(model_length - length)
         self._parts: dict[PartyId, tuple[int, set[int]]] = {}  # party: (parts, received)
+        self._most_parts = most_parts(mode, context, length, self.plain.size)
         self.peak_staged = 0  # the sum's, once taken: most ciphertexts held besides it
 
     def weight(self, party: PartyId) -> float:
@@ -301,11 +309,18 @@ class UploadRound:
         carry it already, float32 parts do not (a SensitivityUpload has none).  True once
         the party's last part is in.
 
-        Parts may come in any order; a repeated part, or one that disagrees with the
-        party's earlier parts on how many there are, is refused and changes nothing.
+        Parts may come in any order; a repeated part, one that disagrees with the
+        party's earlier parts on how many there are, or one that says there are more
+        than an upload of this size can have (:func:`most_parts`), is refused and changes
+        nothing.
         """
         protected, part, parts = upload.protected, upload.part, upload.parts
         plain = upload.plain if isinstance(upload, UpdateUpload) else None
+        if parts > self._most_parts:
+            raise MalformedMessage(
+                f"upload part {part} from {party!r} says the upload has {parts} parts, more "
+                f"than the {self._most_parts} an upload of this size can have (one "
+                "ciphertext or value each); discarded")
         parts_seen = self._parts.get(party)
         if parts_seen is not None and parts_seen[0] != parts:
             raise MalformedMessage(

@@ -156,6 +156,11 @@ def test_parts_in_any_order_and_every_bad_part_refused_by_name() -> None:
     count = parts[0].body.parts  # type: ignore[union-attr]
     assert count >= 4 and len(parts) == count
     aggregator = net.aggregator
+    with pytest.raises(MalformedMessage, match=r"part 0 from 'client1' says the upload has "
+                                               r"100000 parts, more than the \d+ an upload of "
+                                               r"this size can have"):
+        aggregator.receive(resigned(parts[0], parts=100_000), net.now)
+    assert aggregator._uploads is not None and not aggregator._uploads.progress("client1")
     aggregator.receive(parts[0].raw, net.now)
     assert aggregator._uploads is not None
     waiting = f"(upload parts in: 'client1' 1/{count})"
