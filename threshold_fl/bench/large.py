@@ -35,6 +35,7 @@ import numpy as np
 
 from threshold_fl._checks import bounded
 from threshold_fl.arrays import FloatArray
+from threshold_fl.bench.processes import stop
 from threshold_fl.errors import ParameterError, ThresholdFLError
 
 __all__ = ["main", "synthetic_update"]
@@ -180,7 +181,7 @@ def _collect(processes: dict[str, subprocess.Popen[str]], deadline: float) -> li
         selector.register(process.stdout, selectors.EVENT_READ, name)
     open_streams = len(processes)
     while open_streams and time.monotonic() < deadline:
-        for key, _ in selector.select(timeout=5):
+        for key, _ in selector.select(timeout=min(5.0, max(0.0, deadline - time.monotonic()))):
             line = key.fileobj.readline()  # type: ignore[union-attr]
             if not line:
                 selector.unregister(key.fileobj)
@@ -189,7 +190,23 @@ def _collect(processes: dict[str, subprocess.Popen[str]], deadline: float) -> li
                 results.append(json.loads(line[len(_RESULT):]))
             else:
                 print(f"{key.data}: {line.rstrip()}", flush=True)
+    selector.close()
     return results
+
+
+def _exit_codes(processes: dict[str, subprocess.Popen[str]], grace_s: float
+                ) -> dict[str, int | None]:
+    """Each party's exit status, once it exits within *grace_s* (its output ended, it
+    should be on its way out); None for one that does not, which is then stopped."""
+    codes: dict[str, int | None] = {}
+    ends = time.monotonic() + grace_s
+    for name, process in processes.items():
+        try:
+            codes[name] = process.wait(max(0.0, ends - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            codes[name] = None
+            stop(process)
+    return codes
 
 
 def _report(results: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> str:
@@ -226,9 +243,20 @@ def _federate(args: argparse.Namespace) -> int:
               f"clients, broker {broker.url}; estimate: a round's upload about "
               f"{upload / 1e9:.2f} GB per client (16 B per encrypted value, 4 per plain one), "
               f"the mask stage's {16 * args.length / 1e9:.2f} GB (all encrypted)", flush=True)
-        processes = {name: _spawn(folder, name, broker.url, args) for name in names}
-        results = _collect(processes, started + args.timeout * 3)
-        codes = {name: process.wait(timeout=60) for name, process in processes.items()}
+        processes: dict[str, subprocess.Popen[str]] = {}
+        try:  # every party stopped and reaped before the folder and broker go
+            for name in names:
+                processes[name] = _spawn(folder, name, broker.url, args)
+            deadline = started + args.timeout * 3
+            results = _collect(processes, deadline)
+            late = time.monotonic() >= deadline
+            if late:
+                print(f"the parties did not finish within {args.timeout * 3} s (3 x --timeout); "
+                      "stopping them", file=sys.stderr, flush=True)
+            codes = _exit_codes(processes, 0.0 if late else 60.0)
+        finally:
+            for process in processes.values():
+                stop(process)
     seconds = time.monotonic() - started
     report = _report(results, args, seconds)
     print(report)
@@ -239,7 +267,10 @@ def _federate(args: argparse.Namespace) -> int:
     failed = [n for n, code in codes.items() if code != 0]
     bad = [r["party"] for r in results if not r["finished"]]
     if failed or bad or len(results) != len(names):
-        print(f"FAILED: exit codes {codes}; not finished: {bad}", file=sys.stderr)
+        hung = [n for n, code in codes.items() if code is None]
+        print(f"FAILED: exit codes {codes}; not finished: {bad}"
+              + (f"; still running at the deadline, stopped: {hung}" if hung else ""),
+              file=sys.stderr)
         return 1
     return 0
 
