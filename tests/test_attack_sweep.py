@@ -5,13 +5,14 @@ Real attacks on the real colour LeNet and photo patches, at 16 pixels."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from threshold_fl.app import cli
+from threshold_fl.app import cli, privacy_sweep
 from threshold_fl.app.privacy_eval import dlg_model
 from threshold_fl.app.privacy_sweep import FIGURE9_SETTINGS, QUICK, RESULTS, load_results
 from threshold_fl.errors import ParameterError
@@ -209,6 +210,31 @@ def test_damaged_results_are_named(tmp_path: Path) -> None:
     (tmp_path / RESULTS).write_text('{"setting": "none"}\nnot json\n{"setting": "none"}\n')
     with pytest.raises(ParameterError, match="line 2 is not JSON"):
         load_results(tmp_path)
+
+
+def test_a_kill_while_a_resume_drops_partial_groups_loses_no_result(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume rewrites results.jsonl without the groups a kill left incomplete: into a
+    temporary file renamed over it, so a kill during the rewrite keeps every line."""
+    records: list[dict[str, object]] = [
+        {"setting": "none", "attacker": "dlg", "image": 0, "restart": restart}
+        for restart in range(2)] + [{"setting": "none", "attacker": "dlg", "image": 1,
+                                     "restart": 0}]  # its restart 1 never ran
+    whole = "".join(json.dumps(r) + "\n" for r in records)
+    (tmp_path / RESULTS).write_text(whole)
+    done = {("none", "dlg", 0)}
+
+    def killed(source: object, target: object) -> None:
+        raise KeyboardInterrupt  # the kill, once the new file is written
+    with monkeypatch.context() as patch:
+        patch.setattr(privacy_sweep.os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            privacy_sweep._drop_partial(tmp_path, records, done)
+    assert (tmp_path / RESULTS).read_text() == whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RESULTS]  # no temporary left
+    privacy_sweep._drop_partial(tmp_path, records, done)  # not killed: the rewrite
+    assert (tmp_path / RESULTS).read_text() == "".join(json.dumps(r) + "\n"
+                                                       for r in records[:2])
 
 
 def test_report_only_needs_a_sweep_folder(tmp_path: Path,
