@@ -3,7 +3,8 @@
 ``threshold_fl.bench.processes`` stops a process (SIGTERM, then SIGKILL) or a whole
 process group; ``bench large`` stops parties still running at its deadline, and ``bench
 network`` a federation that outlasts ``--timeout``, the processes it started included.
-The namespace pair's veths are told apart whatever their tags.
+The namespace pair's veths are told apart whatever their tags, and memory figures
+come from one reader of ``/proc/<pid>/status``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import pytest
 from threshold_fl.bench.large import _collect, _exit_codes
 from threshold_fl.bench.netns import NamespacePair
 from threshold_fl.bench.network import _run_in
+from threshold_fl.bench.output import peak_mib, status_mib
 from threshold_fl.bench.processes import stop, stop_group
+from threshold_fl.bench.scale import _proc_usage
 from threshold_fl.errors import ThresholdFLError
 
 #: A process that starts a child, writes the child's pid to argv[1], says "ready" and
@@ -113,3 +116,17 @@ def test_veths_of_pairs_with_tags_alike_have_names_of_their_own() -> None:
     devices = [name for pair in pairs for name in (pair.broker_dev, pair.party_dev)]
     assert len(set(devices)) == len(devices), devices
     assert all(len(name) <= 15 for name in devices)  # the kernel's limit
+
+
+def test_memory_figures_come_from_one_reader_for_this_process_and_others() -> None:
+    resident, peak = status_mib("VmRSS"), status_mib("VmHWM")
+    assert resident is not None and peak is not None and 0 < resident <= peak
+    assert peak_mib() >= peak  # VmHWM, which only grows
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        cpu_s, child_peak = _proc_usage(child.pid)  # bench scale's view of the broker
+        assert cpu_s >= 0 and child_peak == status_mib("VmHWM", child.pid) and child_peak > 0
+    finally:
+        stop(child)
+    assert status_mib("VmHWM", child.pid) is None  # gone: nothing to read

@@ -35,6 +35,7 @@ import numpy as np
 
 from threshold_fl._checks import bounded
 from threshold_fl.arrays import FloatArray
+from threshold_fl.bench.output import peak_mib, status_mib
 from threshold_fl.bench.processes import stop
 from threshold_fl.errors import ParameterError, ThresholdFLError
 
@@ -56,15 +57,6 @@ def _sensitivity(index: int, length: int) -> FloatArray:
     positions = np.arange(length, dtype=np.float64)
     values: FloatArray = np.abs(np.cos(positions * 7e-4 + index))
     return values
-
-
-def _memory_mib(field: str = "VmHWM") -> float:
-    """This process's peak (VmHWM) or current (VmRSS) resident memory."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")  # pragma: no cover - Linux always has both
 
 
 # ----------------------------------------------------------------- one party (a process)
@@ -103,8 +95,8 @@ async def _run_party(folder: Path, name: str, broker_url: str, part_bytes: int,
         marks.setdefault(type(event).__name__, round(time.monotonic() - started, 1))
 
     def say(line: str) -> None:
-        print(f"[{time.monotonic() - started:7.1f} s, {_memory_mib('VmRSS'):,.0f} MiB, "
-              f"peak {_memory_mib():,.0f}] {line}", flush=True)
+        print(f"[{time.monotonic() - started:7.1f} s, {status_mib('VmRSS') or 0:,.0f} MiB, "
+              f"peak {peak_mib():,.0f}] {line}", flush=True)
 
     out: dict[str, Any] = {"party": name}
     async with transport:
@@ -129,7 +121,7 @@ async def _run_party(folder: Path, name: str, broker_url: str, part_bytes: int,
             summary = node.summary
         stats = transport.stats
     out.update(
-        peak_mib=round(_memory_mib()), seconds=round(time.monotonic() - started, 1),
+        peak_mib=round(peak_mib()), seconds=round(time.monotonic() - started, 1),
         marks=marks, compute_s={k: round(v, 1) for k, v in summary.compute_s.items()},
         bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
         messages_sent=stats.messages_sent, messages_received=stats.messages_received,
