@@ -31,6 +31,8 @@ from protocols.protection import check_part_bytes, part_span, upload_parts
 from protocols.states import AggregatorState
 from threshold_fl.crypto.vectors import ciphertext_count
 from threshold_fl.errors import DuplicateMessage, MalformedMessage, ParameterError, StaleMessage
+from threshold_fl.node import FederatedClient
+from transports import MemoryHub
 
 #: Five ciphertexts' worth of values and a bit: with 60 % encrypted, a round's upload
 #: is four ciphertexts (about 132 kB each) and about 16,000 float32 values.
@@ -121,6 +123,16 @@ def test_part_bytes_is_the_most_bytes_of_any_part_message(mode: Mode) -> None:
                                              "bytes, and be refused"):
         check_part_bytes(1001, 1000)
     check_part_bytes(1000, 1000)
+
+
+def test_a_federated_client_refuses_a_part_bytes_too_small_when_made() -> None:
+    """Not at its first upload, minutes into the session: when it is made."""
+    manifest = build_manifest(3, length=LENGTH, fraction=0.6, rounds=1)
+    with pytest.raises(ParameterError, match=r"part_bytes 50000 is too small: an upload "
+                                             r"part carries at least one ciphertext"):
+        FederatedClient(manifest, identity("client1"), MemoryHub().connect("client1"),
+                        samples=1, train=lambda round_, model: np.zeros(LENGTH),
+                        sensitivity=lambda: np.zeros(LENGTH), part_bytes=50_000)
 
 
 def held_back(net: Network, victim: str, keep: Callable[[int], bool]) -> None:
