@@ -536,9 +536,13 @@ class AggregatorMachine(Machine[AggregatorState]):
             return Step()
         return self._start_decryption(now, retry=True, reachable=True)
 
-    def party_reachable(self, party: PartyId) -> None:
-        """*party*'s connection is back: later decryption sets may include it again."""
+    def party_reachable(self, party: PartyId, now: float) -> Step:
+        """*party*'s connection is back: later decryption sets may include it again.  In
+        a key agreement that left it out (``key_holders``), it restarts with it."""
         self._unreachable.discard(party)
+        if self.state is A.KEY_AGREEMENT and party in self.alive and party not in self._holders:
+            return self._start_keys(now)
+        return Step()
 
     def _leave(self, party: PartyId, reason: str, now: float) -> Step:
         return self._drop([party], reason).extend(self._after_drop(now))

@@ -175,7 +175,7 @@ class ClientMachine(Machine[ClientState]):
 
     def _send_upload(self) -> Step:
         """Weight, protect and send the stored values (again, after a dropout), in parts
-        of about ``part_bytes``, each made only when the previous one has been taken
+        of at most ``part_bytes``, each made only when the previous one has been taken
         (:attr:`Step.later`): the whole encrypted upload is never held."""
         assert self._upload_values is not None
         protected, plain = self._upload_values

@@ -117,6 +117,7 @@ def key_holders(alive: Sequence[PartyId], unreachable: Collection[PartyId], thre
     """Who is asked to hold the next key: the live clients without those whose connection
     was lost (a Last Will seen, not yet judged gone), if t others remain.  A holder lost
     during key agreement restarts it; several lost at once would otherwise restart it
-    once each, N^2 sealed deliveries every time."""
+    once each, N^2 sealed deliveries every time.  One left out that comes back before it
+    is judged gone restarts it again, with it (``AggregatorMachine.party_reachable``)."""
     reachable = tuple(party for party in alive if party not in unreachable)
     return reachable if len(reachable) >= threshold else tuple(alive)

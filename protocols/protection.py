@@ -14,7 +14,7 @@ import msgpack
 import numpy as np
 
 from protocols.manifest import Mode
-from protocols.messages import SensitivityUpload, UpdateUpload
+from protocols.messages import MAX_UPLOAD_PARTS, SensitivityUpload, UpdateUpload
 from threshold_fl.arrays import FloatArray, U64Array
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import PublicKey
@@ -44,14 +44,17 @@ __all__ = [
     "UploadRound",
     "check_bound",
     "checked_vector",
+    "check_part_bytes",
     "checked_weights",
     "decode_frames",
     "decode_plain",
     "encode_frames",
     "encode_plain",
     "implausible",
+    "most_parts",
     "open_protected",
     "part_span",
+    "require_part_room",
     "upload_parts",
 ]
 
@@ -63,6 +66,7 @@ _MAX_FRAMES = 1_000_000
 #: party holds a whole large upload as one message.
 DEFAULT_PART_BYTES = 256 * 2**20
 _FRAME_OVERHEAD = 1024  # a ciphertext's serialisation header, frame and msgpack bytes
+_MESSAGE_OVERHEAD = 4096  # an upload message's envelope, header, signature and msgpack
 
 
 def encode_plain(values: FloatArray) -> bytes:
@@ -127,33 +131,80 @@ def _protected_items(mode: Mode, context: CkksContext, length: int) -> int:
     return length if mode is Mode.PLAINTEXT else ciphertext_count(context, length)
 
 
+def most_parts(mode: Mode, context: CkksContext, length: int, plain_length: int) -> int:
+    """The most parts an upload of *length* protected and *plain_length* plain values
+    can come in: one protected item (ciphertext or value) and one plain value each."""
+    return max(_protected_items(mode, context, length), plain_length, 1)
+
+
+def _item_bytes(mode: Mode, context: CkksContext) -> int:
+    """Most bytes one protected item (a ciphertext, or a float32 value) adds to a part."""
+    if mode is Mode.PLAINTEXT:
+        return PLAIN_DTYPE.itemsize
+    limbs = len(context.aggregate_moduli)
+    return 2 * context.params.resolved_ring_dimension * 8 * limbs + _FRAME_OVERHEAD
+
+
+def require_part_room(mode: Mode, context: CkksContext, part_bytes: int) -> None:
+    """Raise ParameterError unless *part_bytes* holds the smallest upload part: one
+    protected item and one float32 value, besides the message's own bytes."""
+    smallest = _MESSAGE_OVERHEAD + _item_bytes(mode, context) + PLAIN_DTYPE.itemsize
+    if isinstance(part_bytes, bool) or not isinstance(part_bytes, int) or (
+            part_bytes < smallest):
+        item = "float32 value" if mode is Mode.PLAINTEXT else "ciphertext"
+        raise ParameterError(
+            f"part_bytes {part_bytes!r} is too small: an upload part carries at least one "
+            f"{item} and the message's own bytes, {smallest} bytes in all; make part_bytes "
+            f"at least {smallest}")
+
+
+def check_part_bytes(part_bytes: int, max_payload: int) -> None:
+    """Raise ParameterError unless upload parts of at most *part_bytes* fit the
+    transport's *max_payload* (the largest message it sends or accepts)."""
+    if part_bytes > max_payload:
+        raise ParameterError(
+            f"upload parts of up to {part_bytes} bytes would exceed the transport's "
+            f"max_payload of {max_payload} bytes, and be refused; make part_bytes at most "
+            "max_payload")
+
+
 def _part_count(mode: Mode, context: CkksContext, length: int, plain_length: int,
                 part_bytes: int) -> int:
-    if mode is Mode.PLAINTEXT:
-        size = length * PLAIN_DTYPE.itemsize
-    else:
-        limbs = len(context.aggregate_moduli)
-        per = 2 * context.params.resolved_ring_dimension * 8 * limbs + _FRAME_OVERHEAD
-        size = ciphertext_count(context, length) * per
-    size += plain_length * PLAIN_DTYPE.itemsize
-    items = max(_protected_items(mode, context, length), plain_length, 1)
-    return max(1, min(-(-size // part_bytes), items))
+    """The fewest parts, split evenly (:func:`part_span`), none of which is over
+    *part_bytes*: a part carries at most ceil(items / parts) protected items and
+    ceil(plain_length / parts) float32 values."""
+    require_part_room(mode, context, part_bytes)
+    items, per_item = _protected_items(mode, context, length), _item_bytes(mode, context)
+    room = part_bytes - _MESSAGE_OVERHEAD
+
+    def fits(parts: int) -> bool:
+        return (-(-items // parts) * per_item
+                + -(-plain_length // parts) * PLAIN_DTYPE.itemsize) <= room
+
+    low, high = 1, most_parts(mode, context, length, plain_length)  # 1 item, 1 value each
+    while low < high:  # the fewest parts that fit: fits() only grows with parts
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle + 1, high)
+    if low > MAX_UPLOAD_PARTS:
+        raise ParameterError(
+            f"part_bytes {part_bytes} would split this upload into {low} parts, more than "
+            f"the {MAX_UPLOAD_PARTS} a receiver accepts; make part_bytes larger")
+    return low
 
 
 def upload_parts(
     mode: Mode, context: CkksContext, public_key: PublicKey | None, values: FloatArray,
     weight: float, plain: FloatArray | None, *, part_bytes: int = DEFAULT_PART_BYTES,
 ) -> Iterator[UploadPart]:
-    """An upload as parts of about ``part_bytes`` each, one part at a time (only the
-    part being made is held beyond ``values``): ``weight * values`` encrypted
-    (threshold, single-key), or ``values`` as float32 bytes (plaintext mode).
+    """An upload as parts of at most ``part_bytes`` each (message bytes included), one
+    part at a time (only the part being made is held beyond ``values``): ``weight *
+    values`` encrypted (threshold, single-key), or ``values`` as float32 bytes
+    (plaintext mode).
 
     Ciphertexts carry the client's FedAvg weight because the aggregator can only add
     them (see threshold_fl.crypto.vectors).  Float32 parts travel unweighted and the
     aggregator weights them in float64, which keeps plaintext FedAvg exact.
     """
-    if part_bytes < 1:
-        raise ParameterError(f"part_bytes must be positive, got {part_bytes!r}")
     plain_length = 0 if plain is None else plain.size
     parts = _part_count(mode, context, values.size, plain_length, part_bytes)
     items = _protected_items(mode, context, values.size)
@@ -247,6 +298,7 @@ class UploadRound:
         self.protected: ProtectedSum | None = ProtectedSum(mode, context, key_id, length)
         self.plain = np.zeros(model_length - length)
         self._parts: dict[PartyId, tuple[int, set[int]]] = {}  # party: (parts, received)
+        self._most_parts = most_parts(mode, context, length, self.plain.size)
         self.peak_staged = 0  # the sum's, once taken: most ciphertexts held besides it
 
     def weight(self, party: PartyId) -> float:
@@ -257,11 +309,18 @@ class UploadRound:
         carry it already, float32 parts do not (a SensitivityUpload has none).  True once
         the party's last part is in.
 
-        Parts may come in any order; a repeated part, or one that disagrees with the
-        party's earlier parts on how many there are, is refused and changes nothing.
+        Parts may come in any order; a repeated part, one that disagrees with the
+        party's earlier parts on how many there are, or one that says there are more
+        than an upload of this size can have (:func:`most_parts`), is refused and changes
+        nothing.
         """
         protected, part, parts = upload.protected, upload.part, upload.parts
         plain = upload.plain if isinstance(upload, UpdateUpload) else None
+        if parts > self._most_parts:
+            raise MalformedMessage(
+                f"upload part {part} from {party!r} says the upload has {parts} parts, more "
+                f"than the {self._most_parts} an upload of this size can have (one "
+                "ciphertext or value each); discarded")
         parts_seen = self._parts.get(party)
         if parts_seen is not None and parts_seen[0] != parts:
             raise MalformedMessage(

@@ -195,6 +195,8 @@ AGGREGATOR_OTHER_TARGETS: OtherTargets = {
     # a member owing its share lost its connection: another set (no decryption budget
     # left aborts)
     "party_unreachable": _to(A.ABORTED),
+    # back during a key agreement that left it out: it restarts with it
+    "party_reachable": _to(A.KEY_AGREEMENT, A.ABORTED),
 }
 
 #: The protocol stage of the messages the aggregator sends and expects in each state.

@@ -5,15 +5,17 @@ Real attacks on the real colour LeNet and photo patches, at 16 pixels."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from threshold_fl.app import cli
+from threshold_fl.app import cli, privacy_sweep
 from threshold_fl.app.privacy_eval import dlg_model
 from threshold_fl.app.privacy_sweep import FIGURE9_SETTINGS, QUICK, RESULTS, load_results
+from threshold_fl.app.sweep_report import markdown, read_sweep
 from threshold_fl.errors import ParameterError
 from threshold_fl.ml import batched_attack
 from threshold_fl.ml.attack import (
@@ -209,6 +211,68 @@ def test_damaged_results_are_named(tmp_path: Path) -> None:
     (tmp_path / RESULTS).write_text('{"setting": "none"}\nnot json\n{"setting": "none"}\n')
     with pytest.raises(ParameterError, match="line 2 is not JSON"):
         load_results(tmp_path)
+
+
+def test_a_kill_while_a_resume_drops_partial_groups_loses_no_result(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume rewrites results.jsonl without the groups a kill left incomplete: into a
+    temporary file renamed over it, so a kill during the rewrite keeps every line."""
+    records: list[dict[str, object]] = [
+        {"setting": "none", "attacker": "dlg", "image": 0, "restart": restart}
+        for restart in range(2)] + [{"setting": "none", "attacker": "dlg", "image": 1,
+                                     "restart": 0}]  # its restart 1 never ran
+    whole = "".join(json.dumps(r) + "\n" for r in records)
+    (tmp_path / RESULTS).write_text(whole)
+    done = {("none", "dlg", 0)}
+
+    def killed(source: object, target: object) -> None:
+        raise KeyboardInterrupt  # the kill, once the new file is written
+    with monkeypatch.context() as patch:
+        patch.setattr(privacy_sweep.os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            privacy_sweep._drop_partial(tmp_path, records, done)
+    assert (tmp_path / RESULTS).read_text() == whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RESULTS]  # no temporary left
+    privacy_sweep._drop_partial(tmp_path, records, done)  # not killed: the rewrite
+    assert (tmp_path / RESULTS).read_text() == "".join(json.dumps(r) + "\n"
+                                                       for r in records[:2])
+
+
+PARAMETERS_OK: dict[str, object] = {
+    "image_size": 16, "classes": 10, "images": 1, "restarts": 1,
+    "settings": [{"name": "none", "kind": "none", "fraction": 0.0}],
+    "attackers": {"dlg": {"iterations": 5}}}
+RECORD_OK: dict[str, object] = {
+    "setting": "none", "attacker": "dlg", "image": 0, "victim": "cat", "restart": 0,
+    "hidden_fraction": 0.0, "relative_loss": 1e-3, "stop": "limit", "attacker_pick": True,
+    "seconds": 1.0, "scores": {"ssim": 0.9, "ms_ssim": 0.8, "uqi": 0.7, "vif": None,
+                               "psnr": "inf", "mse": 0.0}}
+
+
+@pytest.mark.parametrize(("file", "text", "error"), [
+    ("parameters.json", "{not json", r"cannot read .*parameters.json: Expecting"),
+    ("parameters.json", b"\xff\xfe", r"cannot read .*parameters.json: 'utf-8' codec"),
+    ("parameters.json", {k: v for k, v in PARAMETERS_OK.items() if k != "images"},
+     r"parameters.json: no 'images'; it was edited or damaged"),
+    ("parameters.json", {**PARAMETERS_OK, "restarts": "2"},
+     r"parameters.json: 'restarts' is '2', not a positive integer"),
+    ("parameters.json", {**PARAMETERS_OK, "settings": [{"name": "none"}]},
+     r"'settings' is not a list of settings with name, kind and fraction"),
+    (RESULTS, {k: v for k, v in RECORD_OK.items() if k != "victim"},
+     r"results.jsonl result line 1: no 'victim'; remove that line to redo its cell"),
+    (RESULTS, {**RECORD_OK, "scores": {"ssim": 0.9}},
+     r"result line 1: scores\['ms_ssim'\] is 'missing', not a number"),
+    (RESULTS, {**RECORD_OK, "scores": [0.9]}, r"result line 1: 'scores' is not a JSON object"),
+])
+def test_a_damaged_sweep_folder_is_named_by_the_report(
+        tmp_path: Path, file: str, text: object, error: str) -> None:
+    (tmp_path / "parameters.json").write_text(json.dumps(PARAMETERS_OK))
+    (tmp_path / RESULTS).write_text(json.dumps(RECORD_OK) + "\n")
+    assert "| none | dlg | 1/1 |" in markdown(*read_sweep(tmp_path))  # the files as written
+    data = text if isinstance(text, str | bytes) else json.dumps(text) + "\n"
+    (tmp_path / file).write_bytes(data.encode() if isinstance(data, str) else data)
+    with pytest.raises(ParameterError, match=error):
+        read_sweep(tmp_path)
 
 
 def test_report_only_needs_a_sweep_folder(tmp_path: Path,

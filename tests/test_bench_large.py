@@ -40,3 +40,10 @@ def test_arguments_out_of_range_are_refused(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         main(["--length", "0"])
     assert "--length: 0 must be in [1, 250000000]" in capsys.readouterr().err
+
+
+def test_parts_over_max_payload_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--part-mib", "3", "--max-payload-mib", "2"])
+    assert ("--part-mib 3 over --max-payload-mib 2: upload parts of up to 3145728 bytes would "
+            "exceed the transport's max_payload of 2097152 bytes") in capsys.readouterr().err

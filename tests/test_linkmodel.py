@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -207,6 +208,27 @@ def test_trace_files_are_checked_line_by_line(tmp_path: Path) -> None:
         read_trace(path)
     with pytest.raises(ParameterError, match="cannot read the trace"):
         read_trace(tmp_path / "missing.jsonl")
+    path.write_bytes(good.encode() + b"\n\xff\xfe\n")  # not UTF-8
+    with pytest.raises(ParameterError, match=r"cannot read the trace .*'utf-8' codec"):
+        read_trace(path)
+
+
+@pytest.mark.parametrize(("field", "value", "error"), [
+    ("t", "NaN", "trace t must be a finite number >= 0, got nan"),
+    ("t", "Infinity", "trace t must be a finite number >= 0, got inf"),
+    ("t", "-1", "trace t must be a finite number >= 0, got -1"),
+    ("round", "1.5", "trace round must be an integer >= 0, got 1.5"),
+    ("bytes", "true", "trace bytes must be an integer >= 0, got True"),
+])
+def test_trace_numbers_are_finite_and_counts_whole(tmp_path: Path, field: str, value: str,
+                                                   error: str) -> None:
+    path = tmp_path / "trace.jsonl"
+    line = _round_trace()[0].as_json()
+    start = line.index(f'"{field}": ') + len(f'"{field}": ')
+    end = min(i for i in (line.find(",", start), line.find("}", start)) if i >= 0)
+    path.write_text(line[:start] + value + line[end:] + "\n", encoding="utf-8")
+    with pytest.raises(ParameterError, match=f"line 1: {re.escape(error)}"):
+        read_trace(path)
 
 
 def test_bench_network_predict_names_a_missing_trace(tmp_path: Path,

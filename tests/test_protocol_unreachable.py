@@ -5,7 +5,8 @@ which it is dropped (``AggregatorMachine.party_unreachable`` / ``party_reachable
 On the simulated network: in every aggregator state the report drops nobody and moves
 no state but to ask another set; in a decryption it asks that set at once (attempt + 1,
 without the lost member), the late share of the replaced set is refused, and the round
-decrypts the right model; with fewer than t others it waits and says so."""
+decrypts the right model; with fewer than t others it waits and says so.  A key
+agreement restarted without a lost client restarts again with it when it comes back."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from protocol_harness import AGGREGATOR, Network, build_manifest, crypto_bound, run_until
+from test_protocol_dropouts import assert_correct_rounds
 from test_protocol_transitions import AGGREGATOR_SCENARIOS, Scenario, _id, reach
 
 from protocols.aggregator import AggregatorState
 from protocols.codec import decode_message
 from protocols.events import PartyDropped
-from protocols.messages import DecryptionShare, DecryptRequest
+from protocols.messages import DecryptionShare, DecryptRequest, KeygenStart
 from threshold_fl.errors import MessageRejected
 from threshold_fl.identity import PartyId
 
@@ -105,10 +107,56 @@ def test_with_fewer_than_t_others_the_set_waits_and_says_why() -> None:
         "waiting for 1 of 2 decryption shares (attempt 1): 'client2'; 'client2' lost the "
         "connection: another set as soon as t other holders are live, else at the drop or "
         "the deadline")
-    aggregator.party_reachable(PartyId("client1"))  # back: the next report may use it
+    aggregator.party_reachable(PartyId("client1"), net.now)  # back: the next report may use it
     step = aggregator.party_unreachable(PartyId("client2"), net.now)
     assert sorted(o.recipients for o in step.sends) == [("client1",), ("client3",)]
     assert aggregator.step[3] == 2
+
+
+def _keygen_starts(net: Network) -> dict[int, tuple[str, ...]]:
+    """Epoch -> participants of every KeygenStart sent so far."""
+    starts = [decode_message(data, net.manifest.directory) for _, kind, data in net.history
+              if kind == "KeygenStart"]
+    return {m.header.epoch: m.body.participants for m in starts
+            if isinstance(m.body, KeygenStart)}
+
+
+def test_a_client_back_during_a_key_agreement_that_left_it_out_is_included() -> None:
+    """client2's connection is reported lost during key agreement; client4 is then judged
+    gone, so key agreement restarts without both (``key_holders``); client2 comes back
+    before it is judged gone: key agreement restarts again with it, rather than wait for
+    a confirmation it cannot send and drop a healthy client at the keys deadline."""
+    net = Network(build_manifest(5, threshold=3, length=24, rounds=2))
+    away: set[str] = set()  # whose connection is down: nothing reaches it or comes from it
+
+    def rule(sender: str, recipient: str, kind: str, now: float) -> list[float]:
+        if sender == "client4" and kind == "KeyDelivery":
+            net.kill(sender)
+            return []
+        return [] if sender in away or recipient in away else [0.0]
+
+    net.faults = rule
+    net.start()
+    assert run_until(net, lambda: "client4" in net.dead)
+    away.add("client2")
+    aggregator = net.aggregator
+    net._apply(AGGREGATOR, aggregator.party_unreachable(PartyId("client2"), net.now))
+    net._apply(AGGREGATOR, aggregator.party_offline(PartyId("client4"), net.now))
+    assert _keygen_starts(net)[2] == ("client1", "client3", "client5")
+    assert not run_until(net, lambda: aggregator.state is not A.KEY_AGREEMENT,
+                         until=net.now + 1.0)  # the others are done; client2 is owed
+    assert aggregator.step[1] == 2 and "client2" in aggregator.alive
+
+    away.clear()  # its connection is back
+    step = aggregator.party_reachable(PartyId("client2"), net.now)
+    net._apply(AGGREGATOR, step)
+    assert _keygen_starts(net)[3] == ("client1", "client2", "client3", "client5")
+    net.run()
+    assert net.finished(AGGREGATOR), net.aborted(AGGREGATOR)
+    assert set(aggregator.dropped) == {"client4"}
+    contributors = assert_correct_rounds(net, {"client1", "client2", "client3", "client5"})
+    assert contributors == [("client1", "client2", "client3", "client5")] * 2
+    assert aggregator.party_reachable(PartyId("client2"), net.now).sends == []  # a holder
 
 
 @pytest.mark.parametrize("scenario", AGGREGATOR_SCENARIOS, ids=_id)
@@ -122,7 +170,7 @@ def test_a_connection_reported_lost_in_state(scenario: Scenario) -> None:
     victim = PartyId(alive[-1] if alive else "client3")
     before, attempt = machine.state, machine.step[3]
     step = machine.party_unreachable(victim, net.now)
-    machine.party_reachable(victim)
+    assert machine.party_reachable(victim, net.now).sends == []  # it was a holder
     assert machine.state is before and not step.events and not machine.dropped.keys() - set(
         net.dead)
     kinds = {decode_message(o.data, net.manifest.directory).body.__class__ for o in step.sends}

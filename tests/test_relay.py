@@ -22,17 +22,26 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
+async def _connect(port: int, serving: asyncio.Task[None]
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the relay once it listens; a clear failure if it never does."""
+    for _ in range(250):
+        if serving.done():  # it stopped: its own error says why
+            serving.result()
+            pytest.fail("the relay returned before anyone connected")
+        with contextlib.suppress(OSError):
+            return await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.02)
+    pytest.fail(f"the relay never listened on 127.0.0.1:{port} (250 tries, 20 ms apart)")
+
+
 async def test_the_relay_delays_each_way_and_keeps_the_bytes() -> None:
     echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
     target = echo.sockets[0].getsockname()[:2]
     port = free_port()
     task = asyncio.create_task(relay(("127.0.0.1", port), target, 0.15))
     try:
-        for _ in range(100):  # until it listens
-            with contextlib.suppress(OSError):
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                break
-            await asyncio.sleep(0.02)
+        reader, writer = await _connect(port, task)
         payload = os.urandom(3 << 20)  # many reads' worth: order must hold
         started = time.monotonic()
         writer.write(payload)

@@ -10,6 +10,7 @@ mid-stream, is an ordinary dropout.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -25,16 +26,18 @@ from protocol_harness import (
 
 from protocols import Mode, PartyDropped
 from protocols.codec import decode_message, encode_message
-from protocols.messages import Message, UpdateUpload
-from protocols.protection import part_span
+from protocols.messages import Message, Stage, UpdateUpload
+from protocols.protection import check_part_bytes, part_span, upload_parts
 from protocols.states import AggregatorState
 from threshold_fl.crypto.vectors import ciphertext_count
-from threshold_fl.errors import DuplicateMessage, MalformedMessage, StaleMessage
+from threshold_fl.errors import DuplicateMessage, MalformedMessage, ParameterError, StaleMessage
+from threshold_fl.node import FederatedClient
+from transports import MemoryHub
 
 #: Five ciphertexts' worth of values and a bit: with 60 % encrypted, a round's upload
 #: is four ciphertexts (about 132 kB each) and about 16,000 float32 values.
 LENGTH = 5 * 8192 + 100
-PART_BYTES = 140_000  # a ciphertext and change per part: several parts per upload
+PART_BYTES = 150_000  # a ciphertext and change per part: several parts per upload
 
 
 def streaming_network(mode: Mode = Mode.THRESHOLD) -> Network:
@@ -73,7 +76,7 @@ def test_an_upload_larger_than_a_part_streams_in_parts_into_the_sum(mode: Mode) 
         count = parts[0].body.parts  # type: ignore[union-attr]
         assert count > 1 and len(parts) == count
         assert sorted(m.body.part for m in parts) == list(range(count))  # type: ignore[union-attr]
-        assert all(len(m.raw) <= 2 * PART_BYTES for m in parts)
+        assert all(len(m.raw) <= PART_BYTES for m in parts)  # a maximum, every byte counted
     # The aggregator held at most one part's ciphertexts besides its running sum.
     assert net.clients["client1"].mask is not None
     encrypted = net.clients["client1"].mask.count
@@ -84,6 +87,52 @@ def test_an_upload_larger_than_a_part_streams_in_parts_into_the_sum(mode: Mode) 
     uploads = net.aggregator._uploads
     assert uploads is not None
     assert 0 < uploads.peak_staged <= largest < items
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_part_bytes_is_the_most_bytes_of_any_part_message(mode: Mode) -> None:
+    """Every part's signed message is at most ``part_bytes``, from the smallest
+    ``part_bytes`` allowed (one ciphertext or value a part) to one part for it all; a
+    ``part_bytes`` below that, or over the transport's max_payload, is refused by name."""
+    net = streaming_network(mode)
+    net.start()
+    assert run_until(net, lambda: net.aggregator.state is AggregatorState.MASK_UPLOAD)
+    client = net.clients["client1"]
+    values, plain = np.linspace(-1, 1, 2 * 8192 + 5), np.linspace(0, 1, 3000)
+
+    def sizes(part_bytes: int) -> list[int]:
+        parts = list(upload_parts(mode, client.context, client._keys.public_key, values, 0.5,
+                                  plain, part_bytes=part_bytes))
+        assert [p.part for p in parts] == list(range(parts[0].parts))
+        return [len(client._send([AGGREGATOR], p.body(), (Stage.ROUND, 1, 1, 1)).data)
+                for p in parts]
+
+    with pytest.raises(ParameterError, match=r"part_bytes 1000 is too small: .* make "
+                                             r"part_bytes at least \d+") as refused:
+        sizes(1000)
+    found = re.search(r"at least (\d+)$", str(refused.value))
+    assert found is not None
+    smallest = int(found.group(1))
+    most = max(values.size if mode is Mode.PLAINTEXT else 3, plain.size)  # 3 ciphertexts
+    (whole,) = sizes(10**8)
+    for part_bytes in (smallest, smallest + 40_000, whole // 2):
+        sent = sizes(part_bytes)
+        assert max(sent) <= part_bytes, (part_bytes, sent)
+        assert 2 <= len(sent) <= most
+    with pytest.raises(ParameterError, match="exceed the transport's max_payload of 1000 "
+                                             "bytes, and be refused"):
+        check_part_bytes(1001, 1000)
+    check_part_bytes(1000, 1000)
+
+
+def test_a_federated_client_refuses_a_part_bytes_too_small_when_made() -> None:
+    """Not at its first upload, minutes into the session: when it is made."""
+    manifest = build_manifest(3, length=LENGTH, fraction=0.6, rounds=1)
+    with pytest.raises(ParameterError, match=r"part_bytes 50000 is too small: an upload "
+                                             r"part carries at least one ciphertext"):
+        FederatedClient(manifest, identity("client1"), MemoryHub().connect("client1"),
+                        samples=1, train=lambda round_, model: np.zeros(LENGTH),
+                        sensitivity=lambda: np.zeros(LENGTH), part_bytes=50_000)
 
 
 def held_back(net: Network, victim: str, keep: Callable[[int], bool]) -> None:
@@ -119,6 +168,11 @@ def test_parts_in_any_order_and_every_bad_part_refused_by_name() -> None:
     count = parts[0].body.parts  # type: ignore[union-attr]
     assert count >= 4 and len(parts) == count
     aggregator = net.aggregator
+    with pytest.raises(MalformedMessage, match=r"part 0 from 'client1' says the upload has "
+                                               r"100000 parts, more than the \d+ an upload of "
+                                               r"this size can have"):
+        aggregator.receive(resigned(parts[0], parts=100_000), net.now)
+    assert aggregator._uploads is not None and not aggregator._uploads.progress("client1")
     aggregator.receive(parts[0].raw, net.now)
     assert aggregator._uploads is not None
     waiting = f"(upload parts in: 'client1' 1/{count})"

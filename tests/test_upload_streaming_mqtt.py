@@ -33,7 +33,7 @@ broker = mqtt_fixtures.broker  # the fixture (see mqtt_fixtures on why not impor
 
 LENGTH = 6 * 8192 + 100  # 7 ciphertexts: about 930 kB per fully encrypted upload
 MAX_PAYLOAD = 600_000  # above c1, shares and the fused result (about 460 kB), below an upload
-PART_BYTES = 200_000  # so an upload goes as 5 parts
+PART_BYTES = 200_000  # so an upload goes as 7 parts, one ciphertext each
 AGGREGATOR = "aggregator"
 SAMPLES = {"client1": 30, "client2": 10}
 
@@ -85,7 +85,7 @@ async def test_uploads_over_max_payload_stream_in_parts(broker: MosquittoBroker)
         assert np.abs(models[name] - expected).max() <= bound
         assert "SensitivityUpload" not in {kind for kind, _ in sent[name]}
         sizes = [size for kind, size in sent[name] if kind == "UpdateUpload"]
-        assert len(sizes) == 5 and max(sizes) < MAX_PAYLOAD < sum(sizes), sizes
+        assert len(sizes) == 7 and max(sizes) <= PART_BYTES < MAX_PAYLOAD < sum(sizes), sizes
     assert stats.rejected == 0 and serving.result().rejected == 0
     # The aggregator held one part's ciphertexts at most besides its running sum.
     uploads = aggregator.machine._uploads  # type: ignore[attr-defined]

@@ -45,7 +45,7 @@ from protocols import (
     Step,
     UpdateNeeded,
 )
-from protocols.protection import DEFAULT_PART_BYTES
+from protocols.protection import DEFAULT_PART_BYTES, require_part_room
 from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import (
     ForgedMessage,
@@ -432,6 +432,7 @@ class FederatedClient(Node):
     ) -> None:
         machine = ClientMachine(manifest, identity, randomness, samples=samples,
                                 part_bytes=part_bytes)
+        require_part_room(manifest.mode, machine.context, part_bytes)  # now, not mid-session
         super().__init__(machine, transport, **options)
         self._client = machine
         self._train = train
@@ -558,8 +559,7 @@ class Aggregator(Node):
         if isinstance(item, Offline):
             return self._aggregator.party_offline(item.party, now)
         if isinstance(item, Presence) and item.online:
-            self._aggregator.party_reachable(item.party)
-            return Step()
+            return self._aggregator.party_reachable(item.party, now)
         if isinstance(item, Presence):
             return self._aggregator.party_unreachable(item.party, now)
         return await super()._submit(item, now)

@@ -152,7 +152,7 @@ def _check_parameters(out: Path, wanted: dict[str, object]) -> None:
             raise ParameterError(f"{out} holds {RESULTS} but no {PARAMETERS}: it is not a "
                                  "sweep folder this command wrote; choose another --out")
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(wanted, indent=2) + "\n")
+        _replace_text(path, json.dumps(wanted, indent=2) + "\n")
         return
     try:
         found = json.loads(path.read_text())
@@ -217,7 +217,23 @@ def _drop_partial(out: Path, records: Sequence[dict[str, object]],
     path = out / RESULTS
     kept = "".join(json.dumps(r) + "\n" for r in records if _key(r) in done)
     if path.exists() and path.read_text() != kept:
-        path.write_text(kept)
+        _replace_text(path, kept)
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write *path* whole or not at all: a temporary file in its folder, flushed to
+    disk, then renamed over it, so that a kill meanwhile leaves the old file as it was
+    (hours of results, for ``results.jsonl``)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _pixels(image: FloatArray) -> str:

@@ -26,10 +26,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
-from threshold_fl.app.privacy_sweep import PARAMETERS, load_results
+from threshold_fl.app.privacy_sweep import PARAMETERS, RESULTS, load_results
 from threshold_fl.arrays import FloatArray
 from threshold_fl.errors import ParameterError
 
@@ -54,22 +55,73 @@ class Row:
 
 
 def _score(record: Record, metric: str) -> float:
-    scores = record["scores"]
-    assert isinstance(scores, dict)
-    value = scores[metric]
-    return math.inf if value == "inf" else math.nan if value is None else float(value)
+    value = cast(dict[str, object], record["scores"])[metric]  # checked by read_sweep
+    return math.inf if value == "inf" else math.nan if value is None else float(cast(float, value))
+
+
+#: What the report reads: of parameters.json, of each line of results.jsonl, of its scores.
+_PARAMETER_FIELDS = ("image_size", "classes", "images", "restarts", "settings", "attackers")
+_RECORD_FIELDS = ("setting", "attacker", "image", "victim", "restart", "hidden_fraction",
+                  "scores", "relative_loss", "stop", "attacker_pick", "seconds")
+_METRICS = ("ssim", "ms_ssim", "uqi", "vif", "psnr", "mse")
 
 
 def read_sweep(out: Path) -> tuple[dict[str, object], list[Record]]:
-    """The sweep's parameters and result lines."""
+    """The sweep's parameters and result lines, once they hold what the report reads:
+    ParameterError naming the file, line and field otherwise."""
     path = out / PARAMETERS
     if not path.exists():
         raise ParameterError(f"{out} has no {PARAMETERS}: run threshold-fl attack sweep "
                              f"--out {out} first")
-    parameters = json.loads(path.read_text())
+    try:
+        parameters = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ParameterError(f"cannot read {path}: {error}; it was edited or damaged: "
+                             "rerun the sweep into another --out") from None
+    _check_parameters(path, parameters)
+    records = load_results(out)
+    for number, record in enumerate(records, 1):
+        _check_record(out / RESULTS, number, record)
+    return parameters, records
+
+
+def _check_parameters(path: Path, parameters: object) -> None:
+    def bad(what: str) -> ParameterError:
+        return ParameterError(f"{path}: {what}; it was edited or damaged, or not written by "
+                              "threshold-fl attack sweep")
     if not isinstance(parameters, dict):
-        raise ParameterError(f"{path} is not a JSON object")
-    return parameters, load_results(out)
+        raise bad("not a JSON object")
+    for field in _PARAMETER_FIELDS:
+        if field not in parameters:
+            raise bad(f"no {field!r}")
+    for field in ("image_size", "images", "restarts"):
+        value = parameters[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(f"{field!r} is {value!r}, not a positive integer")
+    settings, attackers = parameters["settings"], parameters["attackers"]
+    if not isinstance(settings, list) or not all(
+            isinstance(s, dict) and {"name", "kind", "fraction"} <= set(s) for s in settings):
+        raise bad("'settings' is not a list of settings with name, kind and fraction")
+    if not isinstance(attackers, dict) or not all(
+            isinstance(a, dict) and "iterations" in a for a in attackers.values()):
+        raise bad("'attackers' does not map each attacker to its parameters (iterations)")
+
+
+def _check_record(path: Path, number: int, record: Record) -> None:
+    def bad(what: str) -> ParameterError:
+        return ParameterError(f"{path} result line {number}: {what}; remove that line to "
+                              "redo its cell")
+    for field in _RECORD_FIELDS:
+        if field not in record:
+            raise bad(f"no {field!r}")
+    scores = record["scores"]
+    if not isinstance(scores, dict):
+        raise bad("'scores' is not a JSON object")
+    for metric in _METRICS:
+        value = scores.get(metric, "missing")
+        if value not in ("inf", None) and (isinstance(value, bool) or not isinstance(
+                value, int | float)):
+            raise bad(f"scores[{metric!r}] is {value!r}, not a number, \"inf\" or null")
 
 
 def rows_of(parameters: dict[str, object], records: Sequence[Record]) -> list[Row]:
@@ -177,12 +229,10 @@ def _per_image(rows: Sequence[Row], victims: dict[int, str]) -> list[str]:
 
 
 def _header(parameters: dict[str, object], records: Sequence[Record]) -> str:
-    attackers = parameters["attackers"]
-    assert isinstance(attackers, dict)
+    attackers = cast(dict[str, dict[str, object]], parameters["attackers"])  # read_sweep
     budget = ", ".join(f"{name} {spec['iterations']} iterations" for name, spec
                        in attackers.items())
-    settings = parameters["settings"]
-    assert isinstance(settings, list)
+    settings = cast(list[object], parameters["settings"])
     cells = len(settings) * len(attackers) * int(str(parameters["images"])) * int(
         str(parameters["restarts"]))
     seconds = sum(float(str(r["seconds"])) for r in records)

@@ -57,10 +57,13 @@ class TraceEvent:
                 raise ParameterError(f"trace {name} must be a string")
         if not all(isinstance(peer, str) for peer in self.peers):
             raise ParameterError("trace peers must be strings")
-        numbers = {"t": self.t, "round": self.round, "bytes": self.bytes}
-        for name, value in numbers.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ParameterError(f"trace {name} must be a number >= 0, got {value!r}")
+        numbers = {"t": (self.t, int | float), "round": (self.round, int),
+                   "bytes": (self.bytes, int)}
+        for name, (value, kind) in numbers.items():  # NaN fails 0 <= value
+            if isinstance(value, bool) or not isinstance(value, kind) or not (
+                    0 <= value < float("inf")):
+                what = "a finite number" if name == "t" else "an integer"
+                raise ParameterError(f"trace {name} must be {what} >= 0, got {value!r}")
 
     def as_json(self) -> str:
         return json.dumps({"t": self.t, "event": self.event, "kind": self.kind,
@@ -86,7 +89,7 @@ def read_trace(path: Path) -> list[TraceEvent]:
     """Every event of a trace file; :class:`ParameterError` names the bad line."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise ParameterError(f"cannot read the trace {path}: {error}") from None
     events = []
     for number, text in enumerate(lines, 1):

@@ -36,7 +36,9 @@ import numpy as np
 
 from threshold_fl._checks import bounded
 from threshold_fl.arrays import FloatArray
-from threshold_fl.errors import ThresholdFLError
+from threshold_fl.bench.output import peak_mib, status_mib
+from threshold_fl.bench.processes import stop
+from threshold_fl.errors import ParameterError, ThresholdFLError
 
 __all__ = ["main", "synthetic_update"]
 
@@ -56,15 +58,6 @@ def _sensitivity(index: int, length: int) -> FloatArray:
     positions = np.arange(length, dtype=np.float64)
     values: FloatArray = np.abs(np.cos(positions * 7e-4 + index))
     return values
-
-
-def _memory_mib(field: str = "VmHWM") -> float:
-    """This process's peak (VmHWM) or current (VmRSS) resident memory."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")  # pragma: no cover - Linux always has both
 
 
 # ----------------------------------------------------------------- one party (a process)
@@ -103,8 +96,8 @@ async def _run_party(folder: Path, name: str, broker_url: str, part_bytes: int,
         marks.setdefault(type(event).__name__, round(time.monotonic() - started, 1))
 
     def say(line: str) -> None:
-        print(f"[{time.monotonic() - started:7.1f} s, {_memory_mib('VmRSS'):,.0f} MiB, "
-              f"peak {_memory_mib():,.0f}] {line}", flush=True)
+        print(f"[{time.monotonic() - started:7.1f} s, {status_mib('VmRSS') or 0:,.0f} MiB, "
+              f"peak {peak_mib():,.0f}] {line}", flush=True)
 
     out: dict[str, Any] = {"party": name}
     async with transport:
@@ -129,7 +122,7 @@ async def _run_party(folder: Path, name: str, broker_url: str, part_bytes: int,
             summary = node.summary
         stats = transport.stats
     out.update(
-        peak_mib=round(_memory_mib()), seconds=round(time.monotonic() - started, 1),
+        peak_mib=round(peak_mib()), seconds=round(time.monotonic() - started, 1),
         marks=marks, compute_s={k: round(v, 1) for k, v in summary.compute_s.items()},
         bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
         messages_sent=stats.messages_sent, messages_received=stats.messages_received,
@@ -181,7 +174,7 @@ def _collect(processes: dict[str, subprocess.Popen[str]], deadline: float) -> li
         selector.register(process.stdout, selectors.EVENT_READ, name)
     open_streams = len(processes)
     while open_streams and time.monotonic() < deadline:
-        for key, _ in selector.select(timeout=5):
+        for key, _ in selector.select(timeout=min(5.0, max(0.0, deadline - time.monotonic()))):
             line = key.fileobj.readline()  # type: ignore[union-attr]
             if not line:
                 selector.unregister(key.fileobj)
@@ -190,7 +183,23 @@ def _collect(processes: dict[str, subprocess.Popen[str]], deadline: float) -> li
                 results.append(json.loads(line[len(_RESULT):]))
             else:
                 print(f"{key.data}: {line.rstrip()}", flush=True)
+    selector.close()
     return results
+
+
+def _exit_codes(processes: dict[str, subprocess.Popen[str]], grace_s: float
+                ) -> dict[str, int | None]:
+    """Each party's exit status, once it exits within *grace_s* (its output ended, it
+    should be on its way out); None for one that does not, which is then stopped."""
+    codes: dict[str, int | None] = {}
+    ends = time.monotonic() + grace_s
+    for name, process in processes.items():
+        try:
+            codes[name] = process.wait(max(0.0, ends - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            codes[name] = None
+            stop(process)
+    return codes
 
 
 def _report(results: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> str:
@@ -230,9 +239,20 @@ def _federate(args: argparse.Namespace) -> int:
               f"clients, broker {broker.url}; estimate: a round's upload about "
               f"{upload / 1e9:.2f} GB per client (16 B per encrypted value, 4 per plain one), "
               f"{mask_stage}", flush=True)
-        processes = {name: _spawn(folder, name, broker.url, args) for name in names}
-        results = _collect(processes, started + args.timeout * 3)
-        codes = {name: process.wait(timeout=60) for name, process in processes.items()}
+        processes: dict[str, subprocess.Popen[str]] = {}
+        try:  # every party stopped and reaped before the folder and broker go
+            for name in names:
+                processes[name] = _spawn(folder, name, broker.url, args)
+            deadline = started + args.timeout * 3
+            results = _collect(processes, deadline)
+            late = time.monotonic() >= deadline
+            if late:
+                print(f"the parties did not finish within {args.timeout * 3} s (3 x --timeout); "
+                      "stopping them", file=sys.stderr, flush=True)
+            codes = _exit_codes(processes, 0.0 if late else 60.0)
+        finally:
+            for process in processes.values():
+                stop(process)
     seconds = time.monotonic() - started
     report = _report(results, args, seconds)
     print(report)
@@ -243,7 +263,10 @@ def _federate(args: argparse.Namespace) -> int:
     failed = [n for n, code in codes.items() if code != 0]
     bad = [r["party"] for r in results if not r["finished"]]
     if failed or bad or len(results) != len(names):
-        print(f"FAILED: exit codes {codes}; not finished: {bad}", file=sys.stderr)
+        hung = [n for n, code in codes.items() if code is None]
+        print(f"FAILED: exit codes {codes}; not finished: {bad}"
+              + (f"; still running at the deadline, stopped: {hung}" if hung else ""),
+              file=sys.stderr)
         return 1
     return 0
 
@@ -256,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0), default=1.0,
                         help="share of the values encrypted (1: all; 0.1: top 10 %%)")
     parser.add_argument("--part-mib", type=bounded(int, 1, 1000), default=256,
-                        help="most MiB of one upload message (default 256)")
+                        help="most MiB of one upload message, all its bytes counted; at "
+                        "most --max-payload-mib (default 256)")
     parser.add_argument("--max-payload-mib", type=bounded(int, 1, 4096), default=1024,
                         help="the transports' max_payload in MiB (default 1024, the "
                         "library's): no single message may exceed it")
@@ -267,6 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--broker", help=argparse.SUPPRESS)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    from protocols.protection import check_part_bytes
+    try:
+        check_part_bytes(args.part_mib << 20, args.max_payload_mib << 20)
+    except ParameterError as exc:
+        parser.error(f"--part-mib {args.part_mib} over --max-payload-mib "
+                     f"{args.max_payload_mib}: {exc}")
     try:
         if args.party is not None:  # one party, in its own process
             result = asyncio.run(_run_party(args.folder, args.party, args.broker,

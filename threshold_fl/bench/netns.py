@@ -17,8 +17,10 @@ Needs root, ``ip`` and ``tc``.  The pair is removed on exit, failure included, a
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
+import selectors
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from threshold_fl.bench.processes import stop
 from threshold_fl.errors import ThresholdFLError, TransportError
 from transports.broker import find_mosquitto, mosquitto_config
 
@@ -41,7 +44,9 @@ PARTY_ADDRESS = "10.231.0.2"
 BROKER_PORT = 1883
 RELAY_PORT = 1884
 _STALE = re.compile(rf"^{re.escape(PREFIX)}(\d+)[a-z]*-(broker|parties)$")
-_STALE_DEV = re.compile(r"^\d+: (tnl(\d+)[a-z]?[bp])[@:]", re.MULTILINE)
+_STALE_DEV = re.compile(r"^\d+: (tnl(\d+)[a-z]{0,4}[bp])[@:]", re.MULTILINE)
+_PAIRS = itertools.count()  # this process's pairs, for their veths' names
+_RELAY_START_S = 15.0
 
 
 class NetworkSetupError(ThresholdFLError):
@@ -115,7 +120,9 @@ class NamespacePair:
         pid = os.getpid()
         self.broker_ns = f"{PREFIX}{pid}{tag}-broker"
         self.party_ns = f"{PREFIX}{pid}{tag}-parties"
-        suffix = f"{pid}{tag[:1]}"  # interface names: at most 15 characters
+        # Interface names have at most 15 characters, too few for the tag: this
+        # process's count of pairs, in letters, tells its pairs apart instead.
+        suffix = f"{pid}{_letters(next(_PAIRS))}"
         self.broker_dev, self.party_dev = f"tnl{suffix}b", f"tnl{suffix}p"
         self.rate_bit_s: float | None = None
 
@@ -192,12 +199,17 @@ class NamespacePair:
                                    text=True)
         try:
             assert process.stdout is not None
-            line = process.stdout.readline()  # it says so once it listens, or exits
+            with selectors.DefaultSelector() as selector:  # it says so once it listens
+                selector.register(process.stdout, selectors.EVENT_READ)
+                if not selector.select(_RELAY_START_S):
+                    raise NetworkSetupError(f"the delaying relay said nothing within "
+                                            f"{_RELAY_START_S:g} s of starting")
+            line = process.stdout.readline()  # its line, or "" if it exited
             if not line.startswith("relay:"):
                 raise NetworkSetupError(f"the delaying relay did not start: {line.strip()!r}")
             yield f"mqtt://{BROKER_ADDRESS}:{RELAY_PORT}"
         finally:
-            _stop(process)
+            stop(process)
 
     @contextlib.contextmanager
     def broker(self, timeout_s: float = 15.0) -> Iterator[str]:
@@ -205,15 +217,18 @@ class NamespacePair:
         executable = find_mosquitto()
         if executable is None:
             raise TransportError("mosquitto is not installed (apt-get install mosquitto)")
-        folder = Path(tempfile.mkdtemp(prefix="tfl-netns-broker-"))
-        log = folder / "mosquitto.log"
-        conf = folder / "mosquitto.conf"
-        conf.write_text(mosquitto_config(port=BROKER_PORT, host=BROKER_ADDRESS,
-                                         log_file=log, user="root"), encoding="utf-8")
-        process = subprocess.Popen(["ip", "netns", "exec", self.broker_ns, str(executable),
-                                    "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        try:
+        with contextlib.ExitStack() as cleanup:
+            folder = Path(cleanup.enter_context(
+                tempfile.TemporaryDirectory(prefix="tfl-netns-broker-",
+                                            ignore_cleanup_errors=True)))
+            log = folder / "mosquitto.log"
+            conf = folder / "mosquitto.conf"
+            conf.write_text(mosquitto_config(port=BROKER_PORT, host=BROKER_ADDRESS,
+                                             log_file=log, user="root"), encoding="utf-8")
+            process = subprocess.Popen(["ip", "netns", "exec", self.broker_ns,
+                                        str(executable), "-c", str(conf)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cleanup.callback(stop, process)  # stopped before its folder goes
             deadline = time.monotonic() + timeout_s
             while " running" not in _text(log):
                 if process.poll() is not None or time.monotonic() > deadline:
@@ -221,15 +236,13 @@ class NamespacePair:
                                             f"its log: {_text(log)[-500:] or 'empty'}")
                 time.sleep(0.05)
             yield f"mqtt://{BROKER_ADDRESS}:{BROKER_PORT}"
-        finally:
-            _stop(process)
-            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _stop(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+def _letters(number: int) -> str:
+    """0 -> "a", 25 -> "z", 26 -> "ba": *number* in base 26, in letters."""
+    digits = ""
+    while True:
+        number, digit = divmod(number, 26)
+        digits = chr(ord("a") + digit) + digits
+        if not number:
+            return digits

@@ -47,6 +47,7 @@ from threshold_fl.bench.linkmodel import (
 )
 from threshold_fl.bench.netns import NamespacePair, QdiscCounters, namespaces_usable, remove_stale
 from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
+from threshold_fl.bench.processes import stop_group
 from threshold_fl.errors import ParameterError, ThresholdFLError
 
 __all__ = ["Comparison", "compare", "main", "totals"]
@@ -183,18 +184,31 @@ def _federation_argv(args: argparse.Namespace, url: str, out: Path) -> list[str]
             args.model, "--mode", args.mode, "--epochs", str(args.epochs), "--out", str(out)]
 
 
-def _run_in(pair: NamespacePair, argv: list[str], mode: str, label: str
+def _run_in(pair: NamespacePair, argv: list[str], mode: str, label: str, timeout_s: float
             ) -> tuple[list[Phase], float, int]:
     """Run one federation in the parties' namespace: its phases, wall-clock seconds and
-    payload bytes (every message of the trace, once per recipient)."""
+    payload bytes (every message of the trace, once per recipient).  It runs in a
+    process group of its own, stopped whole (the demo's parties too) if it outlasts
+    *timeout_s* or this process is interrupted."""
     out = Path(argv[argv.index("--out") + 1])
     print(f"network: {label}: running the federation (logs under {out}); load {_loadavg()}",
           flush=True)
     started = time.perf_counter()
-    done = subprocess.run(pair.exec_argv(argv), check=False)
+    federation = subprocess.Popen(pair.exec_argv(argv), start_new_session=True)
+    try:
+        code = federation.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_group(federation)
+        raise ThresholdFLError(f"the {label} federation did not finish within {timeout_s:g} s "
+                               f"(--timeout); it was stopped; see the logs under {out}"
+                               ) from None
+    except BaseException:  # Ctrl-C, or anything else: not one party left behind
+        stop_group(federation)
+        raise
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise ThresholdFLError(f"the {label} federation failed (exit {done.returncode}); "
+    if code != 0:
+        stop_group(federation)  # whatever of it is left
+        raise ThresholdFLError(f"the {label} federation failed (exit {code}); "
                                f"see the logs under {out}")
     trace = read_trace(out / mode / TRACE)
     payload = sum(event.bytes * len(event.peers) for event in trace if event.event != "sent")
@@ -217,7 +231,7 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
             pair.shape(None)
             profile_out = out / f"{mbit:g}mbit-profile"
             profile, wall, _ = _run_in(pair, _federation_argv(args, url, profile_out),
-                                       args.mode, f"profile for {mbit:g} Mbit/s")
+                                       args.mode, f"profile for {mbit:g} Mbit/s", args.timeout)
             runs[f"profile for {mbit:g} Mbit/s"] = {"wall_s": wall, "load": _loadavg()}
             pair.shape(mbit * 1e6)
             before = pair.counters()
@@ -227,7 +241,7 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
                               else stack.enter_context(pair.relay(args.rtt_ms / 2e3)))
                 shaped, wall, payload = _run_in(
                     pair, _federation_argv(args, shaped_url, out / f"{mbit:g}mbit"),
-                    args.mode, label)
+                    args.mode, label, args.timeout)
             after = pair.counters()
             link = Link(f"tbf {label}", mbit * 1e6, None, args.rtt_ms / 1e3)
             rows = compare(profile, shaped, link)
@@ -328,6 +342,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--rtt-ms", type=bounded(float, 0.0, 10_000.0), default=0.0,
                        help="added round trip, party to broker, by a delaying relay in front "
                             "of the broker (tc netem is not in every kernel; default 0)")
+    check.add_argument("--timeout", type=bounded(int, 60, 86_400), default=3600,
+                       help="seconds one federation may run before it is stopped, its "
+                            "parties included (default 3600)")
     check.add_argument("--out", type=Path, default=Path("bench-results"),
                        help="folder for network.md/.json; the runs go under network-runs/")
     federation.add_argument("--broker", required=True, help="mqtt://host:port")

@@ -18,8 +18,8 @@ from typing import Any
 from threshold_fl._checks import bounded
 
 __all__ = ["BENCH_FRACTION", "add_role_options", "machine_info", "markdown_table", "peak_mib",
-           "print_line", "progress_for", "publish_suite", "reset_peak", "suite_error",
-           "write_suite"]
+           "print_line", "progress_for", "publish_suite", "reset_peak", "status_mib",
+           "suite_error", "write_suite"]
 
 # The benchmarks' figures (docs/benchmarks.md) are for the paper's selective 10 %, not
 # the demo's default (everything encrypted); --fraction 1 measures that.
@@ -134,6 +134,20 @@ def suite_error(suite: str, error: Exception) -> int:
     return 1
 
 
+def status_mib(field: str, pid: int | str = "self") -> float | None:
+    """A memory figure of ``/proc/<pid>/status`` in MiB: ``VmHWM`` (peak resident) or
+    ``VmRSS`` (resident now), of this process or of *pid*; None where there is none
+    (not Linux, or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
 def peak_mib() -> float:
     """This process's own peak resident memory so far, in MiB.
 
@@ -142,13 +156,9 @@ def peak_mib() -> float:
     parent (``bench all`` after the selective suite) would report the parent's
     peak instead of its own.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
+    peak = status_mib("VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

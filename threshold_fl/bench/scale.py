@@ -44,7 +44,7 @@ from protocols.fusion import choose_set
 from protocols.manifest import Manifest, Timeouts
 from threshold_fl._checks import bounded
 from threshold_fl.app.rounds import RoundRow, read_rows
-from threshold_fl.bench.output import print_line, publish_suite, suite_error
+from threshold_fl.bench.output import print_line, publish_suite, status_mib, suite_error
 from threshold_fl.bench.protocol_run import fedavg_bound, fedavg_deviation
 from threshold_fl.bench.scale_party import RunSpec
 from threshold_fl.errors import ParameterError, ThresholdFLError
@@ -171,10 +171,8 @@ def _proc_usage(pid: int) -> tuple[float, float]:
     """CPU seconds (user + system) and peak resident MiB of a live process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    peak_kib = next(int(line.split()[1]) for line in
-                    Path(f"/proc/{pid}/status").read_text().splitlines()
-                    if line.startswith("VmHWM:"))
-    return cpu_s, peak_kib / 1024
+    peak = status_mib("VmHWM", pid)
+    return cpu_s, float("nan") if peak is None else peak
 
 
 class _Processes:
