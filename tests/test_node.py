@@ -13,7 +13,7 @@ from protocol_harness import identity, local_model, sensitivity_map
 from protocols import MaskPolicy, Mode, PartyRefused, Timeouts, make_manifest
 from protocols.manifest import Manifest
 from threshold_fl.crypto import context_for
-from threshold_fl.errors import ManifestMismatch, SessionAborted
+from threshold_fl.errors import ManifestMismatch, ParameterError, SessionAborted
 from threshold_fl.node import Aggregator, FederatedClient, KeyAuthority, Node
 from transports import FaultPlan, MemoryHub
 
@@ -22,12 +22,12 @@ NAMES = ("client1", "client2", "client3")
 FAST = Timeouts(join_s=5, keys_s=5, upload_s=5, decrypt_s=1.5)
 
 
-def manifest_for(mode: Mode, rounds: int = 2) -> Manifest:
+def manifest_for(mode: Mode, rounds: int = 2, fraction: float = 0.3) -> Manifest:
     return make_manifest(
         session="node-test", aggregator=identity("aggregator").public,
         clients=[identity(name).public for name in NAMES],
         key_authority=identity("authority").public if mode is Mode.SINGLE_KEY else None,
-        model_length=LENGTH, mode=mode, rounds=rounds, mask=MaskPolicy(fraction=0.3),
+        model_length=LENGTH, mode=mode, rounds=rounds, mask=MaskPolicy(fraction=fraction),
         always_encrypt=((0, 2),), timeouts=FAST,
     )
 
@@ -100,8 +100,10 @@ class Federation:
             return sensitivity_map(name, LENGTH)
 
         manifest = self.manifests.get(name, self.manifest)
+        # At mask fraction 1 there is no mask agreement: the map is not asked for.
         node = FederatedClient(manifest, identity(name), transport, samples=10 + index,
-                               train=train, sensitivity=sensitivity)
+                               train=train, sensitivity=None if manifest.mask.everything
+                               else sensitivity)
         try:
             async with node:
                 async for result in node.rounds():
@@ -145,6 +147,20 @@ async def test_sessions_over_the_memory_transport(mode: Mode) -> None:
     assert aggregator.summary.finished and not aggregator.summary.dropped
     federation.check(aggregator, NAMES)
     assert federation.errors == {}
+
+
+async def test_full_encryption_needs_no_sensitivity_callback() -> None:
+    federation = Federation(manifest_for(Mode.THRESHOLD, fraction=1.0), MemoryHub())
+    aggregator = await federation.run()
+    assert aggregator.summary.finished and not aggregator.summary.dropped
+    federation.check(aggregator, NAMES)
+
+
+def test_a_selective_mask_without_a_sensitivity_callback_is_refused_at_creation() -> None:
+    with pytest.raises(ParameterError, match="pass sensitivity="):
+        FederatedClient(manifest_for(Mode.THRESHOLD), identity("client1"),
+                        MemoryHub().connect("client1"), samples=1,
+                        train=lambda round_, model: np.zeros(LENGTH))
 
 
 async def test_duplicated_delayed_and_reordered_messages_change_nothing() -> None:

@@ -51,6 +51,7 @@ from threshold_fl.errors import (
     ForgedMessage,
     MalformedMessage,
     MessageRejected,
+    ParameterError,
     SessionAborted,
     ThresholdFLError,
     TransportError,
@@ -411,9 +412,9 @@ class FederatedClient(Node):
     """A federated-learning client: give it a training and a sensitivity callback.
 
     ``train(round, global_model_or_None)`` returns the locally trained flat model;
-    ``sensitivity()`` returns the local sensitivity map (one value per parameter); it
-    is never called when the manifest encrypts everything (mask fraction 1: no mask
-    agreement).
+    ``sensitivity()`` returns the local sensitivity map (one value per parameter).  It
+    is needed only for selective encryption (mask fraction below 1); when the manifest
+    encrypts everything there is no mask agreement, and it may be left out.
     Either may be a coroutine function; plain functions run in a worker thread.
     """
 
@@ -425,11 +426,17 @@ class FederatedClient(Node):
         *,
         samples: int,
         train: TrainFn,
-        sensitivity: SensitivityFn,
+        sensitivity: SensitivityFn | None = None,
         randomness: Callable[[int], bytes] = os.urandom,
         part_bytes: int = DEFAULT_PART_BYTES,
         **options: Any,
     ) -> None:
+        if sensitivity is None and not manifest.mask.everything:
+            raise ParameterError(
+                f"the manifest encrypts the top {manifest.mask.fraction:g} of the "
+                "coordinates, chosen from the clients' sensitivity maps: pass "
+                "sensitivity= (a function returning this client's map), or use a "
+                "manifest that encrypts everything (mask fraction 1)")
         machine = ClientMachine(manifest, identity, randomness, samples=samples,
                                 part_bytes=part_bytes)
         require_part_room(manifest.mode, machine.context, part_bytes)  # now, not mid-session
@@ -480,6 +487,8 @@ class FederatedClient(Node):
 
     async def _on_machine_event(self, event: Event) -> None:
         if isinstance(event, SensitivityNeeded):
+            # Checked at creation: the machine asks only when the mask is selective.
+            assert self._sensitivity is not None, "sensitivity asked at mask fraction 1"
             self._spawn(self._work(SensitivityReady, self._sensitivity), "sensitivity")
         elif isinstance(event, UpdateNeeded):
             self._spawn(self._work(UpdateReady, self._train, event.round, event.model),
