@@ -3,7 +3,9 @@
 **The profile** comes from one real run's aggregator trace
 (:mod:`threshold_fl.app.trace`): the federation is a star through the aggregator, so
 that trace holds every message, timed.  The session is cut into **phases** at the
-aggregator's first send of each trigger message in a step (:data:`TRIGGERS`):
+aggregator's first send of each trigger message in a step (:data:`TRIGGERS`; a step is
+its stage, key epoch and round, so a key agreement restarted after a dropout, or a key
+rotation, opens its own ``keys`` phase):
 
 - ``keys``: KeygenStart to MaskStart, or to round 1's RoundStart at mask fraction 1
   (public shares up and relayed, the sealed key deliveries up and relayed, key
@@ -223,14 +225,18 @@ class Phase:
 
     name: str
     stage: str
+    epoch: int
     round: int
     measured_s: float
     hops: tuple[Hop, ...]
 
     @property
     def label(self) -> str:
-        return f"round {self.round} {self.name}" if self.stage == "ROUND" else (
-            f"{self.stage.lower()} {self.name}" if self.name != "keys" else "keys")
+        if self.stage == "ROUND":
+            return f"round {self.round} {self.name}"
+        if self.name == "keys":  # the first key epoch, or a restart or rotation
+            return "keys" if self.epoch <= 1 else f"keys (epoch {self.epoch})"
+        return f"{self.stage.lower()} {self.name}"
 
     @property
     def bytes(self) -> int:
@@ -263,16 +269,16 @@ def phases_of(trace: Sequence[TraceEvent]) -> list[Phase]:
     for the processes to start)."""
     events = sorted(trace, key=lambda event: event.t)
     starts: list[int] = []
-    seen: set[tuple[str, str, int]] = set()
+    seen: set[tuple[str, str, int, int]] = set()
     for index, event in enumerate(events):
-        step = (event.kind, event.stage, event.round)
+        step = (event.kind, event.stage, event.epoch, event.round)
         if event.event == "send" and event.kind in TRIGGERS and step not in seen:
             seen.add(step)
             starts.append(index)
     phases = []
     for start, end in itertools.pairwise(starts):
         opener = events[start]
-        phases.append(Phase(TRIGGERS[opener.kind], opener.stage, opener.round,
+        phases.append(Phase(TRIGGERS[opener.kind], opener.stage, opener.epoch, opener.round,
                             events[end].t - opener.t, _hops(events[start:end])))
     if not phases:
         raise ParameterError("the trace holds no complete phase (no KeygenStart, MaskStart "
