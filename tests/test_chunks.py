@@ -12,14 +12,13 @@ import pytest
 from mqtt_fixtures import Keyring, rechunk
 
 from threshold_fl.errors import AuthenticationError, FrameError, ParameterError
-from transports.chunks import (
+from transports.chunks import Reassembler, ReassemblyLimits
+from transports.frames import (
     CHUNK_HEADER_SIZE,
     DEFAULT_CHUNK_SIZE,
     MANIFEST_SEQ,
     MAX_CHUNK_SIZE,
     ChunkPlan,
-    Reassembler,
-    ReassemblyLimits,
     Transfer,
     decode_ack,
     decode_transfer_manifest,

@@ -8,7 +8,7 @@ and delivered and acked as ``receive()`` makes room.  Its sender's window keeps 
 for it meanwhile, so a sender that outpaces the application stalls (back-pressure).
 
 **Busy.**  Instead of the ack, the receiver answers a held message's last frame, and
-every resend of it, with a *busy* frame (:mod:`transports.chunks`): "I have it, I cannot
+every resend of it, with a *busy* frame (:mod:`transports.frames`): "I have it, I cannot
 take it yet".  The sender keeps the frame unacked, forgets its tries and resends it only
 as a probe, every ``max_ack_timeout_s`` (:meth:`~transports.window.SendWindow.busy`):
 a busy receiver never makes its senders give up a message it holds, while the probes
@@ -37,15 +37,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from threshold_fl.errors import FrameError
-from transports.chunks import (
-    CHUNK_HEADER_SIZE,
-    KIND_CHUNK,
-    Accepted,
-    Reassembler,
-    decode_chunk,
-    encode_ack,
-    frame_kind,
-)
+from transports.chunks import Accepted, Reassembler
+from transports.frames import CHUNK_HEADER_SIZE, KIND_CHUNK, decode_chunk, encode_ack, frame_kind
 from transports.held import HeldMessage, HeldMessages
 
 __all__ = ["Inbox", "SendAck"]

@@ -32,7 +32,7 @@ compute + the sum of its hops' network times (hops taken one after another).
 broker: every message crosses the sender's link up and the recipient's link down,
 and the broker's own link carries every party's bytes, each way.  The MQTT
 transport cuts each message into a manifest frame and 1 MiB chunks
-(:mod:`transports.chunks`); its sender publishes one frame at a time and waits for
+(:mod:`transports.frames`); its sender publishes one frame at a time and waits for
 the broker's PUBACK (QoS 1) before the next, so each frame costs a round trip on top
 of its own transmission; the end-to-end ack window (:mod:`transports.window`, 8
 frames per recipient) allows ``window`` frames per two round trips to one recipient.
@@ -63,7 +63,7 @@ from dataclasses import dataclass
 
 from threshold_fl.app.trace import TraceEvent
 from threshold_fl.errors import ParameterError
-from transports.chunks import DEFAULT_CHUNK_SIZE
+from transports.frames import DEFAULT_CHUNK_SIZE
 
 __all__ = ["AGGREGATOR", "SCENARIOS", "TRIGGERS", "UNLIMITED", "WIRE_EFFICIENCY", "Delivery",
            "Hop", "Link", "Phase", "PhasePrediction", "hop_seconds", "phases_of", "predict"]
