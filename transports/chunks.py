@@ -51,7 +51,9 @@ class ReassemblyLimits:
     ``max_transfers_per_sender``: open transfers per sender; when full, a newer verified
     manifest from that sender evicts its least recently progressed one (a sender's send
     window, 8 frames by default, keeps its own honest transfers well below 16);
-    ``expiry_s``: a transfer with no accepted frame for this long is dropped;
+    ``expiry_s``: a transfer with no accepted frame for this long is dropped (a sender
+    whose chunks are answered busy unread, waiting for room, is not idle:
+    :meth:`Reassembler.keep_alive`);
     ``remember_per_sender``: ids of finished or dropped transfers kept per sender (about
     100 bytes each; the oldest go first), so that a retransmission or replay of a finished
     transfer is acked but not delivered again, and a dropped one is not reopened.  Only
@@ -177,6 +179,14 @@ class Reassembler:
         out = list(self._dropped)
         self._dropped.clear()
         return out
+
+    def keep_alive(self, sender: str, now: float) -> None:
+        """*sender*'s chunks are answered busy unread while it waits for room
+        (:meth:`transports.inbox.Inbox.deferral`): its open transfers stall for the
+        receiver's sake, not the sender's, so their expiry counts from now."""
+        for state in self._open.values():
+            if state.manifest.sender == sender:
+                state.last_activity = now
 
     def expire(self, now: float) -> None:
         """Drop transfers idle for longer than ``expiry_s`` (see :meth:`take_expired`)."""

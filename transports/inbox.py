@@ -24,8 +24,9 @@ only a chunk completes a message, and a chunk names no sender, so its transfer m
 be known.  Nothing is lost; what is held exceeds ``max_bytes`` by at most one
 message; deferred messages may arrive out of order, as resent ones may.  (An honest
 sender's window keeps its open transfers within the reassembler's per-sender slots,
-so none is evicted meanwhile; one deferred for longer than the reassembler's
-``expiry_s``, 120 s, is dropped and its sender gives it up, as any stalled transfer.)
+so none is evicted meanwhile; nor does one expire: each deferred chunk keeps its
+sender's open transfers from the reassembler's expiry, ``expiry_s`` = 120 s after the
+last exchange, and the probes come every ``max_ack_timeout_s`` = 60 s.)
 
 This module does no network I/O: the acks to send go to the caller's ``send_ack``.
 """
@@ -77,9 +78,11 @@ class Inbox:
         send_ack(topic, _busy(got))
         return failure
 
-    def deferral(self, reassembler: Reassembler, frame: bytes) -> tuple[str, bytes] | None:
+    def deferral(self, reassembler: Reassembler, frame: bytes, now: float
+                 ) -> tuple[str, bytes] | None:
         """``(topic, busy frame)`` if ``frame`` is a chunk that must wait unread: what
-        is held from its sender is at a bound.  None: read it."""
+        is held from its sender is at a bound (its open transfers are kept alive
+        meanwhile).  None: read it."""
         if not self.held or not _is_chunk(frame):
             return None
         sender = reassembler.claimed_sender(frame)  # its transfer's: known, else None
@@ -87,6 +90,7 @@ class Inbox:
                               and self.held.bytes < self.max_bytes):
             return None
         chunk = decode_chunk(frame)
+        reassembler.keep_alive(sender, now)
         self.counts["deferred"] += 1
         return self._ack_topic(sender), encode_ack(chunk.transfer_id, chunk.seq, busy=True)
 

@@ -517,7 +517,7 @@ class MqttTransport:
             return
         self._counts["frames_received"] += 1
         self._counts["frame_bytes_received"] += len(frame)
-        if deferral := self._inbox.deferral(self._reassembler, frame):
+        if deferral := self._inbox.deferral(self._reassembler, frame, self._now()):
             return self._send_ack(*deferral)  # its sender is at a held bound: it waits
         try:
             got = self._reassembler.accept(frame, self._now())
