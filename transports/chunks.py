@@ -22,7 +22,6 @@ from typing import NamedTuple
 from threshold_fl.errors import AuthenticationError, FrameError, ParameterError
 from transports.frames import (
     CHUNK_HEADER_SIZE,
-    DEFAULT_MAX_PAYLOAD,
     KIND_CHUNK,
     KIND_MANIFEST,
     MANIFEST_SEQ,
@@ -39,7 +38,9 @@ from transports.frames import (
     validate_id,
 )
 
-__all__ = ["ReassemblyLimits", "Accepted", "Dropped", "Reassembler"]
+__all__ = ["DEFAULT_MAX_PAYLOAD", "ReassemblyLimits", "Accepted", "Dropped", "Reassembler"]
+
+DEFAULT_MAX_PAYLOAD = 1 << 30  # the largest payload a receiver accepts by default
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from threshold_fl.errors import FrameError, ParameterError
 
 __all__ = [
     "MAGIC", "VERSION", "KIND_MANIFEST", "KIND_CHUNK", "KIND_ACK", "KIND_BUSY",
-    "MIN_CHUNK_SIZE", "MAX_CHUNK_SIZE", "DEFAULT_CHUNK_SIZE", "DEFAULT_MAX_PAYLOAD",
+    "MIN_CHUNK_SIZE", "MAX_CHUNK_SIZE", "DEFAULT_CHUNK_SIZE",
     "TRANSFER_ID_SIZE", "MANIFEST_SEQ", "CHUNK_HEADER_SIZE",
     "Signer", "Verifier", "validate_id",
     "ChunkPlan", "Transfer", "split",
@@ -60,7 +60,6 @@ KIND_BUSY = 4
 MIN_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 4 << 20
 DEFAULT_CHUNK_SIZE = MIN_CHUNK_SIZE
-DEFAULT_MAX_PAYLOAD = 1 << 30
 TRANSFER_ID_SIZE = 16
 MANIFEST_SEQ = 0xFFFFFFFF
 MAX_SIGNATURE_SIZE = 1024  # Ed25519 needs 64; the cap only bounds what we parse
