@@ -25,7 +25,7 @@ from transports.broker import (
     amqtt_available,
     find_mosquitto,
 )
-from transports.chunks import Signer, decode_chunk
+from transports.frames import Signer, decode_chunk
 from transports.mqtt import MqttOptions, MqttTransport
 
 SESSION = "s1"

@@ -32,6 +32,8 @@ from threshold_fl.errors import ParameterError
 from threshold_fl.ml.attack import (
     AttackConfig,
     Attacker,
+    GradientTarget,
+    MatchingObjective,
     infer_label,
     invert_gradient,
     torch_threads,
@@ -331,6 +333,23 @@ def test_convergence_evidence_tells_tolerance_from_the_limit(digits: Dataset) ->
         else:
             energy = float(np.dot(gradient, gradient))
             assert stalled.relative_loss == pytest.approx(stalled.matching_loss / energy)
+
+
+def test_the_cosine_relative_loss_is_never_negative(digits: Dataset) -> None:
+    # At the true image IG's distance 1 - cos(g, g) is 0, but float32 rounding puts cos
+    # above 1 for some images (docs/privacy/uploads printed a rel. loss of -2.4e-07)
+    logreg = build_model("logreg", image_size=16)
+    raw = []
+    for image, label in zip(digits.test.images[:8], digits.test.labels[:8].tolist(),
+                            strict=True):
+        gradient = victim_gradient(logreg, image, label)
+        target = GradientTarget(torch.from_numpy(gradient).float(),
+                                torch.arange(len(gradient)), float(np.dot(gradient, gradient)))
+        objective = MatchingObjective(logreg, target, AttackConfig(attacker=Attacker.IG))
+        raw.append(float(objective.data(image.unsqueeze(0), label).detach()))
+        assert objective.relative(raw[-1]) == max(raw[-1], 0.0)
+    assert min(raw) < 0 < max(raw) < 1e-5  # the rounding is real, and both ways
+    assert objective.relative(0.25) == 0.25  # a real distance is kept as it is
 
 
 def test_torch_threads_restores_the_thread_count() -> None:

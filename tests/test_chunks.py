@@ -12,14 +12,13 @@ import pytest
 from mqtt_fixtures import Keyring, rechunk
 
 from threshold_fl.errors import AuthenticationError, FrameError, ParameterError
-from transports.chunks import (
+from transports.chunks import Reassembler, ReassemblyLimits
+from transports.frames import (
     CHUNK_HEADER_SIZE,
     DEFAULT_CHUNK_SIZE,
     MANIFEST_SEQ,
     MAX_CHUNK_SIZE,
     ChunkPlan,
-    Reassembler,
-    ReassemblyLimits,
     Transfer,
     decode_ack,
     decode_transfer_manifest,
@@ -293,6 +292,20 @@ def test_stale_transfers_expire() -> None:
         ("alice", "expired transfer",
          f"transfer {tid(1).hex()[:12]} from 'alice' expired with 1/2 chunks")]
     assert r.in_progress == 1 and r.buffered_bytes == 0
+
+
+def test_a_sender_kept_waiting_does_not_see_its_transfers_expire() -> None:
+    # alice's chunks are answered busy unread (her held messages are at a bound): each
+    # such answer keeps all her open transfers, the one without a chunk in flight too
+    r = receiver(ReassemblyLimits(expiry_s=10.0))
+    waiting, queued, idle = make(b"a" * (MiB + 1)), make(b"q", 2), make(b"c", 3, sender="mallory")
+    for transfer in (waiting, queued, idle):
+        r.accept(transfer.manifest, 0.0)
+    r.accept(waiting.chunk(0), 1.0)
+    r.keep_alive("alice", 9.0)  # what Inbox.deferral calls
+    assert r.accept(waiting.chunk(1), 18.0).payload == b"a" * (MiB + 1)  # 9 s on: kept
+    assert r.accept(queued.chunk(0), 18.0).payload == b"q"
+    assert [d.sender for d in r.take_expired()] == ["mallory"]  # 18 s idle: expired
 
 
 # ------------------------------------------------------------------ parameters

@@ -45,7 +45,7 @@ from threshold_fl.crypto.context import context_for
 from threshold_fl.identity import Identity
 from threshold_fl.node import Aggregator, FederatedClient
 from transports.broker import BrokerConfig, MosquittoBroker, topic
-from transports.chunks import (
+from transports.frames import (
     KIND_CHUNK,
     KIND_MANIFEST,
     decode_chunk,

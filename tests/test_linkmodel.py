@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from protocols.codec import encode_message
-from protocols.messages import Header, Hello, Message, Stage
+from protocols.messages import Header, Hello, KeygenStart, Message, Stage
 from tests.protocol_harness import identity
-from threshold_fl.app.trace import PRESENCE, TraceEvent, TracingLink, read_trace
+from threshold_fl.app.trace import PRESENCE, TraceEvent, TracingLink, peek_epoch, read_trace
 from threshold_fl.bench.linkmodel import (
     AGGREGATOR,
     SCENARIOS,
@@ -27,6 +27,7 @@ from threshold_fl.bench.linkmodel import (
 from threshold_fl.bench.network import compare, totals
 from threshold_fl.bench.network import main as network_main
 from threshold_fl.errors import ParameterError
+from threshold_fl.identity import PartyId
 from transports import MemoryHub
 
 MIB = 1 << 20
@@ -124,8 +125,8 @@ def test_links_are_checked(bad: dict[str, float]) -> None:
 
 
 def _event(t: float, event: str, kind: str, stage: str, peers: tuple[str, ...],
-           size: int, round_: int = 0) -> TraceEvent:
-    return TraceEvent(t, event, kind, stage, round_, peers, size)
+           size: int, round_: int = 0, epoch: int = 1) -> TraceEvent:
+    return TraceEvent(t, event, kind, stage, epoch, round_, peers, size)
 
 
 def _round_trace() -> list[TraceEvent]:
@@ -192,6 +193,36 @@ def test_a_shaped_run_is_compared_phase_by_phase_and_summed() -> None:
         compare(profile, slower[:1], link)
 
 
+def _keys(t: float, epoch: int, round_: int, clients: tuple[str, ...]) -> list[TraceEvent]:
+    """One key agreement opened at *t*: KeygenStart to each client, their public shares."""
+    return [_event(t, "send", "KeygenStart", "KEYS", (client,), 400, round_, epoch)
+            for client in clients] + [
+        _event(t + 1.0, "recv", "PublicShare", "KEYS", (client,), 9_000, round_, epoch)
+        for client in clients]
+
+
+def test_each_key_epoch_opens_its_own_phase() -> None:
+    # key agreement (epoch 1) restarted at 2 s without c3 (epoch 2, the same round 0),
+    # one round, then keys rotated (epoch 3, round 1) before round 2: each key
+    # agreement is a phase of its own, though its KeygenStart has a step seen before
+    # but for the epoch
+    both = ("c1", "c2")
+    round_1 = _round_trace()[1:-1]  # RoundStart at 10 s ... RoundDone at 17.5 s
+    trace = (_keys(0.0, 1, 0, (*both, "c3")) + _keys(2.0, 2, 0, both)
+             + [replace(event, epoch=2) for event in round_1]
+             + _keys(18.0, 3, 1, both)
+             + [_event(20.0, "send", "RoundStart", "ROUND", both, 300, 2, 3),
+                _event(25.0, "send", "Finished", "END", both, 150, 2, 3)])
+    phases = phases_of(trace)
+    assert [(phase.label, phase.measured_s) for phase in phases] == [
+        ("keys", 2.0), ("keys (epoch 2)", 8.0), ("round 1 upload", 6.0),
+        ("round 1 broadcast", 2.0), ("keys (epoch 3)", 2.0), ("round 2 upload", 5.0)]
+    assert [(hop.kind, len(hop.messages)) for hop in phases[0].hops] == [
+        ("KeygenStart", 3), ("PublicShare", 3)]
+    assert [(hop.kind, len(hop.messages)) for hop in phases[1].hops] == [
+        ("KeygenStart", 2), ("PublicShare", 2)]
+
+
 def test_a_trace_without_a_complete_phase_is_refused() -> None:
     with pytest.raises(ParameterError, match="no complete phase"):
         phases_of(_round_trace()[:3])
@@ -202,6 +233,9 @@ def test_trace_files_are_checked_line_by_line(tmp_path: Path) -> None:
     good = _round_trace()[0].as_json()
     path.write_text(good + "\n" + '{"t": 1}\n', encoding="utf-8")
     with pytest.raises(ParameterError, match="line 2: trace line must be an object"):
+        read_trace(path)
+    path.write_text(good.replace('"epoch": 1, ', "") + "\n", encoding="utf-8")
+    with pytest.raises(ParameterError, match=r"line 1: .* lacks the epoch: record it again"):
         read_trace(path)
     path.write_text(good.replace('"recv"', '"lost"') + "\n", encoding="utf-8")
     with pytest.raises(ParameterError, match="line 1: trace event must be one of"):
@@ -218,6 +252,7 @@ def test_trace_files_are_checked_line_by_line(tmp_path: Path) -> None:
     ("t", "Infinity", "trace t must be a finite number >= 0, got inf"),
     ("t", "-1", "trace t must be a finite number >= 0, got -1"),
     ("round", "1.5", "trace round must be an integer >= 0, got 1.5"),
+    ("epoch", "-2", "trace epoch must be an integer >= 0, got -2"),
     ("bytes", "true", "trace bytes must be an integer >= 0, got True"),
 ])
 def test_trace_numbers_are_finite_and_counts_whole(tmp_path: Path, field: str, value: str,
@@ -256,6 +291,22 @@ async def test_a_tracing_link_records_what_it_moves(tmp_path: Path) -> None:
     (got,) = read_trace(tmp_path / "server.jsonl")
     assert (got.event, got.kind, got.peers, got.bytes) == ("recv", "Hello", ("c1",), len(data))
     assert sent[0].t <= sent[1].t <= got.t
+
+
+async def test_a_tracing_link_records_the_key_epoch(tmp_path: Path) -> None:
+    server = identity("server")
+    header = Header("session-1", server.party_id, "c1", Stage.KEYS, 3, 5, 2)
+    data = encode_message(server, Message(header, KeygenStart(
+        (PartyId("c1"), PartyId("c2")), 2, "0" * 64)))
+    assert peek_epoch(data) == 3 and peek_epoch(b"junk" * 10) == 0
+    hub = MemoryHub()
+    async with hub.connect("server") as raw_server, hub.connect("c1") as raw_c1:
+        traced = TracingLink(raw_server, tmp_path / "server.jsonl")
+        await traced.send(["c1"], data)
+        assert await raw_c1.receive() == data
+        traced.finish()
+    assert [(e.kind, e.stage, e.epoch, e.round) for e in read_trace(tmp_path / "server.jsonl")
+            ] == [("KeygenStart", "KEYS", 3, 5)] * 2
 
 
 async def test_a_tracing_link_records_presence_news_and_the_model_ignores_it(

@@ -22,7 +22,7 @@ from mqtt_fixtures import FAST, SESSION, Keyring, make_transport, receive_within
 from threshold_fl.app.cli import main as cli_main
 from threshold_fl.errors import TransportError
 from transports.broker import MosquittoBroker, free_port
-from transports.chunks import split
+from transports.frames import split
 from transports.lograte import MAX_KEYS, OTHERS, Outage, RateLimitedLog, printable
 from transports.mqtt import MqttTransport
 

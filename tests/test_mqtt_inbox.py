@@ -17,8 +17,11 @@ from mqtt_fixtures import FAST, Keyring, make_transport, receive_within, wait_un
 
 from threshold_fl.errors import TransportClosed, TransportError
 from transports.broker import MosquittoBroker
+from transports.chunks import ReassemblyLimits
 
 broker = mqtt_fixtures.broker  # the fixture (see mqtt_fixtures on why not imported)
+
+MiB = 1 << 20
 
 #: One message in the inbox; every further one held, and in a spill file at once.
 SPILL_ALL = dataclasses.replace(FAST, inbox_limit=1, held_memory_bytes=0, ack_timeout_s=0.2)
@@ -117,3 +120,24 @@ async def test_frames_beyond_the_held_bounds_wait_with_their_sender(
         assert sorted(got) == [b"m%d" % n for n in range(5)]  # probes may reorder them
         await wait_until(lambda: alice.stats.transfers_acked == 5, 5, "every ack")
         assert alice.stats.transfers_failed == 0
+
+
+async def test_a_transfer_deferred_past_the_expiry_is_kept(broker: MosquittoBroker) -> None:
+    # Before, a deferred chunk (answered busy unread) did not count as activity: a
+    # transfer whose chunks waited longer than expiry_s expired, the receiver refused
+    # the chunks once it had room, and the sender gave the message up.  Now each busy
+    # answer to a probe keeps its transfer: the expiry counts from the last exchange.
+    keys = Keyring("alice", "bob")
+    receiver = dataclasses.replace(FAST, inbox_limit=1, held_per_sender=1,
+                                   limits=ReassemblyLimits(expiry_s=1.0))
+    async with make_transport(broker.url, "alice", keys, options=IMPATIENT) as alice, \
+            make_transport(broker.url, "bob", keys, options=receiver) as bob:
+        messages = [b"m%d" % n + bytes(MiB) for n in range(4)]  # 2 chunks each
+        await asyncio.gather(*(alice.send(["bob"], m) for m in messages))
+        await wait_until(lambda: bob.stats.deferred >= 1, 5, "a frame deferred")
+        await asyncio.sleep(3.0)  # three expiries; probes every max_ack_timeout_s (0.5 s)
+        assert bob.stats.messages_received == 1 and bob.stats.expired == 0
+        got = [await receive_within(bob) for _ in range(4)]
+        assert sorted(got) == messages
+        await wait_until(lambda: alice.stats.transfers_acked == 4, 5, "every ack")
+        assert alice.stats.transfers_failed == 0 and bob.stats.expired == 0

@@ -18,7 +18,8 @@ from mqtt_fixtures import FAST, SESSION, Keyring, make_transport, receive_within
 
 from threshold_fl.errors import AuthenticationError, FrameError
 from transports.broker import MosquittoBroker
-from transports.chunks import Reassembler, ReassemblyLimits, Transfer, split
+from transports.chunks import Reassembler, ReassemblyLimits
+from transports.frames import Transfer, split
 
 broker = mqtt_fixtures.broker  # the fixture (see mqtt_fixtures on why not imported)
 

@@ -8,7 +8,7 @@ import pytest
 from test_layering import REPO, violations
 
 from threshold_fl.errors import ParameterError
-from transports.chunks import MANIFEST_SEQ, ChunkPlan, Transfer
+from transports.frames import MANIFEST_SEQ, ChunkPlan, Transfer
 from transports.window import InFlightFrame, OutgoingTransfer, SendWindow
 
 MiB = 1 << 20

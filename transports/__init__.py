@@ -11,7 +11,7 @@ delayed or reordered).  :class:`MemoryHub` / :class:`MemoryTransport`
 scripted by a :class:`FaultPlan`.
 
 :class:`MqttTransport` (:mod:`transports.mqtt`) runs the same interface over an MQTT
-broker: every message is a signed chunked transfer (:mod:`transports.chunks`), acked
+broker: every message is a signed chunked transfer (:mod:`transports.frames`), acked
 end to end, with reconnection and presence.  :func:`private_broker`
 (:mod:`transports.broker`) starts a throwaway broker for tests and demos.
 
@@ -22,7 +22,8 @@ the composition layer in ``threshold_fl`` wires protocols to transports.
 
 from transports.base import Transport
 from transports.broker import BrokerConfig, MosquittoBroker, find_mosquitto, private_broker
-from transports.chunks import ChunkPlan, Reassembler, ReassemblyLimits, Transfer, split
+from transports.chunks import Reassembler, ReassemblyLimits
+from transports.frames import ChunkPlan, Transfer, split
 from transports.memory import (
     Envelope,
     Fault,

@@ -39,7 +39,7 @@ from typing import IO, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from threshold_fl.errors import ParameterError, TransportError
-from transports.chunks import MAX_CHUNK_SIZE, validate_id
+from transports.frames import MAX_CHUNK_SIZE, validate_id
 
 __all__ = [
     "SBIN_DIRS", "DEFAULT_MAX_PACKET_SIZE", "INSTALL_HINT",

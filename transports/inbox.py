@@ -8,7 +8,7 @@ and delivered and acked as ``receive()`` makes room.  Its sender's window keeps 
 for it meanwhile, so a sender that outpaces the application stalls (back-pressure).
 
 **Busy.**  Instead of the ack, the receiver answers a held message's last frame, and
-every resend of it, with a *busy* frame (:mod:`transports.chunks`): "I have it, I cannot
+every resend of it, with a *busy* frame (:mod:`transports.frames`): "I have it, I cannot
 take it yet".  The sender keeps the frame unacked, forgets its tries and resends it only
 as a probe, every ``max_ack_timeout_s`` (:meth:`~transports.window.SendWindow.busy`):
 a busy receiver never makes its senders give up a message it holds, while the probes
@@ -24,8 +24,9 @@ only a chunk completes a message, and a chunk names no sender, so its transfer m
 be known.  Nothing is lost; what is held exceeds ``max_bytes`` by at most one
 message; deferred messages may arrive out of order, as resent ones may.  (An honest
 sender's window keeps its open transfers within the reassembler's per-sender slots,
-so none is evicted meanwhile; one deferred for longer than the reassembler's
-``expiry_s``, 120 s, is dropped and its sender gives it up, as any stalled transfer.)
+so none is evicted meanwhile; nor does one expire: each deferred chunk keeps its
+sender's open transfers from the reassembler's expiry, ``expiry_s`` = 120 s after the
+last exchange, and the probes come every ``max_ack_timeout_s`` = 60 s.)
 
 This module does no network I/O: the acks to send go to the caller's ``send_ack``.
 """
@@ -37,15 +38,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from threshold_fl.errors import FrameError
-from transports.chunks import (
-    CHUNK_HEADER_SIZE,
-    KIND_CHUNK,
-    Accepted,
-    Reassembler,
-    decode_chunk,
-    encode_ack,
-    frame_kind,
-)
+from transports.chunks import Accepted, Reassembler
+from transports.frames import CHUNK_HEADER_SIZE, KIND_CHUNK, decode_chunk, encode_ack, frame_kind
 from transports.held import HeldMessage, HeldMessages
 
 __all__ = ["Inbox", "SendAck"]
@@ -84,9 +78,11 @@ class Inbox:
         send_ack(topic, _busy(got))
         return failure
 
-    def deferral(self, reassembler: Reassembler, frame: bytes) -> tuple[str, bytes] | None:
+    def deferral(self, reassembler: Reassembler, frame: bytes, now: float
+                 ) -> tuple[str, bytes] | None:
         """``(topic, busy frame)`` if ``frame`` is a chunk that must wait unread: what
-        is held from its sender is at a bound.  None: read it."""
+        is held from its sender is at a bound (its open transfers are kept alive
+        meanwhile).  None: read it."""
         if not self.held or not _is_chunk(frame):
             return None
         sender = reassembler.claimed_sender(frame)  # its transfer's: known, else None
@@ -94,6 +90,7 @@ class Inbox:
                               and self.held.bytes < self.max_bytes):
             return None
         chunk = decode_chunk(frame)
+        reassembler.keep_alive(sender, now)
         self.counts["deferred"] += 1
         return self._ack_topic(sender), encode_ack(chunk.transfer_id, chunk.seq, busy=True)
 

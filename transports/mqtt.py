@@ -9,7 +9,7 @@ Topics, all under ``tfl/<session>/``:
   publishes ``online: false`` retained, so a crashed party is seen offline once the
   broker notices (at once on a closed socket, else after 1.5 keepalives).
 
-Every message travels as a signed chunked transfer (:mod:`transports.chunks`) whose
+Every message travels as a signed chunked transfer (:mod:`transports.frames`) whose
 frames carry all metadata, so plain MQTT 3.1.1 suffices.  Each frame is acked by the
 receiver: aiomqtt ignores PUBACK reason codes and a broker may silently drop a message
 (mosquitto does for oversized ones on 3.1.1), so only an end-to-end ack proves arrival.
@@ -55,10 +55,10 @@ from threshold_fl.errors import (
     TransportError,
 )
 from transports.broker import TOPIC_ROOT, BrokerConfig, topic
-from transports.chunks import (
+from transports.chunks import Reassembler
+from transports.frames import (
     TRANSFER_ID_SIZE,
     ChunkPlan,
-    Reassembler,
     Signer,
     Transfer,
     Verifier,
@@ -517,7 +517,7 @@ class MqttTransport:
             return
         self._counts["frames_received"] += 1
         self._counts["frame_bytes_received"] += len(frame)
-        if deferral := self._inbox.deferral(self._reassembler, frame):
+        if deferral := self._inbox.deferral(self._reassembler, frame, self._now()):
             return self._send_ack(*deferral)  # its sender is at a held bound: it waits
         try:
             got = self._reassembler.accept(frame, self._now())

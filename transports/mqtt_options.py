@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from threshold_fl.errors import ParameterError
-from transports.chunks import DEFAULT_CHUNK_SIZE, ReassemblyLimits
+from transports.chunks import ReassemblyLimits
+from transports.frames import DEFAULT_CHUNK_SIZE
 from transports.held import DEFAULT_HELD_MEMORY
 
 __all__ = ["MqttOptions", "MqttStats"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from threshold_fl.errors import ParameterError
-from transports.chunks import validate_id
+from transports.frames import validate_id
 
 __all__ = ["parse_presence", "presence_payload"]
 

@@ -1,6 +1,6 @@
 """Sans-I/O send window: per-recipient flow control, acks, retransmission and give-up.
 
-A :class:`SendWindow` holds the transfers (:mod:`transports.chunks`) a party is sending
+A :class:`SendWindow` holds the transfers (:mod:`transports.frames`) a party is sending
 and decides which frame goes on the wire next.  It does no I/O, reads no clock (``now``
 is passed in) and neither logs nor wakes anybody: what the caller must act on is kept
 for it to take (:meth:`SendWindow.take_released`, :meth:`SendWindow.take_given_up`).
@@ -73,7 +73,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 from threshold_fl.errors import ParameterError
-from transports.chunks import MANIFEST_SEQ, Transfer
+from transports.frames import MANIFEST_SEQ, Transfer
 
 __all__ = ["InFlightFrame", "OutgoingTransfer", "RttEstimator", "SendWindow"]
 

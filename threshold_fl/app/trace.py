@@ -4,17 +4,18 @@
 :class:`TracingLink`.  The federation is a star through the aggregator (relayed
 messages included), so its trace holds every protocol message of the session: when
 it was handed to the transport and when the transport let go of it (every frame
-published), when one arrived, its type, stage and round (from the unauthenticated
-header, :func:`protocols.codec.peek_step`: for accounting only), the peer and the
-payload bytes.  :mod:`threshold_fl.bench.linkmodel` turns it into a profile.
+published), when one arrived, its type, stage, key epoch and round (from the
+unauthenticated header, :func:`protocols.codec.peek_step` and :func:`peek_epoch`: for
+accounting only), the peer and the payload bytes.  :mod:`threshold_fl.bench.linkmodel`
+turns it into a profile.
 
 Times are ``time.monotonic()``: one clock for every process on the machine.
 
 Each line: ``{"t": seconds, "event": "send" | "sent" | "recv", "kind": str,
-"stage": str, "round": int, "peers": [party, ...], "bytes": payload bytes}`` (a
+"stage": str, "epoch": int, "round": int, "peers": [party, ...], "bytes": payload bytes}`` (a
 send's peers are its recipients, a receipt's its envelope's sender).  The broker's news
 of a client's connection is traced too: event ``"offline"`` or ``"online"``, kind
-``"presence"``, the client as the one peer, stage ``"-"``, round 0 and no bytes (it is
+``"presence"``, the client as the one peer, stage ``"-"``, epoch and round 0 and no bytes (it is
 how ``bench dropout`` times hearing of a killed client).
 """
 
@@ -23,15 +24,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
+import msgpack
+
 from protocols.codec import MAGIC, peek_step
+from protocols.messages import Header
 from threshold_fl.errors import ParameterError
 from transports import Transport
 
-__all__ = ["EVENTS", "PRESENCE", "TraceEvent", "TracingLink", "read_trace"]
+__all__ = ["EVENTS", "PRESENCE", "TraceEvent", "TracingLink", "peek_epoch", "read_trace"]
 
 EVENTS = ("send", "sent", "recv", "offline", "online")
 PRESENCE = "presence"  # the kind of the offline/online events
@@ -45,6 +49,7 @@ class TraceEvent:
     event: str
     kind: str
     stage: str
+    epoch: int  # the key epoch: grows with each key agreement (a restart, a rotation)
     round: int
     peers: tuple[str, ...]
     bytes: int
@@ -57,8 +62,8 @@ class TraceEvent:
                 raise ParameterError(f"trace {name} must be a string")
         if not all(isinstance(peer, str) for peer in self.peers):
             raise ParameterError("trace peers must be strings")
-        numbers = {"t": (self.t, int | float), "round": (self.round, int),
-                   "bytes": (self.bytes, int)}
+        numbers = {"t": (self.t, int | float), "epoch": (self.epoch, int),
+                   "round": (self.round, int), "bytes": (self.bytes, int)}
         for name, (value, kind) in numbers.items():  # NaN fails 0 <= value
             if isinstance(value, bool) or not isinstance(value, kind) or not (
                     0 <= value < float("inf")):
@@ -67,7 +72,7 @@ class TraceEvent:
 
     def as_json(self) -> str:
         return json.dumps({"t": self.t, "event": self.event, "kind": self.kind,
-                           "stage": self.stage, "round": self.round,
+                           "stage": self.stage, "epoch": self.epoch, "round": self.round,
                            "peers": list(self.peers), "bytes": self.bytes})
 
     @classmethod
@@ -76,13 +81,14 @@ class TraceEvent:
             data: Any = json.loads(text)
         except json.JSONDecodeError as error:
             raise ParameterError(f"trace line is not JSON: {error}") from None
-        fields = ("t", "event", "kind", "stage", "round", "peers", "bytes")
-        if not isinstance(data, dict) or set(data) != set(fields):
-            raise ParameterError(f"trace line must be an object with the fields {fields}")
+        names = tuple(spec.name for spec in fields(cls))
+        if not isinstance(data, dict) or set(data) != set(names):
+            raise ParameterError(f"trace line must be an object with the fields {names} "
+                                 "(a trace from an older version lacks the epoch: record "
+                                 "it again)")
         if not isinstance(data["peers"], list):
             raise ParameterError("trace peers must be a list")
-        return cls(data["t"], data["event"], data["kind"], data["stage"], data["round"],
-                   tuple(data["peers"]), data["bytes"])
+        return cls(**{**data, "peers": tuple(data["peers"])})
 
 
 def read_trace(path: Path) -> list[TraceEvent]:
@@ -106,6 +112,24 @@ def _sender(data: bytes) -> str:
     if len(data) < 6 or data[:4] != MAGIC:
         return "?"
     return data[6:6 + data[5]].decode("utf-8", errors="replace")
+
+
+_EPOCH = [spec.name for spec in fields(Header)].index("epoch")
+
+
+def peek_epoch(data: bytes) -> int:
+    """The key epoch a message's header claims, 0 if the bytes are not a message.
+
+    Unauthenticated, like :func:`protocols.codec.peek_step` (which this completes: it
+    does not read the epoch); the envelope's layout is in :mod:`protocols.codec`."""
+    if peek_step(data) is None:
+        return 0
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True)
+    start = 6 + data[5] + 8  # past magic, version, sender and payload length
+    unpacker.feed(data[start:start + 4096])
+    unpacker.read_array_header()
+    epoch = unpacker.unpack()[_EPOCH]
+    return epoch if type(epoch) is int and epoch >= 0 else 0
 
 
 class TracingLink:
@@ -139,7 +163,7 @@ class TracingLink:
         """Note that the broker says *party* is online or offline (its Last Will)."""
         if not self._file.closed:
             event = TraceEvent(self._clock(), "online" if online else "offline", PRESENCE,
-                               "-", 0, (party,), 0)
+                               "-", 0, 0, (party,), 0)
             self._file.write(event.as_json() + "\n")
 
     def finish(self) -> None:
@@ -152,5 +176,5 @@ class TracingLink:
         peeked = peek_step(data)
         kind, stage, round_ = (("?", "?", 0) if peeked is None
                                else (peeked.kind, peeked.stage.name, peeked.round))
-        self._file.write(TraceEvent(self._clock(), event, kind, stage, round_, peers,
-                                    len(data)).as_json() + "\n")
+        self._file.write(TraceEvent(self._clock(), event, kind, stage, peek_epoch(data),
+                                    round_, peers, len(data)).as_json() + "\n")

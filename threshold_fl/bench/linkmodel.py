@@ -3,7 +3,9 @@
 **The profile** comes from one real run's aggregator trace
 (:mod:`threshold_fl.app.trace`): the federation is a star through the aggregator, so
 that trace holds every message, timed.  The session is cut into **phases** at the
-aggregator's first send of each trigger message in a step (:data:`TRIGGERS`):
+aggregator's first send of each trigger message in a step (:data:`TRIGGERS`; a step is
+its stage, key epoch and round, so a key agreement restarted after a dropout, or a key
+rotation, opens its own ``keys`` phase):
 
 - ``keys``: KeygenStart to MaskStart, or to round 1's RoundStart at mask fraction 1
   (public shares up and relayed, the sealed key deliveries up and relayed, key
@@ -30,7 +32,7 @@ compute + the sum of its hops' network times (hops taken one after another).
 broker: every message crosses the sender's link up and the recipient's link down,
 and the broker's own link carries every party's bytes, each way.  The MQTT
 transport cuts each message into a manifest frame and 1 MiB chunks
-(:mod:`transports.chunks`); its sender publishes one frame at a time and waits for
+(:mod:`transports.frames`); its sender publishes one frame at a time and waits for
 the broker's PUBACK (QoS 1) before the next, so each frame costs a round trip on top
 of its own transmission; the end-to-end ack window (:mod:`transports.window`, 8
 frames per recipient) allows ``window`` frames per two round trips to one recipient.
@@ -61,7 +63,7 @@ from dataclasses import dataclass
 
 from threshold_fl.app.trace import TraceEvent
 from threshold_fl.errors import ParameterError
-from transports.chunks import DEFAULT_CHUNK_SIZE
+from transports.frames import DEFAULT_CHUNK_SIZE
 
 __all__ = ["AGGREGATOR", "SCENARIOS", "TRIGGERS", "UNLIMITED", "WIRE_EFFICIENCY", "Delivery",
            "Hop", "Link", "Phase", "PhasePrediction", "hop_seconds", "phases_of", "predict"]
@@ -223,14 +225,18 @@ class Phase:
 
     name: str
     stage: str
+    epoch: int
     round: int
     measured_s: float
     hops: tuple[Hop, ...]
 
     @property
     def label(self) -> str:
-        return f"round {self.round} {self.name}" if self.stage == "ROUND" else (
-            f"{self.stage.lower()} {self.name}" if self.name != "keys" else "keys")
+        if self.stage == "ROUND":
+            return f"round {self.round} {self.name}"
+        if self.name == "keys":  # the first key epoch, or a restart or rotation
+            return "keys" if self.epoch <= 1 else f"keys (epoch {self.epoch})"
+        return f"{self.stage.lower()} {self.name}"
 
     @property
     def bytes(self) -> int:
@@ -263,16 +269,16 @@ def phases_of(trace: Sequence[TraceEvent]) -> list[Phase]:
     for the processes to start)."""
     events = sorted(trace, key=lambda event: event.t)
     starts: list[int] = []
-    seen: set[tuple[str, str, int]] = set()
+    seen: set[tuple[str, str, int, int]] = set()
     for index, event in enumerate(events):
-        step = (event.kind, event.stage, event.round)
+        step = (event.kind, event.stage, event.epoch, event.round)
         if event.event == "send" and event.kind in TRIGGERS and step not in seen:
             seen.add(step)
             starts.append(index)
     phases = []
     for start, end in itertools.pairwise(starts):
         opener = events[start]
-        phases.append(Phase(TRIGGERS[opener.kind], opener.stage, opener.round,
+        phases.append(Phase(TRIGGERS[opener.kind], opener.stage, opener.epoch, opener.round,
                             events[end].t - opener.t, _hops(events[start:end])))
     if not phases:
         raise ParameterError("the trace holds no complete phase (no KeygenStart, MaskStart "

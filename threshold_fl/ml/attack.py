@@ -184,8 +184,9 @@ class Reconstruction:
 
     *matching_loss* is the data term the attacker minimised (L2 or cosine distance, no
     prior); *relative_loss* is that over the visible gradient's energy for L2, and the
-    cosine distance itself for IG.  *iterations* is where the optimiser stopped, *stop*
-    why.  *ssim* and *mse* compare with the true image; None when it was not given.
+    cosine distance itself for IG (float32 rounding below 0 counts as 0).  *iterations*
+    is where the optimiser stopped, *stop* why.  *ssim* and *mse* compare with the true
+    image; None when it was not given.
     """
 
     restart: int
@@ -327,7 +328,8 @@ class MatchingObjective:
 
     def relative(self, data: float) -> float:
         if self.config.attacker.cosine:
-            return data
+            # 1 - cos >= 0, but float32 rounding puts cos a hair above 1 at a near match
+            return max(0.0, data)
         return data / self.target.energy if self.target.energy > 0 else math.inf
 
 
