@@ -433,6 +433,7 @@ class ClientMachine(Machine[ClientState]):
                               message.header.step)
         self._budget.spend(order.count)
         self._shared_parts.add((message.header.attempt, body.part))
+        self._upload_values = None  # final once decrypting: no retry can ask for it again
         self._step = message.header.step
         self.state = C.MASK_DECRYPTING if self._in_mask() else C.ROUND_DECRYPTING
         self._heard(now)
@@ -461,18 +462,19 @@ class ClientMachine(Machine[ClientState]):
         done = fused.add(self.manifest, self._keys.key_id, self._keys.holders,
                          self._keys.group_key, body, message.header.step)  # or raise
         self._fused, self._step = fused, message.header.step
+        self._upload_values = None  # final once decrypting: no retry can ask for it again
         self._heard(now)
         if not done:
             return Step()
-        values, self._plain_part, self._fused = fused.values, fused.plain, None
-        problem = implausible(values, sensitivities=self._in_mask(),
+        self._plain_part, self._fused = fused.plain, None
+        problem = implausible(fused.values, sensitivities=self._in_mask(),
                               value_bound=self.manifest.params.value_bound,
                               error=self.context.error_bound(len(self.manifest.clients)))
         if problem is not None:  # a wrong pad or share: the garbage must not be used
             stage = "the sensitivity sum" if self._in_mask() else f"round {self._round}'s model"
             return self._abort_locally(f"the fused result for {stage} is implausible: {problem} "
                                        "(a wrong share or pad: a misbehaving aggregator or client)")
-        return self._decrypted(values)
+        return self._decrypted(fused.take())
 
     def _decrypted(self, values: FloatArray) -> Step:
         """The protected part is in the clear (for this client only): finish the step."""
@@ -481,12 +483,13 @@ class ClientMachine(Machine[ClientState]):
             return self._select_mask(values)
         assert self._mask is not None and self._plain_part is not None
         model = self._mask.scatter(values, self._plain_part)
+        del values  # the caller passed its only reference: free it before the copy below
         self.model = model
         self.state = C.ROUND_DONE
         self._upload_values = None
         assert self._keys.group_key is not None
         where = f"{self.manifest.session}/{self._step[1]}/{self._round}".encode()
-        check = model_check(self._keys.group_key, where, model.tobytes())
+        check = model_check(self._keys.group_key, where, model.data.cast("B"))
         return Step(
             sends=self._sends([self._aggregator], RoundDone(check), self._step),
             events=[RoundCompleted(self._round, (), model.copy())],
