@@ -162,7 +162,9 @@ class ClientMachine(Machine[ClientState]):
             # Every coordinate, not only the encrypted ones: which are encrypted is agreed
             # at run time, so a bound that held only for some would hold by chance.
             check_bound(values, self.manifest.params.value_bound)
-        self._upload_values = self._mask.gather(values)
+        # all encrypted (fraction 1): the checked copy is the upload, not copied again
+        everything = self._mask.count == values.size
+        self._upload_values = (values, values[:0]) if everything else self._mask.gather(values)
         step = self._send_upload()  # raises (e.g. values out of bound) before any change
         self.state = C.UPDATE_UPLOADED
         return step
@@ -474,16 +476,23 @@ class ClientMachine(Machine[ClientState]):
             stage = "the sensitivity sum" if self._in_mask() else f"round {self._round}'s model"
             return self._abort_locally(f"the fused result for {stage} is implausible: {problem} "
                                        "(a wrong share or pad: a misbehaving aggregator or client)")
-        return self._decrypted(fused.take())
+        if self._in_mask():
+            return self._decrypted(fused.take())
+        assert self._mask is not None
+        # scattered here, so that the fused values are freed before the model is copied
+        return self._round_done(self._mask.scatter(fused.take(), fused.plain))
 
     def _decrypted(self, values: FloatArray) -> Step:
         """The protected part is in the clear (for this client only): finish the step."""
-        self._shared_parts = set()
         if self._in_mask():
+            self._shared_parts = set()
             return self._select_mask(values)
         assert self._mask is not None and self._plain_part is not None
-        model = self._mask.scatter(values, self._plain_part)
-        del values  # the caller passed its only reference: free it before the copy below
+        return self._round_done(self._mask.scatter(values, self._plain_part))
+
+    def _round_done(self, model: FloatArray) -> Step:
+        """This round's global model is in the clear (for this client only)."""
+        self._shared_parts = set()
         self.model = model
         self.state = C.ROUND_DONE
         self._upload_values = None
