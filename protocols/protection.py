@@ -19,7 +19,6 @@ from threshold_fl.arrays import FloatArray, U64Array
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import PublicKey
 from threshold_fl.crypto.ring import build
-from threshold_fl.crypto.threshold import ring_parts
 from threshold_fl.crypto.vectors import (
     EncryptedSum,
     EncryptedVector,
@@ -301,8 +300,7 @@ class ProtectedSum:
         fusion works on (threshold mode)."""
         if self._encrypted is None:
             raise ParameterError("a plaintext-mode sum has no ring parts")
-        c0, c1, _ = ring_parts(self._context, self._encrypted.result())
-        return c0, c1
+        return self._encrypted.ring_parts()
 
 class UploadRound:
     """One upload attempt at the aggregator: the clients expected to upload, each one's
