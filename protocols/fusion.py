@@ -137,7 +137,7 @@ class BlindDecryption:
         earlier set may still be making its share for it, while a new one's c1 would
         otherwise queue behind that member's upload), and the parts to ask for now."""
         order = sorted(members, key=lambda member: member in self.asked)  # stable
-        self.members, self.shares = members, {}
+        self.members = members
         self.asked.update(members)
         first, self.pending = self.undone()[:self.window], self.undone()[self.window:]
         self.shares = {part: {} for part in first}
