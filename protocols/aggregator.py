@@ -53,7 +53,6 @@ from protocols.messages import (
     Abort,
     Aggregate,
     DecryptionShare,
-    DecryptRequest,
     Hello,
     KeyConfirm,
     KeyDelivery,
@@ -70,6 +69,7 @@ from protocols.messages import (
 )
 from protocols.messages import Finished as FinishedBody
 from protocols.protection import (
+    DEFAULT_PART_BYTES,
     UploadRound,
     checked_weights,
     encode_plain,
@@ -81,6 +81,7 @@ from protocols.states import (
     AGGREGATOR_TARGETS,
     AggregatorState,
 )
+from threshold_fl._checks import checked_int
 from threshold_fl.crypto.keys import PublicKey
 from threshold_fl.crypto.vectors import ciphertext_count
 from threshold_fl.errors import ForgedMessage, MalformedMessage, ParameterError, UnexpectedMessage
@@ -97,7 +98,7 @@ _ROUNDS = (A.ROUND_UPLOAD, A.ROUND_DECRYPTION)
 
 class AggregatorMachine(Machine[AggregatorState]):
     """Sans-I/O aggregator.  ``weights`` (party -> weight) override the default FedAvg
-    weights, the sample counts clients announce."""
+    weights (the clients' sample counts); decryptions stream in parts of ``part_bytes``."""
 
     ROLE = Role.AGGREGATOR
     TERMINAL = frozenset({A.FINISHED, A.ABORTED})
@@ -110,8 +111,10 @@ class AggregatorMachine(Machine[AggregatorState]):
         randomness: Randomness,
         *,
         weights: Mapping[str, float] | None = None,
+        part_bytes: int = DEFAULT_PART_BYTES,
     ) -> None:
         super().__init__(manifest, identity, randomness, A.IDLE)
+        self.part_bytes = checked_int(part_bytes, "part_bytes", 1)
         self._weights = checked_weights(manifest.client_ids, weights)
         self._samples: dict[PartyId, int] = {}
         self.alive: list[PartyId] = []
@@ -310,9 +313,9 @@ class AggregatorMachine(Machine[AggregatorState]):
         self.state = A.MASK_DECRYPTION if self.state is A.MASK_UPLOAD else A.ROUND_DECRYPTION
         if self.manifest.mode is Mode.THRESHOLD and self._protected_length() > 0:
             assert self._key_id is not None
-            c0, c1 = self._uploads.take().ring_parts()
-            self._decryption = BlindDecryption(self.context, self._key_id,
-                                               self._protected_length(), c0, c1)
+            self._decryption = BlindDecryption.of(
+                self.context, self._key_id, self._protected_length(),
+                self._uploads.take().ring_parts(), self._uploads.plain.size, self.part_bytes)
             return self._start_decryption(now, retry=False)
         protected, _ = self._uploads.take().result()
         self._reset_step(now, self.manifest.timeouts.decrypt_s)
@@ -323,8 +326,8 @@ class AggregatorMachine(Machine[AggregatorState]):
     # -- joint decryption by blind fusion, and confirmations ------------------------------
     def _start_decryption(self, now: float, *, retry: bool, reachable: bool = False
                           ) -> Step:
-        """Ask a set of t live holders for their shares (again, with another set, after a
-        member dropped or lost its connection: attempt + 1), avoiding those whose
+        """Ask a set of t live holders for their shares (again, for the parts not fused,
+        after a member dropped or lost its connection: attempt + 1), avoiding those whose
         connection is lost if t others are live; with *reachable*, only then."""
         decryption = self._decryption
         assert decryption is not None
@@ -334,13 +337,15 @@ class AggregatorMachine(Machine[AggregatorState]):
             return Step()  # too few others: wait for the share, the drop or the deadline
         if members is None:
             return self._abort(self._too_few(self.state.value))
-        refusal = self._budget.refusal(decryption.c1.shape[0], self._epoch)
+        refusal = self._budget.refusal(decryption.remaining(), self._epoch)
         if refusal is not None:
             return self._abort(refusal)
         self._attempt += 1 if retry else 0
-        order, c1 = decryption.request(members)
+        order, parts = decryption.request(members)
         self._reset_step(now, self.manifest.timeouts.decrypt_s)
-        return Step(sends=self._sends(order, DecryptRequest(members, c1), self.step))
+        requests = decryption.requests(order, parts, self._sends, self.step)
+        # in one part (small models): made at once, as any message
+        return Step(sends=list(requests)) if decryption.parts == 1 else Step(later=[requests])
 
     def _on_decryption_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, DecryptionShare)
@@ -352,13 +357,13 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._require_step(message, self.step)
         if message.header.recipient != self.me:
             raise ForgedMessage("a decryption share must be addressed to the aggregator")
-        self._require_new(decryption.shares, sender, message)
         if not decryption.accept(sender, message.body):
             return self._progress(now)
         assert self._uploads is not None
-        body = decryption.fused_body(encode_plain(self._uploads.plain))
+        body = decryption.fuse(message.body.part, self._uploads.plain)
         self._deadline = now + self.manifest.timeouts.decrypt_s
-        step = Step(sends=[self._send(self.alive, body, self.step, addressed="*")])
+        step = Step(sends=[self._send(self.alive, body, self.step, addressed="*")],
+                    later=[decryption.next_requests(self._sends, self.step)])
         return step.extend(self._progress(now))
 
     def _on_mask_confirm(self, message: Message, now: float) -> Step:
@@ -423,10 +428,7 @@ class AggregatorMachine(Machine[AggregatorState]):
     def _decryption_done(self, now: float) -> Step:
         if self.state is A.MASK_DECRYPTION:
             assert self.mask is not None
-            step = self._events(MaskAgreed(self.mask))
-            if not self._budget_for_a_round():
-                return step.extend(self._start_keys(now))
-            return step.extend(self._start_upload(now, A.ROUND_UPLOAD, 1))
+            return self._events(MaskAgreed(self.mask)).extend(self._next_round(now, 1))
         assert self._uploads is not None
         uploaders = tuple(sorted(self._uploads.uploaders))
         step = self._events(RoundCompleted(self._round, uploaders, None))
@@ -435,16 +437,16 @@ class AggregatorMachine(Machine[AggregatorState]):
             body = FinishedBody(self._round)
             return step.extend(Step(sends=self._sends(self.alive, body, self.step),
                                     events=[Finished(self._round)]))
-        if not self._budget_for_a_round():
-            return step.extend(self._start_keys(now))
-        return step.extend(self._start_upload(now, A.ROUND_UPLOAD, self._round + 1))
+        return step.extend(self._next_round(now, self._round + 1))
 
-    def _budget_for_a_round(self) -> bool:
-        """Whether this key epoch can decrypt another round (twice: a retry included);
-        only threshold keys have a budget.  Asked once the mask is agreed."""
+    def _next_round(self, now: float, round_: int) -> Step:
+        """Round *round_*'s uploads, after new keys if this key epoch cannot decrypt
+        another round (twice: a retry included; only threshold keys have a budget)."""
         assert self.mask is not None
-        return self.manifest.mode is not Mode.THRESHOLD or (
-            self._budget.allows(2 * ciphertext_count(self.context, self.mask.count)))
+        if self.manifest.mode is Mode.THRESHOLD and not self._budget.allows(
+                2 * ciphertext_count(self.context, self.mask.count)):
+            return self._start_keys(now)
+        return self._start_upload(now, A.ROUND_UPLOAD, round_)
 
     def _deadline_passed(self, now: float) -> Step:
         if self.state is A.JOINING:
@@ -531,8 +533,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         if self.state in self.TERMINAL or party not in self.alive:
             return Step()
         self._unreachable.add(party)
-        if self.state not in _DECRYPTIONS or self._decryption is None or (
-                party not in self._decryption.missing()):
+        if self._decryption is None or not self._decryption.owes(party):  # none, or fused
             return Step()
         return self._start_decryption(now, retry=True, reachable=True)
 

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from protocols.client_decryption import FusedParts, MemberKeys, decode_request, share_part
 from protocols.client_keys import DELIVERY_FIELDS, EpochKeys, Mismatch
 from protocols.events import (
     Aborted,
@@ -29,14 +30,13 @@ from protocols.events import (
     UpdateNeeded,
 )
 from protocols.events import Finished as FinishedEvent
-from protocols.fusion import QueryBudget, c1_digest, decryption_set, pair_key
+from protocols.fusion import QueryBudget, pair_key
 from protocols.key_agreement import keygen_refusal
 from protocols.machine import Handler, Machine, Randomness
 from protocols.manifest import Manifest, Mode, Role, abort_error
 from protocols.messages import (
     Abort,
     Aggregate,
-    DecryptionShare,
     DecryptRequest,
     Finished,
     Fused,
@@ -66,16 +66,8 @@ from protocols.states import CLIENT_OTHER_TARGETS, CLIENT_TARGETS, CLIENT_WAITIN
 from threshold_fl.arrays import FloatArray
 from threshold_fl.crypto.keys import PartyKeys
 from threshold_fl.crypto.noise import wipe
-from threshold_fl.crypto.rounding import ShareRounding
-from threshold_fl.crypto.shares import decode_sums
-from threshold_fl.crypto.threshold import decryption_shares, threshold_kit, unpad
 from threshold_fl.crypto.vectors import decrypt_vector
-from threshold_fl.crypto.wire import (
-    PolynomialRole,
-    decode_polynomials,
-    encode_polynomials,
-    encode_public_key,
-)
+from threshold_fl.crypto.wire import encode_public_key
 from threshold_fl.errors import (
     DuplicateMessage,
     MalformedMessage,
@@ -123,7 +115,9 @@ class ClientMachine(Machine[ClientState]):
         self._upload_values: tuple[FloatArray, FloatArray | None] | None = None
         self._weight = 1.0  # this attempt's FedAvg weight, announced by the aggregator
         self._plain_part: FloatArray | None = None
-        self._shared_attempts: set[int] = set()  # attempts of this step I sent a share for
+        # (attempt, part) of this step I sent a share for: never two shares of one part
+        self._shared_parts: set[tuple[int, int]] = set()
+        self._fused: FusedParts | None = None  # this step's fused result, part by part
         self._budget = QueryBudget(manifest.params.decryption_queries)  # this key epoch's
 
     # -- the application's side --------------------------------------------------------
@@ -168,7 +162,9 @@ class ClientMachine(Machine[ClientState]):
             # Every coordinate, not only the encrypted ones: which are encrypted is agreed
             # at run time, so a bound that held only for some would hold by chance.
             check_bound(values, self.manifest.params.value_bound)
-        self._upload_values = self._mask.gather(values)
+        # all encrypted (fraction 1): the checked copy is the upload, not copied again
+        everything = self._mask.count == values.size
+        self._upload_values = (values, values[:0]) if everything else self._mask.gather(values)
         step = self._send_upload()  # raises (e.g. values out of bound) before any change
         self.state = C.UPDATE_UPLOADED
         return step
@@ -414,40 +410,35 @@ class ClientMachine(Machine[ClientState]):
                                    "the key")
 
     def _on_decrypt_request(self, message: Message, now: float) -> Step:
-        """A member of the decryption set: decrypt c1 for the set, masked and padded."""
+        """A member of the decryption set: decrypt one part of c1 for the set, masked and
+        padded; once per part and attempt."""
         assert isinstance(message.body, DecryptRequest)
         body = message.body
         self._require_decryption_step(message, body.members)
         if self.me not in body.members:
             raise MalformedMessage("a decryption request for a set I am not in")
-        if message.header.attempt in self._shared_attempts:
-            raise DuplicateMessage("a second decryption request for this attempt; discarded")
+        if (message.header.attempt, body.part) in self._shared_parts:
+            raise DuplicateMessage(f"a second decryption request for this attempt and part "
+                                   f"{body.part} (one share of each); discarded")
         assert self._keys.key_id is not None and self._keys.threshold_key is not None
         length = self._protected_length()
-        c1 = decode_polynomials(self.context, body.c1, PolynomialRole.C1,
-                                key_id=self._keys.key_id, length=length)
-        if not self._budget.allows(c1.shape[0]):
+        order = decode_request(self.context, self._keys.key_id, length, body)
+        if not self._budget.allows(order.count):
             return self._abort_locally(
                 f"this key epoch has given {self._budget.used} decryption shares of the "
                 f"{self._budget.limit} its noise flooding allows; the aggregator must rotate "
                 "keys first")
-        digest = c1_digest(c1)
-        dset = decryption_set(self.manifest.session, self._keys.holders, body.members,
-                              self.manifest.threshold, message.header.step, digest)
-        pad = self._keys.group_key if dset.pad_holder == self._keys.index else None
-        shares = decryption_shares(
-            c1, ShareRounding.of(self.context), self._keys.threshold_key, dset,
-            sigma=threshold_kit(self.context).sigma, noise_seed=self._noise_seed(),
-            pair_keys=self._pair_keys(body.members), group_key=pad,
-            attempt=message.header.attempt)
-        self._budget.spend(c1.shape[0])
-        self._shared_attempts.add(message.header.attempt)
+        keys = MemberKeys(self._keys.key_id, self._keys.holders, self._keys.index,
+                          self._keys.threshold_key, self._noise_seed(),
+                          self._pair_keys(body.members), self._keys.group_key)
+        body_out = share_part(self.context, self.manifest, keys, length, body, order,
+                              message.header.step)
+        self._budget.spend(order.count)
+        self._shared_parts.add((message.header.attempt, body.part))
+        self._upload_values = None  # final once decrypting: no retry can ask for it again
         self._step = message.header.step
         self.state = C.MASK_DECRYPTING if self._in_mask() else C.ROUND_DECRYPTING
         self._heard(now)
-        frames = tuple(encode_polynomials(self.context, PolynomialRole.SHARE, self._keys.key_id,
-                                          length, shares))
-        body_out = DecryptionShare(body.members, digest, frames)
         return Step(sends=self._sends([self._aggregator], body_out, self._step))
 
     def _noise_seed(self) -> bytes:
@@ -461,45 +452,53 @@ class ClientMachine(Machine[ClientState]):
                 for member in members if member != self.me}
 
     def _on_fused(self, message: Message, now: float) -> Step:
-        """The set's fused polynomials: remove the pad, decode, finish the step."""
+        """A part of the set's fused polynomials: remove the pad and decode it into
+        place; once every part is in, check the values and finish the step."""
         assert isinstance(message.body, Fused)
         body = message.body
         self._require_decryption_step(message, body.members)
         assert self._keys.key_id is not None and self._keys.group_key is not None
         length = self._protected_length()
-        plain = self._plain_of(body.plain, length, "the fused aggregate's plain part")
-        fused = decode_polynomials(self.context, body.fused, PolynomialRole.FUSED,
-                                   key_id=self._keys.key_id, length=length)
-        dset = decryption_set(self.manifest.session, self._keys.holders, body.members,
-                              self.manifest.threshold, message.header.step, body.c1_digest)
-        clear = unpad(fused, self._keys.group_key, dset, message.header.attempt,
-                      ShareRounding.of(self.context))
-        values = decode_sums(self.context, clear, length, coefficients=True)
-        problem = implausible(values, sensitivities=self._in_mask(),
+        plain_length = 0 if self._in_mask() else self.manifest.model_length - length
+        fused = self._fused or FusedParts(self.context, length, plain_length, body.parts)
+        done = fused.add(self.manifest, self._keys.key_id, self._keys.holders,
+                         self._keys.group_key, body, message.header.step)  # or raise
+        self._fused, self._step = fused, message.header.step
+        self._upload_values = None  # final once decrypting: no retry can ask for it again
+        self._heard(now)
+        if not done:
+            return Step()
+        self._plain_part, self._fused = fused.plain, None
+        problem = implausible(fused.values, sensitivities=self._in_mask(),
                               value_bound=self.manifest.params.value_bound,
                               error=self.context.error_bound(len(self.manifest.clients)))
         if problem is not None:  # a wrong pad or share: the garbage must not be used
             stage = "the sensitivity sum" if self._in_mask() else f"round {self._round}'s model"
             return self._abort_locally(f"the fused result for {stage} is implausible: {problem} "
                                        "(a wrong share or pad: a misbehaving aggregator or client)")
-        self._step = message.header.step
-        self._plain_part = plain
-        self._heard(now)
-        return self._decrypted(values)
+        if self._in_mask():
+            return self._decrypted(fused.take())
+        assert self._mask is not None
+        # scattered here, so that the fused values are freed before the model is copied
+        return self._round_done(self._mask.scatter(fused.take(), fused.plain))
 
     def _decrypted(self, values: FloatArray) -> Step:
         """The protected part is in the clear (for this client only): finish the step."""
-        self._shared_attempts = set()
         if self._in_mask():
+            self._shared_parts = set()
             return self._select_mask(values)
         assert self._mask is not None and self._plain_part is not None
-        model = self._mask.scatter(values, self._plain_part)
+        return self._round_done(self._mask.scatter(values, self._plain_part))
+
+    def _round_done(self, model: FloatArray) -> Step:
+        """This round's global model is in the clear (for this client only)."""
+        self._shared_parts = set()
         self.model = model
         self.state = C.ROUND_DONE
         self._upload_values = None
         assert self._keys.group_key is not None
         where = f"{self.manifest.session}/{self._step[1]}/{self._round}".encode()
-        check = model_check(self._keys.group_key, where, model.tobytes())
+        check = model_check(self._keys.group_key, where, model.data.cast("B"))
         return Step(
             sends=self._sends([self._aggregator], RoundDone(check), self._step),
             events=[RoundCompleted(self._round, (), model.copy())],

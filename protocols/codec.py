@@ -38,13 +38,14 @@ __all__ = ["CODEC_VERSION", "MAX_MESSAGE_BYTES", "decode_message", "encode_messa
 
 #: 2: FedAvg weights in MaskStart/RoundStart; 3: blind fusion; 4: the manifest's
 #: fingerprint in Hello and KeygenStart; 5: uploads in parts (part, parts), and the
-#: signature over the envelope's SHA-256.
-CODEC_VERSION = 5
+#: signature over the envelope's SHA-256; 6: joint decryption in parts (DecryptRequest,
+#: DecryptionShare and Fused carry part, parts).
+CODEC_VERSION = 6
 MAGIC = b"TFLM"
 #: Largest message accepted (a 2.5 * 10^8-value upload is about 4 GB).
 MAX_MESSAGE_BYTES = 8 * 2**30
 _SIGNATURE_SIZE = 64
-_DOMAIN = b"threshold-fl/message/v5\0"
+_DOMAIN = b"threshold-fl/message/v6\0"
 _PREFIX = struct.Struct(">4sBB")
 _LENGTH = struct.Struct(">Q")
 _HEADER_FIELDS = tuple(spec.name for spec in fields(Header))

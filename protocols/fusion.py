@@ -18,18 +18,23 @@ of two shares would give the key away.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from protocols.messages import DecryptionShare, Fused, Stage
-from threshold_fl.arrays import U64Array
+from protocols.events import Outgoing
+from protocols.messages import Body, DecryptionShare, DecryptRequest, Fused, Stage
+from protocols.protection import decryption_parts, encode_plain, part_span
+from threshold_fl.arrays import FloatArray, U64Array
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.rounding import ShareRounding
 from threshold_fl.crypto.threshold import DecryptionSet, blind_fusion, derive_key
 from threshold_fl.crypto.wire import PolynomialRole, decode_polynomials, encode_polynomials
-from threshold_fl.errors import MalformedMessage
+from threshold_fl.errors import DuplicateMessage, MalformedMessage
 from threshold_fl.identity import Identity, PartyId, PublicIdentity
+
+#: ``Machine._sends``: one body signed for each recipient, at a step.
+Sends = Callable[[Sequence[PartyId], Body, tuple[Stage, int, int, int]], list[Outgoing]]
 
 __all__ = ["BlindDecryption", "QueryBudget", "choose_set", "c1_digest", "decryption_set",
            "pair_key"]
@@ -41,14 +46,15 @@ def c1_digest(c1: U64Array) -> str:
 
 
 def decryption_set(session: str, holders: Sequence[PartyId], members: Sequence[PartyId],
-                   threshold: int, step: tuple[Stage, int, int, int], digest: str
-                   ) -> DecryptionSet:
+                   threshold: int, step: tuple[Stage, int, int, int], digest: str,
+                   part: int = 0, parts: int = 1) -> DecryptionSet:
     """The crypto layer's set for ``members`` (party indices in the key's order), bound
-    to the session, the step (without the attempt) and the c1 digest."""
+    to the session, the step (without the attempt), the part and that part's c1
+    digest: each part's masks, noise and pad are its own."""
     stage, epoch, round_, _ = step
     binding = hashlib.sha256(
-        b"threshold-fl/decryption/v1\0" + f"{session}\0{epoch}\0{round_}\0{int(stage)}\0"
-        f"{digest}".encode()).digest()
+        b"threshold-fl/decryption/v2\0" + f"{session}\0{epoch}\0{round_}\0{int(stage)}\0"
+        f"{part}\0{parts}\0{digest}".encode()).digest()
     indices = tuple(holders.index(member) + 1 for member in members)
     return DecryptionSet(indices, threshold, binding)
 
@@ -78,67 +84,149 @@ def choose_set(holders: Sequence[PartyId], alive: Collection[PartyId], threshold
 class BlindDecryption:
     """The aggregator's record of one aggregate's joint decryption, and its frames: c1 for
     the members, their shares in, the fused result out (``length`` protected values
-    under ``key_id``)."""
+    under ``key_id``), in ``parts`` parts (ciphertexts ``part_span(count, parts, k)``).
+
+    A set is asked for at most ``window`` parts at a time; once every member's share of
+    a part is in, the part is fused, broadcast and its shares dropped, and the next part
+    is asked for: the shares held are at most ``window`` parts' worth per member.  A part
+    fused stays fused: a set that replaces a failed one is asked only for the rest."""
 
     context: CkksContext
     key_id: str
     length: int
     c0: U64Array
     c1: U64Array
+    parts: int = 1
+    window: int = 2
     members: tuple[PartyId, ...] = ()
-    shares: dict[PartyId, U64Array] = field(default_factory=dict)
-    fused: bool = False  # the fused polynomials went out
+    shares: dict[int, dict[PartyId, U64Array]] = field(default_factory=dict)  # by part
+    fused: bool = False  # every part's fused polynomials went out
     asked: set[PartyId] = field(default_factory=set)  # members of any set asked so far
+    done: set[int] = field(default_factory=set)  # parts fused, by any set
+    pending: list[int] = field(default_factory=list)  # parts this set is yet to be asked for
+    _digests: dict[int, str] = field(default_factory=dict)
 
     @cached_property
     def digest(self) -> str:
-        """Of c1, hashed once: every share and the fused result are checked against it."""
+        """Of c1, hashed once: every share and the fused result are checked against it
+        (against their part's digest, :meth:`part_digest`, when there are parts)."""
         return c1_digest(self.c1)
 
-    def request(self, members: tuple[PartyId, ...]
-                ) -> tuple[list[PartyId], tuple[bytes, ...]]:
+    def span(self, part: int) -> tuple[int, int]:
+        """The ciphertexts part *part* carries."""
+        return part_span(self.c1.shape[0], self.parts, part)
+
+    def part_digest(self, part: int) -> str:
+        if self.parts == 1:
+            return self.digest
+        if part not in self._digests:
+            start, stop = self.span(part)
+            self._digests[part] = c1_digest(self.c1[start:stop])
+        return self._digests[part]
+
+    def remaining(self) -> int:
+        """Ciphertexts of the parts not fused yet (what a new set spends of the budget)."""
+        return sum(stop - start for start, stop in map(self.span, self.undone()))
+
+    def undone(self) -> list[int]:
+        return [part for part in range(self.parts) if part not in self.done]
+
+    def request(self, members: tuple[PartyId, ...]) -> tuple[list[PartyId], list[int]]:
         """Start a set (a new attempt): forget any earlier set's shares.  The members in
         the order to send them c1, those asked for the first time first (a member of an
         earlier set may still be making its share for it, while a new one's c1 would
-        otherwise queue behind that member's upload), and the c1 frames."""
+        otherwise queue behind that member's upload), and the parts to ask for now."""
         order = sorted(members, key=lambda member: member in self.asked)  # stable
-        self.members, self.shares = members, {}
+        self.members = members
         self.asked.update(members)
-        return order, tuple(encode_polynomials(self.context, PolynomialRole.C1, self.key_id,
-                                               self.length, self.c1))
+        first, self.pending = self.undone()[:self.window], self.undone()[self.window:]
+        self.shares = {part: {} for part in first}
+        return order, first
 
-    def take(self, member: PartyId, frames: Sequence[bytes]) -> None:
-        """Decode and keep a member's share (checked frames, values below the moduli)."""
-        self.shares[member] = decode_polynomials(self.context, frames, PolynomialRole.SHARE,
-                                                 key_id=self.key_id, length=self.length)
+    @classmethod
+    def of(cls, context: CkksContext, key_id: str, length: int,
+           ring_parts: tuple[U64Array, U64Array], plain_length: int, part_bytes: int
+           ) -> BlindDecryption:
+        """The decryption of an aggregate's (c0, c1), in as many parts as messages of at
+        most *part_bytes* need (:func:`protocols.protection.decryption_parts`)."""
+        c0, c1 = ring_parts
+        parts = decryption_parts(context, c1.shape[0], plain_length, part_bytes)
+        return cls(context, key_id, length, c0, c1, parts)
+
+    def requests(self, order: list[PartyId], parts: list[int], sends: Sends,
+                 step: tuple[Stage, int, int, int]) -> Iterator[Outgoing]:
+        """Each of *parts*' c1 to each member, made as they are taken (one part's frames
+        held at a time); none once another set replaced this one."""
+        members = self.members
+        for part in parts:
+            if self.members != members:
+                return
+            start, stop = self.span(part)
+            frames = tuple(encode_polynomials(self.context, PolynomialRole.C1, self.key_id,
+                                              self.length, self.c1[start:stop], first=start))
+            yield from sends(order, DecryptRequest(members, frames, part, self.parts), step)
 
     def accept(self, member: PartyId, body: DecryptionShare) -> bool:
-        """Keep a member's share if it is for this set and this c1; whether the set is
-        now complete."""
-        if body.members != self.members or body.c1_digest != self.digest:
+        """Keep a member's share of a part asked for, if it is for this set and that
+        part's c1; whether the part is now complete."""
+        if body.members != self.members or body.parts != self.parts or (
+                body.part in self.shares and body.c1_digest != self.part_digest(body.part)):
             raise MalformedMessage("the decryption share is for another set or aggregate")
-        self.take(member, body.shares)
-        return not self.missing()
+        if body.part not in self.shares:
+            if body.part in self.done:
+                raise DuplicateMessage(f"a share of decryption part {body.part}, which was "
+                                       "fused already; discarded")
+            raise MalformedMessage(f"a share of decryption part {body.part}, which this set "
+                                   "was not asked for; discarded")
+        if member in self.shares[body.part]:
+            raise DuplicateMessage(f"{member!r}'s share of decryption part {body.part} came "
+                                   "again; discarded")
+        start, stop = self.span(body.part)
+        self.shares[body.part][member] = decode_polynomials(
+            self.context, body.shares, PolynomialRole.SHARE, key_id=self.key_id,
+            length=self.length, span=(start, stop))
+        return len(self.shares[body.part]) == len(self.members)
 
-    def fuse(self) -> tuple[bytes, ...]:
-        """c0 plus every member's share, still padded, as frames."""
-        fused = blind_fusion(self.c0, list(self.shares.values()),
+    def fuse(self, part: int, plain: FloatArray) -> Fused:
+        """Part *part*'s c0 plus every member's share of it, still padded, with its
+        share of the aggregate's *plain* values; the part's shares are dropped."""
+        start, stop = self.span(part)
+        shares = self.shares.pop(part)
+        fused = blind_fusion(self.c0[start:stop], [shares[m] for m in self.members],
                              ShareRounding.of(self.context))
-        self.fused = True
-        return tuple(encode_polynomials(self.context, PolynomialRole.FUSED, self.key_id,
-                                        self.length, fused))
+        del shares
+        self.done.add(part)
+        self.fused = len(self.done) == self.parts
+        frames = tuple(encode_polynomials(self.context, PolynomialRole.FUSED, self.key_id,
+                                          self.length, fused, first=start))
+        low, high = part_span(plain.size, self.parts, part)
+        return Fused(self.members, self.part_digest(part), frames,
+                     encode_plain(plain[low:high]), part, self.parts)
 
-    def fused_body(self, plain: bytes) -> Fused:
-        """The broadcast of the fused result, with the aggregate's *plain* part."""
-        return Fused(self.members, self.digest, self.fuse(), plain)
+    def next_requests(self, sends: Sends, step: tuple[Stage, int, int, int]
+                      ) -> Iterator[Outgoing]:
+        """As a part is fused: the next part's requests (none once all are asked)."""
+        if not self.pending:
+            return iter(())
+        part = self.pending.pop(0)
+        self.shares[part] = {}
+        return self.requests(list(self.members), [part], sends, step)
 
     def missing(self) -> list[PartyId]:
-        """The members of the current set whose share has not come."""
-        return [member for member in self.members if member not in self.shares]
+        """The members of the current set who owe a share (of a part asked for, or yet
+        to be asked for)."""
+        return [member for member in self.members
+                if any(member not in shares for shares in self.shares.values())]
+
+    def owes(self, member: PartyId) -> bool:
+        """Whether *member* of the current set still owes a share (of a part asked for,
+        or of one yet to be asked for)."""
+        return member in self.members and not self.fused and (
+            bool(self.pending) or member in self.missing())
 
     def failed(self, dropped: Collection[PartyId]) -> bool:
         """Whether a member of the current set dropped before the set completed."""
-        return not self.fused and any(member in dropped for member in self.missing())
+        return any(self.owes(member) for member in dropped)
 
     def culprits(self, alive: Sequence[PartyId], confirmed: Collection[PartyId]
                  ) -> list[PartyId]:
@@ -162,7 +250,9 @@ class BlindDecryption:
                  "live, else at the drop or the deadline" if lost else
                  "; another set as soon as a missing member's connection is reported lost, "
                  "or at the deadline")
-        return f"decryption shares (attempt {attempt})", who, len(self.members), until
+        parts = f", {len(self.done)} of {self.parts} parts fused" if self.parts > 1 else ""
+        return (f"decryption shares (attempt {attempt}{parts})", who, len(self.members),
+                until)
 
 
 @dataclass

@@ -261,11 +261,13 @@ class MaskStart(_Body):
         _check_weight(self.weight)
 
 
-def _check_part(part: int, parts: int) -> None:
+def _check_part(part: int, parts: int, what: str = "upload") -> None:
     if not 1 <= parts <= MAX_UPLOAD_PARTS:
-        raise _reject(f"an upload must come in 1 to {MAX_UPLOAD_PARTS} parts, got {parts}")
+        article = "an" if what[0] in "aeiou" else "a"
+        raise _reject(f"{article} {what} must come in 1 to {MAX_UPLOAD_PARTS} parts, got "
+                      f"{parts}")
     if part >= parts:
-        raise _reject(f"upload part {part} is out of range: the upload has {parts} parts "
+        raise _reject(f"{what} part {part} is out of range: the {what} has {parts} parts "
                       f"(0 to {parts - 1})")
 
 
@@ -302,45 +304,58 @@ def _check_members(members: tuple[PartyId, ...]) -> None:
 @dataclass(frozen=True)
 class DecryptRequest(_Body):
     """Aggregator -> each member of a decryption set: the aggregate's c1 parts as
-    frames; decrypt them for the set ``members`` (this attempt's)."""
+    frames; decrypt them for the set ``members`` (this attempt's).  A large aggregate's
+    decryption streams: part ``part`` of ``parts`` carries ciphertexts
+    ``part_span(count, parts, part)``, and so do the share and the fused result of it."""
 
     members: tuple[PartyId, ...]
     c1: tuple[bytes, ...]
+    part: int = 0
+    parts: int = 1
     STAGES = frozenset({Stage.MASK, Stage.ROUND})
 
     def _validate(self) -> None:
         _check_members(self.members)
+        _check_part(self.part, self.parts, "decryption")
 
 
 @dataclass(frozen=True)
 class DecryptionShare(_Body):
     """Member -> aggregator: my decryption shares for the set ``members``, masked so
-    that only the whole set's sum means anything; ``c1_digest`` names what they decrypt."""
+    that only the whole set's sum means anything; ``c1_digest`` names what they decrypt
+    (part ``part`` of ``parts``: that part's c1, as :class:`DecryptRequest`)."""
 
     members: tuple[PartyId, ...]
     c1_digest: str
     shares: tuple[bytes, ...]
+    part: int = 0
+    parts: int = 1
     STAGES = frozenset({Stage.MASK, Stage.ROUND})
 
     def _validate(self) -> None:
         _check_members(self.members)
         _check_digest("c1_digest", self.c1_digest)
+        _check_part(self.part, self.parts, "decryption")
 
 
 @dataclass(frozen=True)
 class Fused(_Body):
     """Aggregator -> clients: c0 plus the set's shares, still under the pad (which only
-    clients can remove), and the plain part of the aggregate."""
+    clients can remove), and the plain part of the aggregate; part ``part`` of
+    ``parts`` (as :class:`DecryptRequest`; the plain values split by ``part_span`` too)."""
 
     members: tuple[PartyId, ...]
     c1_digest: str
     fused: tuple[bytes, ...]
     plain: bytes
+    part: int = 0
+    parts: int = 1
     STAGES = frozenset({Stage.MASK, Stage.ROUND})
 
     def _validate(self) -> None:
         _check_members(self.members)
         _check_digest("c1_digest", self.c1_digest)
+        _check_part(self.part, self.parts, "decryption")
 
 
 @dataclass(frozen=True)

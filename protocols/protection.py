@@ -19,7 +19,6 @@ from threshold_fl.arrays import FloatArray, U64Array
 from threshold_fl.crypto.context import CkksContext
 from threshold_fl.crypto.keys import PublicKey
 from threshold_fl.crypto.ring import build
-from threshold_fl.crypto.threshold import ring_parts
 from threshold_fl.crypto.vectors import (
     EncryptedSum,
     EncryptedVector,
@@ -48,6 +47,7 @@ __all__ = [
     "checked_weights",
     "decode_frames",
     "decode_plain",
+    "decryption_parts",
     "encode_frames",
     "encode_plain",
     "implausible",
@@ -174,22 +174,40 @@ def _part_count(mode: Mode, context: CkksContext, length: int, plain_length: int
     *part_bytes*: a part carries at most ceil(items / parts) protected items and
     ceil(plain_length / parts) float32 values."""
     require_part_room(mode, context, part_bytes)
-    items, per_item = _protected_items(mode, context, length), _item_bytes(mode, context)
+    items = _protected_items(mode, context, length)
+    most = most_parts(mode, context, length, plain_length)  # 1 item, 1 value each
+    return _fewest_parts(items, _item_bytes(mode, context), plain_length, part_bytes, most)
+
+
+def _fewest_parts(items: int, per_item: int, plain_length: int, part_bytes: int,
+                  most: int) -> int:
+    """The fewest of 1 to *most* parts each of at most *part_bytes* (*most* if none)."""
     room = part_bytes - _MESSAGE_OVERHEAD
 
     def fits(parts: int) -> bool:
         return (-(-items // parts) * per_item
                 + -(-plain_length // parts) * PLAIN_DTYPE.itemsize) <= room
 
-    low, high = 1, most_parts(mode, context, length, plain_length)  # 1 item, 1 value each
+    low, high = 1, most
     while low < high:  # the fewest parts that fit: fits() only grows with parts
         middle = (low + high) // 2
         low, high = (low, middle) if fits(middle) else (middle + 1, high)
     if low > MAX_UPLOAD_PARTS:
         raise ParameterError(
-            f"part_bytes {part_bytes} would split this upload into {low} parts, more than "
+            f"part_bytes {part_bytes} would split this message into {low} parts, more than "
             f"the {MAX_UPLOAD_PARTS} a receiver accepts; make part_bytes larger")
     return low
+
+
+def decryption_parts(context: CkksContext, count: int, plain_length: int,
+                     part_bytes: int) -> int:
+    """How many parts a joint decryption of *count* ciphertexts streams in: the fewest
+    whose c1 (or share, or fused polynomials with their share of the *plain_length*
+    float32 values) fit *part_bytes*, and at least one ciphertext each (a larger plain
+    part then makes the fused parts larger)."""
+    per_item = context.params.resolved_ring_dimension * 8 * len(context.aggregate_moduli) + (
+        _FRAME_OVERHEAD)
+    return _fewest_parts(count, per_item, plain_length, part_bytes, max(count, 1))
 
 
 def upload_parts(
@@ -282,8 +300,7 @@ class ProtectedSum:
         fusion works on (threshold mode)."""
         if self._encrypted is None:
             raise ParameterError("a plaintext-mode sum has no ring parts")
-        c0, c1, _ = ring_parts(self._context, self._encrypted.result())
-        return c0, c1
+        return self._encrypted.ring_parts()
 
 class UploadRound:
     """One upload attempt at the aggregator: the clients expected to upload, each one's

@@ -64,9 +64,9 @@ def group_check(group_key: bytes, session: str, epoch: int) -> str:
     return keyed_check(group_key, "group-check", session.encode(), str(epoch).encode())
 
 
-def model_check(group_key: bytes, header_context: bytes, model: bytes) -> str:
-    """A MAC of the global model: the aggregator can compare clients' values, not guess
-    the model from them."""
+def model_check(group_key: bytes, header_context: bytes, model: bytes | memoryview) -> str:
+    """A MAC of the global model (its bytes, or a byte view of the array): the aggregator
+    can compare clients' values, not guess the model from them."""
     return keyed_check(group_key, "model-check", header_context, model)
 
 

@@ -47,7 +47,7 @@ CONTEXT = context_for(threshold_params(3))
 def _decryption(members: tuple[PartyId, ...]) -> BlindDecryption:
     zeros = np.zeros((1, 1, 4), dtype=np.uint64)  # c0, c1 and shares: shapes only
     decryption = BlindDecryption(CONTEXT, "0" * 64, 4, zeros, zeros)
-    decryption.members = members
+    decryption.request(members)  # one part, asked for
     return decryption
 
 
@@ -72,26 +72,26 @@ def test_a_set_avoids_holders_whose_connection_is_lost_while_t_others_are_live()
 def test_the_missing_shares_are_the_members_not_heard_from() -> None:
     decryption = _decryption((A, B))
     assert decryption.missing() == [A, B]
-    decryption.shares[B] = decryption.c0
+    decryption.shares[0][B] = decryption.c0
     assert decryption.missing() == [A]
-    decryption.shares[A] = decryption.c0
+    decryption.shares[0][A] = decryption.c0
     assert decryption.missing() == []
 
 
 def test_a_set_fails_only_when_a_member_drops_before_its_share() -> None:
     decryption = _decryption((A, B))
-    decryption.shares[A] = decryption.c0
+    decryption.shares[0][A] = decryption.c0
     assert not decryption.failed({C})  # not a member: the set can still complete
     assert not decryption.failed({A})  # its share is in already
     assert decryption.failed({B})
-    decryption.shares[B] = decryption.c0
+    decryption.shares[0][B] = decryption.c0
     decryption.fused = True  # the result went out: nothing left to fail
     assert not decryption.failed({A, B})
 
 
 def test_the_blame_moves_from_missing_shares_to_missing_confirmations() -> None:
     decryption = _decryption((A, B))
-    decryption.shares[A] = decryption.c0
+    decryption.shares[0][A] = decryption.c0
     assert decryption.culprits([A, B, C], []) == [B]  # C is not a member
     assert decryption.culprits([A, C], []) == []  # B is gone already
     decryption.fused = True
@@ -123,7 +123,7 @@ def test_a_decryption_deadline_blames_missing_shares_then_missing_confirmations(
     assert run_until(net, quiet_in_decryption)
     decryption = aggregator._decryption
     assert decryption is not None and decryption.members == ("client2", "client3", "client4")
-    assert not decryption.fused and sorted(decryption.shares) == ["client2", "client4"]
+    assert not decryption.fused and sorted(decryption.shares[0]) == ["client2", "client4"]
     assert aggregator._culprits() == ["client3"]
     assert aggregator.waiting_for() == (
         "round 1 round decryption: waiting for 1 of 3 decryption shares (attempt 1): "

@@ -87,9 +87,11 @@ SAMPLES: dict[type, Any] = {
     SensitivityUpload: SensitivityUpload(protected=(b"first", b"", b"\x00" * 100)),
     Aggregate: Aggregate(protected=(b"ct-1", b"ct-2"), plain=b"\x01\x02\x03\x04"),
     DecryptRequest: DecryptRequest(members=SET, c1=(b"c1-first", b"\x00c1\xff" * 40)),
-    DecryptionShare: DecryptionShare(members=SET, c1_digest=D3, shares=(b"\xaa" * 48, b"")),
+    DecryptionShare: DecryptionShare(members=SET, c1_digest=D3, shares=(b"\xaa" * 48, b""),
+                                     part=4, parts=7),
     Fused: Fused(members=("client-1", "client-2", "outsider"), c1_digest=D1,
-                 fused=(b"\x01fused" * 30,), plain=b"\x00\x00\x80\x3f" * 3),
+                 fused=(b"\x01fused" * 30,), plain=b"\x00\x00\x80\x3f" * 3, part=1,
+                 parts=2),
     MaskConfirm: MaskConfirm(mask_bits=b"\xf0\x0f\x01", digest=D1),
     RoundStart: RoundStart(key_id=D1, mask_digest=D2, group_check=D3, weight=1.0),
     UpdateUpload: UpdateUpload(protected=(b"\x10" * 300,), plain=b"\x00\x00\x80\x3f" * 25,
@@ -173,8 +175,9 @@ def test_body_type_codes_are_pinned() -> None:
     # Blind fusion replaced PartialShare, RecoveryRequest and RecoveryShare at codes 8-10
     # (and added Fused at 10): a peer of version 2 would misread them, so the version moved
     # (3); the manifest's fingerprint joined Hello and KeygenStart (4); uploads gained
-    # part and parts, to stream over several messages (5).
-    assert CODEC_VERSION == 5
+    # part and parts, to stream over several messages (5); so did the joint decryption's
+    # DecryptRequest, DecryptionShare and Fused (6).
+    assert CODEC_VERSION == 6
 
 
 def test_a_removed_type_code_is_not_read_as_its_successor() -> None:
@@ -706,23 +709,34 @@ BAD_PAYLOADS: list[Any] = [
                           [D1.upper(), D2]]),
                  "field 'key_id' must be a lowercase hex SHA-256 digest", id="bad-digest"),
     pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(DecryptRequest),
-                          [["client-2", "client-1"], [b"c1"]]]),
+                          [["client-2", "client-1"], [b"c1"], 0, 1]]),
                  "the decryption set must be a non-empty, sorted list", id="unsorted-members"),
     pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(DecryptionShare),
-                          [["client-1", "client-1"], D1, [b"s"]]]),
+                          [["client-1", "client-1"], D1, [b"s"], 0, 1]]),
                  "the decryption set must be a non-empty, sorted list", id="repeated-member"),
-    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(Fused), [[], D1, [b"f"], b""]]),
+    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(Fused), [[], D1, [b"f"], b"", 0, 1]]),
                  "the decryption set must be a non-empty, sorted list", id="empty-members"),
     pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(Fused),
-                          [["client-1", "bad id"], D1, [b"f"], b""]]),
+                          [["client-1", "bad id"], D1, [b"f"], b"", 0, 1]]),
                  "field 'members': invalid party id", id="bad-member"),
     pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(DecryptionShare),
-                          [["client-1"], D1[:-1], [b"s"]]]),
+                          [["client-1"], D1[:-1], [b"s"], 0, 1]]),
                  "field 'c1_digest' must be a lowercase hex SHA-256 digest", id="short-c1-digest"),
-    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(DecryptRequest), ["client-1", [b"c"]]]),
+    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(DecryptRequest),
+                          ["client-1", [b"c"], 0, 1]]),
                  "field 'members' must be a sequence, got str", id="members-str"),
+    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(DecryptRequest),
+                          [["client-1"], [b"c"], 3, 3]]),
+                 "decryption part 3 is out of range: the decryption has 3 parts",
+                 id="decryption-part-out-of-range"),
+    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(Fused),
+                          [["client-1"], D1, [b"f"], b"", 0, 0]]),
+                 "a decryption must come in 1 to 100000 parts, got 0", id="fused-no-parts"),
+    pytest.param(_packed([ROUND_HEADER, BODY_TYPES.index(DecryptionShare),
+                          [["client-1"], D1, [b"s"], -1, 2]]),
+                 "field 'part' must be a non-negative integer", id="share-negative-part"),
     pytest.param(_packed([HELLO_HEADER, BODY_TYPES.index(DecryptionShare),
-                          [["client-1"], D1, [b"s"]]]),
+                          [["client-1"], D1, [b"s"], 0, 1]]),
                  "a DecryptionShare cannot belong to stage SETUP", id="share-in-setup"),
 ]
 
@@ -763,8 +777,8 @@ def test_signed_payload_with_bad_header_field(field: int, value: Any, problem: s
     (BODY_TYPES.index(Hello), "a Hello has the wrong number of fields"),
     (BODY_TYPES.index(RoundStart), "field 'key_id' must be str, got list"),  # wrong types
     (BODY_TYPES.index(Finished), "a Finished has the wrong number of fields"),
-    (BODY_TYPES.index(Fused), "field 'members': invalid party id"),  # bytes, not ids
-    (BODY_TYPES.index(DecryptRequest), "a DecryptRequest has the wrong number of fields"),
+    (BODY_TYPES.index(Fused), "a Fused has the wrong number of fields"),
+    (BODY_TYPES.index(DecryptRequest), "field 'members': invalid party id"),  # bytes, not ids
     (BODY_TYPES.index(Abort), "Abort has the wrong number of fields"),
 ])
 def test_signed_payload_with_wrong_type_code(code: int, problem: str) -> None:

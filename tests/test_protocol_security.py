@@ -512,9 +512,12 @@ def test_the_aggregator_cannot_read_what_it_fuses() -> None:
     the set (the members' masks cancel only in the whole set's sum).  With the group key,
     which only clients hold, the pad comes off and the aggregate is there."""
     checked: list[int] = []
+    sent_shares: dict[tuple[object, ...], list[tuple[bytes, ...]]] = {}  # by step
 
     def probe(net: Network, recipient: str, data: bytes) -> None:
         message = kind_of(net, data)
+        if isinstance(message.body, DecryptionShare):  # the aggregator drops them once fused
+            sent_shares.setdefault(message.header.step, []).append(message.body.shares)
         if recipient == AGGREGATOR or message.kind != "Fused" or recipient != "client1":
             return
         aggregator, client = net.aggregator, net.clients[recipient]
@@ -524,9 +527,12 @@ def test_the_aggregator_cannot_read_what_it_fuses() -> None:
         assert isinstance(body, Fused)
         rounding = ShareRounding.of(context)
         length = aggregator._protected_length()
-        shares = list(decryption.shares.values())
-        fused = blind_fusion(decryption.c0, shares, rounding)
         assert aggregator._key_id is not None
+        shares = [decode_polynomials(context, frames, PolynomialRole.SHARE,
+                                     key_id=aggregator._key_id, length=length)
+                  for frames in sent_shares[message.header.step]]
+        assert len(shares) == len(body.members)
+        fused = blind_fusion(decryption.c0, shares, rounding)
         sent = decode_polynomials(context, body.fused, PolynomialRole.FUSED,
                                   key_id=aggregator._key_id, length=length)
         assert np.array_equal(sent, fused)  # what it broadcast: nothing more

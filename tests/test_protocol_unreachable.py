@@ -58,7 +58,7 @@ def test_a_member_whose_connection_ends_is_replaced_at_once() -> None:
     aggregator = net.aggregator
     first = aggregator._decryption
     assert first is not None and first.members == ("client2", "client3", "client4")
-    assert sorted(first.shares) == ["client2", "client4"]
+    assert sorted(first.shares[0]) == ["client2", "client4"]  # one part: part 0
 
     net.kill("client3")  # its connection ended; the broker's Last Will says so
     step = aggregator.party_unreachable(PartyId("client3"), net.now)
@@ -77,7 +77,7 @@ def test_a_member_whose_connection_ends_is_replaced_at_once() -> None:
     assert isinstance(decode_message(late, net.manifest.directory).body, DecryptionShare)
     with pytest.raises(MessageRejected):
         aggregator.receive(late, net.now)
-    assert aggregator._decryption is not None and aggregator._decryption.shares == {}
+    assert aggregator._decryption is not None and aggregator._decryption.shares == {0: {}}
 
     net._apply(AGGREGATOR, step)
     assert run_until(net, lambda: bool(aggregator._decryption and aggregator._decryption.fused))

@@ -414,3 +414,25 @@ def _report_steps(federation: Any) -> None:
 
 if __name__ == "__main__":
     _report()
+
+
+def test_a_sums_ring_parts_are_views_equal_to_the_stacked_parts(federation: Any) -> None:
+    """EncryptedSum.ring_parts gives what threshold.ring_parts stacks from the result,
+    as views of the running total (no 16 bytes a value more when decryption starts)."""
+    from threshold_fl.crypto.threshold import ring_parts
+    from threshold_fl.crypto.vectors import EncryptedSum
+
+    rng = np.random.default_rng(5)
+    inputs = [rng.uniform(-1, 1, 2 * CONTEXT.values_per_ciphertext + 3) for _ in range(2)]
+    key_id = federation.joint.key.key_id
+    total, again = (EncryptedSum(CONTEXT, key_id, inputs[0].size) for _ in range(2))
+    for vector in encrypted_inputs(federation, inputs):
+        total.add(vector)
+        again.add(vector)
+    c0, c1 = total.ring_parts()
+    expected_c0, expected_c1, _ = ring_parts(CONTEXT, again.result())
+    assert c0.shape == expected_c0.shape == (3, *expected_c0.shape[1:])
+    assert np.array_equal(c0, expected_c0) and np.array_equal(c1, expected_c1)
+    assert not c0.flags.owndata and not c1.flags.owndata  # views, not copies
+    with pytest.raises(ParameterError, match="already taken"):
+        total.add(encrypted_inputs(federation, inputs[:1])[0])

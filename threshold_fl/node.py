@@ -532,7 +532,8 @@ class FederatedClient(Node):
 
 
 class Aggregator(Node):
-    """The aggregation server.  ``weights`` override the sample-count FedAvg weights."""
+    """The aggregation server.  ``weights`` override the sample-count FedAvg weights; a
+    joint decryption larger than ``part_bytes`` streams in parts of at most that."""
 
     def __init__(
         self,
@@ -542,9 +543,11 @@ class Aggregator(Node):
         *,
         weights: Mapping[str, float] | None = None,
         randomness: Callable[[int], bytes] = os.urandom,
+        part_bytes: int = DEFAULT_PART_BYTES,
         **options: Any,
     ) -> None:
-        machine = AggregatorMachine(manifest, identity, randomness, weights=weights)
+        machine = AggregatorMachine(manifest, identity, randomness, weights=weights,
+                                    part_bytes=part_bytes)
         super().__init__(machine, transport, **options)
         self._aggregator = machine
 

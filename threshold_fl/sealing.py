@@ -57,17 +57,20 @@ _TAG_SIZE = 16
 # ------------------------------------------------------------------ keyed checks
 
 
-def keyed_mac(key: bytes, head: bytes, parts: Sequence[bytes], *, width: int = 4) -> bytes:
+def keyed_mac(key: bytes, head: bytes, parts: Sequence[bytes | memoryview], *,
+              width: int = 4) -> bytes:
     """HMAC-SHA256 under ``key`` of ``head`` then each part after its length (``width``
     bytes), so distinct tuples of parts never give the same value.  Keyed checks and
-    threshold_fl.crypto's key derivations are both this, with their own heads."""
+    threshold_fl.crypto's key derivations are both this, with their own heads.  A part
+    may be a byte view (``memoryview(array).cast("B")``): hashed in place, not copied."""
     mac = hmac.new(key, head, hashlib.sha256)
     for part in parts:
-        mac.update(length_prefixed(part, width))
+        mac.update(len(part).to_bytes(width, "big"))  # as length_prefixed, without a copy
+        mac.update(part)
     return mac.digest()
 
 
-def keyed_check(key: bytes, label: str, *parts: bytes) -> str:
+def keyed_check(key: bytes, label: str, *parts: bytes | memoryview) -> str:
     """A value only key holders can compute: :func:`keyed_mac` of the label, in hex (8-byte
     lengths, as first deployed)."""
     return keyed_mac(key, label.encode(), parts, width=8).hex()

@@ -7,7 +7,8 @@ real OpenFHE and the real MQTT transport: each client uploads a synthetic update
 (``--fraction 0.1``: the top 10 % by sensitivity, after the protocol's mask agreement,
 which encrypts every client's full-length sensitivity map).  Uploads larger than
 ``--part-mib`` stream as several signed messages, which the aggregator adds into its
-running sum as they arrive.
+running sum as they arrive; so does the joint decryption (the aggregate's c1 to each
+member, each member's shares, the fused result to every client), part by part.
 
 The synthetic vectors are closed-form functions of the index (a sine per client), so
 every client checks its decrypted global model against the exact weighted average
@@ -103,7 +104,7 @@ async def _run_party(folder: Path, name: str, broker_url: str, part_bytes: int,
     async with transport:
         if name == manifest.aggregator.party_id:
             summary = await Aggregator(manifest, identity, transport, on_event=mark,
-                                       progress=say).run()
+                                       progress=say, part_bytes=part_bytes).run()
         else:
             index = manifest.client_ids.index(name)
             samples = index + 1
@@ -279,8 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fraction", type=bounded(float, 0.0, 1.0), default=1.0,
                         help="share of the values encrypted (1: all; 0.1: top 10 %%)")
     parser.add_argument("--part-mib", type=bounded(int, 1, 1000), default=256,
-                        help="most MiB of one upload message, all its bytes counted; at "
-                        "most --max-payload-mib (default 256)")
+                        help="most MiB of one upload or decryption message, all its bytes "
+                        "counted; at most --max-payload-mib (default 256)")
     parser.add_argument("--max-payload-mib", type=bounded(int, 1, 4096), default=1024,
                         help="the transports' max_payload in MiB (default 1024, the "
                         "library's): no single message may exceed it")

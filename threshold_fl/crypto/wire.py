@@ -237,8 +237,9 @@ def _encode_run(
     max_frame_bytes: int,
     offset: int = 0,
 ) -> Iterator[bytes]:
-    """Frames of the run's blobs ``offset`` onwards (a vector's: of all its ciphertexts)."""
-    whole = kind is FrameKind.CIPHERTEXTS
+    """Frames of the run's blobs ``offset`` onwards (a vector's or polynomials': of all
+    its ciphertexts)."""
+    whole = kind in (FrameKind.CIPHERTEXTS, FrameKind.POLYNOMIALS)
     count = ciphertext_count(context, common["length"]) if whole else len(blobs)
     for first, run in iter_chunked(blobs, max_frame_bytes):
         meta = dict(common, first=offset + first, count=count)
@@ -246,12 +247,14 @@ def _encode_run(
 
 
 def _decode_run(
-    context: CkksContext, frames: Sequence[bytes], kind: FrameKind
+    context: CkksContext, frames: Sequence[bytes], kind: FrameKind,
+    span: tuple[int, int | None] = (0, None),
 ) -> tuple[dict[str, Any], list[bytes]]:
-    """Check every frame of a run and that together they cover it exactly once, in order."""
+    """Check every frame of a run (or of its *span*, as :func:`_iter_run`) and that
+    together they cover it exactly once, in order."""
     common: dict[str, Any] = {}
     blobs: list[bytes] = []
-    for run_common, blob in _iter_run(context, frames, kind):
+    for run_common, blob in _iter_run(context, frames, kind, span):
         common = run_common
         if blob is not None:
             blobs.append(blob)
@@ -324,28 +327,34 @@ class PolynomialRole(str, Enum):
 
 def encode_polynomials(
     context: CkksContext, role: PolynomialRole, key_id: str, length: int, arrays: U64Array, *,
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    first: int = 0, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
 ) -> Iterator[bytes]:
     """(count, limbs, n) ring elements of the aggregates' level as frames: c1 as raw
     little-endian limbs, shares and fused polynomials in their rounded width; checked
-    on decoding to lie below their moduli (or rounding levels)."""
-    expected = (ciphertext_count(context, length), *_polynomial_shape(context))
-    if arrays.shape != expected:
-        raise FrameError(f"{role.value} arrays of shape {arrays.shape}, expected {expected}")
+    on decoding to lie below their moduli (or rounding levels).  With *first*, the
+    arrays are ciphertexts ``first`` onwards of the run, one part of it."""
+    count = ciphertext_count(context, length)
+    if arrays.shape[1:] != _polynomial_shape(context) or not (
+            first >= 0 and first + arrays.shape[0] <= count):
+        raise FrameError(f"{role.value} arrays of shape {arrays.shape} from ciphertext "
+                         f"{first}, expected (up to {count}, {_polynomial_shape(context)})")
     common = {"key_id": key_id, "length": length, "role": role.value}
     if role.rounded:
         rounding = ShareRounding.of(context)
         parts = [rounding.to_bytes(array) for array in arrays]
     else:
         parts = [np.ascontiguousarray(array, dtype="<u8").tobytes() for array in arrays]
-    yield from _encode_run(context, FrameKind.POLYNOMIALS, common, parts, max_frame_bytes)
+    yield from _encode_run(context, FrameKind.POLYNOMIALS, common, parts, max_frame_bytes,
+                           first)
 
 
 def decode_polynomials(context: CkksContext, frames: Sequence[bytes], role: PolynomialRole, *,
-                       key_id: str, length: int) -> U64Array:
+                       key_id: str, length: int, span: tuple[int, int | None] = (0, None)
+                       ) -> U64Array:
     """The (count, limbs, n) arrays of a POLYNOMIALS run, which must carry *role* for
-    *key_id* and *length*; every value below its limb's modulus (or rounding levels)."""
-    common, parts = _decode_run(context, frames, FrameKind.POLYNOMIALS)
+    *key_id* and *length*; every value below its limb's modulus (or rounding levels).
+    With *span* (start, stop): exactly ciphertexts start to stop - 1, one part of it."""
+    common, parts = _decode_run(context, frames, FrameKind.POLYNOMIALS, span)
     if (common["role"], common["key_id"], common["length"]) != (role.value, key_id, length):
         raise FrameError(
             f"the frames carry {common['role']} for key {common['key_id'][:16]} and "
