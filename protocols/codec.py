@@ -97,10 +97,11 @@ class Peeked(typing.NamedTuple):
     stage: Stage
     round: int
     kind: str  # the body type's name, as ``Message.kind``
+    epoch: int  # the key epoch
 
 
 def peek_step(data: bytes) -> Peeked | None:
-    """The stage, round and body type a message claims, read without checking the
+    """The stage, round, body type and key epoch a message claims, read without checking the
     signature and without parsing the body; None if the bytes do not look like a message.
 
     Unauthenticated: for byte accounting and logs only, never for a decision.
@@ -114,10 +115,11 @@ def peek_step(data: bytes) -> Peeked | None:
         unpacker.read_array_header()
         header, code = unpacker.unpack(), unpacker.unpack()
         stage = Stage(header[_HEADER_FIELDS.index("stage")])
-        round_ = header[_HEADER_FIELDS.index("round")]
-        if type(round_) is not int or type(code) is not int or not 0 <= code < len(BODY_TYPES):
+        round_, epoch = (header[_HEADER_FIELDS.index(name)] for name in ("round", "epoch"))
+        if type(round_) is not int or type(epoch) is not int or epoch < 0 or (
+                type(code) is not int or not 0 <= code < len(BODY_TYPES)):
             return None
-        return Peeked(stage, round_, BODY_TYPES[code].__name__)
+        return Peeked(stage, round_, BODY_TYPES[code].__name__, epoch)
     except Exception:  # msgpack raises several unrelated types; anything else: not ours
         return None
 

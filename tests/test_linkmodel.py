@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from protocols.codec import encode_message
+from protocols.codec import encode_message, peek_step
 from protocols.messages import Header, Hello, KeygenStart, Message, Stage
 from tests.protocol_harness import identity
-from threshold_fl.app.trace import PRESENCE, TraceEvent, TracingLink, peek_epoch, read_trace
+from threshold_fl.app.trace import PRESENCE, TraceEvent, TracingLink, read_trace
 from threshold_fl.bench.linkmodel import (
     AGGREGATOR,
     SCENARIOS,
@@ -298,7 +298,7 @@ async def test_a_tracing_link_records_the_key_epoch(tmp_path: Path) -> None:
     header = Header("session-1", server.party_id, "c1", Stage.KEYS, 3, 5, 2)
     data = encode_message(server, Message(header, KeygenStart(
         (PartyId("c1"), PartyId("c2")), 2, "0" * 64)))
-    assert peek_epoch(data) == 3 and peek_epoch(b"junk" * 10) == 0
+    assert peek_step(data) == (Stage.KEYS, 5, "KeygenStart", 3)
     hub = MemoryHub()
     async with hub.connect("server") as raw_server, hub.connect("c1") as raw_c1:
         traced = TracingLink(raw_server, tmp_path / "server.jsonl")

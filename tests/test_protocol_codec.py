@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols.codec import (
+    _HEADER_FIELDS,
     _LENGTH,
     _PREFIX,
     _SIGNATURE_SIZE,
@@ -208,18 +209,21 @@ def test_round_trip_every_body_type_and_stage(body_type: type, stage: Stage) -> 
     wire = msgpack.unpackb(_payload_of(data), raw=False)
     assert wire[1] == BODY_TYPES.index(body_type)
     # byte accounting reads the stage and round without the signature or the body
-    assert peek_step(data) == (stage, 2, body_type.__name__)
+    assert peek_step(data) == (stage, 2, body_type.__name__, 1)
 
 
 def test_peek_step_reads_a_large_message_and_refuses_what_is_not_one() -> None:
     big = Message(_header(Stage.ROUND, round=7), UpdateUpload(protected=(b"\x01" * 10**6,),
                                                              plain=b""))
-    assert peek_step(encode_message(CLIENT1, big)) == (Stage.ROUND, 7, "UpdateUpload")
+    assert peek_step(encode_message(CLIENT1, big)) == (Stage.ROUND, 7, "UpdateUpload", 1)
     assert peek_step(ENCODED[:10]) is None and peek_step(b"junk" * 10) is None
     assert peek_step(_envelope(CLIENT1, msgpack.packb([["s", 1]]))) is None  # no header
     bad_stage = _valid_wire()
     bad_stage[0][3] = 99
     assert peek_step(_envelope(CLIENT1, msgpack.packb(bad_stage))) is None
+    bad_epoch = _valid_wire()
+    bad_epoch[0][_HEADER_FIELDS.index("epoch")] = -1
+    assert peek_step(_envelope(CLIENT1, msgpack.packb(bad_epoch))) is None
     bad_code = _valid_wire()
     bad_code[1] = len(BODY_TYPES)
     assert peek_step(_envelope(CLIENT1, msgpack.packb(bad_code))) is None

@@ -5,7 +5,7 @@
 messages included), so its trace holds every protocol message of the session: when
 it was handed to the transport and when the transport let go of it (every frame
 published), when one arrived, its type, stage, key epoch and round (from the
-unauthenticated header, :func:`protocols.codec.peek_step` and :func:`peek_epoch`: for
+unauthenticated header, :func:`protocols.codec.peek_step`: for
 accounting only), the peer and the payload bytes.  :mod:`threshold_fl.bench.linkmodel`
 turns it into a profile.
 
@@ -28,14 +28,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
-import msgpack
-
 from protocols.codec import MAGIC, peek_step
-from protocols.messages import Header
 from threshold_fl.errors import ParameterError
 from transports import Transport
 
-__all__ = ["EVENTS", "PRESENCE", "TraceEvent", "TracingLink", "peek_epoch", "read_trace"]
+__all__ = ["EVENTS", "PRESENCE", "TraceEvent", "TracingLink", "read_trace"]
 
 EVENTS = ("send", "sent", "recv", "offline", "online")
 PRESENCE = "presence"  # the kind of the offline/online events
@@ -114,24 +111,6 @@ def _sender(data: bytes) -> str:
     return data[6:6 + data[5]].decode("utf-8", errors="replace")
 
 
-_EPOCH = [spec.name for spec in fields(Header)].index("epoch")
-
-
-def peek_epoch(data: bytes) -> int:
-    """The key epoch a message's header claims, 0 if the bytes are not a message.
-
-    Unauthenticated, like :func:`protocols.codec.peek_step` (which this completes: it
-    does not read the epoch); the envelope's layout is in :mod:`protocols.codec`."""
-    if peek_step(data) is None:
-        return 0
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True)
-    start = 6 + data[5] + 8  # past magic, version, sender and payload length
-    unpacker.feed(data[start:start + 4096])
-    unpacker.read_array_header()
-    epoch = unpacker.unpack()[_EPOCH]
-    return epoch if type(epoch) is int and epoch >= 0 else 0
-
-
 class TracingLink:
     """A transport that writes a :class:`TraceEvent` for each message it moves."""
 
@@ -174,7 +153,7 @@ class TracingLink:
         if self._file.closed:
             return
         peeked = peek_step(data)
-        kind, stage, round_ = (("?", "?", 0) if peeked is None
-                               else (peeked.kind, peeked.stage.name, peeked.round))
-        self._file.write(TraceEvent(self._clock(), event, kind, stage, peek_epoch(data),
+        kind, stage, epoch, round_ = (("?", "?", 0, 0) if peeked is None else (
+            peeked.kind, peeked.stage.name, peeked.epoch, peeked.round))
+        self._file.write(TraceEvent(self._clock(), event, kind, stage, epoch,
                                     round_, peers, len(data)).as_json() + "\n")
