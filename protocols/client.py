@@ -17,7 +17,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from protocols.client_decryption import FusedParts, MemberKeys, decode_request, share_part
+from protocols.client_decryption import (
+    FusedParts,
+    MemberKeys,
+    SharesGiven,
+    decode_request,
+    share_part,
+)
 from protocols.client_keys import DELIVERY_FIELDS, EpochKeys, Mismatch
 from protocols.events import (
     Aborted,
@@ -69,7 +75,6 @@ from threshold_fl.crypto.noise import wipe
 from threshold_fl.crypto.vectors import decrypt_vector
 from threshold_fl.crypto.wire import encode_public_key
 from threshold_fl.errors import (
-    DuplicateMessage,
     MalformedMessage,
     ParameterError,
     ProtocolError,
@@ -115,8 +120,7 @@ class ClientMachine(Machine[ClientState]):
         self._upload_values: tuple[FloatArray, FloatArray | None] | None = None
         self._weight = 1.0  # this attempt's FedAvg weight, announced by the aggregator
         self._plain_part: FloatArray | None = None
-        # (attempt, part) of this step I sent a share for: never two shares of one part
-        self._shared_parts: set[tuple[int, int]] = set()
+        self._shares_given = SharesGiven()  # this step's: never two shares of one part
         self._fused: FusedParts | None = None  # this step's fused result, part by part
         self._budget = QueryBudget(manifest.params.decryption_queries)  # this key epoch's
 
@@ -417,9 +421,7 @@ class ClientMachine(Machine[ClientState]):
         self._require_decryption_step(message, body.members)
         if self.me not in body.members:
             raise MalformedMessage("a decryption request for a set I am not in")
-        if (message.header.attempt, body.part) in self._shared_parts:
-            raise DuplicateMessage(f"a second decryption request for this attempt and part "
-                                   f"{body.part} (one share of each); discarded")
+        self._shares_given.check(message.header.attempt, body.part, body.parts)
         assert self._keys.key_id is not None and self._keys.threshold_key is not None
         length = self._protected_length()
         order = decode_request(self.context, self._keys.key_id, length, body)
@@ -434,7 +436,7 @@ class ClientMachine(Machine[ClientState]):
         body_out = share_part(self.context, self.manifest, keys, length, body, order,
                               message.header.step)
         self._budget.spend(order.count)
-        self._shared_parts.add((message.header.attempt, body.part))
+        self._shares_given.record(message.header.attempt, body.part, body.parts)
         self._upload_values = None  # final once decrypting: no retry can ask for it again
         self._step = message.header.step
         self.state = C.MASK_DECRYPTING if self._in_mask() else C.ROUND_DECRYPTING
@@ -485,14 +487,14 @@ class ClientMachine(Machine[ClientState]):
     def _decrypted(self, values: FloatArray) -> Step:
         """The protected part is in the clear (for this client only): finish the step."""
         if self._in_mask():
-            self._shared_parts = set()
+            self._shares_given = SharesGiven()
             return self._select_mask(values)
         assert self._mask is not None and self._plain_part is not None
         return self._round_done(self._mask.scatter(values, self._plain_part))
 
     def _round_done(self, model: FloatArray) -> Step:
         """This round's global model is in the clear (for this client only)."""
-        self._shared_parts = set()
+        self._shares_given = SharesGiven()
         self.model = model
         self.state = C.ROUND_DONE
         self._upload_values = None

@@ -28,7 +28,8 @@ from threshold_fl.crypto.wire import PolynomialRole, decode_polynomials, encode_
 from threshold_fl.errors import DuplicateMessage, MalformedMessage
 from threshold_fl.identity import PartyId
 
-__all__ = ["FusedParts", "MemberKeys", "ShareOrder", "decode_request", "part_of", "share_part"]
+__all__ = ["FusedParts", "MemberKeys", "ShareOrder", "SharesGiven", "decode_request", "part_of",
+           "share_part"]
 
 
 def part_of(context: CkksContext, length: int, part: int, parts: int) -> tuple[int, int]:
@@ -39,6 +40,31 @@ def part_of(context: CkksContext, length: int, part: int, parts: int) -> tuple[i
         raise MalformedMessage(f"a decryption in {parts} parts of {count} ciphertexts: at "
                                "most one part per ciphertext; discarded")
     return part_span(count, parts, part)
+
+
+@dataclass
+class SharesGiven:
+    """The shares this member gave in the current step: one per (attempt, part), and
+    all of them over one split of the aggregate.  A set asked again (a new attempt)
+    then gives the very same shares, its noise being derived from the binding; a second
+    split would bind the same ciphertexts anew and draw fresh noise for them."""
+
+    parts: int | None = None  # the step's split, fixed by its first request
+    given: set[tuple[int, int]] = field(default_factory=set)  # (attempt, part)
+
+    def check(self, attempt: int, part: int, parts: int) -> None:
+        if self.parts is not None and parts != self.parts:
+            raise MalformedMessage(
+                f"a decryption request in {parts} parts where this step's earlier ones "
+                f"came in {self.parts}: an aggregate is split one way only (another split "
+                "would decrypt its ciphertexts twice); discarded")
+        if (attempt, part) in self.given:
+            raise DuplicateMessage(f"a second decryption request for this attempt and part "
+                                   f"{part} (one share of each); discarded")
+
+    def record(self, attempt: int, part: int, parts: int) -> None:
+        self.parts = parts
+        self.given.add((attempt, part))
 
 
 @dataclass(frozen=True)

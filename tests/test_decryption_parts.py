@@ -19,10 +19,11 @@ import pytest
 from protocol_harness import AGGREGATOR, Network, build_manifest, crypto_bound, run_until
 
 from protocols.messages import DecryptionShare, DecryptRequest, Fused, Message, Stage
+from protocols.protection import part_span
 from protocols.states import AggregatorState
 from threshold_fl.crypto.vectors import ciphertext_count
 from threshold_fl.crypto.wire import PolynomialRole, encode_polynomials
-from threshold_fl.errors import DuplicateMessage
+from threshold_fl.errors import DuplicateMessage, MalformedMessage
 
 #: Five ciphertexts' worth of values and a bit; 60 % encrypted in the rounds: four
 #: ciphertexts, each c1 about 66 kB, and about 16,000 float32 values in the clear.
@@ -150,7 +151,7 @@ def test_a_member_gives_one_share_of_each_part_per_attempt() -> None:
     assert run_until(net, asked_twice)
     first = next(m for m in sent(net, "DecryptRequest") if m.header.recipient == member)
     assert isinstance(first.body, DecryptRequest) and first.body.part == 0
-    assert run_until(net, lambda: (first.header.attempt, 0) in client._shared_parts)
+    assert run_until(net, lambda: (first.header.attempt, 0) in client._shares_given.given)
     with pytest.raises(DuplicateMessage, match="second decryption request for this attempt "
                                                "and part 0"):
         client.receive(first.raw, net.now)
@@ -171,6 +172,31 @@ def test_a_member_gives_one_share_of_each_part_per_attempt() -> None:
     shares = [m for m in sent(net, "DecryptionShare", member)
               if m.header.step == first.header.step]
     assert sorted(m.body.part for m in shares) == list(range(body.parts))  # type: ignore[union-attr]
+
+
+def test_a_member_refuses_a_second_split_of_the_same_aggregate() -> None:
+    """Another split of the same step's aggregate would bind its ciphertexts anew (fresh
+    noise for the same ciphertexts): refused, whatever part it names."""
+    net = streaming_network()
+    net.start()
+    member = "client1"
+    client = net.clients[member]
+    assert run_until(net, lambda: bool(client._shares_given.given))
+    first = next(m for m in sent(net, "DecryptRequest") if m.header.recipient == member)
+    assert isinstance(first.body, DecryptRequest)
+    decryption = net.aggregator._decryption
+    assert decryption is not None and decryption.parts > 2
+    parts = decryption.parts - 1
+    part = parts - 1  # a part index this member has not been asked for yet
+    start, stop = part_span(decryption.c1.shape[0], parts, part)
+    frames = encode_polynomials(net.aggregator.context, PolynomialRole.C1, decryption.key_id,
+                                decryption.length, decryption.c1[start:stop], first=start)
+    resplit = DecryptRequest(first.body.members, tuple(frames), part, parts)
+    data = net.aggregator._send([member], resplit, first.header.step).data
+    with pytest.raises(MalformedMessage, match="split one way only"):
+        client.receive(data, net.now)
+    net.run()
+    assert net.finished(AGGREGATOR)
 
 
 def test_the_aggregator_refuses_a_share_of_a_part_twice_or_not_asked_for() -> None:
