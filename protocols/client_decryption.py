@@ -106,15 +106,15 @@ def decode_request(context: CkksContext, key_id: str, length: int, body: Decrypt
 def share_part(context: CkksContext, manifest: Manifest, keys: MemberKeys, length: int,
                body: DecryptRequest, order: ShareOrder, step: tuple[Stage, int, int, int]
                ) -> DecryptionShare:
-    """This member's masked (and, for the first member, padded) share of one part of c1,
-    bound to the part and to the digest of the c1 it received."""
+    """This member's masked (and, for the first member, padded) share of one part of c1:
+    each ciphertext's masks and noise keyed to the set, its index and the c1 received."""
     dset = decryption_set(manifest.session, keys.holders, body.members, manifest.threshold,
-                          step, order.digest, body.part, body.parts)
+                          step)
     pad = keys.group_key if dset.pad_holder == keys.index else None
     shares = decryption_shares(
         order.c1, ShareRounding.of(context), keys.threshold_key, dset,
         sigma=threshold_kit(context).sigma, noise_seed=keys.noise_seed,
-        pair_keys=keys.pair_keys, group_key=pad, attempt=step[3])
+        pair_keys=keys.pair_keys, group_key=pad, attempt=step[3], first=order.first)
     frames = tuple(encode_polynomials(context, PolynomialRole.SHARE, keys.key_id, length,
                                       shares, first=order.first))
     return DecryptionShare(body.members, order.digest, frames, body.part, body.parts)
@@ -154,8 +154,9 @@ class FusedParts:
         fused = decode_polynomials(self.context, body.fused, PolynomialRole.FUSED,
                                    key_id=key_id, length=self.length, span=(start, stop))
         dset = decryption_set(manifest.session, holders, body.members, manifest.threshold,
-                              step, body.c1_digest, body.part, body.parts)
-        clear = unpad(fused, group_key, dset, step[3], ShareRounding.of(self.context))
+                              step)
+        clear = unpad(fused, group_key, dset, step[3], ShareRounding.of(self.context),
+                      first=start)
         step_values = self.context.values_per_ciphertext
         first, last = start * step_values, min(stop * step_values, self.length)
         self.values[first:last] = decode_sums(self.context, clear, last - first,

@@ -46,15 +46,16 @@ def c1_digest(c1: U64Array) -> str:
 
 
 def decryption_set(session: str, holders: Sequence[PartyId], members: Sequence[PartyId],
-                   threshold: int, step: tuple[Stage, int, int, int], digest: str,
-                   part: int = 0, parts: int = 1) -> DecryptionSet:
+                   threshold: int, step: tuple[Stage, int, int, int]) -> DecryptionSet:
     """The crypto layer's set for ``members`` (party indices in the key's order), bound
-    to the session, the step (without the attempt), the part and that part's c1
-    digest: each part's masks, noise and pad are its own."""
+    to the session and the step without the attempt.  Each ciphertext's masks and noise
+    are keyed to this and to the ciphertext itself (its index and its c1's digest,
+    :func:`threshold_fl.crypto.threshold.ciphertext_id`), whatever part carries it; its
+    pad to this, its index and the attempt."""
     stage, epoch, round_, _ = step
     binding = hashlib.sha256(
-        b"threshold-fl/decryption/v2\0" + f"{session}\0{epoch}\0{round_}\0{int(stage)}\0"
-        f"{part}\0{parts}\0{digest}".encode()).digest()
+        b"threshold-fl/decryption/v3\0" + f"{session}\0{epoch}\0{round_}\0{int(stage)}"
+        .encode()).digest()
     indices = tuple(holders.index(member) + 1 for member in members)
     return DecryptionSet(indices, threshold, binding)
 

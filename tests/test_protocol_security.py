@@ -539,7 +539,7 @@ def test_the_aggregator_cannot_read_what_it_fuses() -> None:
         # Only the pad (and the noise) stands between the fused result and the values.
         assert client._keys.group_key is not None
         dset = decryption_set(net.manifest.session, client._keys.holders, body.members,
-                              net.manifest.threshold, message.header.step, body.c1_digest)
+                              net.manifest.threshold, message.header.step)
         values = decode_sums(context, unpad(fused, client._keys.group_key, dset,
                                             message.header.attempt, rounding), length,
                              coefficients=True)

@@ -109,6 +109,10 @@ def c0_of(blobs: list[RingBlob]) -> U64Array:
     return np.stack([blob.elements[0] for blob in blobs])
 
 
+def c1_of(blobs: list[RingBlob]) -> U64Array:
+    return np.stack([blob.elements[1] for blob in blobs])
+
+
 lifted = ROUNDING.lifted  # rounded shares or fused values back below q, coefficient form
 
 
@@ -223,12 +227,14 @@ def test_an_incomplete_set_sums_to_uniform_values(keys: dict[int, th.ThresholdKe
             assert uniform_mod(lifted(partial)[:, limb], q)
 
 
-def _unmasked(share: U64Array, dset: th.DecryptionSet, index: int) -> U64Array:
-    """d_j - M_j in coefficient form: what a share would be without the masks (the test
-    knows the keys)."""
+def _unmasked(share: U64Array, dset: th.DecryptionSet, index: int, c1: U64Array
+              ) -> U64Array:
+    """d_j - M_j in coefficient form: what a share of *c1* would be without the masks
+    (the test knows the keys)."""
     out = lifted(share)
     for ct in range(share.shape[0]):
-        mask = th.mask_limbs(dset, index, pair_keys(dset.members)[index], ct, MODULI, N)
+        mask = th.mask_limbs(dset, index, pair_keys(dset.members)[index],
+                             th.ciphertext_id(c1[ct], ct), MODULI, N)
         for limb, q in enumerate(MODULI):
             out[ct, limb] = ntt.sub_mod(out[ct, limb], mask[limb], q)
     return out
@@ -243,7 +249,7 @@ def test_two_sets_shares_of_one_party_do_not_combine(keys: dict[int, th.Threshol
     first, second = (th.DecryptionSet(m, T, b"round-1") for m in ((1, 2, 3), (1, 2, 4)))
     share_s = lifted(shares_of(keys, blobs, first)[2])
     share_t = lifted(shares_of(keys, blobs, second)[2])
-    bare_s, bare_t = (_unmasked(shares_of(keys, blobs, dset)[2], dset, 2)
+    bare_s, bare_t = (_unmasked(shares_of(keys, blobs, dset)[2], dset, 2, c1_of(blobs))
                       for dset in (first, second))
     for limb, q in enumerate(MODULI):
         assert th.lagrange_weights(first.members, q)[2] == q - 3
@@ -266,8 +272,8 @@ def test_an_exact_resend_is_identical_and_another_set_is_fresh(
     once, twice = shares_of(keys, blobs, dset)[2], shares_of(keys, blobs, dset)[2]
     np.testing.assert_array_equal(once, twice)
     other = th.DecryptionSet((1, 2, 4), T, b"round-2")
-    fresh = _unmasked(shares_of(keys, blobs, other)[2], other, 2)
-    same = _unmasked(once, dset, 2)
+    fresh = _unmasked(shares_of(keys, blobs, other)[2], other, 2, c1_of(blobs))
+    same = _unmasked(once, dset, 2, c1_of(blobs))
     # same key, c1 and weights: the difference is the noise difference, fresh per binding
     q = MODULI[0]
     difference = centred(ntt.sub_mod(fresh[0, 0], same[0, 0], q), q)
@@ -275,11 +281,56 @@ def test_an_exact_resend_is_identical_and_another_set_is_fresh(
                                                                   rel=0.05)
 
 
+def _share(keys: dict[int, th.ThresholdKey], c1: U64Array, dset: th.DecryptionSet, j: int,
+           first: int = 0) -> U64Array:
+    return th.decryption_shares(
+        c1, ROUNDING, keys[j], dset, sigma=SIGMA, noise_seed=bytes([j]) * 32,
+        pair_keys=pair_keys(dset.members)[j],
+        group_key=GROUP if j == dset.pad_holder else None, attempt=1, first=first)
+
+
+def test_a_share_does_not_depend_on_how_the_aggregate_is_split(
+        keys: dict[int, th.ThresholdKey], aggregate_blobs: Any) -> None:
+    """Masks, noise and pad are keyed to each ciphertext (its index and c1), not to the
+    message that carries it: an aggregator that splits the aggregate another way gets
+    the very same shares, never fresh noise for the same ciphertext."""
+    blobs, _ = aggregate_blobs
+    c1 = c1_of(blobs)
+    assert c1.shape[0] >= 2
+    dset = th.DecryptionSet((1, 2, 4), T, b"round-1")
+    for j in dset.members:  # the pad holder (1) too
+        whole = _share(keys, c1, dset, j)
+        np.testing.assert_array_equal(_share(keys, c1[1:], dset, j, first=1), whole[1:])
+        np.testing.assert_array_equal(_share(keys, c1[:1], dset, j), whole[:1])
+
+
+def test_another_c1_at_the_same_index_gets_fresh_noise(
+        keys: dict[int, th.ThresholdKey], aggregate_blobs: Any) -> None:
+    """The same noise on two different c1 would give s * (c1 - c1') away: a changed c1 at
+    the same index draws other noise."""
+    blobs, _ = aggregate_blobs
+    c1 = c1_of(blobs)
+    changed = c1.copy()
+    changed[0] = c1[1]  # a valid c1, not the one at index 0
+    dset = th.DecryptionSet((2, 3, 5), T, b"round-1")
+    q, j = MODULI[0], 3
+    weight = np.full(N, th.lagrange_weights(dset.members, q)[j], np.uint64)
+
+    def noise(c1s: U64Array) -> npt.NDArray[np.int64]:
+        share = _unmasked(_share(keys, c1s, dset, j), dset, j, c1s)
+        exact = ntt.tables_for(N, q).inverse(ntt.mul_mod(
+            c1s[0, 0], ntt.mul_mod(keys[j].limb(q), weight, q), q))
+        return centred(ntt.sub_mod(share[0, 0], exact, q), q)
+
+    difference = (noise(changed) - noise(c1)).astype(np.float64)
+    assert np.std(difference) == pytest.approx(math.sqrt(2) * SIGMA, rel=0.05)
+
+
 def test_each_share_carries_full_width_noise_after_the_weighting(
         keys: dict[int, th.ThresholdKey], aggregate_blobs: Any) -> None:
     blobs, _ = aggregate_blobs
     dset = th.DecryptionSet((3, 4, 5), T, b"round-1")
-    share = _unmasked(shares_of(keys, blobs, dset)[4], dset, 4)
+    share = _unmasked(shares_of(keys, blobs, dset)[4], dset, 4, c1_of(blobs))
     noise = []
     for ct, blob in enumerate(blobs):
         for limb, q in enumerate(MODULI):
@@ -352,7 +403,7 @@ def test_shares_refuse_a_wrong_pad_holder_or_a_missing_pair_key(
         th.decryption_shares(c1, ROUNDING, keys[2], dset, sigma=SIGMA, noise_seed=bytes(32),
                              pair_keys={1: pairs[2][1]})
     with pytest.raises(ParameterError, match="party 4 is not in the decryption set"):
-        th.mask_limbs(dset, 4, pairs[1], 0, moduli, N)
+        th.mask_limbs(dset, 4, pairs[1], th.ciphertext_id(c1[0], 0), moduli, N)
 
 
 def test_the_self_test_passes_and_catches_a_wrong_weight(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,11 +15,15 @@ reconstruction: another set decrypts.
     d_j = c1 * (lambda_j k_j) + e_j + M_j  (+ P if j is the first member of S)
 
 - e_j is flooding noise of full width, added after the weighting, from a stream keyed by
-  the party's noise seed, the set and the ciphertext: an exact resend is the same share;
+  the party's noise seed, the set and the ciphertext (:func:`ciphertext_id`: its index
+  in the aggregate and the digest of its own c1): an exact resend is the same share,
+  however the aggregate is split into messages, and a changed c1 gets other noise
+  (the same noise on two c1 would give s * (c1 - c1') away);
 - M_j = sum_{m in S, m != j} (+-) U(k_jm; S, ciphertext), pairwise masks from keys the
   aggregator does not hold, which cancel only in the sum over all of S: the shares of a
   set that does not complete stay pseudorandom (ePrint 2026/031, section 5);
-- P, the pad, from the epoch's group key, fresh per set, attempt and ciphertext.
+- P, the pad, from the epoch's group key, fresh per set, attempt and ciphertext index
+  (clients that remove it never see c1).
 
 Shares travel in coefficient form with their low bits, which hold only noise, dropped
 (:mod:`threshold_fl.crypto.rounding`).  The aggregator adds c0 to the sum of the
@@ -33,6 +37,7 @@ against OpenFHE's keys and encryption once per context.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from collections.abc import Mapping, Sequence
@@ -63,6 +68,7 @@ __all__ = [
     "ThresholdKey",
     "ThresholdKit",
     "blind_fusion",
+    "ciphertext_id",
     "deal",
     "decryption_shares",
     "derive_key",
@@ -234,14 +240,11 @@ class DecryptionSet:
             m.to_bytes(4, "big") for m in self.members)
 
 
-def _context_of(dset: DecryptionSet, ciphertext: int, *more: bytes) -> tuple[bytes, ...]:
-    return (dset.tag(), ciphertext.to_bytes(8, "big"), *more)
-
-
 def mask_limbs(dset: DecryptionSet, index: int, pair_keys: Mapping[int, bytes],
-               ciphertext: int, moduli: Sequence[int], n: int) -> U64Array:
-    """M_j: the sum over the other members m of U(k_jm), added if j < m, subtracted if
-    j > m, so that the masks of all of the set cancel and no smaller sum does."""
+               ciphertext: bytes, moduli: Sequence[int], n: int) -> U64Array:
+    """M_j for the ciphertext *ciphertext* (:func:`ciphertext_id`): the sum over the
+    other members m of U(k_jm), added if j < m, subtracted if j > m, so that the masks
+    of all of the set cancel and no smaller sum does."""
     if index not in dset.members:
         raise ParameterError(f"party {index} is not in the decryption set {dset.members}")
     total = np.zeros((len(moduli), n), dtype=np.uint64)
@@ -251,7 +254,7 @@ def mask_limbs(dset: DecryptionSet, index: int, pair_keys: Mapping[int, bytes],
         if other not in pair_keys:
             raise ParameterError(f"no pairwise key with party {other} of the decryption set")
         stream = uniform_limbs(derive_key(pair_keys[other], "mask",
-                                          *_context_of(dset, ciphertext)), moduli, n)
+                                          dset.tag(), ciphertext), moduli, n)
         for limb, q in enumerate(moduli):
             if index < other:
                 ntt.add_mod_into(total[limb], stream[limb], q)
@@ -261,11 +264,19 @@ def mask_limbs(dset: DecryptionSet, index: int, pair_keys: Mapping[int, bytes],
     return total
 
 
+def ciphertext_id(c1: U64Array, index: int) -> bytes:
+    """What a share's masks and noise are keyed to besides the set: the ciphertext's
+    index in the aggregate and the SHA-256 of its c1 (limbs, n; little-endian)."""
+    digest = hashlib.sha256(np.ascontiguousarray(c1, dtype="<u8").data).digest()
+    return index.to_bytes(8, "big") + digest
+
+
 def pad_limbs(group_key: bytes, dset: DecryptionSet, attempt: int, ciphertext: int,
               moduli: Sequence[int], n: int) -> U64Array:
     """P for one ciphertext of one attempt of one set: uniform, known to every holder of
     the group key, unknown to the aggregator."""
-    key = derive_key(group_key, "pad", *_context_of(dset, ciphertext, attempt.to_bytes(8, "big")))
+    key = derive_key(group_key, "pad", dset.tag(), ciphertext.to_bytes(8, "big"),
+                     attempt.to_bytes(8, "big"))
     return uniform_limbs(key, moduli, n)
 
 
@@ -273,11 +284,12 @@ def pad_limbs(group_key: bytes, dset: DecryptionSet, attempt: int, ciphertext: i
 def decryption_shares(
     c1: U64Array, rounding: ShareRounding, key: ThresholdKey, dset: DecryptionSet, *,
     sigma: float, noise_seed: bytes, pair_keys: Mapping[int, bytes],
-    group_key: bytes | None = None, attempt: int = 0,
+    group_key: bytes | None = None, attempt: int = 0, first: int = 0,
 ) -> U64Array:
     """Party ``key.index``'s shares d_j of ciphertexts given by their c1 (count, limbs, n,
-    evaluation form), rounded in coefficient form for the wire (:mod:`.rounding`).  The
-    first member of the set must pass the *group_key* (the pad)."""
+    evaluation form), ciphertexts ``first`` onwards of the aggregate, rounded in
+    coefficient form for the wire (:mod:`.rounding`).  The first member of the set must
+    pass the *group_key* (the pad)."""
     moduli = rounding.moduli
     if c1.ndim != 3 or c1.shape[1] != len(moduli):
         raise ParameterError(f"c1 must be (count, {len(moduli)}, n), got {c1.shape}")
@@ -290,12 +302,14 @@ def decryption_shares(
     out = np.empty((count, len(moduli), n), dtype=np.uint64)
     try:
         for index in range(count):
-            addend = mask_limbs(dset, key.index, pair_keys, index, moduli, n)
+            where = ciphertext_id(c1[index], first + index)
+            addend = mask_limbs(dset, key.index, pair_keys, where, moduli, n)
             if group_key is not None:
-                pad = pad_limbs(group_key, dset, attempt, index, moduli, n)
+                pad = pad_limbs(group_key, dset, attempt, first + index, moduli, n)
                 for limb, q in enumerate(moduli):
                     ntt.add_mod_into(addend[limb], pad[limb], q)
-            seed = derive_key(noise_seed, "noise", *_context_of(dset, index))
+                wipe(pad)
+            seed = derive_key(noise_seed, "noise", dset.tag(), where)
             noise = GaussianSampler(sigma, key=seed).sample(n)  # after the weighting
             for limb, q in enumerate(moduli):
                 out[index, limb] = rounding.share(addend[limb], c1[index, limb],
@@ -330,12 +344,14 @@ def blind_fusion(c0: U64Array, shares: Sequence[U64Array], rounding: ShareRoundi
 
 
 def unpad(fused: U64Array, group_key: bytes, dset: DecryptionSet, attempt: int,
-          rounding: ShareRounding) -> U64Array:
-    """m + e in coefficient form from the broadcast fused polynomials: the pad removed,
-    ready to decode (``decode_sums(..., coefficients=True)``)."""
+          rounding: ShareRounding, first: int = 0) -> U64Array:
+    """m + e in coefficient form from the broadcast fused polynomials (ciphertexts
+    ``first`` onwards): the pad removed, ready to decode
+    (``decode_sums(..., coefficients=True)``)."""
     out = rounding.lifted(fused)
     for index in range(fused.shape[0]):
-        pad = pad_limbs(group_key, dset, attempt, index, rounding.moduli, fused.shape[2])
+        pad = pad_limbs(group_key, dset, attempt, first + index, rounding.moduli,
+                        fused.shape[2])
         for limb, q in enumerate(rounding.moduli):
             ntt.sub_mod_into(out[index, limb], pad[limb], q)  # no temporary of the pad left
         wipe(pad)
