@@ -73,6 +73,7 @@ from protocols.protection import (
     UploadRound,
     checked_weights,
     encode_plain,
+    require_part_room,
 )
 from protocols.session import known_mask, plaintext_key_id
 from protocols.states import (
@@ -81,7 +82,6 @@ from protocols.states import (
     AGGREGATOR_TARGETS,
     AggregatorState,
 )
-from threshold_fl._checks import checked_int
 from threshold_fl.crypto.keys import PublicKey
 from threshold_fl.crypto.vectors import ciphertext_count
 from threshold_fl.errors import ForgedMessage, MalformedMessage, ParameterError, UnexpectedMessage
@@ -114,7 +114,8 @@ class AggregatorMachine(Machine[AggregatorState]):
         part_bytes: int = DEFAULT_PART_BYTES,
     ) -> None:
         super().__init__(manifest, identity, randomness, A.IDLE)
-        self.part_bytes = checked_int(part_bytes, "part_bytes", 1)
+        require_part_room(manifest.mode, self.context, part_bytes)  # now, not mid-session
+        self.part_bytes = part_bytes
         self._weights = checked_weights(manifest.client_ids, weights)
         self._samples: dict[PartyId, int] = {}
         self.alive: list[PartyId] = []
@@ -343,18 +344,20 @@ class AggregatorMachine(Machine[AggregatorState]):
         self._attempt += 1 if retry else 0
         order, parts = decryption.request(members)
         self._reset_step(now, self.manifest.timeouts.decrypt_s)
-        requests = decryption.requests(order, parts, self._sends, self.step)
-        # in one part (small models): made at once, as any message
-        return Step(sends=list(requests)) if decryption.parts == 1 else Step(later=[requests])
+        # one member's message at a time: a part's c1 signed for all t members at once
+        # would hold t copies of it
+        return Step(later=[decryption.requests(order, parts, self._send, self.step)])
 
     def _on_decryption_share(self, message: Message, now: float) -> Step:
         assert isinstance(message.body, DecryptionShare)
         decryption, sender = self._decryption, message.header.sender
-        if decryption is None or decryption.fused:
+        if decryption is None or decryption.complete:
             raise UnexpectedMessage("no decryption set is waiting for shares; discarded")
+        # the step first: a late share of a replaced set (common, with parts in flight)
+        # is stale, not forged
+        self._require_step(message, self.step)
         self._require_sender(message, [m for m in decryption.members if m in self.alive],
                              "a live member of this attempt's decryption set")
-        self._require_step(message, self.step)
         if message.header.recipient != self.me:
             raise ForgedMessage("a decryption share must be addressed to the aggregator")
         if not decryption.accept(sender, message.body):
@@ -363,7 +366,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         body = decryption.fuse(message.body.part, self._uploads.plain)
         self._deadline = now + self.manifest.timeouts.decrypt_s
         step = Step(sends=[self._send(self.alive, body, self.step, addressed="*")],
-                    later=[decryption.next_requests(self._sends, self.step)])
+                    later=[decryption.next_requests(self._send, self.step)])
         return step.extend(self._progress(now))
 
     def _on_mask_confirm(self, message: Message, now: float) -> Step:
@@ -394,7 +397,7 @@ class AggregatorMachine(Machine[AggregatorState]):
 
     def _require_confirmation(self, message: Message) -> None:
         self._require_sender(message, self.alive, "an active client")
-        if self._decryption is not None and not self._decryption.fused and (
+        if self._decryption is not None and not self._decryption.complete and (
                 self.state in _DECRYPTIONS):
             raise UnexpectedMessage(f"{message.kind} before the fused result went out")
         self._require_step(message, self.step)
@@ -421,7 +424,7 @@ class AggregatorMachine(Machine[AggregatorState]):
             decryption = self._decryption
             if decryption is not None and decryption.failed(self.dropped):
                 return self._start_decryption(now, retry=True)
-            if (decryption is None or decryption.fused) and set(self._done) >= set(self.alive):
+            if (decryption is None or decryption.complete) and set(self._done) >= set(self.alive):
                 return self._decryption_done(now)
         return Step()
 

@@ -19,9 +19,9 @@ import numpy as np
 
 from protocols.client_decryption import (
     FusedParts,
-    MemberKeys,
     SharesGiven,
     decode_request,
+    member_keys,
     share_part,
 )
 from protocols.client_keys import DELIVERY_FIELDS, EpochKeys, Mismatch
@@ -36,7 +36,7 @@ from protocols.events import (
     UpdateNeeded,
 )
 from protocols.events import Finished as FinishedEvent
-from protocols.fusion import QueryBudget, pair_key
+from protocols.fusion import QueryBudget
 from protocols.key_agreement import keygen_refusal
 from protocols.machine import Handler, Machine, Randomness
 from protocols.manifest import Manifest, Mode, Role, abort_error
@@ -122,6 +122,7 @@ class ClientMachine(Machine[ClientState]):
         self._plain_part: FloatArray | None = None
         self._shares_given = SharesGiven()  # this step's: never two shares of one part
         self._fused: FusedParts | None = None  # this step's fused result, part by part
+        self._uploaded_at = 0  # attempt of this step's last upload: its decryption's first
         self._budget = QueryBudget(manifest.params.decryption_queries)  # this key epoch's
 
     # -- the application's side --------------------------------------------------------
@@ -184,6 +185,7 @@ class ClientMachine(Machine[ClientState]):
         parts = upload_parts(self.manifest.mode, self.context, self._keys.public_key,
                              protected, self._weight, plain, part_bytes=self.part_bytes)
         step, to = self._step, [self._aggregator]
+        self._uploaded_at = step[3]
         return Step(later=[(self._send(to, part.body(), step) for part in parts)])
 
     def _require_state(self, state: ClientState, what: str) -> None:
@@ -393,19 +395,23 @@ class ClientMachine(Machine[ClientState]):
         assert self._mask is not None
         return self._mask.count
 
-    def _plain_of(self, data: bytes, length: int, what: str) -> FloatArray:
-        plain_length = 0 if self._in_mask() else self.manifest.model_length - length
-        return decode_plain(data, plain_length, what)
+    def _plain_length(self, length: int) -> int:
+        """Values sent in the clear besides *length* protected ones (none for the mask)."""
+        return 0 if self._in_mask() else self.manifest.model_length - length
 
-    def _require_decryption_step(self, message: Message, members: tuple[PartyId, ...]) -> None:
-        """A joint-decryption message of my stage, epoch and round, no older than my step,
-        for a set of t or more holders."""
+    def _plain_of(self, data: bytes, length: int, what: str) -> FloatArray:
+        return decode_plain(data, self._plain_length(length), what)
+
+    def _require_decryption_step(self, message: Message, members: tuple[PartyId, ...],
+                                 oldest: int) -> None:
+        """A joint-decryption message of my stage, epoch and round, of attempt *oldest*
+        or later, for a set of t or more holders."""
         if self.manifest.mode is not Mode.THRESHOLD:
             raise UnexpectedMessage(f"{message.kind}: only threshold mode decrypts jointly")
         self._require_from_aggregator(message)
-        header, (stage, epoch, round_, attempt) = message.header, self._step
+        header, (stage, epoch, round_, _) = message.header, self._step
         if (header.stage, header.epoch, header.round) != (stage, epoch, round_) or (
-                header.attempt < attempt):
+                header.attempt < oldest):
             raise StaleMessage(f"{message.kind} for step {header.step} does not follow this "
                                f"client's step {self._step}; discarded")
         if not set(members) <= set(self._keys.holders) or len(members) < (
@@ -418,7 +424,7 @@ class ClientMachine(Machine[ClientState]):
         padded; once per part and attempt."""
         assert isinstance(message.body, DecryptRequest)
         body = message.body
-        self._require_decryption_step(message, body.members)
+        self._require_decryption_step(message, body.members, self._step[3])
         if self.me not in body.members:
             raise MalformedMessage("a decryption request for a set I am not in")
         self._shares_given.check(message.header.attempt, body.part, body.parts)
@@ -430,9 +436,8 @@ class ClientMachine(Machine[ClientState]):
                 f"this key epoch has given {self._budget.used} decryption shares of the "
                 f"{self._budget.limit} its noise flooding allows; the aggregator must rotate "
                 "keys first")
-        keys = MemberKeys(self._keys.key_id, self._keys.holders, self._keys.index,
-                          self._keys.threshold_key, self._noise_seed(),
-                          self._pair_keys(body.members), self._keys.group_key)
+        keys = member_keys(self._identity, self._directory, self._keys, body.members,
+                           self.manifest.session, self._step[1])
         body_out = share_part(self.context, self.manifest, keys, length, body, order,
                               message.header.step)
         self._budget.spend(order.count)
@@ -443,29 +448,21 @@ class ClientMachine(Machine[ClientState]):
         self._heard(now)
         return Step(sends=self._sends([self._aggregator], body_out, self._step))
 
-    def _noise_seed(self) -> bytes:
-        assert self._keys.noise_seed is not None
-        return self._keys.noise_seed
-
-    def _pair_keys(self, members: tuple[PartyId, ...]) -> dict[int, bytes]:
-        return {self._keys.index_of(member): pair_key(
-                    self._identity, self._directory[member], self.manifest.session,
-                    self._step[1])
-                for member in members if member != self.me}
-
     def _on_fused(self, message: Message, now: float) -> Step:
         """A part of the set's fused polynomials: remove the pad and decode it into
         place; once every part is in, check the values and finish the step."""
         assert isinstance(message.body, Fused)
         body = message.body
-        self._require_decryption_step(message, body.members)
+        # any attempt of this decryption: a part fused by an earlier set may come after a
+        # later set's messages (transports reorder); each is unpadded with its own attempt
+        self._require_decryption_step(message, body.members, self._uploaded_at)
         assert self._keys.key_id is not None and self._keys.group_key is not None
         length = self._protected_length()
-        plain_length = 0 if self._in_mask() else self.manifest.model_length - length
-        fused = self._fused or FusedParts(self.context, length, plain_length, body.parts)
+        fused = self._fused or FusedParts(self.context, length, self._plain_length(length),
+                                          body.parts)
         done = fused.add(self.manifest, self._keys.key_id, self._keys.holders,
                          self._keys.group_key, body, message.header.step)  # or raise
-        self._fused, self._step = fused, message.header.step
+        self._fused, self._step = fused, max(self._step, message.header.step)  # never back
         self._upload_values = None  # final once decrypting: no retry can ask for it again
         self._heard(now)
         if not done:

@@ -10,11 +10,13 @@ summed over the whole set, and a member gives one share of each part per attempt
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocols.fusion import c1_digest, decryption_set
+from protocols.client_keys import EpochKeys
+from protocols.fusion import c1_digest, decryption_set, pair_key
 from protocols.manifest import Manifest
 from protocols.messages import DecryptionShare, DecryptRequest, Fused, Stage
 from protocols.protection import decode_plain, part_span
@@ -26,10 +28,10 @@ from threshold_fl.crypto.threshold import ThresholdKey, decryption_shares, thres
 from threshold_fl.crypto.vectors import ciphertext_count
 from threshold_fl.crypto.wire import PolynomialRole, decode_polynomials, encode_polynomials
 from threshold_fl.errors import DuplicateMessage, MalformedMessage
-from threshold_fl.identity import PartyId
+from threshold_fl.identity import Identity, PartyId, PublicIdentity
 
-__all__ = ["FusedParts", "MemberKeys", "ShareOrder", "SharesGiven", "decode_request", "part_of",
-           "share_part"]
+__all__ = ["FusedParts", "MemberKeys", "ShareOrder", "SharesGiven", "decode_request",
+           "member_keys", "part_of", "share_part"]
 
 
 def part_of(context: CkksContext, length: int, part: int, parts: int) -> tuple[int, int]:
@@ -79,6 +81,19 @@ class MemberKeys:
     noise_seed: bytes
     pair_keys: dict[int, bytes]
     group_key: bytes | None  # the pad, only for the set's pad holder
+
+
+def member_keys(identity: Identity, directory: Mapping[PartyId, PublicIdentity],
+                keys: EpochKeys, members: tuple[PartyId, ...], session: str, epoch: int
+                ) -> MemberKeys:
+    """This member's keys for a share to *members*: the pair keys with each other member
+    (for key epoch *epoch*) and its epoch keys."""
+    assert keys.key_id is not None and keys.threshold_key is not None
+    assert keys.noise_seed is not None
+    pairs = {keys.index_of(member): pair_key(identity, directory[member], session, epoch)
+             for member in members if member != identity.party_id}
+    return MemberKeys(keys.key_id, keys.holders, keys.index, keys.threshold_key,
+                      keys.noise_seed, pairs, keys.group_key)
 
 
 @dataclass(frozen=True)

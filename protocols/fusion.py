@@ -9,10 +9,11 @@ remove.  A member that drops, or whose connection is reported lost, makes the at
 fail: the aggregator picks another set (attempt + 1), and the masks keep the failed
 set's shares meaningless.  Nobody rebuilds a key and no key rotation follows a dropout.
 
-Every share is bound to (session, key epoch, round, stage, the digest of the c1 it
-decrypts, the set); the pad also to the attempt.  Binding the noise and masks to the
-c1 bytes themselves matters: with the same noise for two different c1, the difference
-of two shares would give the key away.
+Every share is bound to (session, key epoch, round, stage, the set) and, per
+ciphertext, its noise and masks to the ciphertext's index and the digest of its own
+c1, its pad to its index and the attempt, whatever message part carries it.  Binding
+the noise and masks to the c1 bytes themselves matters: with the same noise for two
+different c1, the difference of two shares would give the key away.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from threshold_fl.crypto.wire import PolynomialRole, decode_polynomials, encode_
 from threshold_fl.errors import DuplicateMessage, MalformedMessage
 from threshold_fl.identity import Identity, PartyId, PublicIdentity
 
-#: ``Machine._sends``: one body signed for each recipient, at a step.
-Sends = Callable[[Sequence[PartyId], Body, tuple[Stage, int, int, int]], list[Outgoing]]
+#: ``Machine._send``: one body signed for its recipient, at a step.
+Send = Callable[[Sequence[PartyId], Body, tuple[Stage, int, int, int]], Outgoing]
 
 __all__ = ["BlindDecryption", "QueryBudget", "choose_set", "c1_digest", "decryption_set",
            "pair_key"]
@@ -101,7 +102,7 @@ class BlindDecryption:
     window: int = 2
     members: tuple[PartyId, ...] = ()
     shares: dict[int, dict[PartyId, U64Array]] = field(default_factory=dict)  # by part
-    fused: bool = False  # every part's fused polynomials went out
+    complete: bool = False  # every part's fused polynomials went out
     asked: set[PartyId] = field(default_factory=set)  # members of any set asked so far
     done: set[int] = field(default_factory=set)  # parts fused, by any set
     pending: list[int] = field(default_factory=list)  # parts this set is yet to be asked for
@@ -140,7 +141,8 @@ class BlindDecryption:
         order = sorted(members, key=lambda member: member in self.asked)  # stable
         self.members = members
         self.asked.update(members)
-        first, self.pending = self.undone()[:self.window], self.undone()[self.window:]
+        undone = self.undone()
+        first, self.pending = undone[:self.window], undone[self.window:]
         self.shares = {part: {} for part in first}
         return order, first
 
@@ -154,18 +156,26 @@ class BlindDecryption:
         parts = decryption_parts(context, c1.shape[0], plain_length, part_bytes)
         return cls(context, key_id, length, c0, c1, parts)
 
-    def requests(self, order: list[PartyId], parts: list[int], sends: Sends,
+    def requests(self, order: list[PartyId], parts: list[int], send: Send,
                  step: tuple[Stage, int, int, int]) -> Iterator[Outgoing]:
-        """Each of *parts*' c1 to each member, made as they are taken (one part's frames
-        held at a time); none once another set replaced this one."""
-        members = self.members
+        """Each of *parts*' c1 to each member, each message made as it is taken (one
+        part's frames and one signed message held at a time); none once another set
+        replaced this one.  The set is bound now, not at the first message taken."""
+        return self._requests(self.members, order, parts, send, step)
+
+    def _requests(self, members: tuple[PartyId, ...], order: list[PartyId], parts: list[int],
+                  send: Send, step: tuple[Stage, int, int, int]) -> Iterator[Outgoing]:
         for part in parts:
             if self.members != members:
                 return
             start, stop = self.span(part)
             frames = tuple(encode_polynomials(self.context, PolynomialRole.C1, self.key_id,
                                               self.length, self.c1[start:stop], first=start))
-            yield from sends(order, DecryptRequest(members, frames, part, self.parts), step)
+            body = DecryptRequest(members, frames, part, self.parts)
+            for member in order:
+                if self.members != members:
+                    return
+                yield send([member], body, step)
 
     def accept(self, member: PartyId, body: DecryptionShare) -> bool:
         """Keep a member's share of a part asked for, if it is for this set and that
@@ -197,21 +207,21 @@ class BlindDecryption:
                              ShareRounding.of(self.context))
         del shares
         self.done.add(part)
-        self.fused = len(self.done) == self.parts
+        self.complete = len(self.done) == self.parts
         frames = tuple(encode_polynomials(self.context, PolynomialRole.FUSED, self.key_id,
                                           self.length, fused, first=start))
         low, high = part_span(plain.size, self.parts, part)
         return Fused(self.members, self.part_digest(part), frames,
                      encode_plain(plain[low:high]), part, self.parts)
 
-    def next_requests(self, sends: Sends, step: tuple[Stage, int, int, int]
+    def next_requests(self, send: Send, step: tuple[Stage, int, int, int]
                       ) -> Iterator[Outgoing]:
         """As a part is fused: the next part's requests (none once all are asked)."""
         if not self.pending:
             return iter(())
         part = self.pending.pop(0)
         self.shares[part] = {}
-        return self.requests(list(self.members), [part], sends, step)
+        return self.requests(list(self.members), [part], send, step)
 
     def missing(self) -> list[PartyId]:
         """The members of the current set who owe a share (of a part asked for, or yet
@@ -222,7 +232,7 @@ class BlindDecryption:
     def owes(self, member: PartyId) -> bool:
         """Whether *member* of the current set still owes a share (of a part asked for,
         or of one yet to be asked for)."""
-        return member in self.members and not self.fused and (
+        return member in self.members and not self.complete and (
             bool(self.pending) or member in self.missing())
 
     def failed(self, dropped: Collection[PartyId]) -> bool:
@@ -233,7 +243,7 @@ class BlindDecryption:
                  ) -> list[PartyId]:
         """At the deadline: the live members whose share is missing; once the fused
         result went out, the live clients that have not confirmed it."""
-        if not self.fused:
+        if not self.complete:
             return [member for member in self.missing() if member in alive]
         return [party for party in alive if party not in confirmed]
 
@@ -244,7 +254,7 @@ class BlindDecryption:
         ``Machine._waiting``, and what ends the wait."""
         who = self.culprits(alive, confirmed)
         lost = ", ".join(repr(party) for party in who if party in unreachable)
-        if self.fused:
+        if self.complete:
             until = f"; {lost} lost the connection: waiting for its drop" if lost else ""
             return "clients to confirm the fused result", who, len(alive), until
         until = (f"; {lost} lost the connection: another set as soon as t other holders are "

@@ -116,7 +116,8 @@ CLIENT_TARGETS: Targets = {
         DecryptRequest: _to(C.MASK_DECRYPTING, C.ABORTED),  # a member; budget spent: aborts
         Fused: _to(C.MASK_CONFIRMED, C.ABORTED),  # not a member; implausible: aborts
     },
-    # a further part of a streamed decryption stays (a request, or a fused part not the last)
+    # a further part of a streamed decryption stays (a request, or a fused part not the
+    # last); so do MASK_UPLOADED and UPDATE_UPLOADED on a Fused part that is not the last
     C.MASK_DECRYPTING: {DecryptRequest: _to(C.ABORTED),
                         Fused: _to(C.MASK_CONFIRMED, C.ABORTED)},
     C.MASK_CONFIRMED: {**_EARLY_KEYS, KeygenStart: _NEW_EPOCH, RoundStart: _TRAIN},

@@ -16,14 +16,25 @@ from typing import Any
 
 import numpy as np
 import pytest
-from protocol_harness import AGGREGATOR, Network, build_manifest, crypto_bound, run_until
+from protocol_harness import (
+    AGGREGATOR,
+    Network,
+    build_manifest,
+    counter_randomness,
+    crypto_bound,
+    identity,
+    run_until,
+)
 
-from protocols.messages import DecryptionShare, DecryptRequest, Fused, Message, Stage
+from protocols.aggregator import AggregatorMachine
+from protocols.events import Outgoing
+from protocols.messages import Body, DecryptionShare, DecryptRequest, Fused, Message, Stage
 from protocols.protection import part_span
 from protocols.states import AggregatorState
 from threshold_fl.crypto.vectors import ciphertext_count
 from threshold_fl.crypto.wire import PolynomialRole, encode_polynomials
-from threshold_fl.errors import DuplicateMessage, MalformedMessage
+from threshold_fl.errors import DuplicateMessage, MalformedMessage, ParameterError
+from threshold_fl.identity import PartyId
 
 #: Five ciphertexts' worth of values and a bit; 60 % encrypted in the rounds: four
 #: ciphertexts, each c1 about 66 kB, and about 16,000 float32 values in the clear.
@@ -239,3 +250,80 @@ def test_a_fused_part_is_decoded_once() -> None:
         client.receive(fused.raw, net.now)
     net.run()
     assert net.finished(AGGREGATOR)
+
+
+def test_a_part_fused_by_a_replaced_set_is_taken_after_the_new_sets_messages() -> None:
+    """Set 1 fuses some parts (attempt 1) before client3's shares stop; set 2 (attempt 2)
+    is asked for the rest.  client1 gets set 2's messages before set 1's fused parts
+    (a transport may reorder): it still takes them, and completes."""
+    net = streaming_network(clients=4, threshold=3)
+    aggregator, client = net.aggregator, net.clients["client1"]
+    held: list[bytes] = []
+    shares_of_client3: list[int] = []
+
+    def rule(sender: str, recipient: str, kind: str, now: float) -> list[float]:
+        in_round_1 = aggregator.state is AggregatorState.ROUND_DECRYPTION and (
+            aggregator._round == 1)
+        if in_round_1 and sender == "client3" and kind == "DecryptionShare":
+            shares_of_client3.append(1)
+            return [0.0] if len(shares_of_client3) == 1 else []
+        if in_round_1 and aggregator.step[3] == 1 and kind == "Fused" and (
+                recipient == "client1"):
+            held.append(net.history[-1][2])  # the message being sent
+            return []
+        return [0.0]
+
+    net.faults = rule
+    net.start()
+    assert run_until(net, lambda: client._step[0] is Stage.ROUND and client._step[3] == 2)
+    assert held and set(aggregator.dropped) == {"client3"}
+    for data in held:  # set 1's fused parts, after set 2's request
+        net._apply("client1", client.receive(data, net.now))
+    assert client._step[3] == 2  # the attempt does not go back
+    net.run()
+    assert net.finished(AGGREGATOR) and net.aborted("client1") is None
+    assert_models_correct(net, ["client1", "client2", "client4"])
+
+
+def _decrypting_aggregator() -> tuple[PartsNetwork, Any]:
+    net = streaming_network()
+    net.start()
+    assert run_until(net, lambda: net.aggregator._decryption is not None)
+    decryption = net.aggregator._decryption
+    assert decryption is not None and decryption.parts > 2
+    return net, decryption
+
+
+def test_requests_are_bound_to_the_set_when_made_not_when_first_taken() -> None:
+    net, decryption = _decrypting_aggregator()
+    requests = decryption.requests(list(decryption.members), [decryption.parts - 1],
+                                   net.aggregator._send, net.aggregator.step)
+    other = tuple(PartyId(name) for name in sorted(net.clients)
+                  if name != decryption.members[0])
+    decryption.request(other)  # another set replaces this one
+    assert list(requests) == []
+
+
+def test_a_request_is_signed_for_one_member_at_a_time() -> None:
+    net, decryption = _decrypting_aggregator()
+    signed: list[list[PartyId]] = []
+
+    def send(to: Any, body: Body, step: tuple[Stage, int, int, int]) -> Outgoing:
+        signed.append(list(to))
+        return net.aggregator._send(to, body, step)
+
+    members = list(decryption.members)
+    requests = decryption.requests(members, [decryption.parts - 1], send,
+                                   net.aggregator.step)
+    assert signed == []  # nothing made before it is taken
+    first = next(requests)
+    assert signed == [members[:1]] and first.recipients == (members[0],)
+    assert [out.recipients for out in requests] == [(member,) for member in members[1:]]
+    assert signed == [[member] for member in members]
+
+
+def test_the_aggregator_refuses_part_bytes_too_small_for_a_part_at_once() -> None:
+    manifest = build_manifest(3, length=LENGTH, fraction=0.6, rounds=1)
+    with pytest.raises(ParameterError, match="part_bytes 1000 is too small"):
+        AggregatorMachine(manifest, identity(AGGREGATOR), counter_randomness(AGGREGATOR),
+                          part_bytes=1000)

@@ -85,7 +85,7 @@ def test_a_set_fails_only_when_a_member_drops_before_its_share() -> None:
     assert not decryption.failed({A})  # its share is in already
     assert decryption.failed({B})
     decryption.shares[0][B] = decryption.c0
-    decryption.fused = True  # the result went out: nothing left to fail
+    decryption.complete = True  # the result went out: nothing left to fail
     assert not decryption.failed({A, B})
 
 
@@ -94,7 +94,7 @@ def test_the_blame_moves_from_missing_shares_to_missing_confirmations() -> None:
     decryption.shares[0][A] = decryption.c0
     assert decryption.culprits([A, B, C], []) == [B]  # C is not a member
     assert decryption.culprits([A, C], []) == []  # B is gone already
-    decryption.fused = True
+    decryption.complete = True
     assert decryption.culprits([A, B, C], [A]) == [B, C]
 
 
@@ -123,7 +123,7 @@ def test_a_decryption_deadline_blames_missing_shares_then_missing_confirmations(
     assert run_until(net, quiet_in_decryption)
     decryption = aggregator._decryption
     assert decryption is not None and decryption.members == ("client2", "client3", "client4")
-    assert not decryption.fused and sorted(decryption.shares[0]) == ["client2", "client4"]
+    assert not decryption.complete and sorted(decryption.shares[0]) == ["client2", "client4"]
     assert aggregator._culprits() == ["client3"]
     assert aggregator.waiting_for() == (
         "round 1 round decryption: waiting for 1 of 3 decryption shares (attempt 1): "
@@ -138,7 +138,7 @@ def test_a_decryption_deadline_blames_missing_shares_then_missing_confirmations(
     assert run_until(net, quiet_in_decryption)
     decryption = aggregator._decryption
     assert decryption is not None and decryption.members == ("client2", "client4", "client5")
-    assert decryption.fused and decryption.missing() == []
+    assert decryption.complete and decryption.missing() == []
     assert aggregator._culprits() == ["client1"]  # the others confirmed
     assert aggregator.waiting_for().endswith(
         "waiting for 1 of 4 clients to confirm the fused result: 'client1'")

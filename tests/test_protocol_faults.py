@@ -150,7 +150,8 @@ class RecordingNetwork(Network):
 
     def _apply(self, name: str, step: Step) -> None:
         aggregator = self.aggregator
-        kinds = {outgoing.kind for outgoing in step.sends}
+        sends = list(step.outgoing())  # DecryptRequests are made as taken (Step.later)
+        kinds = {outgoing.kind for outgoing in sends}
         if name == AGGREGATOR and name not in self.dead and aggregator._round >= 1 and (
                 kinds & {"Aggregate", "DecryptRequest"}):
             uploaders = tuple(sorted(aggregator._uploads.uploaders))
@@ -158,7 +159,7 @@ class RecordingNetwork(Network):
             assert self.summed.get(aggregator._round, uploaders) == uploaders, (
                 "two different sums for one round")
             self.summed[aggregator._round] = uploaders
-        super()._apply(name, step)
+        super()._apply(name, Step(sends=sends, events=step.events))
 
 
 class FaultyFederation(RuleBasedStateMachine):

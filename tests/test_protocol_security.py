@@ -293,7 +293,7 @@ def test_a_late_share_for_a_finished_set_is_refused() -> None:
             return
         # The fused result is out: the share that completed the set, once more, is refused.
         decryption = net.aggregator._decryption
-        assert decryption is not None and decryption.fused
+        assert decryption is not None and decryption.complete
         last = [d for _, kind, d in net.history if kind == "DecryptionShare"][-1]
         refused.append(assert_rejected(net.aggregator, last, MessageRejected, net.now))
 
@@ -522,7 +522,7 @@ def test_the_aggregator_cannot_read_what_it_fuses() -> None:
             return
         aggregator, client = net.aggregator, net.clients[recipient]
         decryption = aggregator._decryption
-        assert decryption is not None and decryption.fused
+        assert decryption is not None and decryption.complete
         context, body = aggregator.context, message.body
         assert isinstance(body, Fused)
         rounding = ShareRounding.of(context)

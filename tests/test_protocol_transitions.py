@@ -181,7 +181,7 @@ def _asked_again(net: Network, party: str) -> bool:
 
 def _fused(net: Network, party: str) -> bool:
     decryption = net.aggregator._decryption
-    return decryption is not None and decryption.fused
+    return decryption is not None and decryption.complete
 
 
 #: Conditions that pick a later visit of a state than the first one: a retried
@@ -451,7 +451,7 @@ def _decryption_variants(net: Network, party: str, body_type: type,
         return []
     decryption = aggregator._decryption
     if party == AGGREGATOR:
-        if body_type is not DecryptionShare or decryption is None or decryption.fused:
+        if body_type is not DecryptionShare or decryption is None or decryption.complete:
             return []
         owing = [m for m in decryption.missing() if m in aggregator.alive]
         if not owing:

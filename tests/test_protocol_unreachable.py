@@ -20,9 +20,9 @@ from test_protocol_transitions import AGGREGATOR_SCENARIOS, Scenario, _id, reach
 
 from protocols.aggregator import AggregatorState
 from protocols.codec import decode_message
-from protocols.events import PartyDropped
+from protocols.events import PartyDropped, Step
 from protocols.messages import DecryptionShare, DecryptRequest, KeygenStart
-from threshold_fl.errors import MessageRejected
+from threshold_fl.errors import StaleMessage
 from threshold_fl.identity import PartyId
 
 A = AggregatorState
@@ -63,7 +63,8 @@ def test_a_member_whose_connection_ends_is_replaced_at_once() -> None:
     net.kill("client3")  # its connection ended; the broker's Last Will says so
     step = aggregator.party_unreachable(PartyId("client3"), net.now)
     assert not aggregator.dropped and not any(isinstance(e, PartyDropped) for e in step.events)
-    requests = [decode_message(o.data, net.manifest.directory) for o in step.sends]
+    sends = list(step.outgoing())  # made as they are taken (Step.later)
+    requests = [decode_message(o.data, net.manifest.directory) for o in sends]
     assert all(isinstance(m.body, DecryptRequest) for m in requests)
     # the member new to this decryption first: the others may still be making their
     # first share, and its c1 should not queue behind their uploads
@@ -71,16 +72,17 @@ def test_a_member_whose_connection_ends_is_replaced_at_once() -> None:
     assert {m.header.attempt for m in requests} == {2}
     assert aggregator.step[3] == 2 and aggregator.state is A.ROUND_DECRYPTION
     assert "client3" in aggregator.alive  # dropped only when judged gone
-    assert aggregator.party_unreachable(PartyId("client3"), net.now).sends == []  # once
+    again = aggregator.party_unreachable(PartyId("client3"), net.now)
+    assert list(again.outgoing()) == []  # once
 
-    late = kept[0]  # the replaced set's share, arriving now, is refused
+    late = kept[0]  # the replaced set's share, arriving now, is refused: stale, not forged
     assert isinstance(decode_message(late, net.manifest.directory).body, DecryptionShare)
-    with pytest.raises(MessageRejected):
+    with pytest.raises(StaleMessage, match="a late or replayed message"):
         aggregator.receive(late, net.now)
     assert aggregator._decryption is not None and aggregator._decryption.shares == {0: {}}
 
-    net._apply(AGGREGATOR, step)
-    assert run_until(net, lambda: bool(aggregator._decryption and aggregator._decryption.fused))
+    net._apply(AGGREGATOR, Step(sends=sends))
+    assert run_until(net, lambda: bool(aggregator._decryption and aggregator._decryption.complete))
     assert "'client3' lost the connection: waiting for its drop" in aggregator.waiting_for()
     net._apply(AGGREGATOR, aggregator.party_offline(PartyId("client3"), net.now))
     net.run()
@@ -100,8 +102,9 @@ def test_with_fewer_than_t_others_the_set_waits_and_says_why() -> None:
     decryption = aggregator._decryption
     assert decryption is not None and decryption.members == ("client2", "client3")
     assert decryption.missing() == ["client2"]
-    assert aggregator.party_unreachable(PartyId("client1"), net.now).sends == []  # no member
-    assert aggregator.party_unreachable(PartyId("client2"), net.now).sends == []
+    no_member = aggregator.party_unreachable(PartyId("client1"), net.now)
+    assert list(no_member.outgoing()) == []
+    assert list(aggregator.party_unreachable(PartyId("client2"), net.now).outgoing()) == []
     assert aggregator.step[3] == 1  # two of three lost: no set of t reachable holders
     assert aggregator.waiting_for().endswith(
         "waiting for 1 of 2 decryption shares (attempt 1): 'client2'; 'client2' lost the "
@@ -109,7 +112,7 @@ def test_with_fewer_than_t_others_the_set_waits_and_says_why() -> None:
         "the deadline")
     aggregator.party_reachable(PartyId("client1"), net.now)  # back: the next report may use it
     step = aggregator.party_unreachable(PartyId("client2"), net.now)
-    assert sorted(o.recipients for o in step.sends) == [("client1",), ("client3",)]
+    assert sorted(o.recipients for o in step.outgoing()) == [("client1",), ("client3",)]
     assert aggregator.step[3] == 2
 
 
@@ -156,7 +159,8 @@ def test_a_client_back_during_a_key_agreement_that_left_it_out_is_included() -> 
     assert set(aggregator.dropped) == {"client4"}
     contributors = assert_correct_rounds(net, {"client1", "client2", "client3", "client5"})
     assert contributors == [("client1", "client2", "client3", "client5")] * 2
-    assert aggregator.party_reachable(PartyId("client2"), net.now).sends == []  # a holder
+    holder = aggregator.party_reachable(PartyId("client2"), net.now)
+    assert list(holder.outgoing()) == []
 
 
 @pytest.mark.parametrize("scenario", AGGREGATOR_SCENARIOS, ids=_id)
@@ -170,19 +174,20 @@ def test_a_connection_reported_lost_in_state(scenario: Scenario) -> None:
     victim = PartyId(alive[-1] if alive else "client3")
     before, attempt = machine.state, machine.step[3]
     step = machine.party_unreachable(victim, net.now)
-    assert machine.party_reachable(victim, net.now).sends == []  # it was a holder
+    sends = list(step.outgoing())  # a DecryptRequest is made as it is taken
+    assert list(machine.party_reachable(victim, net.now).outgoing()) == []  # it was a holder
     assert machine.state is before and not step.events and not machine.dropped.keys() - set(
         net.dead)
-    kinds = {decode_message(o.data, net.manifest.directory).body.__class__ for o in step.sends}
+    kinds = {decode_message(o.data, net.manifest.directory).body.__class__ for o in sends}
     assert kinds <= {DecryptRequest}
-    if step.sends:
+    if sends:
         assert before in (A.MASK_DECRYPTION, A.ROUND_DECRYPTION)
         assert machine.step[3] == attempt + 1
-        assert all(victim not in o.recipients for o in step.sends)
-    net._apply(AGGREGATOR, step)
+        assert all(victim not in o.recipients for o in sends)
+    net._apply(AGGREGATOR, Step(sends=sends))
     net.run()
     if scenario.state is A.IDLE or scenario.state in machine.TERMINAL:
-        assert not step.sends  # not started, or over: nothing to do
+        assert not sends  # not started, or over: nothing to do
         return
     survivors = [client for client in net.clients if client not in net.dead]
     if len(survivors) < net.manifest.threshold:
