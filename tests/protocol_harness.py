@@ -13,7 +13,7 @@ import enum
 import hashlib
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,6 +255,22 @@ class Network:
         weights /= weights.sum()
         updates = [self.uploads[round_][name] for name in contributors]
         return sum(w * u for w, u in zip(weights, updates, strict=True))  # type: ignore[return-value]
+
+
+def assert_models_match_fedavg(net: Network, survivors: Iterable[str]
+                               ) -> list[tuple[str, ...]]:
+    """Every round the aggregator completed: each survivor's global model is plaintext
+    FedAvg of that round's contributors, within the crypto bound.  The contributors,
+    round by round."""
+    contributors = []
+    for event in net.completed_rounds(AGGREGATOR):
+        expected = net.expected_global(event.round, event.contributors)
+        for name in survivors:
+            model = next(r.model for r in net.completed_rounds(name) if r.round == event.round)
+            assert model is not None, f"{name} has no model for round {event.round}"
+            assert np.abs(model - expected).max() <= crypto_bound(net), (name, event.round)
+        contributors.append(event.contributors)
+    return contributors
 
 
 def crypto_bound(net: Network) -> float:

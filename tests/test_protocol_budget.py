@@ -4,9 +4,8 @@ before a round could exceed Q, and the rounds stay correct across rotations."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from protocol_harness import AGGREGATOR, Network, build_manifest, crypto_bound
+from protocol_harness import AGGREGATOR, Network, assert_models_match_fedavg, build_manifest
 from test_protocol_dropouts import key_epochs
 
 from protocols.fusion import QueryBudget
@@ -26,11 +25,7 @@ def test_keys_rotate_before_the_budget_is_spent(queries: int, epochs: int) -> No
     assert net.aborted(AGGREGATOR) is None and net.finished(AGGREGATOR)
     contributors = [e.contributors for e in net.completed_rounds(AGGREGATOR)]
     assert contributors == [tuple(sorted(ALL))] * 4
-    for event in net.completed_rounds(AGGREGATOR):  # every model right, across rotations
-        expected = net.expected_global(event.round, event.contributors)
-        for name in ALL:
-            model = next(r.model for r in net.completed_rounds(name) if r.round == event.round)
-            assert model is not None and np.abs(model - expected).max() <= crypto_bound(net)
+    assert_models_match_fedavg(net, ALL)  # every model right, across rotations
     assert key_epochs(net) == epochs
     assert net.aggregator._budget.used <= queries  # this epoch's count, within Q
 

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 from protocol_harness import (
     AGGREGATOR,
     TIMEOUTS,
     FaultRule,
     Network,
+    assert_models_match_fedavg,
     build_manifest,
-    crypto_bound,
     run_until,
 )
 
@@ -45,14 +44,7 @@ def run_with_deaths(clients: int, victims: set[str], kind: str, round_: int | No
 
 
 def assert_correct_rounds(net: Network, survivors: set[str]) -> list[tuple[str, ...]]:
-    contributors = []
-    for event in net.completed_rounds(AGGREGATOR):
-        expected = net.expected_global(event.round, event.contributors)
-        for name in survivors:
-            model = next(r.model for r in net.completed_rounds(name) if r.round == event.round)
-            assert model is not None
-            assert np.abs(model - expected).max() <= crypto_bound(net)
-        contributors.append(event.contributors)
+    contributors = assert_models_match_fedavg(net, survivors)
     assert [e.round for e in net.completed_rounds(AGGREGATOR)] == [1, 2]
     assert all(net.finished(name) for name in survivors)
     return contributors

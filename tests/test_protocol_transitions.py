@@ -45,8 +45,8 @@ from protocol_harness import (
     AGGREGATOR,
     AUTHORITY,
     Network,
+    assert_models_match_fedavg,
     build_manifest,
-    crypto_bound,
     identity,
     run_until,
     snapshot,
@@ -697,8 +697,4 @@ def test_a_client_seen_offline_in_state(scenario: Scenario) -> None:
         assert net.aborted(AGGREGATOR) is not None
         return
     assert net.finished(AGGREGATOR), net.aborted(AGGREGATOR)
-    for event in net.completed_rounds(AGGREGATOR):
-        expected = net.expected_global(event.round, event.contributors)
-        for name in survivors:
-            model = next(r.model for r in net.completed_rounds(name) if r.round == event.round)
-            assert model is not None and np.abs(model - expected).max() <= crypto_bound(net)
+    assert_models_match_fedavg(net, survivors)
