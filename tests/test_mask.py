@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import pickle
 
 import numpy as np
 import numpy.typing as npt
@@ -147,6 +148,49 @@ def test_gather_scatter_round_trip(rng: np.random.Generator, length: int) -> Non
         assert np.array_equal(protected, vector[mask.indices])
         assert np.array_equal(plain, vector[mask.plain_indices()])
         assert np.array_equal(mask.scatter(protected, plain), vector)  # bit-exact
+
+
+@pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 333])
+def test_all_ones_mask_equals_the_explicit_one(rng: np.random.Generator, length: int) -> None:
+    full = EncryptionMask.full(length)
+    explicit = EncryptionMask(length, np.arange(length))  # normalised to the same mask
+    from_bits = EncryptionMask.from_bits(length, np.packbits(
+        np.ones(length, dtype=bool), bitorder="little").tobytes())
+    ones = np.ones(length, dtype=bool)
+    # the digest bound into RoundStart: SHA-256 of the packed all-ones flags, as before
+    reference = hashlib.sha256(b"threshold-fl/mask/v1" + length.to_bytes(8, "big")
+                               + np.packbits(ones, bitorder="little").tobytes()).hexdigest()
+    for mask in (full, explicit, from_bits):
+        assert mask == full and hash(mask) == hash(full) and mask.everything
+        assert mask.count == length and mask.digest() == reference
+        assert mask.bits() == np.packbits(ones, bitorder="little").tobytes()
+        assert np.array_equal(mask.flags(), ones) and mask.plain_indices().size == 0
+        assert mask.indices.tolist() == list(range(length))
+    assert full != EncryptionMask.empty(length) or length == 0
+    if length > 1:
+        assert full != _mask(length, list(range(length - 1)))
+        assert not _mask(length, list(range(1, length))).everything
+
+
+def test_all_ones_mask_gathers_and_scatters_without_copies(rng: np.random.Generator) -> None:
+    full, vector = EncryptionMask.full(50), rng.standard_normal(50)
+    protected, plain = full.gather(vector)
+    assert protected is vector and plain.size == 0
+    assert full.scatter(vector, plain) is vector
+    assert np.array_equal(full.gather(vector.astype(np.float32))[0], vector.astype(np.float32))
+    with pytest.raises(ParameterError, match="plain part has 1 values, expected 0"):
+        full.scatter(vector, vector[:1])
+    with pytest.raises(ValueError, match="read-only"):
+        full.indices[0] = 1
+    with pytest.raises(AttributeError):
+        full.length = 3  # type: ignore[misc]
+
+
+def test_masks_survive_pickling() -> None:
+    for mask in (EncryptionMask.full(20), _mask(20, [1, 5]), EncryptionMask.empty(20)):
+        copy = pickle.loads(pickle.dumps(mask))
+        assert copy == mask and copy.digest() == mask.digest()
+        assert not copy.indices.flags.writeable
 
 
 def test_plain_indices_is_the_complement() -> None:

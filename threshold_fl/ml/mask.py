@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError
 from fractions import Fraction
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -98,26 +98,45 @@ def _from_flags(flags: npt.NDArray[np.bool_]) -> EncryptionMask:
     return EncryptionMask(int(flags.shape[0]), np.flatnonzero(flags).astype(np.int64))
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+def _full_bits(length: int) -> bytes:
+    """:meth:`EncryptionMask.bits` of the all-ones mask, made without a flag vector."""
+    tail = bytes([(1 << (length % 8)) - 1]) if length % 8 else b""
+    return b"\xff" * (length // 8) + tail
+
+
 class EncryptionMask:
     """The coordinates of a flat parameter vector that are sent encrypted.
 
     ``indices`` is sorted, unique and read-only, so equal masks have equal bits and
-    digests, and a mask cannot change after the parties agreed on its digest.
+    digests, and a mask cannot change after the parties agreed on its digest.  A mask
+    that encrypts every coordinate keeps no index array (8 bytes a coordinate: 0.8 GiB
+    at BERT size), and its :meth:`gather` and :meth:`scatter` copy nothing.
     """
 
+    __slots__ = ("_indices", "length")
     length: int
-    indices: IndexArray
+    _indices: IndexArray | None  # None: every coordinate (the all-ones mask)
 
-    def __post_init__(self) -> None:
-        length = _checked_length(self.length)
+    def __init__(self, length: int, indices: IndexArray) -> None:
+        length = _checked_length(length)
+        checked = _checked_indices(indices, length)
+        # sorted, unique and in range: length of them are exactly 0..length-1
+        self._set(length, None if checked.size == length else checked)
+
+    def _set(self, length: int, indices: IndexArray | None) -> None:
         object.__setattr__(self, "length", length)
-        object.__setattr__(self, "indices", _checked_indices(self.indices, length))
+        object.__setattr__(self, "_indices", indices)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}: a mask is immutable")
+
+    def __reduce__(self) -> tuple[object, tuple[int, IndexArray | None]]:
+        return _rebuild, (self.length, self._indices)
 
     @classmethod
     def full(cls, length: int) -> EncryptionMask:
         """Encrypt everything: the baseline of plain threshold-HE aggregation."""
-        return cls(length, np.arange(_checked_length(length), dtype=np.int64))
+        return _rebuild(_checked_length(length), None)
 
     @classmethod
     def empty(cls, length: int) -> EncryptionMask:
@@ -134,6 +153,8 @@ class EncryptionMask:
         if len(bits) != expected:
             raise ParameterError(f"a mask of length {length} takes {expected} bytes of bits, "
                                  f"got {len(bits)}: the length or the bytes are wrong")
+        if bits == _full_bits(length):  # no flag vector for the all-ones mask
+            return cls.full(length)
         flags = np.unpackbits(np.frombuffer(bits, dtype=np.uint8), bitorder="little")
         if flags[length:].any():  # one mask must have exactly one encoding
             raise ParameterError("mask bits have nonzero padding bits past the length; "
@@ -141,9 +162,24 @@ class EncryptionMask:
         return _from_flags(flags[:length].astype(bool))
 
     @property
+    def indices(self) -> IndexArray:
+        """The encrypted coordinates, ascending and read-only (made on each call for the
+        all-ones mask, which keeps none)."""
+        if self._indices is not None:
+            return self._indices
+        everything = np.arange(self.length, dtype=np.int64)
+        everything.flags.writeable = False
+        return everything
+
+    @property
+    def everything(self) -> bool:
+        """True when every coordinate is encrypted (the all-ones mask)."""
+        return self._indices is None
+
+    @property
     def count(self) -> int:
         """How many coordinates are encrypted."""
-        return int(self.indices.size)
+        return self.length if self._indices is None else int(self._indices.size)
 
     @property
     def fraction(self) -> float:
@@ -152,16 +188,22 @@ class EncryptionMask:
 
     def flags(self) -> npt.NDArray[np.bool_]:
         """A boolean vector, True where the coordinate is encrypted."""
+        if self._indices is None:
+            return np.ones(self.length, dtype=bool)
         flags = np.zeros(self.length, dtype=bool)
-        flags[self.indices] = True
+        flags[self._indices] = True
         return flags
 
     def plain_indices(self) -> IndexArray:
         """The complement: coordinates sent in the clear, ascending."""
+        if self._indices is None:
+            return np.empty(0, dtype=np.int64)
         return np.flatnonzero(~self.flags()).astype(np.int64)
 
     def bits(self) -> bytes:
         """Packed bitset (little-endian bit order), ceil(length / 8) bytes."""
+        if self._indices is None:
+            return _full_bits(self.length)
         return np.packbits(self.flags(), bitorder="little").tobytes()
 
     def digest(self) -> str:
@@ -170,30 +212,53 @@ class EncryptionMask:
         return hashlib.sha256(payload).hexdigest()
 
     def gather(self, vector: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Split *vector* into (encrypted part, plain part), each in index order."""
+        """Split *vector* into (encrypted part, plain part), each in index order.
+
+        The all-ones mask copies nothing: its encrypted part is the (float64) vector
+        itself and its plain part an empty view of it."""
         values = _checked_vector(vector, self.length, "vector")
-        return values[self.indices], values[self.plain_indices()]
+        if self._indices is None:
+            return values, values[:0]
+        return values[self._indices], values[self.plain_indices()]
 
     def scatter(self, protected: FloatArray, plain: FloatArray) -> FloatArray:
-        """Reassemble a full vector from the two parts :meth:`gather` made."""
+        """Reassemble a full vector from the two parts :meth:`gather` made.
+
+        The all-ones mask copies nothing: it returns the (float64) *protected* itself."""
         protected = _checked_vector(protected, self.count, "protected part")
         plain = _checked_vector(plain, self.length - self.count, "plain part")
+        if self._indices is None:
+            return protected
         vector = np.empty(self.length, dtype=np.float64)
-        vector[self.indices] = protected
+        vector[self._indices] = protected
         vector[self.plain_indices()] = plain
         return vector
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, EncryptionMask):
             return NotImplemented
-        return self.length == other.length and np.array_equal(self.indices, other.indices)
+        if self.length != other.length or self.count != other.count:
+            return False
+        # both all-ones (equal counts and lengths), or both with arrays to compare
+        return self._indices is None or np.array_equal(self._indices, other.indices)
 
     def __hash__(self) -> int:
-        return hash((self.length, self.indices.tobytes()))
+        if self._indices is None:
+            return hash((self.length, None))
+        return hash((self.length, self._indices.tobytes()))
 
     def __repr__(self) -> str:
         return (f"EncryptionMask(length={self.length}, count={self.count}, "
                 f"digest={self.digest()[:16]}...)")
+
+
+def _rebuild(length: int, indices: IndexArray | None) -> EncryptionMask:
+    """A mask from checked parts (None: every coordinate); also unpickles."""
+    if indices is not None:
+        indices.flags.writeable = False  # an unpickled array comes back writeable
+    mask = EncryptionMask.__new__(EncryptionMask)
+    mask._set(length, indices)
+    return mask
 
 
 def _checked_ranges(ranges: object, length: int) -> list[Range]:
