@@ -505,8 +505,8 @@ class ClientMachine(Machine[ClientState]):
     def _select_mask(self, sensitivity: FloatArray) -> Step:
         policy = self.manifest.mask
         ranges = self.manifest.always_encrypt if policy.first_and_last else ()
-        mask = select_top_fraction(np.maximum(sensitivity, 0.0), policy.fraction,
-                                   always_include=ranges)
+        np.maximum(sensitivity, 0.0, out=sensitivity)  # in place: a copy is 0.9 GB at BERT
+        mask = select_top_fraction(sensitivity, policy.fraction, always_include=ranges)
         self._mask = mask
         self.state = C.MASK_CONFIRMED
         self._upload_values = None

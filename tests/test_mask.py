@@ -19,6 +19,7 @@ from threshold_fl.ml import (
     select_random_fraction,
     select_top_fraction,
 )
+from threshold_fl.ml import mask as mask_module
 
 
 def _reference_top(values: npt.NDArray[np.float64], count: int) -> set[int]:
@@ -47,6 +48,19 @@ def test_top_fraction_with_many_ties_matches_brute_force(rng: np.random.Generato
     values = rng.integers(0, 4, size=500).astype(np.float64)  # heavy ties
     mask = select_top_fraction(values, 0.3)
     assert set(mask.indices.tolist()) == _reference_top(values, 150)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 22])
+def test_top_fraction_equals_a_stable_sort_across_tie_chunks(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr(mask_module, "_TIE_CHUNK", chunk)  # ties found in several chunks
+    values = rng.integers(0, 3, size=400).astype(np.float64)
+    values[rng.random(400) < 0.2] = -0.0
+    for fraction in (0.0, 0.05, 0.33, 0.5, 0.9, 1.0):
+        count = math.ceil(fraction * 400)
+        stable = np.sort(np.argsort(-values + 0.0, kind="stable")[:count])  # the old way
+        assert np.array_equal(select_top_fraction(values, fraction).indices, stable)
 
 
 def test_ties_go_to_the_lower_index() -> None:

@@ -31,6 +31,7 @@ __all__ = [
 Range: TypeAlias = tuple[int, int]
 
 _DIGEST_DOMAIN = b"threshold-fl/mask/v1"
+_TIE_CHUNK = 1 << 22  # values searched for ties at a time (bounds the index array)
 _MAX_LENGTH = 2**63 - 1  # the digest encodes the length in 8 bytes; indices are int64
 
 
@@ -290,6 +291,26 @@ def _checked_sensitivity(sensitivity: object) -> FloatArray:
     return values
 
 
+def _top_flags(values: FloatArray, count: int) -> npt.NDArray[np.bool_]:
+    """Flags of the *count* largest values, ties to the lower index: what a stable sort
+    on the negated values selects, in linear time and one copy of *values* (a sort
+    takes four: 3.5 GB more at BERT size).  -0.0 == 0.0 here, so signed zeros tie."""
+    length = values.shape[0]
+    flags = np.zeros(length, dtype=bool)
+    if count == 0:
+        return flags
+    threshold = np.partition(values, length - count)[length - count]  # count-th largest
+    np.greater(values, threshold, out=flags)
+    missing = count - int(np.count_nonzero(flags))  # taken from the ties, lowest first
+    for start in range(0, length, _TIE_CHUNK):
+        if missing == 0:
+            break
+        ties = np.flatnonzero(values[start:start + _TIE_CHUNK] == threshold)[:missing]
+        flags[start + ties] = True
+        missing -= ties.size
+    return flags
+
+
 def select_top_fraction(
     sensitivity: FloatArray, fraction: float, *, always_include: Sequence[Range] = (),
 ) -> EncryptionMask:
@@ -304,9 +325,7 @@ def select_top_fraction(
     values = _checked_sensitivity(sensitivity)
     count = _selected_count(_checked_fraction(fraction), values.shape[0])
     ranges = _checked_ranges(always_include, values.shape[0])
-    flags = np.zeros(values.shape[0], dtype=bool)
-    # + 0.0 turns -0.0 into 0.0 so signed zeros are plain ties.
-    flags[np.argsort(-values + 0.0, kind="stable")[:count]] = True
+    flags = _top_flags(values, count)
     for start, stop in ranges:
         flags[start:stop] = True
     return _from_flags(flags)
