@@ -36,6 +36,7 @@ from protocols import (
     Finished,
     KeyAuthorityMachine,
     Manifest,
+    MaskAgreed,
     Mode,
     Outgoing,
     PartyDropped,
@@ -56,6 +57,7 @@ from threshold_fl.errors import (
     ThresholdFLError,
     TransportError,
 )
+from threshold_fl.heap import release_freed_heap
 from threshold_fl.identity import Identity, PartyId
 from threshold_fl.ml.mask import EncryptionMask
 from threshold_fl.progress import WaitReporter
@@ -371,6 +373,8 @@ class Node:
             self.summary.finished = True
         elif isinstance(event, RoundCompleted):
             self.summary.rounds = event.round
+        if isinstance(event, MaskAgreed | RoundCompleted):  # a stage's garbage is freed
+            release_freed_heap()
         elif isinstance(event, PartyDropped):
             reason = event.reason
             if event.party in self._last_refusal:  # the real cause, not just the deadline
