@@ -199,7 +199,7 @@ class EncryptionMask:
         """The complement: coordinates sent in the clear, ascending."""
         if self._indices is None:
             return np.empty(0, dtype=np.int64)
-        return np.flatnonzero(~self.flags()).astype(np.int64)
+        return np.flatnonzero(~self.flags()).astype(np.int64, copy=False)
 
     def bits(self) -> bytes:
         """Packed bitset (little-endian bit order), ceil(length / 8) bytes."""
@@ -220,7 +220,11 @@ class EncryptionMask:
         values = _checked_vector(vector, self.length, "vector")
         if self._indices is None:
             return values, values[:0]
-        return values[self._indices], values[self.plain_indices()]
+        # boolean masks pick in index order as the index arrays would, at 1 B a value
+        # where the plain part's indices took 16 (1.6 GB at BERT size, 10 % encrypted)
+        flags = self.flags()
+        protected = values[flags]
+        return protected, values[np.logical_not(flags, out=flags)]
 
     def scatter(self, protected: FloatArray, plain: FloatArray) -> FloatArray:
         """Reassemble a full vector from the two parts :meth:`gather` made.
@@ -231,8 +235,9 @@ class EncryptionMask:
         if self._indices is None:
             return protected
         vector = np.empty(self.length, dtype=np.float64)
-        vector[self._indices] = protected
-        vector[self.plain_indices()] = plain
+        flags = self.flags()
+        vector[flags] = protected
+        vector[np.logical_not(flags, out=flags)] = plain
         return vector
 
     def __eq__(self, other: object) -> bool:
