@@ -200,6 +200,15 @@ def test_all_ones_mask_gathers_and_scatters_without_copies(rng: np.random.Genera
         full.length = 3  # type: ignore[misc]
 
 
+def test_masks_made_from_flags_are_read_only_and_canonical(rng: np.random.Generator) -> None:
+    values = rng.random(100)
+    for mask in (select_top_fraction(values, 0.3), EncryptionMask.from_bits(10, b"\x05\x02")):
+        assert mask.indices.dtype == np.int64 and not mask.indices.flags.writeable
+        assert mask == EncryptionMask(mask.length, mask.indices.copy())
+    assert EncryptionMask.from_bits(10, b"\x05\x02").indices.tolist() == [0, 2, 9]
+    assert select_top_fraction(values, 1.0).everything
+
+
 def test_masks_survive_pickling() -> None:
     for mask in (EncryptionMask.full(20), _mask(20, [1, 5]), EncryptionMask.empty(20)):
         copy = pickle.loads(pickle.dumps(mask))

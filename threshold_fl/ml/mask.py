@@ -96,7 +96,11 @@ def _checked_indices(indices: object, length: int) -> IndexArray:
 
 
 def _from_flags(flags: npt.NDArray[np.bool_]) -> EncryptionMask:
-    return EncryptionMask(int(flags.shape[0]), np.flatnonzero(flags).astype(np.int64))
+    length = int(flags.shape[0])
+    if np.count_nonzero(flags) == length:
+        return EncryptionMask.full(length)
+    # ascending, unique and in range by construction: no checked copy (and no np.diff)
+    return _rebuild(length, np.flatnonzero(flags).astype(np.int64, copy=False))
 
 
 def _full_bits(length: int) -> bytes:
@@ -160,7 +164,7 @@ class EncryptionMask:
         if flags[length:].any():  # one mask must have exactly one encoding
             raise ParameterError("mask bits have nonzero padding bits past the length; "
                                  "the bytes are corrupt or made for a different length")
-        return _from_flags(flags[:length].astype(bool))
+        return _from_flags(flags[:length].view(np.bool_))  # 0 and 1: a view, not a copy
 
     @property
     def indices(self) -> IndexArray:
