@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import pickle
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +19,7 @@ from threshold_fl.ml import (
     select_random_fraction,
     select_top_fraction,
 )
+from threshold_fl.ml import mask as mask_module
 
 
 def _reference_top(values: npt.NDArray[np.float64], count: int) -> set[int]:
@@ -46,6 +48,19 @@ def test_top_fraction_with_many_ties_matches_brute_force(rng: np.random.Generato
     values = rng.integers(0, 4, size=500).astype(np.float64)  # heavy ties
     mask = select_top_fraction(values, 0.3)
     assert set(mask.indices.tolist()) == _reference_top(values, 150)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 22])
+def test_top_fraction_equals_a_stable_sort_across_tie_chunks(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr(mask_module, "_TIE_CHUNK", chunk)  # ties found in several chunks
+    values = rng.integers(0, 3, size=400).astype(np.float64)
+    values[rng.random(400) < 0.2] = -0.0
+    for fraction in (0.0, 0.05, 0.33, 0.5, 0.9, 1.0):
+        count = math.ceil(fraction * 400)
+        stable = np.sort(np.argsort(-values + 0.0, kind="stable")[:count])  # the old way
+        assert np.array_equal(select_top_fraction(values, fraction).indices, stable)
 
 
 def test_ties_go_to_the_lower_index() -> None:
@@ -147,6 +162,58 @@ def test_gather_scatter_round_trip(rng: np.random.Generator, length: int) -> Non
         assert np.array_equal(protected, vector[mask.indices])
         assert np.array_equal(plain, vector[mask.plain_indices()])
         assert np.array_equal(mask.scatter(protected, plain), vector)  # bit-exact
+
+
+@pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 333])
+def test_all_ones_mask_equals_the_explicit_one(rng: np.random.Generator, length: int) -> None:
+    full = EncryptionMask.full(length)
+    explicit = EncryptionMask(length, np.arange(length))  # normalised to the same mask
+    from_bits = EncryptionMask.from_bits(length, np.packbits(
+        np.ones(length, dtype=bool), bitorder="little").tobytes())
+    ones = np.ones(length, dtype=bool)
+    # the digest bound into RoundStart: SHA-256 of the packed all-ones flags, as before
+    reference = hashlib.sha256(b"threshold-fl/mask/v1" + length.to_bytes(8, "big")
+                               + np.packbits(ones, bitorder="little").tobytes()).hexdigest()
+    for mask in (full, explicit, from_bits):
+        assert mask == full and hash(mask) == hash(full) and mask.everything
+        assert mask.count == length and mask.digest() == reference
+        assert mask.bits() == np.packbits(ones, bitorder="little").tobytes()
+        assert np.array_equal(mask.flags(), ones) and mask.plain_indices().size == 0
+        assert mask.indices.tolist() == list(range(length))
+    assert full != EncryptionMask.empty(length) or length == 0
+    if length > 1:
+        assert full != _mask(length, list(range(length - 1)))
+        assert not _mask(length, list(range(1, length))).everything
+
+
+def test_all_ones_mask_gathers_and_scatters_without_copies(rng: np.random.Generator) -> None:
+    full, vector = EncryptionMask.full(50), rng.standard_normal(50)
+    protected, plain = full.gather(vector)
+    assert protected is vector and plain.size == 0
+    assert full.scatter(vector, plain) is vector
+    assert np.array_equal(full.gather(vector.astype(np.float32))[0], vector.astype(np.float32))
+    with pytest.raises(ParameterError, match="plain part has 1 values, expected 0"):
+        full.scatter(vector, vector[:1])
+    with pytest.raises(ValueError, match="read-only"):
+        full.indices[0] = 1
+    with pytest.raises(AttributeError):
+        full.length = 3  # type: ignore[misc]
+
+
+def test_masks_made_from_flags_are_read_only_and_canonical(rng: np.random.Generator) -> None:
+    values = rng.random(100)
+    for mask in (select_top_fraction(values, 0.3), EncryptionMask.from_bits(10, b"\x05\x02")):
+        assert mask.indices.dtype == np.int64 and not mask.indices.flags.writeable
+        assert mask == EncryptionMask(mask.length, mask.indices.copy())
+    assert EncryptionMask.from_bits(10, b"\x05\x02").indices.tolist() == [0, 2, 9]
+    assert select_top_fraction(values, 1.0).everything
+
+
+def test_masks_survive_pickling() -> None:
+    for mask in (EncryptionMask.full(20), _mask(20, [1, 5]), EncryptionMask.empty(20)):
+        copy = pickle.loads(pickle.dumps(mask))
+        assert copy == mask and copy.digest() == mask.digest()
+        assert not copy.indices.flags.writeable
 
 
 def test_plain_indices_is_the_complement() -> None:

@@ -36,6 +36,7 @@ from protocols import (
     Finished,
     KeyAuthorityMachine,
     Manifest,
+    MaskAgreed,
     Mode,
     Outgoing,
     PartyDropped,
@@ -56,6 +57,7 @@ from threshold_fl.errors import (
     ThresholdFLError,
     TransportError,
 )
+from threshold_fl.heap import release_freed_heap
 from threshold_fl.identity import Identity, PartyId
 from threshold_fl.ml.mask import EncryptionMask
 from threshold_fl.progress import WaitReporter
@@ -73,6 +75,7 @@ __all__ = [
 
 log = logging.getLogger("threshold_fl.node")
 _N = TypeVar("_N", bound="Node")
+_TRIM_AFTER_BYTES = 64 << 20  # a step sending this much (upload, shares) then trims the heap
 
 MaybeAwaitable = Union[FloatArray, Awaitable[FloatArray]]  # noqa: UP007
 TrainFn = Callable[[int, Union[FloatArray, None]], MaybeAwaitable]  # noqa: UP007
@@ -347,6 +350,7 @@ class Node:
 
     async def _feed(self, step: Step) -> None:
         """Send what the machine produced, then hand its events to the application."""
+        before = self.summary.bytes_sent
         for outgoing in step.outgoing():  # each let go once sent, made late: uploads are large
             self.summary.bytes_sent += len(outgoing.data) * len(outgoing.recipients)
             if self._on_send is not None:
@@ -355,6 +359,8 @@ class Node:
                 await self._transport.send(outgoing.recipients, outgoing.data)
             except TransportError as exc:
                 log.warning("%s could not send %s: %s", self.machine.me, outgoing.kind, exc)
+        if self.summary.bytes_sent - before >= _TRIM_AFTER_BYTES:  # their buffers are freed
+            release_freed_heap()
         for event in step.events:
             self._record(event)
             await self._on_machine_event(event)
@@ -371,6 +377,8 @@ class Node:
             self.summary.finished = True
         elif isinstance(event, RoundCompleted):
             self.summary.rounds = event.round
+        if isinstance(event, MaskAgreed | RoundCompleted):  # a stage's garbage is freed
+            release_freed_heap()
         elif isinstance(event, PartyDropped):
             reason = event.reason
             if event.party in self._last_refusal:  # the real cause, not just the deadline

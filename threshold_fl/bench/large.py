@@ -50,14 +50,22 @@ _STEP = 1 << 22  # values generated and checked at a time
 
 def synthetic_update(index: int, start: int, stop: int) -> FloatArray:
     """Values start to stop - 1 of client ``index``'s update: within (-0.9, 0.9)."""
-    positions = np.arange(start, stop, dtype=np.float64)
-    values: FloatArray = 0.9 * np.sin(positions * (1e-3 * (index + 1)) + index)
+    # in place, the same operations in the same order: one array (0.9 GB at BERT size),
+    # where the expression made three at a time
+    values: FloatArray = np.arange(start, stop, dtype=np.float64)
+    values *= 1e-3 * (index + 1)
+    values += index
+    np.sin(values, out=values)
+    values *= 0.9
     return values
 
 
 def _sensitivity(index: int, length: int) -> FloatArray:
-    positions = np.arange(length, dtype=np.float64)
-    values: FloatArray = np.abs(np.cos(positions * 7e-4 + index))
+    values: FloatArray = np.arange(length, dtype=np.float64)
+    values *= 7e-4
+    values += index
+    np.cos(values, out=values)
+    np.abs(values, out=values)
     return values
 
 
