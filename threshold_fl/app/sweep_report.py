@@ -185,11 +185,10 @@ def _table(rows: Sequence[Row], images: int) -> list[str]:
         picks = [_score(r, "ssim") for n in done for r in row.restarts[n]
                  if r["attacker_pick"]]
         best = [row.best[n] for n in done]
-        hidden = [float(str(r["hidden_fraction"])) for r in best]
         losses = [float(str(r["relative_loss"])) for r in best]
         lines.append(
             f"| {row.setting} | {row.attacker} | {len(done)}/{images} "
-            f"| {np.mean(hidden):.3f} "
+            f"| {_mean_hidden(row):.3f} "
             f"| {_stat(row.values('ssim'), '.3f')} | {_range(row.values('ssim'))} "
             f"| {_stat(row.values('ms_ssim'), '.3f')} | {_stat(row.values('uqi'), '.3f')} "
             f"| {_stat(row.values('vif'), '.3f')} | {_stat(row.values('psnr'), '.1f')} "
@@ -267,6 +266,10 @@ def _image(record: Record, side: int) -> FloatArray:
     return image
 
 
+def _mean_hidden(row: Row) -> float:
+    return float(np.mean([float(str(r["hidden_fraction"])) for r in row.best.values()]))
+
+
 def _plot(parameters: dict[str, object], rows: Sequence[Row], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -286,17 +289,22 @@ def _plot(parameters: dict[str, object], rows: Sequence[Row], path: Path) -> Non
             points.sort()
             ax.errorbar([p[0] for p in points], [np.mean(p[1]) for p in points],
                         yerr=[np.std(p[1]) for p in points], marker="o", capsize=3,
-                        label=attacker, linewidth=2.5 if attacker == WORST else 1.0)
+                        label=attacker, linewidth=2.5 if attacker == WORST else 1.0,
+                        # Dashed, so the attacker it coincides with stays visible.
+                        linestyle="--" if attacker == WORST else "-")
         for r in rows:
-            if kinds[r.setting][0] == "top+layers" and r.attacker == WORST and r.best:
-                ax.plot([kinds[r.setting][1]], [np.mean(r.values("ssim"))], "k*",
-                        markersize=12, label="top-0.1 + first/last layers (worst case)")
+            # Placed at what it hides (97 % on DLG's LeNet), not at its nominal 10 %.
+            if (kind == "top" and kinds[r.setting][0] == "top+layers"
+                    and r.attacker == WORST and r.best):
+                ax.plot([_mean_hidden(r)], [np.mean(r.values("ssim"))], "k*",
+                        markersize=12, label=f"{r.setting} (worst case)")
         ax.set_xlabel(f"hidden fraction ({kind} {'sensitivity' if kind == 'top' else 'mask'})")
         ax.set_ylim(-0.1, 1.05)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("SSIM of the best restart (mean ± sd over images)")
-    if axes[1].get_legend_handles_labels()[0]:
-        axes[1].legend(fontsize=7)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower left")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
