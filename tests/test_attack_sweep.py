@@ -301,3 +301,19 @@ def test_a_partial_sweep_reports_only_what_ran(quick_sweep: Path, tmp_path: Path
     assert f"done: {len(kept)} of 36" in table
     assert "| none | dlg | 1/2 |" in table and "| none | dlg-tv | 0/2 | - |" in table
     assert "| none | worst case | 0/2 | - |" in table  # not every attacker has run
+
+
+def test_the_committed_sweep_is_complete_and_its_report_is_what_its_data_give() -> None:
+    """docs/privacy.md quotes docs/privacy/figure9: every cell of issue 17's sweep ran once,
+    and the committed table is the one the committed results give."""
+    folder = Path(__file__).resolve().parent.parent / "docs" / "privacy" / "figure9"
+    parameters, records = read_sweep(folder)
+    settings = [str(s["name"]) for s in parameters["settings"]]  # type: ignore[attr-defined]
+    assert settings == [s.name for s in FIGURE9_SETTINGS]
+    attackers = sorted(parameters["attackers"])  # type: ignore[call-overload]
+    assert attackers == sorted(a.value for a in Attacker)
+    cells = {(r["setting"], r["attacker"], r["image"], r["restart"]) for r in records}
+    images, restarts = int(str(parameters["images"])), int(str(parameters["restarts"]))
+    assert images >= 10 and restarts >= 10
+    assert len(cells) == len(records) == len(settings) * len(attackers) * images * restarts
+    assert (folder / "figure9.md").read_text() == markdown(parameters, records)
