@@ -122,9 +122,12 @@ def test_memory_figures_come_from_one_reader_for_this_process_and_others() -> No
     resident, peak = status_mib("VmRSS"), status_mib("VmHWM")
     assert resident is not None and peak is not None and 0 < resident <= peak
     assert peak_mib() >= peak  # VmHWM, which only grows
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                             stdin=subprocess.PIPE)
+    # The child says when it has started: until then its peak still grows between reads.
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import sys; print('up', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout is not None and child.stdout.readline() == "up\n"
         cpu_s, child_peak = _proc_usage(child.pid)  # bench scale's view of the broker
         assert cpu_s >= 0 and child_peak == status_mib("VmHWM", child.pid) and child_peak > 0
     finally:
