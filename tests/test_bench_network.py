@@ -17,8 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from threshold_fl.bench.netns import PREFIX, namespaces_usable, remove_stale
-from threshold_fl.bench.network import main
+from threshold_fl.bench.netns import (
+    DEFAULT_CONGESTION,
+    PREFIX,
+    NamespacePair,
+    NetworkSetupError,
+    namespaces_usable,
+    remove_stale,
+)
+from threshold_fl.bench.network import _federation_argv, _parser, main
 
 # Justified: creating network namespaces, veth pairs and tc qdiscs needs root; CI runs
 # as root, so there these tests always run.
@@ -63,6 +70,8 @@ def test_the_shaped_run_carries_the_whole_federation(checked: Path) -> None:
         assert row["predicted_s"] == pytest.approx(row["compute_s"] + row["network_s"])
         assert row["measured_s"] > 0
     assert "profile for 20 Mbit/s" in report["runs"]
+    assert report["settings"]["congestion_control"] == DEFAULT_CONGESTION
+    assert report["settings"]["fraction"] == 1.0
     assert (checked / "network.md").read_text().count("| keys |") == 1
     assert _ours() == []
 
@@ -100,3 +109,39 @@ def test_stale_namespaces_and_veths_of_dead_runs_are_removed() -> None:
     finally:
         subprocess.run(["ip", "netns", "delete", names[0]], check=False, capture_output=True)
         subprocess.run(["ip", "link", "delete", names[1]], check=False, capture_output=True)
+
+
+def _sysctl(*argv: str) -> str:
+    return subprocess.run(["sysctl", "-n", *argv], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_the_pair_runs_the_congestion_control_it_is_given() -> None:
+    reason = namespaces_usable()
+    if reason is not None:
+        # Justified: as in the fixture: no namespaces, nothing to configure (CI is root).
+        pytest.skip(reason)
+    allowed = _sysctl("net.ipv4.tcp_allowed_congestion_control").split()
+    with NamespacePair("cc") as pair:
+        # a namespace starts with the machine's own choice
+        assert pair.congestion_control("system") == _sysctl("net.ipv4.tcp_congestion_control")
+        for name in allowed:
+            assert pair.congestion_control(name) == name
+            inside = subprocess.run(pair.exec_argv(["sysctl", "-n",
+                                                    "net.ipv4.tcp_congestion_control"]),
+                                    capture_output=True, text=True, check=True).stdout
+            assert inside.strip() == name
+        with pytest.raises(NetworkSetupError, match="tcp_allowed_congestion_control is "):
+            pair.congestion_control("no-such-cc")
+    assert DEFAULT_CONGESTION in allowed  # the check's default can be chosen here
+
+
+def test_the_federation_gets_the_checks_mask_settings(tmp_path: Path) -> None:
+    args = _parser().parse_args(["check", "--fraction", "0.1", "--no-first-last"])
+    argv = _federation_argv(args, "mqtt://10.231.0.1:1883", tmp_path)
+    assert argv[argv.index("--fraction") + 1] == "0.1" and "--no-first-last" in argv
+    federation = _parser().parse_args(argv[3:])  # what runs in the parties' namespace
+    assert (federation.fraction, federation.no_first_last) == (0.1, True)
+    default = _federation_argv(_parser().parse_args(["check"]), "mqtt://h:1", tmp_path)
+    assert default[default.index("--fraction") + 1] == "1.0"
+    assert "--no-first-last" not in default

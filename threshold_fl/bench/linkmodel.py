@@ -46,7 +46,10 @@ The hop lasts as long as its slowest bottleneck:
 
 ``eff`` is the payload share of what goes on the wire (TCP/IP and Ethernet headers
 at MTU 1500: 1448 of 1514 bytes).  Left out: TCP slow start and congestion control
-(a long-RTT link needs windows of bandwidth x RTT bytes), the broker's CPU, MQTT and
+(a long-RTT link needs windows of bandwidth x RTT bytes; BBR sizes its window from the
+least round trip of the last 10 s, so a flow whose acks queue behind the other
+direction's traffic runs window-limited: ``bench network check`` uses loss-based reno
+by default for that reason, docs/benchmarks.md), the broker's CPU, MQTT and
 frame headers and acks (under 0.1 % of a 1 MiB chunk), losses and retransmissions
 (TCP's, and the transport's own after its ack timeout), compute overlapping with
 transfers beyond that (a phase's compute and hops are otherwise added up, so the model

@@ -35,8 +35,8 @@ from threshold_fl.bench.processes import stop
 from threshold_fl.errors import ThresholdFLError, TransportError
 from transports.broker import find_mosquitto, mosquitto_config
 
-__all__ = ["BROKER_ADDRESS", "PARTY_ADDRESS", "PREFIX", "NamespacePair", "NetworkSetupError",
-           "QdiscCounters", "namespaces_usable", "remove_stale"]
+__all__ = ["BROKER_ADDRESS", "DEFAULT_CONGESTION", "PARTY_ADDRESS", "PREFIX", "NamespacePair",
+           "NetworkSetupError", "QdiscCounters", "namespaces_usable", "remove_stale"]
 
 PREFIX = "tfl-nl-"
 BROKER_ADDRESS = "10.231.0.1"
@@ -47,6 +47,11 @@ _STALE = re.compile(rf"^{re.escape(PREFIX)}(\d+)[a-z]*-(broker|parties)$")
 _STALE_DEV = re.compile(r"^\d+: (tnl(\d+)[a-z]{0,4}[bp])[@:]", re.MULTILINE)
 _PAIRS = itertools.count()  # this process's pairs, for their veths' names
 _RELAY_START_S = 15.0
+#: Loss-based, as Linux's default (cubic) is; cubic itself is not in this machine's
+#: tcp_allowed_congestion_control, which is all a namespace may choose from.  A namespace
+#: inherits the machine's choice otherwise, here BBR (docs/benchmarks.md, "Shaped link").
+DEFAULT_CONGESTION = "reno"
+_CC_SYSCTL = "net.ipv4.tcp_congestion_control"
 
 
 class NetworkSetupError(ThresholdFLError):
@@ -172,6 +177,26 @@ class NamespacePair:
                 _run(["tc", "-n", namespace, "qdisc", "add", "dev", dev, "root", "tbf",
                       "rate", f"{int(rate_bit_s)}bit", "burst", str(burst), "latency", "50ms"])
         self.rate_bit_s = rate_bit_s
+
+    def congestion_control(self, name: str) -> str:
+        """Set TCP congestion control *name* in both namespaces ("system": leave the one
+        they inherited); returns the one in use."""
+        if name != "system":
+            # Outside the machine's own namespace only the allowed ones can be chosen.
+            allowed = _run(["sysctl", "-n", "net.ipv4.tcp_allowed_congestion_control"]).split()
+            if name not in allowed:
+                raise NetworkSetupError(
+                    f"TCP congestion control {name!r} cannot be chosen in a namespace here: "
+                    f"net.ipv4.tcp_allowed_congestion_control is {' '.join(allowed)}")
+            for namespace in (self.broker_ns, self.party_ns):
+                _run(["ip", "netns", "exec", namespace, "sysctl", "-q", "-w",
+                      f"{_CC_SYSCTL}={name}"])
+        found = {_run(["ip", "netns", "exec", namespace, "sysctl", "-n", _CC_SYSCTL]).strip()
+                 for namespace in (self.broker_ns, self.party_ns)}
+        if len(found) != 1:
+            raise NetworkSetupError(f"the two namespaces use different TCP congestion "
+                                    f"control: {sorted(found)}")
+        return found.pop()
 
     def counters(self) -> dict[str, QdiscCounters]:
         """Per direction ("up": parties to broker, "down": back), what the tbf passed."""

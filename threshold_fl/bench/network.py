@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from protocols import Timeouts
-from threshold_fl._checks import add_model_option, bounded
+from threshold_fl._checks import add_mask_options, add_model_option, bounded
 from threshold_fl.app.demo import DemoConfig, run_demo
 from threshold_fl.app.trace import read_trace
 from threshold_fl.bench.linkmodel import (
@@ -45,7 +45,13 @@ from threshold_fl.bench.linkmodel import (
     phases_of,
     predict,
 )
-from threshold_fl.bench.netns import NamespacePair, QdiscCounters, namespaces_usable, remove_stale
+from threshold_fl.bench.netns import (
+    DEFAULT_CONGESTION,
+    NamespacePair,
+    QdiscCounters,
+    namespaces_usable,
+    remove_stale,
+)
 from threshold_fl.bench.output import markdown_table, print_line, suite_error, write_suite
 from threshold_fl.bench.processes import stop_group
 from threshold_fl.errors import ParameterError, ThresholdFLError
@@ -181,7 +187,9 @@ def _compare_main(args: argparse.Namespace) -> int:
 def _federation_argv(args: argparse.Namespace, url: str, out: Path) -> list[str]:
     return [sys.executable, "-m", "threshold_fl.bench.network", "federation", "--broker", url,
             "--clients", str(args.clients), "--rounds", str(args.rounds), "--model",
-            args.model, "--mode", args.mode, "--epochs", str(args.epochs), "--out", str(out)]
+            args.model, "--mode", args.mode, "--epochs", str(args.epochs),
+            "--fraction", repr(args.fraction),
+            *(["--no-first-last"] if args.no_first_last else []), "--out", str(out)]
 
 
 def _run_in(pair: NamespacePair, argv: list[str], mode: str, label: str, timeout_s: float
@@ -215,7 +223,8 @@ def _run_in(pair: NamespacePair, argv: list[str], mode: str, label: str, timeout
     return phases_of(trace), seconds, payload
 
 
-def _check(args: argparse.Namespace) -> dict[str, Any]:
+def _check(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """Each run's record, and the TCP congestion control they ran with."""
     reason = namespaces_usable()
     if reason is not None:
         raise ThresholdFLError(f"cannot run the check: {reason}")
@@ -225,6 +234,8 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out / "network-runs"
     runs: dict[str, Any] = {}
     with NamespacePair() as pair, pair.broker() as url:
+        congestion = pair.congestion_control(args.congestion_control)
+        print(f"network: TCP congestion control {congestion} in both namespaces", flush=True)
         for mbit in args.mbit:
             # the profile right before the shaped run: the cores are shared, and
             # compute seconds drift with what else runs
@@ -249,7 +260,7 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
                            "totals": totals(rows), "tc": _moved(before, after),
                            "payload_bytes": payload}
             _print_rows(label, rows, runs[label])
-    return runs
+    return runs, congestion
 
 
 def _moved(before: dict[str, QdiscCounters], after: dict[str, QdiscCounters]
@@ -272,12 +283,13 @@ def _print_rows(label: str, rows: Sequence[Comparison], run: dict[str, Any]) -> 
 
 def _check_main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    runs = _check(args)
+    runs, congestion = _check(args)
     seconds = time.perf_counter() - started
     tables, data = [], {"settings": {"model": args.model, "clients": args.clients,
                                      "rounds": args.rounds, "mode": args.mode,
-                                     "epochs": args.epochs, "mbit": args.mbit,
-                                     "rtt_ms": args.rtt_ms}, "runs": {}}
+                                     "epochs": args.epochs, "fraction": args.fraction,
+                                     "mbit": args.mbit, "rtt_ms": args.rtt_ms,
+                                     "congestion_control": congestion}, "runs": {}}
     for label, run in runs.items():
         record = {key: value for key, value in run.items() if key not in ("rows", "totals")}
         if "rows" in run:
@@ -288,7 +300,8 @@ def _check_main(args: argparse.Namespace) -> int:
     notes = (f"Whole check: {seconds:.0f} s. Load (1, 5, 15 min) after each run: "
              + "; ".join(f"{label}: {run['load']}" for label, run in runs.items()))
     title = (f"Shaped link: {args.model}, {args.clients} clients, {args.rounds} rounds, "
-             f"{args.epochs} epochs, {args.mode}")
+             f"{args.epochs} epochs, {args.mode}, {args.fraction:.0%} encrypted, "
+             f"TCP {congestion}")
     paths = write_suite(args.out, "network", title, "\n\n".join(tables), data, notes=notes)
     print(f"\n{notes}\nwrote {paths[0]} and {paths[1]}")
     return 0
@@ -297,7 +310,8 @@ def _check_main(args: argparse.Namespace) -> int:
 # -- federation (inside the namespace) ------------------------------------------------
 def _federation_main(args: argparse.Namespace) -> int:
     config = _TracedDemo(clients=args.clients, rounds=args.rounds, mode=args.mode,
-                         model=args.model, epochs=args.epochs, baseline=False, trace=True,
+                         model=args.model, epochs=args.epochs, fraction=args.fraction,
+                         first_and_last=not args.no_first_last, baseline=False, trace=True,
                          broker=args.broker, out=args.out)
     (result,) = asyncio.run(run_demo(config))
     print(json.dumps({"seconds": result.seconds, "rounds": len(result.rounds)}))
@@ -336,12 +350,17 @@ def _parser() -> argparse.ArgumentParser:
                          default="threshold")
         run.add_argument("--epochs", type=bounded(int, 1, 100), default=2,
                          help="local epochs per round (default 2, the demo's)")
+        add_mask_options(run)
     check, federation = sub.choices["check"], sub.choices["federation"]
     check.add_argument("--mbit", type=bounded(float, 0.1, 1e5), nargs="+", default=[100.0],
                        help="shaped rates in Mbit/s (default 100)")
     check.add_argument("--rtt-ms", type=bounded(float, 0.0, 10_000.0), default=0.0,
                        help="added round trip, party to broker, by a delaying relay in front "
                             "of the broker (tc netem is not in every kernel; default 0)")
+    check.add_argument("--congestion-control", metavar="NAME", default=DEFAULT_CONGESTION,
+                       help="TCP congestion control inside both namespaces (default "
+                            f"{DEFAULT_CONGESTION}: loss-based, like Linux's default cubic; "
+                            "'system': the machine's own)")
     check.add_argument("--timeout", type=bounded(int, 60, 86_400), default=3600,
                        help="seconds one federation may run before it is stopped, its "
                             "parties included (default 3600)")
