@@ -40,8 +40,8 @@ class Rule:
 
 APPLICATION = ("threshold_fl.app", "threshold_fl.bench", "threshold_fl.peers")
 # The library's top-level modules (threshold_fl/*.py); the packages have their own rules.
-LIBRARY_MODULES = ("__init__", "_checks", "_pyversion", "arrays", "errors", "identity", "node",
-                   "progress", "sealing")
+LIBRARY_MODULES = ("__init__", "_checks", "_pyversion", "arrays", "errors", "heap", "identity",
+                   "node", "progress", "sealing")
 
 RULES = (
     Rule(
