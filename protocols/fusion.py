@@ -106,6 +106,7 @@ class BlindDecryption:
     asked: set[PartyId] = field(default_factory=set)  # members of any set asked so far
     done: set[int] = field(default_factory=set)  # parts fused, by any set
     pending: list[int] = field(default_factory=list)  # parts this set is yet to be asked for
+    sets: int = 0  # sets asked so far: binds a set's requests (members may repeat)
     _digests: dict[int, str] = field(default_factory=dict)
 
     @cached_property
@@ -140,6 +141,7 @@ class BlindDecryption:
         otherwise queue behind that member's upload), and the parts to ask for now."""
         order = sorted(members, key=lambda member: member in self.asked)  # stable
         self.members = members
+        self.sets += 1
         self.asked.update(members)
         undone = self.undone()
         first, self.pending = undone[:self.window], undone[self.window:]
@@ -161,19 +163,20 @@ class BlindDecryption:
         """Each of *parts*' c1 to each member, each message made as it is taken (one
         part's frames and one signed message held at a time); none once another set
         replaced this one.  The set is bound now, not at the first message taken."""
-        return self._requests(self.members, order, parts, send, step)
+        return self._requests(self.sets, self.members, order, parts, send, step)
 
-    def _requests(self, members: tuple[PartyId, ...], order: list[PartyId], parts: list[int],
-                  send: Send, step: tuple[Stage, int, int, int]) -> Iterator[Outgoing]:
+    def _requests(self, set_: int, members: tuple[PartyId, ...], order: list[PartyId],
+                  parts: list[int], send: Send, step: tuple[Stage, int, int, int]
+                  ) -> Iterator[Outgoing]:
         for part in parts:
-            if self.members != members:
+            if self.sets != set_:
                 return
             start, stop = self.span(part)
             frames = tuple(encode_polynomials(self.context, PolynomialRole.C1, self.key_id,
                                               self.length, self.c1[start:stop], first=start))
             body = DecryptRequest(members, frames, part, self.parts)
             for member in order:
-                if self.members != members:
+                if self.sets != set_:
                     return
                 yield send([member], body, step)
 

@@ -287,14 +287,20 @@ def _decrypting_aggregator() -> tuple[PartsNetwork, Any]:
     return net, decryption
 
 
-def test_requests_are_bound_to_the_set_when_made_not_when_first_taken() -> None:
+@pytest.mark.parametrize("same_members", [False, True])
+def test_requests_are_bound_to_the_set_when_made_not_when_first_taken(
+        same_members: bool) -> None:
     net, decryption = _decrypting_aggregator()
     requests = decryption.requests(list(decryption.members), [decryption.parts - 1],
                                    net.aggregator._send, net.aggregator.step)
-    other = tuple(PartyId(name) for name in sorted(net.clients)
-                  if name != decryption.members[0])
-    decryption.request(other)  # another set replaces this one
+    # another set replaces this one; one of the same members is still another set
+    other = decryption.members if same_members else tuple(
+        PartyId(name) for name in sorted(net.clients) if name != decryption.members[0])
+    decryption.request(other)
     assert list(requests) == []
+    current = decryption.requests(list(other), [decryption.parts - 1],
+                                  net.aggregator._send, net.aggregator.step)
+    assert len(list(current)) == len(other)  # the new set's own requests do go out
 
 
 def test_a_request_is_signed_for_one_member_at_a_time() -> None:
