@@ -129,7 +129,7 @@ async def test_a_transfer_deferred_past_the_expiry_is_kept(broker: MosquittoBrok
     # answer to a probe keeps its transfer: the expiry counts from the last exchange.
     keys = Keyring("alice", "bob")
     receiver = dataclasses.replace(FAST, inbox_limit=1, held_per_sender=1,
-                                   limits=ReassemblyLimits(expiry_s=1.0))
+                                   limits=ReassemblyLimits(expiry_s=1.0), max_ack_timeout_s=0.5)
     async with make_transport(broker.url, "alice", keys, options=IMPATIENT) as alice, \
             make_transport(broker.url, "bob", keys, options=receiver) as bob:
         messages = [b"m%d" % n + bytes(MiB) for n in range(4)]  # 2 chunks each

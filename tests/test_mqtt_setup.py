@@ -282,6 +282,11 @@ async def test_use_before_connect_and_bad_options() -> None:
         await t.receive()
     with pytest.raises(ParameterError, match=r"window"):
         MqttOptions(window=0)
+    # a deferred transfer must outlive the gap between its sender's probes
+    with pytest.raises(ParameterError, match=r"max_ack_timeout_s=120.0 must be below "
+                                             r"limits.expiry_s=120.0"):
+        MqttOptions(max_ack_timeout_s=120.0)
+    assert MqttOptions(max_ack_timeout_s=119.0).limits.expiry_s == 120.0
 
 
 def test_the_broker_base_names_no_broker_of_its_own() -> None:

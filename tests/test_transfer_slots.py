@@ -126,7 +126,8 @@ def test_history_is_bounded_per_sender() -> None:
 
 async def test_replayed_transfer_is_acked_not_delivered_twice(broker: MosquittoBroker) -> None:
     # End to end, with a short expiry so that the old 'recently finished' record is gone.
-    options = dataclasses.replace(FAST, limits=ReassemblyLimits(expiry_s=0.2))
+    options = dataclasses.replace(FAST, limits=ReassemblyLimits(expiry_s=0.2),
+                                  max_ack_timeout_s=0.1)
     inbox = f"tfl/{SESSION}/to/bob"
     captured: list[bytes] = []
     async with make_transport(broker.url, "alice", KEYS) as alice, \

@@ -26,7 +26,8 @@ message; deferred messages may arrive out of order, as resent ones may.  (An hon
 sender's window keeps its open transfers within the reassembler's per-sender slots,
 so none is evicted meanwhile; nor does one expire: each deferred chunk keeps its
 sender's open transfers from the reassembler's expiry, ``expiry_s`` = 120 s after the
-last exchange, and the probes come every ``max_ack_timeout_s`` = 60 s.)
+last exchange, and the probes come every ``max_ack_timeout_s`` = 60 s;
+:class:`~transports.mqtt_options.MqttOptions` refuses a probe period not below the expiry.)
 
 This module does no network I/O: the acks to send go to the caller's ``send_ack``.
 """

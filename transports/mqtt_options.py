@@ -52,6 +52,14 @@ class MqttOptions:
         bad += ["held_memory_bytes"] if self.held_memory_bytes < 0 else []
         if bad or self.backoff < 1 or self.close_linger_s < 0:
             raise ParameterError(f"invalid MqttOptions: {bad or 'backoff/close_linger_s'}")
+        if not self.max_ack_timeout_s < self.limits.expiry_s:
+            # a busy receiver's deferred transfers live on its senders' probes, which
+            # come every max_ack_timeout_s (transports.inbox)
+            raise ParameterError(
+                f"invalid MqttOptions: max_ack_timeout_s={self.max_ack_timeout_s} must be "
+                f"below limits.expiry_s={self.limits.expiry_s}, or a transfer deferred "
+                "by a busy receiver expires between two probes; raise expiry_s or lower "
+                "max_ack_timeout_s")
 
 
 @dataclass(frozen=True)
