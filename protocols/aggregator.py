@@ -73,7 +73,7 @@ from protocols.protection import (
     UploadRound,
     checked_weights,
     encode_plain,
-    require_part_room,
+    require_decryption_room,
 )
 from protocols.session import known_mask, plaintext_key_id
 from protocols.states import (
@@ -114,7 +114,7 @@ class AggregatorMachine(Machine[AggregatorState]):
         part_bytes: int = DEFAULT_PART_BYTES,
     ) -> None:
         super().__init__(manifest, identity, randomness, A.IDLE)
-        require_part_room(manifest.mode, self.context, part_bytes)  # now, not mid-session
+        require_decryption_room(self.context, part_bytes)  # now, not mid-session
         self.part_bytes = part_bytes
         self._weights = checked_weights(manifest.client_ids, weights)
         self._samples: dict[PartyId, int] = {}

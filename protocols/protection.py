@@ -54,6 +54,7 @@ __all__ = [
     "most_parts",
     "open_protected",
     "part_span",
+    "require_decryption_room",
     "require_part_room",
     "upload_parts",
 ]
@@ -148,14 +149,26 @@ def _item_bytes(mode: Mode, context: CkksContext) -> int:
 def require_part_room(mode: Mode, context: CkksContext, part_bytes: int) -> None:
     """Raise ParameterError unless *part_bytes* holds the smallest upload part: one
     protected item and one float32 value, besides the message's own bytes."""
-    smallest = _MESSAGE_OVERHEAD + _item_bytes(mode, context) + PLAIN_DTYPE.itemsize
+    item = "float32 value" if mode is Mode.PLAINTEXT else "ciphertext"
+    _require_room(part_bytes, _item_bytes(mode, context), f"an upload part carries at "
+                  f"least one {item}")
+
+
+def require_decryption_room(context: CkksContext, part_bytes: int) -> None:
+    """Raise ParameterError unless *part_bytes* holds the smallest decryption part (what
+    an aggregator's *part_bytes* sizes): one ciphertext's c1, share or fused polynomial
+    and one float32 value, besides the message's own bytes."""
+    _require_room(part_bytes, _decryption_item_bytes(context), "a decryption part "
+                  "carries at least one ciphertext's polynomial")
+
+
+def _require_room(part_bytes: int, item_bytes: int, carries: str) -> None:
+    smallest = _MESSAGE_OVERHEAD + item_bytes + PLAIN_DTYPE.itemsize
     if isinstance(part_bytes, bool) or not isinstance(part_bytes, int) or (
             part_bytes < smallest):
-        item = "float32 value" if mode is Mode.PLAINTEXT else "ciphertext"
         raise ParameterError(
-            f"part_bytes {part_bytes!r} is too small: an upload part carries at least one "
-            f"{item} and the message's own bytes, {smallest} bytes in all; make part_bytes "
-            f"at least {smallest}")
+            f"part_bytes {part_bytes!r} is too small: {carries} and the message's own "
+            f"bytes, {smallest} bytes in all; make part_bytes at least {smallest}")
 
 
 def check_part_bytes(part_bytes: int, max_payload: int) -> None:
@@ -205,9 +218,14 @@ def decryption_parts(context: CkksContext, count: int, plain_length: int,
     whose c1 (or share, or fused polynomials with their share of the *plain_length*
     float32 values) fit *part_bytes*, and at least one ciphertext each (a larger plain
     part then makes the fused parts larger)."""
-    per_item = context.params.resolved_ring_dimension * 8 * len(context.aggregate_moduli) + (
+    return _fewest_parts(count, _decryption_item_bytes(context), plain_length, part_bytes,
+                         max(count, 1))
+
+
+def _decryption_item_bytes(context: CkksContext) -> int:
+    """Most bytes one ciphertext's polynomial adds to a decryption part."""
+    return context.params.resolved_ring_dimension * 8 * len(context.aggregate_moduli) + (
         _FRAME_OVERHEAD)
-    return _fewest_parts(count, per_item, plain_length, part_bytes, max(count, 1))
 
 
 def upload_parts(

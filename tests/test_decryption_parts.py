@@ -28,7 +28,7 @@ from protocol_harness import (
 from protocols.aggregator import AggregatorMachine
 from protocols.events import Outgoing
 from protocols.messages import Body, DecryptionShare, DecryptRequest, Fused, Message, Stage
-from protocols.protection import part_span
+from protocols.protection import part_span, require_part_room
 from protocols.states import AggregatorState
 from threshold_fl.crypto.vectors import ciphertext_count
 from threshold_fl.crypto.wire import PolynomialRole, encode_polynomials
@@ -323,6 +323,13 @@ def test_a_request_is_signed_for_one_member_at_a_time() -> None:
 
 def test_the_aggregator_refuses_part_bytes_too_small_for_a_part_at_once() -> None:
     manifest = build_manifest(3, length=LENGTH, fraction=0.6, rounds=1)
-    with pytest.raises(ParameterError, match="part_bytes 1000 is too small"):
+    with pytest.raises(ParameterError, match="part_bytes 1000 is too small: a decryption "
+                                             "part carries") as refused:
         AggregatorMachine(manifest, identity(AGGREGATOR), counter_randomness(AGGREGATOR),
                           part_bytes=1000)
+    # sized for its decryption parts (one polynomial each), not for uploads (two)
+    smallest = int(str(refused.value).rsplit(" ", 1)[1])
+    machine = AggregatorMachine(manifest, identity(AGGREGATOR),
+                                counter_randomness(AGGREGATOR), part_bytes=smallest)
+    with pytest.raises(ParameterError, match="an upload part carries at least one"):
+        require_part_room(manifest.mode, machine.context, smallest)
