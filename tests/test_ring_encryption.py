@@ -264,7 +264,10 @@ def test_the_self_test_refuses_a_wrong_encryption_and_keeps_refusing(
     else:
         rescale = enc._rescale
         monkeypatch.setattr(enc, "_rescale", lambda c, two: rescale(c, two) + np.uint64(1))
-    with pytest.raises(CryptoError, match=r"self-test.*TFL_ENCRYPTION_PATH=openfhe"):
+    # a sampler 15 % off moves the whole noise by only 0.1 bits, near that check's
+    # allowance: the draws' own check is what catches it, every time
+    caught = r"e0 has width" if fault in ("narrow", "wide") else ""
+    with pytest.raises(CryptoError, match=rf"self-test.*{caught}.*TFL_ENCRYPTION_PATH=openfhe"):
         enc.encryption_kit(context)
     monkeypatch.undo()
     with pytest.raises(CryptoError, match="self-test"):

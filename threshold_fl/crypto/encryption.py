@@ -73,6 +73,12 @@ _MAX_COEFFICIENT_BITS = 61
 # so 0.08 bits (5.7 %) is about six standard deviations; OpenFHE's gets more room.
 _OWN_TOLERANCE_BITS = 0.08
 _OPENFHE_TOLERANCE_BITS = 0.1
+# The end-to-end width moves only about 0.1 bits when e0 and e1 are 15 % too wide (the
+# key's own e is OpenFHE's), close to the allowance above; so the draws are also checked
+# alone.  One draw's 8192 values estimate a width within 0.8 % (one standard deviation;
+# rounding adds 0.4 % at sigma 3.19), so 5 % is about six standard deviations.
+_DRAW_TOLERANCE = 0.05
+_TERNARY_WIDTH = math.sqrt(2.0 / 3.0)  # uniform on {-1, 0, 1}
 _SELF_TEST_VALUES = 64
 _KEYS_CACHED = 16
 
@@ -384,12 +390,15 @@ def _self_tested_kit(context: CkksContext) -> EncryptionKit:
     values: FloatArray = np.linspace(-0.5, 0.5, _SELF_TEST_VALUES, dtype=np.float64)
     plain = encode(context, values)
     rand = _draw(AesCtrStream(), GaussianSampler(kit.sigma), n)
-    two = _two_limbs(context, key.elements, plain, rand)
-    ours = _rescale(context, two)
-    _check_rescale(context, two, ours, keys.publicKey)
-    if ntt.backend() == "numba" and not np.array_equal(
-            _fused(context, key, plain, rand), ours):
-        _fail("the compiled kernel and the numpy arithmetic give different ciphertexts")
+    try:
+        two = _two_limbs(context, key.elements, plain, rand)
+        ours = _rescale(context, two)
+        _check_rescale(context, two, ours, keys.publicKey)
+        if ntt.backend() == "numba" and not np.array_equal(
+                _fused(context, key, plain, rand), ours):
+            _fail("the compiled kernel and the numpy arithmetic give different ciphertexts")
+    finally:
+        rand.wipe()
     _check_noise(kit, keys, key)
     _check_decryption(context, keys, next(kit.encrypt(keys.publicKey, iter([values]))), values)
     return kit
@@ -418,7 +427,11 @@ def _check_noise(kit: EncryptionKit, keys: Any, key: _KeyRings) -> None:
     expected = math.log2(kit.sigma * math.sqrt(1.0 + 4.0 * n / 3.0))
     zero = _Plaintext(np.zeros(n, dtype=np.int64), 1)
     rand = _draw(AesCtrStream(), GaussianSampler(kit.sigma), n)
-    ours = _two_limbs(context, key.elements, zero, rand)[:, 1]
+    try:
+        _check_draws(kit.sigma, rand)
+        ours = _two_limbs(context, key.elements, zero, rand)[:, 1]
+    finally:
+        rand.wipe()
     theirs = context.ring.parse(
         context.serialize(context.native.Encrypt(keys.publicKey, context.encode(
             np.zeros(2), scale_degree=2))), BlobKind.CIPHERTEXT).elements[:, 1]
@@ -431,6 +444,17 @@ def _check_noise(kit: EncryptionKit, keys: Any, key: _KeyRings) -> None:
             if abs(measured - expected) > tolerance:
                 _fail(f"{what} has noise of width 2^{measured:.2f}; OpenFHE's parameters give "
                       f"2^{expected:.2f}")
+
+
+def _check_draws(sigma: float, rand: _Randomness) -> None:
+    """v, e0 and e1 of one encryption, each of the width it should have: ternary, and
+    OpenFHE's StandardDeviation."""
+    for what, values, width in (("v", rand.v, _TERNARY_WIDTH), ("e0", rand.e0, sigma),
+                                ("e1", rand.e1, sigma)):
+        measured = float(np.sqrt(np.mean(np.square(values, dtype=np.float64))))
+        if abs(measured / width - 1.0) > _DRAW_TOLERANCE:
+            _fail(f"our encryption's {what} has width {measured:.3f}; OpenFHE's parameters "
+                  f"give {width:.3f}")
 
 
 def _check_decryption(context: CkksContext, keys: Any, blob: RingBlob,
